@@ -1,0 +1,361 @@
+//! The conformance suite every reader and writer must pass — built-in or plugin, in any language.
+//! `dativo plugin test` runs it; connector tests call [`check_reader`] / [`check_writer`] directly.
+//!
+//! Reader checks: initialize and get_schema succeed; every batch matches the declared schema
+//! (names, types, nullability); states are JSON and, for incremental readers, a new instance
+//! started from the final state returns no rows (state covers what was read); close succeeds.
+//! Writer checks: every supported Arrow type with nulls is accepted; finalize reports the rows;
+//! `committed_state` returns what finalize stored; `abort` discards uncommitted batches; an
+//! empty commit succeeds; close succeeds.
+
+use std::sync::Arc;
+
+use arrow::array::*;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::interface::*;
+
+/// The outcome of one check.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// `Ok(detail)` or `Err(reason)`.
+    pub outcome: std::result::Result<String, String>,
+}
+
+/// The outcome of a suite.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Checks in the order they ran.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    fn pass(&mut self, name: &str, detail: impl Into<String>) {
+        self.checks.push(Check {
+            name: name.into(),
+            outcome: Ok(detail.into()),
+        });
+    }
+    fn fail(&mut self, name: &str, reason: impl Into<String>) {
+        self.checks.push(Check {
+            name: name.into(),
+            outcome: Err(reason.into()),
+        });
+    }
+    fn record<T>(&mut self, name: &str, r: Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => {
+                self.pass(name, "");
+                Some(v)
+            }
+            Err(e) => {
+                self.fail(name, e.to_string());
+                None
+            }
+        }
+    }
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.outcome.is_ok())
+    }
+    /// Turn a failed report into an error listing the failed checks.
+    pub fn into_result(self) -> Result<Report> {
+        if self.passed() {
+            return Ok(self);
+        }
+        let failed: Vec<String> = self
+            .checks
+            .iter()
+            .filter_map(|c| c.outcome.as_ref().err().map(|e| format!("{}: {e}", c.name)))
+            .collect();
+        Err(Error::plugin(format!(
+            "conformance failed: {}",
+            failed.join("; ")
+        )))
+    }
+}
+
+fn ctx_reader(state: Option<Value>) -> ReaderContext {
+    ReaderContext {
+        job: "conformance".into(),
+        stream: "conformance".into(),
+        run_id: "conformance-run".into(),
+        state,
+        shard: Shard::default(),
+    }
+}
+
+/// Check that `batch` has exactly `schema` (names, types, nullability of every field).
+pub fn check_batch_schema(schema: &Schema, batch: &RecordBatch) -> Result<()> {
+    let got = batch.schema();
+    if got.fields().len() != schema.fields().len() {
+        return Err(Error::schema(format!(
+            "batch has {} columns, the declared schema has {}",
+            got.fields().len(),
+            schema.fields().len()
+        )));
+    }
+    for (want, have) in schema.fields().iter().zip(got.fields()) {
+        if want.name() != have.name() || want.data_type() != have.data_type() {
+            return Err(Error::schema(format!(
+                "batch column `{}` ({}) does not match declared column `{}` ({})",
+                have.name(),
+                have.data_type(),
+                want.name(),
+                want.data_type()
+            )));
+        }
+        if !want.is_nullable() && have.is_nullable() {
+            let col = batch.column(batch.schema().index_of(have.name()).unwrap_or(0));
+            if col.null_count() > 0 {
+                return Err(Error::schema(format!(
+                    "column `{}` is declared non-nullable but the batch holds nulls",
+                    want.name()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Run the reader suite. `make` builds a fresh, uninitialized reader each time it is called.
+pub fn check_reader(make: &mut dyn FnMut() -> Result<Box<dyn Reader>>, config: &Value) -> Report {
+    let mut report = Report::default();
+    let Some(mut reader) = report.record("create", make()) else {
+        return report;
+    };
+    if report
+        .record("initialize", reader.initialize(config, &ctx_reader(None)))
+        .is_none()
+    {
+        report.record("close after failed initialize", reader.close());
+        return report;
+    }
+    let Some(schema) = report.record("get_schema", reader.get_schema()) else {
+        report.record("close", reader.close());
+        return report;
+    };
+    let (mut rows, mut batches) = (0u64, 0u64);
+    let mut last_state = None;
+    let mut failed = None;
+    loop {
+        match reader.read_batch() {
+            Ok(Some(b)) => {
+                if let Err(e) = check_batch_schema(&schema, &b) {
+                    failed = Some(format!("batch {batches}: {e}"));
+                    break;
+                }
+                rows += b.num_rows() as u64;
+                batches += 1;
+                match reader.get_incremental_state() {
+                    Ok(s) => last_state = s,
+                    Err(e) => {
+                        failed = Some(format!("get_incremental_state after batch {batches}: {e}"));
+                        break;
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                failed = Some(format!("read_batch: {e}"));
+                break;
+            }
+        }
+    }
+    match failed {
+        Some(f) => report.fail("read every batch with the declared schema", f),
+        None => report.pass(
+            "read every batch with the declared schema",
+            format!("{batches} batches, {rows} rows"),
+        ),
+    }
+    report.record("close", reader.close());
+    if let Some(state) = last_state {
+        // Resume from the final state: nothing new may come back.
+        let resumed = (|| -> Result<u64> {
+            let mut r = make()?;
+            let out = (|| {
+                r.initialize(config, &ctx_reader(Some(state.clone())))?;
+                r.get_schema()?;
+                let mut n = 0u64;
+                while let Some(b) = r.read_batch()? {
+                    n += b.num_rows() as u64;
+                }
+                Ok(n)
+            })();
+            r.close()?;
+            out
+        })();
+        match resumed {
+            Ok(0) => report.pass("state covers what was read", format!("state {state}")),
+            Ok(n) => report.fail(
+                "state covers what was read",
+                format!("resuming from the final state {state} returned {n} rows again"),
+            ),
+            Err(e) => report.fail("state covers what was read", e.to_string()),
+        }
+    }
+    report
+}
+
+/// Run the writer suite. `make` builds a fresh, uninitialized writer each time it is called.
+pub fn check_writer(make: &mut dyn FnMut() -> Result<Box<dyn Writer>>, config: &Value) -> Report {
+    let mut report = Report::default();
+    let batch = sample_batch();
+    let ctx = WriterContext {
+        job: "conformance".into(),
+        stream: "conformance".into(),
+        run_id: "conformance-run".into(),
+        schema: batch.schema(),
+        shard: Shard::default(),
+    };
+    let Some(mut w) = report.record("create", make()) else {
+        return report;
+    };
+    if report.record("initialize", w.initialize(config, &ctx)).is_none() {
+        report.record("close after failed initialize", w.close());
+        return report;
+    }
+    if report
+        .record("write_batch (every type, with nulls)", w.write_batch(&batch))
+        .is_some()
+    {
+        let state1 = json!({"conformance": 1});
+        let commit = Commit {
+            state: Some(state1.clone()),
+            run_id: "conformance-run".into(),
+            sequence: 1,
+        };
+        match w.finalize(&commit) {
+            Ok(r) if r.rows == batch.num_rows() as u64 => {
+                report.pass("finalize", format!("{} rows, {} files", r.rows, r.files.len()))
+            }
+            Ok(r) => report.fail(
+                "finalize",
+                format!("reported {} rows, {} were written", r.rows, batch.num_rows()),
+            ),
+            Err(e) => report.fail("finalize", e.to_string()),
+        }
+        match w.committed_state() {
+            Ok(Some(c)) if c.state.as_ref() == Some(&state1) => {
+                report.pass("committed_state after finalize", "")
+            }
+            Ok(Some(c)) => report.fail(
+                "committed_state after finalize",
+                format!("expected {state1}, got {:?}", c.state),
+            ),
+            Ok(None) => report.pass("committed_state after finalize", "not supported"),
+            Err(e) => report.fail("committed_state after finalize", e.to_string()),
+        }
+        let aborted = w.write_batch(&batch).and_then(|_| w.abort());
+        report.record("abort discards uncommitted batches", aborted);
+        match w.committed_state() {
+            Ok(Some(c)) if c.state.as_ref() != Some(&state1) => report.fail(
+                "committed_state after abort",
+                format!("expected {state1}, got {:?}", c.state),
+            ),
+            Ok(_) => report.pass("committed_state after abort", ""),
+            Err(e) => report.fail("committed_state after abort", e.to_string()),
+        }
+        let empty = Commit {
+            state: Some(json!({"conformance": 2})),
+            run_id: "conformance-run".into(),
+            sequence: 2,
+        };
+        match w.finalize(&empty) {
+            Ok(r) if r.rows == 0 => report.pass("empty commit", ""),
+            Ok(r) => report.fail("empty commit", format!("reported {} rows", r.rows)),
+            Err(e) => report.fail("empty commit", e.to_string()),
+        }
+    }
+    report.record("close", w.close());
+    report
+}
+
+/// The Arrow types every built-in connector supports end to end.
+pub fn sample_schema() -> SchemaRef {
+    let f = |n: &str, t: DataType| Field::new(n, t, true);
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        f("bool", DataType::Boolean),
+        f("i8", DataType::Int8),
+        f("i16", DataType::Int16),
+        f("i32", DataType::Int32),
+        f("u32", DataType::UInt32),
+        f("f32", DataType::Float32),
+        f("f64", DataType::Float64),
+        f("dec", DataType::Decimal128(18, 4)),
+        f("text", DataType::Utf8),
+        f("bin", DataType::Binary),
+        f("uuid", DataType::FixedSizeBinary(16)),
+        f("date", DataType::Date32),
+        f("time", DataType::Time64(TimeUnit::Microsecond)),
+        f("ts", DataType::Timestamp(TimeUnit::Microsecond, None)),
+        f(
+            "tstz",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        ),
+        f(
+            "ints",
+            DataType::List(Arc::new(Field::new("item", DataType::Int32, true))),
+        ),
+    ]))
+}
+
+/// A 3-row batch of [`sample_schema`]: ordinary values, extreme values, and a row of nulls.
+pub fn sample_batch() -> RecordBatch {
+    let mut ints = ListBuilder::new(Int32Builder::new());
+    ints.append_value([Some(1), None, Some(3)]);
+    ints.append_value([Some(i32::MIN)]);
+    ints.append_null();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(vec![1, 2, 3])),
+        Arc::new(BooleanArray::from(vec![Some(true), Some(false), None])),
+        Arc::new(Int8Array::from(vec![Some(1), Some(i8::MIN), None])),
+        Arc::new(Int16Array::from(vec![Some(2), Some(i16::MAX), None])),
+        Arc::new(Int32Array::from(vec![Some(3), Some(i32::MIN), None])),
+        Arc::new(UInt32Array::from(vec![Some(4), Some(u32::MAX), None])),
+        Arc::new(Float32Array::from(vec![Some(1.5), Some(f32::MIN), None])),
+        Arc::new(Float64Array::from(vec![Some(2.25), Some(-0.0), None])),
+        Arc::new(
+            Decimal128Array::from(vec![Some(12345678), Some(-99_999_999_999_999_999), None])
+                .with_precision_and_scale(18, 4)
+                .expect("valid decimal"),
+        ),
+        Arc::new(StringArray::from(vec![Some("héllo"), Some(""), None])),
+        Arc::new(BinaryArray::from(vec![
+            Some(&b"\x00\x01"[..]),
+            Some(&b""[..]),
+            None,
+        ])),
+        Arc::new(
+            FixedSizeBinaryArray::try_from_sparse_iter_with_size(
+                vec![Some([7u8; 16]), Some([0u8; 16]), None].into_iter(),
+                16,
+            )
+            .expect("valid fixed size binary"),
+        ),
+        Arc::new(Date32Array::from(vec![Some(20000), Some(-1), None])),
+        Arc::new(Time64MicrosecondArray::from(vec![
+            Some(3_600_000_000),
+            Some(0),
+            None,
+        ])),
+        Arc::new(TimestampMicrosecondArray::from(vec![
+            Some(1_700_000_000_000_000),
+            Some(0),
+            None,
+        ])),
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![Some(1_700_000_000_000_000), Some(-1), None])
+                .with_timezone("UTC"),
+        ),
+        Arc::new(ints.finish()),
+    ];
+    RecordBatch::try_new(sample_schema(), columns).expect("sample batch matches its schema")
+}

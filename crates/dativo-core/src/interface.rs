@@ -1,0 +1,155 @@
+//! The contract with reader and writer authors (DESIGN.md §2). The same five reader methods and
+//! the same writer methods exist in every plugin language; this is the Rust form.
+//!
+//! # Lifecycle
+//!
+//! ```text
+//! reader.initialize(config, ctx)      ctx.state = last committed state, or None
+//! reader.get_schema()                 the schema of every batch
+//! writer.initialize(config, ctx)      ctx.schema = the reader's schema
+//! writer.committed_state()            what the target says was committed last (optional)
+//! loop {
+//!     reader.read_batch()             → Some(batch) | None at end of stream
+//!     reader.get_incremental_state()  state covering every batch returned so far
+//!     writer.write_batch(batch)       buffered or streamed; not visible yet
+//!     every checkpoint, and at the end:
+//!         writer.finalize(commit)     durable and visible atomically, with commit.state
+//!         state store ← commit.state  only after finalize succeeded
+//! }
+//! on error or cancel: writer.abort()
+//! always: reader.close(), writer.close()
+//! ```
+//!
+//! Each side runs on its own thread; methods are blocking. An implementation that needs async
+//! I/O keeps its own runtime handle and blocks on it.
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::Result;
+
+/// Which slice of the stream this instance reads when a job is split across workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    /// Zero-based index of this shard.
+    pub index: u32,
+    /// Number of shards; 1 when the job is not split.
+    pub count: u32,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { index: 0, count: 1 }
+    }
+}
+
+/// What a reader is told about the run it is part of.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReaderContext {
+    /// The job's name.
+    pub job: String,
+    /// The stream (table) this reader reads; the job name when the job has one stream.
+    pub stream: String,
+    /// The unique id of this run.
+    pub run_id: String,
+    /// The last committed incremental state, or `None` to read from the beginning.
+    pub state: Option<Value>,
+    /// The slice of the stream to read.
+    pub shard: Shard,
+}
+
+/// What a writer is told about the run it is part of.
+#[derive(Debug, Clone)]
+pub struct WriterContext {
+    /// The job's name.
+    pub job: String,
+    /// The stream (table) being written.
+    pub stream: String,
+    /// The unique id of this run.
+    pub run_id: String,
+    /// The schema of every batch the writer will receive.
+    pub schema: SchemaRef,
+    /// The slice of the stream this writer receives.
+    pub shard: Shard,
+}
+
+/// What [`Writer::finalize`] commits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Commit {
+    /// The reader's incremental state covering every batch written so far; store it with the
+    /// data where the target can (Iceberg snapshot summary, commit manifest).
+    pub state: Option<Value>,
+    /// The run this commit belongs to.
+    pub run_id: String,
+    /// 1 for the run's first commit, then 2, 3, …
+    pub sequence: u64,
+}
+
+/// What [`Writer::finalize`] reports about the commit it made.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CommitReport {
+    /// Locations of the files made visible by this commit.
+    pub files: Vec<String>,
+    /// Rows made visible.
+    pub rows: u64,
+    /// Bytes written to storage.
+    pub bytes: u64,
+    /// A target-specific commit id (Iceberg snapshot id, manifest name).
+    pub commit_id: Option<String>,
+}
+
+/// What a target says it last committed (see [`Writer::committed_state`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommittedState {
+    /// The state stored with the last successful finalize; `None` if nothing was committed yet.
+    pub state: Option<Value>,
+    /// The run that made that commit.
+    pub run_id: Option<String>,
+}
+
+/// A source of Arrow record batches.
+pub trait Reader: Send {
+    /// Prepare to read. `config` is the job's `source.config` mapping as JSON. Connect here.
+    fn initialize(&mut self, config: &Value, ctx: &ReaderContext) -> Result<()>;
+
+    /// The Arrow schema of every batch this reader will return.
+    fn get_schema(&mut self) -> Result<SchemaRef>;
+
+    /// The next batch, or `None` at end of stream. Batches must match [`Reader::get_schema`].
+    fn read_batch(&mut self) -> Result<Option<RecordBatch>>;
+
+    /// JSON state covering every batch returned so far (e.g. `{"cursor": "2026-11-23"}`), from
+    /// which a later run resumes; `None` if the reader is not incremental.
+    fn get_incremental_state(&mut self) -> Result<Option<Value>>;
+
+    /// Release resources. Called on success, failure and cancellation, exactly once.
+    fn close(&mut self) -> Result<()>;
+}
+
+/// A destination for Arrow record batches.
+pub trait Writer: Send {
+    /// Prepare to write batches of `ctx.schema`. `config` is the job's `target.config` as JSON.
+    fn initialize(&mut self, config: &Value, ctx: &WriterContext) -> Result<()>;
+
+    /// Buffer or stream out one batch. Nothing may be visible to readers of the target yet.
+    fn write_batch(&mut self, batch: &RecordBatch) -> Result<()>;
+
+    /// Make everything written since the last finalize durable and visible atomically, together
+    /// with `commit.state` where the target can store it.
+    fn finalize(&mut self, commit: &Commit) -> Result<CommitReport>;
+
+    /// Discard everything written since the last finalize.
+    fn abort(&mut self) -> Result<()>;
+
+    /// Release resources. Called on success, failure and cancellation, exactly once.
+    fn close(&mut self) -> Result<()>;
+
+    /// The state stored by the last successful [`Writer::finalize`], read back from the target,
+    /// so the runner can recover exactly-once after a crash between the target's commit and the
+    /// state store's. `Ok(None)`: this writer does not store state (the default).
+    fn committed_state(&mut self) -> Result<Option<CommittedState>> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,416 @@
+//! The job file: what to read, where to write, and how the runner behaves.
+//!
+//! ```yaml
+//! name: orders_to_lake
+//! source:
+//!   reader: file                    # a built-in name, or {type: custom, implementation: …}
+//!   config: { path: "data/*.csv" }
+//! target:
+//!   writer: parquet
+//!   config: { path: ./lake/orders }
+//! schedule: "*/15 * * * *"          # optional; used by `dativo serve`
+//! retry: { attempts: 3, backoff: 1s, max_backoff: 1m }
+//! checkpoint: { rows: 1000000, bytes: 256MB, seconds: 60 }
+//! state: { dir: .dativo }
+//! ```
+//!
+//! Loading is pure (no I/O but reading the file and `${file:…}` references): every error names
+//! the file, the key path and the line.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::{from_config, ByteSize, DurationValue};
+use crate::error::{Error, Result};
+use crate::yaml::{Document, Substitution};
+
+/// A parsed, validated job file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// Unique job name: letters, digits, `_`, `-`, `.`. Keys the state store and the lock.
+    pub name: String,
+    /// Free text for people.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// What to read.
+    pub source: SourceConfig,
+    /// Where to write.
+    pub target: TargetConfig,
+    /// When `dativo serve` runs the job.
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
+    /// Retries of failed runs.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// How often the writer commits.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    /// Where state and run history live.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Batches buffered between reader and writer; memory is bounded by
+    /// batch size × channel depth.
+    #[serde(default = "default_channel_depth")]
+    pub channel_depth: usize,
+}
+
+fn default_channel_depth() -> usize {
+    4
+}
+
+/// `source:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The reader implementation.
+    pub reader: Implementation,
+    /// The reader's own configuration, passed to it as JSON.
+    #[serde(default = "empty_object")]
+    pub config: Value,
+}
+
+/// `target:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// The writer implementation.
+    pub writer: Implementation,
+    /// The writer's own configuration, passed to it as JSON.
+    #[serde(default = "empty_object")]
+    pub config: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+/// Which implementation a `reader:` / `writer:` names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Implementation {
+    /// A built-in connector: `reader: postgres`.
+    Builtin(String),
+    /// `{type: custom, implementation: "…"}`: a native library path (`./libx.so#name`), a
+    /// Python class path (`pkg.module.Class`) or a Flight endpoint (`grpc://host:port`).
+    Custom(String),
+}
+
+impl Implementation {
+    /// How the implementation is shown in logs and errors.
+    pub fn display_name(&self) -> &str {
+        match self {
+            Implementation::Builtin(n) | Implementation::Custom(n) => n,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Implementation {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Long {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            implementation: Option<String>,
+            #[serde(default)]
+            name: Option<String>,
+        }
+        let v = Value::deserialize(d)?;
+        match v {
+            Value::String(s) if !s.is_empty() => Ok(Implementation::Builtin(s)),
+            Value::Object(_) => {
+                let l: Long = serde_json::from_value(v).map_err(de::Error::custom)?;
+                match (l.kind.as_str(), l.implementation, l.name) {
+                    ("custom", Some(i), None) if !i.is_empty() => Ok(Implementation::Custom(i)),
+                    ("custom", _, _) => Err(de::Error::custom(
+                        "`type: custom` needs `implementation:` (a library path, a Python class path or grpc://host:port)",
+                    )),
+                    ("builtin", None, Some(n)) => Ok(Implementation::Builtin(n)),
+                    ("builtin", _, _) => Err(de::Error::custom("`type: builtin` needs `name:`")),
+                    (k, _, _) => Err(de::Error::custom(format!(
+                        "unknown implementation type `{k}`: expected `builtin` or `custom`"
+                    ))),
+                }
+            }
+            _ => Err(de::Error::custom(
+                "expected a built-in name (e.g. `file`) or {type: custom, implementation: …}",
+            )),
+        }
+    }
+}
+
+/// `schedule:` — a cron expression (5 fields, or 6 with seconds), optionally with a time zone.
+#[derive(Debug, Clone, Serialize)]
+pub struct Schedule {
+    /// The cron expression.
+    pub cron: String,
+    /// IANA time zone name; UTC when absent.
+    pub timezone: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Schedule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Long {
+            cron: String,
+            #[serde(default)]
+            timezone: Option<String>,
+        }
+        let v = Value::deserialize(d)?;
+        let s = match v {
+            Value::String(cron) => Schedule {
+                cron,
+                timezone: None,
+            },
+            Value::Object(_) => {
+                let l: Long = serde_json::from_value(v).map_err(de::Error::custom)?;
+                Schedule {
+                    cron: l.cron,
+                    timezone: l.timezone,
+                }
+            }
+            _ => {
+                return Err(de::Error::custom(
+                    "expected a cron expression or {cron: …, timezone: …}",
+                ))
+            }
+        };
+        croner::Cron::new(&s.cron)
+            .with_seconds_optional()
+            .parse()
+            .map_err(|e| de::Error::custom(format!("invalid cron expression `{}`: {e}", s.cron)))?;
+        Ok(s)
+    }
+}
+
+/// `retry:` — how failed runs are retried (retryable errors only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Total attempts including the first; 1 disables retries.
+    pub attempts: u32,
+    /// Delay before the first retry; doubles each time, with full jitter.
+    pub backoff: DurationValue,
+    /// Upper bound of the delay.
+    pub max_backoff: DurationValue,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 3,
+            backoff: DurationValue(Duration::from_secs(1)),
+            max_backoff: DurationValue(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// `checkpoint:` — the writer commits when any limit is reached, and at end of stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Commit every this many rows.
+    pub rows: Option<u64>,
+    /// Commit every this many bytes (Arrow in-memory size).
+    pub bytes: Option<ByteSize>,
+    /// Commit at least this often.
+    pub seconds: Option<DurationValue>,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            rows: None,
+            bytes: Some(ByteSize(512 << 20)),
+            seconds: Some(DurationValue(Duration::from_secs(300))),
+        }
+    }
+}
+
+/// `state:` — where the state store lives.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory of the SQLite state store; `.dativo` in the working directory by default, and
+    /// `--state-dir` overrides it. Relative paths are relative to the working directory.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+/// A job file as loaded: the config and what is needed to point at lines in it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The typed configuration.
+    pub config: JobConfig,
+    /// The file it came from.
+    pub path: PathBuf,
+    document: Document,
+}
+
+impl Job {
+    /// Read and validate a job file, substituting `${env:…}` from the process environment.
+    pub fn load(path: &Path) -> Result<Job> {
+        Self::load_with_env(path, &|k| std::env::var(k).ok())
+    }
+
+    /// [`Job::load`] with an explicit environment (tests, `serve`).
+    pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Job> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(format!("cannot read job file {}: {e}", path.display()))
+        })?;
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path, &Substitution { base_dir, env })
+    }
+
+    /// Parse job text; `path` is used in messages and for `${file:…}` resolution.
+    pub fn parse(text: &str, path: &Path, subst: &Substitution<'_>) -> Result<Job> {
+        let origin = path.display().to_string();
+        let document = Document::parse(text, &origin, subst)?;
+        if !document.value.is_object() {
+            return Err(Error::config(format!(
+                "{origin}:1: a job file is a mapping with `name`, `source` and `target`"
+            )));
+        }
+        let config: JobConfig = from_config(&document.value).map_err(|e| {
+            let msg = e.message().to_string();
+            Self::locate_in(&document, &origin, e.key_path().unwrap_or(""), &msg)
+        })?;
+        let job = Job {
+            config,
+            path: path.to_path_buf(),
+            document,
+        };
+        job.check_name()?;
+        if job.config.channel_depth == 0 {
+            return Err(job.error_at("channel_depth", "must be at least 1"));
+        }
+        if job.config.retry.attempts == 0 {
+            return Err(job.error_at("retry.attempts", "must be at least 1"));
+        }
+        Ok(job)
+    }
+
+    fn check_name(&self) -> Result<()> {
+        let n = &self.config.name;
+        let ok = !n.is_empty()
+            && n.len() <= 128
+            && n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            && !n.starts_with('.');
+        if ok {
+            Ok(())
+        } else {
+            Err(self.error_at(
+                "name",
+                &format!("invalid job name `{n}`: use letters, digits, `_`, `-` and `.` (at most 128)"),
+            ))
+        }
+    }
+
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// A config error at `key_path` (e.g. `source.config.table`): `file:line: key_path: message`.
+    pub fn error_at(&self, key_path: &str, message: &str) -> Error {
+        Self::locate_in(&self.document, &self.path.display().to_string(), key_path, message)
+    }
+
+    /// Turn an error from a connector's config validation into one naming file, key path and
+    /// line; `prefix` is where the connector's config sits (`source.config`).
+    pub fn locate(&self, prefix: &str, err: Error) -> Error {
+        if err.kind() != crate::ErrorKind::Config {
+            return err;
+        }
+        let path = match err.key_path() {
+            Some(p) if p.starts_with('[') => format!("{prefix}{p}"),
+            Some(p) => format!("{prefix}.{p}"),
+            None => prefix.to_string(),
+        };
+        self.error_at(&path, err.message())
+    }
+
+    fn locate_in(doc: &Document, origin: &str, key_path: &str, message: &str) -> Error {
+        let line = doc.line_of(key_path).unwrap_or(1);
+        let message = crate::secrets::redact(message);
+        if key_path.is_empty() {
+            Error::config(format!("{origin}:{line}: {message}"))
+        } else {
+            Error::config(format!("{origin}:{line}: {key_path}: {message}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Job> {
+        let env = |k: &str| (k == "HOME_DIR").then(|| "/tmp".to_string());
+        Job::parse(
+            text,
+            Path::new("jobs/j.yaml"),
+            &Substitution {
+                base_dir: Path::new("."),
+                env: &env,
+            },
+        )
+    }
+
+    const GOOD: &str = "name: orders\nsource:\n  reader: file\n  config:\n    path: a.csv\ntarget:\n  writer: {type: custom, implementation: ./libw.so}\n  config: {path: \"${env:HOME_DIR}/lake\"}\nschedule: '*/5 * * * *'\nretry: {attempts: 5, backoff: 2s}\ncheckpoint: {rows: 1000, bytes: 64MB}\n";
+
+    #[test]
+    fn good_job() {
+        let j = parse(GOOD).unwrap();
+        assert_eq!(j.name(), "orders");
+        assert_eq!(j.config.source.reader, Implementation::Builtin("file".into()));
+        assert_eq!(j.config.target.writer, Implementation::Custom("./libw.so".into()));
+        assert_eq!(j.config.target.config["path"], "/tmp/lake");
+        assert_eq!(j.config.retry.attempts, 5);
+        assert_eq!(j.config.checkpoint.rows, Some(1000));
+        assert_eq!(j.config.checkpoint.seconds, Some(DurationValue(Duration::from_secs(300))));
+    }
+
+    #[test]
+    fn misspelt_key_names_file_path_and_line() {
+        let e = parse(&GOOD.replace("retry:", "retyr:")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("jobs/j.yaml:10: retyr: unknown field `retyr`"),
+            "{e}"
+        );
+        let e = parse(&GOOD.replace("backoff: 2s", "backof: 2s")).unwrap_err();
+        assert!(e.to_string().starts_with("jobs/j.yaml:10: retry.backof: unknown field"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_missing_field() {
+        let e = parse(&GOOD.replace("rows: 1000", "rows: many")).unwrap_err();
+        assert!(e.to_string().starts_with("jobs/j.yaml:11: checkpoint.rows: invalid type"), "{e}");
+        let e = parse(&GOOD.replace("  writer: {type: custom, implementation: ./libw.so}\n", "")).unwrap_err();
+        assert!(e.to_string().starts_with("jobs/j.yaml:6: target: missing field `writer`"), "{e}");
+        let e = parse(&GOOD.replace("'*/5 * * * *'", "'every tuesday'")).unwrap_err();
+        assert!(e.to_string().starts_with("jobs/j.yaml:9: schedule: invalid cron"), "{e}");
+        let e = parse(&GOOD.replace("HOME_DIR", "NOT_SET_X")).unwrap_err();
+        assert!(e.to_string().starts_with("jobs/j.yaml:8: target.config.path: environment variable `NOT_SET_X`"), "{e}");
+        let e = parse(&GOOD.replace("name: orders", "name: 'a b'")).unwrap_err();
+        assert!(e.to_string().starts_with("jobs/j.yaml:1: name: invalid job name"), "{e}");
+    }
+
+    #[test]
+    fn connector_errors_are_located() {
+        let j = parse(GOOD).unwrap();
+        let e = j.locate(
+            "source.config",
+            Error::config("unknown field `pth`").with_key_path("path"),
+        );
+        assert_eq!(e.to_string(), "jobs/j.yaml:5: source.config.path: unknown field `pth`");
+    }
+}
