@@ -1,1 +1,72 @@
-//! placeholder
+//! dativo's built-in readers and writers, one module (folder) each, behind cargo features.
+//!
+//! The set of built-ins is closed at compile time; [`readers`] and [`writers`] list them with
+//! a pure `validate` (no I/O, used by `dativo validate`) and a constructor.
+
+use dativo_core::{Reader, Result, Writer};
+use serde_json::Value;
+
+#[cfg(feature = "file")]
+pub mod file;
+#[cfg(feature = "parquet")]
+pub mod parquet;
+
+/// A built-in reader.
+pub struct BuiltinReader {
+    /// The name used in job files (`reader: file`).
+    pub name: &'static str,
+    /// One line for `dativo plugins list`.
+    pub summary: &'static str,
+    /// Check a config without I/O.
+    pub validate: fn(&Value) -> Result<()>,
+    /// A new, uninitialized instance.
+    pub create: fn() -> Box<dyn Reader>,
+}
+
+/// A built-in writer.
+pub struct BuiltinWriter {
+    /// The name used in job files (`writer: parquet`).
+    pub name: &'static str,
+    /// One line for `dativo plugins list`.
+    pub summary: &'static str,
+    /// Check a config without I/O.
+    pub validate: fn(&Value) -> Result<()>,
+    /// A new, uninitialized instance.
+    pub create: fn() -> Box<dyn Writer>,
+}
+
+/// Every built-in reader compiled into this binary.
+pub fn readers() -> Vec<BuiltinReader> {
+    vec![
+        #[cfg(feature = "file")]
+        BuiltinReader {
+            name: "file",
+            summary: "CSV, JSON Lines and Parquet files from a path or glob; incremental by file",
+            validate: file::FileReader::validate,
+            create: || Box::new(file::FileReader::new()),
+        },
+    ]
+}
+
+/// Every built-in writer compiled into this binary.
+pub fn writers() -> Vec<BuiltinWriter> {
+    vec![
+        #[cfg(feature = "parquet")]
+        BuiltinWriter {
+            name: "parquet",
+            summary: "Parquet files in a directory, committed atomically with the reader's state",
+            validate: parquet::ParquetWriter::validate,
+            create: || Box::new(parquet::ParquetWriter::new()),
+        },
+    ]
+}
+
+/// The built-in reader called `name`.
+pub fn reader(name: &str) -> Option<BuiltinReader> {
+    readers().into_iter().find(|r| r.name == name)
+}
+
+/// The built-in writer called `name`.
+pub fn writer(name: &str) -> Option<BuiltinWriter> {
+    writers().into_iter().find(|w| w.name == name)
+}

@@ -10,6 +10,7 @@ pub mod conformance;
 pub mod error;
 pub mod interface;
 pub mod job;
+pub mod schema_spec;
 pub mod secrets;
 pub mod yaml;
 

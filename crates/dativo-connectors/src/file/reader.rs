@@ -1,0 +1,388 @@
+//! The `file` reader: CSV, JSON Lines and Parquet files matched by a path or glob.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fs::File;
+use std::io::{BufReader, Seek};
+use std::sync::Arc;
+
+use arrow::csv::reader::Format;
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use dativo_core::config::from_config;
+use dativo_core::schema_spec::to_schema;
+use dativo_core::{Error, Reader, ReaderContext, Result, ResultExt};
+
+use super::config::{CsvOptions, FileFormat, FileReaderConfig};
+
+type Batches = Box<dyn Iterator<Item = std::result::Result<RecordBatch, ArrowError>> + Send>;
+
+/// Incremental state: files fully loaded, and how far into the current one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FileState {
+    /// Files whose every row has been handed over.
+    pub files: BTreeSet<String>,
+    /// The file being read and the rows of it handed over so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<Position>,
+}
+
+/// A position inside one file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Position {
+    /// The file, as matched by the glob.
+    pub file: String,
+    /// Rows of it already handed over.
+    pub rows: u64,
+}
+
+struct Open {
+    name: String,
+    batches: Batches,
+    rows: u64,
+}
+
+/// Reads files matched by `path`, oldest name first, resuming where the state says.
+#[derive(Default)]
+pub struct FileReader {
+    cfg: Option<FileReaderConfig>,
+    format: Option<FileFormat>,
+    schema: Option<SchemaRef>,
+    pending: VecDeque<(String, u64)>,
+    state: FileState,
+    open: Option<Open>,
+}
+
+impl FileReader {
+    /// A new, uninitialized reader.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Validate a config without touching the file system.
+    pub fn validate(config: &Value) -> Result<()> {
+        let cfg: FileReaderConfig = from_config(config)?;
+        check_config(&cfg)
+    }
+
+    fn cfg(&self) -> &FileReaderConfig {
+        self.cfg.as_ref().expect("initialized")
+    }
+
+    fn open_next(&mut self) -> Result<bool> {
+        let Some((name, skip)) = self.pending.pop_front() else {
+            return Ok(false);
+        };
+        let batches = self
+            .open_file(&name, skip)
+            .with_context(|| format!("file {name}"))?;
+        self.open = Some(Open {
+            name,
+            batches,
+            rows: skip,
+        });
+        Ok(true)
+    }
+
+    fn open_file(&self, name: &str, skip: u64) -> Result<Batches> {
+        let cfg = self.cfg();
+        let schema = self.schema.clone().expect("schema known");
+        let format = self.format.expect("format known");
+        let file = File::open(name)?;
+        let bs = cfg.batch_size;
+        let batches: Batches = match format {
+            FileFormat::Csv => {
+                if cfg.csv.header {
+                    check_csv_header(name, &cfg.csv, &schema)?;
+                }
+                let r = arrow::csv::ReaderBuilder::new(schema)
+                    .with_format(csv_format(&cfg.csv)?)
+                    .with_batch_size(bs)
+                    .build(file)?;
+                skip_rows(Box::new(r), skip)
+            }
+            FileFormat::Jsonl => {
+                let r = arrow::json::ReaderBuilder::new(schema)
+                    .with_batch_size(bs)
+                    .build(BufReader::new(file))?;
+                skip_rows(Box::new(r), skip)
+            }
+            FileFormat::Parquet => {
+                let b = ParquetRecordBatchReaderBuilder::try_new(file)
+                    .map_err(|e| Error::data(e.to_string()))?;
+                let got = b.schema().clone();
+                check_same_columns(&schema, &got)?;
+                let r = b
+                    .with_batch_size(bs)
+                    .with_offset(skip as usize)
+                    .build()
+                    .map_err(|e| Error::data(e.to_string()))?;
+                let target = schema.clone();
+                // Present batches with the reader's declared schema (field metadata may differ).
+                Box::new(r.map(move |b| {
+                    b.and_then(|b| RecordBatch::try_new(target.clone(), b.columns().to_vec()))
+                }))
+            }
+        };
+        Ok(batches)
+    }
+}
+
+fn check_config(cfg: &FileReaderConfig) -> Result<()> {
+    if cfg.batch_size == 0 {
+        return Err(Error::config("must be at least 1").with_key_path("batch_size"));
+    }
+    if cfg.format.is_none() && FileFormat::from_path(&cfg.path).is_none() {
+        return Err(Error::config(format!(
+            "cannot tell the format of `{}` from its extension: set `format: csv | jsonl | parquet`",
+            cfg.path
+        ))
+        .with_key_path("path"));
+    }
+    if let Some(cols) = &cfg.schema {
+        to_schema(cols).map_err(|e| {
+            let p = format!("schema{}", e.key_path().unwrap_or(""));
+            Error::config(e.message().to_string()).with_key_path(p)
+        })?;
+    }
+    csv_format(&cfg.csv).map_err(|e| {
+        let msg = e.message().to_string();
+        Error::config(msg).with_key_path("csv")
+    })?;
+    glob::Pattern::new(&cfg.path).map_err(|e| {
+        Error::config(format!("invalid glob `{}`: {e}", cfg.path)).with_key_path("path")
+    })?;
+    Ok(())
+}
+
+fn ascii(c: char, what: &str) -> Result<u8> {
+    u8::try_from(c)
+        .ok()
+        .filter(|b| b.is_ascii())
+        .ok_or_else(|| Error::config(format!("the CSV {what} must be one ASCII character")))
+}
+
+fn csv_format(o: &CsvOptions) -> Result<Format> {
+    let mut f = Format::default()
+        .with_header(o.header)
+        .with_delimiter(ascii(o.delimiter, "delimiter")?)
+        .with_quote(ascii(o.quote, "quote")?);
+    if let Some(e) = o.escape {
+        f = f.with_escape(ascii(e, "escape")?);
+    }
+    if let Some(r) = &o.null_regex {
+        let re = regex_lite_compile(r)?;
+        f = f.with_null_regex(re);
+    }
+    Ok(f)
+}
+
+fn regex_lite_compile(r: &str) -> Result<regex::Regex> {
+    regex::Regex::new(r)
+        .map_err(|e| Error::config(format!("invalid null_regex `{r}`: {e}")))
+}
+
+fn check_csv_header(name: &str, o: &CsvOptions, schema: &Schema) -> Result<()> {
+    let mut f = File::open(name)?;
+    let (header, _) = csv_format(o)?.infer_schema(&mut f, Some(0))?;
+    let got: Vec<&str> = header.fields().iter().map(|f| f.name().as_str()).collect();
+    let want: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    if got != want {
+        return Err(Error::schema(format!(
+            "header has columns {got:?}, expected {want:?} (as in the first file, or `schema:`)"
+        )));
+    }
+    Ok(())
+}
+
+fn check_same_columns(want: &Schema, got: &Schema) -> Result<()> {
+    let same = want.fields().len() == got.fields().len()
+        && want
+            .fields()
+            .iter()
+            .zip(got.fields())
+            .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+    if same {
+        Ok(())
+    } else {
+        Err(Error::schema(format!(
+            "columns differ from the first file: expected {}, found {}",
+            describe(want),
+            describe(got)
+        )))
+    }
+}
+
+fn describe(s: &Schema) -> String {
+    let cols: Vec<String> = s
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect();
+    format!("({})", cols.join(", "))
+}
+
+/// Drop the first `skip` rows of a batch stream (resuming inside a file).
+fn skip_rows(inner: Batches, mut skip: u64) -> Batches {
+    if skip == 0 {
+        return inner;
+    }
+    Box::new(inner.filter_map(move |b| match b {
+        Ok(b) if skip >= b.num_rows() as u64 => {
+            skip -= b.num_rows() as u64;
+            None
+        }
+        Ok(b) if skip > 0 => {
+            let s = skip as usize;
+            skip = 0;
+            Some(Ok(b.slice(s, b.num_rows() - s)))
+        }
+        other => Some(other),
+    }))
+}
+
+fn list_files(pattern: &str) -> Result<Vec<String>> {
+    let mut files = Vec::new();
+    let paths = glob::glob(pattern)
+        .map_err(|e| Error::config(format!("invalid glob `{pattern}`: {e}")).with_key_path("path"))?;
+    for p in paths {
+        let p = p.map_err(|e| Error::io(format!("listing `{pattern}`: {e}")))?;
+        if p.is_file() {
+            files.push(p.to_string_lossy().into_owned());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn infer_schema(name: &str, format: FileFormat, cfg: &FileReaderConfig) -> Result<SchemaRef> {
+    let mut file = File::open(name)?;
+    let schema = match format {
+        FileFormat::Csv => {
+            let (s, _) = csv_format(&cfg.csv)?.infer_schema(&mut file, Some(cfg.infer_rows))?;
+            s
+        }
+        FileFormat::Jsonl => {
+            let mut r = BufReader::new(file);
+            let (s, _) = arrow::json::reader::infer_json_schema(&mut r, Some(cfg.infer_rows))?;
+            r.rewind()?;
+            s
+        }
+        FileFormat::Parquet => {
+            let b = ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| Error::data(e.to_string()))?;
+            // Drop the embedded Arrow metadata; keep fields as they are.
+            Schema::new(b.schema().fields().clone())
+        }
+    };
+    if schema.fields().is_empty() {
+        return Err(Error::schema("no columns found"));
+    }
+    Ok(Arc::new(schema))
+}
+
+impl Reader for FileReader {
+    fn initialize(&mut self, config: &Value, ctx: &ReaderContext) -> Result<()> {
+        let cfg: FileReaderConfig = from_config(config)?;
+        check_config(&cfg)?;
+        let format = cfg
+            .format
+            .or_else(|| FileFormat::from_path(&cfg.path))
+            .expect("checked");
+        let files = list_files(&cfg.path)?;
+        if files.is_empty() {
+            return Err(Error::data(format!("no files match `{}`", cfg.path)));
+        }
+        let state: FileState = match (&ctx.state, cfg.incremental) {
+            (Some(s), true) => serde_json::from_value(s.clone()).map_err(|e| {
+                Error::data(format!("the stored state is not a file reader state ({e}); reset it with `dativo state reset`"))
+            })?,
+            _ => FileState::default(),
+        };
+        let resume = state.current.clone();
+        self.pending = files
+            .iter()
+            .filter(|f| !state.files.contains(*f))
+            .map(|f| {
+                let skip = match &resume {
+                    Some(p) if &p.file == f => p.rows,
+                    _ => 0,
+                };
+                (f.clone(), skip)
+            })
+            .collect();
+        let schema = match &cfg.schema {
+            Some(cols) => to_schema(cols)?,
+            None => {
+                let first = self
+                    .pending
+                    .front()
+                    .map(|(f, _)| f.clone())
+                    .unwrap_or_else(|| files.last().cloned().expect("non-empty"));
+                infer_schema(&first, format, &cfg).with_context(|| format!("file {first}"))?
+            }
+        };
+        self.state = FileState {
+            files: state.files,
+            current: None,
+        };
+        self.schema = Some(schema);
+        self.format = Some(format);
+        self.cfg = Some(cfg);
+        Ok(())
+    }
+
+    fn get_schema(&mut self) -> Result<SchemaRef> {
+        self.schema
+            .clone()
+            .ok_or_else(|| Error::internal("get_schema before initialize"))
+    }
+
+    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            if self.open.is_none() && !self.open_next()? {
+                return Ok(None);
+            }
+            let open = self.open.as_mut().expect("open");
+            match open.batches.next() {
+                Some(Ok(b)) => {
+                    if b.num_rows() == 0 {
+                        continue;
+                    }
+                    open.rows += b.num_rows() as u64;
+                    return Ok(Some(b));
+                }
+                Some(Err(e)) => {
+                    let name = open.name.clone();
+                    return Err(Error::from(e).context(format!("file {name}")));
+                }
+                None => {
+                    let open = self.open.take().expect("open");
+                    self.state.files.insert(open.name);
+                }
+            }
+        }
+    }
+
+    fn get_incremental_state(&mut self) -> Result<Option<Value>> {
+        if !self.cfg().incremental {
+            return Ok(None);
+        }
+        let mut s = self.state.clone();
+        s.current = self.open.as_ref().map(|o| Position {
+            file: o.name.clone(),
+            rows: o.rows,
+        });
+        Ok(Some(serde_json::to_value(s)?))
+    }
+
+    fn close(&mut self) -> Result<()> {
+        self.open = None;
+        self.pending.clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,100 @@
+//! `parquet` writer configuration.
+
+use parquet::basic::{Compression, ZstdLevel};
+use serde::Deserialize;
+
+use dativo_core::config::ByteSize;
+use dativo_core::{Error, Result};
+
+/// `target.config` of `writer: parquet`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetWriterConfig {
+    /// The directory that receives the Parquet files (created if missing).
+    pub path: String,
+    /// `snappy` (default), `zstd`, `zstd(LEVEL)`, `lz4` or `none`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    /// Maximum rows per row group.
+    #[serde(default = "default_row_group_size")]
+    pub row_group_size: usize,
+    /// A row group is also closed once this much encoded data is buffered; bounds memory.
+    #[serde(default = "default_row_group_bytes")]
+    pub row_group_bytes: ByteSize,
+    /// A new file is started once the current one reaches this size.
+    #[serde(default = "default_target_file_size")]
+    pub target_file_size: ByteSize,
+    /// Data file names start with this (`part-<uuid>.parquet`).
+    #[serde(default = "default_prefix")]
+    pub file_prefix: String,
+}
+
+fn default_compression() -> String {
+    "snappy".into()
+}
+fn default_row_group_size() -> usize {
+    1 << 20
+}
+fn default_row_group_bytes() -> ByteSize {
+    ByteSize(128 << 20)
+}
+fn default_target_file_size() -> ByteSize {
+    ByteSize(512 << 20)
+}
+fn default_prefix() -> String {
+    "part".into()
+}
+
+/// Parse a compression name.
+pub fn parse_compression(s: &str) -> Result<Compression> {
+    let l = s.trim().to_ascii_lowercase();
+    let c = match l.as_str() {
+        "none" | "uncompressed" => Compression::UNCOMPRESSED,
+        "snappy" => Compression::SNAPPY,
+        "lz4" => Compression::LZ4_RAW,
+        "zstd" => Compression::ZSTD(ZstdLevel::default()),
+        _ => match l.strip_prefix("zstd(").and_then(|r| r.strip_suffix(')')) {
+            Some(level) => {
+                let n: i32 = level
+                    .trim()
+                    .parse()
+                    .map_err(|_| Error::config(format!("invalid zstd level in `{s}`")))?;
+                Compression::ZSTD(ZstdLevel::try_new(n).map_err(|e| {
+                    Error::config(format!("invalid zstd level in `{s}`: {e}"))
+                })?)
+            }
+            None => {
+                return Err(Error::config(format!(
+                    "unknown compression `{s}`: use snappy, zstd, zstd(1..22), lz4 or none"
+                )))
+            }
+        },
+    };
+    Ok(c)
+}
+
+impl ParquetWriterConfig {
+    /// Checks that need no I/O.
+    pub fn check(&self) -> Result<()> {
+        parse_compression(&self.compression).map_err(|e| {
+            let m = e.message().to_string();
+            Error::config(m).with_key_path("compression")
+        })?;
+        if self.row_group_size == 0 {
+            return Err(Error::config("must be at least 1").with_key_path("row_group_size"));
+        }
+        if self.path.trim().is_empty() {
+            return Err(Error::config("must not be empty").with_key_path("path"));
+        }
+        if self.file_prefix.is_empty()
+            || self.file_prefix.starts_with(['_', '.'])
+            || self.file_prefix.contains('/')
+        {
+            return Err(Error::config(
+                "must be a plain name that does not start with `_` or `.` (tools skip such files)",
+            )
+            .with_key_path("file_prefix"));
+        }
+        Ok(())
+    }
+}

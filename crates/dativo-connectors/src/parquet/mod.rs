@@ -1,0 +1,17 @@
+//! `writer: parquet` — Parquet files in a local directory, published atomically.
+//!
+//! * Compression (`snappy` default, `zstd`, `lz4`, `none`), row-group size (rows, and
+//!   `row_group_bytes` of buffered data, which bounds memory), rolling files at
+//!   `target_file_size`.
+//! * Exactly once: data files are staged under `_dativo/staging/` and published by a commit
+//!   manifest (`_dativo/commits/<sequence>.json`) that also carries the reader's state; see
+//!   [`commit_log`] for the protocol. A crash at any point leaves only whole, committed files
+//!   where DuckDB, pyarrow and Spark look, and the next run finishes or discards the rest.
+//! * `committed_state()` reads the state back from the latest manifest.
+
+pub mod commit_log;
+mod config;
+mod writer;
+
+pub use config::{parse_compression, ParquetWriterConfig};
+pub use writer::ParquetWriter;

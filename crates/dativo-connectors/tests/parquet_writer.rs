@@ -1,0 +1,117 @@
+//! The parquet writer against the conformance suite and its crash-recovery protocol.
+
+use std::fs;
+
+use dativo_connectors::parquet::{commit_log::Layout, ParquetWriter};
+use dativo_core::conformance::{check_writer, sample_batch};
+use dativo_core::{Commit, Shard, Writer, WriterContext};
+use serde_json::json;
+
+fn ctx() -> WriterContext {
+    WriterContext {
+        job: "t".into(),
+        stream: "t".into(),
+        run_id: "r1".into(),
+        schema: sample_batch().schema(),
+        shard: Shard::default(),
+    }
+}
+
+fn data_files(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".parquet"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn passes_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = json!({"path": dir.path().join("out").display().to_string(), "compression": "zstd"});
+    let report = check_writer(&mut || Ok(Box::new(ParquetWriter::new())), &cfg);
+    assert!(report.passed(), "{report:?}");
+    assert_eq!(data_files(&dir.path().join("out")).len(), 1);
+}
+
+#[test]
+fn uncommitted_files_are_invisible_and_removed_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = json!({"path": dir.path().display().to_string()});
+    let mut w = ParquetWriter::new();
+    w.initialize(&cfg, &ctx()).unwrap();
+    w.write_batch(&sample_batch()).unwrap();
+    let commit = |seq| Commit {
+        state: Some(json!({"n": seq})),
+        run_id: "r1".into(),
+        sequence: seq,
+    };
+    w.finalize(&commit(1)).unwrap();
+    w.write_batch(&sample_batch()).unwrap();
+    w.write_batch(&sample_batch()).unwrap();
+    let layout = Layout {
+        root: dir.path().to_path_buf(),
+    };
+    // Written but not finalized: staged, not where tools look.
+    assert_eq!(data_files(dir.path()).len(), 1);
+    assert_eq!(fs::read_dir(layout.staging()).unwrap().count(), 1);
+    w.abort().unwrap();
+    assert_eq!(fs::read_dir(layout.staging()).unwrap().count(), 0);
+    w.close().unwrap();
+    let mut w = ParquetWriter::new();
+    w.initialize(&cfg, &ctx()).unwrap();
+    assert_eq!(
+        w.committed_state().unwrap().unwrap().state,
+        Some(json!({"n": 1}))
+    );
+    w.close().unwrap();
+    assert_eq!(data_files(dir.path()).len(), 1);
+}
+
+#[test]
+fn roll_forward_after_crash_between_manifest_and_rename() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = json!({"path": dir.path().display().to_string()});
+    let mut w = ParquetWriter::new();
+    w.initialize(&cfg, &ctx()).unwrap();
+    w.write_batch(&sample_batch()).unwrap();
+    w.finalize(&Commit {
+        state: Some(json!({"n": 1})),
+        run_id: "r1".into(),
+        sequence: 1,
+    })
+    .unwrap();
+    w.close().unwrap();
+    // Move the published file back to staging, as if the process died right after the commit.
+    let layout = Layout {
+        root: dir.path().to_path_buf(),
+    };
+    let name = data_files(dir.path()).pop().unwrap();
+    fs::rename(dir.path().join(&name), layout.staged(&name)).unwrap();
+    fs::write(layout.staging().join("orphan.parquet.inprogress"), b"junk").unwrap();
+    assert!(data_files(dir.path()).is_empty());
+
+    let mut w = ParquetWriter::new();
+    w.initialize(&cfg, &ctx()).unwrap();
+    assert_eq!(data_files(dir.path()), vec![name]);
+    assert_eq!(fs::read_dir(layout.staging()).unwrap().count(), 0);
+    let st = w.committed_state().unwrap().unwrap();
+    assert_eq!(st.state, Some(json!({"n": 1})));
+    w.close().unwrap();
+}
+
+#[test]
+fn second_writer_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = json!({"path": dir.path().display().to_string()});
+    let mut a = ParquetWriter::new();
+    a.initialize(&cfg, &ctx()).unwrap();
+    let mut b = ParquetWriter::new();
+    let e = b.initialize(&cfg, &ctx()).unwrap_err();
+    assert!(e.to_string().contains("another dativo writer"), "{e}");
+    a.close().unwrap();
+    b.initialize(&cfg, &ctx()).unwrap();
+    b.close().unwrap();
+}
