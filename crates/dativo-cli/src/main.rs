@@ -1,1 +1,300 @@
-fn main() {}
+//! The `dativo` command-line tool.
+
+mod output;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use dativo_core::job::Job;
+use dativo_core::{secrets, Error, ErrorKind};
+use dativo_runtime::{CancelToken, RunOptions, RunStatus, StateStore};
+
+const AFTER_HELP: &str = "\
+Examples:
+  dativo run examples/jobs/quickstart.yaml      run a job once (with its retries)
+  dativo validate jobs/*.yaml                   check job files without connecting
+  dativo check jobs/orders.yaml                 connect to the source and print its schema
+  dativo state show jobs/orders.yaml            the committed incremental state
+  dativo runs jobs/orders.yaml                  run history
+
+Exit codes:
+  0 success   2 configuration   3 connection/auth   4 data/schema
+  5 plugin    6 storage (I/O)   7 transient (retries exhausted)   1 internal   130 cancelled";
+
+/// dativo moves data from databases, files and APIs into a data lake (Parquet, Iceberg),
+/// exactly once, with readers and writers you can plug in.
+#[derive(Parser)]
+#[command(name = "dativo", version, after_help = AFTER_HELP, propagate_version = true)]
+struct Cli {
+    /// Directory of the state store (state.db, locks). Default: the job's `state.dir`, else
+    /// `.dativo` in the working directory.
+    #[arg(long, global = true, env = "DATIVO_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Log format on stderr: `text` (default) or `json` (one object per line; the run summary
+    /// on stdout is JSON too).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// More log output (-v: debug, -vv: trace). `RUST_LOG` works too.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job once: read, write, commit at every checkpoint, retry retryable failures.
+    #[command(after_help = "Examples:
+  dativo run examples/jobs/quickstart.yaml
+  PG_URL=postgres://… dativo run jobs/orders.yaml --no-progress
+  dativo run jobs/orders.yaml --log-format json > summary.json
+
+A progress bar is shown on a terminal; plain log lines otherwise. Ctrl-C or SIGTERM stops the
+run cleanly: nothing uncommitted becomes visible, and the exit code is 130.")]
+    Run {
+        /// The job file.
+        job: PathBuf,
+        /// Do not show a progress bar even on a terminal.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Check job files without connecting to anything: syntax, keys, types, references, and
+    /// each built-in connector's own configuration.
+    #[command(after_help = "Examples:
+  dativo validate examples/jobs/quickstart.yaml
+  dativo validate jobs/*.yaml
+
+Errors name the file, the key path and the line:
+  jobs/orders.yaml:7: source.config.tabel: unknown field `tabel`, expected one of …")]
+    Validate {
+        /// Job files.
+        #[arg(required = true)]
+        jobs: Vec<PathBuf>,
+    },
+    /// Validate, then connect to the source and print the schema it would read.
+    #[command(after_help = "Example:\n  dativo check examples/jobs/quickstart.yaml")]
+    Check {
+        /// The job file.
+        job: PathBuf,
+    },
+    /// Show or reset a job's committed incremental state.
+    #[command(subcommand)]
+    State(StateCommand),
+    /// A job's run history: start, end, status, rows, bytes, error.
+    #[command(after_help = "Examples:\n  dativo runs examples/jobs/quickstart.yaml\n  dativo runs quickstart --limit 5 --json")]
+    Runs {
+        /// A job file, or a job name (then the state store is `--state-dir` or `.dativo`).
+        job: String,
+        /// How many runs, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the readers and writers this binary can use.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// Print the committed state as JSON.
+    #[command(after_help = "Example:\n  dativo state show examples/jobs/quickstart.yaml")]
+    Show {
+        /// A job file, or a job name.
+        job: String,
+    },
+    /// Forget the committed state: the next run reads from the beginning. Data already written
+    /// is not touched (and a writer that stores state with its data, like `parquet`, keeps
+    /// its own copy: remove the output too for a full reload).
+    #[command(after_help = "Example:\n  dativo state reset examples/jobs/quickstart.yaml")]
+    Reset {
+        /// A job file, or a job name.
+        job: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Built-in readers and writers.
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    output::init_logging(cli.log_format == LogFormat::Json, cli.verbose);
+    match dispatch(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = secrets::scrub(&e.to_string());
+            if cli.log_format == LogFormat::Json {
+                let v = serde_json::json!({"status": "error", "kind": e.kind().as_str(), "error": msg});
+                eprintln!("{v}");
+            } else {
+                eprintln!("error: {msg}");
+            }
+            ExitCode::from(e.kind().exit_code() as u8)
+        }
+    }
+}
+
+fn load(job: &Path) -> Result<Job, Error> {
+    Job::load(job)
+}
+
+/// The state directory for a job: `--state-dir`, else the job's `state.dir`, else `.dativo`.
+fn state_dir(cli: &Cli, job: Option<&Job>) -> PathBuf {
+    cli.state_dir
+        .clone()
+        .or_else(|| job.and_then(|j| j.config.state.dir.clone()))
+        .unwrap_or_else(|| PathBuf::from(".dativo"))
+}
+
+/// A job given as a file or a name → (name, state directory).
+fn job_ref(cli: &Cli, arg: &str) -> Result<(String, PathBuf), Error> {
+    let p = Path::new(arg);
+    if p.is_file() {
+        let job = load(p)?;
+        let dir = state_dir(cli, Some(&job));
+        Ok((job.name().to_string(), dir))
+    } else if arg.ends_with(".yaml") || arg.ends_with(".yml") {
+        Err(Error::config(format!("job file {arg} does not exist")))
+    } else {
+        Ok((arg.to_string(), state_dir(cli, None)))
+    }
+}
+
+fn open_store_existing(dir: &Path) -> Result<StateStore, Error> {
+    if !dir.join("state.db").exists() {
+        return Err(Error::config(format!(
+            "no state store in {} (no job has run with it yet; see --state-dir)",
+            dir.display()
+        )));
+    }
+    StateStore::open(dir)
+}
+
+fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
+    match &cli.command {
+        Command::Validate { jobs } => {
+            let mut failed = 0;
+            for p in jobs {
+                match load(p).and_then(|j| dativo_runtime::implementations::validate(&j).map(|_| j)) {
+                    Ok(j) => println!("ok: {} (job `{}`)", p.display(), j.name()),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("error: {}", secrets::scrub(&e.to_string()));
+                    }
+                }
+            }
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(ErrorKind::Config.exit_code() as u8)
+            })
+        }
+        Command::Check { job } => {
+            let job = load(job)?;
+            let store = StateStore::open(&state_dir(cli, Some(&job)))?;
+            let schema = dativo_runtime::runner::check(&job, &store)?;
+            println!("ok: job `{}` — source schema:", job.name());
+            output::print_schema(&schema);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { job, no_progress } => {
+            let job = load(job)?;
+            let store = StateStore::open(&state_dir(cli, Some(&job)))?;
+            let cancel = CancelToken::new();
+            let c = cancel.clone();
+            ctrlc::set_handler(move || {
+                if c.is_cancelled() {
+                    eprintln!("second interrupt: exiting now");
+                    std::process::exit(130);
+                }
+                eprintln!("interrupted: stopping; uncommitted data will be discarded (press again to exit at once)");
+                c.cancel();
+            })
+            .map_err(|e| Error::internal(format!("cannot install the signal handler: {e}")))?;
+            let show_bar = !no_progress
+                && cli.log_format == LogFormat::Text
+                && std::io::stderr().is_terminal();
+            let observer = output::Progress::new(show_bar);
+            let summary = dativo_runtime::run(
+                &job,
+                &store,
+                &RunOptions {
+                    cancel,
+                    observer: &observer,
+                },
+            )?;
+            observer.finish();
+            output::print_summary(&job, &summary, cli.log_format == LogFormat::Json);
+            Ok(match (&summary.status, &summary.error) {
+                (RunStatus::Succeeded, _) => ExitCode::SUCCESS,
+                (_, Some(e)) => ExitCode::from(e.kind().exit_code() as u8),
+                _ => ExitCode::FAILURE,
+            })
+        }
+        Command::State(StateCommand::Show { job }) => {
+            let (name, dir) = job_ref(cli, job)?;
+            let store = open_store_existing(&dir)?;
+            match store.load_state(&name)? {
+                Some(s) => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "job": name, "state": s.state, "run_id": s.run_id, "updated_at": s.updated_at
+                    }))
+                    .expect("serializable")
+                ),
+                None => println!("job `{name}` has no committed state: the next run reads from the beginning"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::State(StateCommand::Reset { job }) => {
+            let (name, dir) = job_ref(cli, job)?;
+            let store = open_store_existing(&dir)?;
+            let _lock = store.lock(&name)?;
+            if store.reset_state(&name)? {
+                println!("reset the state of job `{name}`: the next run reads from the beginning");
+            } else {
+                println!("job `{name}` had no committed state");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runs { job, limit, json } => {
+            let (name, dir) = job_ref(cli, job)?;
+            let store = open_store_existing(&dir)?;
+            let runs = store.runs(&name, *limit)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&runs).expect("serializable"));
+            } else {
+                output::print_runs(&name, &runs);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugins(PluginsCommand::List) => {
+            println!("readers:");
+            for r in dativo_connectors::readers() {
+                println!("  {:<10} built-in  {}", r.name, r.summary);
+            }
+            println!("writers:");
+            for w in dativo_connectors::writers() {
+                println!("  {:<10} built-in  {}", w.name, w.summary);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,1 +1,10 @@
-//! placeholder
+//! dativo-runtime: runs jobs. The [`runner`] owns everything but the data itself — loading the
+//! reader and writer, back-pressure, checkpoints, the commit protocol, retries, cancellation —
+//! and the [`state_store`] keeps committed state, run history and per-job locks.
+
+pub mod implementations;
+pub mod runner;
+pub mod state_store;
+
+pub use runner::{run, CancelToken, NoObserver, Observer, RunEvent, RunOptions, RunSummary};
+pub use state_store::{RunRecord, RunStatus, StateStore, StoredState};

@@ -1,0 +1,293 @@
+//! What the CLI prints: logs, the progress bar, the run summary, tables.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::Schema;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use dativo_core::job::{Implementation, Job};
+use dativo_core::secrets;
+use dativo_runtime::{Observer, RunEvent, RunRecord, RunStatus, RunSummary};
+
+/// Logs go to stderr: text, or JSON lines.
+pub fn init_logging(json: bool, verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.compact().init();
+    }
+}
+
+struct Counters {
+    rows: u64,
+    bytes: u64,
+    committed_rows: u64,
+    last_log: Instant,
+}
+
+/// Progress: a bar on a terminal, periodic log lines otherwise.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    counters: Mutex<Counters>,
+}
+
+impl Progress {
+    /// A bar if `bar`, else log lines.
+    pub fn new(bar: bool) -> Self {
+        let bar = bar.then(|| {
+            let b = ProgressBar::new_spinner();
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                    .expect("valid template"),
+            );
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        });
+        Progress {
+            bar,
+            started: Instant::now(),
+            counters: Mutex::new(Counters {
+                rows: 0,
+                bytes: 0,
+                committed_rows: 0,
+                last_log: Instant::now(),
+            }),
+        }
+    }
+
+    /// Remove the bar.
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+
+    fn line(&self, c: &Counters) -> String {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        format!(
+            "{} rows read ({}/s, {:.1} MB/s), {} committed",
+            group(c.rows),
+            group((c.rows as f64 / secs) as u64),
+            c.bytes as f64 / 1e6 / secs,
+            group(c.committed_rows)
+        )
+    }
+}
+
+impl Observer for Progress {
+    fn on_event(&self, event: &RunEvent<'_>) {
+        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            RunEvent::Batch { rows, bytes } => {
+                c.rows += rows;
+                c.bytes += bytes;
+                if let Some(b) = &self.bar {
+                    b.set_message(self.line(&c));
+                } else if c.last_log.elapsed() >= Duration::from_secs(10) {
+                    c.last_log = Instant::now();
+                    tracing::info!("{}", self.line(&c));
+                }
+            }
+            RunEvent::Committed { report, .. } => {
+                c.committed_rows += report.rows;
+                if let Some(b) = &self.bar {
+                    b.set_message(self.line(&c));
+                }
+            }
+            RunEvent::AttemptStarted { attempt, state } => {
+                let from = match state {
+                    Some(_) => "from the committed state",
+                    None => "from the beginning",
+                };
+                tracing::info!(attempt, "reading {from}");
+            }
+            RunEvent::Recovered { .. } => {}
+            RunEvent::Schema(s) => {
+                tracing::debug!(columns = s.fields().len(), "source schema known");
+            }
+            RunEvent::Retrying {
+                attempt,
+                error,
+                delay,
+            } => {
+                if let Some(b) = &self.bar {
+                    b.println(format!(
+                        "attempt {attempt} failed: {}; retrying in {:.1}s",
+                        secrets::scrub(&error.to_string()),
+                        delay.as_secs_f64()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn mb(bytes: u64) -> String {
+    dativo_core::config::ByteSize(bytes).to_string()
+}
+
+fn abbreviate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let head: String = s.chars().take(max).collect();
+        format!("{head}…")
+    }
+}
+
+/// The end-of-run summary on stdout.
+pub fn print_summary(job: &Job, s: &RunSummary, json: bool) {
+    let output = output_location(job);
+    if json {
+        let v = serde_json::json!({
+            "job": job.name(),
+            "run_id": s.run_id,
+            "status": s.status.as_str(),
+            "attempts": s.attempts,
+            "rows": s.rows,
+            "bytes": s.bytes,
+            "commits": s.commits,
+            "files": s.files,
+            "elapsed_seconds": s.elapsed.as_secs_f64(),
+            "output": output,
+            "state": s.state,
+            "error": s.error.as_ref().map(|e| secrets::scrub(&e.to_string())),
+            "error_kind": s.error.as_ref().map(|e| e.kind().as_str()),
+        });
+        println!("{v}");
+        return;
+    }
+    let secs = s.elapsed.as_secs_f64();
+    let mark = match s.status {
+        RunStatus::Succeeded => "✔",
+        _ => "✘",
+    };
+    println!(
+        "{mark} job `{}` {} in {:.2}s (run {}{})",
+        job.name(),
+        s.status.as_str(),
+        secs,
+        s.run_id,
+        if s.attempts > 1 {
+            format!(", {} attempts", s.attempts)
+        } else {
+            String::new()
+        }
+    );
+    if let Some(e) = &s.error {
+        println!("  error    {}", secrets::scrub(&e.to_string()));
+        if s.commits > 0 {
+            println!("  note     the {} commits made before the error stand; the next run resumes after them", s.commits);
+        }
+    }
+    if s.rows == 0 && s.commits == 0 && s.error.is_none() {
+        println!("  rows     no new data since the last committed state");
+    } else {
+        println!(
+            "  rows     {} committed in {} commit{} ({} file{}, {})",
+            group(s.rows),
+            s.commits,
+            if s.commits == 1 { "" } else { "s" },
+            s.files.len(),
+            if s.files.len() == 1 { "" } else { "s" },
+            mb(s.bytes)
+        );
+        if secs > 0.0 && s.rows > 0 {
+            println!(
+                "  speed    {} rows/s, {:.1} MB/s (Arrow in memory)",
+                group((s.rows as f64 / secs) as u64),
+                s.arrow_bytes as f64 / 1e6 / secs
+            );
+        }
+    }
+    if let Some(out) = output {
+        println!("  output   {out}");
+        if matches!(&job.config.target.writer, Implementation::Builtin(n) if n == "parquet") {
+            println!(
+                "  query    duckdb -c \"SELECT count(*) FROM read_parquet('{}/*.parquet')\"",
+                out.trim_end_matches('/')
+            );
+        }
+    }
+    if let Some(st) = &s.state {
+        println!("  state    {}", abbreviate(&st.to_string(), 160));
+    }
+}
+
+fn output_location(job: &Job) -> Option<String> {
+    job.config
+        .target
+        .config
+        .get("path")
+        .and_then(|p| p.as_str())
+        .map(|p| secrets::scrub(p))
+}
+
+/// A schema, one column per line.
+pub fn print_schema(schema: &Schema) {
+    let w = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().len())
+        .max()
+        .unwrap_or(4);
+    for f in schema.fields() {
+        println!(
+            "  {:<w$}  {}{}",
+            f.name(),
+            f.data_type(),
+            if f.is_nullable() { "" } else { " NOT NULL" }
+        );
+    }
+}
+
+/// The run history table.
+pub fn print_runs(job: &str, runs: &[RunRecord]) {
+    if runs.is_empty() {
+        println!("job `{job}` has no runs yet");
+        return;
+    }
+    println!(
+        "{:<36}  {:<24}  {:<24}  {:<11}  {:>12}  {:>10}  error",
+        "run", "started", "ended", "status", "rows", "bytes"
+    );
+    for r in runs {
+        println!(
+            "{:<36}  {:<24}  {:<24}  {:<11}  {:>12}  {:>10}  {}",
+            r.run_id,
+            r.started_at,
+            r.ended_at.as_deref().unwrap_or("-"),
+            r.status.as_str(),
+            group(r.rows),
+            mb(r.bytes),
+            r.error.as_deref().map(|e| abbreviate(e, 120)).unwrap_or_default()
+        );
+    }
+}

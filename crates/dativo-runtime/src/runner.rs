@@ -1,0 +1,575 @@
+//! The runner: one run of one job, with the commit protocol of DESIGN.md §3.
+//!
+//! ```text
+//! lock job ─► attempt 1..=retry.attempts:
+//!   state ← state store; writer.committed_state() wins if it differs
+//!   reader thread ──(batch, state)──► bounded channel ──► writer (this thread)
+//!   every checkpoint and at end: writer.finalize(state) ─► state store
+//!   on error: writer.abort(); retry if retryable, with exponential backoff and jitter
+//! ```
+//!
+//! Memory is bounded by `channel_depth` batches in flight plus what the writer buffers, never by
+//! the size of the source. State advances only after the writer's finalize succeeded.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use crossbeam_channel::{bounded, RecvTimeoutError};
+use rand::Rng;
+use serde_json::Value;
+
+use dativo_core::conformance::check_batch_schema;
+use dativo_core::job::Job;
+use dativo_core::{
+    secrets, Commit, CommitReport, Error, ErrorKind, Reader, ReaderContext, Result, Shard, Writer,
+    WriterContext,
+};
+
+use crate::implementations::{self, ReaderFactory, WriterFactory};
+use crate::state_store::{RunStatus, StateStore};
+
+/// Cancels a run from another thread (signal handler, API).
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Request cancellation.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    /// Whether cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What happens during a run, for progress bars, logs and metrics.
+#[derive(Debug)]
+pub enum RunEvent<'a> {
+    /// An attempt starts from `state`.
+    AttemptStarted {
+        /// 1-based attempt number.
+        attempt: u32,
+        /// The state the reader starts from.
+        state: Option<&'a Value>,
+    },
+    /// The writer's committed state differed from the state store's; the writer's was used.
+    Recovered {
+        /// What the state store had.
+        store: Option<&'a Value>,
+        /// What the writer had.
+        writer: Option<&'a Value>,
+    },
+    /// The reader's schema is known.
+    Schema(&'a SchemaRef),
+    /// A batch was handed to the writer.
+    Batch {
+        /// Rows in the batch.
+        rows: u64,
+        /// Arrow in-memory bytes of the batch.
+        bytes: u64,
+    },
+    /// A checkpoint was committed.
+    Committed {
+        /// The writer's report.
+        report: &'a CommitReport,
+        /// The state committed with it.
+        state: Option<&'a Value>,
+    },
+    /// An attempt failed with a retryable error; the next starts after `delay`.
+    Retrying {
+        /// The attempt that failed.
+        attempt: u32,
+        /// Why.
+        error: &'a Error,
+        /// Delay before the next attempt.
+        delay: Duration,
+    },
+}
+
+/// Receives [`RunEvent`]s.
+pub trait Observer: Send + Sync {
+    /// Called on the runner's thread; keep it cheap.
+    fn on_event(&self, event: &RunEvent<'_>);
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+impl Observer for NoObserver {
+    fn on_event(&self, _: &RunEvent<'_>) {}
+}
+
+/// How a run ended, with totals.
+#[derive(Debug)]
+pub struct RunSummary {
+    /// The run's id.
+    pub run_id: String,
+    /// Final status.
+    pub status: RunStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Rows committed.
+    pub rows: u64,
+    /// Bytes committed (as reported by the writer).
+    pub bytes: u64,
+    /// Arrow bytes read.
+    pub arrow_bytes: u64,
+    /// Commits made.
+    pub commits: u64,
+    /// Files made visible.
+    pub files: Vec<String>,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// The error that ended the run.
+    pub error: Option<Error>,
+    /// The state committed last (or the starting state if nothing was committed).
+    pub state: Option<Value>,
+}
+
+/// Options of a run.
+pub struct RunOptions<'a> {
+    /// Cancellation.
+    pub cancel: CancelToken,
+    /// Progress.
+    pub observer: &'a dyn Observer,
+}
+
+enum Msg {
+    Batch(RecordBatch, Option<Value>),
+    End(Option<Value>),
+    Failed(Error),
+}
+
+#[derive(Default)]
+struct Totals {
+    rows: u64,
+    bytes: u64,
+    arrow_bytes: u64,
+    commits: u64,
+    files: Vec<String>,
+    state: Option<Value>,
+}
+
+/// Run `job` once (with its retries) against `store`. Returns the summary; a failed run has
+/// `error` set and its earlier commits stand.
+pub fn run(job: &Job, store: &StateStore, opts: &RunOptions<'_>) -> Result<RunSummary> {
+    let (rf, wf) = implementations::validate(job)?;
+    let name = job.name();
+    let _lock = store.lock(name)?;
+    let run_id = uuid::Uuid::now_v7().to_string();
+    store.start_run(name, &run_id)?;
+    let started = Instant::now();
+    let mut totals = Totals::default();
+    let mut sequence = 0u64;
+    let retry = &job.config.retry;
+    let mut attempt = 0u32;
+    let error = loop {
+        attempt += 1;
+        store.set_attempts(&run_id, attempt)?;
+        let mut a = Attempt {
+            job,
+            store,
+            rf: &rf,
+            wf: &wf,
+            run_id: &run_id,
+            opts,
+            totals: &mut totals,
+            sequence: &mut sequence,
+        };
+        match a.run(attempt) {
+            Ok(()) => break None,
+            Err(e) if e.kind() == ErrorKind::Cancelled => break Some(e),
+            Err(e) if e.is_retryable() && attempt < retry.attempts => {
+                let delay = backoff(retry.backoff.0, retry.max_backoff.0, attempt);
+                tracing::warn!(job = name, attempt, error = %secrets::scrub(&e.to_string()), delay = ?delay, "attempt failed; retrying");
+                opts.observer.on_event(&RunEvent::Retrying {
+                    attempt,
+                    error: &e,
+                    delay,
+                });
+                if sleep_unless_cancelled(delay, &opts.cancel) {
+                    break Some(Error::cancelled("cancelled while waiting to retry"));
+                }
+            }
+            Err(e) => break Some(e),
+        }
+    };
+    let status = match &error {
+        None => RunStatus::Succeeded,
+        Some(e) if e.kind() == ErrorKind::Cancelled => RunStatus::Cancelled,
+        Some(_) => RunStatus::Failed,
+    };
+    let msg = error.as_ref().map(|e| secrets::scrub(&e.to_string()));
+    store.finish_run(&run_id, status, msg.as_deref())?;
+    Ok(RunSummary {
+        run_id,
+        status,
+        attempts: attempt,
+        rows: totals.rows,
+        bytes: totals.bytes,
+        arrow_bytes: totals.arrow_bytes,
+        commits: totals.commits,
+        files: totals.files,
+        elapsed: started.elapsed(),
+        error,
+        state: totals.state,
+    })
+}
+
+/// Exponential backoff with "equal jitter": half the delay fixed, half random.
+pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << (attempt - 1).min(20));
+    let cap = exp.min(max);
+    let half = cap / 2;
+    half + rand::rng().random_range(Duration::ZERO..=half)
+}
+
+/// Sleep `d`; returns true if cancelled meanwhile.
+fn sleep_unless_cancelled(d: Duration, cancel: &CancelToken) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if cancel.is_cancelled() {
+            return true;
+        }
+        thread::sleep((end - Instant::now()).min(Duration::from_millis(100)));
+    }
+    cancel.is_cancelled()
+}
+
+struct Attempt<'a> {
+    job: &'a Job,
+    store: &'a StateStore,
+    rf: &'a ReaderFactory,
+    wf: &'a WriterFactory,
+    run_id: &'a str,
+    opts: &'a RunOptions<'a>,
+    totals: &'a mut Totals,
+    sequence: &'a mut u64,
+}
+
+fn reader_ctx(job: &Job, run_id: &str, state: Option<Value>) -> ReaderContext {
+    ReaderContext {
+        job: job.name().to_string(),
+        stream: job.name().to_string(),
+        run_id: run_id.to_string(),
+        state,
+        shard: Shard::default(),
+    }
+}
+
+/// Initialize a reader and get its schema; closes it on failure.
+fn open_reader(
+    rf: &ReaderFactory,
+    config: &Value,
+    ctx: &ReaderContext,
+) -> Result<(Box<dyn Reader>, SchemaRef)> {
+    let mut r = rf.create();
+    match r.initialize(config, ctx).and_then(|_| r.get_schema()) {
+        Ok(s) => Ok((r, s)),
+        Err(e) => {
+            if let Err(ce) = r.close() {
+                tracing::warn!(error = %secrets::scrub(&ce.to_string()), "{} close failed", rf.label);
+            }
+            Err(e.context(rf.label.clone()))
+        }
+    }
+}
+
+/// Initialize a writer; closes it on failure.
+fn open_writer(
+    wf: &WriterFactory,
+    config: &Value,
+    ctx: &WriterContext,
+) -> Result<Box<dyn Writer>> {
+    let mut w = wf.create();
+    match w.initialize(config, ctx) {
+        Ok(()) => Ok(w),
+        Err(e) => {
+            let _ = w.close();
+            Err(e.context(wf.label.clone()))
+        }
+    }
+}
+
+impl Attempt<'_> {
+    fn run(&mut self, attempt: u32) -> Result<()> {
+        let job = self.job;
+        let name = job.name();
+        let stored = self.store.load_state(name)?.and_then(|s| s.state);
+        self.opts.observer.on_event(&RunEvent::AttemptStarted {
+            attempt,
+            state: stored.as_ref(),
+        });
+        let rcfg = &job.config.source.config;
+        let wcfg = &job.config.target.config;
+        let (mut reader, mut schema) =
+            open_reader(self.rf, rcfg, &reader_ctx(job, self.run_id, stored.clone()))?;
+        let wctx = |schema: &SchemaRef| WriterContext {
+            job: name.to_string(),
+            stream: name.to_string(),
+            run_id: self.run_id.to_string(),
+            schema: schema.clone(),
+            shard: Shard::default(),
+        };
+        let mut writer = match open_writer(self.wf, wcfg, &wctx(&schema)) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = reader.close();
+                return Err(e);
+            }
+        };
+        // Recovery: the target's own record of what it committed wins over the state store.
+        let mut start_state = stored.clone();
+        let recovered = match writer.committed_state() {
+            Ok(Some(c)) if c.state != stored => Some(c),
+            Ok(_) => None,
+            Err(e) => {
+                let _ = reader.close();
+                let _ = writer.close();
+                return Err(e.context(format!("{}: committed_state", self.wf.label)));
+            }
+        };
+        if let Some(c) = recovered {
+            tracing::warn!(job = name, "the writer's committed state differs from the state store (a previous run stopped between the two); resuming from the writer's");
+            self.opts.observer.on_event(&RunEvent::Recovered {
+                store: stored.as_ref(),
+                writer: c.state.as_ref(),
+            });
+            let res = self
+                .store
+                .put_state(name, c.run_id.as_deref().unwrap_or(self.run_id), c.state.as_ref());
+            let _ = reader.close();
+            if let Err(e) = res {
+                let _ = writer.close();
+                return Err(e);
+            }
+            match open_reader(self.rf, rcfg, &reader_ctx(job, self.run_id, c.state.clone())) {
+                Ok((r, s)) => {
+                    reader = r;
+                    if s != schema {
+                        let _ = writer.close();
+                        schema = s;
+                        writer = open_writer(self.wf, wcfg, &wctx(&schema)).inspect_err(|_| {
+                            let _ = reader.close();
+                        })?;
+                    }
+                }
+                Err(e) => {
+                    let _ = writer.close();
+                    return Err(e);
+                }
+            }
+            start_state = c.state;
+        }
+        self.totals.state = start_state.clone();
+        self.opts.observer.on_event(&RunEvent::Schema(&schema));
+        self.pump(reader, writer, schema, start_state)
+    }
+
+    /// Move batches from the reader (on its own thread) to the writer (on this one).
+    fn pump(
+        &mut self,
+        mut reader: Box<dyn Reader>,
+        mut writer: Box<dyn Writer>,
+        schema: SchemaRef,
+        start_state: Option<Value>,
+    ) -> Result<()> {
+        let (tx, rx) = bounded::<Msg>(self.job.config.channel_depth);
+        let cancel = self.opts.cancel.clone();
+        let handle = thread::Builder::new()
+            .name("dativo-reader".into())
+            .spawn(move || {
+                let produced = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<()> {
+                    loop {
+                        if cancel.is_cancelled() {
+                            return Ok(());
+                        }
+                        match reader.read_batch()? {
+                            Some(b) => {
+                                let st = reader.get_incremental_state()?;
+                                if tx.send(Msg::Batch(b, st)).is_err() {
+                                    return Ok(());
+                                }
+                            }
+                            None => {
+                                let st = reader.get_incremental_state()?;
+                                let _ = tx.send(Msg::End(st));
+                                return Ok(());
+                            }
+                        }
+                    }
+                }));
+                let err = match produced {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e),
+                    Err(p) => Some(Error::plugin(format!("panicked: {}", panic_message(&p)))),
+                };
+                if let Some(e) = err {
+                    let _ = tx.send(Msg::Failed(e));
+                }
+                reader.close()
+            })
+            .map_err(|e| Error::internal(format!("cannot start the reader thread: {e}")))?;
+
+        let result = self.consume(&rx, &mut *writer, &schema, start_state);
+        drop(rx);
+        if result.is_err() {
+            if let Err(e) = writer.abort() {
+                tracing::warn!(error = %secrets::scrub(&e.to_string()), "{} abort failed", self.wf.label);
+            }
+        }
+        if let Err(e) = writer.close() {
+            tracing::warn!(error = %secrets::scrub(&e.to_string()), "{} close failed", self.wf.label);
+        }
+        // The reader thread ends once it notices the closed channel; do not hang on a reader
+        // blocked in I/O after a failure.
+        let deadline = Instant::now() + Duration::from_secs(if result.is_ok() { 3600 } else { 10 });
+        while !handle.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        if handle.is_finished() {
+            match handle.join() {
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %secrets::scrub(&e.to_string()), "{} close failed", self.rf.label)
+                }
+                Ok(Ok(())) => {}
+                Err(_) => tracing::warn!("{} panicked in close", self.rf.label),
+            }
+        } else {
+            tracing::warn!("{} did not stop within 10 s; leaving it behind", self.rf.label);
+        }
+        result
+    }
+
+    fn consume(
+        &mut self,
+        rx: &crossbeam_channel::Receiver<Msg>,
+        writer: &mut dyn Writer,
+        schema: &SchemaRef,
+        start_state: Option<Value>,
+    ) -> Result<()> {
+        let cp = &self.job.config.checkpoint;
+        let max_rows = cp.rows.unwrap_or(u64::MAX);
+        let max_bytes = cp.bytes.map(|b| b.0).unwrap_or(u64::MAX);
+        let max_age = cp.seconds.map(|d| d.0).unwrap_or(Duration::MAX);
+        let mut latest = start_state.clone();
+        let mut committed = start_state;
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        let mut since = Instant::now();
+        loop {
+            if self.opts.cancel.is_cancelled() {
+                return Err(Error::cancelled("cancelled; uncommitted batches were discarded"));
+            }
+            let msg = match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => {
+                    if rows > 0 && since.elapsed() >= max_age {
+                        self.commit(writer, &latest)?;
+                        committed = latest.clone();
+                        (rows, bytes, since) = (0, 0, Instant::now());
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::internal(format!(
+                        "{} stopped without reporting end of stream",
+                        self.rf.label
+                    )))
+                }
+            };
+            match msg {
+                Msg::Batch(batch, state) => {
+                    check_batch_schema(schema, &batch).map_err(|e| {
+                        Error::new(ErrorKind::Plugin, e.message().to_string())
+                            .context(self.rf.label.clone())
+                    })?;
+                    writer
+                        .write_batch(&batch)
+                        .map_err(|e| e.context(self.wf.label.clone()))?;
+                    let n = batch.num_rows() as u64;
+                    let b = batch.get_array_memory_size() as u64;
+                    rows += n;
+                    bytes += b;
+                    self.totals.arrow_bytes += b;
+                    latest = state;
+                    self.opts
+                        .observer
+                        .on_event(&RunEvent::Batch { rows: n, bytes: b });
+                    if rows >= max_rows || bytes >= max_bytes || since.elapsed() >= max_age {
+                        self.commit(writer, &latest)?;
+                        committed = latest.clone();
+                        (rows, bytes, since) = (0, 0, Instant::now());
+                    }
+                }
+                Msg::End(state) => {
+                    if state.is_some() {
+                        latest = state;
+                    }
+                    if rows > 0 || latest != committed {
+                        self.commit(writer, &latest)?;
+                    }
+                    return Ok(());
+                }
+                Msg::Failed(e) => return Err(e.context(self.rf.label.clone())),
+            }
+        }
+    }
+
+    fn commit(&mut self, writer: &mut dyn Writer, state: &Option<Value>) -> Result<()> {
+        *self.sequence += 1;
+        let commit = Commit {
+            state: state.clone(),
+            run_id: self.run_id.to_string(),
+            sequence: *self.sequence,
+        };
+        let report = writer
+            .finalize(&commit)
+            .map_err(|e| e.context(format!("{}: finalize", self.wf.label)))?;
+        self.store.save_commit(
+            self.job.name(),
+            self.run_id,
+            state.as_ref(),
+            report.rows,
+            report.bytes,
+        )?;
+        self.totals.rows += report.rows;
+        self.totals.bytes += report.bytes;
+        self.totals.commits += 1;
+        self.totals.files.extend(report.files.iter().cloned());
+        self.totals.state = state.clone();
+        tracing::info!(job = self.job.name(), rows = report.rows, files = report.files.len(), commit = report.commit_id.as_deref().unwrap_or(""), "committed");
+        self.opts.observer.on_event(&RunEvent::Committed {
+            report: &report,
+            state: state.as_ref(),
+        });
+        Ok(())
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+/// `dativo check`: validate, open the reader from the committed state, return its schema.
+pub fn check(job: &Job, store: &StateStore) -> Result<SchemaRef> {
+    let (rf, _wf) = implementations::validate(job)?;
+    let state = store.load_state(job.name())?.and_then(|s| s.state);
+    let (mut r, schema) = open_reader(&rf, &job.config.source.config, &reader_ctx(job, "check", state))?;
+    r.close().map_err(|e| e.context(rf.label.clone()))?;
+    Ok(schema)
+}

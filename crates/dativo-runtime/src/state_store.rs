@@ -1,0 +1,366 @@
+//! The state store: each job's committed incremental state, its run history, and the per-job
+//! lock that keeps two runs of one job from interleaving commits.
+//!
+//! The default store is a SQLite file, `state.db`, in the state directory (`.dativo/` in the
+//! working directory, the job's `state.dir`, or `--state-dir`). The per-job lock is an OS file
+//! lock on `locks/<job>.lock` beside it: it dies with the process, so a killed run never leaves
+//! a stale lock behind.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use serde_json::Value;
+
+use dativo_core::{Error, Result, ResultExt};
+
+/// A job's committed state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredState {
+    /// The state; `None` when the last commit had none (a non-incremental reader).
+    pub state: Option<Value>,
+    /// The run that committed it.
+    pub run_id: String,
+    /// When (RFC 3339, UTC).
+    pub updated_at: String,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Still running (or the process died: see [`StateStore::lock`]).
+    Running,
+    /// Finished; everything read was committed.
+    Succeeded,
+    /// Failed after its retries; earlier commits stand.
+    Failed,
+    /// Cancelled by a signal or a request; earlier commits stand.
+    Cancelled,
+    /// The process died during the run (found by the next run).
+    Interrupted,
+}
+
+impl RunStatus {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+    fn parse(s: &str) -> RunStatus {
+        match s {
+            "succeeded" => RunStatus::Succeeded,
+            "failed" => RunStatus::Failed,
+            "cancelled" => RunStatus::Cancelled,
+            "interrupted" => RunStatus::Interrupted,
+            _ => RunStatus::Running,
+        }
+    }
+}
+
+/// One row of run history.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    /// Unique run id (UUIDv7, so ids sort by start time).
+    pub run_id: String,
+    /// The job.
+    pub job: String,
+    /// Start (RFC 3339, UTC).
+    pub started_at: String,
+    /// End, once ended.
+    pub ended_at: Option<String>,
+    /// Status.
+    pub status: RunStatus,
+    /// Attempts made (1 + retries).
+    pub attempts: u32,
+    /// Rows committed by the run.
+    pub rows: u64,
+    /// Bytes committed by the run (as reported by the writer).
+    pub bytes: u64,
+    /// Commits made by the run.
+    pub commits: u64,
+    /// The error that ended the run, redacted.
+    pub error: Option<String>,
+}
+
+/// The SQLite state store.
+pub struct StateStore {
+    conn: Connection,
+    dir: PathBuf,
+}
+
+/// A held per-job lock; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct JobLock {
+    _file: File,
+    /// The lock file.
+    pub path: PathBuf,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn db_err(e: rusqlite::Error) -> Error {
+    Error::io(format!("state store: {e}"))
+}
+
+impl StateStore {
+    /// Open (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<StateStore> {
+        fs::create_dir_all(dir.join("locks"))
+            .with_context(|| format!("creating state directory {}", dir.display()))?;
+        let path = dir.join("state.db");
+        let conn = Connection::open(&path)
+            .map_err(db_err)
+            .with_context(|| format!("opening {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(db_err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS job_state (
+                 job TEXT PRIMARY KEY,
+                 state TEXT,
+                 run_id TEXT NOT NULL,
+                 updated_at TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS runs (
+                 run_id TEXT PRIMARY KEY,
+                 job TEXT NOT NULL,
+                 started_at TEXT NOT NULL,
+                 ended_at TEXT,
+                 status TEXT NOT NULL,
+                 attempts INTEGER NOT NULL DEFAULT 1,
+                 rows INTEGER NOT NULL DEFAULT 0,
+                 bytes INTEGER NOT NULL DEFAULT 0,
+                 commits INTEGER NOT NULL DEFAULT 0,
+                 error TEXT
+             );
+             CREATE INDEX IF NOT EXISTS runs_by_job ON runs(job, started_at);",
+        )
+        .map_err(db_err)
+        .with_context(|| format!("initializing {}", path.display()))?;
+        Ok(StateStore {
+            conn,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The directory of this store.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Take the job's lock without waiting. Runs of the job that are still marked running were
+    /// ended by a dead process: they are marked interrupted.
+    pub fn lock(&self, job: &str) -> Result<JobLock> {
+        let path = self.dir.join("locks").join(format!("{job}.lock"));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::transient(format!(
+                    "job `{job}` is already running (another process holds {})",
+                    path.display()
+                ))
+                .with_retryable(false))
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::from(e).context(format!("locking {}", path.display())))
+            }
+        }
+        self.conn
+            .execute(
+                "UPDATE runs SET status = 'interrupted', ended_at = COALESCE(ended_at, ?2),
+                   error = COALESCE(error, 'the process ended during the run (killed or crashed)')
+                 WHERE job = ?1 AND status = 'running'",
+                params![job, now()],
+            )
+            .map_err(db_err)?;
+        Ok(JobLock { _file: file, path })
+    }
+
+    /// The job's committed state.
+    pub fn load_state(&self, job: &str) -> Result<Option<StoredState>> {
+        self.conn
+            .query_row(
+                "SELECT state, run_id, updated_at FROM job_state WHERE job = ?1",
+                params![job],
+                |r| {
+                    Ok((
+                        r.get::<_, Option<String>>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(db_err)?
+            .map(|(state, run_id, updated_at)| {
+                let state = state
+                    .map(|s| serde_json::from_str(&s))
+                    .transpose()
+                    .map_err(|e| Error::data(format!("stored state of `{job}` is corrupt: {e}")))?;
+                Ok(StoredState {
+                    state,
+                    run_id,
+                    updated_at,
+                })
+            })
+            .transpose()
+    }
+
+    /// Record the job's committed state and count the commit in the run's history, atomically.
+    pub fn save_commit(
+        &self,
+        job: &str,
+        run_id: &str,
+        state: Option<&Value>,
+        rows: u64,
+        bytes: u64,
+    ) -> Result<()> {
+        let state = state.map(|s| s.to_string());
+        let tx = self.conn.unchecked_transaction().map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO job_state (job, state, run_id, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(job) DO UPDATE SET state = ?2, run_id = ?3, updated_at = ?4",
+            params![job, state, run_id, now()],
+        )
+        .map_err(db_err)?;
+        tx.execute(
+            "UPDATE runs SET rows = rows + ?2, bytes = bytes + ?3, commits = commits + 1
+             WHERE run_id = ?1",
+            params![run_id, rows as i64, bytes as i64],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
+    /// Overwrite the job's state (recovery from the writer's copy).
+    pub fn put_state(&self, job: &str, run_id: &str, state: Option<&Value>) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO job_state (job, state, run_id, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(job) DO UPDATE SET state = ?2, run_id = ?3, updated_at = ?4",
+                params![job, state.map(|s| s.to_string()), run_id, now()],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Forget the job's state; the next run starts from the beginning. Returns whether there
+    /// was one.
+    pub fn reset_state(&self, job: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute("DELETE FROM job_state WHERE job = ?1", params![job])
+            .map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    /// Record the start of a run.
+    pub fn start_run(&self, job: &str, run_id: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO runs (run_id, job, started_at, status) VALUES (?1, ?2, ?3, 'running')",
+                params![run_id, job, now()],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Record another attempt of a run.
+    pub fn set_attempts(&self, run_id: &str, attempts: u32) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE runs SET attempts = ?2 WHERE run_id = ?1",
+                params![run_id, attempts],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Record the end of a run. `error` must already be redacted.
+    pub fn finish_run(&self, run_id: &str, status: RunStatus, error: Option<&str>) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE runs SET status = ?2, ended_at = ?3, error = ?4 WHERE run_id = ?1",
+                params![run_id, status.as_str(), now(), error],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// The job's runs, newest first.
+    pub fn runs(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT run_id, job, started_at, ended_at, status, attempts, rows, bytes, commits, error
+                 FROM runs WHERE job = ?1 ORDER BY started_at DESC, run_id DESC LIMIT ?2",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![job, limit as i64], |r| {
+                Ok(RunRecord {
+                    run_id: r.get(0)?,
+                    job: r.get(1)?,
+                    started_at: r.get(2)?,
+                    ended_at: r.get(3)?,
+                    status: RunStatus::parse(&r.get::<_, String>(4)?),
+                    attempts: r.get(5)?,
+                    rows: r.get::<_, i64>(6)? as u64,
+                    bytes: r.get::<_, i64>(7)? as u64,
+                    commits: r.get::<_, i64>(8)? as u64,
+                    error: r.get(9)?,
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<std::result::Result<Vec<_>, _>>().map_err(db_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn state_runs_and_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(dir.path()).unwrap();
+        let lock = s.lock("j").unwrap();
+        let e = s.lock("j").unwrap_err();
+        assert!(e.to_string().contains("already running"), "{e}");
+        assert!(!e.is_retryable());
+        s.start_run("j", "r1").unwrap();
+        s.save_commit("j", "r1", Some(&json!({"c": 1})), 10, 100).unwrap();
+        s.save_commit("j", "r1", Some(&json!({"c": 2})), 5, 50).unwrap();
+        assert_eq!(s.load_state("j").unwrap().unwrap().state, Some(json!({"c": 2})));
+        s.finish_run("j-not-there", RunStatus::Failed, None).unwrap();
+        s.start_run("j", "r2").unwrap();
+        drop(lock);
+        // r2 never finished: the next lock marks it interrupted.
+        let _lock = s.lock("j").unwrap();
+        let runs = s.runs("j", 10).unwrap();
+        assert_eq!(runs.len(), 2);
+        let r1 = runs.iter().find(|r| r.run_id == "r1").unwrap();
+        assert_eq!((r1.rows, r1.bytes, r1.commits), (15, 150, 2));
+        let r2 = runs.iter().find(|r| r.run_id == "r2").unwrap();
+        assert_eq!(r2.status, RunStatus::Interrupted);
+        assert!(s.reset_state("j").unwrap());
+        assert!(s.load_state("j").unwrap().is_none());
+    }
+}
