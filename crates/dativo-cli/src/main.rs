@@ -93,7 +93,9 @@ Errors name the file, the key path and the line:
     #[command(subcommand)]
     State(StateCommand),
     /// A job's run history: start, end, status, rows, bytes, error.
-    #[command(after_help = "Examples:\n  dativo runs examples/jobs/quickstart.yaml\n  dativo runs quickstart --limit 5 --json")]
+    #[command(
+        after_help = "Examples:\n  dativo runs examples/jobs/quickstart.yaml\n  dativo runs quickstart --limit 5 --json"
+    )]
     Runs {
         /// A job file, or a job name (then the state store is `--state-dir` or `.dativo`).
         job: String,
@@ -141,7 +143,8 @@ fn main() -> ExitCode {
         Err(e) => {
             let msg = secrets::scrub(&e.to_string());
             if cli.log_format == LogFormat::Json {
-                let v = serde_json::json!({"status": "error", "kind": e.kind().as_str(), "error": msg});
+                let v =
+                    serde_json::json!({"status": "error", "kind": e.kind().as_str(), "error": msg});
                 eprintln!("{v}");
             } else {
                 eprintln!("error: {msg}");
@@ -192,7 +195,8 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
         Command::Validate { jobs } => {
             let mut failed = 0;
             for p in jobs {
-                match load(p).and_then(|j| dativo_runtime::implementations::validate(&j).map(|_| j)) {
+                match load(p).and_then(|j| dativo_runtime::implementations::validate(&j).map(|_| j))
+                {
                     Ok(j) => println!("ok: {} (job `{}`)", p.display(), j.name()),
                     Err(e) => {
                         failed += 1;
@@ -279,7 +283,10 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
             let store = open_store_existing(&dir)?;
             let runs = store.runs(&name, *limit)?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&runs).expect("serializable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&runs).expect("serializable")
+                );
             } else {
                 output::print_runs(&name, &runs);
             }

@@ -141,7 +141,7 @@ pub fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -247,7 +247,7 @@ fn output_location(job: &Job) -> Option<String> {
         .config
         .get("path")
         .and_then(|p| p.as_str())
-        .map(|p| secrets::scrub(p))
+        .map(secrets::scrub)
 }
 
 /// A schema, one column per line.
@@ -287,7 +287,10 @@ pub fn print_runs(job: &str, runs: &[RunRecord]) {
             r.status.as_str(),
             group(r.rows),
             mb(r.bytes),
-            r.error.as_deref().map(|e| abbreviate(e, 120)).unwrap_or_default()
+            r.error
+                .as_deref()
+                .map(|e| abbreviate(e, 120))
+                .unwrap_or_default()
         );
     }
 }

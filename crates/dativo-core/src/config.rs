@@ -59,7 +59,11 @@ impl ByteSize {
             "mib" => 1 << 20,
             "gib" => 1 << 30,
             "tib" => 1 << 40,
-            u => return Err(format!("invalid size unit `{u}` in `{s}`: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB")),
+            u => {
+                return Err(format!(
+                    "invalid size unit `{u}` in `{s}`: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+                ))
+            }
         };
         Ok(ByteSize((n * mult as f64) as u64))
     }
@@ -173,8 +177,7 @@ mod tests {
 
     #[test]
     fn sizes_and_durations() {
-        let c: Cfg =
-            from_config(&serde_json::json!({"size": "256MB", "every": "1m 30s"})).unwrap();
+        let c: Cfg = from_config(&serde_json::json!({"size": "256MB", "every": "1m 30s"})).unwrap();
         assert_eq!(c.size, ByteSize(256_000_000));
         assert_eq!(c.every.0, Duration::from_secs(90));
         assert_eq!(ByteSize::parse("1GiB").unwrap(), ByteSize(1 << 30));
@@ -183,8 +186,10 @@ mod tests {
 
     #[test]
     fn errors_carry_key_paths() {
-        let e = from_config::<Cfg>(&serde_json::json!({"size": 1, "every": 1, "items": [{"name": "a"}, {"nme": "b"}]}))
-            .unwrap_err();
+        let e = from_config::<Cfg>(
+            &serde_json::json!({"size": 1, "every": 1, "items": [{"name": "a"}, {"nme": "b"}]}),
+        )
+        .unwrap_err();
         assert_eq!(e.key_path(), Some("items[1].nme"));
         assert!(e.to_string().contains("unknown field `nme`"), "{e}");
         let e = from_config::<Cfg>(&serde_json::json!({"size": true, "every": 1})).unwrap_err();

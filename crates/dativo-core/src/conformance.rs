@@ -217,12 +217,18 @@ pub fn check_writer(make: &mut dyn FnMut() -> Result<Box<dyn Writer>>, config: &
     let Some(mut w) = report.record("create", make()) else {
         return report;
     };
-    if report.record("initialize", w.initialize(config, &ctx)).is_none() {
+    if report
+        .record("initialize", w.initialize(config, &ctx))
+        .is_none()
+    {
         report.record("close after failed initialize", w.close());
         return report;
     }
     if report
-        .record("write_batch (every type, with nulls)", w.write_batch(&batch))
+        .record(
+            "write_batch (every type, with nulls)",
+            w.write_batch(&batch),
+        )
         .is_some()
     {
         let state1 = json!({"conformance": 1});
@@ -232,12 +238,17 @@ pub fn check_writer(make: &mut dyn FnMut() -> Result<Box<dyn Writer>>, config: &
             sequence: 1,
         };
         match w.finalize(&commit) {
-            Ok(r) if r.rows == batch.num_rows() as u64 => {
-                report.pass("finalize", format!("{} rows, {} files", r.rows, r.files.len()))
-            }
+            Ok(r) if r.rows == batch.num_rows() as u64 => report.pass(
+                "finalize",
+                format!("{} rows, {} files", r.rows, r.files.len()),
+            ),
             Ok(r) => report.fail(
                 "finalize",
-                format!("reported {} rows, {} were written", r.rows, batch.num_rows()),
+                format!(
+                    "reported {} rows, {} were written",
+                    r.rows,
+                    batch.num_rows()
+                ),
             ),
             Err(e) => report.fail("finalize", e.to_string()),
         }

@@ -271,7 +271,9 @@ mod tests {
 
     #[test]
     fn display_puts_outer_context_first() {
-        let e = Error::data("bad value").context("row 3").context("file a.csv");
+        let e = Error::data("bad value")
+            .context("row 3")
+            .context("file a.csv");
         assert_eq!(e.to_string(), "file a.csv: row 3: bad value");
         assert!(!e.is_retryable());
         assert!(Error::connect("x").is_retryable());

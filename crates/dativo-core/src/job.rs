@@ -261,9 +261,8 @@ impl Job {
 
     /// [`Job::load`] with an explicit environment (tests, `serve`).
     pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Job> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::config(format!("cannot read job file {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(format!("cannot read job file {}: {e}", path.display())))?;
         let base_dir = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, path, &Substitution { base_dir, env })
     }
@@ -300,8 +299,7 @@ impl Job {
         let n = &self.config.name;
         let ok = !n.is_empty()
             && n.len() <= 128
-            && n
-                .chars()
+            && n.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
             && !n.starts_with('.');
         if ok {
@@ -309,7 +307,9 @@ impl Job {
         } else {
             Err(self.error_at(
                 "name",
-                &format!("invalid job name `{n}`: use letters, digits, `_`, `-` and `.` (at most 128)"),
+                &format!(
+                    "invalid job name `{n}`: use letters, digits, `_`, `-` and `.` (at most 128)"
+                ),
             ))
         }
     }
@@ -321,7 +321,12 @@ impl Job {
 
     /// A config error at `key_path` (e.g. `source.config.table`): `file:line: key_path: message`.
     pub fn error_at(&self, key_path: &str, message: &str) -> Error {
-        Self::locate_in(&self.document, &self.path.display().to_string(), key_path, message)
+        Self::locate_in(
+            &self.document,
+            &self.path.display().to_string(),
+            key_path,
+            message,
+        )
     }
 
     /// Turn an error from a connector's config validation into one naming file, key path and
@@ -371,37 +376,72 @@ mod tests {
     fn good_job() {
         let j = parse(GOOD).unwrap();
         assert_eq!(j.name(), "orders");
-        assert_eq!(j.config.source.reader, Implementation::Builtin("file".into()));
-        assert_eq!(j.config.target.writer, Implementation::Custom("./libw.so".into()));
+        assert_eq!(
+            j.config.source.reader,
+            Implementation::Builtin("file".into())
+        );
+        assert_eq!(
+            j.config.target.writer,
+            Implementation::Custom("./libw.so".into())
+        );
         assert_eq!(j.config.target.config["path"], "/tmp/lake");
         assert_eq!(j.config.retry.attempts, 5);
         assert_eq!(j.config.checkpoint.rows, Some(1000));
-        assert_eq!(j.config.checkpoint.seconds, Some(DurationValue(Duration::from_secs(300))));
+        assert_eq!(
+            j.config.checkpoint.seconds,
+            Some(DurationValue(Duration::from_secs(300)))
+        );
     }
 
     #[test]
     fn misspelt_key_names_file_path_and_line() {
         let e = parse(&GOOD.replace("retry:", "retyr:")).unwrap_err();
         assert!(
-            e.to_string().starts_with("jobs/j.yaml:10: retyr: unknown field `retyr`"),
+            e.to_string()
+                .starts_with("jobs/j.yaml:10: retyr: unknown field `retyr`"),
             "{e}"
         );
         let e = parse(&GOOD.replace("backoff: 2s", "backof: 2s")).unwrap_err();
-        assert!(e.to_string().starts_with("jobs/j.yaml:10: retry.backof: unknown field"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("jobs/j.yaml:10: retry.backof: unknown field"),
+            "{e}"
+        );
     }
 
     #[test]
     fn wrong_type_and_missing_field() {
         let e = parse(&GOOD.replace("rows: 1000", "rows: many")).unwrap_err();
-        assert!(e.to_string().starts_with("jobs/j.yaml:11: checkpoint.rows: invalid type"), "{e}");
-        let e = parse(&GOOD.replace("  writer: {type: custom, implementation: ./libw.so}\n", "")).unwrap_err();
-        assert!(e.to_string().starts_with("jobs/j.yaml:6: target: missing field `writer`"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("jobs/j.yaml:11: checkpoint.rows: invalid type"),
+            "{e}"
+        );
+        let e = parse(&GOOD.replace("  writer: {type: custom, implementation: ./libw.so}\n", ""))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("jobs/j.yaml:6: target: missing field `writer`"),
+            "{e}"
+        );
         let e = parse(&GOOD.replace("'*/5 * * * *'", "'every tuesday'")).unwrap_err();
-        assert!(e.to_string().starts_with("jobs/j.yaml:9: schedule: invalid cron"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("jobs/j.yaml:9: schedule: invalid cron"),
+            "{e}"
+        );
         let e = parse(&GOOD.replace("HOME_DIR", "NOT_SET_X")).unwrap_err();
-        assert!(e.to_string().starts_with("jobs/j.yaml:8: target.config.path: environment variable `NOT_SET_X`"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("jobs/j.yaml:8: target.config.path: environment variable `NOT_SET_X`"),
+            "{e}"
+        );
         let e = parse(&GOOD.replace("name: orders", "name: 'a b'")).unwrap_err();
-        assert!(e.to_string().starts_with("jobs/j.yaml:1: name: invalid job name"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("jobs/j.yaml:1: name: invalid job name"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -411,6 +451,9 @@ mod tests {
             "source.config",
             Error::config("unknown field `pth`").with_key_path("path"),
         );
-        assert_eq!(e.to_string(), "jobs/j.yaml:5: source.config.path: unknown field `pth`");
+        assert_eq!(
+            e.to_string(),
+            "jobs/j.yaml:5: source.config.path: unknown field `pth`"
+        );
     }
 }

@@ -113,11 +113,16 @@ fn bad(t: &str) -> Error {
 pub fn to_schema(columns: &[ColumnSpec]) -> Result<SchemaRef> {
     let mut fields = Vec::with_capacity(columns.len());
     for (i, c) in columns.iter().enumerate() {
-        let (dt, json) = parse_type(&c.data_type).map_err(|e| e.with_key_path(format!("[{i}].type")))?;
+        let (dt, json) =
+            parse_type(&c.data_type).map_err(|e| e.with_key_path(format!("[{i}].type")))?;
         let mut f = Field::new(&c.name, dt, c.nullable);
         if json {
             f = f.with_metadata(
-                [("ARROW:extension:name".to_string(), JSON_EXTENSION.to_string())].into(),
+                [(
+                    "ARROW:extension:name".to_string(),
+                    JSON_EXTENSION.to_string(),
+                )]
+                .into(),
             );
         }
         fields.push(f);
@@ -132,13 +137,19 @@ mod tests {
     #[test]
     fn parses_friendly_names() {
         assert_eq!(parse_type("int64").unwrap().0, DataType::Int64);
-        assert_eq!(parse_type("decimal(10, 2)").unwrap().0, DataType::Decimal128(10, 2));
+        assert_eq!(
+            parse_type("decimal(10, 2)").unwrap().0,
+            DataType::Decimal128(10, 2)
+        );
         assert_eq!(
             parse_type("timestamp(ms, Europe/Berlin)").unwrap().0,
             DataType::Timestamp(TimeUnit::Millisecond, Some("Europe/Berlin".into()))
         );
         assert!(parse_type("json").unwrap().1);
         assert!(parse_type("decimal(50,2)").is_err());
-        assert!(parse_type("strng").unwrap_err().to_string().contains("unknown type `strng`"));
+        assert!(parse_type("strng")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown type `strng`"));
     }
 }

@@ -271,7 +271,10 @@ fn plain_scalar(text: &str) -> Value {
 /// Substitute every `${env:NAME}`, `${env:NAME:-default}` and `${file:PATH}` in `text`;
 /// `$${` is a literal `${`. Returns the text and whether it consisted of exactly one reference.
 /// Error messages name the reference, never a value.
-pub fn substitute(text: &str, subst: &Substitution<'_>) -> std::result::Result<(String, bool), String> {
+pub fn substitute(
+    text: &str,
+    subst: &Substitution<'_>,
+) -> std::result::Result<(String, bool), String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     let mut refs = 0;
@@ -327,9 +330,8 @@ fn resolve(body: &str, subst: &Substitution<'_>) -> std::result::Result<String, 
             } else {
                 p
             };
-            let mut v = std::fs::read_to_string(&p).map_err(|e| {
-                format!("cannot read `${{file:{arg}}}` ({}): {e}", p.display())
-            })?;
+            let mut v = std::fs::read_to_string(&p)
+                .map_err(|e| format!("cannot read `${{file:{arg}}}` ({}): {e}", p.display()))?;
             // Secret files conventionally end with a newline that is not part of the secret.
             while v.ends_with('\n') || v.ends_with('\r') {
                 v.pop();
@@ -407,7 +409,10 @@ mod tests {
             "job.yaml:3: src.url: environment variable `DATIVO_SURELY_UNSET` is not set (referenced as `${env:DATIVO_SURELY_UNSET}`)"
         );
         let e = parse("a: 1\na: 2\n").unwrap_err();
-        assert!(e.to_string().starts_with("job.yaml:2: a: duplicate key"), "{e}");
+        assert!(
+            e.to_string().starts_with("job.yaml:2: a: duplicate key"),
+            "{e}"
+        );
         let e = parse("a: [1, 2\nb: 3\n").unwrap_err();
         assert!(e.to_string().starts_with("job.yaml:"), "{e}");
         assert!(e.to_string().contains("invalid YAML"), "{e}");

@@ -45,10 +45,16 @@ pub fn reader_for(job: &Job) -> Result<ReaderFactory> {
     match &src.reader {
         Implementation::Builtin(name) => {
             let Some(b) = dativo_connectors::reader(name) else {
-                let known: Vec<&str> = dativo_connectors::readers().iter().map(|r| r.name).collect();
+                let known: Vec<&str> = dativo_connectors::readers()
+                    .iter()
+                    .map(|r| r.name)
+                    .collect();
                 return Err(job.error_at(
                     "source.reader",
-                    &format!("unknown reader `{name}`: built-in readers are {}", known.join(", ")),
+                    &format!(
+                        "unknown reader `{name}`: built-in readers are {}",
+                        known.join(", ")
+                    ),
                 ));
             };
             (b.validate)(&src.config).map_err(|e| job.locate("source.config", e))?;
@@ -70,10 +76,16 @@ pub fn writer_for(job: &Job) -> Result<WriterFactory> {
     match &tgt.writer {
         Implementation::Builtin(name) => {
             let Some(b) = dativo_connectors::writer(name) else {
-                let known: Vec<&str> = dativo_connectors::writers().iter().map(|w| w.name).collect();
+                let known: Vec<&str> = dativo_connectors::writers()
+                    .iter()
+                    .map(|w| w.name)
+                    .collect();
                 return Err(job.error_at(
                     "target.writer",
-                    &format!("unknown writer `{name}`: built-in writers are {}", known.join(", ")),
+                    &format!(
+                        "unknown writer `{name}`: built-in writers are {}",
+                        known.join(", ")
+                    ),
                 ));
             };
             (b.validate)(&tgt.config).map_err(|e| job.locate("target.config", e))?;

@@ -285,11 +285,7 @@ fn open_reader(
 }
 
 /// Initialize a writer; closes it on failure.
-fn open_writer(
-    wf: &WriterFactory,
-    config: &Value,
-    ctx: &WriterContext,
-) -> Result<Box<dyn Writer>> {
+fn open_writer(wf: &WriterFactory, config: &Value, ctx: &WriterContext) -> Result<Box<dyn Writer>> {
     let mut w = wf.create();
     match w.initialize(config, ctx) {
         Ok(()) => Ok(w),
@@ -344,15 +340,21 @@ impl Attempt<'_> {
                 store: stored.as_ref(),
                 writer: c.state.as_ref(),
             });
-            let res = self
-                .store
-                .put_state(name, c.run_id.as_deref().unwrap_or(self.run_id), c.state.as_ref());
+            let res = self.store.put_state(
+                name,
+                c.run_id.as_deref().unwrap_or(self.run_id),
+                c.state.as_ref(),
+            );
             let _ = reader.close();
             if let Err(e) = res {
                 let _ = writer.close();
                 return Err(e);
             }
-            match open_reader(self.rf, rcfg, &reader_ctx(job, self.run_id, c.state.clone())) {
+            match open_reader(
+                self.rf,
+                rcfg,
+                &reader_ctx(job, self.run_id, c.state.clone()),
+            ) {
                 Ok((r, s)) => {
                     reader = r;
                     if s != schema {
@@ -445,7 +447,10 @@ impl Attempt<'_> {
                 Err(_) => tracing::warn!("{} panicked in close", self.rf.label),
             }
         } else {
-            tracing::warn!("{} did not stop within 10 s; leaving it behind", self.rf.label);
+            tracing::warn!(
+                "{} did not stop within 10 s; leaving it behind",
+                self.rf.label
+            );
         }
         result
     }
@@ -467,7 +472,9 @@ impl Attempt<'_> {
         let mut since = Instant::now();
         loop {
             if self.opts.cancel.is_cancelled() {
-                return Err(Error::cancelled("cancelled; uncommitted batches were discarded"));
+                return Err(Error::cancelled(
+                    "cancelled; uncommitted batches were discarded",
+                ));
             }
             let msg = match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(m) => m,
@@ -546,7 +553,13 @@ impl Attempt<'_> {
         self.totals.commits += 1;
         self.totals.files.extend(report.files.iter().cloned());
         self.totals.state = state.clone();
-        tracing::info!(job = self.job.name(), rows = report.rows, files = report.files.len(), commit = report.commit_id.as_deref().unwrap_or(""), "committed");
+        tracing::info!(
+            job = self.job.name(),
+            rows = report.rows,
+            files = report.files.len(),
+            commit = report.commit_id.as_deref().unwrap_or(""),
+            "committed"
+        );
         self.opts.observer.on_event(&RunEvent::Committed {
             report: &report,
             state: state.as_ref(),
@@ -569,7 +582,11 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 pub fn check(job: &Job, store: &StateStore) -> Result<SchemaRef> {
     let (rf, _wf) = implementations::validate(job)?;
     let state = store.load_state(job.name())?.and_then(|s| s.state);
-    let (mut r, schema) = open_reader(&rf, &job.config.source.config, &reader_ctx(job, "check", state))?;
+    let (mut r, schema) = open_reader(
+        &rf,
+        &job.config.source.config,
+        &reader_ctx(job, "check", state),
+    )?;
     r.close().map_err(|e| e.context(rf.label.clone()))?;
     Ok(schema)
 }

@@ -328,7 +328,8 @@ impl StateStore {
                 })
             })
             .map_err(db_err)?;
-        rows.collect::<std::result::Result<Vec<_>, _>>().map_err(db_err)
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(db_err)
     }
 }
 
@@ -346,10 +347,16 @@ mod tests {
         assert!(e.to_string().contains("already running"), "{e}");
         assert!(!e.is_retryable());
         s.start_run("j", "r1").unwrap();
-        s.save_commit("j", "r1", Some(&json!({"c": 1})), 10, 100).unwrap();
-        s.save_commit("j", "r1", Some(&json!({"c": 2})), 5, 50).unwrap();
-        assert_eq!(s.load_state("j").unwrap().unwrap().state, Some(json!({"c": 2})));
-        s.finish_run("j-not-there", RunStatus::Failed, None).unwrap();
+        s.save_commit("j", "r1", Some(&json!({"c": 1})), 10, 100)
+            .unwrap();
+        s.save_commit("j", "r1", Some(&json!({"c": 2})), 5, 50)
+            .unwrap();
+        assert_eq!(
+            s.load_state("j").unwrap().unwrap().state,
+            Some(json!({"c": 2}))
+        );
+        s.finish_run("j-not-there", RunStatus::Failed, None)
+            .unwrap();
         s.start_run("j", "r2").unwrap();
         drop(lock);
         // r2 never finished: the next lock marks it interrupted.

@@ -22,7 +22,10 @@ impl FileFormat {
         let lower = path.to_ascii_lowercase();
         if lower.ends_with(".csv") || lower.ends_with(".tsv") {
             Some(FileFormat::Csv)
-        } else if lower.ends_with(".jsonl") || lower.ends_with(".ndjson") || lower.ends_with(".json") {
+        } else if lower.ends_with(".jsonl")
+            || lower.ends_with(".ndjson")
+            || lower.ends_with(".json")
+        {
             Some(FileFormat::Jsonl)
         } else if lower.ends_with(".parquet") || lower.ends_with(".parq") {
             Some(FileFormat::Parquet)

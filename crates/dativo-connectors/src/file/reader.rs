@@ -182,8 +182,7 @@ fn csv_format(o: &CsvOptions) -> Result<Format> {
 }
 
 fn regex_lite_compile(r: &str) -> Result<regex::Regex> {
-    regex::Regex::new(r)
-        .map_err(|e| Error::config(format!("invalid null_regex `{r}`: {e}")))
+    regex::Regex::new(r).map_err(|e| Error::config(format!("invalid null_regex `{r}`: {e}")))
 }
 
 fn check_csv_header(name: &str, o: &CsvOptions, schema: &Schema) -> Result<()> {
@@ -247,8 +246,9 @@ fn skip_rows(inner: Batches, mut skip: u64) -> Batches {
 
 fn list_files(pattern: &str) -> Result<Vec<String>> {
     let mut files = Vec::new();
-    let paths = glob::glob(pattern)
-        .map_err(|e| Error::config(format!("invalid glob `{pattern}`: {e}")).with_key_path("path"))?;
+    let paths = glob::glob(pattern).map_err(|e| {
+        Error::config(format!("invalid glob `{pattern}`: {e}")).with_key_path("path")
+    })?;
     for p in paths {
         let p = p.map_err(|e| Error::io(format!("listing `{pattern}`: {e}")))?;
         if p.is_file() {

@@ -97,15 +97,19 @@ fn mismatched_header_names_the_file() {
         }
     };
     let msg = err.to_string();
-    assert!(msg.contains("part99.csv") && msg.contains("header"), "{msg}");
+    assert!(
+        msg.contains("part99.csv") && msg.contains("header"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn validate_names_the_key() {
     let e = FileReader::validate(&json!({"path": "x.txt"})).unwrap_err();
     assert_eq!(e.key_path(), Some("path"));
-    let e = FileReader::validate(&json!({"path": "x.csv", "schema": [{"name": "a", "type": "nope"}]}))
-        .unwrap_err();
+    let e =
+        FileReader::validate(&json!({"path": "x.csv", "schema": [{"name": "a", "type": "nope"}]}))
+            .unwrap_err();
     assert_eq!(e.key_path(), Some("schema[0].type"));
     let e = FileReader::validate(&json!({"path": "x.csv", "batchsize": 1})).unwrap_err();
     assert_eq!(e.key_path(), Some("batchsize"));

@@ -71,7 +71,8 @@ impl Layout {
     }
     /// Where a data file with final relative path `rel` is staged.
     pub fn staged(&self, rel: &str) -> PathBuf {
-        self.staging().join(format!("{}.inprogress", rel.replace('/', "__")))
+        self.staging()
+            .join(format!("{}.inprogress", rel.replace('/', "__")))
     }
     /// The lock file held by the active writer.
     pub fn lock_file(&self) -> PathBuf {
@@ -96,7 +97,10 @@ impl Layout {
         for e in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(seq) = name.strip_suffix(".json").and_then(|s| s.parse::<u64>().ok()) else {
+            let Some(seq) = name
+                .strip_suffix(".json")
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
                 continue;
             };
             if best.as_ref().is_none_or(|(b, _)| seq > *b) {
@@ -106,9 +110,13 @@ impl Layout {
         let Some((_, path)) = best else {
             return Ok(None);
         };
-        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let m: Manifest = serde_json::from_str(&text).map_err(|e| {
-            Error::data(format!("commit manifest {} is corrupt: {e}", path.display()))
+            Error::data(format!(
+                "commit manifest {} is corrupt: {e}",
+                path.display()
+            ))
         })?;
         Ok(Some(m))
     }
@@ -144,8 +152,7 @@ impl Layout {
                 if let Some(parent) = dst.parent() {
                     fs::create_dir_all(parent)?;
                 }
-                fs::rename(&src, &dst)
-                    .with_context(|| format!("publishing {}", dst.display()))?;
+                fs::rename(&src, &dst).with_context(|| format!("publishing {}", dst.display()))?;
                 moved = true;
             } else if !dst.exists() {
                 tracing::warn!(file = %dst.display(), sequence = m.sequence, "a committed file is missing");

@@ -59,9 +59,10 @@ pub fn parse_compression(s: &str) -> Result<Compression> {
                     .trim()
                     .parse()
                     .map_err(|_| Error::config(format!("invalid zstd level in `{s}`")))?;
-                Compression::ZSTD(ZstdLevel::try_new(n).map_err(|e| {
-                    Error::config(format!("invalid zstd level in `{s}`: {e}"))
-                })?)
+                Compression::ZSTD(
+                    ZstdLevel::try_new(n)
+                        .map_err(|e| Error::config(format!("invalid zstd level in `{s}`: {e}")))?,
+                )
             }
             None => {
                 return Err(Error::config(format!(

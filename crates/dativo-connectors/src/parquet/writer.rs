@@ -74,7 +74,8 @@ impl ParquetWriter {
         let cfg = self.cfg.as_ref().expect("initialized");
         let rel = format!("{}-{}.parquet", cfg.file_prefix, uuid::Uuid::now_v7());
         let staged = self.layout()?.staged(&rel);
-        let file = File::create(&staged).with_context(|| format!("creating {}", staged.display()))?;
+        let file =
+            File::create(&staged).with_context(|| format!("creating {}", staged.display()))?;
         let writer = ArrowWriter::try_new(
             BufWriter::with_capacity(1 << 20, file),
             self.schema.clone().expect("initialized"),
@@ -182,7 +183,10 @@ impl Writer for ParquetWriter {
         }
         let (target, rg_bytes) = {
             let cfg = self.cfg.as_ref().expect("initialized");
-            (cfg.target_file_size.0 as usize, cfg.row_group_bytes.0 as usize)
+            (
+                cfg.target_file_size.0 as usize,
+                cfg.row_group_bytes.0 as usize,
+            )
         };
         let open = self.open.as_mut().expect("open");
         let path = open.staged.display().to_string();

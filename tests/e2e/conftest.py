@@ -1,0 +1,70 @@
+"""Shared helpers for the end-to-end tests: they run the real `dativo` binary and verify what
+it wrote with tools dativo did not write (pyarrow, duckdb)."""
+import csv
+import os
+import pathlib
+import subprocess
+
+import duckdb
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = os.environ.get("DATIVO_BIN", str(ROOT / "target" / "release" / "dativo"))
+
+
+class Dativo:
+    def __init__(self, cwd: pathlib.Path):
+        self.cwd = cwd
+
+    def run(self, *args, env=None, check=None, timeout=300):
+        e = dict(os.environ)
+        e.pop("DATIVO_STATE_DIR", None)
+        if env:
+            e.update(env)
+        p = subprocess.run([BIN, *map(str, args)], cwd=self.cwd, env=e, capture_output=True,
+                           text=True, timeout=timeout)
+        if check is not None and p.returncode != check:
+            raise AssertionError(f"dativo {' '.join(map(str, args))} exited {p.returncode}, "
+                                 f"expected {check}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+        return p
+
+    def popen(self, *args, env=None):
+        e = dict(os.environ)
+        if env:
+            e.update(env)
+        return subprocess.Popen([BIN, *map(str, args)], cwd=self.cwd, env=e,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def dativo(tmp_path):
+    return Dativo(tmp_path)
+
+
+def write_csvs(directory: pathlib.Path, files: int, rows: int, start_id: int = 0):
+    """`files` CSV files of `rows` rows each; ids are consecutive from start_id."""
+    directory.mkdir(parents=True, exist_ok=True)
+    i = start_id
+    for f in range(files):
+        with open(directory / f"part-{f:04d}.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", "name", "amount", "day"])
+            for _ in range(rows):
+                w.writerow([i, f"name-{i}", f"{i % 1000}.25", f"2026-01-{1 + i % 28:02d}"])
+                i += 1
+    return i
+
+
+def parquet_stats(directory: pathlib.Path, cols=("id",)):
+    """(count, count distinct id, sums...) of every Parquet file where tools look."""
+    files = sorted(str(p) for p in directory.glob("*.parquet"))
+    if not files:
+        return (0, 0) + tuple(None for _ in cols)
+    sums = ", ".join(f"sum({c})" for c in cols)
+    q = f"SELECT count(*), count(DISTINCT id), {sums} FROM read_parquet({files!r})"
+    return duckdb.execute(q).fetchone()
+
+
+def write_job(path: pathlib.Path, text: str) -> pathlib.Path:
+    path.write_text(text)
+    return path
