@@ -10,6 +10,8 @@ use serde_json::Value;
 pub mod file;
 #[cfg(feature = "parquet")]
 pub mod parquet;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 /// A built-in reader.
 pub struct BuiltinReader {
@@ -44,6 +46,13 @@ pub fn readers() -> Vec<BuiltinReader> {
             summary: "CSV, JSON Lines and Parquet files from a path or glob; incremental by file",
             validate: file::FileReader::validate,
             create: || Box::new(file::FileReader::new()),
+        },
+        #[cfg(feature = "postgres")]
+        BuiltinReader {
+            name: "postgres",
+            summary: "PostgreSQL tables or queries via binary COPY; parallel snapshot reads; cursor incremental",
+            validate: postgres::PostgresReader::validate,
+            create: || Box::new(postgres::PostgresReader::new()),
         },
     ]
 }

@@ -1,0 +1,821 @@
+//! The `postgres` reader: planning in one snapshot, parallel binary COPY, resumable state.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use dativo_core::config::from_config;
+use dativo_core::{Error, Reader, ReaderContext, Result};
+
+use super::config::{PostgresReaderConfig, ReadMode};
+use super::connect::{connect, map_error, runtime};
+use super::copy::CopyParser;
+use super::plan::{ident, lit, split_ranges, table_ref, KeyRange, PgState, Plan};
+use super::types::{field_for, kind_for, ColKind, Decoder};
+
+enum Msg {
+    Batch {
+        range: usize,
+        batch: RecordBatch,
+        key: Option<String>,
+        last: bool,
+    },
+    Done(usize),
+    Failed(Error),
+}
+
+/// A column as read: name, type name, kind, select expression.
+#[derive(Clone)]
+struct Column {
+    name: String,
+    type_name: String,
+    kind: ColKind,
+    select: String,
+}
+
+/// Reads a table or query from PostgreSQL.
+#[derive(Default)]
+pub struct PostgresReader {
+    cfg: Option<PostgresReaderConfig>,
+    ctx: Option<ReaderContext>,
+    coordinator: Option<Client>,
+    snapshot: Option<String>,
+    schema: Option<SchemaRef>,
+    columns: Vec<Column>,
+    base: String,
+    order_col: Option<usize>,
+    state: PgState,
+    plan: Option<Plan>,
+    exclude: Option<String>,
+    rx: Option<Receiver<Msg>>,
+    active: usize,
+    started: bool,
+    finished: bool,
+    stop: Arc<AtomicBool>,
+}
+
+fn q(client: &Client, sql: &str, doing: &str) -> Result<Vec<tokio_postgres::Row>> {
+    runtime()
+        .block_on(client.query(sql, &[]))
+        .map_err(|e| map_error(e, doing))
+}
+
+fn scalar_text(client: &Client, sql: &str, doing: &str) -> Result<Option<String>> {
+    let rows = q(client, sql, doing)?;
+    Ok(rows.first().and_then(|r| r.get::<_, Option<String>>(0)))
+}
+
+impl PostgresReader {
+    /// A new, uninitialized reader.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Validate a config without connecting.
+    pub fn validate(config: &Value) -> Result<()> {
+        from_config::<PostgresReaderConfig>(config)?.check()
+    }
+
+    fn cfg(&self) -> &PostgresReaderConfig {
+        self.cfg.as_ref().expect("initialized")
+    }
+
+    fn client(&self) -> &Client {
+        self.coordinator.as_ref().expect("connected")
+    }
+
+    /// Discover the columns of the source and how to select them.
+    fn discover(&mut self) -> Result<()> {
+        let cfg = self.cfg().clone();
+        let base = match (&cfg.table, &cfg.query) {
+            (Some(t), _) => {
+                let cols = match &cfg.columns {
+                    Some(c) => c.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", "),
+                    None => "*".into(),
+                };
+                let filter = cfg
+                    .where_clause
+                    .as_ref()
+                    .map(|w| format!(" WHERE ({w})"))
+                    .unwrap_or_default();
+                format!("SELECT {cols} FROM {}{filter}", table_ref(t))
+            }
+            (None, Some(query)) => query.trim().trim_end_matches(';').to_string(),
+            (None, None) => unreachable!("checked"),
+        };
+        let what = cfg
+            .table
+            .as_deref()
+            .map(|t| format!("table {t}"))
+            .unwrap_or_else(|| "the query".into());
+        let stmt = runtime()
+            .block_on(
+                self.client()
+                    .prepare(&format!("SELECT * FROM ({base}) AS dativo_src LIMIT 0")),
+            )
+            .map_err(|e| map_error(e, &format!("reading the columns of {what}")))?;
+        let mut columns = Vec::new();
+        let mut unsupported = Vec::new();
+        for c in stmt.columns() {
+            let name = c.name().to_string();
+            match kind_for(c.type_(), c.type_modifier(), &cfg.numeric) {
+                Ok(kind) => columns.push(Column {
+                    select: ident(&name),
+                    name,
+                    type_name: c.type_().name().to_string(),
+                    kind,
+                }),
+                Err(t) if cfg.cast_unsupported_to_text => {
+                    tracing::debug!(column = c.name(), r#type = %t, "reading as text");
+                    columns.push(Column {
+                        select: format!("{}::text AS {}", ident(&name), ident(&name)),
+                        name,
+                        type_name: "text".into(),
+                        kind: ColKind::Text,
+                    })
+                }
+                Err(t) => unsupported.push(format!("`{name}` ({t})")),
+            }
+        }
+        if !unsupported.is_empty() {
+            return Err(Error::schema(format!(
+                "unsupported column type{}: {}; set `cast_unsupported_to_text: true` to read {} as text, or cast in `query`",
+                if unsupported.len() > 1 { "s" } else { "" },
+                unsupported.join(", "),
+                if unsupported.len() > 1 { "them" } else { "it" }
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &columns {
+            if !seen.insert(c.name.clone()) {
+                return Err(Error::schema(format!(
+                    "the source has two columns named `{}`; alias them in `query`",
+                    c.name
+                )));
+            }
+        }
+        let fields: Vec<_> = columns
+            .iter()
+            .map(|c| field_for(&c.name, &c.kind))
+            .collect();
+        self.schema = Some(Arc::new(Schema::new(fields)));
+        self.columns = columns;
+        self.base = base;
+        Ok(())
+    }
+
+    fn column_index(&self, name: &str, key: &str) -> Result<usize> {
+        self.columns
+            .iter()
+            .position(|c| c.name == name)
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "column `{name}` is not among the columns read ({})",
+                    self.columns
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+                .with_key_path(key)
+            })
+    }
+
+    fn primary_key(&self) -> Result<Vec<String>> {
+        if let Some(pk) = &self.cfg().primary_key {
+            return Ok(pk.clone());
+        }
+        let Some(t) = &self.cfg().table else {
+            return Ok(Vec::new());
+        };
+        let sql = format!(
+            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = {}::regclass AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)",
+            lit(&table_ref(t))
+        );
+        Ok(q(self.client(), &sql, "finding the primary key")?
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect())
+    }
+
+    fn from_where(&self, pred: &str) -> String {
+        format!("FROM ({}) AS dativo_src WHERE {pred}", self.base)
+    }
+
+    /// Split [lo, hi] of the ordering column at n-1 points, computed by the server.
+    fn split_points(&self, col: &Column, lo: &str, hi: &str, n: u32) -> Result<Vec<String>> {
+        if n <= 1 {
+            return Ok(Vec::new());
+        }
+        let ty = &col.type_name;
+        let expr = match col.kind {
+            ColKind::I16 | ColKind::I32 | ColKind::I64 | ColKind::Decimal(..) | ColKind::F32 | ColKind::F64 => format!(
+                "({lo}::numeric + ({hi}::numeric - {lo}::numeric) * k / {n})::{ty}::text",
+                lo = lit(lo),
+                hi = lit(hi)
+            ),
+            ColKind::Date | ColKind::Timestamp | ColKind::TimestampTz => format!(
+                "({lo}::{ty} + ({hi}::{ty} - {lo}::{ty}) * k / {n})::{ty}::text",
+                lo = lit(lo),
+                hi = lit(hi)
+            ),
+            _ => {
+                return Err(Error::config(format!(
+                    "cannot split the read on `{}` of type {ty}: use a numeric, date or timestamp column, or `partitions: 1`",
+                    col.name
+                ))
+                .with_key_path("partition_column"))
+            }
+        };
+        let rows = q(
+            self.client(),
+            &format!(
+                "SELECT {expr} FROM generate_series(1, {}) AS k ORDER BY k",
+                n - 1
+            ),
+            "splitting the key range",
+        )?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    }
+
+    fn lookback_expr(&self, col: &Column, cursor: &str) -> Result<Option<String>> {
+        let Some(lb) = &self.cfg().lookback else {
+            return Ok(None);
+        };
+        let amount = match (lb, &col.kind) {
+            (Value::String(s), ColKind::Date | ColKind::Timestamp | ColKind::TimestampTz) => {
+                let d = humantime::parse_duration(s).map_err(|e| {
+                    Error::config(format!("invalid lookback `{s}`: {e}")).with_key_path("lookback")
+                })?;
+                format!("interval '{} seconds'", d.as_secs())
+            }
+            (Value::Number(n), ColKind::I16 | ColKind::I32 | ColKind::I64 | ColKind::Decimal(..) | ColKind::F32 | ColKind::F64) => n.to_string(),
+            _ => {
+                return Err(Error::config(format!(
+                    "lookback {lb} does not fit cursor `{}` of type {}: use a duration (`10m`) for time cursors, a number for numeric ones",
+                    col.name, col.type_name
+                ))
+                .with_key_path("lookback"))
+            }
+        };
+        let sql = format!(
+            "SELECT ({}::{} - {amount})::{}::text",
+            lit(cursor),
+            col.type_name,
+            col.type_name
+        );
+        scalar_text(self.client(), &sql, "computing the lookback window")
+    }
+
+    /// `md5((pk…)::text || '|' || cursor::text)` for lookback de-duplication.
+    fn row_hash(&self, pk: &[String], cursor: &str) -> String {
+        let keys: Vec<String> = pk.iter().map(|k| ident(k)).collect();
+        format!(
+            "md5(ROW({})::text || '|' || {}::text)",
+            keys.join(", "),
+            ident(cursor)
+        )
+    }
+
+    fn new_plan(&mut self) -> Result<Plan> {
+        let cfg = self.cfg().clone();
+        let n = cfg.partitions;
+        match cfg.mode() {
+            ReadMode::Incremental => {
+                let cursor_name = cfg.cursor.clone().expect("checked");
+                let ci = self.column_index(&cursor_name, "cursor")?;
+                let col = self.columns[ci].clone();
+                let c = ident(&col.name);
+                let (lo, lo_inclusive) = match &self.state.cursor {
+                    Some(h) => (self.lookback_expr(&col, h)?.or(Some(h.clone())), false),
+                    None => (
+                        scalar_text(
+                            self.client(),
+                            &format!(
+                                "SELECT min({c})::text {}",
+                                self.from_where(&format!("{c} IS NOT NULL"))
+                            ),
+                            "finding the lowest cursor",
+                        )?,
+                        true,
+                    ),
+                };
+                let upper_pred = match &self.state.cursor {
+                    Some(h) => format!("{c} > {}", lit(h)),
+                    None => format!("{c} IS NOT NULL"),
+                };
+                let upper = scalar_text(
+                    self.client(),
+                    &format!("SELECT max({c})::text {}", self.from_where(&upper_pred)),
+                    "finding the highest cursor",
+                )?;
+                let ranges = match (&lo, &upper) {
+                    (Some(l), Some(u)) => {
+                        let points = self.split_points(&col, l, u, n)?;
+                        split_ranges(Some(l.clone()), lo_inclusive, Some(u.clone()), &points)
+                    }
+                    _ => Vec::new(),
+                };
+                Ok(Plan {
+                    mode: "incremental".into(),
+                    column: Some(col.name),
+                    upper,
+                    ranges,
+                    delivered: 0,
+                })
+            }
+            ReadMode::FullRefresh => {
+                let order = match &cfg.partition_column {
+                    Some(p) => Some(p.clone()),
+                    None => {
+                        let pk = self.primary_key()?;
+                        (pk.len() == 1).then(|| pk[0].clone())
+                    }
+                };
+                let Some(order) = order else {
+                    if n > 1 {
+                        return Err(Error::config(
+                            "`partitions` needs `partition_column` (no single-column primary key was found)",
+                        )
+                        .with_key_path("partition_column"));
+                    }
+                    return Ok(Plan {
+                        mode: "full_refresh".into(),
+                        column: None,
+                        upper: None,
+                        ranges: vec![KeyRange {
+                            lo: None,
+                            lo_inclusive: false,
+                            hi: None,
+                            nulls: false,
+                            after: None,
+                            finished: false,
+                        }],
+                        delivered: 0,
+                    });
+                };
+                let ci = self.column_index(&order, "partition_column")?;
+                let col = self.columns[ci].clone();
+                let c = ident(&col.name);
+                let bound = |v: &Option<Value>| -> Option<String> {
+                    v.as_ref().map(|v| match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                };
+                let (mut lo, mut hi) = (bound(&cfg.lower_bound), bound(&cfg.upper_bound));
+                if n > 1 && (lo.is_none() || hi.is_none()) {
+                    let rows = q(
+                        self.client(),
+                        &format!(
+                            "SELECT min({c})::text, max({c})::text {}",
+                            self.from_where("true")
+                        ),
+                        "finding the partition bounds",
+                    )?;
+                    let r = rows.first();
+                    lo = lo.or_else(|| r.and_then(|r| r.get::<_, Option<String>>(0)));
+                    hi = hi.or_else(|| r.and_then(|r| r.get::<_, Option<String>>(1)));
+                }
+                let points = match (&lo, &hi) {
+                    (Some(l), Some(h)) => self.split_points(&col, l, h, n)?,
+                    _ => Vec::new(),
+                };
+                // The outer ranges are open: given bounds only guide the split, rows outside
+                // them are read too.
+                let mut ranges = split_ranges(None, false, None, &points);
+                let nullable = scalar_text(
+                    self.client(),
+                    &format!(
+                        "SELECT 'yes' {} LIMIT 1",
+                        self.from_where(&format!("{c} IS NULL"))
+                    ),
+                    "checking for NULL keys",
+                )?
+                .is_some();
+                if nullable {
+                    ranges.push(KeyRange {
+                        lo: None,
+                        lo_inclusive: false,
+                        hi: None,
+                        nulls: true,
+                        after: None,
+                        finished: false,
+                    });
+                }
+                Ok(Plan {
+                    mode: "full_refresh".into(),
+                    column: Some(col.name),
+                    upper: None,
+                    ranges,
+                    delivered: 0,
+                })
+            }
+        }
+    }
+
+    fn start(&mut self) -> Result<()> {
+        self.started = true;
+        let plan = self.plan.clone().expect("planned");
+        let cfg = self.cfg().clone();
+        let pending: Vec<(usize, KeyRange)> = plan
+            .ranges
+            .iter()
+            .cloned()
+            .enumerate()
+            .filter(|(_, r)| !r.finished)
+            .collect();
+        let (tx, rx) = bounded::<Msg>(pending.len().max(1) * 2);
+        self.active = pending.len();
+        self.rx = Some(rx);
+        let select: Vec<String> = self.columns.iter().map(|c| c.select.clone()).collect();
+        let kinds: Vec<ColKind> = self.columns.iter().map(|c| c.kind.clone()).collect();
+        let names: Vec<String> = self.columns.iter().map(|c| c.name.clone()).collect();
+        for (i, range) in pending {
+            let sql = match &plan.column {
+                Some(col) => {
+                    let c = ident(col);
+                    let mut pred = range.predicate(&c);
+                    if let Some(ex) = &self.exclude {
+                        pred = format!("({pred}) AND {ex}");
+                    }
+                    format!(
+                        "SELECT {} {} ORDER BY {c}",
+                        select.join(", "),
+                        self.from_where(&pred)
+                    )
+                }
+                None => format!("SELECT {} {}", select.join(", "), self.from_where("true")),
+            };
+            let task = PartitionTask {
+                cfg: cfg.clone(),
+                snapshot: self.snapshot.clone(),
+                sql,
+                kinds: kinds.clone(),
+                names: names.clone(),
+                schema: self.schema.clone().expect("schema"),
+                key: self.order_col,
+                batch_size: cfg.batch_size,
+                range: i,
+                tx: tx.clone(),
+                stop: self.stop.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("dativo-pg-{i}"))
+                .spawn(move || {
+                    let tx = task.tx.clone();
+                    if let Err(e) = runtime().block_on(task.run()) {
+                        let _ = tx.send(Msg::Failed(e));
+                    }
+                })
+                .map_err(|e| Error::internal(format!("cannot start a reader thread: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// All ranges are done: compute the state that starts the next run.
+    fn finish_state(&mut self) -> Result<()> {
+        let plan = self.plan.take().expect("planned");
+        let cfg = self.cfg().clone();
+        let mut next = PgState::default();
+        if plan.mode == "incremental" {
+            next.cursor = plan.upper.clone().or(self.state.cursor.clone());
+            if let (Some(_), Some(cursor)) = (&cfg.lookback, &next.cursor) {
+                let ci = self.column_index(cfg.cursor.as_deref().expect("checked"), "cursor")?;
+                let col = self.columns[ci].clone();
+                let pk = self.primary_key()?;
+                if pk.is_empty() {
+                    return Err(Error::config(
+                        "`lookback` needs `primary_key` (the table has none)",
+                    )
+                    .with_key_path("primary_key"));
+                }
+                let lo = self
+                    .lookback_expr(&col, cursor)?
+                    .unwrap_or_else(|| cursor.clone());
+                let c = ident(&col.name);
+                let sql = format!(
+                    "SELECT {} {}",
+                    self.row_hash(&pk, &col.name),
+                    self.from_where(&format!("{c} > {} AND {c} <= {}", lit(&lo), lit(cursor)))
+                );
+                next.seen = q(self.client(), &sql, "recording the lookback window")?
+                    .iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect();
+                next.seen.sort();
+            }
+        } else {
+            next.last_full_refresh = self.ctx.as_ref().map(|c| c.run_id.clone());
+        }
+        self.state = next;
+        self.finished = true;
+        Ok(())
+    }
+}
+
+struct PartitionTask {
+    cfg: PostgresReaderConfig,
+    snapshot: Option<String>,
+    sql: String,
+    kinds: Vec<ColKind>,
+    names: Vec<String>,
+    schema: SchemaRef,
+    key: Option<usize>,
+    batch_size: usize,
+    range: usize,
+    tx: Sender<Msg>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PartitionTask {
+    async fn run(self) -> Result<()> {
+        let client = connect(&self.cfg).await?;
+        let mut begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;".to_string();
+        if let Some(s) = &self.snapshot {
+            begin.push_str(&format!(" SET TRANSACTION SNAPSHOT {};", lit(s)));
+        }
+        client
+            .batch_execute(&begin)
+            .await
+            .map_err(|e| map_error(e, "starting the snapshot transaction"))?;
+        let copy = format!("COPY ({}) TO STDOUT (FORMAT binary)", self.sql);
+        let stream = client
+            .copy_out(copy.as_str())
+            .await
+            .map_err(|e| map_error(e, "starting COPY"))?;
+        futures_util::pin_mut!(stream);
+        let ncols = self.kinds.len();
+        let mut decoders: Vec<Decoder> = self
+            .kinds
+            .iter()
+            .map(|k| Decoder::new(k, self.batch_size))
+            .collect();
+        let mut parser = CopyParser::default();
+        let mut fields = Vec::with_capacity(ncols);
+        let mut rows = 0usize;
+        let mut row_no = 0u64;
+        let mut last_key: Vec<u8> = Vec::new();
+        let mut last_null = false;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| map_error(e, "reading COPY data"))?;
+            parser.push(&chunk);
+            while parser
+                .next_row(&mut fields)
+                .map_err(|m| Error::data(format!("COPY stream: {m}")))?
+            {
+                if fields.len() != ncols {
+                    return Err(Error::data(format!(
+                        "COPY row has {} fields, expected {ncols}",
+                        fields.len()
+                    )));
+                }
+                match self.key {
+                    Some(k) => {
+                        let kf = fields[k];
+                        if rows >= self.batch_size {
+                            let same = match kf {
+                                None => last_null,
+                                Some(r) => !last_null && parser.field(r) == last_key.as_slice(),
+                            };
+                            if !same {
+                                self.emit(&mut decoders, false)?;
+                                rows = 0;
+                            }
+                        }
+                        match kf {
+                            None => last_null = true,
+                            Some(r) => {
+                                last_null = false;
+                                last_key.clear();
+                                last_key.extend_from_slice(parser.field(r));
+                            }
+                        }
+                    }
+                    None => {
+                        if rows >= self.batch_size {
+                            self.emit(&mut decoders, false)?;
+                            rows = 0;
+                        }
+                    }
+                }
+                for (i, f) in fields.iter().enumerate() {
+                    decoders[i]
+                        .append(f.map(|r| parser.field(r)))
+                        .map_err(|m| {
+                            Error::data(format!(
+                                "column `{}`, row {}: {m}",
+                                self.names[i],
+                                row_no + 1
+                            ))
+                        })?;
+                }
+                rows += 1;
+                row_no += 1;
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+        }
+        if !parser.finished {
+            return Err(Error::transient("the COPY stream ended early"));
+        }
+        if rows > 0 {
+            self.emit(&mut decoders, true)?;
+        } else {
+            let _ = self.tx.send(Msg::Done(self.range));
+        }
+        let _ = client.batch_execute("COMMIT").await;
+        Ok(())
+    }
+
+    fn emit(&self, decoders: &mut [Decoder], last: bool) -> Result<()> {
+        let arrays: Vec<_> = decoders.iter_mut().map(|d| d.finish()).collect();
+        let key = match self.key {
+            Some(k) => {
+                let a = &arrays[k];
+                let n = a.len();
+                if n == 0 || a.is_null(n - 1) {
+                    None
+                } else {
+                    let f = ArrayFormatter::try_new(a.as_ref(), &FormatOptions::default())?;
+                    Some(f.value(n - 1).to_string())
+                }
+            }
+            None => None,
+        };
+        let batch = RecordBatch::try_new(self.schema.clone(), arrays)?;
+        // A closed channel means the reader is gone: stop quietly.
+        let _ = self.tx.send(Msg::Batch {
+            range: self.range,
+            batch,
+            key,
+            last,
+        });
+        Ok(())
+    }
+}
+
+impl Reader for PostgresReader {
+    fn initialize(&mut self, config: &Value, ctx: &ReaderContext) -> Result<()> {
+        let cfg: PostgresReaderConfig = from_config(config)?;
+        cfg.check()?;
+        let state: PgState = match &ctx.state {
+            Some(s) if cfg.mode() == ReadMode::Incremental || s.get("plan").is_some() => {
+                serde_json::from_value(s.clone()).map_err(|e| {
+                    Error::data(format!(
+                        "the stored state is not a postgres reader state ({e}); reset it with `dativo state reset`"
+                    ))
+                })?
+            }
+            _ => PgState::default(),
+        };
+        self.cfg = Some(cfg);
+        self.ctx = Some(ctx.clone());
+        let client = runtime().block_on(connect(self.cfg()))?;
+        self.coordinator = Some(client);
+        runtime()
+            .block_on(
+                self.client()
+                    .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+            )
+            .map_err(|e| map_error(e, "starting the snapshot transaction"))?;
+        self.snapshot = scalar_text(
+            self.client(),
+            "SELECT pg_export_snapshot()",
+            "exporting the snapshot",
+        )?;
+        self.discover()?;
+        self.state = state;
+        let plan = match self.state.plan.take() {
+            Some(p) => {
+                let want = match self.cfg().mode() {
+                    ReadMode::Incremental => "incremental",
+                    ReadMode::FullRefresh => "full_refresh",
+                };
+                if p.mode != want {
+                    return Err(Error::data(format!(
+                        "an interrupted {} run is pending but the job now asks for {want}; finish it with the old config or `dativo state reset`",
+                        p.mode
+                    )));
+                }
+                if p.column.is_none() && p.delivered > 0 {
+                    return Err(Error::data(format!(
+                        "the previous full refresh was interrupted after committing {} rows and cannot resume exactly without an ordering column; \
+                         set `partition_column` (or give the table a primary key), then `dativo state reset` and clear the target",
+                        p.delivered
+                    )));
+                }
+                tracing::info!(
+                    ranges = p.ranges.iter().filter(|r| !r.finished).count(),
+                    "resuming an interrupted read"
+                );
+                p
+            }
+            None => self.new_plan()?,
+        };
+        self.order_col = match &plan.column {
+            Some(c) => Some(self.column_index(c, "partition_column")?),
+            None => None,
+        };
+        if plan.mode == "incremental" && !self.state.seen.is_empty() {
+            let pk = self.primary_key()?;
+            if !pk.is_empty() {
+                let cursor = self.cfg().cursor.clone().expect("checked");
+                let hashes: Vec<String> = self.state.seen.iter().map(|h| lit(h)).collect();
+                self.exclude = Some(format!(
+                    "({} > {} OR {} <> ALL(ARRAY[{}]::text[]))",
+                    ident(&cursor),
+                    lit(self.state.cursor.as_deref().unwrap_or("")),
+                    self.row_hash(&pk, &cursor),
+                    hashes.join(",")
+                ));
+            }
+        }
+        self.plan = Some(plan);
+        Ok(())
+    }
+
+    fn get_schema(&mut self) -> Result<SchemaRef> {
+        self.schema
+            .clone()
+            .ok_or_else(|| Error::internal("get_schema before initialize"))
+    }
+
+    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
+        if self.finished {
+            return Ok(None);
+        }
+        if !self.started {
+            self.start()?;
+        }
+        loop {
+            if self.active == 0 {
+                self.finish_state()?;
+                return Ok(None);
+            }
+            let msg = self
+                .rx
+                .as_ref()
+                .expect("started")
+                .recv()
+                .map_err(|_| Error::internal("postgres reader threads stopped unexpectedly"))?;
+            match msg {
+                Msg::Batch {
+                    range,
+                    batch,
+                    key,
+                    last,
+                } => {
+                    let plan = self.plan.as_mut().expect("planned");
+                    let r = &mut plan.ranges[range];
+                    if key.is_some() {
+                        r.after = key;
+                    }
+                    if last {
+                        r.finished = true;
+                        self.active -= 1;
+                    }
+                    plan.delivered += batch.num_rows() as u64;
+                    return Ok(Some(batch));
+                }
+                Msg::Done(range) => {
+                    self.plan.as_mut().expect("planned").ranges[range].finished = true;
+                    self.active -= 1;
+                }
+                Msg::Failed(e) => return Err(e),
+            }
+        }
+    }
+
+    fn get_incremental_state(&mut self) -> Result<Option<Value>> {
+        let mut s = self.state.clone();
+        if !self.finished {
+            s.plan = self.plan.clone();
+        }
+        Ok(Some(serde_json::to_value(s)?))
+    }
+
+    fn close(&mut self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.rx = None;
+        if let Some(c) = self.coordinator.take() {
+            let _ = runtime().block_on(c.batch_execute("COMMIT"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PostgresReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
