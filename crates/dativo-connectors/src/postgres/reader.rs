@@ -121,6 +121,10 @@ impl PostgresReader {
                     .prepare(&format!("SELECT * FROM ({base}) AS dativo_src LIMIT 0")),
             )
             .map_err(|e| map_error(e, &format!("reading the columns of {what}")))?;
+        // Privileges are checked when a statement runs, not when it is prepared.
+        runtime()
+            .block_on(self.client().query(&stmt, &[]))
+            .map_err(|e| map_error(e, &format!("reading {what}")))?;
         let mut columns = Vec::new();
         let mut unsupported = Vec::new();
         for c in stmt.columns() {
@@ -308,15 +312,28 @@ impl PostgresReader {
                         true,
                     ),
                 };
-                let upper_pred = match &self.state.cursor {
-                    Some(h) => format!("{c} > {}", lit(h)),
-                    None => format!("{c} IS NOT NULL"),
+                // The run reads up to the highest cursor in its snapshot; never below the
+                // committed one (with a lookback, rows may only exist below it).
+                let (upper_pred, floor) = match (&lo, &self.state.cursor) {
+                    (Some(l), Some(h)) => (
+                        format!("{c} > {}", lit(l)),
+                        format!("{}::{}", lit(h), col.type_name),
+                    ),
+                    _ => (format!("{c} IS NOT NULL"), "NULL".to_string()),
                 };
                 let upper = scalar_text(
                     self.client(),
-                    &format!("SELECT max({c})::text {}", self.from_where(&upper_pred)),
+                    &format!(
+                        "SELECT GREATEST(max({c}), {floor})::text {}",
+                        self.from_where(&upper_pred)
+                    ),
                     "finding the highest cursor",
                 )?;
+                let upper = match (&upper, &self.state.cursor) {
+                    // Nothing new above the committed cursor and no lookback: nothing to read.
+                    (Some(u), Some(h)) if u == h && self.cfg().lookback.is_none() => None,
+                    _ => upper,
+                };
                 let ranges = match (&lo, &upper) {
                     (Some(l), Some(u)) => {
                         let points = self.split_points(&col, l, u, n)?;
@@ -646,8 +663,7 @@ impl PartitionTask {
                 if n == 0 || a.is_null(n - 1) {
                     None
                 } else {
-                    let f = ArrayFormatter::try_new(a.as_ref(), &FormatOptions::default())?;
-                    Some(f.value(n - 1).to_string())
+                    Some(key_literal(a.as_ref(), n - 1)?)
                 }
             }
             None => None,
@@ -662,6 +678,21 @@ impl PartitionTask {
         });
         Ok(())
     }
+}
+
+/// The value at `row` as a literal PostgreSQL parses back to the same value.
+fn key_literal(a: &dyn arrow::array::Array, row: usize) -> Result<String> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, TimestampMicrosecondType};
+    if let DataType::Timestamp(_, tz) = a.data_type() {
+        let v = a.as_primitive::<TimestampMicrosecondType>().value(row);
+        let t = chrono::DateTime::from_timestamp_micros(v)
+            .ok_or_else(|| Error::data("timestamp out of range"))?;
+        let s = t.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+        return Ok(if tz.is_some() { format!("{s}+00") } else { s });
+    }
+    let f = ArrayFormatter::try_new(a, &FormatOptions::default())?;
+    Ok(f.value(row).to_string())
 }
 
 impl Reader for PostgresReader {
