@@ -8,6 +8,10 @@ use serde_json::Value;
 
 #[cfg(feature = "file")]
 pub mod file;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub mod keyset;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "parquet")]
 pub mod parquet;
 #[cfg(feature = "postgres")]
@@ -53,6 +57,13 @@ pub fn readers() -> Vec<BuiltinReader> {
             summary: "PostgreSQL tables or queries via binary COPY; parallel snapshot reads; cursor incremental",
             validate: postgres::PostgresReader::validate,
             create: || Box::new(postgres::PostgresReader::new()),
+        },
+        #[cfg(feature = "mysql")]
+        BuiltinReader {
+            name: "mysql",
+            summary: "MySQL / MariaDB tables or queries; parallel snapshot reads; cursor incremental",
+            validate: mysql::MySqlReader::validate,
+            create: || Box::new(mysql::MySqlReader::new()),
         },
     ]
 }

@@ -17,7 +17,6 @@
 mod config;
 mod connect;
 mod copy;
-pub mod plan;
 mod reader;
 pub mod types;
 

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -17,7 +16,21 @@ use dativo_core::{Error, Reader, ReaderContext, Result};
 use super::config::{PostgresReaderConfig, ReadMode};
 use super::connect::{connect, map_error, runtime};
 use super::copy::CopyParser;
-use super::plan::{ident, lit, split_ranges, table_ref, KeyRange, PgState, Plan};
+use crate::keyset::{key_literal, split_ranges, Dialect, KeyRange, KeysetState as PgState, Plan};
+
+const PG: Dialect = Dialect::Postgres;
+
+fn ident(name: &str) -> String {
+    PG.ident(name)
+}
+
+fn lit(value: &str) -> String {
+    PG.lit(value)
+}
+
+fn table_ref(table: &str) -> String {
+    PG.table_ref(table)
+}
 use super::types::{field_for, kind_for, ColKind, Decoder};
 
 enum Msg {
@@ -460,7 +473,7 @@ impl PostgresReader {
             let sql = match &plan.column {
                 Some(col) => {
                     let c = ident(col);
-                    let mut pred = range.predicate(&c);
+                    let mut pred = range.predicate(PG, &c);
                     if let Some(ex) = &self.exclude {
                         pred = format!("({pred}) AND {ex}");
                     }
@@ -663,7 +676,7 @@ impl PartitionTask {
                 if n == 0 || a.is_null(n - 1) {
                     None
                 } else {
-                    Some(key_literal(a.as_ref(), n - 1)?)
+                    Some(key_literal(a.as_ref(), n - 1, true)?)
                 }
             }
             None => None,
@@ -678,21 +691,6 @@ impl PartitionTask {
         });
         Ok(())
     }
-}
-
-/// The value at `row` as a literal PostgreSQL parses back to the same value.
-fn key_literal(a: &dyn arrow::array::Array, row: usize) -> Result<String> {
-    use arrow::array::AsArray;
-    use arrow::datatypes::{DataType, TimestampMicrosecondType};
-    if let DataType::Timestamp(_, tz) = a.data_type() {
-        let v = a.as_primitive::<TimestampMicrosecondType>().value(row);
-        let t = chrono::DateTime::from_timestamp_micros(v)
-            .ok_or_else(|| Error::data("timestamp out of range"))?;
-        let s = t.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
-        return Ok(if tz.is_some() { format!("{s}+00") } else { s });
-    }
-    let f = ArrayFormatter::try_new(a, &FormatOptions::default())?;
-    Ok(f.value(row).to_string())
 }
 
 impl Reader for PostgresReader {

@@ -1,15 +1,16 @@
-//! What a run reads: the ordering column, the key ranges (one per partition), and the state
-//! that lets an interrupted run resume exactly after its last committed batch.
+//! Keyset reading plans shared by the SQL readers (`postgres`, `mysql`): the ordering column,
+//! the key ranges (one per partition), and the state that lets an interrupted run resume
+//! exactly after its last committed batch.
 //!
 //! Batches end only between distinct values of the ordering column, so "every row with a key
 //! up to K" is a precise description of what was delivered, and a range resumes with `key > K`.
 
 use serde::{Deserialize, Serialize};
 
-/// The reader's incremental state (what `get_incremental_state` returns).
+/// A SQL reader's incremental state (what `get_incremental_state` returns).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PgState {
+pub struct KeysetState {
     /// Incremental: every row with a cursor up to this value was delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
@@ -67,28 +68,50 @@ pub struct KeyRange {
     pub finished: bool,
 }
 
-/// `"name"` with quotes doubled.
-pub fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+/// How a SQL dialect quotes names and strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `"name"`, `'it''s'`.
+    Postgres,
+    /// `` `name` ``, `'it\'s'` (backslashes escape in MySQL strings by default).
+    MySql,
 }
 
-/// A table reference: `schema.table` → `"schema"."table"`; already-quoted names are kept.
-pub fn table_ref(table: &str) -> String {
-    if table.contains('"') {
-        table.to_string()
-    } else {
-        table.split('.').map(ident).collect::<Vec<_>>().join(".")
+impl Dialect {
+    /// A quoted identifier.
+    pub fn ident(self, name: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("\"{}\"", name.replace('"', "\"\"")),
+            Dialect::MySql => format!("`{}`", name.replace('`', "``")),
+        }
     }
-}
 
-/// `'text'` with quotes doubled.
-pub fn lit(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    /// A table reference: `schema.table` → each part quoted; already-quoted names are kept.
+    pub fn table_ref(self, table: &str) -> String {
+        if table.contains('"') || table.contains('`') {
+            table.to_string()
+        } else {
+            table
+                .split('.')
+                .map(|p| self.ident(p))
+                .collect::<Vec<_>>()
+                .join(".")
+        }
+    }
+
+    /// A quoted string literal.
+    pub fn lit(self, value: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("'{}'", value.replace('\'', "''")),
+            Dialect::MySql => format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''")),
+        }
+    }
 }
 
 impl KeyRange {
     /// The SQL predicate selecting what is left of this range, on `col` (quoted).
-    pub fn predicate(&self, col: &str) -> String {
+    pub fn predicate(&self, d: Dialect, col: &str) -> String {
+        let lit = |v: &str| d.lit(v);
         if self.nulls {
             return format!("{col} IS NULL");
         }
@@ -134,25 +157,59 @@ pub fn split_ranges(
         .collect()
 }
 
+/// The key at `row` as a literal the database parses back to the same value. Timestamps are
+/// written with microseconds; `utc_suffix` appends `+00` to zoned ones (PostgreSQL), MySQL
+/// sessions run in UTC and take them bare.
+pub fn key_literal(
+    a: &dyn arrow::array::Array,
+    row: usize,
+    utc_suffix: bool,
+) -> dativo_core::Result<String> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, TimestampMicrosecondType};
+    if let DataType::Timestamp(_, tz) = a.data_type() {
+        let v = a.as_primitive::<TimestampMicrosecondType>().value(row);
+        let t = chrono::DateTime::from_timestamp_micros(v)
+            .ok_or_else(|| dativo_core::Error::data("timestamp out of range"))?;
+        let s = t.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+        return Ok(if tz.is_some() && utc_suffix {
+            format!("{s}+00")
+        } else {
+            s
+        });
+    }
+    let f = arrow::util::display::ArrayFormatter::try_new(a, &Default::default())?;
+    Ok(f.value(row).to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn predicates() {
+        let d = Dialect::Postgres;
         let r = split_ranges(Some("1".into()), true, Some("100".into()), &["50".into()]);
         assert_eq!(r.len(), 2);
-        assert_eq!(r[0].predicate("\"id\""), "\"id\" >= '1' AND \"id\" <= '50'");
         assert_eq!(
-            r[1].predicate("\"id\""),
+            r[0].predicate(d, "\"id\""),
+            "\"id\" >= '1' AND \"id\" <= '50'"
+        );
+        assert_eq!(
+            r[1].predicate(d, "\"id\""),
             "\"id\" > '50' AND \"id\" <= '100'"
         );
         let mut r2 = r[1].clone();
         r2.after = Some("70".into());
-        assert_eq!(r2.predicate("\"id\""), "\"id\" > '70' AND \"id\" <= '100'");
+        assert_eq!(
+            r2.predicate(d, "\"id\""),
+            "\"id\" > '70' AND \"id\" <= '100'"
+        );
         let open = split_ranges(None, false, None, &[]);
-        assert_eq!(open[0].predicate("c"), "c IS NOT NULL");
-        assert_eq!(table_ref("public.orders"), "\"public\".\"orders\"");
-        assert_eq!(lit("it's"), "'it''s'");
+        assert_eq!(open[0].predicate(d, "c"), "c IS NOT NULL");
+        assert_eq!(d.table_ref("public.orders"), "\"public\".\"orders\"");
+        assert_eq!(d.lit("it's"), "'it''s'");
+        assert_eq!(Dialect::MySql.lit(r"a\b'c"), r"'a\\b''c'");
+        assert_eq!(Dialect::MySql.ident("my`col"), "`my``col`");
     }
 }

@@ -1,0 +1,879 @@
+//! The `mysql` reader (MySQL and MariaDB).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use mysql::prelude::Queryable;
+use mysql::{Conn, Opts, OptsBuilder, SslOpts, Value};
+use serde_json::Value as Json;
+
+use dativo_core::config::from_config;
+use dativo_core::{secrets, Error, Reader, ReaderContext, Result};
+
+use super::config::{MySqlReaderConfig, ReadMode, SslMode};
+use super::types::{field_for, kind_for, MyDecoder, MyKind};
+use crate::keyset::{key_literal, split_ranges, Dialect, KeyRange, KeysetState, Plan};
+
+const MY: Dialect = Dialect::MySql;
+
+enum Msg {
+    Batch {
+        range: usize,
+        batch: RecordBatch,
+        key: Option<String>,
+        last: bool,
+    },
+    Done(usize),
+    Failed(Error),
+}
+
+#[derive(Clone)]
+struct Column {
+    name: String,
+    kind: MyKind,
+    select: String,
+}
+
+/// Reads a table or query from MySQL or MariaDB.
+#[derive(Default)]
+pub struct MySqlReader {
+    cfg: Option<MySqlReaderConfig>,
+    run_id: String,
+    planner: Option<Conn>,
+    workers: Vec<Conn>,
+    schema: Option<SchemaRef>,
+    columns: Vec<Column>,
+    base: String,
+    order_col: Option<usize>,
+    state: KeysetState,
+    plan: Option<Plan>,
+    exclude: Option<String>,
+    rx: Option<Receiver<Msg>>,
+    active: usize,
+    started: bool,
+    finished: bool,
+    stop: Arc<AtomicBool>,
+}
+
+fn map_error(e: mysql::Error, doing: &str) -> Error {
+    let text = secrets::scrub(&e.to_string());
+    match &e {
+        mysql::Error::MySqlError(se) => {
+            let msg = format!("{doing}: {}", secrets::scrub(&se.message));
+            match se.code {
+                1045 | 1044 | 1698 => Error::auth(format!(
+                    "{msg} (authentication failed: check user and password)"
+                )),
+                1142 | 1143 | 1227 => Error::auth(format!(
+                    "{msg} (permission denied: GRANT SELECT to the user)"
+                )),
+                1146 => Error::schema(format!("{msg} (check `table` / `query`)")),
+                1049 => Error::config(format!("{msg} (check the database name)")),
+                1054 | 1064 => Error::config(msg),
+                1205 | 1213 | 1317 | 1927 | 2006 | 2013 | 1053 | 1040 => Error::transient(msg),
+                _ => Error::data(msg),
+            }
+        }
+        mysql::Error::DriverError(mysql::DriverError::CouldNotConnect(_))
+        | mysql::Error::DriverError(mysql::DriverError::ConnectTimeout) => {
+            Error::connect(format!("{doing}: {text}"))
+        }
+        mysql::Error::IoError(io) if doing.starts_with("connecting") => {
+            let _ = io;
+            Error::connect(format!("{doing}: {text}"))
+        }
+        mysql::Error::IoError(_) | mysql::Error::CodecError(_) => {
+            Error::transient(format!("{doing}: the connection was lost ({text})"))
+        }
+        mysql::Error::UrlError(_) => Error::config(format!("{doing}: {text}")).with_key_path("url"),
+        _ => Error::transient(format!("{doing}: {text}")),
+    }
+}
+
+fn connect(cfg: &MySqlReaderConfig) -> Result<Conn> {
+    let mut b = match &cfg.url {
+        Some(u) => {
+            secrets::register(u);
+            let u = u.replacen("mariadb://", "mysql://", 1);
+            OptsBuilder::from_opts(Opts::from_url(&u).map_err(|e| {
+                Error::config(format!(
+                    "invalid MySQL URL: {}",
+                    secrets::scrub(&e.to_string())
+                ))
+                .with_key_path("url")
+            })?)
+        }
+        None => OptsBuilder::new().ip_or_hostname(Some("127.0.0.1")),
+    };
+    if let Some(h) = &cfg.host {
+        b = b.ip_or_hostname(Some(h.clone()));
+    }
+    if let Some(p) = cfg.port {
+        b = b.tcp_port(p);
+    }
+    if let Some(u) = &cfg.user {
+        b = b.user(Some(u.clone()));
+    }
+    if let Some(p) = &cfg.password {
+        secrets::register(p);
+        b = b.pass(Some(p.clone()));
+    }
+    if let Some(d) = &cfg.database {
+        b = b.db_name(Some(d.clone()));
+    }
+    let ssl = match cfg.sslmode.unwrap_or(SslMode::Disable) {
+        SslMode::Disable | SslMode::Prefer => None,
+        SslMode::Require => Some(SslOpts::default().with_danger_accept_invalid_certs(true)),
+        SslMode::VerifyCa => Some(SslOpts::default().with_danger_skip_domain_validation(true)),
+        SslMode::VerifyFull => Some(SslOpts::default()),
+    };
+    let ssl = ssl.map(|s| match &cfg.sslrootcert {
+        Some(p) => s.with_root_cert_path(Some(std::path::PathBuf::from(p))),
+        None => s,
+    });
+    b = b
+        .ssl_opts(ssl)
+        .prefer_socket(false)
+        .tcp_connect_timeout(Some(
+            cfg.connect_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(30)),
+        ))
+        .init(vec!["SET time_zone = '+00:00'", "SET NAMES utf8mb4"]);
+    let opts: Opts = b.into();
+    let what = format!(
+        "{}:{}/{}",
+        opts.get_ip_or_hostname(),
+        opts.get_tcp_port(),
+        opts.get_db_name().unwrap_or("")
+    );
+    Conn::new(opts).map_err(|e| map_error(e, &format!("connecting to MySQL at {what}")))
+}
+
+fn first_text(conn: &mut Conn, sql: &str, doing: &str) -> Result<Vec<Option<String>>> {
+    let row: Option<mysql::Row> = conn.query_first(sql).map_err(|e| map_error(e, doing))?;
+    let Some(row) = row else {
+        return Ok(Vec::new());
+    };
+    Ok(row
+        .unwrap()
+        .into_iter()
+        .map(|v| match v {
+            Value::NULL => None,
+            Value::Bytes(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+            other => Some(other.as_sql(true).trim_matches('\'').to_string()),
+        })
+        .collect())
+}
+
+/// A key as a number of a common scale, for splitting and comparing.
+fn key_number(kind: MyKind, s: &str) -> Option<f64> {
+    match kind {
+        MyKind::Date => chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()
+            .map(|d| {
+                d.and_hms_opt(0, 0, 0)
+                    .expect("midnight")
+                    .and_utc()
+                    .timestamp() as f64
+                    / 86_400.0
+            }),
+        MyKind::DateTime | MyKind::Timestamp => {
+            chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
+                .ok()
+                .map(|t| t.and_utc().timestamp_micros() as f64)
+        }
+        MyKind::I8
+        | MyKind::I16
+        | MyKind::I32
+        | MyKind::I64
+        | MyKind::F32
+        | MyKind::F64
+        | MyKind::Decimal(..)
+        | MyKind::Bit => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn key_text(kind: MyKind, x: f64) -> String {
+    match kind {
+        MyKind::Date => {
+            let d = chrono::DateTime::from_timestamp((x.floor() as i64) * 86_400, 0).expect("date");
+            d.format("%Y-%m-%d").to_string()
+        }
+        MyKind::DateTime | MyKind::Timestamp => chrono::DateTime::from_timestamp_micros(x as i64)
+            .expect("datetime")
+            .format("%Y-%m-%d %H:%M:%S%.6f")
+            .to_string(),
+        MyKind::F32 | MyKind::F64 | MyKind::Decimal(..) => x.to_string(),
+        _ => (x.floor() as i64).to_string(),
+    }
+}
+
+impl MySqlReader {
+    /// A new, uninitialized reader.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Validate a config without connecting.
+    pub fn validate(config: &Json) -> Result<()> {
+        from_config::<MySqlReaderConfig>(config)?.check()
+    }
+
+    fn cfg(&self) -> &MySqlReaderConfig {
+        self.cfg.as_ref().expect("initialized")
+    }
+
+    fn planner(&mut self) -> &mut Conn {
+        self.planner.as_mut().expect("connected")
+    }
+
+    fn from_where(&self, pred: &str) -> String {
+        format!("FROM ({}) AS dativo_src WHERE {pred}", self.base)
+    }
+
+    fn discover(&mut self) -> Result<()> {
+        let cfg = self.cfg().clone();
+        let base = match (&cfg.table, &cfg.query) {
+            (Some(t), _) => {
+                let cols = match &cfg.columns {
+                    Some(c) => c.iter().map(|c| MY.ident(c)).collect::<Vec<_>>().join(", "),
+                    None => "*".into(),
+                };
+                let filter = cfg
+                    .where_clause
+                    .as_ref()
+                    .map(|w| format!(" WHERE ({w})"))
+                    .unwrap_or_default();
+                format!("SELECT {cols} FROM {}{filter}", MY.table_ref(t))
+            }
+            (None, Some(q)) => q.trim().trim_end_matches(';').to_string(),
+            _ => unreachable!("checked"),
+        };
+        let what = cfg
+            .table
+            .as_deref()
+            .map(|t| format!("table {t}"))
+            .unwrap_or_else(|| "the query".into());
+        let sql = format!("SELECT * FROM ({base}) AS dativo_src LIMIT 0");
+        let conn = self.planner();
+        let stmt = conn
+            .prep(&sql)
+            .map_err(|e| map_error(e, &format!("reading the columns of {what}")))?;
+        conn.exec_drop(&stmt, ())
+            .map_err(|e| map_error(e, &format!("reading {what}")))?;
+        let mut columns = Vec::new();
+        let mut unsupported = Vec::new();
+        for c in stmt.columns().iter() {
+            let name = c.name_str().into_owned();
+            match kind_for(c) {
+                Ok(kind) => columns.push(Column {
+                    select: MY.ident(&name),
+                    name,
+                    kind,
+                }),
+                Err(_) if cfg.cast_unsupported_to_text => {
+                    let expr = if c.column_type() == mysql::consts::ColumnType::MYSQL_TYPE_GEOMETRY
+                    {
+                        format!("ST_AsText({})", MY.ident(&name))
+                    } else {
+                        format!("CAST({} AS CHAR)", MY.ident(&name))
+                    };
+                    columns.push(Column {
+                        select: format!("{expr} AS {}", MY.ident(&name)),
+                        name,
+                        kind: MyKind::Text,
+                    })
+                }
+                Err(t) => unsupported.push(format!("`{name}` ({t})")),
+            }
+        }
+        if !unsupported.is_empty() {
+            return Err(Error::schema(format!(
+                "unsupported column type{}: {}; set `cast_unsupported_to_text: true` or cast in `query`",
+                if unsupported.len() > 1 { "s" } else { "" },
+                unsupported.join(", ")
+            )));
+        }
+        let fields: Vec<_> = columns.iter().map(|c| field_for(&c.name, c.kind)).collect();
+        self.schema = Some(Arc::new(Schema::new(fields)));
+        self.columns = columns;
+        self.base = base;
+        Ok(())
+    }
+
+    fn column(&self, name: &str, key: &str) -> Result<(usize, Column)> {
+        self.columns
+            .iter()
+            .position(|c| c.name == name)
+            .map(|i| (i, self.columns[i].clone()))
+            .ok_or_else(|| {
+                Error::config(format!("column `{name}` is not among the columns read"))
+                    .with_key_path(key)
+            })
+    }
+
+    fn primary_key(&mut self) -> Result<Vec<String>> {
+        if let Some(pk) = &self.cfg().primary_key {
+            return Ok(pk.clone());
+        }
+        let Some(t) = self.cfg().table.clone() else {
+            return Ok(Vec::new());
+        };
+        let (schema, table) = match t.split_once('.') {
+            Some((s, t)) => (format!("{}", MY.lit(s)), MY.lit(t)),
+            None => ("DATABASE()".to_string(), MY.lit(&t)),
+        };
+        let sql = format!(
+            "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA = {schema} \
+             AND TABLE_NAME = {table} AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION"
+        );
+        self.planner()
+            .query::<String, _>(sql)
+            .map_err(|e| map_error(e, "finding the primary key"))
+    }
+
+    fn lookback_lo(&self, col: &Column, cursor: &str) -> Result<String> {
+        let lb = self.cfg().lookback.clone().expect("lookback set");
+        let x = key_number(col.kind, cursor).ok_or_else(|| {
+            Error::config(format!("cannot apply a lookback to cursor `{}`", col.name))
+                .with_key_path("lookback")
+        })?;
+        let amount = match (&lb, col.kind) {
+            (Json::String(s), MyKind::Date | MyKind::DateTime | MyKind::Timestamp) => {
+                let d = humantime::parse_duration(s).map_err(|e| {
+                    Error::config(format!("invalid lookback `{s}`: {e}")).with_key_path("lookback")
+                })?;
+                if col.kind == MyKind::Date {
+                    d.as_secs_f64() / 86_400.0
+                } else {
+                    d.as_micros() as f64
+                }
+            }
+            (Json::Number(n), _)
+                if !matches!(
+                    col.kind,
+                    MyKind::Date | MyKind::DateTime | MyKind::Timestamp
+                ) =>
+            {
+                n.as_f64().unwrap_or(0.0)
+            }
+            _ => {
+                return Err(Error::config(format!(
+                    "lookback {lb} does not fit cursor `{}`",
+                    col.name
+                ))
+                .with_key_path("lookback"))
+            }
+        };
+        Ok(key_text(col.kind, x - amount))
+    }
+
+    fn row_hash(&self, pk: &[String], cursor: &str) -> String {
+        let mut parts: Vec<String> = pk.iter().map(|k| MY.ident(k)).collect();
+        parts.push(MY.ident(cursor));
+        format!("MD5(CONCAT_WS('|', {}))", parts.join(", "))
+    }
+
+    fn points(&self, col: &Column, lo: &str, hi: &str, n: u32) -> Result<Vec<String>> {
+        if n <= 1 {
+            return Ok(Vec::new());
+        }
+        let (Some(a), Some(b)) = (key_number(col.kind, lo), key_number(col.kind, hi)) else {
+            return Err(Error::config(format!(
+                "cannot split the read on `{}`: use a numeric, date or datetime column, or `partitions: 1`",
+                col.name
+            ))
+            .with_key_path("partition_column"));
+        };
+        Ok((1..n)
+            .map(|k| key_text(col.kind, a + (b - a) * k as f64 / n as f64))
+            .collect())
+    }
+
+    fn new_plan(&mut self) -> Result<Plan> {
+        let cfg = self.cfg().clone();
+        let n = cfg.partitions;
+        match cfg.mode() {
+            ReadMode::Incremental => {
+                let (_, col) = self.column(cfg.cursor.as_deref().expect("checked"), "cursor")?;
+                let c = MY.ident(&col.name);
+                let (lo, lo_inclusive) = match self.state.cursor.clone() {
+                    Some(h) if cfg.lookback.is_some() => (Some(self.lookback_lo(&col, &h)?), false),
+                    Some(h) => (Some(h), false),
+                    None => {
+                        let sql = format!(
+                            "SELECT CAST(MIN({c}) AS CHAR) {}",
+                            self.from_where(&format!("{c} IS NOT NULL"))
+                        );
+                        (
+                            first_text(self.planner(), &sql, "finding the lowest cursor")?
+                                .into_iter()
+                                .next()
+                                .flatten(),
+                            true,
+                        )
+                    }
+                };
+                let pred = match &lo {
+                    Some(l) if !lo_inclusive => format!("{c} > {}", MY.lit(l)),
+                    _ => format!("{c} IS NOT NULL"),
+                };
+                let sql = format!("SELECT CAST(MAX({c}) AS CHAR) {}", self.from_where(&pred));
+                let mut upper = first_text(self.planner(), &sql, "finding the highest cursor")?
+                    .into_iter()
+                    .next()
+                    .flatten();
+                if let Some(h) = &self.state.cursor {
+                    let below = match &upper {
+                        None => true,
+                        Some(u) => {
+                            key_number(col.kind, u)
+                                .zip(key_number(col.kind, h))
+                                .is_some_and(|(u, h)| u < h)
+                                || (key_number(col.kind, u).is_none() && u.as_str() < h.as_str())
+                        }
+                    };
+                    if below {
+                        upper = if cfg.lookback.is_some() {
+                            Some(h.clone())
+                        } else {
+                            None
+                        };
+                    }
+                }
+                let ranges = match (&lo, &upper) {
+                    (Some(l), Some(u)) => {
+                        let points = self.points(&col, l, u, n)?;
+                        split_ranges(Some(l.clone()), lo_inclusive, Some(u.clone()), &points)
+                    }
+                    _ => Vec::new(),
+                };
+                Ok(Plan {
+                    mode: "incremental".into(),
+                    column: Some(col.name),
+                    upper,
+                    ranges,
+                    delivered: 0,
+                })
+            }
+            ReadMode::FullRefresh => {
+                let order = match &cfg.partition_column {
+                    Some(p) => Some(p.clone()),
+                    None => {
+                        let pk = self.primary_key()?;
+                        (pk.len() == 1).then(|| pk[0].clone())
+                    }
+                };
+                let Some(order) = order else {
+                    if n > 1 {
+                        return Err(Error::config("`partitions` needs `partition_column` (no single-column primary key was found)")
+                            .with_key_path("partition_column"));
+                    }
+                    let all = KeyRange {
+                        lo: None,
+                        lo_inclusive: false,
+                        hi: None,
+                        nulls: false,
+                        after: None,
+                        finished: false,
+                    };
+                    return Ok(Plan {
+                        mode: "full_refresh".into(),
+                        column: None,
+                        upper: None,
+                        ranges: vec![all],
+                        delivered: 0,
+                    });
+                };
+                let (_, col) = self.column(&order, "partition_column")?;
+                let c = MY.ident(&col.name);
+                let bound = |v: &Option<Json>| {
+                    v.as_ref().map(|v| match v {
+                        Json::String(s) => s.clone(),
+                        o => o.to_string(),
+                    })
+                };
+                let (mut lo, mut hi) = (bound(&cfg.lower_bound), bound(&cfg.upper_bound));
+                if n > 1 && (lo.is_none() || hi.is_none()) {
+                    let sql = format!(
+                        "SELECT CAST(MIN({c}) AS CHAR), CAST(MAX({c}) AS CHAR) {}",
+                        self.from_where("1=1")
+                    );
+                    let r = first_text(self.planner(), &sql, "finding the partition bounds")?;
+                    lo = lo.or(r.first().cloned().flatten());
+                    hi = hi.or(r.get(1).cloned().flatten());
+                }
+                let points = match (&lo, &hi) {
+                    (Some(l), Some(h)) => self.points(&col, l, h, n)?,
+                    _ => Vec::new(),
+                };
+                let mut ranges = split_ranges(None, false, None, &points);
+                let sql = format!(
+                    "SELECT 1 {} LIMIT 1",
+                    self.from_where(&format!("{c} IS NULL"))
+                );
+                if !first_text(self.planner(), &sql, "checking for NULL keys")?.is_empty() {
+                    ranges.push(KeyRange {
+                        lo: None,
+                        lo_inclusive: false,
+                        hi: None,
+                        nulls: true,
+                        after: None,
+                        finished: false,
+                    });
+                }
+                Ok(Plan {
+                    mode: "full_refresh".into(),
+                    column: Some(col.name),
+                    upper: None,
+                    ranges,
+                    delivered: 0,
+                })
+            }
+        }
+    }
+
+    /// Open the planner and `n` worker connections on one consistent snapshot.
+    fn open_snapshot(&mut self, n: usize) -> Result<()> {
+        let cfg = self.cfg().clone();
+        let start = "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY";
+        let mut locker = None;
+        if n > 1 {
+            let mut l = connect(&cfg)?;
+            let lock = match &cfg.table {
+                Some(t) => format!("LOCK TABLES {} READ", MY.table_ref(t)),
+                None => "FLUSH TABLES WITH READ LOCK".into(),
+            };
+            l.query_drop(&lock).map_err(|e| {
+                map_error(e, "locking the source briefly to start one snapshot on every connection (needs LOCK TABLES, or RELOAD for a query)")
+            })?;
+            locker = Some(l);
+        }
+        let mut planner = connect(&cfg)?;
+        planner
+            .query_drop(start)
+            .map_err(|e| map_error(e, "starting the snapshot"))?;
+        let mut workers = Vec::new();
+        for _ in 0..n {
+            let mut w = connect(&cfg)?;
+            w.query_drop(start)
+                .map_err(|e| map_error(e, "starting the snapshot"))?;
+            workers.push(w);
+        }
+        if let Some(mut l) = locker {
+            l.query_drop("UNLOCK TABLES")
+                .map_err(|e| map_error(e, "unlocking"))?;
+        }
+        self.planner = Some(planner);
+        self.workers = workers;
+        Ok(())
+    }
+
+    fn start(&mut self) -> Result<()> {
+        self.started = true;
+        let plan = self.plan.clone().expect("planned");
+        let pending: Vec<(usize, KeyRange)> = plan
+            .ranges
+            .iter()
+            .cloned()
+            .enumerate()
+            .filter(|(_, r)| !r.finished)
+            .collect();
+        self.active = pending.len();
+        let (tx, rx) = bounded::<Msg>(self.workers.len().max(1) * 2);
+        self.rx = Some(rx);
+        let select: Vec<String> = self.columns.iter().map(|c| c.select.clone()).collect();
+        let nw = self.workers.len().max(1);
+        let mut assigned: Vec<Vec<(usize, String)>> = vec![Vec::new(); nw];
+        for (k, (i, range)) in pending.into_iter().enumerate() {
+            let sql = match &plan.column {
+                Some(col) => {
+                    let c = MY.ident(col);
+                    let mut pred = range.predicate(MY, &c);
+                    if let Some(ex) = &self.exclude {
+                        pred = format!("({pred}) AND {ex}");
+                    }
+                    format!(
+                        "SELECT {} {} ORDER BY {c}",
+                        select.join(", "),
+                        self.from_where(&pred)
+                    )
+                }
+                None => format!("SELECT {} {}", select.join(", "), self.from_where("1=1")),
+            };
+            assigned[k % nw].push((i, sql));
+        }
+        let kinds: Vec<MyKind> = self.columns.iter().map(|c| c.kind).collect();
+        let names: Vec<String> = self.columns.iter().map(|c| c.name.clone()).collect();
+        for (w, mut conn) in std::mem::take(&mut self.workers).into_iter().enumerate() {
+            let work = std::mem::take(&mut assigned[w]);
+            let ctx = Worker {
+                kinds: kinds.clone(),
+                names: names.clone(),
+                schema: self.schema.clone().expect("schema"),
+                key: self.order_col,
+                batch_size: self.cfg().batch_size,
+                tx: tx.clone(),
+                stop: self.stop.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("dativo-mysql-{w}"))
+                .spawn(move || {
+                    for (range, sql) in work {
+                        if let Err(e) = ctx.read(&mut conn, range, &sql) {
+                            let _ = ctx.tx.send(Msg::Failed(e));
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| Error::internal(format!("cannot start a reader thread: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn finish_state(&mut self) -> Result<()> {
+        let plan = self.plan.take().expect("planned");
+        let cfg = self.cfg().clone();
+        let mut next = KeysetState::default();
+        if plan.mode == "incremental" {
+            next.cursor = plan.upper.clone().or(self.state.cursor.clone());
+            if let (Some(_), Some(cursor)) = (&cfg.lookback, next.cursor.clone()) {
+                let (_, col) = self.column(cfg.cursor.as_deref().expect("checked"), "cursor")?;
+                let pk = self.primary_key()?;
+                if pk.is_empty() {
+                    return Err(Error::config(
+                        "`lookback` needs `primary_key` (the table has none)",
+                    )
+                    .with_key_path("primary_key"));
+                }
+                let lo = self.lookback_lo(&col, &cursor)?;
+                let c = MY.ident(&col.name);
+                let sql = format!(
+                    "SELECT {} {}",
+                    self.row_hash(&pk, &col.name),
+                    self.from_where(&format!(
+                        "{c} > {} AND {c} <= {}",
+                        MY.lit(&lo),
+                        MY.lit(&cursor)
+                    ))
+                );
+                let mut seen: Vec<String> = self
+                    .planner()
+                    .query(sql)
+                    .map_err(|e| map_error(e, "recording the lookback window"))?;
+                seen.sort();
+                next.seen = seen;
+            }
+        } else {
+            next.last_full_refresh = Some(self.run_id.clone());
+        }
+        self.state = next;
+        self.finished = true;
+        Ok(())
+    }
+}
+
+struct Worker {
+    kinds: Vec<MyKind>,
+    names: Vec<String>,
+    schema: SchemaRef,
+    key: Option<usize>,
+    batch_size: usize,
+    tx: Sender<Msg>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Worker {
+    fn read(&self, conn: &mut Conn, range: usize, sql: &str) -> Result<()> {
+        let mut decoders: Vec<MyDecoder> = self
+            .kinds
+            .iter()
+            .map(|k| MyDecoder::new(*k, self.batch_size))
+            .collect();
+        let stmt = conn
+            .prep(sql)
+            .map_err(|e| map_error(e, "preparing the read"))?;
+        let result = conn
+            .exec_iter(&stmt, ())
+            .map_err(|e| map_error(e, "reading"))?;
+        let mut rows = 0usize;
+        let mut row_no = 0u64;
+        let mut last_key: Option<Value> = None;
+        for row in result {
+            let row = row.map_err(|e| map_error(e, "reading rows"))?;
+            if let Some(k) = self.key {
+                let v = row.as_ref(k).unwrap_or(&Value::NULL);
+                if rows >= self.batch_size && last_key.as_ref() != Some(v) {
+                    self.emit(&mut decoders, range, false)?;
+                    rows = 0;
+                }
+                last_key = Some(v.clone());
+            } else if rows >= self.batch_size {
+                self.emit(&mut decoders, range, false)?;
+                rows = 0;
+            }
+            for (i, d) in decoders.iter_mut().enumerate() {
+                d.append(row.as_ref(i).unwrap_or(&Value::NULL))
+                    .map_err(|m| {
+                        Error::data(format!(
+                            "column `{}`, row {}: {m}",
+                            self.names[i],
+                            row_no + 1
+                        ))
+                    })?;
+            }
+            rows += 1;
+            row_no += 1;
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+        }
+        if rows > 0 {
+            self.emit(&mut decoders, range, true)?;
+        } else {
+            let _ = self.tx.send(Msg::Done(range));
+        }
+        Ok(())
+    }
+
+    fn emit(&self, decoders: &mut [MyDecoder], range: usize, last: bool) -> Result<()> {
+        let arrays: Vec<_> = decoders.iter_mut().map(|d| d.finish()).collect();
+        let key = match self.key {
+            Some(k) if !arrays[k].is_empty() && !arrays[k].is_null(arrays[k].len() - 1) => {
+                Some(key_literal(arrays[k].as_ref(), arrays[k].len() - 1, false)?)
+            }
+            _ => None,
+        };
+        let batch = RecordBatch::try_new(self.schema.clone(), arrays)?;
+        let _ = self.tx.send(Msg::Batch {
+            range,
+            batch,
+            key,
+            last,
+        });
+        Ok(())
+    }
+}
+
+impl Reader for MySqlReader {
+    fn initialize(&mut self, config: &Json, ctx: &ReaderContext) -> Result<()> {
+        let cfg: MySqlReaderConfig = from_config(config)?;
+        cfg.check()?;
+        let state: KeysetState = match &ctx.state {
+            Some(s) if cfg.mode() == ReadMode::Incremental || s.get("plan").is_some() => serde_json::from_value(s.clone())
+                .map_err(|e| Error::data(format!("the stored state is not a mysql reader state ({e}); reset it with `dativo state reset`")))?,
+            _ => KeysetState::default(),
+        };
+        let n = cfg.partitions as usize;
+        self.cfg = Some(cfg);
+        self.run_id = ctx.run_id.clone();
+        self.open_snapshot(n)?;
+        self.discover()?;
+        self.state = state;
+        let plan = match self.state.plan.take() {
+            Some(p) => {
+                if p.column.is_none() && p.delivered > 0 {
+                    return Err(Error::data(format!(
+                        "the previous full refresh was interrupted after committing {} rows and cannot resume exactly without an ordering column; \
+                         set `partition_column` (or give the table a primary key), then `dativo state reset` and clear the target",
+                        p.delivered
+                    )));
+                }
+                p
+            }
+            None => self.new_plan()?,
+        };
+        self.order_col = match &plan.column {
+            Some(c) => Some(self.column(c, "partition_column")?.0),
+            None => None,
+        };
+        if plan.mode == "incremental" && !self.state.seen.is_empty() {
+            let pk = self.primary_key()?;
+            let cursor = self.cfg().cursor.clone().expect("checked");
+            let hashes: Vec<String> = self.state.seen.iter().map(|h| MY.lit(h)).collect();
+            self.exclude = Some(format!(
+                "({} > {} OR {} NOT IN ({}))",
+                MY.ident(&cursor),
+                MY.lit(self.state.cursor.as_deref().unwrap_or("")),
+                self.row_hash(&pk, &cursor),
+                hashes.join(",")
+            ));
+        }
+        self.plan = Some(plan);
+        Ok(())
+    }
+
+    fn get_schema(&mut self) -> Result<SchemaRef> {
+        self.schema
+            .clone()
+            .ok_or_else(|| Error::internal("get_schema before initialize"))
+    }
+
+    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
+        if self.finished {
+            return Ok(None);
+        }
+        if !self.started {
+            self.start()?;
+        }
+        loop {
+            if self.active == 0 {
+                self.finish_state()?;
+                return Ok(None);
+            }
+            let msg = self
+                .rx
+                .as_ref()
+                .expect("started")
+                .recv()
+                .map_err(|_| Error::internal("mysql reader threads stopped unexpectedly"))?;
+            match msg {
+                Msg::Batch {
+                    range,
+                    batch,
+                    key,
+                    last,
+                } => {
+                    let plan = self.plan.as_mut().expect("planned");
+                    let r = &mut plan.ranges[range];
+                    if key.is_some() {
+                        r.after = key;
+                    }
+                    if last {
+                        r.finished = true;
+                        self.active -= 1;
+                    }
+                    plan.delivered += batch.num_rows() as u64;
+                    return Ok(Some(batch));
+                }
+                Msg::Done(range) => {
+                    self.plan.as_mut().expect("planned").ranges[range].finished = true;
+                    self.active -= 1;
+                }
+                Msg::Failed(e) => return Err(e),
+            }
+        }
+    }
+
+    fn get_incremental_state(&mut self) -> Result<Option<Json>> {
+        let mut s = self.state.clone();
+        if !self.finished {
+            s.plan = self.plan.clone();
+        }
+        Ok(Some(serde_json::to_value(s)?))
+    }
+
+    fn close(&mut self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.rx = None;
+        self.planner = None;
+        self.workers.clear();
+        Ok(())
+    }
+}

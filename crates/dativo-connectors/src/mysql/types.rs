@@ -1,0 +1,399 @@
+//! MySQL / MariaDB column types → Arrow, and decoders from the binary protocol's values.
+//!
+//! | MySQL | Arrow |
+//! |---|---|
+//! | TINYINT / SMALLINT / MEDIUMINT, INT / BIGINT | Int8 / Int16 / Int32 / Int64 (UNSIGNED: the next wider; BIGINT UNSIGNED: Decimal128(20,0)) |
+//! | FLOAT / DOUBLE | Float32 / Float64 |
+//! | DECIMAL(p,s) | Decimal128(p,s) (p > 38: Utf8) |
+//! | CHAR, VARCHAR, TEXT, ENUM, SET | Utf8 |
+//! | JSON | Utf8 with extension `arrow.json` |
+//! | BINARY, VARBINARY, BLOB | Binary |
+//! | DATE / DATETIME / TIMESTAMP | Date32 / Timestamp(µs) / Timestamp(µs, "UTC") |
+//! | TIME | Time64(µs) (values outside 00:00–24:00 are an error; cast them) |
+//! | YEAR | Int16 |
+//! | BIT(n) | Int64 |
+
+use std::sync::Arc;
+
+use arrow::array::*;
+use arrow::datatypes::{DataType, Field, TimeUnit};
+use mysql::consts::{ColumnFlags, ColumnType};
+use mysql::{Column, Value};
+
+use dativo_core::schema_spec::JSON_EXTENSION;
+
+const BINARY_CHARSET: u16 = 63;
+
+/// What a column decodes to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MyKind {
+    /// Int8
+    I8,
+    /// Int16
+    I16,
+    /// Int32
+    I32,
+    /// Int64
+    I64,
+    /// Float32
+    F32,
+    /// Float64
+    F64,
+    /// Decimal128(p, s)
+    Decimal(u8, i8),
+    /// Utf8
+    Text,
+    /// Utf8 marked as JSON
+    Json,
+    /// Binary
+    Binary,
+    /// Date32
+    Date,
+    /// Timestamp(µs)
+    DateTime,
+    /// Timestamp(µs, UTC)
+    Timestamp,
+    /// Time64(µs)
+    Time,
+    /// BIT(n) → Int64
+    Bit,
+}
+
+/// Map a column; `Err` names the type.
+pub fn kind_for(c: &Column) -> Result<MyKind, String> {
+    let unsigned = c.flags().contains(ColumnFlags::UNSIGNED_FLAG);
+    let k = match c.column_type() {
+        ColumnType::MYSQL_TYPE_TINY => {
+            if unsigned {
+                MyKind::I16
+            } else {
+                MyKind::I8
+            }
+        }
+        ColumnType::MYSQL_TYPE_SHORT => {
+            if unsigned {
+                MyKind::I32
+            } else {
+                MyKind::I16
+            }
+        }
+        ColumnType::MYSQL_TYPE_INT24 => MyKind::I32,
+        ColumnType::MYSQL_TYPE_LONG => {
+            if unsigned {
+                MyKind::I64
+            } else {
+                MyKind::I32
+            }
+        }
+        ColumnType::MYSQL_TYPE_LONGLONG => {
+            if unsigned {
+                MyKind::Decimal(20, 0)
+            } else {
+                MyKind::I64
+            }
+        }
+        ColumnType::MYSQL_TYPE_YEAR => MyKind::I16,
+        ColumnType::MYSQL_TYPE_FLOAT => MyKind::F32,
+        ColumnType::MYSQL_TYPE_DOUBLE => MyKind::F64,
+        ColumnType::MYSQL_TYPE_DECIMAL | ColumnType::MYSQL_TYPE_NEWDECIMAL => {
+            let s = c.decimals() as i64;
+            let p =
+                c.column_length() as i64 - if s > 0 { 1 } else { 0 } - if unsigned { 0 } else { 1 };
+            if (1..=38).contains(&p) && s <= p {
+                MyKind::Decimal(p as u8, s as i8)
+            } else {
+                MyKind::Text
+            }
+        }
+        ColumnType::MYSQL_TYPE_JSON => MyKind::Json,
+        ColumnType::MYSQL_TYPE_VARCHAR
+        | ColumnType::MYSQL_TYPE_VAR_STRING
+        | ColumnType::MYSQL_TYPE_STRING
+        | ColumnType::MYSQL_TYPE_TINY_BLOB
+        | ColumnType::MYSQL_TYPE_BLOB
+        | ColumnType::MYSQL_TYPE_MEDIUM_BLOB
+        | ColumnType::MYSQL_TYPE_LONG_BLOB
+        | ColumnType::MYSQL_TYPE_ENUM
+        | ColumnType::MYSQL_TYPE_SET => {
+            if c.character_set() == BINARY_CHARSET
+                && !c
+                    .flags()
+                    .intersects(ColumnFlags::ENUM_FLAG | ColumnFlags::SET_FLAG)
+            {
+                MyKind::Binary
+            } else {
+                MyKind::Text
+            }
+        }
+        ColumnType::MYSQL_TYPE_DATE | ColumnType::MYSQL_TYPE_NEWDATE => MyKind::Date,
+        ColumnType::MYSQL_TYPE_DATETIME | ColumnType::MYSQL_TYPE_DATETIME2 => MyKind::DateTime,
+        ColumnType::MYSQL_TYPE_TIMESTAMP | ColumnType::MYSQL_TYPE_TIMESTAMP2 => MyKind::Timestamp,
+        ColumnType::MYSQL_TYPE_TIME | ColumnType::MYSQL_TYPE_TIME2 => MyKind::Time,
+        ColumnType::MYSQL_TYPE_BIT => MyKind::Bit,
+        other => {
+            return Err(format!("{other:?}")
+                .trim_start_matches("MYSQL_TYPE_")
+                .to_lowercase())
+        }
+    };
+    Ok(k)
+}
+
+/// The Arrow field of a column.
+pub fn field_for(name: &str, k: MyKind) -> Field {
+    let dt = match k {
+        MyKind::I8 => DataType::Int8,
+        MyKind::I16 => DataType::Int16,
+        MyKind::I32 => DataType::Int32,
+        MyKind::I64 | MyKind::Bit => DataType::Int64,
+        MyKind::F32 => DataType::Float32,
+        MyKind::F64 => DataType::Float64,
+        MyKind::Decimal(p, s) => DataType::Decimal128(p, s),
+        MyKind::Text | MyKind::Json => DataType::Utf8,
+        MyKind::Binary => DataType::Binary,
+        MyKind::Date => DataType::Date32,
+        MyKind::DateTime => DataType::Timestamp(TimeUnit::Microsecond, None),
+        MyKind::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        MyKind::Time => DataType::Time64(TimeUnit::Microsecond),
+    };
+    let f = Field::new(name, dt, true);
+    if k == MyKind::Json {
+        f.with_metadata(
+            [(
+                "ARROW:extension:name".to_string(),
+                JSON_EXTENSION.to_string(),
+            )]
+            .into(),
+        )
+    } else {
+        f
+    }
+}
+
+/// Decodes one column.
+pub struct MyDecoder {
+    kind: MyKind,
+    b: Box<dyn ArrayBuilder>,
+}
+
+fn days_from_civil(y: i64, m: u8, d: u8) -> i64 {
+    // Howard Hinnant's algorithm: days since 1970-01-01.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let m = m as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn text_of(v: &Value) -> Result<std::borrow::Cow<'_, str>, String> {
+    match v {
+        Value::Bytes(b) => std::str::from_utf8(b)
+            .map(std::borrow::Cow::Borrowed)
+            .map_err(|e| format!("invalid UTF-8: {e}")),
+        Value::Int(i) => Ok(i.to_string().into()),
+        Value::UInt(u) => Ok(u.to_string().into()),
+        Value::Float(f) => Ok(f.to_string().into()),
+        Value::Double(f) => Ok(f.to_string().into()),
+        other => Err(format!("unexpected value {other:?}")),
+    }
+}
+
+/// Parse a decimal string into an unscaled i128 at `scale`.
+pub fn parse_decimal(s: &str, precision: u8, scale: i8) -> Result<i128, String> {
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if frac.len() > scale as usize && frac[scale as usize..].bytes().any(|b| b != b'0') {
+        return Err(format!("`{s}` has more than {scale} fractional digits"));
+    }
+    let mut v: i128 = 0;
+    for ch in int.bytes().chain(
+        frac.bytes()
+            .chain(std::iter::repeat(b'0'))
+            .take(scale as usize),
+    ) {
+        if !ch.is_ascii_digit() {
+            return Err(format!("`{s}` is not a decimal number"));
+        }
+        v = v
+            .checked_mul(10)
+            .and_then(|v| v.checked_add((ch - b'0') as i128))
+            .ok_or_else(|| format!("`{s}` does not fit decimal({precision},{scale})"))?;
+    }
+    if v.unsigned_abs() >= 10u128.pow(precision as u32) {
+        return Err(format!("`{s}` does not fit decimal({precision},{scale})"));
+    }
+    Ok(if neg { -v } else { v })
+}
+
+macro_rules! builder {
+    ($self:ident, $t:ty) => {
+        $self
+            .b
+            .as_any_mut()
+            .downcast_mut::<$t>()
+            .expect("builder of its kind")
+    };
+}
+
+impl MyDecoder {
+    /// A decoder for `kind`.
+    pub fn new(kind: MyKind, cap: usize) -> Self {
+        let b: Box<dyn ArrayBuilder> = match kind {
+            MyKind::I8 => Box::new(Int8Builder::with_capacity(cap)),
+            MyKind::I16 => Box::new(Int16Builder::with_capacity(cap)),
+            MyKind::I32 => Box::new(Int32Builder::with_capacity(cap)),
+            MyKind::I64 | MyKind::Bit => Box::new(Int64Builder::with_capacity(cap)),
+            MyKind::F32 => Box::new(Float32Builder::with_capacity(cap)),
+            MyKind::F64 => Box::new(Float64Builder::with_capacity(cap)),
+            MyKind::Decimal(p, s) => Box::new(
+                Decimal128Builder::with_capacity(cap)
+                    .with_precision_and_scale(p, s)
+                    .expect("valid decimal"),
+            ),
+            MyKind::Text | MyKind::Json => Box::new(StringBuilder::with_capacity(cap, cap * 16)),
+            MyKind::Binary => Box::new(BinaryBuilder::with_capacity(cap, cap * 16)),
+            MyKind::Date => Box::new(Date32Builder::with_capacity(cap)),
+            MyKind::DateTime | MyKind::Timestamp => {
+                Box::new(TimestampMicrosecondBuilder::with_capacity(cap))
+            }
+            MyKind::Time => Box::new(Time64MicrosecondBuilder::with_capacity(cap)),
+        };
+        MyDecoder { kind, b }
+    }
+
+    /// Append one value.
+    pub fn append(&mut self, v: &Value) -> Result<(), String> {
+        if matches!(v, Value::NULL) {
+            self.append_null();
+            return Ok(());
+        }
+        match self.kind {
+            MyKind::I8 => builder!(self, Int8Builder)
+                .append_value(int(v)?.try_into().map_err(|_| "out of range")?),
+            MyKind::I16 => builder!(self, Int16Builder)
+                .append_value(int(v)?.try_into().map_err(|_| "out of range")?),
+            MyKind::I32 => builder!(self, Int32Builder)
+                .append_value(int(v)?.try_into().map_err(|_| "out of range")?),
+            MyKind::I64 => builder!(self, Int64Builder)
+                .append_value(int(v)?.try_into().map_err(|_| "out of range")?),
+            MyKind::Bit => {
+                let n = match v {
+                    Value::Bytes(b) => b.iter().fold(0i128, |a, x| (a << 8) | *x as i128),
+                    other => int(other)?,
+                };
+                builder!(self, Int64Builder).append_value(n as i64)
+            }
+            MyKind::F32 => builder!(self, Float32Builder).append_value(match v {
+                Value::Float(f) => *f,
+                Value::Double(f) => *f as f32,
+                other => text_of(other)?.parse().map_err(|_| "not a number")?,
+            }),
+            MyKind::F64 => builder!(self, Float64Builder).append_value(match v {
+                Value::Double(f) => *f,
+                Value::Float(f) => *f as f64,
+                other => text_of(other)?.parse().map_err(|_| "not a number")?,
+            }),
+            MyKind::Decimal(p, s) => {
+                let d = match v {
+                    Value::UInt(u) => parse_decimal(&u.to_string(), p, s)?,
+                    Value::Int(i) => parse_decimal(&i.to_string(), p, s)?,
+                    other => parse_decimal(&text_of(other)?, p, s)?,
+                };
+                builder!(self, Decimal128Builder).append_value(d)
+            }
+            MyKind::Text | MyKind::Json => builder!(self, StringBuilder).append_value(text_of(v)?),
+            MyKind::Binary => match v {
+                Value::Bytes(b) => builder!(self, BinaryBuilder).append_value(b),
+                other => builder!(self, BinaryBuilder).append_value(text_of(other)?.as_bytes()),
+            },
+            MyKind::Date => match v {
+                Value::Date(y, m, d, ..) => builder!(self, Date32Builder)
+                    .append_value(days_from_civil(*y as i64, *m, *d) as i32),
+                other => return Err(format!("unexpected date value {other:?}")),
+            },
+            MyKind::DateTime | MyKind::Timestamp => match v {
+                Value::Date(y, m, d, h, i, s, us) => {
+                    let days = days_from_civil(*y as i64, *m, *d);
+                    let t = ((days * 24 + *h as i64) * 60 + *i as i64) * 60 + *s as i64;
+                    builder!(self, TimestampMicrosecondBuilder)
+                        .append_value(t * 1_000_000 + *us as i64)
+                }
+                other => return Err(format!("unexpected datetime value {other:?}")),
+            },
+            MyKind::Time => match v {
+                Value::Time(neg, d, h, i, s, us) => {
+                    if *neg || *d > 0 {
+                        return Err("TIME outside 00:00:00–23:59:59 cannot be a time of day; cast it (e.g. TIME_TO_SEC)".into());
+                    }
+                    let t =
+                        ((*h as i64 * 60 + *i as i64) * 60 + *s as i64) * 1_000_000 + *us as i64;
+                    builder!(self, Time64MicrosecondBuilder).append_value(t)
+                }
+                other => return Err(format!("unexpected time value {other:?}")),
+            },
+        }
+        Ok(())
+    }
+
+    fn append_null(&mut self) {
+        match self.kind {
+            MyKind::I8 => builder!(self, Int8Builder).append_null(),
+            MyKind::I16 => builder!(self, Int16Builder).append_null(),
+            MyKind::I32 => builder!(self, Int32Builder).append_null(),
+            MyKind::I64 | MyKind::Bit => builder!(self, Int64Builder).append_null(),
+            MyKind::F32 => builder!(self, Float32Builder).append_null(),
+            MyKind::F64 => builder!(self, Float64Builder).append_null(),
+            MyKind::Decimal(..) => builder!(self, Decimal128Builder).append_null(),
+            MyKind::Text | MyKind::Json => builder!(self, StringBuilder).append_null(),
+            MyKind::Binary => builder!(self, BinaryBuilder).append_null(),
+            MyKind::Date => builder!(self, Date32Builder).append_null(),
+            MyKind::DateTime | MyKind::Timestamp => {
+                builder!(self, TimestampMicrosecondBuilder).append_null()
+            }
+            MyKind::Time => builder!(self, Time64MicrosecondBuilder).append_null(),
+        }
+    }
+
+    /// Finish into an array.
+    pub fn finish(&mut self) -> ArrayRef {
+        let a = self.b.finish();
+        if self.kind == MyKind::Timestamp {
+            let t = a
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .expect("timestamps");
+            Arc::new(t.clone().with_timezone("UTC"))
+        } else {
+            a
+        }
+    }
+}
+
+fn int(v: &Value) -> Result<i128, String> {
+    match v {
+        Value::Int(i) => Ok(*i as i128),
+        Value::UInt(u) => Ok(*u as i128),
+        other => text_of(other)?.parse().map_err(|_| "not an integer".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_and_dates() {
+        assert_eq!(parse_decimal("-12.5", 10, 2).unwrap(), -1250);
+        assert_eq!(parse_decimal("3", 10, 2).unwrap(), 300);
+        assert!(parse_decimal("1.234", 10, 2).is_err());
+        assert!(parse_decimal("123", 2, 0).is_err());
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2026, 1, 1), 20454);
+        assert_eq!(days_from_civil(1969, 12, 31), -1);
+    }
+}
