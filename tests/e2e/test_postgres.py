@@ -205,3 +205,39 @@ def test_terminated_backend_is_retried_without_duplicates(dativo, tmp_path, pg, 
     assert parquet_stats(tmp_path / "lake/out") == (400000, 400000, sum(range(1, 400001)))
     runs = json.loads(dativo.run("runs", j, "--json", check=0).stdout)
     assert runs[0]["attempts"] >= 2 and runs[0]["status"] == "succeeded"
+
+
+def test_edge_values(dativo, tmp_path, pg, table):
+    sql(pg, f"""CREATE TABLE {table} (id int primary key, f8 float8, f4 float4, big numeric(38,18),
+        huge numeric, n numeric(10,2), ts timestamp, tstz timestamptz, d date, t text)""")
+    sql(pg, f"""INSERT INTO {table} VALUES
+        (1, 'NaN', 'Infinity', 12345678901234567890.123456789012345678,
+         '123456789012345678901234567890.123456789012345', 1.5, '1969-07-20 20:17:40.000001',
+         '1900-01-01 00:00:00+00', '0001-01-01', ''),
+        (2, '-Infinity', '-0', -0.000000000000000001, '-1e-30', -99999999.99, '1970-01-01 00:00:00',
+         '2262-04-11 23:47:16.854775+00', '9999-12-31', 'nul byte-free ☃'),
+        (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)""")
+    base = "    numeric: {as_string: true}\n"
+    dativo.run("run", job(tmp_path, table, base), check=0)
+    rows = {r["id"]: r for r in read_lake(tmp_path).to_pylist()}
+    import math
+    assert math.isnan(rows[1]["f8"]) and rows[1]["f4"] == float("inf")
+    assert rows[2]["f8"] == float("-inf") and str(rows[2]["f4"]) == "-0.0"
+    assert str(rows[1]["big"]) == "12345678901234567890.123456789012345678"
+    assert str(rows[2]["big"]) == "-1E-18" or str(rows[2]["big"]) == "-0.000000000000000001"
+    assert rows[1]["huge"] == "123456789012345678901234567890.123456789012345"
+    assert rows[2]["huge"] == "-0.000000000000000000000000000001"
+    assert str(rows[1]["ts"]) == "1969-07-20 20:17:40.000001"
+    assert rows[1]["tstz"].year == 1900 and str(rows[1]["d"]) == "0001-01-01"
+    assert str(rows[2]["d"]) == "9999-12-31" and rows[2]["t"] == "nul byte-free ☃"
+    assert all(v is None for k, v in rows[3].items() if k != "id")
+
+    # NaN and infinity have no Arrow decimal/timestamp form: a clear error, or NULL on request.
+    sql(pg, f"INSERT INTO {table} (id, n, ts, d) VALUES (4, 'NaN', 'infinity', '-infinity')")
+    j = job(tmp_path, table, base, target="lake/special", name="pg_special")
+    p = dativo.run("run", j)
+    assert p.returncode == 4 and "column `n`" in p.stdout and "special_values" in p.stdout, p.stdout
+    j = job(tmp_path, table, base + "    special_values: as_null", target="lake/special", name="pg_special")
+    dativo.run("run", j, check=0)
+    r4 = [r for r in pq.ParquetDataset(tmp_path / "lake/special").read().to_pylist() if r["id"] == 4][0]
+    assert r4["n"] is None and r4["ts"] is None and r4["d"] is None

@@ -141,6 +141,22 @@ pub struct PostgresReaderConfig {
     /// Read columns of types without a native mapping as text (`::text`) instead of failing.
     #[serde(default)]
     pub cast_unsupported_to_text: bool,
+    /// Values Arrow cannot hold — numeric `NaN`/`±Infinity`, date and timestamp `±infinity`:
+    /// `error` (default: the run fails naming the column) or `as_null`.
+    #[serde(default)]
+    pub special_values: SpecialValues,
+}
+
+/// What to do with values Arrow cannot represent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SpecialValues {
+    /// Fail, naming the column and row.
+    #[default]
+    Error,
+    /// Read them as NULL (`as_null`).
+    #[serde(rename = "as_null", alias = "null")]
+    Null,
 }
 
 /// Full refresh or incremental.

@@ -20,6 +20,6 @@ mod copy;
 mod reader;
 pub mod types;
 
-pub use config::{NumericConfig, PostgresReaderConfig, ReadMode, SslMode};
+pub use config::{NumericConfig, PostgresReaderConfig, ReadMode, SpecialValues, SslMode};
 pub use connect::runtime;
 pub use reader::PostgresReader;

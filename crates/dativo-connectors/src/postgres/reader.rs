@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 use dativo_core::config::from_config;
 use dativo_core::{Error, Reader, ReaderContext, Result};
 
-use super::config::{PostgresReaderConfig, ReadMode};
+use super::config::{PostgresReaderConfig, ReadMode, SpecialValues};
 use super::connect::{connect, map_error, runtime};
 use super::copy::CopyParser;
 use crate::keyset::{key_literal, split_ranges, Dialect, KeyRange, KeysetState as PgState, Plan};
@@ -494,6 +494,7 @@ impl PostgresReader {
                 schema: self.schema.clone().expect("schema"),
                 key: self.order_col,
                 batch_size: cfg.batch_size,
+                special_null: cfg.special_values == SpecialValues::Null,
                 range: i,
                 tx: tx.clone(),
                 stop: self.stop.clone(),
@@ -561,6 +562,7 @@ struct PartitionTask {
     schema: SchemaRef,
     key: Option<usize>,
     batch_size: usize,
+    special_null: bool,
     range: usize,
     tx: Sender<Msg>,
     stop: Arc<AtomicBool>,
@@ -587,7 +589,7 @@ impl PartitionTask {
         let mut decoders: Vec<Decoder> = self
             .kinds
             .iter()
-            .map(|k| Decoder::new(k, self.batch_size))
+            .map(|k| Decoder::new(k, self.batch_size, self.special_null))
             .collect();
         let mut parser = CopyParser::default();
         let mut fields = Vec::with_capacity(ncols);

@@ -202,17 +202,17 @@ pub enum Decoder {
     /// float8
     F64(Float64Builder),
     /// numeric → decimal
-    Decimal(Decimal128Builder, u8, i8),
+    Decimal(Decimal128Builder, u8, i8, bool),
     /// Text-like → string; the tag says how to decode.
     Str(StringBuilder, StrKind),
     /// bytea
     Bytea(BinaryBuilder),
     /// date
-    Date(Date32Builder),
+    Date(Date32Builder, bool),
     /// time
     Time(Time64MicrosecondBuilder),
-    /// timestamp(tz)
-    Ts(TimestampMicrosecondBuilder, bool),
+    /// timestamp(tz): (zoned, special values as NULL)
+    Ts(TimestampMicrosecondBuilder, bool, bool),
     /// interval
     Interval(Int32Builder, Int32Builder, Int64Builder, NullBufferBuilder),
     /// uuid
@@ -240,8 +240,9 @@ pub enum StrKind {
 
 impl Decoder {
     /// A decoder for `kind` with room for `capacity` rows.
-    pub fn new(kind: &ColKind, capacity: usize) -> Decoder {
+    pub fn new(kind: &ColKind, capacity: usize, special_null: bool) -> Decoder {
         let c = capacity;
+        let sn = special_null;
         match kind {
             ColKind::Bool => Decoder::Bool(BooleanBuilder::with_capacity(c)),
             ColKind::I16 => Decoder::I16(Int16Builder::with_capacity(c)),
@@ -256,6 +257,7 @@ impl Decoder {
                     .expect("valid precision"),
                 *p,
                 *s,
+                sn,
             ),
             ColKind::NumericText => {
                 Decoder::Str(StringBuilder::with_capacity(c, c * 8), StrKind::Numeric)
@@ -268,11 +270,13 @@ impl Decoder {
             ColKind::MacAddr => Decoder::Str(StringBuilder::with_capacity(c, c * 17), StrKind::Mac),
             ColKind::Char => Decoder::Str(StringBuilder::with_capacity(c, c), StrKind::Char),
             ColKind::Bytea => Decoder::Bytea(BinaryBuilder::with_capacity(c, c * 16)),
-            ColKind::Date => Decoder::Date(Date32Builder::with_capacity(c)),
+            ColKind::Date => Decoder::Date(Date32Builder::with_capacity(c), sn),
             ColKind::Time => Decoder::Time(Time64MicrosecondBuilder::with_capacity(c)),
-            ColKind::Timestamp => Decoder::Ts(TimestampMicrosecondBuilder::with_capacity(c), false),
+            ColKind::Timestamp => {
+                Decoder::Ts(TimestampMicrosecondBuilder::with_capacity(c), false, sn)
+            }
             ColKind::TimestampTz => {
-                Decoder::Ts(TimestampMicrosecondBuilder::with_capacity(c), true)
+                Decoder::Ts(TimestampMicrosecondBuilder::with_capacity(c), true, sn)
             }
             ColKind::Interval => Decoder::Interval(
                 Int32Builder::with_capacity(c),
@@ -285,7 +289,7 @@ impl Decoder {
                 let mut offsets = Vec::with_capacity(c + 1);
                 offsets.push(0);
                 Decoder::List(
-                    Box::new(Decoder::new(inner, c)),
+                    Box::new(Decoder::new(inner, c, sn)),
                     offsets,
                     NullBufferBuilder::new(c),
                     Arc::new(field_for("item", inner)),
@@ -314,7 +318,14 @@ impl Decoder {
             }
             Decoder::F32(x) => x.append_value(f32::from_be_bytes(*fixed(b)?)),
             Decoder::F64(x) => x.append_value(f64::from_be_bytes(*fixed(b)?)),
-            Decoder::Decimal(x, p, s) => x.append_value(numeric_to_i128(b, *p, *s)?),
+            Decoder::Decimal(x, p, s, sn) => {
+                let sign = b.get(4..6).map(|v| u16::from_be_bytes([v[0], v[1]]));
+                if *sn && matches!(sign, Some(0xC000 | 0xD000 | 0xF000)) {
+                    x.append_null()
+                } else {
+                    x.append_value(numeric_to_i128(b, *p, *s)?)
+                }
+            }
             Decoder::Str(x, kind) => match kind {
                 StrKind::Text => x.append_value(utf8(b)?),
                 StrKind::Jsonb => {
@@ -332,19 +343,29 @@ impl Decoder {
                 StrKind::Char => x.append_value(utf8(b)?),
             },
             Decoder::Bytea(x) => x.append_value(b),
-            Decoder::Date(x) => {
+            Decoder::Date(x, sn) => {
                 let d = i32::from_be_bytes(*fixed(b)?);
                 if d == i32::MAX || d == i32::MIN {
-                    return Err("infinite date cannot be represented; filter or cast it".into());
+                    if *sn {
+                        x.append_null();
+                        return Ok(());
+                    }
+                    return Err(
+                        "infinite date cannot be represented; set `special_values: as_null` or filter it".into(),
+                    );
                 }
                 x.append_value(d.checked_add(PG_EPOCH_DAYS).ok_or("date out of range")?)
             }
             Decoder::Time(x) => x.append_value(i64::from_be_bytes(*fixed(b)?)),
-            Decoder::Ts(x, _) => {
+            Decoder::Ts(x, _, sn) => {
                 let t = i64::from_be_bytes(*fixed(b)?);
                 if t == i64::MAX || t == i64::MIN {
+                    if *sn {
+                        x.append_null();
+                        return Ok(());
+                    }
                     return Err(
-                        "infinite timestamp cannot be represented; filter or cast it".into(),
+                        "infinite timestamp cannot be represented; set `special_values: as_null` or filter it".into(),
                     );
                 }
                 x.append_value(
@@ -381,9 +402,9 @@ impl Decoder {
             Decoder::Decimal(x, ..) => x.append_null(),
             Decoder::Str(x, _) => x.append_null(),
             Decoder::Bytea(x) => x.append_null(),
-            Decoder::Date(x) => x.append_null(),
+            Decoder::Date(x, _) => x.append_null(),
             Decoder::Time(x) => x.append_null(),
-            Decoder::Ts(x, _) => x.append_null(),
+            Decoder::Ts(x, ..) => x.append_null(),
             Decoder::Interval(m, d, us, nulls) => {
                 m.append_value(0);
                 d.append_value(0);
@@ -411,9 +432,9 @@ impl Decoder {
             Decoder::Decimal(x, ..) => Arc::new(x.finish()),
             Decoder::Str(x, _) => Arc::new(x.finish()),
             Decoder::Bytea(x) => Arc::new(x.finish()),
-            Decoder::Date(x) => Arc::new(x.finish()),
+            Decoder::Date(x, _) => Arc::new(x.finish()),
             Decoder::Time(x) => Arc::new(x.finish()),
-            Decoder::Ts(x, tz) => {
+            Decoder::Ts(x, tz, _) => {
                 let a = x.finish();
                 if *tz {
                     Arc::new(a.with_timezone("UTC"))
@@ -479,8 +500,8 @@ fn parse_numeric(b: &[u8]) -> Result<Numeric<'_>, String> {
     let digits = b.get(8..8 + 2 * ndigits).ok_or("truncated numeric")?;
     match sign {
         0x0000 | 0x4000 => {}
-        0xC000 => return Err("numeric NaN cannot be stored as a decimal; set `numeric: {as_string: true}` or filter it".into()),
-        _ => return Err("numeric infinity cannot be stored as a decimal; set `numeric: {as_string: true}` or filter it".into()),
+        0xC000 => return Err("numeric NaN cannot be stored as a decimal; set `special_values: as_null`, or read the column as text".into()),
+        _ => return Err("numeric infinity cannot be stored as a decimal; set `special_values: as_null`, or read the column as text".into()),
     }
     Ok(Numeric {
         ndigits,
@@ -494,39 +515,52 @@ fn parse_numeric(b: &[u8]) -> Result<Numeric<'_>, String> {
 /// A numeric value as an unscaled i128 at `scale`, checked against `precision`.
 pub fn numeric_to_i128(b: &[u8], precision: u8, scale: i8) -> Result<i128, String> {
     let n = parse_numeric(b)?;
+    let too_large = || format!("numeric value does not fit decimal({precision},{scale})");
+    let scale = scale.max(0) as u32;
     let mut v: i128 = 0;
+    // Decimal digits after the point accumulated into `v` so far.
+    let mut frac = 0u32;
+    let push = |v: i128, d: i128, mul: i128| -> Option<i128> { v.checked_mul(mul)?.checked_add(d) };
     for i in 0..n.ndigits {
         let d = i16::from_be_bytes([n.digits[2 * i], n.digits[2 * i + 1]]) as i128;
-        v = v
-            .checked_mul(10_000)
-            .and_then(|v| v.checked_add(d))
-            .ok_or("numeric value too large for a 38-digit decimal")?;
-    }
-    // v holds the value × 10^e, e = 4 × (digits after the decimal point, in base-10000 groups).
-    let e = 4 * (n.ndigits as i32 - 1 - n.weight as i32);
-    let s = scale as i32;
-    let v = if n.ndigits == 0 {
-        0
-    } else if s >= e {
-        v.checked_mul(
-            10i128
-                .checked_pow((s - e) as u32)
-                .ok_or("numeric value too large")?,
-        )
-        .ok_or("numeric value too large for a 38-digit decimal")?
-    } else {
-        let div = 10i128.checked_pow((e - s) as u32).unwrap_or(i128::MAX);
-        if v % div != 0 {
-            return Err(format!(
-                "numeric value has more than {scale} fractional digits; raise `numeric.scale` or set `numeric: {{as_string: true}}`"
-            ));
+        let pos = n.weight as i32 - i as i32;
+        if pos >= 0 {
+            v = push(v, d, 10_000).ok_or_else(too_large)?;
+            continue;
         }
-        v / div
-    };
+        // Leading zero groups of a fraction (0.0000xxxx) precede the first stored group.
+        if i == 0 {
+            frac += 4 * (-pos - 1) as u32;
+            if frac > scale {
+                return Err(format!(
+                    "numeric value has more than {scale} fractional digits; raise `numeric.scale` or read it as text"
+                ));
+            }
+        }
+        for k in (0..4).rev() {
+            let digit = (d / 10i128.pow(k)) % 10;
+            if frac < scale {
+                v = push(v, digit, 10).ok_or_else(too_large)?;
+                frac += 1;
+            } else if digit != 0 {
+                return Err(format!(
+                    "numeric value has more than {scale} fractional digits; raise `numeric.scale` or read it as text"
+                ));
+            }
+        }
+    }
+    if n.ndigits > 0 && n.weight as i32 >= n.ndigits as i32 {
+        // Integer groups after the last stored one are zeros (e.g. 1000000 = [100] weight 1).
+        let missing = (n.weight as i32 - n.ndigits as i32 + 1) as u32;
+        v = v
+            .checked_mul(10_000i128.checked_pow(missing).ok_or_else(too_large)?)
+            .ok_or_else(too_large)?;
+    }
+    v = v
+        .checked_mul(10i128.checked_pow(scale - frac).ok_or_else(too_large)?)
+        .ok_or_else(too_large)?;
     if v.unsigned_abs() >= 10u128.pow(precision as u32) {
-        return Err(format!(
-            "numeric value does not fit decimal({precision},{scale})"
-        ));
+        return Err(too_large());
     }
     Ok(if n.sign == 0x4000 { -v } else { v })
 }
@@ -672,6 +706,21 @@ mod tests {
         let b = numeric(0, 0, 0, &[]);
         assert_eq!(numeric_to_i128(&b, 10, 2).unwrap(), 0);
         assert_eq!(numeric_to_string(&b).unwrap(), "0");
+        // 38 significant digits: 12345678901234567890.123456789012345678
+        let b = numeric(
+            4,
+            0,
+            18,
+            &[1234, 5678, 9012, 3456, 7890, 1234, 5678, 9012, 3456, 7800],
+        );
+        assert_eq!(
+            numeric_to_i128(&b, 38, 18).unwrap(),
+            12345678901234567890123456789012345678
+        );
+        // 0.00000001 = [1] weight -2 (0.0000 0001)
+        let b = numeric(-2, 0, 8, &[1]);
+        assert_eq!(numeric_to_i128(&b, 10, 8).unwrap(), 1);
+        assert!(numeric_to_i128(&b, 10, 7).is_err());
         assert!(numeric_to_i128(&numeric(0, 0xC000, 0, &[]), 10, 2).is_err());
     }
 
