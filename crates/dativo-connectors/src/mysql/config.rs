@@ -85,7 +85,7 @@ pub struct MySqlReaderConfig {
 }
 
 fn default_batch_size() -> usize {
-    65_536
+    16_384
 }
 fn default_partitions() -> u32 {
     1

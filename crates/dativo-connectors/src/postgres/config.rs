@@ -170,7 +170,7 @@ pub enum ReadMode {
 }
 
 fn default_batch_size() -> usize {
-    65_536
+    16_384
 }
 fn default_partitions() -> u32 {
     1
