@@ -233,7 +233,7 @@ impl MySqlReader {
         self.planner.as_mut().expect("connected")
     }
 
-    fn from_where(&self, pred: &str) -> String {
+    fn source_where(&self, pred: &str) -> String {
         format!("FROM ({}) AS dativo_src WHERE {pred}", self.base)
     }
 
@@ -326,7 +326,7 @@ impl MySqlReader {
             return Ok(Vec::new());
         };
         let (schema, table) = match t.split_once('.') {
-            Some((s, t)) => (format!("{}", MY.lit(s)), MY.lit(t)),
+            Some((s, t)) => (MY.lit(s), MY.lit(t)),
             None => ("DATABASE()".to_string(), MY.lit(&t)),
         };
         let sql = format!(
@@ -409,7 +409,7 @@ impl MySqlReader {
                     None => {
                         let sql = format!(
                             "SELECT CAST(MIN({c}) AS CHAR) {}",
-                            self.from_where(&format!("{c} IS NOT NULL"))
+                            self.source_where(&format!("{c} IS NOT NULL"))
                         );
                         (
                             first_text(self.planner(), &sql, "finding the lowest cursor")?
@@ -424,7 +424,7 @@ impl MySqlReader {
                     Some(l) if !lo_inclusive => format!("{c} > {}", MY.lit(l)),
                     _ => format!("{c} IS NOT NULL"),
                 };
-                let sql = format!("SELECT CAST(MAX({c}) AS CHAR) {}", self.from_where(&pred));
+                let sql = format!("SELECT CAST(MAX({c}) AS CHAR) {}", self.source_where(&pred));
                 let mut upper = first_text(self.planner(), &sql, "finding the highest cursor")?
                     .into_iter()
                     .next()
@@ -503,7 +503,7 @@ impl MySqlReader {
                 if n > 1 && (lo.is_none() || hi.is_none()) {
                     let sql = format!(
                         "SELECT CAST(MIN({c}) AS CHAR), CAST(MAX({c}) AS CHAR) {}",
-                        self.from_where("1=1")
+                        self.source_where("1=1")
                     );
                     let r = first_text(self.planner(), &sql, "finding the partition bounds")?;
                     lo = lo.or(r.first().cloned().flatten());
@@ -516,7 +516,7 @@ impl MySqlReader {
                 let mut ranges = split_ranges(None, false, None, &points);
                 let sql = format!(
                     "SELECT 1 {} LIMIT 1",
-                    self.from_where(&format!("{c} IS NULL"))
+                    self.source_where(&format!("{c} IS NULL"))
                 );
                 if !first_text(self.planner(), &sql, "checking for NULL keys")?.is_empty() {
                     ranges.push(KeyRange {
@@ -602,10 +602,10 @@ impl MySqlReader {
                     format!(
                         "SELECT {} {} ORDER BY {c}",
                         select.join(", "),
-                        self.from_where(&pred)
+                        self.source_where(&pred)
                     )
                 }
-                None => format!("SELECT {} {}", select.join(", "), self.from_where("1=1")),
+                None => format!("SELECT {} {}", select.join(", "), self.source_where("1=1")),
             };
             assigned[k % nw].push((i, sql));
         }
@@ -657,7 +657,7 @@ impl MySqlReader {
                 let sql = format!(
                     "SELECT {} {}",
                     self.row_hash(&pk, &col.name),
-                    self.from_where(&format!(
+                    self.source_where(&format!(
                         "{c} > {} AND {c} <= {}",
                         MY.lit(&lo),
                         MY.lit(&cursor)
@@ -703,9 +703,8 @@ impl Worker {
             .exec_iter(&stmt, ())
             .map_err(|e| map_error(e, "reading"))?;
         let mut rows = 0usize;
-        let mut row_no = 0u64;
         let mut last_key: Option<Value> = None;
-        for row in result {
+        for (row_no, row) in result.enumerate() {
             let row = row.map_err(|e| map_error(e, "reading rows"))?;
             if let Some(k) = self.key {
                 let v = row.as_ref(k).unwrap_or(&Value::NULL);
@@ -729,7 +728,6 @@ impl Worker {
                     })?;
             }
             rows += 1;
-            row_no += 1;
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(());
             }

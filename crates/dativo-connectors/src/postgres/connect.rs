@@ -55,7 +55,7 @@ pub fn pg_config(cfg: &PostgresReaderConfig) -> Result<(tokio_postgres::Config, 
         c.user(u);
     }
     if c.get_user().is_none() {
-        c.user(&std::env::var("USER").unwrap_or_else(|_| "postgres".into()));
+        c.user(std::env::var("USER").unwrap_or_else(|_| "postgres".into()));
     }
     if let Some(pw) = &cfg.password {
         secrets::register(pw);

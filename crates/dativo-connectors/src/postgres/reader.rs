@@ -223,7 +223,7 @@ impl PostgresReader {
             .collect())
     }
 
-    fn from_where(&self, pred: &str) -> String {
+    fn source_where(&self, pred: &str) -> String {
         format!("FROM ({}) AS dativo_src WHERE {pred}", self.base)
     }
 
@@ -318,7 +318,7 @@ impl PostgresReader {
                             self.client(),
                             &format!(
                                 "SELECT min({c})::text {}",
-                                self.from_where(&format!("{c} IS NOT NULL"))
+                                self.source_where(&format!("{c} IS NOT NULL"))
                             ),
                             "finding the lowest cursor",
                         )?,
@@ -338,7 +338,7 @@ impl PostgresReader {
                     self.client(),
                     &format!(
                         "SELECT GREATEST(max({c}), {floor})::text {}",
-                        self.from_where(&upper_pred)
+                        self.source_where(&upper_pred)
                     ),
                     "finding the highest cursor",
                 )?;
@@ -407,7 +407,7 @@ impl PostgresReader {
                         self.client(),
                         &format!(
                             "SELECT min({c})::text, max({c})::text {}",
-                            self.from_where("true")
+                            self.source_where("true")
                         ),
                         "finding the partition bounds",
                     )?;
@@ -426,7 +426,7 @@ impl PostgresReader {
                     self.client(),
                     &format!(
                         "SELECT 'yes' {} LIMIT 1",
-                        self.from_where(&format!("{c} IS NULL"))
+                        self.source_where(&format!("{c} IS NULL"))
                     ),
                     "checking for NULL keys",
                 )?
@@ -480,10 +480,10 @@ impl PostgresReader {
                     format!(
                         "SELECT {} {} ORDER BY {c}",
                         select.join(", "),
-                        self.from_where(&pred)
+                        self.source_where(&pred)
                     )
                 }
-                None => format!("SELECT {} {}", select.join(", "), self.from_where("true")),
+                None => format!("SELECT {} {}", select.join(", "), self.source_where("true")),
             };
             let task = PartitionTask {
                 cfg: cfg.clone(),
@@ -536,7 +536,7 @@ impl PostgresReader {
                 let sql = format!(
                     "SELECT {} {}",
                     self.row_hash(&pk, &col.name),
-                    self.from_where(&format!("{c} > {} AND {c} <= {}", lit(&lo), lit(cursor)))
+                    self.source_where(&format!("{c} > {} AND {c} <= {}", lit(&lo), lit(cursor)))
                 );
                 next.seen = q(self.client(), &sql, "recording the lookback window")?
                     .iter()
