@@ -8,6 +8,8 @@ use serde_json::Value;
 
 #[cfg(feature = "file")]
 pub mod file;
+#[cfg(feature = "iceberg")]
+pub mod iceberg;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod keyset;
 #[cfg(feature = "mysql")]
@@ -16,6 +18,8 @@ pub mod mysql;
 pub mod parquet;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(any(feature = "postgres", feature = "iceberg"))]
+pub mod rt;
 
 /// A built-in reader.
 pub struct BuiltinReader {
@@ -77,6 +81,13 @@ pub fn writers() -> Vec<BuiltinWriter> {
             summary: "Parquet files in a directory, committed atomically with the reader's state",
             validate: parquet::ParquetWriter::validate,
             create: || Box::new(parquet::ParquetWriter::new()),
+        },
+        #[cfg(feature = "iceberg")]
+        BuiltinWriter {
+            name: "iceberg",
+            summary: "Apache Iceberg tables (SQL catalog on SQLite or PostgreSQL); the state rides in each snapshot",
+            validate: iceberg::IcebergWriter::validate,
+            create: || Box::new(iceberg::IcebergWriter::new()),
         },
     ]
 }

@@ -103,27 +103,7 @@ pub struct JobLock {
     pub path: PathBuf,
 }
 
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-fn db_err(e: rusqlite::Error) -> Error {
-    Error::io(format!("state store: {e}"))
-}
-
-impl StateStore {
-    /// Open (creating if needed) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<StateStore> {
-        fs::create_dir_all(dir.join("locks"))
-            .with_context(|| format!("creating state directory {}", dir.display()))?;
-        let path = dir.join("state.db");
-        let conn = Connection::open(&path)
-            .map_err(db_err)
-            .with_context(|| format!("opening {}", path.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(db_err)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
+const SCHEMA: &str = "PRAGMA journal_mode=WAL;
              PRAGMA synchronous=FULL;
              CREATE TABLE IF NOT EXISTS job_state (
                  job TEXT PRIMARY KEY,
@@ -143,10 +123,45 @@ impl StateStore {
                  commits INTEGER NOT NULL DEFAULT 0,
                  error TEXT
              );
-             CREATE INDEX IF NOT EXISTS runs_by_job ON runs(job, started_at);",
-        )
-        .map_err(db_err)
-        .with_context(|| format!("initializing {}", path.display()))?;
+             CREATE INDEX IF NOT EXISTS runs_by_job ON runs(job, started_at);";
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn db_err(e: rusqlite::Error) -> Error {
+    Error::io(format!("state store: {e}"))
+}
+
+impl StateStore {
+    /// Open (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<StateStore> {
+        fs::create_dir_all(dir.join("locks"))
+            .with_context(|| format!("creating state directory {}", dir.display()))?;
+        let path = dir.join("state.db");
+        let conn = Connection::open(&path)
+            .map_err(db_err)
+            .with_context(|| format!("opening {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(db_err)?;
+        // Several processes may open a new store at once (jobs started together): switching
+        // to WAL and creating the tables can report "locked" without waiting, so retry.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match conn.execute_batch(SCHEMA) {
+                Ok(()) => break,
+                Err(e)
+                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(db_err(e))
+                        .with_context(|| format!("initializing {}", path.display()))
+                }
+            }
+        }
         Ok(StateStore {
             conn,
             dir: dir.to_path_buf(),

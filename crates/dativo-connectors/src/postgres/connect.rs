@@ -11,21 +11,9 @@ use tokio_postgres::Client;
 
 use dativo_core::{secrets, Error, Result};
 
-use super::config::{PostgresReaderConfig, SslMode};
+pub use crate::rt::runtime;
 
-/// The process-wide async runtime used by connectors that speak async protocols. Reader and
-/// writer methods run on their own threads and block on it.
-pub fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("dativo-io")
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-    })
-}
+use super::config::{PostgresReaderConfig, SslMode};
 
 /// Build the driver config from ours. Secrets are registered for redaction.
 pub fn pg_config(cfg: &PostgresReaderConfig) -> Result<(tokio_postgres::Config, SslMode)> {

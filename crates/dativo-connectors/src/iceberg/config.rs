@@ -1,0 +1,163 @@
+//! `iceberg` writer configuration.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use dativo_core::config::ByteSize;
+use dativo_core::{Error, Result};
+
+/// `target.config` of `writer: iceberg`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcebergWriterConfig {
+    /// `namespace.table` (the namespace may have several levels: `a.b.table`).
+    pub table: String,
+    /// The catalog; by default the embedded SQL catalog on SQLite (`.dativo/catalog.db`).
+    #[serde(default)]
+    pub catalog: CatalogConfig,
+    /// Where new tables' files go: a local directory (default `warehouse`) or `s3://bucket/prefix`.
+    #[serde(default)]
+    pub warehouse: Option<String>,
+    /// Partition spec: `region` (identity), `day(ts)`, `month(ts)`, `year(ts)`, `hour(ts)`,
+    /// `bucket(16, id)`, `truncate(4, sku)`. Used when the table is created.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// `append` (default). `overwrite` is refused: iceberg-rust 0.10 cannot commit it atomically.
+    #[serde(default)]
+    pub mode: WriteMode,
+    /// Parquet compression: `zstd` (default), `snappy`, `lz4`, `none`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    /// Data files roll over at this size.
+    #[serde(default = "default_file_size")]
+    pub target_file_size: ByteSize,
+    /// S3 settings for an `s3://` warehouse.
+    #[serde(default)]
+    pub s3: Option<S3Config>,
+    /// Extra table properties set when the table is created.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// How batches land in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    /// Add the new rows.
+    #[default]
+    Append,
+    /// Replace the table's rows (not supported yet).
+    Overwrite,
+}
+
+/// `catalog:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// `sql` (SQLite or PostgreSQL). (`rest` is not compiled into this build yet.)
+    #[serde(rename = "type", default = "default_catalog_type")]
+    pub kind: String,
+    /// `sqlite://path/catalog.db` (default `sqlite://.dativo/catalog.db`) or
+    /// `postgres://user:pw@host/db`.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// The catalog name, stored in every catalog row: readers (pyiceberg, Spark) must use the
+    /// same name.
+    #[serde(default = "default_catalog_name")]
+    pub name: String,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            kind: default_catalog_type(),
+            uri: None,
+            name: default_catalog_name(),
+        }
+    }
+}
+
+/// `s3:` — object storage settings (credentials from here, else the AWS environment chain).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL for S3-compatible servers (`http://127.0.0.1:9000`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Access key id.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Secret access key; use `${env:…}`.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Session token.
+    #[serde(default)]
+    pub session_token: Option<String>,
+    /// Path-style addressing (`http://host/bucket/key`), needed by most local servers.
+    #[serde(default)]
+    pub path_style: bool,
+}
+
+fn default_catalog_type() -> String {
+    "sql".into()
+}
+fn default_catalog_name() -> String {
+    "dativo".into()
+}
+fn default_compression() -> String {
+    "zstd".into()
+}
+fn default_file_size() -> ByteSize {
+    ByteSize(512 << 20)
+}
+
+impl IcebergWriterConfig {
+    /// Checks that need no I/O.
+    pub fn check(&self) -> Result<()> {
+        let key = |k: &str, m: String| Err(Error::config(m).with_key_path(k));
+        if self.table.split('.').count() < 2 || self.table.split('.').any(str::is_empty) {
+            return key(
+                "table",
+                format!("`{}`: write it as namespace.table", self.table),
+            );
+        }
+        if self.mode == WriteMode::Overwrite {
+            return key(
+                "mode",
+                "`overwrite` is not supported yet: iceberg-rust 0.10 has no atomic overwrite; use `append`".into(),
+            );
+        }
+        match self.catalog.kind.as_str() {
+            "sql" => {}
+            "rest" => {
+                return key(
+                    "catalog.type",
+                    "the REST catalog is not compiled into this build yet; use `sql` (SQLite or PostgreSQL)".into(),
+                )
+            }
+            other => return key("catalog.type", format!("unknown catalog type `{other}`: use `sql`")),
+        }
+        if let Some(u) = &self.catalog.uri {
+            if !(u.starts_with("sqlite:")
+                || u.starts_with("postgres://")
+                || u.starts_with("postgresql://"))
+            {
+                return key(
+                    "catalog.uri",
+                    "use sqlite://path/catalog.db or postgres://…".into(),
+                );
+            }
+        }
+        crate::parquet::parse_compression(&self.compression)
+            .map_err(|e| Error::config(e.message().to_string()).with_key_path("compression"))?;
+        for (i, p) in self.partition_by.iter().enumerate() {
+            super::writer::parse_partition(p)
+                .map_err(|m| Error::config(m).with_key_path(format!("partition_by[{i}]")))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,19 @@
+//! `writer: iceberg` — Apache Iceberg tables through iceberg-rust.
+//!
+//! * Catalog: the SQL catalog on SQLite by default (`.dativo/catalog.db`, warehouse directory
+//!   `warehouse`), or on PostgreSQL; warehouse on local disk or S3.
+//! * Creates the namespace and table from the reader's Arrow schema (with `partition_by`) when
+//!   missing; adds new nullable source columns with a schema-update commit; refuses an
+//!   incompatible type change naming the column.
+//! * Exactly once: each finalize is ONE fast-append commit whose snapshot summary carries the
+//!   reader's state (`dativo.state`, with `dativo.job` and `dativo.run-id`);
+//!   `committed_state()` walks the snapshots back to this job's latest. Data files written but
+//!   not committed are invisible to readers of the table, and deleted on abort.
+//! * Concurrent jobs appending to one table: the commit is retried on conflicts
+//!   (`commit.retry.num-retries` is set to 20 on tables dativo creates).
+
+mod config;
+mod writer;
+
+pub use config::{CatalogConfig, IcebergWriterConfig, S3Config, WriteMode};
+pub use writer::IcebergWriter;

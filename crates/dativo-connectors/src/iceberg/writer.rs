@@ -1,0 +1,651 @@
+//! The `iceberg` writer.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow::datatypes::{DataType, Schema as ArrowSchema, SchemaRef as ArrowSchemaRef};
+use iceberg::arrow::{
+    arrow_schema_to_schema_auto_assign_ids, arrow_type_to_type, schema_to_arrow_schema,
+    RecordBatchPartitionSplitter,
+};
+use iceberg::io::{
+    LocalFsStorageFactory, StorageFactory, S3_ACCESS_KEY_ID, S3_ENDPOINT, S3_PATH_STYLE_ACCESS,
+    S3_REGION, S3_SECRET_ACCESS_KEY, S3_SESSION_TOKEN,
+};
+use iceberg::spec::{DataFile, DataFileFormat, PartitionSpec, PrimitiveType, Transform, Type};
+use iceberg::table::Table;
+use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
+use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
+use iceberg::writer::partitioning::PartitioningWriter;
+use iceberg::writer::{IcebergWriter as _, IcebergWriterBuilder};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
+use iceberg_storage_opendal::OpenDalStorageFactory;
+use parquet::file::properties::WriterProperties;
+use serde_json::Value;
+
+use dativo_core::config::from_config;
+use dativo_core::{
+    secrets, Commit, CommitReport, CommittedState, Error, Result, Writer, WriterContext,
+};
+
+use super::config::IcebergWriterConfig;
+use crate::rt::runtime;
+
+/// Snapshot summary keys written with every commit.
+pub const STATE_KEY: &str = "dativo.state";
+/// The job that made a commit.
+pub const JOB_KEY: &str = "dativo.job";
+/// The run that made a commit.
+pub const RUN_KEY: &str = "dativo.run-id";
+
+type Builder =
+    DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+
+// One per writer: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
+enum Active {
+    Plain(
+        Box<
+            DataFileWriter<
+                ParquetWriterBuilder,
+                DefaultLocationGenerator,
+                DefaultFileNameGenerator,
+            >,
+        >,
+    ),
+    Fanout(FanoutWriter<Builder>, RecordBatchPartitionSplitter),
+}
+
+/// Writes into an Iceberg table; each finalize is one atomic commit carrying the state.
+#[derive(Default)]
+pub struct IcebergWriter {
+    cfg: Option<IcebergWriterConfig>,
+    catalog: Option<Arc<SqlCatalog>>,
+    table: Option<Table>,
+    ident: Option<TableIdent>,
+    target: Option<ArrowSchemaRef>,
+    job: String,
+    active: Option<Active>,
+    rows: u64,
+}
+
+fn ice(e: iceberg::Error, doing: &str) -> Error {
+    let msg = format!("{doing}: {}", secrets::scrub(&e.to_string()));
+    match e.kind() {
+        iceberg::ErrorKind::CatalogCommitConflicts => Error::transient(msg),
+        iceberg::ErrorKind::DataInvalid | iceberg::ErrorKind::FeatureUnsupported => {
+            Error::schema(msg)
+        }
+        iceberg::ErrorKind::NamespaceNotFound | iceberg::ErrorKind::TableNotFound => {
+            Error::config(msg)
+        }
+        _ if e.retryable() => Error::transient(msg),
+        _ => {
+            let lower = msg.to_lowercase();
+            if lower.contains("connect") || lower.contains("timed out") || lower.contains("dns") {
+                Error::connect(msg)
+            } else {
+                Error::io(msg)
+            }
+        }
+    }
+}
+
+/// Parse `col`, `day(col)`, `bucket(16, col)`, `truncate(4, col)` into (column, transform).
+pub fn parse_partition(spec: &str) -> std::result::Result<(String, Transform), String> {
+    let s = spec.trim();
+    let Some(open) = s.find('(') else {
+        return if s.is_empty() {
+            Err("empty partition field".into())
+        } else {
+            Ok((s.to_string(), Transform::Identity))
+        };
+    };
+    let name = s[..open].trim().to_ascii_lowercase();
+    let args = s[open + 1..]
+        .strip_suffix(')')
+        .ok_or_else(|| format!("`{spec}`: missing `)`"))?;
+    let parts: Vec<&str> = args.split(',').map(str::trim).collect();
+    let n = |p: &str| {
+        p.parse::<u32>()
+            .map_err(|_| format!("`{spec}`: `{p}` is not a positive number"))
+    };
+    let (col, t) = match (name.as_str(), parts.as_slice()) {
+        ("identity", [c]) => (c, Transform::Identity),
+        ("year", [c]) | ("years", [c]) => (c, Transform::Year),
+        ("month", [c]) | ("months", [c]) => (c, Transform::Month),
+        ("day", [c]) | ("days", [c]) => (c, Transform::Day),
+        ("hour", [c]) | ("hours", [c]) => (c, Transform::Hour),
+        ("bucket", [k, c]) => (c, Transform::Bucket(n(k)?)),
+        ("truncate", [w, c]) => (c, Transform::Truncate(n(w)?)),
+        _ => {
+            return Err(format!(
+                "`{spec}`: use col, year(col), month(col), day(col), hour(col), bucket(N, col) or truncate(W, col)"
+            ))
+        }
+    };
+    Ok((col.to_string(), t))
+}
+
+/// The Arrow schema iceberg-rust can take: types it has no mapping for are widened.
+fn iceberg_compatible(schema: &ArrowSchema) -> Result<ArrowSchema> {
+    let fields = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let dt = match f.data_type() {
+                DataType::UInt64 => DataType::Decimal128(20, 0),
+                DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+                DataType::Float16 => DataType::Float32,
+                DataType::Date64 => DataType::Date32,
+                DataType::Timestamp(_, tz) => DataType::Timestamp(
+                    arrow::datatypes::TimeUnit::Microsecond,
+                    tz.as_ref().map(|_| "UTC".into()),
+                ),
+                DataType::Time32(_) => DataType::Time64(arrow::datatypes::TimeUnit::Microsecond),
+                other => other.clone(),
+            };
+            Arc::new(
+                f.as_ref()
+                    .clone()
+                    .with_data_type(dt)
+                    .with_metadata(HashMap::new()),
+            )
+        })
+        .collect::<Vec<_>>();
+    Ok(ArrowSchema::new(fields))
+}
+
+/// Rebuild `batch` against the table's Arrow schema: same order, field ids, casts, and NULL
+/// columns for optional table columns the source does not have.
+fn conform(batch: &RecordBatch, target: &ArrowSchemaRef) -> Result<RecordBatch> {
+    let cols = target
+        .fields()
+        .iter()
+        .map(|f| -> Result<ArrayRef> {
+            Ok(match batch.column_by_name(f.name()) {
+                Some(c) if c.data_type() == f.data_type() => c.clone(),
+                Some(c) => arrow::compute::cast(c, f.data_type())
+                    .map_err(|e| Error::schema(format!("column `{}`: {e}", f.name())))?,
+                None => new_null_array(f.data_type(), batch.num_rows()),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new_with_options(
+        target.clone(),
+        cols,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+    .map_err(|e| Error::schema(format!("batch does not fit the table: {e}")))
+}
+
+fn absolute(p: &str) -> Result<String> {
+    let path = Path::new(p);
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    Ok(abs.display().to_string().trim_end_matches('/').to_string())
+}
+
+impl IcebergWriter {
+    /// A new, uninitialized writer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Validate a config without connecting.
+    pub fn validate(config: &Value) -> Result<()> {
+        from_config::<IcebergWriterConfig>(config)?.check()
+    }
+
+    fn cfg(&self) -> &IcebergWriterConfig {
+        self.cfg.as_ref().expect("initialized")
+    }
+
+    fn table(&self) -> &Table {
+        self.table.as_ref().expect("initialized")
+    }
+
+    async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<SqlCatalog> {
+        let warehouse = cfg.warehouse.clone().unwrap_or_else(|| "warehouse".into());
+        let (warehouse, storage): (String, Arc<dyn StorageFactory>) =
+            if warehouse.starts_with("s3://") || warehouse.starts_with("s3a://") {
+                (
+                    warehouse,
+                    Arc::new(OpenDalStorageFactory::S3 {
+                        customized_credential_load: None,
+                    }),
+                )
+            } else {
+                let w = absolute(warehouse.trim_start_matches("file://"))?;
+                std::fs::create_dir_all(&w)
+                    .map_err(|e| Error::io(format!("creating the warehouse {w}: {e}")))?;
+                (w, Arc::new(LocalFsStorageFactory))
+            };
+        let uri = match &cfg.catalog.uri {
+            Some(u) if u.starts_with("sqlite:") => {
+                let path = u
+                    .trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:");
+                let (path, _) = path.split_once('?').unwrap_or((path, ""));
+                let abs = absolute(path)?;
+                if let Some(parent) = Path::new(&abs).parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                format!("sqlite://{abs}?mode=rwc")
+            }
+            Some(u) => {
+                secrets::register(u);
+                u.clone()
+            }
+            None => {
+                let abs = absolute(".dativo/catalog.db")?;
+                std::fs::create_dir_all(absolute(".dativo")?)?;
+                format!("sqlite://{abs}?mode=rwc")
+            }
+        };
+        let style = if uri.starts_with("sqlite:") {
+            SqlBindStyle::QMark
+        } else {
+            SqlBindStyle::DollarNumeric
+        };
+        let mut b = SqlCatalogBuilder::default()
+            .uri(uri.clone())
+            .warehouse_location(warehouse)
+            .sql_bind_style(style);
+        if let Some(s3) = &cfg.s3 {
+            let mut set = |k: &str, v: &Option<String>| {
+                if let Some(v) = v {
+                    b = std::mem::take(&mut b).prop(k, v.clone());
+                }
+            };
+            set(S3_ENDPOINT, &s3.endpoint);
+            set(S3_REGION, &s3.region);
+            set(S3_ACCESS_KEY_ID, &s3.access_key_id);
+            if let Some(s) = &s3.secret_access_key {
+                secrets::register(s);
+            }
+            set(S3_SECRET_ACCESS_KEY, &s3.secret_access_key);
+            set(S3_SESSION_TOKEN, &s3.session_token);
+            if s3.path_style {
+                b = b.prop(S3_PATH_STYLE_ACCESS, "true");
+            }
+        }
+        b.with_storage_factory(storage)
+            .load(cfg.catalog.name.clone(), HashMap::new())
+            .await
+            .map_err(|e| {
+                let what = secrets::scrub(&uri);
+                ice(e, &format!("opening the Iceberg catalog at {what}"))
+            })
+    }
+
+    /// Load or create the table; evolve its schema to take the source's new columns.
+    async fn open_table(&mut self, source: &ArrowSchema) -> Result<()> {
+        let cfg = self.cfg().clone();
+        let catalog = self.catalog.clone().expect("catalog");
+        let parts: Vec<&str> = cfg.table.split('.').collect();
+        let (ns_parts, name) = parts.split_at(parts.len() - 1);
+        let ns =
+            NamespaceIdent::from_strs(ns_parts.iter().copied()).map_err(|e| ice(e, "namespace"))?;
+        let ident = TableIdent::new(ns.clone(), name[0].to_string());
+        if !catalog
+            .namespace_exists(&ns)
+            .await
+            .map_err(|e| ice(e, "checking the namespace"))?
+        {
+            match catalog.create_namespace(&ns, HashMap::new()).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == iceberg::ErrorKind::NamespaceAlreadyExists => {}
+                Err(e) => return Err(ice(e, "creating the namespace")),
+            }
+        }
+        let compatible = iceberg_compatible(source)?;
+        let table = if catalog
+            .table_exists(&ident)
+            .await
+            .map_err(|e| ice(e, "checking the table"))?
+        {
+            catalog
+                .load_table(&ident)
+                .await
+                .map_err(|e| ice(e, "loading the table"))?
+        } else {
+            let schema = arrow_schema_to_schema_auto_assign_ids(&compatible)
+                .map_err(|e| ice(e, "mapping the source schema to Iceberg"))?;
+            let mut spec = PartitionSpec::builder(schema.clone());
+            for p in &cfg.partition_by {
+                let (col, t) = parse_partition(p).map_err(Error::config)?;
+                let pname = match t {
+                    Transform::Identity => col.clone(),
+                    Transform::Bucket(n) => format!("{col}_bucket_{n}"),
+                    Transform::Truncate(w) => format!("{col}_trunc_{w}"),
+                    other => format!("{col}_{}", other.to_string().to_lowercase()),
+                };
+                spec = spec
+                    .add_partition_field(col.as_str(), pname, t)
+                    .map_err(|e| ice(e, &format!("partition field `{p}`")))?;
+            }
+            let spec = spec.build().map_err(|e| ice(e, "partition spec"))?;
+            let mut props: HashMap<String, String> = HashMap::from([
+                ("commit.retry.num-retries".into(), "20".into()),
+                ("commit.retry.min-wait-ms".into(), "50".into()),
+                ("commit.retry.max-wait-ms".into(), "5000".into()),
+                (
+                    "write.parquet.compression-codec".into(),
+                    cfg.compression.clone(),
+                ),
+            ]);
+            props.extend(cfg.properties.clone());
+            let creation = TableCreation::builder()
+                .name(ident.name().to_string())
+                .schema(schema)
+                .partition_spec(spec)
+                .properties(props)
+                .build();
+            match catalog.create_table(&ns, creation).await {
+                Ok(t) => {
+                    tracing::info!(table = %cfg.table, "created the Iceberg table");
+                    t
+                }
+                Err(e) if e.kind() == iceberg::ErrorKind::TableAlreadyExists => catalog
+                    .load_table(&ident)
+                    .await
+                    .map_err(|e| ice(e, "loading the table"))?,
+                Err(e) => return Err(ice(e, "creating the table")),
+            }
+        };
+        let table = self.evolve(table, &compatible).await?;
+        let target = schema_to_arrow_schema(table.metadata().current_schema())
+            .map_err(|e| ice(e, "reading the table schema"))?;
+        self.target = Some(Arc::new(target));
+        self.table = Some(table);
+        self.ident = Some(ident);
+        Ok(())
+    }
+
+    /// Add the source's new nullable columns; refuse incompatible changes, naming the column.
+    async fn evolve(&self, table: Table, source: &ArrowSchema) -> Result<Table> {
+        let current = table.metadata().current_schema().clone();
+        let mut added = Vec::new();
+        for f in source.fields() {
+            match current.field_by_name(f.name()) {
+                Some(existing) => {
+                    let want = arrow_type_to_type(f.data_type()).ok();
+                    let have = existing.field_type.as_ref();
+                    let ok = match (&want, have) {
+                        (None, _) => true, // nested: checked by the cast when writing
+                        (Some(w), h) if w == h => true,
+                        (
+                            Some(Type::Primitive(PrimitiveType::Int)),
+                            Type::Primitive(PrimitiveType::Long),
+                        ) => true,
+                        (
+                            Some(Type::Primitive(PrimitiveType::Float)),
+                            Type::Primitive(PrimitiveType::Double),
+                        ) => true,
+                        _ => false,
+                    };
+                    if !ok {
+                        return Err(Error::schema(format!(
+                            "column `{}` is {} in the Iceberg table but {} in the source: an incompatible type change",
+                            f.name(),
+                            have,
+                            want.map(|t| t.to_string()).unwrap_or_else(|| f.data_type().to_string())
+                        )));
+                    }
+                }
+                None => {
+                    if !f.is_nullable() {
+                        return Err(Error::schema(format!(
+                            "the source has a new required column `{}`; only nullable columns can be added to an Iceberg table",
+                            f.name()
+                        )));
+                    }
+                    let t = arrow_type_to_type(f.data_type()).map_err(|e| {
+                        ice(
+                            e,
+                            &format!(
+                                "new column `{}` (only primitive columns can be added)",
+                                f.name()
+                            ),
+                        )
+                    })?;
+                    added.push((f.name().clone(), t));
+                }
+            }
+        }
+        for field in current.as_struct().fields() {
+            if field.required && source.field_with_name(&field.name).is_err() {
+                return Err(Error::schema(format!(
+                    "the table's required column `{}` is missing from the source",
+                    field.name
+                )));
+            }
+        }
+        if added.is_empty() {
+            return Ok(table);
+        }
+        let names: Vec<String> = added.iter().map(|(n, _)| n.clone()).collect();
+        let tx = Transaction::new(&table);
+        let mut update = tx.update_schema();
+        for (name, t) in added {
+            update = update.add_column(AddColumn::optional(name, t));
+        }
+        let tx = update.apply(tx).map_err(|e| ice(e, "adding columns"))?;
+        let catalog = self.catalog.clone().expect("catalog");
+        let table = tx
+            .commit(catalog.as_ref())
+            .await
+            .map_err(|e| ice(e, "committing the schema update"))?;
+        tracing::info!(columns = ?names, "added columns to the Iceberg table");
+        Ok(table)
+    }
+
+    async fn start_writer(&self) -> Result<Active> {
+        let table = self.table();
+        let md = table.metadata();
+        let props = WriterProperties::builder()
+            .set_compression(crate::parquet::parse_compression(&self.cfg().compression)?)
+            .set_created_by(format!("dativo {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        let pq = ParquetWriterBuilder::new(props, md.current_schema().clone());
+        let rolling = RollingFileWriterBuilder::new(
+            pq,
+            self.cfg().target_file_size.0 as usize,
+            table.file_io().clone(),
+            DefaultLocationGenerator::new(md).map_err(|e| ice(e, "data location"))?,
+            // Unique per writer: the generator's counter restarts with every instance.
+            DefaultFileNameGenerator::new(
+                format!("dativo-{}", uuid::Uuid::now_v7()),
+                None,
+                DataFileFormat::Parquet,
+            ),
+        );
+        let builder = DataFileWriterBuilder::new(rolling);
+        let spec = md.default_partition_spec().clone();
+        if spec.is_unpartitioned() {
+            Ok(Active::Plain(Box::new(
+                builder
+                    .build(None)
+                    .await
+                    .map_err(|e| ice(e, "starting a data file"))?,
+            )))
+        } else {
+            let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
+                md.current_schema().clone(),
+                spec,
+            )
+            .map_err(|e| ice(e, "partitioning"))?;
+            Ok(Active::Fanout(FanoutWriter::new(builder), splitter))
+        }
+    }
+
+    async fn close_writer(&mut self) -> Result<Vec<DataFile>> {
+        match self.active.take() {
+            None => Ok(Vec::new()),
+            Some(Active::Plain(mut w)) => w.close().await.map_err(|e| ice(e, "closing data files")),
+            Some(Active::Fanout(w, _)) => w.close().await.map_err(|e| ice(e, "closing data files")),
+        }
+    }
+
+    async fn delete_files(&self, files: &[DataFile]) {
+        let io = self.table().file_io().clone();
+        for f in files {
+            if let Err(e) = io.delete(f.file_path()).await {
+                tracing::warn!(file = f.file_path(), error = %e, "could not delete an uncommitted data file");
+            }
+        }
+    }
+}
+
+impl Writer for IcebergWriter {
+    fn initialize(&mut self, config: &Value, ctx: &WriterContext) -> Result<()> {
+        let cfg: IcebergWriterConfig = from_config(config)?;
+        cfg.check()?;
+        let catalog = runtime().block_on(Self::open_catalog(&cfg))?;
+        self.catalog = Some(Arc::new(catalog));
+        self.cfg = Some(cfg);
+        self.job = ctx.job.clone();
+        let schema = ctx.schema.clone();
+        runtime().block_on(self.open_table(&schema))
+    }
+
+    fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let conformed = conform(batch, self.target.as_ref().expect("initialized"))?;
+        runtime().block_on(async {
+            if self.active.is_none() {
+                self.active = Some(self.start_writer().await?);
+            }
+            match self.active.as_mut().expect("started") {
+                Active::Plain(w) => w.write(conformed).await.map_err(|e| ice(e, "writing")),
+                Active::Fanout(w, splitter) => {
+                    let parts = splitter
+                        .split(&conformed)
+                        .map_err(|e| ice(e, "partitioning"))?;
+                    for (key, part) in parts {
+                        w.write(key, part).await.map_err(|e| ice(e, "writing"))?;
+                    }
+                    Ok(())
+                }
+            }
+        })?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    fn finalize(&mut self, commit: &Commit) -> Result<CommitReport> {
+        let state = commit
+            .state
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "null".into());
+        let job = self.job.clone();
+        let run = commit.run_id.clone();
+        let ident = self.ident.clone().expect("initialized");
+        let catalog = self.catalog.clone().expect("catalog");
+        let (table, files) = runtime().block_on(async {
+            let files = self.close_writer().await?;
+            // Reload: another job may have committed to the table since.
+            let table = catalog
+                .load_table(&ident)
+                .await
+                .map_err(|e| ice(e, "loading the table"))?;
+            let tx = Transaction::new(&table);
+            let tx = tx
+                .fast_append()
+                .set_snapshot_properties(HashMap::from([
+                    (STATE_KEY.to_string(), state),
+                    (JOB_KEY.to_string(), job),
+                    (RUN_KEY.to_string(), run),
+                ]))
+                .add_data_files(files.clone())
+                .apply(tx)
+                .map_err(|e| ice(e, "preparing the commit"))?;
+            match tx.commit(catalog.as_ref()).await {
+                Ok(t) => Ok((t, files)),
+                Err(e) => {
+                    // The commit may still have landed (e.g. a lost response): the runner
+                    // recovers from committed_state(); the files are left for that case.
+                    Err(ice(e, "committing to the Iceberg table"))
+                }
+            }
+        })?;
+        let snapshot = table.metadata().current_snapshot().map(|s| s.snapshot_id());
+        self.table = Some(table);
+        self.rows = 0;
+        Ok(CommitReport {
+            files: files.iter().map(|f| f.file_path().to_string()).collect(),
+            rows: files.iter().map(|f| f.record_count()).sum(),
+            bytes: files.iter().map(|f| f.file_size_in_bytes()).sum(),
+            commit_id: snapshot.map(|s| s.to_string()),
+        })
+    }
+
+    fn abort(&mut self) -> Result<()> {
+        if self.table.is_none() {
+            return Ok(());
+        }
+        let files = runtime().block_on(self.close_writer()).unwrap_or_default();
+        runtime().block_on(self.delete_files(&files));
+        self.rows = 0;
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        self.abort()?;
+        self.table = None;
+        self.catalog = None;
+        Ok(())
+    }
+
+    fn committed_state(&mut self) -> Result<Option<CommittedState>> {
+        let ident = self.ident.clone().expect("initialized");
+        let catalog = self.catalog.clone().expect("catalog");
+        let table = runtime()
+            .block_on(catalog.load_table(&ident))
+            .map_err(|e| ice(e, "loading the table"))?;
+        let md = table.metadata();
+        let mut cur = md.current_snapshot().cloned();
+        while let Some(s) = cur {
+            let props = &s.summary().additional_properties;
+            if props.get(JOB_KEY) == Some(&self.job) {
+                let state = match props.get(STATE_KEY) {
+                    Some(text) => serde_json::from_str::<Value>(text).map_err(|e| {
+                        Error::data(format!(
+                            "snapshot {} has an unreadable dativo.state: {e}",
+                            s.snapshot_id()
+                        ))
+                    })?,
+                    None => Value::Null,
+                };
+                return Ok(Some(CommittedState {
+                    state: (!state.is_null()).then_some(state),
+                    run_id: props.get(RUN_KEY).cloned(),
+                }));
+            }
+            cur = s
+                .parent_snapshot_id()
+                .and_then(|id| md.snapshot_by_id(id))
+                .cloned();
+        }
+        Ok(Some(CommittedState {
+            state: None,
+            run_id: None,
+        }))
+    }
+}
