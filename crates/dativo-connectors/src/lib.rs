@@ -18,8 +18,10 @@ pub mod mysql;
 pub mod parquet;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-#[cfg(any(feature = "postgres", feature = "iceberg"))]
+#[cfg(any(feature = "postgres", feature = "iceberg", feature = "parquet"))]
 pub mod rt;
+#[cfg(feature = "parquet")]
+pub mod storage;
 
 /// A built-in reader.
 pub struct BuiltinReader {

@@ -2,7 +2,11 @@
 
 use std::fs;
 
-use dativo_connectors::parquet::{commit_log::Layout, ParquetWriter};
+use dativo_connectors::parquet::{
+    commit_log::{Layout, STAGING},
+    ParquetWriter,
+};
+use dativo_connectors::storage::Location;
 use dativo_core::conformance::{check_writer, sample_batch};
 use dativo_core::{Commit, Shard, Writer, WriterContext};
 use serde_json::json;
@@ -51,14 +55,13 @@ fn uncommitted_files_are_invisible_and_removed_on_restart() {
     w.finalize(&commit(1)).unwrap();
     w.write_batch(&sample_batch()).unwrap();
     w.write_batch(&sample_batch()).unwrap();
-    let layout = Layout {
-        root: dir.path().to_path_buf(),
-    };
+    let _layout = Layout::new(Location::Local(dir.path().to_path_buf()));
+    let staging = dir.path().join(STAGING);
     // Written but not finalized: staged, not where tools look.
     assert_eq!(data_files(dir.path()).len(), 1);
-    assert_eq!(fs::read_dir(layout.staging()).unwrap().count(), 1);
+    assert_eq!(fs::read_dir(&staging).unwrap().count(), 1);
     w.abort().unwrap();
-    assert_eq!(fs::read_dir(layout.staging()).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
     w.close().unwrap();
     let mut w = ParquetWriter::new();
     w.initialize(&cfg, &ctx()).unwrap();
@@ -85,18 +88,21 @@ fn roll_forward_after_crash_between_manifest_and_rename() {
     .unwrap();
     w.close().unwrap();
     // Move the published file back to staging, as if the process died right after the commit.
-    let layout = Layout {
-        root: dir.path().to_path_buf(),
-    };
+    let layout = Layout::new(Location::Local(dir.path().to_path_buf()));
+    let staging = dir.path().join(STAGING);
     let name = data_files(dir.path()).pop().unwrap();
-    fs::rename(dir.path().join(&name), layout.staged(&name)).unwrap();
-    fs::write(layout.staging().join("orphan.parquet.inprogress"), b"junk").unwrap();
+    fs::rename(
+        dir.path().join(&name),
+        dir.path().join(layout.staged(&name)),
+    )
+    .unwrap();
+    fs::write(staging.join("orphan.parquet.inprogress"), b"junk").unwrap();
     assert!(data_files(dir.path()).is_empty());
 
     let mut w = ParquetWriter::new();
     w.initialize(&cfg, &ctx()).unwrap();
     assert_eq!(data_files(dir.path()), vec![name]);
-    assert_eq!(fs::read_dir(layout.staging()).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
     let st = w.committed_state().unwrap().unwrap();
     assert_eq!(st.state, Some(json!({"n": 1})));
     w.close().unwrap();

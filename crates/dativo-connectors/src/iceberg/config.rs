@@ -34,7 +34,7 @@ pub struct IcebergWriterConfig {
     pub target_file_size: ByteSize,
     /// S3 settings for an `s3://` warehouse.
     #[serde(default)]
-    pub s3: Option<S3Config>,
+    pub s3: Option<crate::storage::S3Config>,
     /// Extra table properties set when the table is created.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -76,30 +76,6 @@ impl Default for CatalogConfig {
             name: default_catalog_name(),
         }
     }
-}
-
-/// `s3:` — object storage settings (credentials from here, else the AWS environment chain).
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct S3Config {
-    /// Endpoint URL for S3-compatible servers (`http://127.0.0.1:9000`).
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// Region.
-    #[serde(default)]
-    pub region: Option<String>,
-    /// Access key id.
-    #[serde(default)]
-    pub access_key_id: Option<String>,
-    /// Secret access key; use `${env:…}`.
-    #[serde(default)]
-    pub secret_access_key: Option<String>,
-    /// Session token.
-    #[serde(default)]
-    pub session_token: Option<String>,
-    /// Path-style addressing (`http://host/bucket/key`), needed by most local servers.
-    #[serde(default)]
-    pub path_style: bool,
 }
 
 fn default_catalog_type() -> String {

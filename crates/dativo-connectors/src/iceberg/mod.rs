@@ -15,5 +15,5 @@
 mod config;
 mod writer;
 
-pub use config::{CatalogConfig, IcebergWriterConfig, S3Config, WriteMode};
+pub use config::{CatalogConfig, IcebergWriterConfig, WriteMode};
 pub use writer::IcebergWriter;

@@ -305,10 +305,12 @@ impl IcebergWriter {
             .await
             .map_err(|e| ice(e, "checking the namespace"))?
         {
-            match catalog.create_namespace(&ns, HashMap::new()).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == iceberg::ErrorKind::NamespaceAlreadyExists => {}
-                Err(e) => return Err(ice(e, "creating the namespace")),
+            if let Err(e) = catalog.create_namespace(&ns, HashMap::new()).await {
+                // Another job may have created it meanwhile (the SQL catalog then reports a
+                // unique-constraint violation rather than "already exists").
+                if !catalog.namespace_exists(&ns).await.unwrap_or(false) {
+                    return Err(ice(e, "creating the namespace"));
+                }
             }
         }
         let compatible = iceberg_compatible(source)?;
@@ -359,11 +361,11 @@ impl IcebergWriter {
                     tracing::info!(table = %cfg.table, "created the Iceberg table");
                     t
                 }
-                Err(e) if e.kind() == iceberg::ErrorKind::TableAlreadyExists => catalog
-                    .load_table(&ident)
-                    .await
-                    .map_err(|e| ice(e, "loading the table"))?,
-                Err(e) => return Err(ice(e, "creating the table")),
+                // Another job may have created it meanwhile: use theirs.
+                Err(e) => match catalog.load_table(&ident).await {
+                    Ok(t) => t,
+                    Err(_) => return Err(ice(e, "creating the table")),
+                },
             }
         };
         let table = self.evolve(table, &compatible).await?;

@@ -11,14 +11,14 @@
 //! Tools that read the directory (DuckDB, pyarrow, Spark) see only committed, whole files:
 //! `_dativo` starts with `_`, and staged names do not end in `.parquet`.
 
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use dativo_core::{Error, Result, ResultExt};
+use dativo_core::{Error, Result};
+
+use crate::storage::Location;
 
 /// Manifest format identifier, written in every manifest.
 pub const FORMAT: &str = "dativo.parquet.commit/1";
@@ -53,69 +53,61 @@ pub struct ManifestFile {
     pub bytes: u64,
 }
 
-/// Paths of the bookkeeping directories under a Parquet directory.
-#[derive(Debug, Clone)]
+/// Where commits, staged files and the lock live under a Parquet directory.
+#[derive(Clone)]
 pub struct Layout {
-    /// The directory that receives data files.
-    pub root: PathBuf,
+    /// The directory that receives data files (local or an object store prefix).
+    pub loc: Location,
 }
 
+/// Commit manifests, relative to the root.
+pub const COMMITS: &str = "_dativo/commits";
+/// Staged data files, relative to the root.
+pub const STAGING: &str = "_dativo/staging";
+
 impl Layout {
-    /// `_dativo/commits`.
-    pub fn commits(&self) -> PathBuf {
-        self.root.join("_dativo").join("commits")
+    /// A layout rooted at `loc`.
+    pub fn new(loc: Location) -> Self {
+        Layout { loc }
     }
-    /// `_dativo/staging`.
-    pub fn staging(&self) -> PathBuf {
-        self.root.join("_dativo").join("staging")
+
+    /// Where a data file with final relative path `rel` is staged (relative to the root).
+    pub fn staged(&self, rel: &str) -> String {
+        format!("{STAGING}/{}.inprogress", rel.replace('/', "__"))
     }
-    /// Where a data file with final relative path `rel` is staged.
-    pub fn staged(&self, rel: &str) -> PathBuf {
-        self.staging()
-            .join(format!("{}.inprogress", rel.replace('/', "__")))
-    }
-    /// The lock file held by the active writer.
-    pub fn lock_file(&self) -> PathBuf {
-        self.root.join("_dativo").join("writer.lock")
+
+    /// The lock file held by the active writer (local directories only; object stores
+    /// have no locks — one job per prefix).
+    pub fn lock_file(&self) -> Option<PathBuf> {
+        match &self.loc {
+            Location::Local(root) => Some(root.join("_dativo").join("writer.lock")),
+            Location::Object { .. } => None,
+        }
     }
 
     /// Create the directories.
     pub fn create(&self) -> Result<()> {
-        for d in [self.commits(), self.staging()] {
-            fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-        }
-        Ok(())
+        self.loc.create_dir(COMMITS)?;
+        self.loc.create_dir(STAGING)
     }
 
     /// The latest manifest, if any.
     pub fn latest(&self) -> Result<Option<Manifest>> {
-        let dir = self.commits();
-        if !dir.exists() {
-            return Ok(None);
-        }
-        let mut best: Option<(u64, PathBuf)> = None;
-        for e in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-            let e = e?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(seq) = name
-                .strip_suffix(".json")
-                .and_then(|s| s.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if best.as_ref().is_none_or(|(b, _)| seq > *b) {
-                best = Some((seq, e.path()));
-            }
-        }
-        let Some((_, path)) = best else {
+        let best = self
+            .loc
+            .list(COMMITS)?
+            .into_iter()
+            .filter_map(|n| n.strip_suffix(".json").and_then(|s| s.parse::<u64>().ok()))
+            .max();
+        let Some(seq) = best else {
             return Ok(None);
         };
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| {
+        let rel = format!("{COMMITS}/{seq:020}.json");
+        let text = self.loc.read(&rel)?;
+        let m: Manifest = serde_json::from_slice(&text).map_err(|e| {
             Error::data(format!(
                 "commit manifest {} is corrupt: {e}",
-                path.display()
+                self.loc.display(&rel)
             ))
         })?;
         Ok(Some(m))
@@ -127,16 +119,13 @@ impl Layout {
         if let Some(m) = &latest {
             self.publish(m)?;
         }
-        for dir in [self.staging(), self.commits()] {
-            for e in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-                let e = e?;
-                let name = e.file_name().to_string_lossy().into_owned();
-                let leftover = dir == self.staging() || name.starts_with(".tmp-");
-                if leftover {
-                    tracing::debug!(file = %e.path().display(), "removing uncommitted file");
-                    fs::remove_file(e.path())
-                        .with_context(|| format!("removing {}", e.path().display()))?;
-                }
+        for name in self.loc.list(STAGING)? {
+            tracing::debug!(file = %name, "removing an uncommitted file");
+            self.loc.delete(&format!("{STAGING}/{name}"))?;
+        }
+        for name in self.loc.list(COMMITS)? {
+            if name.starts_with(".tmp-") {
+                self.loc.delete(&format!("{COMMITS}/{name}"))?;
             }
         }
         Ok(latest)
@@ -146,48 +135,32 @@ impl Layout {
     pub fn publish(&self, m: &Manifest) -> Result<()> {
         let mut moved = false;
         for f in &m.files {
-            let dst = self.root.join(&f.path);
-            let src = self.staged(&f.path);
-            if !dst.exists() && src.exists() {
-                if let Some(parent) = dst.parent() {
-                    fs::create_dir_all(parent)?;
+            let staged = self.staged(&f.path);
+            if !self.loc.exists(&f.path)? {
+                if self.loc.exists(&staged)? {
+                    self.loc.publish(&staged, &f.path)?;
+                    moved = true;
+                } else {
+                    tracing::warn!(file = %self.loc.display(&f.path), sequence = m.sequence, "a committed file is missing");
                 }
-                fs::rename(&src, &dst).with_context(|| format!("publishing {}", dst.display()))?;
-                moved = true;
-            } else if !dst.exists() {
-                tracing::warn!(file = %dst.display(), sequence = m.sequence, "a committed file is missing");
             }
         }
         if moved {
-            sync_dir(&self.root)?;
+            self.loc.sync("")?;
         }
         Ok(())
     }
 
     /// Write `m` as the next commit. This is the commit point.
     pub fn write(&self, m: &Manifest) -> Result<()> {
-        let dir = self.commits();
-        let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::now_v7()));
-        let dst = dir.join(format!("{:020}.json", m.sequence));
-        if dst.exists() {
+        let rel = format!("{COMMITS}/{:020}.json", m.sequence);
+        if self.loc.exists(&rel)? {
             return Err(Error::transient(format!(
                 "commit {} already exists in {}: another writer committed concurrently",
                 m.sequence,
-                dir.display()
+                self.loc.display(COMMITS)
             )));
         }
-        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(m)?)
-            .and_then(|_| f.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &dst).with_context(|| format!("committing {}", dst.display()))?;
-        sync_dir(&dir)
+        self.loc.put(&rel, &serde_json::to_vec_pretty(m)?)
     }
-}
-
-/// fsync a directory so that renames in it survive a power loss.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
 }

@@ -27,6 +27,9 @@ pub struct ParquetWriterConfig {
     /// Data file names start with this (`part-<uuid>.parquet`).
     #[serde(default = "default_prefix")]
     pub file_prefix: String,
+    /// S3 settings for an `s3://bucket/prefix` path.
+    #[serde(default)]
+    pub s3: Option<crate::storage::S3Config>,
 }
 
 fn default_compression() -> String {

@@ -1,8 +1,6 @@
 //! The `parquet` writer.
 
 use std::fs::{self, File};
-use std::io::BufWriter;
-use std::path::PathBuf;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -15,13 +13,14 @@ use dativo_core::{
     Commit, CommitReport, CommittedState, Error, Result, ResultExt, Writer, WriterContext,
 };
 
-use super::commit_log::{sync_dir, Layout, Manifest, ManifestFile, FORMAT};
+use super::commit_log::{Layout, Manifest, ManifestFile, FORMAT};
 use super::config::{parse_compression, ParquetWriterConfig};
+use crate::storage::{Location, Sink};
 
 struct OpenFile {
     rel: String,
-    staged: PathBuf,
-    writer: ArrowWriter<BufWriter<File>>,
+    staged: String,
+    writer: ArrowWriter<Box<dyn Sink>>,
     rows: u64,
 }
 
@@ -73,11 +72,11 @@ impl ParquetWriter {
     fn start_file(&mut self) -> Result<()> {
         let cfg = self.cfg.as_ref().expect("initialized");
         let rel = format!("{}-{}.parquet", cfg.file_prefix, uuid::Uuid::now_v7());
-        let staged = self.layout()?.staged(&rel);
-        let file =
-            File::create(&staged).with_context(|| format!("creating {}", staged.display()))?;
+        let layout = self.layout()?;
+        let staged = layout.staged(&rel);
+        let sink = layout.loc.create(&staged)?;
         let writer = ArrowWriter::try_new(
-            BufWriter::with_capacity(1 << 20, file),
+            sink,
             self.schema.clone().expect("initialized"),
             self.props.clone(),
         )
@@ -96,18 +95,13 @@ impl ParquetWriter {
         let Some(open) = self.open.take() else {
             return Ok(());
         };
-        let path = open.staged.display().to_string();
-        let buf = open
+        let path = self.layout()?.loc.display(&open.staged);
+        let sink = open
             .writer
             .into_inner()
             .map_err(pq_err)
             .with_context(|| format!("writing {path}"))?;
-        let file = buf
-            .into_inner()
-            .map_err(|e| Error::io(e.error().to_string()))
-            .with_context(|| format!("writing {path}"))?;
-        file.sync_all().with_context(|| format!("syncing {path}"))?;
-        let bytes = file.metadata()?.len();
+        let bytes = sink.finish()?;
         self.staged.push(Staged {
             rel: open.rel,
             rows: open.rows,
@@ -120,13 +114,10 @@ impl ParquetWriter {
         let layout = self.layout()?.clone();
         if let Some(open) = self.open.take() {
             drop(open.writer);
-            let _ = fs::remove_file(&open.staged);
+            let _ = layout.loc.delete(&open.staged);
         }
         for s in self.staged.drain(..) {
-            let p = layout.staged(&s.rel);
-            if p.exists() {
-                fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-            }
+            layout.loc.delete(&layout.staged(&s.rel))?;
         }
         Ok(())
     }
@@ -136,30 +127,35 @@ impl Writer for ParquetWriter {
     fn initialize(&mut self, config: &Value, ctx: &WriterContext) -> Result<()> {
         let cfg: ParquetWriterConfig = from_config(config)?;
         cfg.check()?;
-        let layout = Layout {
-            root: PathBuf::from(&cfg.path),
-        };
+        let layout = Layout::new(Location::parse(&cfg.path, cfg.s3.as_ref())?);
         layout.create()?;
-        let lock_path = layout.lock_file();
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(Error::transient(format!(
-                    "another dativo writer is writing to {} (lock {} is held)",
-                    cfg.path,
-                    lock_path.display()
-                )))
+        let lock = match layout.lock_file() {
+            Some(lock_path) => {
+                let lock = File::options()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .with_context(|| format!("opening {}", lock_path.display()))?;
+                match lock.try_lock() {
+                    Ok(()) => {}
+                    Err(fs::TryLockError::WouldBlock) => {
+                        return Err(Error::transient(format!(
+                            "another dativo writer is writing to {} (lock {} is held)",
+                            cfg.path,
+                            lock_path.display()
+                        )))
+                    }
+                    Err(fs::TryLockError::Error(e)) => {
+                        return Err(
+                            Error::from(e).context(format!("locking {}", lock_path.display()))
+                        )
+                    }
+                }
+                Some(lock)
             }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(Error::from(e).context(format!("locking {}", lock_path.display())))
-            }
-        }
+            None => None,
+        };
         let latest = layout.recover()?;
         self.last_sequence = latest.map(|m| m.sequence).unwrap_or(0);
         let props = WriterProperties::builder()
@@ -171,7 +167,7 @@ impl Writer for ParquetWriter {
         self.schema = Some(ctx.schema.clone());
         self.job = ctx.job.clone();
         self.run_id = ctx.run_id.clone();
-        self.lock = Some(lock);
+        self.lock = lock;
         self.layout = Some(layout);
         self.cfg = Some(cfg);
         Ok(())
@@ -189,7 +185,7 @@ impl Writer for ParquetWriter {
             )
         };
         let open = self.open.as_mut().expect("open");
-        let path = open.staged.display().to_string();
+        let path = open.staged.clone();
         open.writer
             .write(batch)
             .map_err(pq_err)
@@ -235,7 +231,7 @@ impl Writer for ParquetWriter {
             files: manifest
                 .files
                 .iter()
-                .map(|f| layout.root.join(&f.path).display().to_string())
+                .map(|f| layout.loc.display(&f.path))
                 .collect(),
             rows: manifest.files.iter().map(|f| f.rows).sum(),
             bytes: manifest.files.iter().map(|f| f.bytes).sum(),
@@ -260,7 +256,7 @@ impl Writer for ParquetWriter {
             let _ = lock.unlock();
         }
         if let Some(l) = &self.layout {
-            let _ = sync_dir(&l.root);
+            let _ = l.loc.sync("");
         }
         r
     }

@@ -1,0 +1,386 @@
+//! Where writers put files: a local directory or an object store (`s3://bucket/prefix`, through
+//! opendal — the same storage layer iceberg-rust uses). Paths handed to a [`Location`] are
+//! relative to its root and use `/`.
+//!
+//! Local writes are fsynced and published by rename; object stores publish by server-side
+//! copy and write large files as multipart uploads (parts of 8 MB), so memory stays bounded.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use dativo_core::{secrets, Error, Result, ResultExt};
+
+use crate::rt::runtime;
+
+/// `s3:` — object storage settings; credentials from here, else the AWS environment chain.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL for S3-compatible servers (`http://127.0.0.1:9000`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Region (default `us-east-1`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Access key id.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Secret access key; use `${env:…}`.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Session token.
+    #[serde(default)]
+    pub session_token: Option<String>,
+    /// Path-style addressing (`http://host/bucket/key`), needed by most local servers.
+    #[serde(default)]
+    pub path_style: bool,
+}
+
+const PART_SIZE: usize = 8 << 20;
+
+/// A root directory, local or in an object store.
+#[derive(Clone)]
+pub enum Location {
+    /// A local directory.
+    Local(PathBuf),
+    /// An object store prefix.
+    Object {
+        /// The operator, rooted at the prefix.
+        op: opendal::Operator,
+        /// `s3://bucket/prefix`, for messages and reports.
+        url: String,
+    },
+}
+
+fn od(e: opendal::Error, doing: &str) -> Error {
+    let msg = format!("{doing}: {}", secrets::scrub(&e.to_string()));
+    match e.kind() {
+        opendal::ErrorKind::PermissionDenied => Error::auth(msg),
+        opendal::ErrorKind::ConfigInvalid => Error::config(msg),
+        opendal::ErrorKind::RateLimited => Error::transient(msg),
+        _ if e.is_temporary() => Error::transient(msg),
+        _ => Error::io(msg),
+    }
+}
+
+/// Whether `path` names an object store.
+pub fn is_remote(path: &str) -> bool {
+    path.contains("://") && !path.starts_with("file://")
+}
+
+impl Location {
+    /// Parse `path`: a local directory, `file:///dir`, or `s3://bucket/prefix`.
+    pub fn parse(path: &str, s3: Option<&S3Config>) -> Result<Location> {
+        if let Some(rest) = path
+            .strip_prefix("s3://")
+            .or_else(|| path.strip_prefix("s3a://"))
+        {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(Error::config(format!("`{path}` has no bucket")).with_key_path("path"));
+            }
+            let cfg = s3.cloned().unwrap_or_default();
+            let mut b = opendal::services::S3::default()
+                .bucket(bucket)
+                .root(&format!("/{}", prefix.trim_matches('/')))
+                .region(cfg.region.as_deref().unwrap_or("us-east-1"));
+            if let Some(e) = &cfg.endpoint {
+                b = b.endpoint(e);
+            }
+            if let Some(k) = &cfg.access_key_id {
+                b = b.access_key_id(k);
+            }
+            if let Some(s) = &cfg.secret_access_key {
+                secrets::register(s);
+                b = b.secret_access_key(s);
+            }
+            if let Some(t) = &cfg.session_token {
+                secrets::register(t);
+                b = b.session_token(t);
+            }
+            if !cfg.path_style && cfg.endpoint.is_none() {
+                b = b.enable_virtual_host_style();
+            }
+            let op = opendal::Operator::new(b)
+                .map_err(|e| od(e, "configuring S3"))?
+                .finish();
+            return Ok(Location::Object {
+                op,
+                url: format!("s3://{}/{}", bucket, prefix.trim_matches('/')),
+            });
+        }
+        if is_remote(path) {
+            return Err(Error::config(format!(
+                "`{path}`: this build writes to local paths and s3:// (gs:// and az:// are not compiled in yet)"
+            ))
+            .with_key_path("path"));
+        }
+        Ok(Location::Local(PathBuf::from(
+            path.trim_start_matches("file://"),
+        )))
+    }
+
+    /// The full path or URL of `rel`.
+    pub fn display(&self, rel: &str) -> String {
+        match self {
+            Location::Local(root) => root.join(rel).display().to_string(),
+            Location::Object { url, .. } => format!("{}/{}", url.trim_end_matches('/'), rel),
+        }
+    }
+
+    fn local(&self, rel: &str) -> Option<PathBuf> {
+        match self {
+            Location::Local(root) => Some(root.join(rel)),
+            Location::Object { .. } => None,
+        }
+    }
+
+    /// Create directory `rel` (local only; object stores have none).
+    pub fn create_dir(&self, rel: &str) -> Result<()> {
+        if let Some(p) = self.local(rel) {
+            fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        }
+        Ok(())
+    }
+
+    /// File names directly under directory `rel` (empty if it does not exist).
+    pub fn list(&self, rel: &str) -> Result<Vec<String>> {
+        match self {
+            Location::Local(root) => {
+                let dir = root.join(rel);
+                if !dir.exists() {
+                    return Ok(Vec::new());
+                }
+                let mut out = Vec::new();
+                for e in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+                    out.push(e?.file_name().to_string_lossy().into_owned());
+                }
+                Ok(out)
+            }
+            Location::Object { op, .. } => {
+                let dir = format!("{}/", rel.trim_end_matches('/'));
+                let entries = runtime()
+                    .block_on(op.list(&dir))
+                    .or_else(|e| {
+                        if e.kind() == opendal::ErrorKind::NotFound {
+                            Ok(Vec::new())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .map_err(|e| od(e, &format!("listing {}", self.display(rel))))?;
+                Ok(entries
+                    .into_iter()
+                    .map(|e| e.name().trim_end_matches('/').to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect())
+            }
+        }
+    }
+
+    /// The bytes of `rel`.
+    pub fn read(&self, rel: &str) -> Result<Vec<u8>> {
+        match self {
+            Location::Local(root) => {
+                let p = root.join(rel);
+                fs::read(&p).with_context(|| format!("reading {}", p.display()))
+            }
+            Location::Object { op, .. } => runtime()
+                .block_on(op.read(rel))
+                .map(|b| b.to_vec())
+                .map_err(|e| od(e, &format!("reading {}", self.display(rel)))),
+        }
+    }
+
+    /// Whether `rel` exists.
+    pub fn exists(&self, rel: &str) -> Result<bool> {
+        match self {
+            Location::Local(root) => Ok(root.join(rel).exists()),
+            Location::Object { op, .. } => runtime()
+                .block_on(op.exists(rel))
+                .map_err(|e| od(e, &format!("checking {}", self.display(rel)))),
+        }
+    }
+
+    /// Write `bytes` to `rel` whole: a temporary name, fsync and rename locally (readers never
+    /// see a partial file); one PUT on object stores (atomic per object).
+    pub fn put(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        match self {
+            Location::Local(root) => {
+                let dst = root.join(rel);
+                let dir = dst.parent().expect("a file in a directory").to_path_buf();
+                let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::now_v7()));
+                let mut f =
+                    File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+                f.write_all(bytes)
+                    .and_then(|_| f.sync_all())
+                    .with_context(|| format!("writing {}", tmp.display()))?;
+                fs::rename(&tmp, &dst).with_context(|| format!("writing {}", dst.display()))?;
+                sync_dir(&dir)
+            }
+            Location::Object { op, .. } => runtime()
+                .block_on(op.write(rel, bytes.to_vec()))
+                .map(|_| ())
+                .map_err(|e| od(e, &format!("writing {}", self.display(rel)))),
+        }
+    }
+
+    /// Move `from` to `to` (local rename; object stores copy then delete).
+    pub fn publish(&self, from: &str, to: &str) -> Result<()> {
+        match self {
+            Location::Local(root) => {
+                let dst = root.join(to);
+                if let Some(parent) = dst.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                fs::rename(root.join(from), &dst)
+                    .with_context(|| format!("publishing {}", dst.display()))
+            }
+            Location::Object { op, .. } => runtime().block_on(async {
+                op.copy(from, to)
+                    .await
+                    .map_err(|e| od(e, &format!("publishing {}", self.display(to))))?;
+                op.delete(from)
+                    .await
+                    .map_err(|e| od(e, &format!("removing {}", self.display(from))))
+            }),
+        }
+    }
+
+    /// Delete `rel` (missing is fine).
+    pub fn delete(&self, rel: &str) -> Result<()> {
+        match self {
+            Location::Local(root) => {
+                let p = root.join(rel);
+                match fs::remove_file(&p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(Error::from(e).context(format!("removing {}", p.display())))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Location::Object { op, .. } => runtime()
+                .block_on(op.delete(rel))
+                .map_err(|e| od(e, &format!("removing {}", self.display(rel)))),
+        }
+    }
+
+    /// Make renames in directory `rel` durable (local only).
+    pub fn sync(&self, rel: &str) -> Result<()> {
+        match self.local(rel) {
+            Some(p) => sync_dir(&p),
+            None => Ok(()),
+        }
+    }
+
+    /// A streaming writer for a new file `rel`.
+    pub fn create(&self, rel: &str) -> Result<Box<dyn Sink>> {
+        match self {
+            Location::Local(root) => {
+                let p = root.join(rel);
+                let f = File::create(&p).with_context(|| format!("creating {}", p.display()))?;
+                Ok(Box::new(LocalSink {
+                    inner: BufWriter::with_capacity(1 << 20, f),
+                    path: p,
+                }))
+            }
+            Location::Object { op, .. } => {
+                let w = runtime()
+                    .block_on(async { op.writer_with(rel).chunk(PART_SIZE).await })
+                    .map_err(|e| od(e, &format!("creating {}", self.display(rel))))?;
+                Ok(Box::new(ObjectSink {
+                    writer: Some(w),
+                    buf: Vec::with_capacity(PART_SIZE),
+                    name: self.display(rel),
+                }))
+            }
+        }
+    }
+}
+
+/// A file being written; [`Sink::finish`] makes it durable and returns its size.
+pub trait Sink: Write + Send {
+    /// Flush, make durable, return the size in bytes.
+    fn finish(self: Box<Self>) -> Result<u64>;
+}
+
+struct LocalSink {
+    inner: BufWriter<File>,
+    path: PathBuf,
+}
+
+impl Write for LocalSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Sink for LocalSink {
+    fn finish(self: Box<Self>) -> Result<u64> {
+        let path = self.path.display().to_string();
+        let f = self
+            .inner
+            .into_inner()
+            .map_err(|e| Error::io(e.error().to_string()))
+            .with_context(|| format!("writing {path}"))?;
+        f.sync_all().with_context(|| format!("syncing {path}"))?;
+        Ok(f.metadata()?.len())
+    }
+}
+
+struct ObjectSink {
+    writer: Option<opendal::Writer>,
+    buf: Vec<u8>,
+    name: String,
+}
+
+impl ObjectSink {
+    fn ship(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let part = std::mem::replace(&mut self.buf, Vec::with_capacity(PART_SIZE));
+        let w = self.writer.as_mut().expect("open");
+        runtime()
+            .block_on(w.write(part))
+            .map_err(|e| std::io::Error::other(secrets::scrub(&e.to_string())))
+    }
+}
+
+impl Write for ObjectSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= PART_SIZE {
+            self.ship()?;
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Sink for ObjectSink {
+    fn finish(mut self: Box<Self>) -> Result<u64> {
+        let name = self.name.clone();
+        self.ship().with_context(|| format!("uploading {name}"))?;
+        let mut w = self.writer.take().expect("open");
+        let meta = runtime()
+            .block_on(w.close())
+            .map_err(|e| od(e, &format!("completing the upload of {name}")))?;
+        Ok(meta.content_length())
+    }
+}
+
+/// fsync a directory so that renames in it survive a power loss.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
