@@ -69,14 +69,22 @@ def timed(cmd, **kw):
 
 
 def check(out_dir, want_sums, want_count):
-    files = [str(f) for f in pathlib.Path(out_dir).glob("*.parquet")]
+    check_files([str(f) for f in pathlib.Path(out_dir).glob("*.parquet")], want_sums, want_count, out_dir)
+
+
+def check_iceberg(work, want_sums, want_count):
+    files = [str(f) for f in pathlib.Path(work / "warehouse").rglob("*.parquet")]
+    check_files(files, want_sums, want_count, "the Iceberg table")
+
+
+def check_files(files, want_sums, want_count, what):
     got = duckdb.execute(
         f"SELECT {', '.join(f'sum({s})' for s in SUMS)}, count(*) FROM read_parquet({files!r})"
     ).fetchone()
     *sums, count = got
     ok = count == want_count and all(abs(float(a) - b) <= 1e-6 * max(1, abs(b)) for a, b in zip(sums, want_sums))
     if not ok:
-        raise SystemExit(f"output of {out_dir} differs: {got} vs {want_sums + [want_count]}")
+        raise SystemExit(f"output of {what} differs: {got} vs {want_sums + [want_count]}")
 
 
 BASELINE = r'''
@@ -160,6 +168,20 @@ def main():
         wall, rss, _ = timed([DATIVO, "run", str(job), "--no-progress"], cwd=work)
         check(out, sums, count)
         results.append((f"dativo postgres → Parquet (partitions: {partitions})", wall, rss))
+
+    # The same read into an Iceberg table (embedded SQLite catalog, local warehouse).
+    job = work / "dativo_iceberg.yaml"
+    job.write_text(json.dumps({
+        "name": "bench_iceberg",
+        "source": {"reader": "postgres", "config": {"url": URL, "table": table}},
+        "target": {"writer": "iceberg", "config": {
+            "table": "bench.rows", "warehouse": str(work / "warehouse"), "compression": "snappy",
+            "catalog": {"uri": f"sqlite://{work}/catalog.db"}}},
+        "state": {"dir": str(work / "state")},
+    }))
+    wall, rss, _ = timed([DATIVO, "run", str(job), "--no-progress"], cwd=work)
+    check_iceberg(work, sums, count)
+    results.append(("dativo postgres → Iceberg (partitions: 1)", wall, rss))
 
     ceiling = results[0][1]
     base = next((w for n, w, _ in results if "baseline" in n), None)

@@ -138,3 +138,19 @@ def test_state_reset_and_runs_table(dativo, tmp_path):
     assert "reset" in p.stdout
     p = dativo.run("state", "show", job, check=0)
     assert "no committed state" in p.stdout
+
+
+def test_hive_partitioned_parquet(dativo, tmp_path):
+    import pyarrow.dataset as ds
+    total = write_csvs(tmp_path / "data", 4, 3000)
+    job = write_job(tmp_path / "job.yaml", JOB.replace("    path: lake/out", "    path: lake/out\n    partition_by: [day]")
+                    .replace("rows: 10000", "rows: 2500"))
+    dativo.run("run", job, check=0)
+    dirs = sorted(p.name for p in (tmp_path / "lake/out").iterdir() if p.is_dir() and p.name != "_dativo")
+    assert len(dirs) == 28 and dirs[0] == "day=2026-01-01", dirs
+    t = ds.dataset(tmp_path / "lake/out", format="parquet", partitioning="hive").to_table()
+    assert t.num_rows == total and len(t["id"].unique()) == total
+    files = str(tmp_path / "lake/out/*/*.parquet")
+    import duckdb
+    got = duckdb.execute(f"SELECT count(*), count(DISTINCT day), sum(id) FROM read_parquet('{files}', hive_partitioning = true)").fetchone()
+    assert got == (total, 28, sum(range(total)))

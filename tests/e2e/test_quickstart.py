@@ -56,3 +56,12 @@ def test_validate_check_and_plugins(dativo):
     for sub in ["run", "validate", "check", "runs"]:
         p = dativo.run(sub, "--help", check=0)
         assert "Example" in p.stdout, sub
+
+
+def test_every_example_job_validates(dativo):
+    env = {"PG_URL": "postgres://u@127.0.0.1/db", "MYSQL_URL": "mysql://u@127.0.0.1/db",
+           "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
+    jobs = sorted((ROOT / "examples/jobs").glob("*.yaml"))
+    assert len(jobs) >= 5
+    p = dativo.run("validate", *jobs, env=env, check=0)
+    assert p.stdout.count("ok:") == len(jobs)

@@ -229,25 +229,90 @@ pub fn print_summary(job: &Job, s: &RunSummary, json: bool) {
     }
     if let Some(out) = output {
         println!("  output   {out}");
-        if matches!(&job.config.target.writer, Implementation::Builtin(n) if n == "parquet") {
-            println!(
-                "  query    duckdb -c \"SELECT count(*) FROM read_parquet('{}/*.parquet')\"",
-                out.trim_end_matches('/')
-            );
-        }
+    }
+    if let Some(q) = query_hint(job) {
+        println!("  query    {q}");
     }
     if let Some(st) = &s.state {
         println!("  state    {}", abbreviate(&st.to_string(), 160));
     }
 }
 
+fn writer_name(job: &Job) -> &str {
+    match &job.config.target.writer {
+        Implementation::Builtin(n) => n,
+        Implementation::Custom(_) => "",
+    }
+}
+
+fn target_str<'a>(job: &'a Job, key: &str) -> Option<&'a str> {
+    job.config.target.config.get(key).and_then(|p| p.as_str())
+}
+
+/// Where the data landed, for people.
 fn output_location(job: &Job) -> Option<String> {
-    job.config
-        .target
-        .config
-        .get("path")
-        .and_then(|p| p.as_str())
-        .map(secrets::scrub)
+    match writer_name(job) {
+        "iceberg" => {
+            let table = target_str(job, "table")?;
+            let catalog = job.config.target.config.get("catalog");
+            let uri = catalog
+                .and_then(|c| c.get("uri"))
+                .and_then(|u| u.as_str())
+                .unwrap_or("sqlite://.dativo/catalog.db");
+            let name = catalog
+                .and_then(|c| c.get("name"))
+                .and_then(|u| u.as_str())
+                .unwrap_or("dativo");
+            Some(format!(
+                "Iceberg table {table} in SQL catalog `{name}` at {}",
+                secrets::scrub(uri)
+            ))
+        }
+        _ => target_str(job, "path").map(secrets::scrub),
+    }
+}
+
+/// How to look at the data with a tool dativo did not write.
+fn query_hint(job: &Job) -> Option<String> {
+    match writer_name(job) {
+        "parquet" => {
+            let path = target_str(job, "path")?.trim_end_matches('/');
+            if path.contains("://") {
+                Some(format!(
+                    "pyarrow.dataset.dataset(\"{path}\") (files under _dativo/ are bookkeeping)"
+                ))
+            } else {
+                Some(format!(
+                    "duckdb -c \"SELECT count(*) FROM read_parquet('{path}/*.parquet')\""
+                ))
+            }
+        }
+        "iceberg" => {
+            let table = target_str(job, "table")?;
+            let uri = job
+                .config
+                .target
+                .config
+                .get("catalog")
+                .and_then(|c| c.get("uri"))
+                .and_then(|u| u.as_str());
+            let db = match uri {
+                Some(u) if u.starts_with("sqlite:") => {
+                    u.trim_start_matches("sqlite://").to_string()
+                }
+                Some(_) => {
+                    return Some(format!(
+                        "pyiceberg: SqlCatalog(\"dativo\", uri=…).load_table(\"{table}\")"
+                    ))
+                }
+                None => ".dativo/catalog.db".to_string(),
+            };
+            Some(format!(
+                "python -c \"from pyiceberg.catalog.sql import SqlCatalog; print(SqlCatalog('dativo', uri='sqlite:///'+__import__('os').path.abspath('{db}')).load_table('{table}').scan().to_arrow().num_rows)\""
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// A schema, one column per line.

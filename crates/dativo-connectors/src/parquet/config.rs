@@ -27,6 +27,10 @@ pub struct ParquetWriterConfig {
     /// Data file names start with this (`part-<uuid>.parquet`).
     #[serde(default = "default_prefix")]
     pub file_prefix: String,
+    /// Hive-style partition columns: files go to `col=value/…` directories and the columns are
+    /// left out of the files (DuckDB `hive_partitioning`, pyarrow `partitioning="hive"`).
+    #[serde(default)]
+    pub partition_by: Vec<String>,
     /// S3 settings for an `s3://bucket/prefix` path.
     #[serde(default)]
     pub s3: Option<crate::storage::S3Config>,

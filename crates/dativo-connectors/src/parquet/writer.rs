@@ -1,9 +1,15 @@
 //! The `parquet` writer.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 
-use arrow::datatypes::SchemaRef;
+use std::sync::Arc;
+
+use arrow::array::ArrayRef;
+use arrow::compute::{lexsort_to_indices, partition, take_record_batch, SortColumn};
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use serde_json::Value;
@@ -41,8 +47,25 @@ pub struct ParquetWriter {
     run_id: String,
     lock: Option<File>,
     last_sequence: u64,
-    open: Option<OpenFile>,
+    /// Open files by partition directory (`""` when unpartitioned).
+    open: BTreeMap<String, OpenFile>,
+    /// Indices of the partition columns, and the schema of the data files (without them).
+    partition_cols: Vec<usize>,
+    file_schema: Option<SchemaRef>,
     staged: Vec<Staged>,
+}
+
+/// Escape a partition value for a path segment (as Hive does).
+fn hive_escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        if c.is_control() || "\"#%'*/:=?\\{[]^".contains(c) {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn pq_err(e: parquet::errors::ParquetError) -> Error {
@@ -69,30 +92,38 @@ impl ParquetWriter {
             .ok_or_else(|| Error::internal("parquet writer used before initialize"))
     }
 
-    fn start_file(&mut self) -> Result<()> {
+    fn start_file(&mut self, dir: &str) -> Result<()> {
         let cfg = self.cfg.as_ref().expect("initialized");
-        let rel = format!("{}-{}.parquet", cfg.file_prefix, uuid::Uuid::now_v7());
+        let name = format!("{}-{}.parquet", cfg.file_prefix, uuid::Uuid::now_v7());
+        let rel = if dir.is_empty() {
+            name
+        } else {
+            format!("{dir}/{name}")
+        };
         let layout = self.layout()?;
         let staged = layout.staged(&rel);
         let sink = layout.loc.create(&staged)?;
         let writer = ArrowWriter::try_new(
             sink,
-            self.schema.clone().expect("initialized"),
+            self.file_schema.clone().expect("initialized"),
             self.props.clone(),
         )
         .map_err(pq_err)?;
-        self.open = Some(OpenFile {
-            rel,
-            staged,
-            writer,
-            rows: 0,
-        });
+        self.open.insert(
+            dir.to_string(),
+            OpenFile {
+                rel,
+                staged,
+                writer,
+                rows: 0,
+            },
+        );
         Ok(())
     }
 
-    /// Write the footer, fsync, and move the open file to the staged list.
-    fn close_file(&mut self) -> Result<()> {
-        let Some(open) = self.open.take() else {
+    /// Write the footer, make the file durable, and move it to the staged list.
+    fn close_file(&mut self, dir: &str) -> Result<()> {
+        let Some(open) = self.open.remove(dir) else {
             return Ok(());
         };
         let path = self.layout()?.loc.display(&open.staged);
@@ -110,9 +141,108 @@ impl ParquetWriter {
         Ok(())
     }
 
+    fn close_all(&mut self) -> Result<()> {
+        let dirs: Vec<String> = self.open.keys().cloned().collect();
+        for d in dirs {
+            self.close_file(&d)?;
+        }
+        Ok(())
+    }
+
+    /// Append rows (already without partition columns) to the file of partition `dir`.
+    fn write_to(&mut self, dir: &str, batch: &RecordBatch) -> Result<()> {
+        if !self.open.contains_key(dir) {
+            self.start_file(dir)?;
+        }
+        let (target, rg_bytes) = {
+            let cfg = self.cfg.as_ref().expect("initialized");
+            (
+                cfg.target_file_size.0 as usize,
+                cfg.row_group_bytes.0 as usize,
+            )
+        };
+        let open = self.open.get_mut(dir).expect("open");
+        let path = open.staged.clone();
+        open.writer
+            .write(batch)
+            .map_err(pq_err)
+            .with_context(|| format!("writing {path}"))?;
+        open.rows += batch.num_rows() as u64;
+        if open.writer.bytes_written() + open.writer.in_progress_size() >= target {
+            self.close_file(dir)?;
+        }
+        // Memory is bounded by the row groups buffered across ALL open files.
+        let buffered: usize = self
+            .open
+            .values()
+            .map(|o| o.writer.in_progress_size())
+            .sum();
+        if buffered >= rg_bytes {
+            for o in self.open.values_mut() {
+                o.writer
+                    .flush()
+                    .map_err(pq_err)
+                    .with_context(|| format!("writing {}", o.staged))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Split a batch by the partition columns: (hive directory, rows without those columns).
+    fn split(&self, batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>> {
+        let keep: Vec<usize> = (0..batch.num_columns())
+            .filter(|i| !self.partition_cols.contains(i))
+            .collect();
+        let project = |b: &RecordBatch| -> Result<RecordBatch> {
+            RecordBatch::try_new(
+                self.file_schema.clone().expect("initialized"),
+                keep.iter().map(|i| b.column(*i).clone()).collect(),
+            )
+            .map_err(Error::from)
+        };
+        if self.partition_cols.is_empty() {
+            return Ok(vec![(String::new(), batch.clone())]);
+        }
+        let sort: Vec<SortColumn> = self
+            .partition_cols
+            .iter()
+            .map(|i| SortColumn {
+                values: batch.column(*i).clone(),
+                options: None,
+            })
+            .collect();
+        let indices = lexsort_to_indices(&sort, None)?;
+        let sorted = take_record_batch(batch, &indices)?;
+        let keys: Vec<ArrayRef> = self
+            .partition_cols
+            .iter()
+            .map(|i| sorted.column(*i).clone())
+            .collect();
+        let ranges = partition(&keys)?.ranges();
+        let schema = batch.schema();
+        let mut out = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            let mut parts = Vec::with_capacity(keys.len());
+            for (k, col) in self.partition_cols.iter().zip(&keys) {
+                let value = if col.is_null(r.start) {
+                    "__HIVE_DEFAULT_PARTITION__".to_string()
+                } else {
+                    let f = ArrayFormatter::try_new(col.as_ref(), &FormatOptions::default())?;
+                    hive_escape(&f.value(r.start).to_string())
+                };
+                parts.push(format!("{}={value}", schema.field(*k).name()));
+            }
+            out.push((
+                parts.join("/"),
+                project(&sorted.slice(r.start, r.end - r.start))?,
+            ));
+        }
+        Ok(out)
+    }
+
     fn discard(&mut self) -> Result<()> {
         let layout = self.layout()?.clone();
-        if let Some(open) = self.open.take() {
+        for (_, open) in std::mem::take(&mut self.open) {
             drop(open.writer);
             let _ = layout.loc.delete(&open.staged);
         }
@@ -164,6 +294,33 @@ impl Writer for ParquetWriter {
             .set_created_by(format!("dativo {}", env!("CARGO_PKG_VERSION")))
             .build();
         self.props = Some(props);
+        let mut partition_cols = Vec::new();
+        for (i, name) in cfg.partition_by.iter().enumerate() {
+            let idx = ctx.schema.index_of(name).map_err(|_| {
+                Error::config(format!("`{name}` is not a column of the source"))
+                    .with_key_path(format!("partition_by[{i}]"))
+            })?;
+            partition_cols.push(idx);
+        }
+        let keep: Vec<_> = ctx
+            .schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !partition_cols.contains(i))
+            .map(|(_, f)| f.clone())
+            .collect();
+        if keep.is_empty() {
+            return Err(Error::config(
+                "every column is a partition column: nothing would be left in the files",
+            )
+            .with_key_path("partition_by"));
+        }
+        self.file_schema = Some(Arc::new(Schema::new_with_metadata(
+            keep,
+            ctx.schema.metadata().clone(),
+        )));
+        self.partition_cols = partition_cols;
         self.schema = Some(ctx.schema.clone());
         self.job = ctx.job.clone();
         self.run_id = ctx.run_id.clone();
@@ -174,37 +331,14 @@ impl Writer for ParquetWriter {
     }
 
     fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
-        if self.open.is_none() {
-            self.start_file()?;
-        }
-        let (target, rg_bytes) = {
-            let cfg = self.cfg.as_ref().expect("initialized");
-            (
-                cfg.target_file_size.0 as usize,
-                cfg.row_group_bytes.0 as usize,
-            )
-        };
-        let open = self.open.as_mut().expect("open");
-        let path = open.staged.clone();
-        open.writer
-            .write(batch)
-            .map_err(pq_err)
-            .with_context(|| format!("writing {path}"))?;
-        open.rows += batch.num_rows() as u64;
-        if open.writer.in_progress_size() >= rg_bytes {
-            open.writer
-                .flush()
-                .map_err(pq_err)
-                .with_context(|| format!("writing {path}"))?;
-        }
-        if open.writer.bytes_written() + open.writer.in_progress_size() >= target {
-            self.close_file()?;
+        for (dir, rows) in self.split(batch)? {
+            self.write_to(&dir, &rows)?;
         }
         Ok(())
     }
 
     fn finalize(&mut self, commit: &Commit) -> Result<CommitReport> {
-        self.close_file()?;
+        self.close_all()?;
         let layout = self.layout()?.clone();
         let manifest = Manifest {
             format: FORMAT.into(),
