@@ -47,7 +47,7 @@ def stats(bucket_name, prefix):
 
 def test_parquet_on_s3_exactly_once_under_kills(dativo, tmp_path, bucket):
     s3, name = bucket
-    total = write_csvs(tmp_path / "data", 10, 5000)
+    total = write_csvs(tmp_path / "data", 20, 5000)
     j = write_job(tmp_path / "job.yaml", f"""name: s3_job
 source:
   reader: file
@@ -58,14 +58,14 @@ target:
     path: s3://{name}/lake/events
     compression: zstd
 {s3_block()}
-checkpoint: {{rows: 2000}}
+checkpoint: {{rows: 1000}}
 retry: {{attempts: 1}}
 """)
     rng = random.Random(3)
     kills = 0
-    for _ in range(8):
+    for _ in range(10):
         p = dativo.popen("run", j, "--no-progress", env=KEYS)
-        time.sleep(rng.uniform(0.05, 0.6))
+        time.sleep(rng.uniform(0.05, 0.4))
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             kills += 1
@@ -113,3 +113,31 @@ target:
         if o["Key"].endswith(".json"):
             body = s3.get_object(Bucket=name, Key=o["Key"])["Body"].read().decode()
             assert "testing-secret-key" not in body
+
+
+def test_file_reader_from_s3_incremental(dativo, tmp_path, bucket):
+    s3, name = bucket
+    total = write_csvs(tmp_path / "data", 3, 1000)
+    for f in sorted((tmp_path / "data").glob("*.csv")):
+        s3.upload_file(str(f), name, f"landing/2026/{f.name}")
+    s3.put_object(Bucket=name, Key="landing/2026/notes.txt", Body=b"not a csv")
+    j = write_job(tmp_path / "job.yaml", f"""name: s3_in
+source:
+  reader: file
+  config:
+    path: s3://{name}/landing/*/*.csv
+{s3_block()}
+target:
+  writer: parquet
+  config: {{path: lake/out}}
+""")
+    dativo.run("run", j, env=KEYS, check=0)
+    import duckdb
+    files = str(tmp_path / "lake/out/*.parquet")
+    assert duckdb.execute(f"SELECT count(*), sum(id) FROM read_parquet('{files}')").fetchone() == (total, sum(range(total)))
+    # A new object is picked up by the next run, alone.
+    (tmp_path / "extra.csv").write_text("id,name,amount,day\n999999,x,1.25,2026-01-01\n")
+    s3.upload_file(str(tmp_path / "extra.csv"), name, "landing/2027/extra.csv")
+    p = dativo.run("run", j, env=KEYS, check=0)
+    assert "1 committed" in p.stdout, p.stdout
+    assert duckdb.execute(f"SELECT count(*) FROM read_parquet('{files}')").fetchone() == (total + 1,)

@@ -301,6 +301,78 @@ impl Location {
     }
 }
 
+/// A readable, seekable file.
+pub trait ReadSeek: std::io::BufRead + std::io::Seek + Send {}
+impl<T: std::io::BufRead + std::io::Seek + Send> ReadSeek for T {}
+
+impl Location {
+    /// Every file under directory `rel`, recursively, as paths relative to the root.
+    pub fn list_recursive(&self, rel: &str) -> Result<Vec<String>> {
+        match self {
+            Location::Local(root) => {
+                fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+                    for e in fs::read_dir(dir)? {
+                        let p = e?.path();
+                        if p.is_dir() {
+                            walk(&p, base, out)?;
+                        } else if let Ok(r) = p.strip_prefix(base) {
+                            out.push(r.to_string_lossy().into_owned());
+                        }
+                    }
+                    Ok(())
+                }
+                let mut out = Vec::new();
+                let dir = root.join(rel);
+                if dir.exists() {
+                    walk(&dir, root, &mut out)
+                        .with_context(|| format!("listing {}", dir.display()))?;
+                }
+                Ok(out)
+            }
+            Location::Object { op, .. } => {
+                let dir = if rel.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}/", rel.trim_end_matches('/'))
+                };
+                let opts = opendal::options::ListOptions {
+                    recursive: true,
+                    ..Default::default()
+                };
+                let entries = runtime()
+                    .block_on(op.list_options(&dir, opts))
+                    .map_err(|e| od(e, &format!("listing {}", self.display(rel))))?;
+                Ok(entries
+                    .into_iter()
+                    .filter(|e| e.metadata().mode() == opendal::EntryMode::FILE)
+                    .map(|e| e.path().trim_start_matches('/').to_string())
+                    .collect())
+            }
+        }
+    }
+
+    /// Open `rel` for reading: a buffered file, or a streaming object reader.
+    pub fn open(&self, rel: &str) -> Result<Box<dyn ReadSeek>> {
+        match self {
+            Location::Local(root) => {
+                let p = root.join(rel);
+                let f = File::open(&p).with_context(|| format!("opening {}", p.display()))?;
+                Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, f)))
+            }
+            Location::Object { op, .. } => {
+                let _enter = runtime().enter();
+                let blocking = opendal::blocking::Operator::new(op.clone())
+                    .map_err(|e| od(e, "opening a blocking reader"))?;
+                let r = blocking
+                    .reader(rel)
+                    .and_then(|r| r.into_std_read(..))
+                    .map_err(|e| od(e, &format!("opening {}", self.display(rel))))?;
+                Ok(Box::new(r))
+            }
+        }
+    }
+}
+
 /// A file being written; [`Sink::finish`] makes it durable and returns its size.
 pub trait Sink: Write + Send {
     /// Flush, make durable, return the size in bytes.

@@ -39,7 +39,8 @@ impl FileFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileReaderConfig {
-    /// A file, or a glob (`data/*.csv`, `logs/**/*.jsonl`). Relative to the working directory.
+    /// A file, or a glob (`data/*.csv`, `logs/**/*.jsonl`, `s3://bucket/landing/*.csv`).
+    /// Local paths are relative to the working directory.
     pub path: String,
     /// `csv`, `jsonl` or `parquet`; by default from the extension of `path`.
     #[serde(default)]
@@ -60,6 +61,9 @@ pub struct FileReaderConfig {
     /// CSV options.
     #[serde(default)]
     pub csv: CsvOptions,
+    /// S3 settings when `path` is `s3://bucket/…`.
+    #[serde(default)]
+    pub s3: Option<crate::storage::S3Config>,
 }
 
 /// CSV dialect.

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
-use std::io::{BufReader, Seek};
+use std::io::{BufReader, Read, Seek};
 use std::sync::Arc;
 
 use arrow::csv::reader::Format;
@@ -18,6 +18,90 @@ use dativo_core::schema_spec::to_schema;
 use dativo_core::{Error, Reader, ReaderContext, Result, ResultExt};
 
 use super::config::{CsvOptions, FileFormat, FileReaderConfig};
+use crate::storage::{is_remote, Location, ReadSeek};
+
+/// Where the files are: the working directory, or an object store bucket.
+#[derive(Clone)]
+enum Source {
+    Local,
+    /// The bucket's root, and the `s3://bucket/` prefix of every name.
+    Remote(Location, String),
+}
+
+impl Source {
+    fn new(cfg: &FileReaderConfig) -> Result<Source> {
+        if !is_remote(&cfg.path) {
+            return Ok(Source::Local);
+        }
+        let rest = cfg.path.split_once("://").map(|(_, r)| r).unwrap_or("");
+        let bucket = rest.split('/').next().unwrap_or("");
+        let scheme = &cfg.path[..cfg.path.find("://").unwrap_or(0)];
+        let prefix = format!("{scheme}://{bucket}/");
+        let loc = Location::parse(&prefix, cfg.s3.as_ref())?;
+        Ok(Source::Remote(loc, prefix))
+    }
+
+    fn open(&self, name: &str) -> Result<Box<dyn ReadSeek>> {
+        match self {
+            Source::Local => Ok(Box::new(BufReader::with_capacity(
+                1 << 20,
+                File::open(name)?,
+            ))),
+            Source::Remote(loc, prefix) => {
+                loc.open(name.strip_prefix(prefix.as_str()).unwrap_or(name))
+            }
+        }
+    }
+
+    /// A Parquet file's bytes source (local files are read in place; objects are fetched).
+    fn parquet(&self, name: &str) -> Result<ParquetSource> {
+        match self {
+            Source::Local => Ok(ParquetSource::File(File::open(name)?)),
+            Source::Remote(loc, prefix) => Ok(ParquetSource::Bytes(bytes::Bytes::from(
+                loc.read(name.strip_prefix(prefix.as_str()).unwrap_or(name))?,
+            ))),
+        }
+    }
+
+    fn list(&self, pattern: &str) -> Result<Vec<String>> {
+        match self {
+            Source::Local => list_files(pattern),
+            Source::Remote(loc, prefix) => {
+                let key_pattern = pattern.strip_prefix(prefix.as_str()).unwrap_or("");
+                let glob = glob::Pattern::new(key_pattern).map_err(|e| {
+                    Error::config(format!("invalid glob `{pattern}`: {e}")).with_key_path("path")
+                })?;
+                // List only below the part of the pattern without wildcards.
+                let fixed: Vec<&str> = key_pattern
+                    .split('/')
+                    .take_while(|c| !c.contains(['*', '?', '[', '{']))
+                    .collect();
+                let dir = if fixed.len() == key_pattern.split('/').count() {
+                    fixed[..fixed.len().saturating_sub(1)].join("/")
+                } else {
+                    fixed.join("/")
+                };
+                let opts = glob::MatchOptions {
+                    require_literal_separator: true,
+                    ..Default::default()
+                };
+                let mut out: Vec<String> = loc
+                    .list_recursive(&dir)?
+                    .into_iter()
+                    .filter(|k| glob.matches_with(k, opts))
+                    .map(|k| format!("{prefix}{k}"))
+                    .collect();
+                out.sort();
+                Ok(out)
+            }
+        }
+    }
+}
+
+enum ParquetSource {
+    File(File),
+    Bytes(bytes::Bytes),
+}
 
 type Batches = Box<dyn Iterator<Item = std::result::Result<RecordBatch, ArrowError>> + Send>;
 
@@ -55,6 +139,7 @@ pub struct FileReader {
     pending: VecDeque<(String, u64)>,
     state: FileState,
     open: Option<Open>,
+    source: Option<Source>,
 }
 
 impl FileReader {
@@ -92,35 +177,31 @@ impl FileReader {
         let cfg = self.cfg();
         let schema = self.schema.clone().expect("schema known");
         let format = self.format.expect("format known");
-        let file = File::open(name)?;
+        let source = self.source.clone().expect("initialized");
         let bs = cfg.batch_size;
         let batches: Batches = match format {
             FileFormat::Csv => {
                 if cfg.csv.header {
-                    check_csv_header(name, &cfg.csv, &schema)?;
+                    check_csv_header(&mut source.open(name)?, &cfg.csv, &schema)?;
                 }
                 let r = arrow::csv::ReaderBuilder::new(schema)
                     .with_format(csv_format(&cfg.csv)?)
                     .with_batch_size(bs)
-                    .build(file)?;
+                    .build(source.open(name)?)?;
                 skip_rows(Box::new(r), skip)
             }
             FileFormat::Jsonl => {
                 let r = arrow::json::ReaderBuilder::new(schema)
                     .with_batch_size(bs)
-                    .build(BufReader::new(file))?;
+                    .build(source.open(name)?)?;
                 skip_rows(Box::new(r), skip)
             }
             FileFormat::Parquet => {
-                let b = ParquetRecordBatchReaderBuilder::try_new(file)
-                    .map_err(|e| Error::data(e.to_string()))?;
-                let got = b.schema().clone();
+                let (got, r) = match source.parquet(name)? {
+                    ParquetSource::File(f) => parquet_batches(f, bs, skip)?,
+                    ParquetSource::Bytes(b) => parquet_batches(b, bs, skip)?,
+                };
                 check_same_columns(&schema, &got)?;
-                let r = b
-                    .with_batch_size(bs)
-                    .with_offset(skip as usize)
-                    .build()
-                    .map_err(|e| Error::data(e.to_string()))?;
                 let target = schema.clone();
                 // Present batches with the reader's declared schema (field metadata may differ).
                 Box::new(r.map(move |b| {
@@ -185,9 +266,26 @@ fn regex_lite_compile(r: &str) -> Result<regex::Regex> {
     regex::Regex::new(r).map_err(|e| Error::config(format!("invalid null_regex `{r}`: {e}")))
 }
 
-fn check_csv_header(name: &str, o: &CsvOptions, schema: &Schema) -> Result<()> {
-    let mut f = File::open(name)?;
-    let (header, _) = csv_format(o)?.infer_schema(&mut f, Some(0))?;
+type ParquetBatches = Box<dyn Iterator<Item = std::result::Result<RecordBatch, ArrowError>> + Send>;
+
+fn parquet_batches<T: parquet::file::reader::ChunkReader + 'static>(
+    input: T,
+    batch_size: usize,
+    skip: u64,
+) -> Result<(SchemaRef, ParquetBatches)> {
+    let b =
+        ParquetRecordBatchReaderBuilder::try_new(input).map_err(|e| Error::data(e.to_string()))?;
+    let schema = b.schema().clone();
+    let r = b
+        .with_batch_size(batch_size)
+        .with_offset(skip as usize)
+        .build()
+        .map_err(|e| Error::data(e.to_string()))?;
+    Ok((schema, Box::new(r)))
+}
+
+fn check_csv_header(f: &mut dyn Read, o: &CsvOptions, schema: &Schema) -> Result<()> {
+    let (header, _) = csv_format(o)?.infer_schema(f, Some(0))?;
     let got: Vec<&str> = header.fields().iter().map(|f| f.name().as_str()).collect();
     let want: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     if got != want {
@@ -259,24 +357,31 @@ fn list_files(pattern: &str) -> Result<Vec<String>> {
     Ok(files)
 }
 
-fn infer_schema(name: &str, format: FileFormat, cfg: &FileReaderConfig) -> Result<SchemaRef> {
-    let mut file = File::open(name)?;
+fn infer_schema(
+    source: &Source,
+    name: &str,
+    format: FileFormat,
+    cfg: &FileReaderConfig,
+) -> Result<SchemaRef> {
     let schema = match format {
         FileFormat::Csv => {
-            let (s, _) = csv_format(&cfg.csv)?.infer_schema(&mut file, Some(cfg.infer_rows))?;
+            let mut r = source.open(name)?;
+            let (s, _) = csv_format(&cfg.csv)?.infer_schema(&mut r, Some(cfg.infer_rows))?;
             s
         }
         FileFormat::Jsonl => {
-            let mut r = BufReader::new(file);
+            let mut r = source.open(name)?;
             let (s, _) = arrow::json::reader::infer_json_schema(&mut r, Some(cfg.infer_rows))?;
             r.rewind()?;
             s
         }
         FileFormat::Parquet => {
-            let b = ParquetRecordBatchReaderBuilder::try_new(file)
-                .map_err(|e| Error::data(e.to_string()))?;
+            let got = match source.parquet(name)? {
+                ParquetSource::File(f) => parquet_batches(f, 1, 0)?.0,
+                ParquetSource::Bytes(b) => parquet_batches(b, 1, 0)?.0,
+            };
             // Drop the embedded Arrow metadata; keep fields as they are.
-            Schema::new(b.schema().fields().clone())
+            Schema::new(got.fields().clone())
         }
     };
     if schema.fields().is_empty() {
@@ -293,7 +398,8 @@ impl Reader for FileReader {
             .format
             .or_else(|| FileFormat::from_path(&cfg.path))
             .expect("checked");
-        let files = list_files(&cfg.path)?;
+        let source = Source::new(&cfg)?;
+        let files = source.list(&cfg.path)?;
         if files.is_empty() {
             return Err(Error::data(format!("no files match `{}`", cfg.path)));
         }
@@ -323,7 +429,8 @@ impl Reader for FileReader {
                     .front()
                     .map(|(f, _)| f.clone())
                     .unwrap_or_else(|| files.last().cloned().expect("non-empty"));
-                infer_schema(&first, format, &cfg).with_context(|| format!("file {first}"))?
+                infer_schema(&source, &first, format, &cfg)
+                    .with_context(|| format!("file {first}"))?
             }
         };
         self.state = FileState {
@@ -331,6 +438,7 @@ impl Reader for FileReader {
             current: None,
         };
         self.schema = Some(schema);
+        self.source = Some(source);
         self.format = Some(format);
         self.cfg = Some(cfg);
         Ok(())
