@@ -29,6 +29,10 @@ pub struct IcebergWriterConfig {
     /// Parquet compression: `zstd` (default), `snappy`, `lz4`, `none`.
     #[serde(default = "default_compression")]
     pub compression: String,
+    /// Rows per Parquet row group; each open data file buffers one row group, so this bounds
+    /// the writer's memory (iceberg-rust flushes by rows only).
+    #[serde(default = "default_row_group_size")]
+    pub row_group_size: usize,
     /// Data files roll over at this size.
     #[serde(default = "default_file_size")]
     pub target_file_size: ByteSize,
@@ -86,6 +90,9 @@ fn default_catalog_name() -> String {
 }
 fn default_compression() -> String {
     "zstd".into()
+}
+fn default_row_group_size() -> usize {
+    131_072
 }
 fn default_file_size() -> ByteSize {
     ByteSize(512 << 20)

@@ -460,6 +460,7 @@ impl IcebergWriter {
         let md = table.metadata();
         let props = WriterProperties::builder()
             .set_compression(crate::parquet::parse_compression(&self.cfg().compression)?)
+            .set_max_row_group_row_count(Some(self.cfg().row_group_size.max(1)))
             .set_created_by(format!("dativo {}", env!("CARGO_PKG_VERSION")))
             .build();
         let pq = ParquetWriterBuilder::new(props, md.current_schema().clone());
