@@ -108,6 +108,77 @@ impl Dialect {
     }
 }
 
+/// What a partition worker sends to the reader.
+pub enum PartMsg {
+    /// A batch of range `range`; `key` is its last key; `last` marks the range's final batch.
+    Batch {
+        /// Index of the range in the plan.
+        range: usize,
+        /// The rows.
+        batch: arrow::record_batch::RecordBatch,
+        /// The batch's last key (every row up to it was delivered).
+        key: Option<String>,
+        /// This was the range's last batch.
+        last: bool,
+    },
+    /// The range ended without a final batch.
+    Done(usize),
+    /// The worker failed.
+    Failed(dativo_core::Error),
+}
+
+impl Plan {
+    /// Ranges not yet delivered completely.
+    pub fn pending(&self) -> usize {
+        self.ranges.iter().filter(|r| !r.finished).count()
+    }
+
+    /// Take the next worker message and record the progress it reports. `Ok(None)`: a range
+    /// ended without a batch; call again while [`Plan::pending`] is non-zero.
+    pub fn receive(
+        &mut self,
+        rx: &crossbeam_channel::Receiver<PartMsg>,
+    ) -> dativo_core::Result<Option<arrow::record_batch::RecordBatch>> {
+        let msg = rx.recv().map_err(|_| {
+            dativo_core::Error::internal("the reading threads stopped unexpectedly")
+        })?;
+        match msg {
+            PartMsg::Batch {
+                range,
+                batch,
+                key,
+                last,
+            } => {
+                let r = &mut self.ranges[range];
+                if key.is_some() {
+                    r.after = key;
+                }
+                r.finished |= last;
+                self.delivered += batch.num_rows() as u64;
+                Ok(Some(batch))
+            }
+            PartMsg::Done(range) => {
+                self.ranges[range].finished = true;
+                Ok(None)
+            }
+            PartMsg::Failed(e) => Err(e),
+        }
+    }
+
+    /// An interrupted plan can resume exactly only if it has an ordering column (or delivered
+    /// nothing yet).
+    pub fn check_resumable(&self) -> dativo_core::Result<()> {
+        if self.column.is_none() && self.delivered > 0 {
+            return Err(dativo_core::Error::data(format!(
+                "the previous full refresh was interrupted after committing {} rows and cannot resume exactly without an ordering column; \
+                 set `partition_column` (or give the table a primary key), then `dativo state reset` and clear the target",
+                self.delivered
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl KeyRange {
     /// The SQL predicate selecting what is left of this range, on `col` (quoted).
     pub fn predicate(&self, d: Dialect, col: &str) -> String {

@@ -16,20 +16,9 @@ use dativo_core::{secrets, Error, Reader, ReaderContext, Result};
 
 use super::config::{MySqlReaderConfig, ReadMode, SslMode};
 use super::types::{field_for, kind_for, MyDecoder, MyKind};
-use crate::keyset::{key_literal, split_ranges, Dialect, KeyRange, KeysetState, Plan};
+use crate::keyset::{key_literal, split_ranges, Dialect, KeyRange, KeysetState, PartMsg, Plan};
 
 const MY: Dialect = Dialect::MySql;
-
-enum Msg {
-    Batch {
-        range: usize,
-        batch: RecordBatch,
-        key: Option<String>,
-        last: bool,
-    },
-    Done(usize),
-    Failed(Error),
-}
 
 #[derive(Clone)]
 struct Column {
@@ -52,8 +41,7 @@ pub struct MySqlReader {
     state: KeysetState,
     plan: Option<Plan>,
     exclude: Option<String>,
-    rx: Option<Receiver<Msg>>,
-    active: usize,
+    rx: Option<Receiver<PartMsg>>,
     started: bool,
     finished: bool,
     stop: Arc<AtomicBool>,
@@ -585,8 +573,7 @@ impl MySqlReader {
             .enumerate()
             .filter(|(_, r)| !r.finished)
             .collect();
-        self.active = pending.len();
-        let (tx, rx) = bounded::<Msg>(self.workers.len().max(1) * 2);
+        let (tx, rx) = bounded::<PartMsg>(self.workers.len().max(1) * 2);
         self.rx = Some(rx);
         let select: Vec<String> = self.columns.iter().map(|c| c.select.clone()).collect();
         let nw = self.workers.len().max(1);
@@ -627,7 +614,7 @@ impl MySqlReader {
                 .spawn(move || {
                     for (range, sql) in work {
                         if let Err(e) = ctx.read(&mut conn, range, &sql) {
-                            let _ = ctx.tx.send(Msg::Failed(e));
+                            let _ = ctx.tx.send(PartMsg::Failed(e));
                             return;
                         }
                     }
@@ -685,7 +672,7 @@ struct Worker {
     schema: SchemaRef,
     key: Option<usize>,
     batch_size: usize,
-    tx: Sender<Msg>,
+    tx: Sender<PartMsg>,
     stop: Arc<AtomicBool>,
 }
 
@@ -735,7 +722,7 @@ impl Worker {
         if rows > 0 {
             self.emit(&mut decoders, range, true)?;
         } else {
-            let _ = self.tx.send(Msg::Done(range));
+            let _ = self.tx.send(PartMsg::Done(range));
         }
         Ok(())
     }
@@ -749,7 +736,7 @@ impl Worker {
             _ => None,
         };
         let batch = RecordBatch::try_new(self.schema.clone(), arrays)?;
-        let _ = self.tx.send(Msg::Batch {
+        let _ = self.tx.send(PartMsg::Batch {
             range,
             batch,
             key,
@@ -776,13 +763,7 @@ impl Reader for MySqlReader {
         self.state = state;
         let plan = match self.state.plan.take() {
             Some(p) => {
-                if p.column.is_none() && p.delivered > 0 {
-                    return Err(Error::data(format!(
-                        "the previous full refresh was interrupted after committing {} rows and cannot resume exactly without an ordering column; \
-                         set `partition_column` (or give the table a primary key), then `dativo state reset` and clear the target",
-                        p.delivered
-                    )));
-                }
+                p.check_resumable()?;
                 p
             }
             None => self.new_plan()?,
@@ -821,40 +802,13 @@ impl Reader for MySqlReader {
             self.start()?;
         }
         loop {
-            if self.active == 0 {
+            let plan = self.plan.as_mut().expect("planned");
+            if plan.pending() == 0 {
                 self.finish_state()?;
                 return Ok(None);
             }
-            let msg = self
-                .rx
-                .as_ref()
-                .expect("started")
-                .recv()
-                .map_err(|_| Error::internal("mysql reader threads stopped unexpectedly"))?;
-            match msg {
-                Msg::Batch {
-                    range,
-                    batch,
-                    key,
-                    last,
-                } => {
-                    let plan = self.plan.as_mut().expect("planned");
-                    let r = &mut plan.ranges[range];
-                    if key.is_some() {
-                        r.after = key;
-                    }
-                    if last {
-                        r.finished = true;
-                        self.active -= 1;
-                    }
-                    plan.delivered += batch.num_rows() as u64;
-                    return Ok(Some(batch));
-                }
-                Msg::Done(range) => {
-                    self.plan.as_mut().expect("planned").ranges[range].finished = true;
-                    self.active -= 1;
-                }
-                Msg::Failed(e) => return Err(e),
+            if let Some(batch) = plan.receive(self.rx.as_ref().expect("started"))? {
+                return Ok(Some(batch));
             }
         }
     }

@@ -16,7 +16,9 @@ use dativo_core::{Error, Reader, ReaderContext, Result};
 use super::config::{PostgresReaderConfig, ReadMode, SpecialValues};
 use super::connect::{connect, map_error, runtime};
 use super::copy::CopyParser;
-use crate::keyset::{key_literal, split_ranges, Dialect, KeyRange, KeysetState as PgState, Plan};
+use crate::keyset::{
+    key_literal, split_ranges, Dialect, KeyRange, KeysetState as PgState, PartMsg, Plan,
+};
 
 const PG: Dialect = Dialect::Postgres;
 
@@ -32,17 +34,6 @@ fn table_ref(table: &str) -> String {
     PG.table_ref(table)
 }
 use super::types::{field_for, kind_for, ColKind, Decoder};
-
-enum Msg {
-    Batch {
-        range: usize,
-        batch: RecordBatch,
-        key: Option<String>,
-        last: bool,
-    },
-    Done(usize),
-    Failed(Error),
-}
 
 /// A column as read: name, type name, kind, select expression.
 #[derive(Clone)]
@@ -67,8 +58,7 @@ pub struct PostgresReader {
     state: PgState,
     plan: Option<Plan>,
     exclude: Option<String>,
-    rx: Option<Receiver<Msg>>,
-    active: usize,
+    rx: Option<Receiver<PartMsg>>,
     started: bool,
     finished: bool,
     stop: Arc<AtomicBool>,
@@ -463,8 +453,7 @@ impl PostgresReader {
             .enumerate()
             .filter(|(_, r)| !r.finished)
             .collect();
-        let (tx, rx) = bounded::<Msg>(pending.len().max(1) * 2);
-        self.active = pending.len();
+        let (tx, rx) = bounded::<PartMsg>(pending.len().max(1) * 2);
         self.rx = Some(rx);
         let select: Vec<String> = self.columns.iter().map(|c| c.select.clone()).collect();
         let kinds: Vec<ColKind> = self.columns.iter().map(|c| c.kind.clone()).collect();
@@ -504,7 +493,7 @@ impl PostgresReader {
                 .spawn(move || {
                     let tx = task.tx.clone();
                     if let Err(e) = runtime().block_on(task.run()) {
-                        let _ = tx.send(Msg::Failed(e));
+                        let _ = tx.send(PartMsg::Failed(e));
                     }
                 })
                 .map_err(|e| Error::internal(format!("cannot start a reader thread: {e}")))?;
@@ -564,7 +553,7 @@ struct PartitionTask {
     batch_size: usize,
     special_null: bool,
     range: usize,
-    tx: Sender<Msg>,
+    tx: Sender<PartMsg>,
     stop: Arc<AtomicBool>,
 }
 
@@ -663,7 +652,7 @@ impl PartitionTask {
         if rows > 0 {
             self.emit(&mut decoders, true)?;
         } else {
-            let _ = self.tx.send(Msg::Done(self.range));
+            let _ = self.tx.send(PartMsg::Done(self.range));
         }
         let _ = client.batch_execute("COMMIT").await;
         Ok(())
@@ -685,7 +674,7 @@ impl PartitionTask {
         };
         let batch = RecordBatch::try_new(self.schema.clone(), arrays)?;
         // A closed channel means the reader is gone: stop quietly.
-        let _ = self.tx.send(Msg::Batch {
+        let _ = self.tx.send(PartMsg::Batch {
             range: self.range,
             batch,
             key,
@@ -738,13 +727,7 @@ impl Reader for PostgresReader {
                         p.mode
                     )));
                 }
-                if p.column.is_none() && p.delivered > 0 {
-                    return Err(Error::data(format!(
-                        "the previous full refresh was interrupted after committing {} rows and cannot resume exactly without an ordering column; \
-                         set `partition_column` (or give the table a primary key), then `dativo state reset` and clear the target",
-                        p.delivered
-                    )));
-                }
+                p.check_resumable()?;
                 tracing::info!(
                     ranges = p.ranges.iter().filter(|r| !r.finished).count(),
                     "resuming an interrupted read"
@@ -789,40 +772,13 @@ impl Reader for PostgresReader {
             self.start()?;
         }
         loop {
-            if self.active == 0 {
+            let plan = self.plan.as_mut().expect("planned");
+            if plan.pending() == 0 {
                 self.finish_state()?;
                 return Ok(None);
             }
-            let msg = self
-                .rx
-                .as_ref()
-                .expect("started")
-                .recv()
-                .map_err(|_| Error::internal("postgres reader threads stopped unexpectedly"))?;
-            match msg {
-                Msg::Batch {
-                    range,
-                    batch,
-                    key,
-                    last,
-                } => {
-                    let plan = self.plan.as_mut().expect("planned");
-                    let r = &mut plan.ranges[range];
-                    if key.is_some() {
-                        r.after = key;
-                    }
-                    if last {
-                        r.finished = true;
-                        self.active -= 1;
-                    }
-                    plan.delivered += batch.num_rows() as u64;
-                    return Ok(Some(batch));
-                }
-                Msg::Done(range) => {
-                    self.plan.as_mut().expect("planned").ranges[range].finished = true;
-                    self.active -= 1;
-                }
-                Msg::Failed(e) => return Err(e),
+            if let Some(batch) = plan.receive(self.rx.as_ref().expect("started"))? {
+                return Ok(Some(batch));
             }
         }
     }
