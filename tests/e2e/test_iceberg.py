@@ -162,3 +162,16 @@ def test_credentials_never_land_in_metadata_or_logs(dativo, tmp_path):
     p = dativo.run("run", j, env={"CAT_PW": secret})
     assert p.returncode != 0
     assert secret not in p.stdout + p.stderr
+
+
+def test_iceberg_sql_catalog_on_postgres(dativo, tmp_path):
+    write_csvs(tmp_path / "data", 2, 500)
+    ns = f"ns_{uuid.uuid4().hex[:8]}"
+    j = file_job(tmp_path, table=f"{ns}.events",
+                 extra=f'    catalog: {{uri: "{PG_URL}"}}\n    warehouse: {tmp_path}/pgwh')
+    dativo.run("run", j, check=0)
+    cat = SqlCatalog("dativo", uri="postgresql+psycopg2://postgres@127.0.0.1:5432/test",
+                     warehouse=f"file://{tmp_path}/pgwh")
+    t = cat.load_table(f"{ns}.events")
+    assert t.scan().to_arrow().num_rows == 1000
+    cat.drop_table(f"{ns}.events")

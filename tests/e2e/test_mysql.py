@@ -63,12 +63,21 @@ def test_types_round_trip(dativo, tmp_path, my, table):
         TIMESTAMPADD(SECOND, seq, '2026-01-01'), SEC_TO_TIME(seq + 0.25), 2026,
         IF(seq % 2 = 0, 'a', 'b'), b'00000101' FROM seq_1_to_3000""")
     sql(my, f"INSERT INTO {table} (id) VALUES (0)")
+    # Edge values: dates before 1970, extreme integers and decimals.
+    sql(my, f"""INSERT INTO {table} (id, ti, tu, i, bu, d, n, dt, dtm, tm) VALUES
+        (9001, -128, 255, -2147483648, 18446744073709551615, -1.7976931348623157e308,
+         -999999999.999, '1000-01-01', '1969-07-20 20:17:40.000001', '23:59:59.999999')""")
     dativo.run("run", job(tmp_path, table, "    batch_size: 700\n    partitions: 3"), check=0)
     lake = {r["id"]: r for r in pq.ParquetDataset(tmp_path / "lake/out").read().to_pylist()}
-    assert len(lake) == 3001
+    assert len(lake) == 3002
+    e = lake[9001]
+    assert (e["ti"], e["tu"], e["i"], e["bu"]) == (-128, 255, -2147483648, 18446744073709551615)
+    assert e["d"] == -1.7976931348623157e308 and str(e["n"]) == "-999999999.999"
+    assert str(e["dt"]) == "1000-01-01" and str(e["dtm"]) == "1969-07-20 20:17:40.000001"
+    assert str(e["tm"]) == "23:59:59.999999"
     assert all(v is None for k, v in lake[0].items() if k != "id")
     with my.cursor(pymysql.cursors.DictCursor) as c:
-        c.execute(f"SELECT * FROM {table} WHERE id > 0")
+        c.execute(f"SELECT * FROM {table} WHERE id > 0 AND id < 9000")
         rows = c.fetchall()
     for src in rows:
         got = lake[src["id"]]

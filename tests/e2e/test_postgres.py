@@ -241,3 +241,21 @@ def test_edge_values(dativo, tmp_path, pg, table):
     dativo.run("run", j, check=0)
     r4 = [r for r in pq.ParquetDataset(tmp_path / "lake/special").read().to_pylist() if r["id"] == 4][0]
     assert r4["n"] is None and r4["ts"] is None and r4["d"] is None
+
+
+@pytest.mark.parametrize("mode,ok", [("require", True), ("prefer", True), ("disable", True),
+                                     ("verify-full", False)])
+def test_sslmode_with_rustls(dativo, tmp_path, pg, table, mode, ok):
+    if sql(pg, "SHOW ssl")[0][0] != "on":
+        pytest.skip("the local server has no TLS")
+    sql(pg, f"CREATE TABLE {table} (id int primary key)")
+    sql(pg, f"INSERT INTO {table} SELECT generate_series(1, 10)")
+    j = job(tmp_path, table, f"    sslmode: {mode}", "retry: {attempts: 1}")
+    p = dativo.run("run", j)
+    if ok:
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert parquet_stats(tmp_path / "lake/out")[0] == 10
+    else:
+        # The server's certificate is self-signed: TLS is negotiated and verification fails,
+        # clearly (this is what shows the TLS path is taken at all).
+        assert p.returncode == 3 and "connecting to PostgreSQL" in p.stdout, p.stdout
