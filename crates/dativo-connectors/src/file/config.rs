@@ -64,6 +64,12 @@ pub struct FileReaderConfig {
     /// S3 settings when `path` is `s3://bucket/…`.
     #[serde(default)]
     pub s3: Option<crate::storage::S3Config>,
+    /// Google Cloud Storage settings when `path` is `gs://bucket/…`.
+    #[serde(default)]
+    pub gcs: Option<crate::storage::GcsConfig>,
+    /// Azure Blob Storage settings when `path` is `az://container/…`.
+    #[serde(default)]
+    pub azure: Option<crate::storage::AzureConfig>,
 }
 
 /// CSV dialect.

@@ -37,7 +37,14 @@ impl Source {
         let bucket = rest.split('/').next().unwrap_or("");
         let scheme = &cfg.path[..cfg.path.find("://").unwrap_or(0)];
         let prefix = format!("{scheme}://{bucket}/");
-        let loc = Location::parse(&prefix, cfg.s3.as_ref())?;
+        let loc = Location::parse(
+            &prefix,
+            &crate::storage::StoreOptions {
+                s3: cfg.s3.as_ref(),
+                gcs: cfg.gcs.as_ref(),
+                azure: cfg.azure.as_ref(),
+            },
+        )?;
         Ok(Source::Remote(loc, prefix))
     }
 

@@ -34,6 +34,12 @@ pub struct ParquetWriterConfig {
     /// S3 settings for an `s3://bucket/prefix` path.
     #[serde(default)]
     pub s3: Option<crate::storage::S3Config>,
+    /// Google Cloud Storage settings for `gs://bucket/prefix` (compiled in, untested here).
+    #[serde(default)]
+    pub gcs: Option<crate::storage::GcsConfig>,
+    /// Azure Blob Storage settings for `az://container/prefix` (compiled in, untested here).
+    #[serde(default)]
+    pub azure: Option<crate::storage::AzureConfig>,
 }
 
 fn default_compression() -> String {
@@ -82,6 +88,15 @@ pub fn parse_compression(s: &str) -> Result<Compression> {
 }
 
 impl ParquetWriterConfig {
+    /// Object-store settings for `path`.
+    pub fn store_options(&self) -> crate::storage::StoreOptions<'_> {
+        crate::storage::StoreOptions {
+            s3: self.s3.as_ref(),
+            gcs: self.gcs.as_ref(),
+            azure: self.azure.as_ref(),
+        }
+    }
+
     /// Checks that need no I/O.
     pub fn check(&self) -> Result<()> {
         parse_compression(&self.compression).map_err(|e| {

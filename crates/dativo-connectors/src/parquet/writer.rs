@@ -257,7 +257,7 @@ impl Writer for ParquetWriter {
     fn initialize(&mut self, config: &Value, ctx: &WriterContext) -> Result<()> {
         let cfg: ParquetWriterConfig = from_config(config)?;
         cfg.check()?;
-        let layout = Layout::new(Location::parse(&cfg.path, cfg.s3.as_ref())?);
+        let layout = Layout::new(Location::parse(&cfg.path, &cfg.store_options())?);
         layout.create()?;
         let lock = match layout.lock_file() {
             Some(lock_path) => {
