@@ -184,3 +184,15 @@ def test_iceberg_sql_catalog_on_postgres(dativo, tmp_path):
     t = cat.load_table(f"{ns}.events")
     assert t.scan().to_arrow().num_rows == 1000
     cat.drop_table(f"{ns}.events")
+
+
+def test_rest_catalog_unreachable_is_a_clear_connection_error(dativo, tmp_path):
+    # No Iceberg REST server runs here; this covers configuration, the error and redaction.
+    write_csvs(tmp_path / "data", 1, 10)
+    j = file_job(tmp_path, extra='    catalog: {type: rest, uri: "http://127.0.0.1:1/catalog", token: "${env:TOK}"}')
+    p = dativo.run("run", j, env={"TOK": "rest-token-do-not-print"})
+    assert p.returncode == 3, p.stdout
+    assert "http://127.0.0.1:1/catalog" in p.stdout and "REST catalog" in p.stdout
+    assert "rest-token-do-not-print" not in p.stdout + p.stderr
+    p = dativo.run("validate", file_job(tmp_path, extra="    catalog: {type: rest}"))
+    assert p.returncode == 2 and "catalog.uri" in p.stderr

@@ -263,8 +263,13 @@ fn output_location(job: &Job) -> Option<String> {
                 .and_then(|c| c.get("name"))
                 .and_then(|u| u.as_str())
                 .unwrap_or("dativo");
+            let kind = catalog
+                .and_then(|c| c.get("type"))
+                .and_then(|u| u.as_str())
+                .unwrap_or("sql");
+            let kind = if kind == "rest" { "REST" } else { "SQL" };
             Some(format!(
-                "Iceberg table {table} in SQL catalog `{name}` at {}",
+                "Iceberg table {table} in {kind} catalog `{name}` at {}",
                 secrets::scrub(uri)
             ))
         }
@@ -299,6 +304,12 @@ fn query_hint(job: &Job) -> Option<String> {
             let db = match uri {
                 Some(u) if u.starts_with("sqlite:") => {
                     u.trim_start_matches("sqlite://").to_string()
+                }
+                Some(u) if u.starts_with("http") => {
+                    return Some(format!(
+                        "pyiceberg: RestCatalog(\"dativo\", uri=\"{}\").load_table(\"{table}\")",
+                        secrets::scrub(u)
+                    ))
                 }
                 Some(_) => {
                     return Some(format!(

@@ -59,13 +59,19 @@ pub enum WriteMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogConfig {
-    /// `sql` (SQLite or PostgreSQL). (`rest` is not compiled into this build yet.)
+    /// `sql` (SQLite or PostgreSQL, the default) or `rest` (an Iceberg REST catalog).
     #[serde(rename = "type", default = "default_catalog_type")]
     pub kind: String,
-    /// `sqlite://path/catalog.db` (default `sqlite://.dativo/catalog.db`) or
-    /// `postgres://user:pw@host/db`.
+    /// `sql`: `sqlite://path/catalog.db` (default `sqlite://.dativo/catalog.db`) or
+    /// `postgres://user:pw@host/db`. `rest`: the catalog's base URL (`https://host/catalog`).
     #[serde(default)]
     pub uri: Option<String>,
+    /// `rest`: a bearer token (use `${env:…}`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// `rest`: OAuth2 client credentials `client_id:client_secret` (use `${env:…}`).
+    #[serde(default)]
+    pub credential: Option<String>,
     /// The catalog name, stored in every catalog row: readers (pyiceberg, Spark) must use the
     /// same name.
     #[serde(default = "default_catalog_name")]
@@ -77,6 +83,8 @@ impl Default for CatalogConfig {
         CatalogConfig {
             kind: default_catalog_type(),
             uri: None,
+            token: None,
+            credential: None,
             name: default_catalog_name(),
         }
     }
@@ -114,25 +122,30 @@ impl IcebergWriterConfig {
                 "`overwrite` is not supported yet: iceberg-rust 0.10 has no atomic overwrite; use `append`".into(),
             );
         }
-        match self.catalog.kind.as_str() {
-            "sql" => {}
-            "rest" => {
-                return key(
-                    "catalog.type",
-                    "the REST catalog is not compiled into this build yet; use `sql` (SQLite or PostgreSQL)".into(),
-                )
-            }
-            other => return key("catalog.type", format!("unknown catalog type `{other}`: use `sql`")),
-        }
-        if let Some(u) = &self.catalog.uri {
-            if !(u.starts_with("sqlite:")
-                || u.starts_with("postgres://")
-                || u.starts_with("postgresql://"))
+        match (self.catalog.kind.as_str(), &self.catalog.uri) {
+            ("sql", Some(u))
+                if !(u.starts_with("sqlite:")
+                    || u.starts_with("postgres://")
+                    || u.starts_with("postgresql://")) =>
             {
                 return key(
                     "catalog.uri",
                     "use sqlite://path/catalog.db or postgres://…".into(),
                 );
+            }
+            ("sql", _) => {}
+            ("rest", Some(u)) if u.starts_with("http://") || u.starts_with("https://") => {}
+            ("rest", _) => {
+                return key(
+                    "catalog.uri",
+                    "a REST catalog needs `uri: https://…`".into(),
+                );
+            }
+            (other, _) => {
+                return key(
+                    "catalog.type",
+                    format!("unknown catalog type `{other}`: use `sql` or `rest`"),
+                )
             }
         }
         crate::parquet::parse_compression(&self.compression)

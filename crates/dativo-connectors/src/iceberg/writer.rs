@@ -27,7 +27,8 @@ use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::{IcebergWriter as _, IcebergWriterBuilder};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
-use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
+use iceberg_catalog_rest::RestCatalogBuilder;
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 use iceberg_storage_opendal::OpenDalStorageFactory;
 use parquet::file::properties::WriterProperties;
 use serde_json::Value;
@@ -69,7 +70,7 @@ enum Active {
 #[derive(Default)]
 pub struct IcebergWriter {
     cfg: Option<IcebergWriterConfig>,
-    catalog: Option<Arc<SqlCatalog>>,
+    catalog: Option<Arc<dyn Catalog>>,
     table: Option<Table>,
     ident: Option<TableIdent>,
     target: Option<ArrowSchemaRef>,
@@ -91,7 +92,11 @@ fn ice(e: iceberg::Error, doing: &str) -> Error {
         _ if e.retryable() => Error::transient(msg),
         _ => {
             let lower = msg.to_lowercase();
-            if lower.contains("connect") || lower.contains("timed out") || lower.contains("dns") {
+            if lower.contains("connect")
+                || lower.contains("timed out")
+                || lower.contains("dns")
+                || lower.contains("error sending request")
+            {
                 Error::connect(msg)
             } else {
                 Error::io(msg)
@@ -217,7 +222,7 @@ impl IcebergWriter {
         self.table.as_ref().expect("initialized")
     }
 
-    async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<SqlCatalog> {
+    async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<dyn Catalog>> {
         let warehouse = cfg.warehouse.clone().unwrap_or_else(|| "warehouse".into());
         let (warehouse, storage): (String, Arc<dyn StorageFactory>) =
             if warehouse.starts_with("s3://") || warehouse.starts_with("s3a://") {
@@ -233,6 +238,56 @@ impl IcebergWriter {
                     .map_err(|e| Error::io(format!("creating the warehouse {w}: {e}")))?;
                 (w, Arc::new(LocalFsStorageFactory))
             };
+        let mut s3_props: HashMap<String, String> = HashMap::new();
+        if let Some(s3) = &cfg.s3 {
+            let mut set = |k: &str, v: &Option<String>| {
+                if let Some(v) = v {
+                    s3_props.insert(k.to_string(), v.clone());
+                }
+            };
+            set(S3_ENDPOINT, &s3.endpoint);
+            set(S3_REGION, &s3.region);
+            set(S3_ACCESS_KEY_ID, &s3.access_key_id);
+            set(S3_SECRET_ACCESS_KEY, &s3.secret_access_key);
+            set(S3_SESSION_TOKEN, &s3.session_token);
+            if let Some(s) = &s3.secret_access_key {
+                secrets::register(s);
+            }
+            if s3.path_style {
+                s3_props.insert(S3_PATH_STYLE_ACCESS.to_string(), "true".to_string());
+            }
+        }
+        if cfg.catalog.kind == "rest" {
+            let uri = cfg.catalog.uri.clone().unwrap_or_default();
+            let mut props = s3_props;
+            props.insert("uri".into(), uri.clone());
+            if cfg.warehouse.is_some() {
+                props.insert("warehouse".into(), warehouse.clone());
+            }
+            for (k, v) in [
+                ("token", &cfg.catalog.token),
+                ("credential", &cfg.catalog.credential),
+            ] {
+                if let Some(v) = v {
+                    secrets::register(v);
+                    props.insert(k.into(), v.clone());
+                }
+            }
+            let catalog = RestCatalogBuilder::default()
+                .with_storage_factory(storage)
+                .load(cfg.catalog.name.clone(), props)
+                .await
+                .map_err(|e| {
+                    ice(
+                        e,
+                        &format!(
+                            "opening the Iceberg REST catalog at {}",
+                            secrets::scrub(&uri)
+                        ),
+                    )
+                })?;
+            return Ok(Arc::new(catalog));
+        }
         let uri = match &cfg.catalog.uri {
             Some(u) if u.starts_with("sqlite:") => {
                 let path = u
@@ -264,31 +319,18 @@ impl IcebergWriter {
             .uri(uri.clone())
             .warehouse_location(warehouse)
             .sql_bind_style(style);
-        if let Some(s3) = &cfg.s3 {
-            let mut set = |k: &str, v: &Option<String>| {
-                if let Some(v) = v {
-                    b = std::mem::take(&mut b).prop(k, v.clone());
-                }
-            };
-            set(S3_ENDPOINT, &s3.endpoint);
-            set(S3_REGION, &s3.region);
-            set(S3_ACCESS_KEY_ID, &s3.access_key_id);
-            if let Some(s) = &s3.secret_access_key {
-                secrets::register(s);
-            }
-            set(S3_SECRET_ACCESS_KEY, &s3.secret_access_key);
-            set(S3_SESSION_TOKEN, &s3.session_token);
-            if s3.path_style {
-                b = b.prop(S3_PATH_STYLE_ACCESS, "true");
-            }
+        for (k, v) in s3_props {
+            b = b.prop(k, v);
         }
-        b.with_storage_factory(storage)
+        let catalog = b
+            .with_storage_factory(storage)
             .load(cfg.catalog.name.clone(), HashMap::new())
             .await
             .map_err(|e| {
                 let what = secrets::scrub(&uri);
                 ice(e, &format!("opening the Iceberg catalog at {what}"))
-            })
+            })?;
+        Ok(Arc::new(catalog))
     }
 
     /// Load or create the table; evolve its schema to take the source's new columns.
@@ -518,7 +560,7 @@ impl Writer for IcebergWriter {
         let cfg: IcebergWriterConfig = from_config(config)?;
         cfg.check()?;
         let catalog = runtime().block_on(Self::open_catalog(&cfg))?;
-        self.catalog = Some(Arc::new(catalog));
+        self.catalog = Some(catalog);
         self.cfg = Some(cfg);
         self.job = ctx.job.clone();
         let schema = ctx.schema.clone();
