@@ -149,9 +149,17 @@ impl Plan {
                 key,
                 last,
             } => {
+                let ordered = self.column.is_some();
                 let r = &mut self.ranges[range];
                 if key.is_some() {
                     r.after = key;
+                } else if ordered && !r.nulls && !last {
+                    // The batch ended on a key Arrow holds as NULL though the database does not
+                    // (NaN / infinity read with `special_values: as_null`): no exact resume point.
+                    return Err(dativo_core::Error::data(
+                        "a batch ended on an ordering key that was read as NULL (NaN or infinity with `special_values: as_null`); \
+                         the read could not resume exactly: filter those rows or order by another column",
+                    ));
                 }
                 r.finished |= last;
                 self.delivered += batch.num_rows() as u64;

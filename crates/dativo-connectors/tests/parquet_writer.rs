@@ -121,3 +121,65 @@ fn second_writer_on_the_same_directory_is_refused() {
     b.initialize(&cfg, &ctx()).unwrap();
     b.close().unwrap();
 }
+
+fn ctx_for(job: &str) -> WriterContext {
+    WriterContext {
+        job: job.into(),
+        ..ctx()
+    }
+}
+
+fn commit_one(dir: &std::path::Path, job: &str, state: serde_json::Value) {
+    let cfg = json!({"path": dir.display().to_string()});
+    let mut w = ParquetWriter::new();
+    w.initialize(&cfg, &ctx_for(job)).unwrap();
+    w.write_batch(&sample_batch()).unwrap();
+    w.finalize(&Commit {
+        state: Some(state),
+        run_id: format!("run-{job}"),
+        sequence: 1,
+    })
+    .unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn committed_state_is_the_jobs_own_when_jobs_share_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    commit_one(dir.path(), "a", json!({"a": 1}));
+    commit_one(dir.path(), "b", json!({"b": 1}));
+    let cfg = json!({"path": dir.path().display().to_string()});
+    let mut w = ParquetWriter::new();
+    w.initialize(&cfg, &ctx_for("a")).unwrap();
+    assert_eq!(
+        w.committed_state().unwrap().unwrap().state,
+        Some(json!({"a": 1}))
+    );
+    w.close().unwrap();
+    let mut w = ParquetWriter::new();
+    w.initialize(&cfg, &ctx_for("c")).unwrap();
+    assert_eq!(w.committed_state().unwrap().unwrap().state, None);
+    w.close().unwrap();
+}
+
+#[test]
+fn restart_rolls_forward_every_commit_whose_files_are_still_staged() {
+    let dir = tempfile::tempdir().unwrap();
+    commit_one(dir.path(), "a", json!({"n": 1}));
+    let first = data_files(dir.path()).pop().unwrap();
+    commit_one(dir.path(), "a", json!({"n": 2}));
+    assert_eq!(data_files(dir.path()).len(), 2);
+    // As if the first publication had been lost (power cut) after the second commit.
+    let layout = Layout::new(Location::Local(dir.path().to_path_buf()));
+    fs::rename(
+        dir.path().join(&first),
+        dir.path().join(layout.staged(&first)),
+    )
+    .unwrap();
+    let cfg = json!({"path": dir.path().display().to_string()});
+    let mut w = ParquetWriter::new();
+    w.initialize(&cfg, &ctx_for("a")).unwrap();
+    w.close().unwrap();
+    assert_eq!(data_files(dir.path()).len(), 2);
+    assert!(data_files(dir.path()).contains(&first));
+}

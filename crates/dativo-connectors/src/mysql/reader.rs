@@ -306,6 +306,22 @@ impl MySqlReader {
             })
     }
 
+    /// The SQL expression a read is ordered and resumed by. Batches are cut where the key's
+    /// value changes, so SQL equality must mean value equality: strings are compared as
+    /// BINARY (MySQL's default collations ignore case), and floats and binary columns cannot
+    /// order a read.
+    fn key_expr(&self, name: &str) -> Result<String> {
+        let (_, c) = self.column(name, "partition_column")?;
+        match c.kind {
+            MyKind::F32 | MyKind::F64 | MyKind::Binary => Err(Error::config(format!(
+                "`{name}` cannot order a resumable read: use an integer, decimal, date, datetime or string column"
+            ))
+            .with_key_path(if self.cfg().cursor.as_deref() == Some(name) { "cursor" } else { "partition_column" })),
+            MyKind::Text | MyKind::Json => Ok(format!("BINARY {}", MY.ident(name))),
+            _ => Ok(MY.ident(name)),
+        }
+    }
+
     fn primary_key(&mut self) -> Result<Vec<String>> {
         if let Some(pk) = &self.cfg().primary_key {
             return Ok(pk.clone());
@@ -390,7 +406,7 @@ impl MySqlReader {
         match cfg.mode() {
             ReadMode::Incremental => {
                 let (_, col) = self.column(cfg.cursor.as_deref().expect("checked"), "cursor")?;
-                let c = MY.ident(&col.name);
+                let c = self.key_expr(&col.name)?;
                 let (lo, lo_inclusive) = match self.state.cursor.clone() {
                     Some(h) if cfg.lookback.is_some() => (Some(self.lookback_lo(&col, &h)?), false),
                     Some(h) => (Some(h), false),
@@ -480,7 +496,7 @@ impl MySqlReader {
                     });
                 };
                 let (_, col) = self.column(&order, "partition_column")?;
-                let c = MY.ident(&col.name);
+                let c = self.key_expr(&col.name)?;
                 let bound = |v: &Option<Json>| {
                     v.as_ref().map(|v| match v {
                         Json::String(s) => s.clone(),
@@ -581,7 +597,7 @@ impl MySqlReader {
         for (k, (i, range)) in pending.into_iter().enumerate() {
             let sql = match &plan.column {
                 Some(col) => {
-                    let c = MY.ident(col);
+                    let c = self.key_expr(col)?;
                     let mut pred = range.predicate(MY, &c);
                     if let Some(ex) = &self.exclude {
                         pred = format!("({pred}) AND {ex}");
@@ -640,7 +656,7 @@ impl MySqlReader {
                     .with_key_path("primary_key"));
                 }
                 let lo = self.lookback_lo(&col, &cursor)?;
-                let c = MY.ident(&col.name);
+                let c = self.key_expr(&col.name)?;
                 let sql = format!(
                     "SELECT {} {}",
                     self.row_hash(&pk, &col.name),
@@ -769,7 +785,10 @@ impl Reader for MySqlReader {
             None => self.new_plan()?,
         };
         self.order_col = match &plan.column {
-            Some(c) => Some(self.column(c, "partition_column")?.0),
+            Some(c) => {
+                self.key_expr(c)?;
+                Some(self.column(c, "partition_column")?.0)
+            }
             None => None,
         };
         if plan.mode == "incremental" && !self.state.seen.is_empty() {

@@ -91,26 +91,46 @@ impl Layout {
         self.loc.create_dir(STAGING)
     }
 
-    /// The latest manifest, if any.
-    pub fn latest(&self) -> Result<Option<Manifest>> {
-        let best = self
+    /// Sequence numbers of all commits, newest first.
+    fn sequences(&self) -> Result<Vec<u64>> {
+        let mut seqs: Vec<u64> = self
             .loc
             .list(COMMITS)?
             .into_iter()
             .filter_map(|n| n.strip_suffix(".json").and_then(|s| s.parse::<u64>().ok()))
-            .max();
-        let Some(seq) = best else {
-            return Ok(None);
-        };
+            .collect();
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(seqs)
+    }
+
+    fn read_manifest(&self, seq: u64) -> Result<Manifest> {
         let rel = format!("{COMMITS}/{seq:020}.json");
         let text = self.loc.read(&rel)?;
-        let m: Manifest = serde_json::from_slice(&text).map_err(|e| {
+        serde_json::from_slice(&text).map_err(|e| {
             Error::data(format!(
                 "commit manifest {} is corrupt: {e}",
                 self.loc.display(&rel)
             ))
-        })?;
-        Ok(Some(m))
+        })
+    }
+
+    /// The latest manifest, if any.
+    pub fn latest(&self) -> Result<Option<Manifest>> {
+        match self.sequences()?.first() {
+            Some(seq) => Ok(Some(self.read_manifest(*seq)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The latest manifest written by `job`, if any.
+    pub fn latest_for(&self, job: &str) -> Result<Option<Manifest>> {
+        for seq in self.sequences()? {
+            let m = self.read_manifest(seq)?;
+            if m.job == job {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
     }
 
     /// Finish the publication of the latest commit and delete everything uncommitted.
@@ -118,6 +138,14 @@ impl Layout {
         let latest = self.latest()?;
         if let Some(m) = &latest {
             self.publish(m)?;
+        }
+        let leftovers = self.loc.list(STAGING)?;
+        if !leftovers.is_empty() {
+            // Files still staged may belong to any committed manifest (a publication lost to a
+            // crash before a later commit): roll every manifest forward before deleting.
+            for seq in self.sequences()?.into_iter().skip(1) {
+                self.publish(&self.read_manifest(seq)?)?;
+            }
         }
         for name in self.loc.list(STAGING)? {
             tracing::debug!(file = %name, "removing an uncommitted file");
@@ -133,20 +161,30 @@ impl Layout {
 
     /// Move the files of `m` from staging into place (idempotent).
     pub fn publish(&self, m: &Manifest) -> Result<()> {
-        let mut moved = false;
+        let mut moved: Vec<String> = Vec::new();
         for f in &m.files {
             let staged = self.staged(&f.path);
             if !self.loc.exists(&f.path)? {
                 if self.loc.exists(&staged)? {
                     self.loc.publish(&staged, &f.path)?;
-                    moved = true;
+                    let dir = f
+                        .path
+                        .rsplit_once('/')
+                        .map(|(d, _)| d.to_string())
+                        .unwrap_or_default();
+                    if !moved.contains(&dir) {
+                        moved.push(dir);
+                    }
                 } else {
                     tracing::warn!(file = %self.loc.display(&f.path), sequence = m.sequence, "a committed file is missing");
                 }
             }
         }
-        if moved {
-            self.loc.sync("")?;
+        for dir in &moved {
+            self.loc.sync(dir)?;
+        }
+        if !moved.is_empty() {
+            self.loc.sync(STAGING)?;
         }
         Ok(())
     }

@@ -357,7 +357,13 @@ impl Writer for ParquetWriter {
                 })
                 .collect(),
         };
-        layout.write(&manifest)?;
+        if let Err(e) = layout.write(&manifest) {
+            // The manifest may have become durable even though the write reported an error
+            // (a lost response, a failed directory sync): never delete files it may name. The
+            // next start rolls them forward if it landed, or removes them if it did not.
+            self.staged.clear();
+            return Err(e);
+        }
         self.last_sequence = manifest.sequence;
         self.staged.clear();
         layout.publish(&manifest)?;
@@ -396,7 +402,9 @@ impl Writer for ParquetWriter {
     }
 
     fn committed_state(&mut self) -> Result<Option<CommittedState>> {
-        let latest = self.layout()?.latest()?;
+        // This job's latest commit: several jobs may take turns writing one directory.
+        let job = self.job.clone();
+        let latest = self.layout()?.latest_for(&job)?;
         Ok(Some(CommittedState {
             state: latest.as_ref().and_then(|m| m.state.clone()),
             run_id: latest.map(|m| m.run_id),

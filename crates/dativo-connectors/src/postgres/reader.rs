@@ -178,6 +178,24 @@ impl PostgresReader {
         Ok(())
     }
 
+    /// The SQL expression a read is ordered and resumed by. Batches are cut where the key's
+    /// bytes change, so SQL equality must mean byte equality: citext is compared as text, and
+    /// types where equal values can differ in bytes (floats, unconstrained numerics) or that
+    /// have no faithful literal (bytea) cannot order a read.
+    fn key_expr(&self, name: &str) -> Result<String> {
+        let i = self.column_index(name, "partition_column")?;
+        let c = &self.columns[i];
+        match c.kind {
+            ColKind::F32 | ColKind::F64 | ColKind::Bytea | ColKind::NumericText => Err(Error::config(format!(
+                "`{name}` ({}) cannot order a resumable read: use an integer, numeric(p,s), date, timestamp, text or uuid column",
+                c.type_name
+            ))
+            .with_key_path(if self.cfg().cursor.as_deref() == Some(name) { "cursor" } else { "partition_column" })),
+            _ if c.type_name == "citext" => Ok(format!("{}::text", ident(name))),
+            _ => Ok(ident(name)),
+        }
+    }
+
     fn column_index(&self, name: &str, key: &str) -> Result<usize> {
         self.columns
             .iter()
@@ -300,7 +318,7 @@ impl PostgresReader {
                 let cursor_name = cfg.cursor.clone().expect("checked");
                 let ci = self.column_index(&cursor_name, "cursor")?;
                 let col = self.columns[ci].clone();
-                let c = ident(&col.name);
+                let c = self.key_expr(&col.name)?;
                 let (lo, lo_inclusive) = match &self.state.cursor {
                     Some(h) => (self.lookback_expr(&col, h)?.or(Some(h.clone())), false),
                     None => (
@@ -384,7 +402,7 @@ impl PostgresReader {
                 };
                 let ci = self.column_index(&order, "partition_column")?;
                 let col = self.columns[ci].clone();
-                let c = ident(&col.name);
+                let c = self.key_expr(&col.name)?;
                 let bound = |v: &Option<Value>| -> Option<String> {
                     v.as_ref().map(|v| match v {
                         Value::String(s) => s.clone(),
@@ -461,7 +479,7 @@ impl PostgresReader {
         for (i, range) in pending {
             let sql = match &plan.column {
                 Some(col) => {
-                    let c = ident(col);
+                    let c = self.key_expr(col)?;
                     let mut pred = range.predicate(PG, &c);
                     if let Some(ex) = &self.exclude {
                         pred = format!("({pred}) AND {ex}");
@@ -521,7 +539,7 @@ impl PostgresReader {
                 let lo = self
                     .lookback_expr(&col, cursor)?
                     .unwrap_or_else(|| cursor.clone());
-                let c = ident(&col.name);
+                let c = self.key_expr(&col.name)?;
                 let sql = format!(
                     "SELECT {} {}",
                     self.row_hash(&pk, &col.name),
@@ -737,7 +755,10 @@ impl Reader for PostgresReader {
             None => self.new_plan()?,
         };
         self.order_col = match &plan.column {
-            Some(c) => Some(self.column_index(c, "partition_column")?),
+            Some(c) => {
+                self.key_expr(c)?;
+                Some(self.column_index(c, "partition_column")?)
+            }
             None => None,
         };
         if plan.mode == "incremental" && !self.state.seen.is_empty() {
