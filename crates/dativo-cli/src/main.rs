@@ -1,6 +1,7 @@
 //! The `dativo` command-line tool.
 
 mod output;
+mod plugin_cmd;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -106,9 +107,66 @@ Errors name the file, the key path and the line:
         #[arg(long)]
         json: bool,
     },
-    /// List the readers and writers this binary can use.
+    /// List the readers and writers this binary can use: built-ins and plugin libraries.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Test a plugin against the conformance suite, or create a new plugin project.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run the conformance suite against a reader or writer: schema honoured, every batch
+    /// checked, state resumes exactly (mid-stream and at the end), errors surface with the
+    /// plugin's message, close always succeeds; writers get every supported Arrow type with
+    /// nulls, commit, committed_state, abort and an empty commit.
+    #[command(after_help = "Examples:
+  dativo plugin test ./libmy_plugin.so                  every reader and writer in the library
+  dativo plugin test ./libmy_plugin.so#orders --config '{\"rows\": 1000}'
+  dativo plugin test ./libdativo_cpp_csv.so#csv --config '{\"path\": \"/tmp/out\"}'
+  dativo plugin test my_plugin --config @orders.json    bare names use DATIVO_PLUGIN_PATH, ~/.dativo/plugins
+  dativo plugin test file --config '{\"path\": \"examples/data/orders/*.csv\"}'   a built-in
+
+Exit code 0 when every check passes, 5 otherwise.")]
+    Test {
+        /// A plugin library (`./libx.so`, `./libx.so#name`, `x#name`) or a built-in name.
+        implementation: String,
+        /// The config passed to initialize, as JSON, or @FILE with JSON in it.
+        #[arg(long)]
+        config: Option<String>,
+        /// Test only the library's readers, or only its writers.
+        #[arg(long, value_enum)]
+        side: Option<SideArg>,
+    },
+    /// Create a plugin project that builds and passes `dativo plugin test` as it is.
+    #[command(after_help = "Examples:
+  dativo plugin new --lang rust my_reader && cd my_reader && cargo build --release
+  dativo plugin new --lang c my_reader && make -C my_reader
+  dativo plugin new --lang go mainframe --dir plugins/mainframe
+
+C, C++ and Go projects get a copy of dativo_plugin.h; Rust projects depend on the
+dativo-plugin-sdk crate of the dativo source tree this binary was built from (--sdk-path to
+point elsewhere).")]
+    New {
+        /// The language.
+        #[arg(long, value_enum)]
+        lang: plugin_cmd::Lang,
+        /// The plugin's name (an identifier): also its reader's name and the library's name.
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The dativo-plugin-sdk crate directory (Rust only).
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
+    },
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum SideArg {
+    Reader,
+    Writer,
 }
 
 #[derive(Subcommand)]
@@ -131,7 +189,9 @@ enum StateCommand {
 
 #[derive(Subcommand)]
 enum PluginsCommand {
-    /// Built-in readers and writers.
+    /// Built-in readers and writers, and the plugin libraries found in DATIVO_PLUGIN_PATH
+    /// and ~/.dativo/plugins with their versions.
+    #[command(after_help = "Example:\n  DATIVO_PLUGIN_PATH=./plugins dativo plugins list")]
     List,
 }
 
@@ -292,16 +352,24 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugins(PluginsCommand::List) => {
-            println!("readers:");
-            for r in dativo_connectors::readers() {
-                println!("  {:<10} built-in  {}", r.name, r.summary);
-            }
-            println!("writers:");
-            for w in dativo_connectors::writers() {
-                println!("  {:<10} built-in  {}", w.name, w.summary);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Plugins(PluginsCommand::List) => plugin_cmd::list(),
+        Command::Plugin(PluginCommand::Test {
+            implementation,
+            config,
+            side,
+        }) => plugin_cmd::test(
+            implementation,
+            config.as_deref(),
+            side.map(|s| match s {
+                SideArg::Reader => dativo_plugins::Side::Reader,
+                SideArg::Writer => dativo_plugins::Side::Writer,
+            }),
+        ),
+        Command::Plugin(PluginCommand::New {
+            lang,
+            name,
+            dir,
+            sdk_path,
+        }) => plugin_cmd::new(*lang, name, dir.as_deref(), sdk_path.as_deref()),
     }
 }

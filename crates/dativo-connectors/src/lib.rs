@@ -6,6 +6,8 @@
 use dativo_core::{Reader, Result, Writer};
 use serde_json::Value;
 
+#[cfg(feature = "adbc")]
+pub mod adbc;
 #[cfg(feature = "file")]
 pub mod file;
 #[cfg(feature = "iceberg")]
@@ -71,6 +73,13 @@ pub fn readers() -> Vec<BuiltinReader> {
             validate: mysql::MySqlReader::validate,
             create: || Box::new(mysql::MySqlReader::new()),
         },
+        #[cfg(feature = "adbc")]
+        BuiltinReader {
+            name: "adbc",
+            summary: "any ADBC driver library (PostgreSQL, SQLite, FlightSQL, Snowflake…): a query's Arrow stream; cursor incremental",
+            validate: adbc::AdbcReader::validate,
+            create: || Box::new(adbc::AdbcReader::new()),
+        },
     ]
 }
 
@@ -90,6 +99,13 @@ pub fn writers() -> Vec<BuiltinWriter> {
             summary: "Apache Iceberg tables (SQL catalog on SQLite or PostgreSQL); the state rides in each snapshot",
             validate: iceberg::IcebergWriter::validate,
             create: || Box::new(iceberg::IcebergWriter::new()),
+        },
+        #[cfg(feature = "adbc")]
+        BuiltinWriter {
+            name: "adbc",
+            summary: "any ADBC driver library: bulk ingest into a table, one transaction per commit with the state",
+            validate: adbc::AdbcWriter::validate,
+            create: || Box::new(adbc::AdbcWriter::new()),
         },
     ]
 }

@@ -2,8 +2,10 @@
 //! `dativo plugin test` runs it; connector tests call [`check_reader`] / [`check_writer`] directly.
 //!
 //! Reader checks: initialize and get_schema succeed; every batch matches the declared schema
-//! (names, types, nullability); states are JSON and, for incremental readers, a new instance
-//! started from the final state returns no rows (state covers what was read); close succeeds.
+//! (names, types, nullability); the state is monotonic and, for incremental readers, a new
+//! instance started from a mid-stream state returns exactly the rest and one started from the
+//! final state returns no rows (state covers what was read); errors surface with a message;
+//! close succeeds.
 //! Writer checks: every supported Arrow type with nulls is accepted; finalize reports the rows;
 //! `committed_state` returns what finalize stored; `abort` discards uncommitted batches; an
 //! empty commit succeeds; close succeeds.
@@ -123,7 +125,36 @@ pub fn check_batch_schema(schema: &Schema, batch: &RecordBatch) -> Result<()> {
     Ok(())
 }
 
+/// Read a fresh instance to the end from `state`: (rows, batches).
+fn read_all(
+    make: &mut dyn FnMut() -> Result<Box<dyn Reader>>,
+    config: &Value,
+    state: Option<Value>,
+) -> Result<u64> {
+    let mut r = make()?;
+    let out = (|| -> Result<u64> {
+        r.initialize(config, &ctx_reader(state))?;
+        let schema = r.get_schema()?;
+        let mut n = 0u64;
+        while let Some(b) = r.read_batch()? {
+            check_batch_schema(&schema, &b)?;
+            n += b.num_rows() as u64;
+        }
+        Ok(n)
+    })();
+    let closed = r.close();
+    let n = out?;
+    closed?;
+    Ok(n)
+}
+
 /// Run the reader suite. `make` builds a fresh, uninitialized reader each time it is called.
+///
+/// Checks: initialize/get_schema; every batch has the declared schema; the state never goes
+/// back to none once set; a new instance started from a mid-stream state returns exactly the
+/// rows after it; one started from the final state returns nothing (an empty stream); a
+/// config that is not a mapping is refused with a message (errors surface); close succeeds,
+/// also after a failed initialize.
 pub fn check_reader(make: &mut dyn FnMut() -> Result<Box<dyn Reader>>, config: &Value) -> Report {
     let mut report = Report::default();
     let Some(mut reader) = report.record("create", make()) else {
@@ -140,9 +171,11 @@ pub fn check_reader(make: &mut dyn FnMut() -> Result<Box<dyn Reader>>, config: &
         report.record("close", reader.close());
         return report;
     };
-    let (mut rows, mut batches) = (0u64, 0u64);
-    let mut last_state = None;
+    let (mut rows, mut batches, mut nulls) = (0u64, 0u64, 0u64);
+    let mut last_state: Option<Value> = None;
+    let mut mid: Option<(u64, Value)> = None;
     let mut failed = None;
+    let mut went_back = None;
     loop {
         match reader.read_batch() {
             Ok(Some(b)) => {
@@ -151,9 +184,20 @@ pub fn check_reader(make: &mut dyn FnMut() -> Result<Box<dyn Reader>>, config: &
                     break;
                 }
                 rows += b.num_rows() as u64;
+                nulls += b.columns().iter().map(|c| c.null_count() as u64).sum::<u64>();
                 batches += 1;
                 match reader.get_incremental_state() {
-                    Ok(s) => last_state = s,
+                    Ok(s) => {
+                        if last_state.is_some() && s.is_none() && went_back.is_none() {
+                            went_back = Some(format!("the state went back to none after batch {batches}"));
+                        }
+                        if batches == 1 {
+                            if let Some(s) = &s {
+                                mid = Some((rows, s.clone()));
+                            }
+                        }
+                        last_state = s;
+                    }
                     Err(e) => {
                         failed = Some(format!("get_incremental_state after batch {batches}: {e}"));
                         break;
@@ -167,40 +211,76 @@ pub fn check_reader(make: &mut dyn FnMut() -> Result<Box<dyn Reader>>, config: &
             }
         }
     }
+    let types: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect();
     match failed {
         Some(f) => report.fail("read every batch with the declared schema", f),
         None => report.pass(
             "read every batch with the declared schema",
-            format!("{batches} batches, {rows} rows"),
+            format!("{batches} batches, {rows} rows, {nulls} nulls; columns: {}", types.join(", ")),
         ),
     }
     report.record("close", reader.close());
-    if let Some(state) = last_state {
-        // Resume from the final state: nothing new may come back.
-        let resumed = (|| -> Result<u64> {
-            let mut r = make()?;
-            let out = (|| {
-                r.initialize(config, &ctx_reader(Some(state.clone())))?;
-                r.get_schema()?;
-                let mut n = 0u64;
-                while let Some(b) = r.read_batch()? {
-                    n += b.num_rows() as u64;
-                }
-                Ok(n)
-            })();
-            r.close()?;
-            out
-        })();
-        match resumed {
-            Ok(0) => report.pass("state covers what was read", format!("state {state}")),
-            Ok(n) => report.fail(
-                "state covers what was read",
-                format!("resuming from the final state {state} returned {n} rows again"),
+    match went_back {
+        Some(w) => report.fail("state is monotonic", w),
+        None if last_state.is_some() => report.pass("state is monotonic", ""),
+        None => report.pass("state is monotonic", "not incremental (no state)"),
+    }
+    if let Some((rows_at_mid, state)) = mid.filter(|_| batches > 1) {
+        let want = rows - rows_at_mid;
+        match read_all(make, config, Some(state.clone())) {
+            Ok(n) if n == want => report.pass(
+                "resume from a mid-stream state",
+                format!("{n} rows after {state}"),
             ),
-            Err(e) => report.fail("state covers what was read", e.to_string()),
+            Ok(n) => report.fail(
+                "resume from a mid-stream state",
+                format!("resuming from {state} (after batch 1) returned {n} rows; {want} followed it in the first read"),
+            ),
+            Err(e) => report.fail("resume from a mid-stream state", e.to_string()),
         }
     }
+    if let Some(state) = last_state {
+        // Resume from the final state: an empty stream, nothing may come back.
+        match read_all(make, config, Some(state.clone())) {
+            Ok(0) => report.pass("empty stream: resume from the final state", format!("state {state}")),
+            Ok(n) => report.fail(
+                "empty stream: resume from the final state",
+                format!("resuming from the final state {state} returned {n} rows again"),
+            ),
+            Err(e) => report.fail("empty stream: resume from the final state", e.to_string()),
+        }
+    }
+    check_errors_surface(&mut report, || {
+        let mut r = make()?;
+        let out = r.initialize(&Value::String("not a mapping".into()), &ctx_reader(None));
+        let closed = r.close();
+        Ok((out, closed))
+    });
     report
+}
+
+/// An initialize with a config that is not a mapping must fail with a message, and close must
+/// still succeed.
+fn check_errors_surface(report: &mut Report, run: impl FnOnce() -> Result<(Result<()>, Result<()>)>) {
+    const NAME: &str = "errors surface (a config that is not a mapping)";
+    match run() {
+        Err(e) => report.fail(NAME, format!("cannot create an instance: {e}")),
+        Ok((Ok(()), _)) => report.pass(NAME, "accepted: this implementation ignores its config"),
+        Ok((Err(e), closed)) => {
+            let msg = e.to_string();
+            if msg.contains("no message") || msg.trim().is_empty() {
+                report.fail(NAME, format!("refused without a message: {msg}"));
+            } else if let Err(c) = closed {
+                report.fail(NAME, format!("refused ({msg}), but close then failed: {c}"));
+            } else {
+                report.pass(NAME, format!("refused: {}", e.message()));
+            }
+        }
+    }
 }
 
 /// Run the writer suite. `make` builds a fresh, uninitialized writer each time it is called.
@@ -285,6 +365,12 @@ pub fn check_writer(make: &mut dyn FnMut() -> Result<Box<dyn Writer>>, config: &
         }
     }
     report.record("close", w.close());
+    check_errors_surface(&mut report, || {
+        let mut w = make()?;
+        let out = w.initialize(&Value::String("not a mapping".into()), &ctx);
+        let closed = w.close();
+        Ok((out, closed))
+    });
     report
 }
 

@@ -3,7 +3,8 @@
 use serde_json::Value;
 
 use dativo_core::job::{Implementation, Job};
-use dativo_core::{Error, Reader, Result, Writer};
+use dativo_core::{Reader, Result, Writer};
+use dativo_plugins::Side;
 
 /// Builds fresh reader instances for one job (one per attempt).
 pub struct ReaderFactory {
@@ -33,10 +34,15 @@ impl WriterFactory {
     }
 }
 
-fn custom_unavailable(side: &str, implementation: &str) -> Error {
-    Error::config(format!(
-        "custom {side} `{implementation}`: plugin implementations cannot be loaded by this build yet; use a built-in {side} (`dativo plugins list`)"
-    ))
+fn custom(job: &Job, implementation: &str, side: Side, key: &str) -> Result<dativo_plugins::Resolved> {
+    let base = job.path.parent().filter(|p| !p.as_os_str().is_empty());
+    dativo_plugins::resolve(implementation, side, base).map_err(|e| {
+        if e.kind() == dativo_core::ErrorKind::Config {
+            job.error_at(key, e.message())
+        } else {
+            e.context(format!("job '{}': {key}", job.config.name))
+        }
+    })
 }
 
 /// Resolve and validate (no I/O) the job's reader.
@@ -63,10 +69,13 @@ pub fn reader_for(job: &Job) -> Result<ReaderFactory> {
                 create: Box::new(b.create),
             })
         }
-        Implementation::Custom(i) => Err(job.error_at(
-            "source.reader.implementation",
-            &custom_unavailable("reader", i).to_string(),
-        )),
+        Implementation::Custom(i) => {
+            let r = custom(job, i, Side::Reader, "source.reader.implementation")?;
+            Ok(ReaderFactory {
+                label: r.label.clone(),
+                create: Box::new(move || r.reader()),
+            })
+        }
     }
 }
 
@@ -94,10 +103,13 @@ pub fn writer_for(job: &Job) -> Result<WriterFactory> {
                 create: Box::new(b.create),
             })
         }
-        Implementation::Custom(i) => Err(job.error_at(
-            "target.writer.implementation",
-            &custom_unavailable("writer", i).to_string(),
-        )),
+        Implementation::Custom(i) => {
+            let w = custom(job, i, Side::Writer, "target.writer.implementation")?;
+            Ok(WriterFactory {
+                label: w.label.clone(),
+                create: Box::new(move || w.writer()),
+            })
+        }
     }
 }
 

@@ -1,0 +1,301 @@
+//! `dativo plugins list`, `dativo plugin test` and `dativo plugin new`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use dativo_core::conformance::{self, Report};
+use dativo_core::{Error, Result};
+use dativo_plugins::native::{self, NativeLibrary};
+use dativo_plugins::{Implementation, Side};
+use serde_json::Value;
+
+/// `dativo plugins list`: built-ins, then plugin libraries on the search path.
+pub fn list() -> Result<ExitCode> {
+    println!("built-in readers:");
+    for r in dativo_connectors::readers() {
+        println!("  {:<18} {}", r.name, r.summary);
+    }
+    println!("built-in writers:");
+    for w in dativo_connectors::writers() {
+        println!("  {:<18} {}", w.name, w.summary);
+    }
+    let dirs = native::search_path();
+    let found = native::discover();
+    println!(
+        "plugins (in {}):",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if found.is_empty() {
+        println!("  none — put plugin libraries there, or name one by path in a job:");
+        println!("  reader: {{type: custom, implementation: \"./libmy_plugin.so#my_reader\"}}");
+    }
+    for d in found {
+        match d.library {
+            Ok(lib) => {
+                let m = &lib.manifest;
+                println!(
+                    "  {} {}  {}  (ABI {})",
+                    m.name,
+                    m.version,
+                    d.path.display(),
+                    lib.abi_version
+                );
+                if !m.description.is_empty() {
+                    println!("      {}", m.description);
+                }
+                for r in &m.readers {
+                    println!("      reader {}#{}", d.path.file_name().unwrap_or_default().to_string_lossy(), r.name);
+                }
+                for w in &m.writers {
+                    println!("      writer {}#{}", d.path.file_name().unwrap_or_default().to_string_lossy(), w.name);
+                }
+            }
+            Err(e) => println!("  {}  (not loadable: {})", d.path.display(), e.message()),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_config(arg: Option<&str>) -> Result<Value> {
+    let Some(arg) = arg else {
+        return Ok(Value::Object(Default::default()));
+    };
+    let (text, origin) = match arg.strip_prefix('@') {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::config(format!("--config @{path}: {e}")))?,
+            path.to_string(),
+        ),
+        None => (arg.to_string(), "--config".to_string()),
+    };
+    serde_json::from_str(&text)
+        .map_err(|e| Error::config(format!("{origin}: not valid JSON: {e} (example: --config '{{\"rows\": 100}}')")))
+}
+
+fn print_report(title: &str, report: &Report) {
+    println!("{title}");
+    for c in &report.checks {
+        match &c.outcome {
+            Ok(d) if d.is_empty() => println!("  ok    {}", c.name),
+            Ok(d) => println!("  ok    {} — {d}", c.name),
+            Err(e) => println!("  FAIL  {} — {e}", c.name),
+        }
+    }
+}
+
+/// `dativo plugin test IMPLEMENTATION`.
+pub fn test(implementation: &str, config: Option<&str>, side: Option<Side>) -> Result<ExitCode> {
+    let config = parse_config(config)?;
+    let mut targets: Vec<(Side, String, Box<dyn FnMut() -> Result<Target>>)> = Vec::new();
+    let builtin_reader = dativo_connectors::reader(implementation);
+    let builtin_writer = dativo_connectors::writer(implementation);
+    if builtin_reader.is_some() || builtin_writer.is_some() {
+        if let Some(r) = builtin_reader.filter(|_| side != Some(Side::Writer)) {
+            let create = r.create;
+            targets.push((
+                Side::Reader,
+                format!("built-in reader '{}'", r.name),
+                Box::new(move || Ok(Target::Reader(create()))),
+            ));
+        }
+        if let Some(w) = builtin_writer.filter(|_| side != Some(Side::Reader)) {
+            let create = w.create;
+            targets.push((
+                Side::Writer,
+                format!("built-in writer '{}'", w.name),
+                Box::new(move || Ok(Target::Writer(create()))),
+            ));
+        }
+    } else {
+        let cwd = std::env::current_dir().ok();
+        match Implementation::parse(implementation) {
+            Implementation::Native { library, name } => {
+                let path = native::find_library(&library, cwd.as_deref())?;
+                let lib = NativeLibrary::load(&path)?;
+                println!(
+                    "plugin '{}' {} ({}, ABI {})",
+                    lib.manifest.name,
+                    lib.manifest.version,
+                    path.display(),
+                    lib.abi_version
+                );
+                let sides: &[Side] = match side {
+                    Some(Side::Reader) => &[Side::Reader],
+                    Some(Side::Writer) => &[Side::Writer],
+                    None => &[Side::Reader, Side::Writer],
+                };
+                for &s in sides {
+                    let provided = match s {
+                        Side::Reader => &lib.manifest.readers,
+                        Side::Writer => &lib.manifest.writers,
+                    };
+                    for p in provided {
+                        if name.as_ref().is_some_and(|n| n != &p.name) {
+                            continue;
+                        }
+                        let r = dativo_plugins::resolve(&format!("{}#{}", path.display(), p.name), s, None)?;
+                        let label = r.label.clone();
+                        targets.push((
+                            s,
+                            label,
+                            Box::new(move || {
+                                Ok(match s {
+                                    Side::Reader => Target::Reader(r.reader()),
+                                    Side::Writer => Target::Writer(r.writer()),
+                                })
+                            }),
+                        ));
+                    }
+                }
+                if targets.is_empty() {
+                    return Err(Error::config(format!(
+                        "plugin '{}' provides no {} named `{}`",
+                        lib.manifest.name,
+                        side.map(Side::as_str).unwrap_or("reader or writer"),
+                        name.unwrap_or_default()
+                    )));
+                }
+            }
+            _ => {
+                // Python and Flight: resolve() explains what this build supports.
+                dativo_plugins::resolve(implementation, side.unwrap_or(Side::Reader), cwd.as_deref())?;
+            }
+        }
+    }
+    let mut failed = 0;
+    for (s, label, mut make) in targets {
+        let report = match s {
+            Side::Reader => conformance::check_reader(
+                &mut || match make()? {
+                    Target::Reader(r) => Ok(r),
+                    Target::Writer(_) => Err(Error::internal("expected a reader")),
+                },
+                &config,
+            ),
+            Side::Writer => conformance::check_writer(
+                &mut || match make()? {
+                    Target::Writer(w) => Ok(w),
+                    Target::Reader(_) => Err(Error::internal("expected a writer")),
+                },
+                &config,
+            ),
+        };
+        print_report(&label, &report);
+        if !report.passed() {
+            failed += 1;
+        }
+    }
+    if failed == 0 {
+        println!("passed");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("FAILED: {failed} implementation(s) did not pass");
+        Ok(ExitCode::from(5))
+    }
+}
+
+enum Target {
+    Reader(Box<dyn dativo_core::Reader>),
+    Writer(Box<dyn dativo_core::Writer>),
+}
+
+/// The languages `plugin new` scaffolds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// A Rust cdylib using the dativo-plugin-sdk crate.
+    Rust,
+    /// C, with dativo_plugin.h only.
+    C,
+    /// C++17, with dativo_plugin.h only.
+    Cpp,
+    /// Go, with cgo and `go build -buildmode=c-shared`.
+    Go,
+}
+
+const HEADER: &str = include_str!("../../dativo-plugin-sdk/include/dativo_plugin.h");
+
+fn template(lang: Lang) -> Vec<(&'static str, &'static str)> {
+    match lang {
+        Lang::Rust => vec![
+            ("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
+            ("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
+            ("README.md", include_str!("../templates/rust/README.md")),
+        ],
+        Lang::C => vec![
+            ("{{name}}.c", include_str!("../templates/c/{{name}}.c")),
+            ("Makefile", include_str!("../templates/c/Makefile")),
+            ("README.md", include_str!("../templates/c/README.md")),
+            ("dativo_plugin.h", HEADER),
+        ],
+        Lang::Cpp => vec![
+            ("{{name}}.cpp", include_str!("../templates/cpp/{{name}}.cpp")),
+            ("Makefile", include_str!("../templates/cpp/Makefile")),
+            ("README.md", include_str!("../templates/cpp/README.md")),
+            ("dativo_plugin.h", HEADER),
+        ],
+        Lang::Go => vec![
+            ("main.go", include_str!("../templates/go/main.go")),
+            ("go.mod", include_str!("../templates/go/go.mod")),
+            ("Makefile", include_str!("../templates/go/Makefile")),
+            ("README.md", include_str!("../templates/go/README.md")),
+            ("dativo_plugin.h", HEADER),
+        ],
+    }
+}
+
+/// `dativo plugin new --lang LANG NAME`.
+pub fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk_path: Option<&Path>) -> Result<ExitCode> {
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(Error::config(format!(
+            "plugin name `{name}` must be an identifier: letters, digits and _, not starting with a digit (e.g. my_reader)"
+        )));
+    }
+    let dir = dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(name));
+    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Err(Error::config(format!(
+            "{} already exists and is not empty; choose another NAME or --dir",
+            dir.display()
+        )));
+    }
+    let sdk = match sdk_path {
+        Some(p) => p.to_path_buf(),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../dativo-plugin-sdk")),
+    };
+    let sdk = std::fs::canonicalize(&sdk).unwrap_or(sdk);
+    if lang == Lang::Rust && !sdk.join("Cargo.toml").is_file() {
+        return Err(Error::config(format!(
+            "the dativo-plugin-sdk crate is not at {} (this dativo was built elsewhere): pass --sdk-path DIR pointing at crates/dativo-plugin-sdk of a dativo checkout",
+            sdk.display()
+        )));
+    }
+    let sdk_str = sdk.display().to_string().replace('\\', "/");
+    for (rel, text) in template(lang) {
+        let rel = rel.replace("{{name}}", name);
+        let path = dir.join(&rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let text = text.replace("{{name}}", name).replace("{{sdk_path}}", &sdk_str);
+        std::fs::write(&path, text)
+            .map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))?;
+    }
+    let (build, lib) = match lang {
+        Lang::Rust => ("cargo build --release", format!("./target/release/lib{name}.so")),
+        _ => ("make", format!("./lib{name}.so")),
+    };
+    println!("created {} ({lang:?} reader plugin `{name}`)", dir.display());
+    println!();
+    println!("  cd {}", dir.display());
+    println!("  {build}");
+    println!("  dativo plugin test {lib}");
+    println!();
+    println!("then use it in a job:");
+    println!("  reader: {{type: custom, implementation: \"{}/{}#{name}\"}}", dir.display(), lib.trim_start_matches("./"));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,238 @@
+//! The `adbc` writer.
+
+use std::sync::Arc;
+
+use adbc_core::options::{IngestMode, OptionConnection, OptionStatement};
+use adbc_core::{Connection, Optionable, Statement};
+use adbc_driver_manager::ManagedConnection;
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Schema};
+use arrow::record_batch::RecordBatch;
+use dativo_core::config::from_config;
+use dativo_core::{Commit, CommitReport, CommittedState, Error, Result, Writer, WriterContext};
+use serde_json::Value;
+
+use super::{adbc_err, connect, quote_ident, quote_literal, AdbcWriterConfig};
+
+/// Appends batches to a table through an ADBC driver, one transaction per commit.
+#[derive(Default)]
+pub struct AdbcWriter {
+    conn: Option<ManagedConnection>,
+    config: Option<AdbcWriterConfig>,
+    /// The job key in the state table.
+    key: String,
+    /// The existing table's schema, to cast batches to its column types.
+    table_schema: Option<Arc<Schema>>,
+    rows: u64,
+}
+
+impl AdbcWriter {
+    /// A new, uninitialized writer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Check a config without I/O.
+    pub fn validate(config: &Value) -> Result<()> {
+        from_config::<AdbcWriterConfig>(config).map(|_| ())
+    }
+
+    fn conn(&mut self) -> Result<&mut ManagedConnection> {
+        self.conn.as_mut().ok_or_else(|| Error::internal("adbc writer used before initialize"))
+    }
+
+    fn exec(&mut self, sql: &str) -> Result<()> {
+        let conn = self.conn()?;
+        let mut stmt = conn.new_statement().map_err(|e| adbc_err("ADBC statement", e))?;
+        stmt.set_sql_query(sql).map_err(|e| adbc_err("ADBC statement", e))?;
+        stmt.execute_update().map_err(|e| adbc_err(&format!("ADBC `{sql:.80}`"), e))?;
+        Ok(())
+    }
+
+    fn query(&mut self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.new_statement().map_err(|e| adbc_err("ADBC statement", e))?;
+        stmt.set_sql_query(sql).map_err(|e| adbc_err("ADBC query", e))?;
+        let stream = stmt.execute().map_err(|e| adbc_err("ADBC query", e))?;
+        let mut out = Vec::new();
+        // Drain while `stmt` is alive; stop at the first error (drivers repeat it forever).
+        for b in stream {
+            out.push(b.map_err(|e| Error::data(format!("ADBC query: {e}")))?);
+        }
+        drop(stmt);
+        Ok(out)
+    }
+
+    fn lookup_table(&mut self) -> Option<Arc<Schema>> {
+        let table = self.config.as_ref()?.table.clone();
+        let (db_schema, name) = match table.rsplit_once('.') {
+            Some((s, t)) => (Some(s.to_string()), t.to_string()),
+            None => (None, table),
+        };
+        let conn = self.conn.as_ref()?;
+        conn.get_table_schema(None, db_schema.as_deref(), &name).ok().map(Arc::new)
+    }
+
+    /// Cast numeric and timestamp columns to the existing table's types (drivers refuse e.g.
+    /// int64 into an int4 column); other types go as they are.
+    fn conform(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let Some(table) = &self.table_schema else {
+            return Ok(batch.clone());
+        };
+        let mut fields = Vec::new();
+        let mut cols = Vec::new();
+        for (f, col) in batch.schema().fields().iter().zip(batch.columns()) {
+            let Ok(target) = table.field_with_name(f.name()) else {
+                return Err(Error::schema(format!(
+                    "column `{}` is not in table `{}`: add it to the table or leave it out of the source",
+                    f.name(),
+                    self.config.as_ref().map(|c| c.table.as_str()).unwrap_or("")
+                )));
+            };
+            let both = |p: fn(&DataType) -> bool| p(f.data_type()) && p(target.data_type());
+            let castable = both(|t| t.is_integer() || t.is_floating())
+                || both(|t| matches!(t, DataType::Timestamp(_, _)));
+            if castable && f.data_type() != target.data_type() {
+                let c = arrow::compute::cast(col, target.data_type()).map_err(|e| {
+                    Error::schema(format!(
+                        "column `{}` ({}) cannot be stored as the table's {}: {e}",
+                        f.name(),
+                        f.data_type(),
+                        target.data_type()
+                    ))
+                })?;
+                fields.push(f.as_ref().clone().with_data_type(target.data_type().clone()));
+                cols.push(c);
+            } else {
+                fields.push(f.as_ref().clone());
+                cols.push(col.clone());
+            }
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+            .map_err(|e| Error::internal(format!("conformed batch: {e}")))
+    }
+}
+
+impl Writer for AdbcWriter {
+    fn initialize(&mut self, config: &Value, ctx: &WriterContext) -> Result<()> {
+        let c: AdbcWriterConfig = from_config(config)?;
+        let mut conn = connect(&c.driver, &c.uri, &c.options)?;
+        conn.set_option(OptionConnection::AutoCommit, "false".into())
+            .map_err(|e| adbc_err("this ADBC driver cannot turn autocommit off (transactions are needed for exactly-once)", e))?;
+        self.key = if ctx.shard.count > 1 {
+            format!("{}#{}/{}", ctx.job, ctx.shard.index, ctx.shard.count)
+        } else {
+            ctx.job.clone()
+        };
+        let st = quote_ident(&c.state_table);
+        self.conn = Some(conn);
+        self.config = Some(c);
+        self.exec(&format!(
+            "CREATE TABLE IF NOT EXISTS {st} (job TEXT PRIMARY KEY, state TEXT, run_id TEXT, committed_at TEXT)"
+        ))?;
+        self.conn()?.commit().map_err(|e| adbc_err("ADBC commit", e))?;
+        self.table_schema = self.lookup_table();
+        Ok(())
+    }
+
+    fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let batch = self.conform(batch)?;
+        let table = self.config.as_ref().map(|c| c.table.clone()).unwrap_or_default();
+        let created = self.table_schema.is_some();
+        let conn = self.conn()?;
+        let mut stmt = conn.new_statement().map_err(|e| adbc_err("ADBC statement", e))?;
+        let (db_schema, name) = match table.rsplit_once('.') {
+            Some((s, t)) => (Some(s.to_string()), t.to_string()),
+            None => (None, table.clone()),
+        };
+        stmt.set_option(OptionStatement::TargetTable, name.as_str().into())
+            .map_err(|e| adbc_err("ADBC ingest", e))?;
+        if let Some(s) = db_schema {
+            stmt.set_option(OptionStatement::TargetDbSchema, s.as_str().into())
+                .map_err(|e| adbc_err("ADBC ingest", e))?;
+        }
+        let mode = if created { IngestMode::Append } else { IngestMode::CreateAppend };
+        stmt.set_option(OptionStatement::IngestMode, mode.into())
+            .map_err(|e| adbc_err("ADBC ingest", e))?;
+        let n = batch.num_rows() as u64;
+        stmt.bind(batch).map_err(|e| adbc_err("ADBC ingest", e))?;
+        stmt.execute_update()
+            .map_err(|e| adbc_err(&format!("ADBC ingest into `{table}`"), e))?;
+        drop(stmt);
+        self.rows += n;
+        if !created {
+            self.table_schema = self.lookup_table();
+        }
+        Ok(())
+    }
+
+    fn finalize(&mut self, commit: &Commit) -> Result<CommitReport> {
+        let st = quote_ident(&self.config.as_ref().map(|c| c.state_table.clone()).unwrap_or_default());
+        let key = quote_literal(&self.key);
+        let state = match &commit.state {
+            Some(s) => quote_literal(&s.to_string()),
+            None => "NULL".into(),
+        };
+        let now = quote_literal(&chrono::Utc::now().to_rfc3339());
+        self.exec(&format!("DELETE FROM {st} WHERE job = {key}"))?;
+        self.exec(&format!(
+            "INSERT INTO {st} (job, state, run_id, committed_at) VALUES ({key}, {state}, {}, {now})",
+            quote_literal(&commit.run_id)
+        ))?;
+        self.conn()?.commit().map_err(|e| adbc_err("ADBC commit", e))?;
+        let rows = std::mem::take(&mut self.rows);
+        Ok(CommitReport {
+            files: vec![],
+            rows,
+            bytes: 0,
+            commit_id: None,
+        })
+    }
+
+    fn abort(&mut self) -> Result<()> {
+        self.rows = 0;
+        if let Some(conn) = self.conn.as_mut() {
+            // Nothing open is fine: some drivers refuse a rollback without a transaction.
+            let _ = conn.rollback();
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some(mut conn) = self.conn.take() {
+            let _ = conn.rollback();
+        }
+        Ok(())
+    }
+
+    fn committed_state(&mut self) -> Result<Option<CommittedState>> {
+        let st = quote_ident(&self.config.as_ref().map(|c| c.state_table.clone()).unwrap_or_default());
+        let key = quote_literal(&self.key);
+        let batches = self.query(&format!("SELECT state, run_id FROM {st} WHERE job = {key}"))?;
+        let text = |col: &dyn Array, i: usize| -> Option<String> {
+            if col.is_null(i) {
+                return None;
+            }
+            match col.data_type() {
+                DataType::Utf8 => Some(col.as_string::<i32>().value(i).to_string()),
+                DataType::LargeUtf8 => Some(col.as_string::<i64>().value(i).to_string()),
+                _ => None,
+            }
+        };
+        for b in batches {
+            if b.num_rows() > 0 {
+                let state = text(b.column(0).as_ref(), 0)
+                    .map(|s| serde_json::from_str::<Value>(&s))
+                    .transpose()
+                    .map_err(|e| Error::data(format!("state table holds invalid JSON: {e}")))?;
+                let run_id = text(b.column(1).as_ref(), 0);
+                return Ok(Some(CommittedState { state, run_id }));
+            }
+        }
+        Ok(Some(CommittedState { state: None, run_id: None }))
+    }
+}
+

@@ -1,0 +1,194 @@
+//! dativo's plugin hosts: how a job's `{type: custom, implementation: "…"}` becomes a running
+//! [`Reader`](dativo_core::Reader) or [`Writer`](dativo_core::Writer).
+//!
+//! | implementation | mechanism |
+//! |---|---|
+//! | `./libx.so`, `./libx.so#orders`, `libx.so#orders`, `x#orders` | a native library ([`native`]) |
+//! | `package.module.Class` | a Python class (not in this build yet) |
+//! | `grpc://host:port` | an Arrow Flight server (not in this build yet) |
+//!
+//! A relative library path is looked up next to the job file, then in the working directory;
+//! a bare file name in `DATIVO_PLUGIN_PATH` (`:`-separated), `~/.dativo/plugins`, next to the
+//! job file and in the working directory — see [`native::search_path`].
+
+// Loading libraries and calling through a C ABI needs unsafe; each block names its ABI rule.
+#![allow(unsafe_code)]
+
+pub mod native;
+
+use std::path::Path;
+
+use dativo_core::{Error, Result};
+
+/// What a custom `implementation:` string names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Implementation {
+    /// A native shared library and, after `#`, the reader/writer inside it.
+    Native {
+        /// The library as written (a path or a file name).
+        library: String,
+        /// The reader or writer name after `#`, if any.
+        name: Option<String>,
+    },
+    /// A Python class path, `package.module.Class`.
+    Python(String),
+    /// An Arrow Flight endpoint, `grpc://host:port` or `grpc+tls://host:port`.
+    Grpc(String),
+}
+
+impl Implementation {
+    /// Classify an `implementation:` string.
+    pub fn parse(s: &str) -> Implementation {
+        let s = s.trim();
+        if s.starts_with("grpc://") || s.starts_with("grpc+tls://") {
+            return Implementation::Grpc(s.to_string());
+        }
+        let (library, name) = match s.rsplit_once('#') {
+            Some((l, n)) if !n.is_empty() => (l.to_string(), Some(n.to_string())),
+            Some((l, _)) => (l.to_string(), None),
+            None => (s.to_string(), None),
+        };
+        let looks_native = library.contains('/')
+            || library.contains('\\')
+            || [".so", ".dylib", ".dll"]
+                .iter()
+                .any(|ext| library.ends_with(ext) || library.contains(&format!("{ext}.")))
+            || name.is_some();
+        if looks_native || !library.contains('.') {
+            Implementation::Native { library, name }
+        } else {
+            Implementation::Python(s.to_string())
+        }
+    }
+}
+
+/// Which side of a job an implementation fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// `source.reader`.
+    Reader,
+    /// `target.writer`.
+    Writer,
+}
+
+impl Side {
+    /// `"reader"` or `"writer"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Reader => "reader",
+            Side::Writer => "writer",
+        }
+    }
+}
+
+/// A resolved custom implementation: everything needed to create instances.
+#[derive(Clone)]
+pub struct Resolved {
+    /// Shown in logs and errors: `plugin 'c_sequence' reader 'sequence'`.
+    pub label: String,
+    /// The loaded library.
+    pub library: std::sync::Arc<native::NativeLibrary>,
+    /// The reader or writer name inside the library.
+    pub name: String,
+}
+
+/// Resolve a custom implementation for `side`: load the library, check its ABI and that it
+/// provides the named reader/writer. `base_dir` is the job file's directory.
+pub fn resolve(implementation: &str, side: Side, base_dir: Option<&Path>) -> Result<Resolved> {
+    match Implementation::parse(implementation) {
+        Implementation::Native { library, name } => {
+            let path = native::find_library(&library, base_dir)?;
+            let lib = native::NativeLibrary::load(&path)?;
+            let provided = match side {
+                Side::Reader => &lib.manifest.readers,
+                Side::Writer => &lib.manifest.writers,
+            };
+            let list = || {
+                if provided.is_empty() {
+                    "none".to_string()
+                } else {
+                    provided.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                }
+            };
+            let name = match name {
+                Some(n) if provided.iter().any(|p| p.name == n) => n,
+                Some(n) => {
+                    return Err(Error::config(format!(
+                        "plugin '{}' ({}) has no {} `{n}`; it provides {}s: {}",
+                        lib.manifest.name,
+                        path.display(),
+                        side.as_str(),
+                        side.as_str(),
+                        list()
+                    )))
+                }
+                None if provided.len() == 1 => provided[0].name.clone(),
+                None => {
+                    return Err(Error::config(format!(
+                        "plugin '{}' ({}) provides {} {}s ({}): name one with `{}#<name>`",
+                        lib.manifest.name,
+                        path.display(),
+                        provided.len(),
+                        side.as_str(),
+                        list(),
+                        library
+                    )))
+                }
+            };
+            Ok(Resolved {
+                label: format!("plugin '{}' {} '{name}'", lib.manifest.name, side.as_str()),
+                library: lib,
+                name,
+            })
+        }
+        Implementation::Python(class) => Err(Error::config(format!(
+            "`{class}` looks like a Python class path: Python plugins are not supported by this build yet; \
+             use a native library (`./libx.so#name`, see docs/plugins.md)"
+        ))),
+        Implementation::Grpc(url) => Err(Error::config(format!(
+            "`{url}`: Arrow Flight (gRPC) plugins are not supported by this build yet; \
+             use a native library (`./libx.so#name`, see docs/plugins.md)"
+        ))),
+    }
+}
+
+impl Resolved {
+    /// A new reader instance (the library's `reader_new` runs at `initialize`).
+    pub fn reader(&self) -> Box<dyn dativo_core::Reader> {
+        Box::new(native::NativeReader::new(self.library.clone(), &self.name))
+    }
+
+    /// A new writer instance (the library's `writer_new` runs at `initialize`).
+    pub fn writer(&self) -> Box<dyn dativo_core::Writer> {
+        Box::new(native::NativeWriter::new(self.library.clone(), &self.name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_implementations() {
+        let native = |l: &str, n: Option<&str>| Implementation::Native {
+            library: l.into(),
+            name: n.map(Into::into),
+        };
+        assert_eq!(Implementation::parse("./libx.so"), native("./libx.so", None));
+        assert_eq!(
+            Implementation::parse("./plugins/libx.so#orders"),
+            native("./plugins/libx.so", Some("orders"))
+        );
+        assert_eq!(Implementation::parse("libx.so.1#a"), native("libx.so.1", Some("a")));
+        assert_eq!(Implementation::parse("my_plugin#a"), native("my_plugin", Some("a")));
+        assert_eq!(Implementation::parse("my_plugin"), native("my_plugin", None));
+        assert_eq!(
+            Implementation::parse("my_rust_reader.RustPostgresReader"),
+            Implementation::Python("my_rust_reader.RustPostgresReader".into())
+        );
+        assert_eq!(
+            Implementation::parse("grpc://127.0.0.1:50051"),
+            Implementation::Grpc("grpc://127.0.0.1:50051".into())
+        );
+    }
+}

@@ -1,0 +1,3 @@
+module dativo.dev/fixedwidth
+
+go 1.19
