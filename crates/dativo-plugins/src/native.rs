@@ -351,7 +351,8 @@ impl Instance {
             .last_error()
             .filter(|m| !m.trim().is_empty())
             .unwrap_or_else(|| format!("failed with status {rc} and no message"));
-        Err(Error::new(kind, format!("{}: {method}: {prefix}{msg}", self.label)))
+        // The runner prefixes the label (`plugin 'x' reader 'y'`); the method says where.
+        Err(Error::new(kind, format!("{method}: {prefix}{msg}")))
     }
 
     fn handle(&self, method: &str) -> Result<Handle> {
@@ -452,11 +453,8 @@ impl Reader for NativeReader {
         if array.is_released() {
             return Ok(None);
         }
-        let label = &self.inst.label;
         let bad = |what: String| {
-            Error::plugin(format!(
-                "{label}: read_batch returned a batch that breaks the contract: {what}"
-            ))
+            Error::plugin(format!("read_batch returned a batch that breaks the contract: {what}"))
         };
         let ffi_schema = if schema_released(&batch_schema) {
             self.declared.as_ref().expect("set by get_schema")
@@ -482,7 +480,7 @@ impl Reader for NativeReader {
             .map_err(|e| bad(e.to_string()))?;
         check_batch_schema(&schema, &got).map_err(|e| {
             Error::plugin(format!(
-                "{label}: read_batch returned a batch that does not match the schema from get_schema: {}",
+                "read_batch returned a batch that does not match the schema from get_schema: {}",
                 e.message()
             ))
         })?;

@@ -63,14 +63,23 @@ impl AdbcWriter {
         Ok(out)
     }
 
+    /// The target table's schema, or `None` if it does not exist yet. Only called with no
+    /// uncommitted data: a failed lookup is rolled back (PostgreSQL refuses every later
+    /// statement of a transaction that had an error).
     fn lookup_table(&mut self) -> Option<Arc<Schema>> {
         let table = self.config.as_ref()?.table.clone();
         let (db_schema, name) = match table.rsplit_once('.') {
             Some((s, t)) => (Some(s.to_string()), t.to_string()),
             None => (None, table),
         };
-        let conn = self.conn.as_ref()?;
-        conn.get_table_schema(None, db_schema.as_deref(), &name).ok().map(Arc::new)
+        let conn = self.conn.as_mut()?;
+        match conn.get_table_schema(None, db_schema.as_deref(), &name) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(_) => {
+                let _ = conn.rollback();
+                None
+            }
+        }
     }
 
     /// Cast numeric and timestamp columns to the existing table's types (drivers refuse e.g.
@@ -158,13 +167,15 @@ impl Writer for AdbcWriter {
         stmt.set_option(OptionStatement::IngestMode, mode.into())
             .map_err(|e| adbc_err("ADBC ingest", e))?;
         let n = batch.num_rows() as u64;
+        let batch_schema = batch.schema();
         stmt.bind(batch).map_err(|e| adbc_err("ADBC ingest", e))?;
         stmt.execute_update()
             .map_err(|e| adbc_err(&format!("ADBC ingest into `{table}`"), e))?;
         drop(stmt);
         self.rows += n;
         if !created {
-            self.table_schema = self.lookup_table();
+            // Created from this batch's schema: later batches have the same one.
+            self.table_schema = Some(batch_schema);
         }
         Ok(())
     }
