@@ -238,6 +238,7 @@ fn template(lang: Lang) -> Vec<(&'static str, &'static str)> {
         ],
         Lang::Go => vec![
             ("main.go", include_str!("../templates/go/main.go")),
+            ("arrow.go", include_str!("../templates/go/arrow.go")),
             ("go.mod", include_str!("../templates/go/go.mod")),
             ("Makefile", include_str!("../templates/go/Makefile")),
             ("README.md", include_str!("../templates/go/README.md")),

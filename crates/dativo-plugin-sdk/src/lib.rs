@@ -59,7 +59,7 @@ pub mod prelude {
     pub use arrow::array::*;
     pub use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
     pub use arrow::record_batch::RecordBatch;
-    pub use serde_json::{json, Value};
+    pub use serde_json::{json, Map, Value};
     pub use std::sync::Arc;
 }
 

@@ -80,8 +80,9 @@ static int json_int(JsonObject *o, int64_t *out) {
   return 1;
 }
 
-/* Reads the members of a flat object of integers into the matching fields; an unknown key, or a
- * value that is not an integer in [min, max], fails with `code` and a message naming the key. */
+/* Reads the members of a flat object of integers into the matching fields (null keeps the
+ * default); an unknown key, or a value that is not an integer in [min, max], fails with `code`
+ * and a message naming the key. */
 typedef struct { const char *key; int64_t *dst, min, max; } IntField;
 
 static int json_ints(JsonObject *o, const IntField *fields, size_t n, int code, const char *what) {
@@ -91,6 +92,10 @@ static int json_ints(JsonObject *o, const IntField *fields, size_t n, int code, 
     size_t i = 0;
     while (i < n && strcmp(key, fields[i].key) != 0) i++;
     if (i == n) return fail(code, "{{name}}: unknown %s key `%s`", what, key);
+    if (strncmp(o->p, "null", 4) == 0) { /* null: keep the default */
+      o->p += 4;
+      continue;
+    }
     if (!json_int(o, fields[i].dst) || *fields[i].dst < fields[i].min || *fields[i].dst > fields[i].max)
       return fail(code, "{{name}}: %s key `%s` must be an integer from %" PRId64 " to %" PRId64, what,
                   key, fields[i].min, fields[i].max);
@@ -163,10 +168,10 @@ static int parse_state(DativoReader *r, const char *context_json) {
 
 static int reader_initialize(DativoReader *r, const char *config_json, const char *context_json) {
   int rc = parse_config(r, config_json);
-  if (rc == DATIVO_OK) rc = parse_state(r, context_json);
+  if (rc != DATIVO_OK || (rc = parse_state(r, context_json)) != DATIVO_OK) return rc;
   /* TODO: your source here — open the connection or file (DATIVO_ERROR_CONNECTION if you cannot)
    * and position it at the state (e.g. WHERE id >= next_id). */
-  return rc;
+  return DATIVO_OK;
 }
 
 /* ---- Arrow C Data Interface: every struct, child and buffer is malloc'ed ---- */
@@ -178,7 +183,8 @@ static const struct { const char *name, *format; int64_t flags; } COLUMNS[] = {
 };
 #define NCOLS ((int64_t)(sizeof COLUMNS / sizeof COLUMNS[0]))
 
-/* Frees the children dativo did not move away, then the buffers; `name` / `format` are static. */
+/* The release callbacks: free the children dativo did not move away, then the buffers. A schema's
+ * `name` and `format` are static strings (dativo never unloads a plugin). */
 static void release_schema(struct ArrowSchema *s) {
   for (int64_t i = 0; i < s->n_children; i++) {
     if (s->children[i]->release != NULL) s->children[i]->release(s->children[i]);
@@ -228,7 +234,7 @@ static int init_array(struct ArrowArray *a, int64_t length, int64_t n_buffers, i
 
 /* One batch of n rows, the first with id `first_id`, as a struct array ("+s") into `out`. */
 static int build_batch(int64_t first_id, int64_t n, struct ArrowArray *out) {
-  size_t rows = (size_t)n, cap = rows * 25 + 1, len = 0;
+  size_t rows = (size_t)n, cap = rows * 25 + 1, len = 0; /* "name-" + at most 20 digits a row */
   if (!init_array(out, n, 1, NCOLS)) goto oom;
   struct ArrowArray *id = out->children[0], *name = out->children[1];
   if (!init_array(id, n, 2, 0) || !init_array(name, n, 3, 0)) goto oom;
@@ -237,7 +243,7 @@ static int build_batch(int64_t first_id, int64_t n, struct ArrowArray *out) {
   int32_t *offsets = malloc((rows + 1) * sizeof *offsets);
   char *data = malloc(cap);
   id->buffers[1] = ids, name->buffers[0] = valid, name->buffers[1] = offsets, name->buffers[2] = data;
-  if (!ids || !valid || !offsets || !data) goto oom;
+  if (!ids || !valid || !offsets || !data) goto oom; /* release_array frees what was allocated */
   offsets[0] = 0;
   for (int64_t k = 0; k < n; k++) {
     /* TODO: your source here — one row of your data into each column. */

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <exception>
 #include <initializer_list>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -78,7 +79,8 @@ struct IntKey {
   int64_t min, max;
 };
 
-// Reads the flat object of integers at s[i] ({"key": 1, ...}) into `keys`; i ends past its '}'.
+// Reads the flat object of integers at s[i] ({"key": 1, ...}; null keeps the default) into `keys`;
+// i ends past its '}'.
 // Errors (code) name the offending key; `what` names the object.
 void read_ints(std::string_view s, size_t &i, int code, const char *what, std::initializer_list<IntKey> keys) {
   auto expect = [&](char c) {
@@ -101,6 +103,7 @@ void read_ints(std::string_view s, size_t &i, int code, const char *what, std::i
     skip_ws(s, i);
     std::string raw(s.substr(i, std::min(s.find_first_of(", \t\r\n}", i), s.size()) - i));
     i += raw.size();
+    if (raw == "null") raw = std::to_string(k->value);  // null keeps the default
     char *end_of_number = nullptr;
     errno = 0;
     k->value = raw.empty() || raw[0] == '+' ? 0 : std::strtoll(raw.c_str(), &end_of_number, 10);
@@ -129,7 +132,7 @@ size_t find_member(std::string_view json, std::string_view quoted_key) {
 
 // ---- Arrow C Data Interface ----
 
-// TODO: your columns (name, Arrow format, flags); build_batch fills them in this order.
+// TODO: your columns (name, Arrow format, flags); read_batch fills them in this order.
 struct ColumnSpec {
   const char *name, *format;
   int64_t flags;
@@ -262,15 +265,16 @@ struct __attribute__((visibility("hidden"))) DativoReader {
       ids.push_back(id);
       names.append(id % 10 == 0 ? std::nullopt : std::optional<std::string>("name-" + std::to_string(id)));
     }
-    auto o = std::make_unique<Owned<ArrowArray>>();  // the batch: a struct array ("+s")
-    o->buffers.push_back(nullptr);                   // no validity buffer: no top-level nulls
-    o->children.resize(2);
-    export_array(&o->children[0], n, 0, false, std::move(ids));
-    names.finish(&o->children[1]);
+    auto o = std::make_unique<Owned<ArrowArray>>();  // the batch: a struct array ("+s") of the columns
+    o->buffers.push_back(nullptr);                   // its validity buffer: none, no top-level nulls
+    o->children.resize(std::size(COLUMNS));
+    export_array(&o->children[0], n, 0, false, std::move(ids));  // int64: no validity buffer, values
+    names.finish(&o->children[1]);                                // utf8: validity, offsets, data
     for (ArrowArray &c : o->children) o->child_ptrs.push_back(&c);
     if (out_schema != nullptr) export_schema(out_schema);
     Owned<ArrowArray> *p = o.release();
-    *out = {n, 0, 0, 1, 2, p->buffers.data(), p->child_ptrs.data(), nullptr, release<ArrowArray>, p};
+    *out = {n, 0, 0, 1, static_cast<int64_t>(p->children.size()), p->buffers.data(), p->child_ptrs.data(), nullptr,
+            release<ArrowArray>, p};
     next_id += n;  // the state moves only once the batch is handed over
     have_state = true;
   }

@@ -136,14 +136,68 @@ func fillPluginTable(out *C.DativoPlugin) { C.fill_table(out, manifestC) }
 // setLastError records msg as the last error of the calling thread.
 func setLastError(msg string) { C.set_last_error(C.CString(msg)) }
 
+// newHandle is what dativo holds for r: a C allocation (never a Go pointer) with a cgo.Handle.
 func newHandle(r *reader) *C.DativoReader {
-	return C.handle_new(C.uintptr_t(cgo.NewHandle(r)))
+	handle := cgo.NewHandle(r)
+	h := C.handle_new(C.uintptr_t(handle))
+	if h == nil {
+		handle.Delete()
+	}
+	return h
 }
 func handleOf(h *C.DativoReader) cgo.Handle { return cgo.Handle(C.handle_of(h)) }
 func freeHandle(h *C.DativoReader) {
 	handleOf(h).Delete()
 	C.free(unsafe.Pointer(h))
 }
+
+// ---- columns: built row by row in Arrow's layout, then copied into C memory ----
+
+const (
+	formatInt64 = "l" // Arrow C Data Interface format strings
+	formatUTF8  = "u"
+)
+
+type field struct {
+	name, format string
+	nullable     bool
+}
+
+// column accumulates one column of a batch.
+type column struct {
+	field
+	nulls     []bool // per row: true = null
+	nullCount int
+	ints      []int64 // int64: the values
+	offsets   []int32 // utf8: where each row ends in data, after a leading 0
+	data      []byte
+}
+
+func newColumns() []*column {
+	cols := make([]*column, len(schema))
+	for i, f := range schema {
+		cols[i] = &column{field: f, offsets: []int32{0}}
+	}
+	return cols
+}
+
+func (c *column) rows() int { return len(c.nulls) }
+
+func (c *column) AppendInt64(v int64) {
+	c.ints, c.nulls = append(c.ints, v), append(c.nulls, false)
+}
+
+func (c *column) AppendString(s string) {
+	c.data = append(c.data, s...)
+	c.offsets, c.nulls = append(c.offsets, int32(len(c.data))), append(c.nulls, false)
+}
+
+func (c *column) AppendNull() {
+	c.ints, c.offsets = append(c.ints, 0), append(c.offsets, int32(len(c.data)))
+	c.nulls, c.nullCount = append(c.nulls, true), c.nullCount+1
+}
+
+// ---- export to the Arrow C Data Interface ----
 
 func releaseSchema(s *C.struct_ArrowSchema) { C.release_schema(s) }
 
@@ -168,7 +222,7 @@ func exportSchema(out *C.struct_ArrowSchema) error {
 
 // exportBatch fills out with a struct array ("+s", no top-level nulls) of the columns.
 func exportBatch(out *C.struct_ArrowArray, cols []*column) error {
-	if C.array_init(out, C.int64_t(len(cols[0].nulls)), 0, 1, C.int64_t(len(cols))) == 0 || !exportColumns(out, cols) {
+	if C.array_init(out, C.int64_t(cols[0].rows()), 0, 1, C.int64_t(len(cols))) == 0 || !exportColumns(out, cols) {
 		C.release_array(out)
 		return errNoMemory
 	}
@@ -177,7 +231,7 @@ func exportBatch(out *C.struct_ArrowArray, cols []*column) error {
 
 func exportColumns(out *C.struct_ArrowArray, cols []*column) bool {
 	for i, c := range cols {
-		a, n := C.array_child(out, C.int64_t(i)), len(c.nulls)
+		a, n := C.array_child(out, C.int64_t(i)), c.rows()
 		nBuffers := 2 // validity, values
 		if c.format == formatUTF8 {
 			nBuffers = 3 // validity, offsets, data

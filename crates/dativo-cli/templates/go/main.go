@@ -20,11 +20,12 @@ struct DativoReader { uintptr_t handle; }; // as in arrow.go
 import "C"
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
-	"strconv"
 )
 
 // TODO: describe your plugin and its reader.
@@ -33,90 +34,64 @@ const manifest = `{"name": "{{name}}", "version": "0.1.0", "description": "TODO:
 
 func main() {} // required by -buildmode=c-shared; never runs
 
-// ---- the columns ----
-
-const (
-	formatInt64 = "l" // Arrow C Data Interface format strings
-	formatUTF8  = "u"
-)
-
-type field struct {
-	name, format string
-	nullable     bool
-}
-
 // TODO: your columns; each batch has them in this order (arrow.go exports int64 and utf8).
 var schema = []field{
 	{name: "id", format: formatInt64},
 	{name: "name", format: formatUTF8, nullable: true},
 }
 
-// column accumulates one column of a batch, row by row, in Arrow's layout.
-type column struct {
-	field
-	nulls     []bool  // per row: true = null
-	nullCount int
-	ints      []int64 // int64: the values
-	offsets   []int32 // utf8: the row boundaries in data (rows + 1 of them)
-	data      []byte
-}
-
-func newColumns() []*column {
-	cols := make([]*column, len(schema))
-	for i, f := range schema {
-		cols[i] = &column{field: f, offsets: []int32{0}}
-	}
-	return cols
-}
-
-func (c *column) AppendInt64(v int64) {
-	c.ints, c.nulls = append(c.ints, v), append(c.nulls, false)
-}
-
-func (c *column) AppendString(s string) {
-	c.data = append(c.data, s...)
-	c.offsets, c.nulls = append(c.offsets, int32(len(c.data))), append(c.nulls, false)
-}
-
-func (c *column) AppendNull() {
-	c.ints, c.offsets = append(c.ints, 0), append(c.offsets, int32(len(c.data)))
-	c.nulls, c.nullCount = append(c.nulls, true), c.nullCount+1
-}
-
 // ---- the reader ----
 
+// config is the job's source.config. TODO: your config keys, with their defaults in initialize.
+type config struct {
+	Rows      int64 `json:"rows"`
+	BatchSize int64 `json:"batch_size"`
+}
+
 type reader struct {
-	rows, batchSize int64 // the config
-	nextID          int64 // the incremental state: the first id not returned yet
-	hasState        bool  // a state was given in the context, or a batch was returned
+	cfg      config
+	nextID   int64 // the incremental state: the first id not returned yet
+	hasState bool  // a state was given in the context, or a batch was returned
 	// TODO: your source here — the connection / file handle / cursor this reader reads from.
 }
 
-func (r *reader) initialize(config, context []byte) error {
-	// TODO: your config keys, with their defaults. A null / {} config means the defaults.
-	r.rows, r.batchSize = 100, 1000
-	if err := readInts(config, codeConfig, "config", map[string]intKey{
-		"rows":       {&r.rows, 0, math.MaxInt64 - 1},
-		"batch_size": {&r.batchSize, 1, 10_000_000}, // utf8 offsets are int32: keep a batch under 2 GiB
-	}); err != nil {
-		return err
+func (r *reader) initialize(configJSON, contextJSON []byte) error {
+	r.cfg = config{Rows: 100, BatchSize: 1000} // the defaults: a null or {} config keeps them
+	dec := json.NewDecoder(bytes.NewReader(configJSON))
+	dec.DisallowUnknownFields() // an unknown key is an error that names it
+	if err := dec.Decode(&r.cfg); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) && typeErr.Field == "" {
+			return fail(codeConfig, "the config must be a JSON object, got %s", typeErr.Value)
+		}
+		return fail(codeConfig, "config: %v", err)
 	}
+	if _, err := dec.Token(); err != io.EOF {
+		return fail(codeConfig, "config: unexpected text after the JSON object")
+	}
+	if r.cfg.Rows < 0 || r.cfg.Rows == math.MaxInt64 {
+		return fail(codeConfig, "config key `rows` must be from 0 to %d, got %d", int64(math.MaxInt64-1), r.cfg.Rows)
+	}
+	if r.cfg.BatchSize < 1 || r.cfg.BatchSize > 10_000_000 { // utf8 offsets are int32: keep a batch under 2 GiB
+		return fail(codeConfig, "config key `batch_size` must be from 1 to 10000000, got %d", r.cfg.BatchSize)
+	}
+
 	// The context is {"job": ..., "state": null or {"next_id": N}, "shard": ...}.
 	// TODO: your state. Whatever state() returned comes back here.
-	var ctx struct{ State json.RawMessage }
-	if err := json.Unmarshal(context, &ctx); err != nil {
-		return fail(codeError, "the context is not a JSON object: %v", err)
+	var context struct {
+		State *struct {
+			NextID *int64 `json:"next_id"`
+		} `json:"state"`
+	}
+	if err := json.Unmarshal(contextJSON, &context); err != nil {
+		return fail(codeError, "context: %v", err)
 	}
 	r.nextID = 1 // a fresh start
-	if len(ctx.State) > 0 && string(ctx.State) != "null" {
-		r.nextID = 0
-		if err := readInts(ctx.State, codeError, "state", map[string]intKey{"next_id": {&r.nextID, 1, math.MaxInt64}}); err != nil {
-			return err
+	if context.State != nil {
+		if context.State.NextID == nil || *context.State.NextID < 1 {
+			return fail(codeError, "the state must look like {\"next_id\": 1}")
 		}
-		if r.nextID == 0 {
-			return fail(codeError, "the state has no `next_id`")
-		}
-		r.hasState = true
+		r.nextID, r.hasState = *context.State.NextID, true
 	}
 	// TODO: your source here — open the connection or file (fail(codeConnection, ...) if you
 	// cannot) and position it at the state (e.g. WHERE id >= next_id).
@@ -125,13 +100,13 @@ func (r *reader) initialize(config, context []byte) error {
 
 // readBatch returns the next batch's columns, or nil at the end of the stream.
 func (r *reader) readBatch() ([]*column, error) {
-	// TODO: your source here — fetch up to batchSize rows; none left = the end of the stream.
-	if r.nextID > r.rows {
+	// TODO: your source here — fetch up to BatchSize rows; none left = the end of the stream.
+	if r.nextID > r.cfg.Rows {
 		return nil, nil
 	}
-	n := r.rows - r.nextID + 1
-	if n > r.batchSize {
-		n = r.batchSize
+	n := r.cfg.Rows - r.nextID + 1
+	if n > r.cfg.BatchSize {
+		n = r.cfg.BatchSize
 	}
 	cols := newColumns()
 	for id := r.nextID; id < r.nextID+n; id++ {
@@ -148,7 +123,7 @@ func (r *reader) readBatch() ([]*column, error) {
 
 // batchDone moves the state past the batch readBatch returned, once dativo has it.
 func (r *reader) batchDone(cols []*column) {
-	r.nextID += int64(len(cols[0].nulls))
+	r.nextID += int64(cols[0].rows())
 	r.hasState = true
 }
 
@@ -166,13 +141,13 @@ func (r *reader) close() error {
 	return nil
 }
 
-// ---- errors and JSON ----
+// ---- errors ----
 
 const (
 	codeOK         = C.DATIVO_OK
 	codeError      = C.DATIVO_ERROR
-	codeConfig     = C.DATIVO_ERROR_CONFIG
-	codeConnection = C.DATIVO_ERROR_CONNECTION
+	codeConfig     = C.DATIVO_ERROR_CONFIG     // the message should name the key
+	codeConnection = C.DATIVO_ERROR_CONNECTION // dativo may retry the run
 	codePanic      = C.DATIVO_ERROR_PANIC
 )
 
@@ -186,33 +161,6 @@ func (e *pluginError) Error() string { return e.msg }
 
 func fail(code C.int, format string, args ...interface{}) error {
 	return &pluginError{code, "{{name}}: " + fmt.Sprintf(format, args...)}
-}
-
-// intKey is a config or state key holding an integer in [min, max].
-type intKey struct {
-	dst      *int64
-	min, max int64
-}
-
-// readInts reads a flat JSON object of integers into keys (null leaves the defaults); errors
-// carry `code` and name the offending key.
-func readInts(raw []byte, code C.int, what string, keys map[string]intKey) error {
-	var members map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &members); err != nil {
-		return fail(code, "the %s must be a JSON object: %v", what, err)
-	}
-	for name, value := range members {
-		k, ok := keys[name]
-		if !ok {
-			return fail(code, "unknown %s key `%s`", what, name)
-		}
-		v, err := strconv.ParseInt(string(value), 10, 64)
-		if err != nil || v < k.min || v > k.max {
-			return fail(code, "%s key `%s` must be an integer from %d to %d, got %s", what, name, k.min, k.max, value)
-		}
-		*k.dst = v
-	}
-	return nil
 }
 
 // ---- the exported ABI functions: thin wrappers, no Go panic or pointer crosses them ----
@@ -256,12 +204,17 @@ func dativo_plugin_init(hostABIVersion C.uint32_t, out *C.DativoPlugin) (rc C.in
 }
 
 //export {{name}}_reader_new
-func {{name}}_reader_new(name *C.char) *C.DativoReader {
+func {{name}}_reader_new(name *C.char) (h *C.DativoReader) {
+	var rc C.int
+	defer catch(&rc)
 	if got := C.GoString(name); got != "{{name}}" {
 		status(fail(codeError, "unknown reader `%s` (this plugin has: {{name}})", got))
 		return nil
 	}
-	return newHandle(&reader{})
+	if h = newHandle(&reader{}); h == nil {
+		status(errNoMemory)
+	}
+	return h
 }
 
 //export {{name}}_reader_initialize

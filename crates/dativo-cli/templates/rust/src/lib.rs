@@ -32,7 +32,7 @@ impl Reader for Source {
     fn initialize(&mut self, config: &Value, ctx: &ReaderContext) -> Result<()> {
         // `config` is the job's `source.config` mapping. Reject what you do not understand:
         // dativo shows the message with the job's name.
-        let empty = serde_json::Map::new();
+        let empty = Map::new();
         let config = match config {
             Value::Null => &empty,
             Value::Object(m) => m,
