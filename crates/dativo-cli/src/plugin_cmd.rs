@@ -47,10 +47,18 @@ pub fn list() -> Result<ExitCode> {
                     println!("      {}", m.description);
                 }
                 for r in &m.readers {
-                    println!("      reader {}#{}", d.path.file_name().unwrap_or_default().to_string_lossy(), r.name);
+                    println!(
+                        "      reader {}#{}",
+                        d.path.file_name().unwrap_or_default().to_string_lossy(),
+                        r.name
+                    );
                 }
                 for w in &m.writers {
-                    println!("      writer {}#{}", d.path.file_name().unwrap_or_default().to_string_lossy(), w.name);
+                    println!(
+                        "      writer {}#{}",
+                        d.path.file_name().unwrap_or_default().to_string_lossy(),
+                        w.name
+                    );
                 }
             }
             Err(e) => println!("  {}  (not loadable: {})", d.path.display(), e.message()),
@@ -71,8 +79,11 @@ fn parse_config(arg: Option<&str>) -> Result<Value> {
         ),
         None => (arg.to_string(), "--config".to_string()),
     };
-    serde_json::from_str(&text)
-        .map_err(|e| Error::config(format!("{origin}: not valid JSON: {e} (example: --config '{{\"rows\": 100}}')")))
+    serde_json::from_str(&text).map_err(|e| {
+        Error::config(format!(
+            "{origin}: not valid JSON: {e} (example: --config '{{\"rows\": 100}}')"
+        ))
+    })
 }
 
 fn print_report(title: &str, report: &Report) {
@@ -89,7 +100,7 @@ fn print_report(title: &str, report: &Report) {
 /// `dativo plugin test IMPLEMENTATION`.
 pub fn test(implementation: &str, config: Option<&str>, side: Option<Side>) -> Result<ExitCode> {
     let config = parse_config(config)?;
-    let mut targets: Vec<(Side, String, Box<dyn FnMut() -> Result<Target>>)> = Vec::new();
+    let mut targets: Vec<(Side, String, MakeTarget)> = Vec::new();
     let builtin_reader = dativo_connectors::reader(implementation);
     let builtin_writer = dativo_connectors::writer(implementation);
     if builtin_reader.is_some() || builtin_writer.is_some() {
@@ -136,7 +147,11 @@ pub fn test(implementation: &str, config: Option<&str>, side: Option<Side>) -> R
                         if name.as_ref().is_some_and(|n| n != &p.name) {
                             continue;
                         }
-                        let r = dativo_plugins::resolve(&format!("{}#{}", path.display(), p.name), s, None)?;
+                        let r = dativo_plugins::resolve(
+                            &format!("{}#{}", path.display(), p.name),
+                            s,
+                            None,
+                        )?;
                         let label = r.label.clone();
                         targets.push((
                             s,
@@ -161,7 +176,11 @@ pub fn test(implementation: &str, config: Option<&str>, side: Option<Side>) -> R
             }
             _ => {
                 // Python and Flight: resolve() explains what this build supports.
-                dativo_plugins::resolve(implementation, side.unwrap_or(Side::Reader), cwd.as_deref())?;
+                dativo_plugins::resolve(
+                    implementation,
+                    side.unwrap_or(Side::Reader),
+                    cwd.as_deref(),
+                )?;
             }
         }
     }
@@ -197,6 +216,9 @@ pub fn test(implementation: &str, config: Option<&str>, side: Option<Side>) -> R
     }
 }
 
+/// Builds a fresh instance of the implementation under test.
+type MakeTarget = Box<dyn FnMut() -> Result<Target>>;
+
 enum Target {
     Reader(Box<dyn dativo_core::Reader>),
     Writer(Box<dyn dativo_core::Writer>),
@@ -231,7 +253,10 @@ fn template(lang: Lang) -> Vec<(&'static str, &'static str)> {
             ("dativo_plugin.h", HEADER),
         ],
         Lang::Cpp => vec![
-            ("{{name}}.cpp", include_str!("../templates/cpp/{{name}}.cpp")),
+            (
+                "{{name}}.cpp",
+                include_str!("../templates/cpp/{{name}}.cpp"),
+            ),
             ("Makefile", include_str!("../templates/cpp/Makefile")),
             ("README.md", include_str!("../templates/cpp/README.md")),
             ("dativo_plugin.h", HEADER),
@@ -248,16 +273,30 @@ fn template(lang: Lang) -> Vec<(&'static str, &'static str)> {
 }
 
 /// `dativo plugin new --lang LANG NAME`.
-pub fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk_path: Option<&Path>) -> Result<ExitCode> {
-    let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+pub fn new(
+    lang: Lang,
+    name: &str,
+    dir: Option<&Path>,
+    sdk_path: Option<&Path>,
+) -> Result<ExitCode> {
+    let valid = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid {
         return Err(Error::config(format!(
             "plugin name `{name}` must be an identifier: letters, digits and _, not starting with a digit (e.g. my_reader)"
         )));
     }
-    let dir = dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(name));
-    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    let dir = dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(name));
+    if dir.exists()
+        && std::fs::read_dir(&dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         return Err(Error::config(format!(
             "{} already exists and is not empty; choose another NAME or --dir",
             dir.display()
@@ -282,21 +321,33 @@ pub fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk_path: Option<&Path>) 
             std::fs::create_dir_all(parent)
                 .map_err(|e| Error::io(format!("cannot create {}: {e}", parent.display())))?;
         }
-        let text = text.replace("{{name}}", name).replace("{{sdk_path}}", &sdk_str);
+        let text = text
+            .replace("{{name}}", name)
+            .replace("{{sdk_path}}", &sdk_str);
         std::fs::write(&path, text)
             .map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))?;
     }
     let (build, lib) = match lang {
-        Lang::Rust => ("cargo build --release", format!("./target/release/lib{name}.so")),
+        Lang::Rust => (
+            "cargo build --release",
+            format!("./target/release/lib{name}.so"),
+        ),
         _ => ("make", format!("./lib{name}.so")),
     };
-    println!("created {} ({lang:?} reader plugin `{name}`)", dir.display());
+    println!(
+        "created {} ({lang:?} reader plugin `{name}`)",
+        dir.display()
+    );
     println!();
     println!("  cd {}", dir.display());
     println!("  {build}");
     println!("  dativo plugin test {lib}");
     println!();
     println!("then use it in a job:");
-    println!("  reader: {{type: custom, implementation: \"{}/{}#{name}\"}}", dir.display(), lib.trim_start_matches("./"));
+    println!(
+        "  reader: {{type: custom, implementation: \"{}/{}#{name}\"}}",
+        dir.display(),
+        lib.trim_start_matches("./")
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -184,12 +184,17 @@ pub fn check_reader(make: &mut dyn FnMut() -> Result<Box<dyn Reader>>, config: &
                     break;
                 }
                 rows += b.num_rows() as u64;
-                nulls += b.columns().iter().map(|c| c.null_count() as u64).sum::<u64>();
+                nulls += b
+                    .columns()
+                    .iter()
+                    .map(|c| c.null_count() as u64)
+                    .sum::<u64>();
                 batches += 1;
                 match reader.get_incremental_state() {
                     Ok(s) => {
                         if last_state.is_some() && s.is_none() && went_back.is_none() {
-                            went_back = Some(format!("the state went back to none after batch {batches}"));
+                            went_back =
+                                Some(format!("the state went back to none after batch {batches}"));
                         }
                         if batches == 1 {
                             if let Some(s) = &s {
@@ -220,7 +225,10 @@ pub fn check_reader(make: &mut dyn FnMut() -> Result<Box<dyn Reader>>, config: &
         Some(f) => report.fail("read every batch with the declared schema", f),
         None => report.pass(
             "read every batch with the declared schema",
-            format!("{batches} batches, {rows} rows, {nulls} nulls; columns: {}", types.join(", ")),
+            format!(
+                "{batches} batches, {rows} rows, {nulls} nulls; columns: {}",
+                types.join(", ")
+            ),
         ),
     }
     report.record("close", reader.close());
@@ -246,7 +254,10 @@ pub fn check_reader(make: &mut dyn FnMut() -> Result<Box<dyn Reader>>, config: &
     if let Some(state) = last_state {
         // Resume from the final state: an empty stream, nothing may come back.
         match read_all(make, config, Some(state.clone())) {
-            Ok(0) => report.pass("empty stream: resume from the final state", format!("state {state}")),
+            Ok(0) => report.pass(
+                "empty stream: resume from the final state",
+                format!("state {state}"),
+            ),
             Ok(n) => report.fail(
                 "empty stream: resume from the final state",
                 format!("resuming from the final state {state} returned {n} rows again"),
@@ -265,7 +276,10 @@ pub fn check_reader(make: &mut dyn FnMut() -> Result<Box<dyn Reader>>, config: &
 
 /// An initialize with a config that is not a mapping must fail with a message, and close must
 /// still succeed.
-fn check_errors_surface(report: &mut Report, run: impl FnOnce() -> Result<(Result<()>, Result<()>)>) {
+fn check_errors_surface(
+    report: &mut Report,
+    run: impl FnOnce() -> Result<(Result<()>, Result<()>)>,
+) {
     const NAME: &str = "errors surface (a config that is not a mapping)";
     match run() {
         Err(e) => report.fail(NAME, format!("cannot create an instance: {e}")),

@@ -41,11 +41,13 @@ pub struct DativoPlugin {
     pub free_string: Option<unsafe extern "C" fn(*mut c_char)>,
 
     pub reader_new: Option<unsafe extern "C" fn(*const c_char) -> Handle>,
-    pub reader_initialize: Option<unsafe extern "C" fn(Handle, *const c_char, *const c_char) -> c_int>,
+    pub reader_initialize:
+        Option<unsafe extern "C" fn(Handle, *const c_char, *const c_char) -> c_int>,
     pub reader_get_schema: Option<unsafe extern "C" fn(Handle, *mut FFI_ArrowSchema) -> c_int>,
     pub reader_read_batch:
         Option<unsafe extern "C" fn(Handle, *mut FFI_ArrowArray, *mut FFI_ArrowSchema) -> c_int>,
-    pub reader_get_incremental_state: Option<unsafe extern "C" fn(Handle, *mut *mut c_char) -> c_int>,
+    pub reader_get_incremental_state:
+        Option<unsafe extern "C" fn(Handle, *mut *mut c_char) -> c_int>,
     pub reader_close: Option<unsafe extern "C" fn(Handle) -> c_int>,
     pub reader_free: Option<unsafe extern "C" fn(Handle)>,
 

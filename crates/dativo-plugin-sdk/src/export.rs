@@ -15,7 +15,9 @@ use arrow::record_batch::RecordBatch;
 use serde_json::{json, Value};
 
 use crate::abi::{self, DativoPlugin, Handle};
-use dativo_core::{Commit, Error, ErrorKind, Reader, ReaderContext, Result, Shard, Writer, WriterContext};
+use dativo_core::{
+    Commit, Error, ErrorKind, Reader, ReaderContext, Result, Shard, Writer, WriterContext,
+};
 
 /// A reader the plugin provides (built by [`export_plugin!`](crate::export_plugin)).
 pub struct ReaderDef {
@@ -86,7 +88,10 @@ fn guard(what: &str, f: impl FnOnce() -> Result<()>) -> c_int {
             code_for(&e)
         }
         Err(p) => {
-            set_error(&format!("panicked in {what}: {}", panic_message(p.as_ref())));
+            set_error(&format!(
+                "panicked in {what}: {}",
+                panic_message(p.as_ref())
+            ));
             abi::ERROR_PANIC
         }
     }
@@ -116,14 +121,20 @@ fn shard_of(ctx: &Value) -> Shard {
 }
 
 fn str_of(ctx: &Value, key: &str) -> String {
-    ctx.get(key).and_then(Value::as_str).unwrap_or_default().to_string()
+    ctx.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Import a batch dativo passed in (moving it out of dativo's structs).
 ///
 /// # Safety
 /// `array` and `schema` point to valid Arrow C structs (ABI rule).
-unsafe fn import_batch(array: *mut FFI_ArrowArray, schema: *mut FFI_ArrowSchema) -> Result<RecordBatch> {
+unsafe fn import_batch(
+    array: *mut FFI_ArrowArray,
+    schema: *mut FFI_ArrowSchema,
+) -> Result<RecordBatch> {
     // SAFETY: moving out leaves released (empty) structs behind, as the Arrow spec describes.
     let (array, schema) = unsafe {
         (
@@ -220,10 +231,20 @@ unsafe fn json_name(s: *const c_char) -> Result<String> {
     Ok(unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned())
 }
 
-unsafe extern "C" fn reader_initialize(h: Handle, config: *const c_char, context: *const c_char) -> c_int {
+unsafe extern "C" fn reader_initialize(
+    h: Handle,
+    config: *const c_char,
+    context: *const c_char,
+) -> c_int {
     guard("initialize", || {
         // SAFETY: ABI rules for handles and strings.
-        let (r, config, ctx) = unsafe { (reader(h), json_arg(config, "config")?, json_arg(context, "context")?) };
+        let (r, config, ctx) = unsafe {
+            (
+                reader(h),
+                json_arg(config, "config")?,
+                json_arg(context, "context")?,
+            )
+        };
         let state = ctx.get("state").cloned().filter(|s| !s.is_null());
         let rctx = ReaderContext {
             job: str_of(&ctx, "job"),
@@ -336,7 +357,13 @@ unsafe extern "C" fn writer_initialize(
 ) -> c_int {
     guard("initialize", || {
         // SAFETY: ABI rules for handles and strings.
-        let (w, config, ctx) = unsafe { (writer(h), json_arg(config, "config")?, json_arg(context, "context")?) };
+        let (w, config, ctx) = unsafe {
+            (
+                writer(h),
+                json_arg(config, "config")?,
+                json_arg(context, "context")?,
+            )
+        };
         // SAFETY: a valid schema struct; we read it without taking it (dativo releases it).
         let schema = Schema::try_from(unsafe { &*schema })
             .map_err(|e| Error::schema(format!("cannot import schema: {e}")))?;
@@ -372,7 +399,11 @@ unsafe extern "C" fn writer_write_batch(
     })
 }
 
-unsafe extern "C" fn writer_finalize(h: Handle, commit: *const c_char, out: *mut *mut c_char) -> c_int {
+unsafe extern "C" fn writer_finalize(
+    h: Handle,
+    commit: *const c_char,
+    out: *mut *mut c_char,
+) -> c_int {
     guard("finalize", || {
         // SAFETY: ABI rules for handles and strings.
         let (w, commit) = unsafe { (writer(h), json_arg(commit, "commit")?) };
@@ -436,7 +467,11 @@ fn manifest(d: &PluginDef) -> String {
 /// # Safety
 /// `out` points to a writable `DativoPlugin`.
 #[doc(hidden)]
-pub unsafe fn __init(def: &'static PluginDef, host_abi_version: u32, out: *mut DativoPlugin) -> c_int {
+pub unsafe fn __init(
+    def: &'static PluginDef,
+    host_abi_version: u32,
+    out: *mut DativoPlugin,
+) -> c_int {
     if out.is_null() {
         return abi::ERROR;
     }
@@ -447,7 +482,8 @@ pub unsafe fn __init(def: &'static PluginDef, host_abi_version: u32, out: *mut D
         ));
         return abi::ERROR;
     }
-    let (_, manifest) = PLUGIN.get_or_init(|| (def, CString::new(manifest(def)).unwrap_or_default()));
+    let (_, manifest) =
+        PLUGIN.get_or_init(|| (def, CString::new(manifest(def)).unwrap_or_default()));
     let has_readers = !def.readers.is_empty();
     let has_writers = !def.writers.is_empty();
     let table = DativoPlugin {

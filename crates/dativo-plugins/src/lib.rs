@@ -174,14 +174,26 @@ mod tests {
             library: l.into(),
             name: n.map(Into::into),
         };
-        assert_eq!(Implementation::parse("./libx.so"), native("./libx.so", None));
+        assert_eq!(
+            Implementation::parse("./libx.so"),
+            native("./libx.so", None)
+        );
         assert_eq!(
             Implementation::parse("./plugins/libx.so#orders"),
             native("./plugins/libx.so", Some("orders"))
         );
-        assert_eq!(Implementation::parse("libx.so.1#a"), native("libx.so.1", Some("a")));
-        assert_eq!(Implementation::parse("my_plugin#a"), native("my_plugin", Some("a")));
-        assert_eq!(Implementation::parse("my_plugin"), native("my_plugin", None));
+        assert_eq!(
+            Implementation::parse("libx.so.1#a"),
+            native("libx.so.1", Some("a"))
+        );
+        assert_eq!(
+            Implementation::parse("my_plugin#a"),
+            native("my_plugin", Some("a"))
+        );
+        assert_eq!(
+            Implementation::parse("my_plugin"),
+            native("my_plugin", None)
+        );
         assert_eq!(
             Implementation::parse("my_rust_reader.RustPostgresReader"),
             Implementation::Python("my_rust_reader.RustPostgresReader".into())

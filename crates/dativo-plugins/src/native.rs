@@ -82,7 +82,11 @@ static LOADED: OnceLock<Mutex<HashMap<PathBuf, Arc<NativeLibrary>>>> = OnceLock:
 /// `DATIVO_PLUGIN_PATH` (`:`-separated), `~/.dativo/plugins`.
 pub fn search_path() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("DATIVO_PLUGIN_PATH")
-        .map(|p| std::env::split_paths(&p).filter(|d| !d.as_os_str().is_empty()).collect())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .filter(|d| !d.as_os_str().is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(PathBuf::from(home).join(".dativo").join("plugins"));
@@ -194,7 +198,9 @@ impl NativeLibrary {
                 "plugin {shown}: dativo_plugin_init failed: {msg}"
             )));
         }
-        if table.abi_version < 1 || (table.struct_size as usize) < std::mem::size_of::<DativoPlugin>() {
+        if table.abi_version < 1
+            || (table.struct_size as usize) < std::mem::size_of::<DativoPlugin>()
+        {
             return Err(Error::plugin(format!(
                 "plugin {shown} speaks dativo plugin ABI {} (table of {} bytes); this dativo needs ABI {} ({} bytes): rebuild the plugin against this dativo_plugin.h",
                 table.abi_version,
@@ -209,11 +215,12 @@ impl NativeLibrary {
             )));
         }
         // SAFETY: manifest_json is NULL or static text (ABI rule).
-        let text = unsafe { cstr(table.manifest_json) }.ok_or_else(|| {
-            Error::plugin(format!("plugin {shown} has no manifest_json"))
-        })?;
+        let text = unsafe { cstr(table.manifest_json) }
+            .ok_or_else(|| Error::plugin(format!("plugin {shown} has no manifest_json")))?;
         let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
-            Error::plugin(format!("plugin {shown}: manifest_json is not a valid manifest: {e}"))
+            Error::plugin(format!(
+                "plugin {shown}: manifest_json is not a valid manifest: {e}"
+            ))
         })?;
         let library = NativeLibrary {
             path: path.to_path_buf(),
@@ -298,7 +305,11 @@ struct RawArrowSchema {
 /// Whether a schema struct is released (empty): the plugin left it unfilled.
 fn schema_released(s: &FFI_ArrowSchema) -> bool {
     // SAFETY: FFI_ArrowSchema is #[repr(C)] with exactly the C Data Interface layout.
-    unsafe { (*(s as *const FFI_ArrowSchema as *const RawArrowSchema)).release.is_none() }
+    unsafe {
+        (*(s as *const FFI_ArrowSchema as *const RawArrowSchema))
+            .release
+            .is_none()
+    }
 }
 
 /// # Safety
@@ -372,7 +383,10 @@ impl Instance {
         let h = unsafe { new(name.as_ptr()) };
         if h.is_null() {
             let msg = self.lib.last_error().unwrap_or_else(|| "no message".into());
-            return Err(Error::plugin(format!("{}: cannot create: {msg}", self.label)));
+            return Err(Error::plugin(format!(
+                "{}: cannot create: {msg}",
+                self.label
+            )));
         }
         self.handle = h;
         Ok(())
@@ -409,7 +423,11 @@ fn fnp<T>(f: Option<T>, label: &str, what: &str) -> Result<T> {
 impl Reader for NativeReader {
     fn initialize(&mut self, config: &Value, ctx: &ReaderContext) -> Result<()> {
         self.inst.create(self.t().reader_new)?;
-        let f = fnp(self.t().reader_initialize, &self.inst.label, "reader_initialize")?;
+        let f = fnp(
+            self.t().reader_initialize,
+            &self.inst.label,
+            "reader_initialize",
+        )?;
         let config = c_json(config)?;
         let context = c_json(&json!({
             "job": ctx.job, "stream": ctx.stream, "run_id": ctx.run_id,
@@ -425,13 +443,20 @@ impl Reader for NativeReader {
             return Ok(s.clone());
         }
         let h = self.inst.handle("get_schema")?;
-        let f = fnp(self.t().reader_get_schema, &self.inst.label, "reader_get_schema")?;
+        let f = fnp(
+            self.t().reader_get_schema,
+            &self.inst.label,
+            "reader_get_schema",
+        )?;
         let mut out = FFI_ArrowSchema::empty();
         // SAFETY: a live handle and a writable, empty schema struct (ABI rules).
         let rc = unsafe { f(h, &mut out) };
         self.inst.status("get_schema", rc)?;
         let schema = Schema::try_from(&out).map_err(|e| {
-            Error::plugin(format!("{}: get_schema returned an invalid Arrow schema: {e}", self.inst.label))
+            Error::plugin(format!(
+                "{}: get_schema returned an invalid Arrow schema: {e}",
+                self.inst.label
+            ))
         })?;
         let schema = Arc::new(schema);
         let declared = FFI_ArrowSchema::try_from(DataType::Struct(schema.fields().clone()))
@@ -444,7 +469,11 @@ impl Reader for NativeReader {
     fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
         let schema = self.get_schema()?;
         let h = self.inst.handle("read_batch")?;
-        let f = fnp(self.t().reader_read_batch, &self.inst.label, "reader_read_batch")?;
+        let f = fnp(
+            self.t().reader_read_batch,
+            &self.inst.label,
+            "reader_read_batch",
+        )?;
         let mut array = FFI_ArrowArray::empty();
         let mut batch_schema = FFI_ArrowSchema::empty();
         // SAFETY: a live handle and writable, empty structs (ABI rules).
@@ -454,7 +483,9 @@ impl Reader for NativeReader {
             return Ok(None);
         }
         let bad = |what: String| {
-            Error::plugin(format!("read_batch returned a batch that breaks the contract: {what}"))
+            Error::plugin(format!(
+                "read_batch returned a batch that breaks the contract: {what}"
+            ))
         };
         let ffi_schema = if schema_released(&batch_schema) {
             self.declared.as_ref().expect("set by get_schema")
@@ -484,8 +515,8 @@ impl Reader for NativeReader {
                 e.message()
             ))
         })?;
-        let batch = RecordBatch::try_new(schema, got.columns().to_vec())
-            .map_err(|e| bad(e.to_string()))?;
+        let batch =
+            RecordBatch::try_new(schema, got.columns().to_vec()).map_err(|e| bad(e.to_string()))?;
         Ok(Some(batch))
     }
 
@@ -583,25 +614,45 @@ impl NativeWriter {
 impl Writer for NativeWriter {
     fn initialize(&mut self, config: &Value, ctx: &WriterContext) -> Result<()> {
         self.inst.create(self.t().writer_new)?;
-        let f = fnp(self.t().writer_initialize, &self.inst.label, "writer_initialize")?;
+        let f = fnp(
+            self.t().writer_initialize,
+            &self.inst.label,
+            "writer_initialize",
+        )?;
         let config = c_json(config)?;
         let context = c_json(&json!({
             "job": ctx.job, "stream": ctx.stream, "run_id": ctx.run_id, "shard": ctx.shard,
         }))?;
-        let mut schema = FFI_ArrowSchema::try_from(ctx.schema.as_ref())
-            .map_err(|e| Error::schema(format!("cannot export the schema to {}: {e}", self.inst.label)))?;
+        let mut schema = FFI_ArrowSchema::try_from(ctx.schema.as_ref()).map_err(|e| {
+            Error::schema(format!(
+                "cannot export the schema to {}: {e}",
+                self.inst.label
+            ))
+        })?;
         // SAFETY: a live handle, JSON and a valid schema; whatever the plugin does not move we
         // release when `schema` drops (ABI rules).
-        let rc = unsafe { f(self.inst.handle, config.as_ptr(), context.as_ptr(), &mut schema) };
+        let rc = unsafe {
+            f(
+                self.inst.handle,
+                config.as_ptr(),
+                context.as_ptr(),
+                &mut schema,
+            )
+        };
         self.inst.status("initialize", rc)
     }
 
     fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
         let h = self.inst.handle("write_batch")?;
-        let f = fnp(self.t().writer_write_batch, &self.inst.label, "writer_write_batch")?;
+        let f = fnp(
+            self.t().writer_write_batch,
+            &self.inst.label,
+            "writer_write_batch",
+        )?;
         let data = StructArray::from(batch.clone()).into_data();
-        let mut schema = FFI_ArrowSchema::try_from(data.data_type())
-            .map_err(|e| Error::schema(format!("cannot export a batch to {}: {e}", self.inst.label)))?;
+        let mut schema = FFI_ArrowSchema::try_from(data.data_type()).map_err(|e| {
+            Error::schema(format!("cannot export a batch to {}: {e}", self.inst.label))
+        })?;
         let mut array = FFI_ArrowArray::new(&data);
         // SAFETY: a live handle and valid structs; whatever the plugin does not move is
         // released when they drop (ABI rules).
@@ -611,7 +662,11 @@ impl Writer for NativeWriter {
 
     fn finalize(&mut self, commit: &Commit) -> Result<CommitReport> {
         let h = self.inst.handle("finalize")?;
-        let f = fnp(self.t().writer_finalize, &self.inst.label, "writer_finalize")?;
+        let f = fnp(
+            self.t().writer_finalize,
+            &self.inst.label,
+            "writer_finalize",
+        )?;
         let commit = c_json(&serde_json::to_value(commit).unwrap_or(Value::Null))?;
         // SAFETY: a live handle, JSON and a writable out pointer (ABI rules).
         let v = self.json_out("finalize", |out| unsafe { f(h, commit.as_ptr(), out) })?;
@@ -619,7 +674,11 @@ impl Writer for NativeWriter {
         let strings = |k: &str| -> Vec<String> {
             v.get(k)
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         Ok(CommitReport {
@@ -696,13 +755,14 @@ pub struct Discovered {
 pub fn discover() -> Vec<Discovered> {
     let mut out = Vec::new();
     for dir in search_path() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.is_file()
-                    && p
-                        .file_name()
+                    && p.file_name()
                         .and_then(|n| n.to_str())
                         .is_some_and(|n| n.ends_with(std::env::consts::DLL_SUFFIX))
             })

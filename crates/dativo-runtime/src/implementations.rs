@@ -34,7 +34,12 @@ impl WriterFactory {
     }
 }
 
-fn custom(job: &Job, implementation: &str, side: Side, key: &str) -> Result<dativo_plugins::Resolved> {
+fn custom(
+    job: &Job,
+    implementation: &str,
+    side: Side,
+    key: &str,
+) -> Result<dativo_plugins::Resolved> {
     let base = job.path.parent().filter(|p| !p.as_os_str().is_empty());
     dativo_plugins::resolve(implementation, side, base).map_err(|e| {
         if e.kind() == dativo_core::ErrorKind::Config {

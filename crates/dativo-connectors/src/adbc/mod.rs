@@ -37,7 +37,11 @@ fn adbc_err(what: &str, e: adbc_core::error::Error) -> Error {
 }
 
 /// Load the driver and open a connection.
-fn connect(driver: &str, uri: &str, options: &BTreeMap<String, String>) -> Result<ManagedConnection> {
+fn connect(
+    driver: &str,
+    uri: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<ManagedConnection> {
     if !std::path::Path::new(driver).is_file() {
         return Err(Error::config(format!(
             "ADBC driver library {driver} does not exist (e.g. the libadbc_driver_postgresql.so inside `pip install adbc-driver-postgresql`)"
@@ -45,7 +49,9 @@ fn connect(driver: &str, uri: &str, options: &BTreeMap<String, String>) -> Resul
         .with_key_path("driver"));
     }
     let mut drv = ManagedDriver::load_dynamic_from_filename(driver, None, AdbcVersion::V110)
-        .map_err(|e| adbc_err(&format!("cannot load ADBC driver {driver}"), e).with_key_path("driver"))?;
+        .map_err(|e| {
+            adbc_err(&format!("cannot load ADBC driver {driver}"), e).with_key_path("driver")
+        })?;
     let mut opts = vec![(OptionDatabase::Uri, uri.into())];
     for (k, v) in options {
         opts.push((OptionDatabase::from(k.as_str()), v.as_str().into()));
@@ -56,7 +62,9 @@ fn connect(driver: &str, uri: &str, options: &BTreeMap<String, String>) -> Resul
     let conn = db
         .new_connection()
         .map_err(|e| match adbc_err("ADBC connect", e) {
-            err if err.kind() == dativo_core::ErrorKind::Data => Error::connect(err.message().to_string()),
+            err if err.kind() == dativo_core::ErrorKind::Data => {
+                Error::connect(err.message().to_string())
+            }
             err => err,
         })?;
     Ok(conn)

@@ -1,10 +1,10 @@
 //! The `adbc` reader.
 
+use adbc_core::{Connection, Statement};
+use adbc_driver_manager::{ManagedConnection, ManagedStatement};
 use arrow::array::{Array, AsArray, RecordBatchReader};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use adbc_core::{Connection, Statement};
-use adbc_driver_manager::{ManagedConnection, ManagedStatement};
 use dativo_core::config::from_config;
 use dativo_core::{Error, Reader, ReaderContext, Result};
 use serde_json::{json, Value};
@@ -48,7 +48,9 @@ impl AdbcReader {
 fn cursor_json(col: &dyn Array, row: usize) -> Result<Value> {
     use arrow::datatypes::*;
     if col.is_null(row) {
-        return Err(Error::data("the cursor column is NULL in a row; cursor columns must not be NULL"));
+        return Err(Error::data(
+            "the cursor column is NULL in a row; cursor columns must not be NULL",
+        ));
     }
     let micros_text = |v: i64, unit: &TimeUnit, tz: bool| -> Value {
         let (secs, nanos) = match unit {
@@ -98,7 +100,9 @@ fn literal(v: &Value) -> Result<String> {
     match v {
         Value::Number(n) => Ok(n.to_string()),
         Value::String(s) => Ok(quote_literal(s)),
-        other => Err(Error::data(format!("state cursor {other} is neither a number nor a string"))),
+        other => Err(Error::data(format!(
+            "state cursor {other} is neither a number nor a string"
+        ))),
     }
 }
 
@@ -106,7 +110,9 @@ impl Reader for AdbcReader {
     fn initialize(&mut self, config: &Value, ctx: &ReaderContext) -> Result<()> {
         let c = Self::config(config)?;
         if ctx.shard.count > 1 {
-            return Err(Error::config("the adbc reader cannot be sharded yet; run it as one shard"));
+            return Err(Error::config(
+                "the adbc reader cannot be sharded yet; run it as one shard",
+            ));
         }
         let from = match (&c.query, &c.table) {
             (Some(q), _) => format!("({q}) AS dativo_q"),
@@ -117,21 +123,32 @@ impl Reader for AdbcReader {
             None => format!("SELECT * FROM {from}"),
             Some(cur) => {
                 let col = quote_ident(cur);
-                let last = ctx.state.as_ref().and_then(|s| s.get("cursor")).filter(|v| !v.is_null());
+                let last = ctx
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.get("cursor"))
+                    .filter(|v| !v.is_null());
                 match last {
-                    Some(v) => format!("SELECT * FROM {from} WHERE {col} > {} ORDER BY {col}", literal(v)?),
+                    Some(v) => format!(
+                        "SELECT * FROM {from} WHERE {col} > {} ORDER BY {col}",
+                        literal(v)?
+                    ),
                     None => format!("SELECT * FROM {from} ORDER BY {col}"),
                 }
             }
         };
         let mut conn = connect(&c.driver, &c.uri, &c.options)?;
-        let mut stmt = conn.new_statement().map_err(|e| adbc_err("ADBC statement", e))?;
-        stmt.set_sql_query(&sql).map_err(|e| adbc_err("ADBC query", e))?;
+        let mut stmt = conn
+            .new_statement()
+            .map_err(|e| adbc_err("ADBC statement", e))?;
+        stmt.set_sql_query(&sql)
+            .map_err(|e| adbc_err("ADBC query", e))?;
         let stream = stmt.execute().map_err(|e| adbc_err("ADBC query", e))?;
         let schema = stream.schema();
         if let Some(cur) = &c.cursor {
             let idx = schema.index_of(cur).map_err(|_| {
-                Error::config(format!("cursor column `{cur}` is not in the result")).with_key_path("cursor")
+                Error::config(format!("cursor column `{cur}` is not in the result"))
+                    .with_key_path("cursor")
             })?;
             self.cursor_idx = Some(idx);
         }
@@ -144,7 +161,9 @@ impl Reader for AdbcReader {
     }
 
     fn get_schema(&mut self) -> Result<SchemaRef> {
-        self.schema.clone().ok_or_else(|| Error::internal("get_schema before initialize"))
+        self.schema
+            .clone()
+            .ok_or_else(|| Error::internal("get_schema before initialize"))
     }
 
     fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
@@ -185,4 +204,3 @@ impl Reader for AdbcReader {
         Ok(())
     }
 }
-

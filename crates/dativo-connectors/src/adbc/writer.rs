@@ -38,21 +38,30 @@ impl AdbcWriter {
     }
 
     fn conn(&mut self) -> Result<&mut ManagedConnection> {
-        self.conn.as_mut().ok_or_else(|| Error::internal("adbc writer used before initialize"))
+        self.conn
+            .as_mut()
+            .ok_or_else(|| Error::internal("adbc writer used before initialize"))
     }
 
     fn exec(&mut self, sql: &str) -> Result<()> {
         let conn = self.conn()?;
-        let mut stmt = conn.new_statement().map_err(|e| adbc_err("ADBC statement", e))?;
-        stmt.set_sql_query(sql).map_err(|e| adbc_err("ADBC statement", e))?;
-        stmt.execute_update().map_err(|e| adbc_err(&format!("ADBC `{sql:.80}`"), e))?;
+        let mut stmt = conn
+            .new_statement()
+            .map_err(|e| adbc_err("ADBC statement", e))?;
+        stmt.set_sql_query(sql)
+            .map_err(|e| adbc_err("ADBC statement", e))?;
+        stmt.execute_update()
+            .map_err(|e| adbc_err(&format!("ADBC `{sql:.80}`"), e))?;
         Ok(())
     }
 
     fn query(&mut self, sql: &str) -> Result<Vec<RecordBatch>> {
         let conn = self.conn()?;
-        let mut stmt = conn.new_statement().map_err(|e| adbc_err("ADBC statement", e))?;
-        stmt.set_sql_query(sql).map_err(|e| adbc_err("ADBC query", e))?;
+        let mut stmt = conn
+            .new_statement()
+            .map_err(|e| adbc_err("ADBC statement", e))?;
+        stmt.set_sql_query(sql)
+            .map_err(|e| adbc_err("ADBC query", e))?;
         let stream = stmt.execute().map_err(|e| adbc_err("ADBC query", e))?;
         let mut out = Vec::new();
         // Drain while `stmt` is alive; stop at the first error (drivers repeat it forever).
@@ -110,7 +119,11 @@ impl AdbcWriter {
                         target.data_type()
                     ))
                 })?;
-                fields.push(f.as_ref().clone().with_data_type(target.data_type().clone()));
+                fields.push(
+                    f.as_ref()
+                        .clone()
+                        .with_data_type(target.data_type().clone()),
+                );
                 cols.push(c);
             } else {
                 fields.push(f.as_ref().clone());
@@ -139,7 +152,9 @@ impl Writer for AdbcWriter {
         self.exec(&format!(
             "CREATE TABLE IF NOT EXISTS {st} (job TEXT PRIMARY KEY, state TEXT, run_id TEXT, committed_at TEXT)"
         ))?;
-        self.conn()?.commit().map_err(|e| adbc_err("ADBC commit", e))?;
+        self.conn()?
+            .commit()
+            .map_err(|e| adbc_err("ADBC commit", e))?;
         self.table_schema = self.lookup_table();
         Ok(())
     }
@@ -149,10 +164,16 @@ impl Writer for AdbcWriter {
             return Ok(());
         }
         let batch = self.conform(batch)?;
-        let table = self.config.as_ref().map(|c| c.table.clone()).unwrap_or_default();
+        let table = self
+            .config
+            .as_ref()
+            .map(|c| c.table.clone())
+            .unwrap_or_default();
         let created = self.table_schema.is_some();
         let conn = self.conn()?;
-        let mut stmt = conn.new_statement().map_err(|e| adbc_err("ADBC statement", e))?;
+        let mut stmt = conn
+            .new_statement()
+            .map_err(|e| adbc_err("ADBC statement", e))?;
         let (db_schema, name) = match table.rsplit_once('.') {
             Some((s, t)) => (Some(s.to_string()), t.to_string()),
             None => (None, table.clone()),
@@ -163,7 +184,11 @@ impl Writer for AdbcWriter {
             stmt.set_option(OptionStatement::TargetDbSchema, s.as_str().into())
                 .map_err(|e| adbc_err("ADBC ingest", e))?;
         }
-        let mode = if created { IngestMode::Append } else { IngestMode::CreateAppend };
+        let mode = if created {
+            IngestMode::Append
+        } else {
+            IngestMode::CreateAppend
+        };
         stmt.set_option(OptionStatement::IngestMode, mode.into())
             .map_err(|e| adbc_err("ADBC ingest", e))?;
         let n = batch.num_rows() as u64;
@@ -181,7 +206,13 @@ impl Writer for AdbcWriter {
     }
 
     fn finalize(&mut self, commit: &Commit) -> Result<CommitReport> {
-        let st = quote_ident(&self.config.as_ref().map(|c| c.state_table.clone()).unwrap_or_default());
+        let st = quote_ident(
+            &self
+                .config
+                .as_ref()
+                .map(|c| c.state_table.clone())
+                .unwrap_or_default(),
+        );
         let key = quote_literal(&self.key);
         let state = match &commit.state {
             Some(s) => quote_literal(&s.to_string()),
@@ -193,7 +224,9 @@ impl Writer for AdbcWriter {
             "INSERT INTO {st} (job, state, run_id, committed_at) VALUES ({key}, {state}, {}, {now})",
             quote_literal(&commit.run_id)
         ))?;
-        self.conn()?.commit().map_err(|e| adbc_err("ADBC commit", e))?;
+        self.conn()?
+            .commit()
+            .map_err(|e| adbc_err("ADBC commit", e))?;
         let rows = std::mem::take(&mut self.rows);
         Ok(CommitReport {
             files: vec![],
@@ -220,7 +253,13 @@ impl Writer for AdbcWriter {
     }
 
     fn committed_state(&mut self) -> Result<Option<CommittedState>> {
-        let st = quote_ident(&self.config.as_ref().map(|c| c.state_table.clone()).unwrap_or_default());
+        let st = quote_ident(
+            &self
+                .config
+                .as_ref()
+                .map(|c| c.state_table.clone())
+                .unwrap_or_default(),
+        );
         let key = quote_literal(&self.key);
         let batches = self.query(&format!("SELECT state, run_id FROM {st} WHERE job = {key}"))?;
         let text = |col: &dyn Array, i: usize| -> Option<String> {
@@ -243,7 +282,9 @@ impl Writer for AdbcWriter {
                 return Ok(Some(CommittedState { state, run_id }));
             }
         }
-        Ok(Some(CommittedState { state: None, run_id: None }))
+        Ok(Some(CommittedState {
+            state: None,
+            run_id: None,
+        }))
     }
 }
-

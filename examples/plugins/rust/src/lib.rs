@@ -32,9 +32,9 @@ struct Config {
 }
 
 fn parse_config(v: &Value) -> Result<Config> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| Error::config("config must be a mapping with url, table or query, cursor"))?;
+    let obj = v.as_object().ok_or_else(|| {
+        Error::config("config must be a mapping with url, table or query, cursor")
+    })?;
     for k in obj.keys() {
         if !["url", "table", "query", "cursor", "batch_size"].contains(&k.as_str()) {
             return Err(Error::config(format!(
@@ -54,16 +54,20 @@ fn parse_config(v: &Value) -> Result<Config> {
         (None, Some(q)) => format!("({q}) AS q"),
         _ => return Err(Error::config("set exactly one of `table` or `query`")),
     };
-    let cursor = s("cursor").ok_or_else(|| Error::config("`cursor` is required").with_key_path("cursor"))?;
+    let cursor =
+        s("cursor").ok_or_else(|| Error::config("`cursor` is required").with_key_path("cursor"))?;
     let batch_size = match obj.get("batch_size") {
         None => 10_000,
-        Some(v) => v
-            .as_u64()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| Error::config("`batch_size` must be a positive integer").with_key_path("batch_size"))?
-            as usize,
+        Some(v) => v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
+            Error::config("`batch_size` must be a positive integer").with_key_path("batch_size")
+        })? as usize,
     };
-    Ok(Config { url, from, cursor, batch_size })
+    Ok(Config {
+        url,
+        from,
+        cursor,
+        batch_size,
+    })
 }
 
 #[derive(Default)]
@@ -110,29 +114,66 @@ fn pg_err(e: tokio_postgres::Error) -> Error {
 fn column(rows: &[Row], i: usize, t: &Type) -> Result<ArrayRef> {
     let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
     Ok(match *t {
-        Type::INT2 => Arc::new(rows.iter().map(|r| r.get::<_, Option<i16>>(i)).collect::<Int16Array>()),
-        Type::INT4 => Arc::new(rows.iter().map(|r| r.get::<_, Option<i32>>(i)).collect::<Int32Array>()),
-        Type::INT8 => Arc::new(rows.iter().map(|r| r.get::<_, Option<i64>>(i)).collect::<Int64Array>()),
-        Type::FLOAT4 => Arc::new(rows.iter().map(|r| r.get::<_, Option<f32>>(i)).collect::<Float32Array>()),
-        Type::FLOAT8 => Arc::new(rows.iter().map(|r| r.get::<_, Option<f64>>(i)).collect::<Float64Array>()),
-        Type::BOOL => Arc::new(rows.iter().map(|r| r.get::<_, Option<bool>>(i)).collect::<BooleanArray>()),
+        Type::INT2 => Arc::new(
+            rows.iter()
+                .map(|r| r.get::<_, Option<i16>>(i))
+                .collect::<Int16Array>(),
+        ),
+        Type::INT4 => Arc::new(
+            rows.iter()
+                .map(|r| r.get::<_, Option<i32>>(i))
+                .collect::<Int32Array>(),
+        ),
+        Type::INT8 => Arc::new(
+            rows.iter()
+                .map(|r| r.get::<_, Option<i64>>(i))
+                .collect::<Int64Array>(),
+        ),
+        Type::FLOAT4 => Arc::new(
+            rows.iter()
+                .map(|r| r.get::<_, Option<f32>>(i))
+                .collect::<Float32Array>(),
+        ),
+        Type::FLOAT8 => Arc::new(
+            rows.iter()
+                .map(|r| r.get::<_, Option<f64>>(i))
+                .collect::<Float64Array>(),
+        ),
+        Type::BOOL => Arc::new(
+            rows.iter()
+                .map(|r| r.get::<_, Option<bool>>(i))
+                .collect::<BooleanArray>(),
+        ),
         Type::DATE => Arc::new(
             rows.iter()
-                .map(|r| r.get::<_, Option<chrono::NaiveDate>>(i).map(|d| (d - epoch).num_days() as i32))
+                .map(|r| {
+                    r.get::<_, Option<chrono::NaiveDate>>(i)
+                        .map(|d| (d - epoch).num_days() as i32)
+                })
                 .collect::<Date32Array>(),
         ),
         Type::TIMESTAMP => Arc::new(
             rows.iter()
-                .map(|r| r.get::<_, Option<chrono::NaiveDateTime>>(i).map(|t| t.and_utc().timestamp_micros()))
+                .map(|r| {
+                    r.get::<_, Option<chrono::NaiveDateTime>>(i)
+                        .map(|t| t.and_utc().timestamp_micros())
+                })
                 .collect::<TimestampMicrosecondArray>(),
         ),
         Type::TIMESTAMPTZ => Arc::new(
             rows.iter()
-                .map(|r| r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(i).map(|t| t.timestamp_micros()))
+                .map(|r| {
+                    r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(i)
+                        .map(|t| t.timestamp_micros())
+                })
                 .collect::<TimestampMicrosecondArray>()
                 .with_timezone("UTC"),
         ),
-        _ => Arc::new(rows.iter().map(|r| r.get::<_, Option<String>>(i)).collect::<StringArray>()),
+        _ => Arc::new(
+            rows.iter()
+                .map(|r| r.get::<_, Option<String>>(i))
+                .collect::<StringArray>(),
+        ),
     })
 }
 
@@ -146,13 +187,17 @@ impl Reader for PgReader {
     fn initialize(&mut self, config: &Value, ctx: &ReaderContext) -> Result<()> {
         let cfg = parse_config(config)?;
         if ctx.shard.count > 1 {
-            return Err(Error::config("this reader cannot be sharded; run it with one shard"));
+            return Err(Error::config(
+                "this reader cannot be sharded; run it with one shard",
+            ));
         }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::internal(format!("tokio runtime: {e}")))?;
-        let (client, conn) = rt.block_on(tokio_postgres::connect(&cfg.url, NoTls)).map_err(pg_err)?;
+        let (client, conn) = rt
+            .block_on(tokio_postgres::connect(&cfg.url, NoTls))
+            .map_err(pg_err)?;
         rt.spawn(conn);
         self.last = match &ctx.state {
             None => None,
@@ -176,7 +221,13 @@ impl Reader for PgReader {
             .columns()
             .iter()
             .position(|c| c.name() == cfg.cursor)
-            .ok_or_else(|| Error::config(format!("cursor column `{}` is not in the result", cfg.cursor)).with_key_path("cursor"))?;
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "cursor column `{}` is not in the result",
+                    cfg.cursor
+                ))
+                .with_key_path("cursor")
+            })?;
         self.schema = Some(Arc::new(Schema::new(fields)));
         self.rt = Some(rt);
         self.client = Some(client);
@@ -185,7 +236,9 @@ impl Reader for PgReader {
     }
 
     fn get_schema(&mut self) -> Result<SchemaRef> {
-        self.schema.clone().ok_or_else(|| Error::internal("get_schema before initialize"))
+        self.schema
+            .clone()
+            .ok_or_else(|| Error::internal("get_schema before initialize"))
     }
 
     fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
@@ -198,7 +251,13 @@ impl Reader for PgReader {
         // Keyset pagination on the cursor column: each batch starts after the last value read.
         // The cursor must be unique for this to be exact (an id, or a timestamp with no ties).
         let (sql, last) = match &self.last {
-            None => (format!("SELECT * FROM {} ORDER BY {cur} LIMIT {}", cfg.from, cfg.batch_size), None),
+            None => (
+                format!(
+                    "SELECT * FROM {} ORDER BY {cur} LIMIT {}",
+                    cfg.from, cfg.batch_size
+                ),
+                None,
+            ),
             Some(l) => (
                 format!(
                     "SELECT * FROM {} WHERE {cur} > $1::text::{} ORDER BY {cur} LIMIT {}",
@@ -226,7 +285,11 @@ impl Reader for PgReader {
             .collect::<Result<Vec<_>>>()?;
         // Remember the last cursor value as text, so any cursor type round-trips through JSON.
         let last_row = rows.last().expect("non-empty");
-        self.last = Some(cursor_text(last_row, self.cursor_idx, &self.types[self.cursor_idx])?);
+        self.last = Some(cursor_text(
+            last_row,
+            self.cursor_idx,
+            &self.types[self.cursor_idx],
+        )?);
         let batch = RecordBatch::try_new(self.get_schema()?, columns)
             .map_err(|e| Error::internal(format!("batch: {e}")))?;
         Ok(Some(batch))
@@ -244,12 +307,25 @@ impl Reader for PgReader {
 }
 
 fn cursor_text(row: &Row, i: usize, t: &Type) -> Result<String> {
-    let missing = || Error::data("the cursor column is NULL in a row; cursor columns must not be NULL");
+    let missing =
+        || Error::data("the cursor column is NULL in a row; cursor columns must not be NULL");
     Ok(match *t {
-        Type::INT2 => row.get::<_, Option<i16>>(i).ok_or_else(missing)?.to_string(),
-        Type::INT4 => row.get::<_, Option<i32>>(i).ok_or_else(missing)?.to_string(),
-        Type::INT8 => row.get::<_, Option<i64>>(i).ok_or_else(missing)?.to_string(),
-        Type::DATE => row.get::<_, Option<chrono::NaiveDate>>(i).ok_or_else(missing)?.to_string(),
+        Type::INT2 => row
+            .get::<_, Option<i16>>(i)
+            .ok_or_else(missing)?
+            .to_string(),
+        Type::INT4 => row
+            .get::<_, Option<i32>>(i)
+            .ok_or_else(missing)?
+            .to_string(),
+        Type::INT8 => row
+            .get::<_, Option<i64>>(i)
+            .ok_or_else(missing)?
+            .to_string(),
+        Type::DATE => row
+            .get::<_, Option<chrono::NaiveDate>>(i)
+            .ok_or_else(missing)?
+            .to_string(),
         Type::TIMESTAMP => row
             .get::<_, Option<chrono::NaiveDateTime>>(i)
             .ok_or_else(missing)?
@@ -260,7 +336,9 @@ fn cursor_text(row: &Row, i: usize, t: &Type) -> Result<String> {
             .ok_or_else(missing)?
             .format("%Y-%m-%d %H:%M:%S%.6f+00")
             .to_string(),
-        Type::TEXT | Type::VARCHAR | Type::NAME => row.get::<_, Option<String>>(i).ok_or_else(missing)?,
+        Type::TEXT | Type::VARCHAR | Type::NAME => {
+            row.get::<_, Option<String>>(i).ok_or_else(missing)?
+        }
         _ => {
             return Err(Error::config(format!(
                 "cursor column has type {t}; use an integer, date, timestamp or text column"

@@ -30,7 +30,14 @@ struct Broken {
 
 impl Broken {
     fn new(mode: Mode) -> Self {
-        Broken { mode, next_id: 1, end: 0, batch_rows: 100, good_batches: 2, served: 0 }
+        Broken {
+            mode,
+            next_id: 1,
+            end: 0,
+            batch_rows: 100,
+            good_batches: 2,
+            served: 0,
+        }
     }
 }
 
@@ -88,14 +95,21 @@ impl Reader for Broken {
         if self.mode == Mode::Good && self.next_id >= self.end {
             return Ok(None);
         }
-        let hi = if self.mode == Mode::Good { (self.next_id + self.batch_rows).min(self.end) } else { self.next_id + self.batch_rows };
+        let hi = if self.mode == Mode::Good {
+            (self.next_id + self.batch_rows).min(self.end)
+        } else {
+            self.next_id + self.batch_rows
+        };
         let ids: Vec<i64> = (self.next_id..hi).collect();
         let names: Vec<String> = ids.iter().map(|i| format!("row-{i}")).collect();
         self.next_id = hi;
         self.served += 1;
         let b = RecordBatch::try_new(
             schema(),
-            vec![Arc::new(Int64Array::from(ids)), Arc::new(StringArray::from(names))],
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(StringArray::from(names)),
+            ],
         )
         .map_err(|e| Error::internal(e.to_string()))?;
         Ok(Some(b))
@@ -125,7 +139,9 @@ impl Writer for BadWriter {
         Ok(())
     }
     fn finalize(&mut self, _commit: &Commit) -> Result<CommitReport> {
-        Err(Error::io("deliberate test failure: the target refused the commit"))
+        Err(Error::io(
+            "deliberate test failure: the target refused the commit",
+        ))
     }
     fn abort(&mut self) -> Result<()> {
         Ok(())
