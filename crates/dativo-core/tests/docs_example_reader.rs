@@ -96,5 +96,5 @@ fn a_reader_whose_state_lags_fails_conformance() {
         .into_result()
         .unwrap_err()
         .to_string()
-        .contains("state covers what was read"));
+        .contains("resume from a mid-stream state"));
 }
