@@ -353,3 +353,24 @@ def test_adbc_writer_into_postgres_passes_plugin_test(dativo, pg, table):
     finally:
         with pg.cursor() as c:
             c.execute(f"DROP TABLE IF EXISTS {table}_state")
+
+
+def test_abi_mismatch_is_refused(dativo, tmp_path):
+    """A library built against another ABI version is refused before any other call."""
+    src = tmp_path / "old.c"
+    src.write_text("""
+#include <string.h>
+#include "dativo_plugin.h"
+int dativo_plugin_init(uint32_t host, DativoPlugin *out) {
+  (void)host;
+  memset(out, 0, sizeof *out);
+  out->abi_version = 0;          /* a pre-release ABI */
+  out->struct_size = 16;
+  return DATIVO_OK;
+}
+""")
+    lib = tmp_path / "libold.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib), str(src),
+                    f"-I{ROOT}/crates/dativo-plugin-sdk/include"], check=True)
+    p = dativo.run("plugin", "test", lib, check=5)
+    assert "speaks dativo plugin ABI 0" in p.stderr and "rebuild the plugin" in p.stderr, p.stderr
