@@ -175,14 +175,41 @@ pub fn test(implementation: &str, config: Option<&str>, side: Option<Side>) -> R
                 }
             }
             _ => {
-                // Python and Flight: resolve() explains what this build supports.
-                dativo_plugins::resolve(
-                    implementation,
-                    side.unwrap_or(Side::Reader),
-                    cwd.as_deref(),
-                )?;
+                // A Python class (or a Flight endpoint): whichever sides it implements.
+                let sides: &[Side] = match side {
+                    Some(Side::Reader) => &[Side::Reader],
+                    Some(Side::Writer) => &[Side::Writer],
+                    None => &[Side::Reader, Side::Writer],
+                };
+                let mut first_err = None;
+                for &s in sides {
+                    match dativo_plugins::resolve(implementation, s, cwd.as_deref()) {
+                        Ok(r) => {
+                            let label = r.label.clone();
+                            targets.push((
+                                s,
+                                label,
+                                Box::new(move || {
+                                    Ok(match s {
+                                        Side::Reader => Target::Reader(r.reader()),
+                                        Side::Writer => Target::Writer(r.writer()),
+                                    })
+                                }),
+                            ));
+                        }
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                }
+                if targets.is_empty() {
+                    return Err(first_err.unwrap_or_else(|| Error::config("nothing to test")));
+                }
             }
         }
+    }
+    if targets.is_empty() {
+        return Err(Error::config(format!("`{implementation}` provides nothing to test")));
     }
     let mut failed = 0;
     for (s, label, mut make) in targets {

@@ -57,6 +57,9 @@ pub struct JobConfig {
     /// batch size × channel depth.
     #[serde(default = "default_channel_depth")]
     pub channel_depth: usize,
+    /// `python:` — settings for Python readers and writers (`implementation: pkg.module.Class`).
+    #[serde(default)]
+    pub python: PythonConfig,
 }
 
 fn default_channel_depth() -> usize {
@@ -87,6 +90,16 @@ pub struct TargetConfig {
 
 fn empty_object() -> Value {
     Value::Object(Default::default())
+}
+
+/// `python:` — where Python readers and writers are imported from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PythonConfig {
+    /// A virtualenv whose packages are importable (relative to the job file); default: the
+    /// active one (`VIRTUAL_ENV`).
+    #[serde(default)]
+    pub venv: Option<PathBuf>,
 }
 
 /// Which implementation a `reader:` / `writer:` names.

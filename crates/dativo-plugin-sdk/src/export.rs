@@ -47,6 +47,11 @@ pub struct PluginDef {
     pub readers: &'static [ReaderDef],
     /// The writers it provides.
     pub writers: &'static [WriterDef],
+    /// Readers created from any name not in `readers` (a bridge to another runtime, e.g. a
+    /// Python class path); the manifest then says `"dynamic": true`.
+    pub dynamic_reader: Option<fn(&str) -> Result<Box<dyn Reader>>>,
+    /// Writers created from any name not in `writers`.
+    pub dynamic_writer: Option<fn(&str) -> Result<Box<dyn Writer>>>,
 }
 
 static PLUGIN: OnceLock<(&'static PluginDef, CString)> = OnceLock::new();
@@ -193,16 +198,18 @@ unsafe extern "C" fn reader_new(name: *const c_char) -> Handle {
         // SAFETY: NUL-terminated name (ABI rule).
         let name = unsafe { json_name(name) }?;
         let d = def();
-        let r = d.readers.iter().find(|r| r.name == name).ok_or_else(|| {
-            Error::config(format!(
-                "plugin `{}` has no reader `{name}`; it provides: {}",
-                d.name,
-                names(d.readers.iter().map(|r| r.name))
-            ))
-        })?;
-        out = Box::into_raw(Box::new(ReaderHandle {
-            inner: (r.create)(),
-        })) as Handle;
+        let inner = match (d.readers.iter().find(|r| r.name == name), d.dynamic_reader) {
+            (Some(r), _) => (r.create)(),
+            (None, Some(make)) => make(&name)?,
+            (None, None) => {
+                return Err(Error::config(format!(
+                    "plugin `{}` has no reader `{name}`; it provides: {}",
+                    d.name,
+                    names(d.readers.iter().map(|r| r.name))
+                )))
+            }
+        };
+        out = Box::into_raw(Box::new(ReaderHandle { inner })) as Handle;
         Ok(())
     });
     if code == abi::OK {
@@ -329,17 +336,18 @@ unsafe extern "C" fn writer_new(name: *const c_char) -> Handle {
         // SAFETY: NUL-terminated name (ABI rule).
         let name = unsafe { json_name(name) }?;
         let d = def();
-        let w = d.writers.iter().find(|w| w.name == name).ok_or_else(|| {
-            Error::config(format!(
-                "plugin `{}` has no writer `{name}`; it provides: {}",
-                d.name,
-                names(d.writers.iter().map(|w| w.name))
-            ))
-        })?;
-        out = Box::into_raw(Box::new(WriterHandle {
-            inner: (w.create)(),
-            schema: None,
-        })) as Handle;
+        let inner = match (d.writers.iter().find(|w| w.name == name), d.dynamic_writer) {
+            (Some(w), _) => (w.create)(),
+            (None, Some(make)) => make(&name)?,
+            (None, None) => {
+                return Err(Error::config(format!(
+                    "plugin `{}` has no writer `{name}`; it provides: {}",
+                    d.name,
+                    names(d.writers.iter().map(|w| w.name))
+                )))
+            }
+        };
+        out = Box::into_raw(Box::new(WriterHandle { inner, schema: None })) as Handle;
         Ok(())
     });
     if code == abi::OK {
@@ -456,6 +464,7 @@ fn manifest(d: &PluginDef) -> String {
         "version": d.version,
         "description": d.description,
         "sdk": format!("dativo-plugin-sdk {}", env!("CARGO_PKG_VERSION")),
+        "dynamic": d.dynamic_reader.is_some() || d.dynamic_writer.is_some(),
         "readers": d.readers.iter().map(|r| json!({"name": r.name})).collect::<Vec<_>>(),
         "writers": d.writers.iter().map(|w| json!({"name": w.name})).collect::<Vec<_>>(),
     })
@@ -484,8 +493,8 @@ pub unsafe fn __init(
     }
     let (_, manifest) =
         PLUGIN.get_or_init(|| (def, CString::new(manifest(def)).unwrap_or_default()));
-    let has_readers = !def.readers.is_empty();
-    let has_writers = !def.writers.is_empty();
+    let has_readers = !def.readers.is_empty() || def.dynamic_reader.is_some();
+    let has_writers = !def.writers.is_empty() || def.dynamic_writer.is_some();
     let table = DativoPlugin {
         abi_version: abi::ABI_VERSION,
         struct_size: std::mem::size_of::<DativoPlugin>() as u32,

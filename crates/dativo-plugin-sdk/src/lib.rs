@@ -109,6 +109,8 @@ macro_rules! export_plugin {
                     name: $wname,
                     create: || ::std::boxed::Box::new(($wmake)()),
                 }),*],
+                dynamic_reader: None,
+                dynamic_writer: None,
             };
             // SAFETY: forwarded from the caller's contract.
             unsafe { $crate::__init(&DEF, host_abi_version, out) }

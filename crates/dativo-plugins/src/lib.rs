@@ -112,6 +112,10 @@ pub fn resolve(implementation: &str, side: Side, base_dir: Option<&Path>) -> Res
             };
             let name = match name {
                 Some(n) if provided.iter().any(|p| p.name == n) => n,
+                Some(n) if lib.manifest.dynamic => {
+                    lib.probe(side, &n)?;
+                    n
+                }
                 Some(n) => {
                     return Err(Error::config(format!(
                         "plugin '{}' ({}) has no {} `{n}`; it provides {}s: {}",
@@ -141,15 +145,52 @@ pub fn resolve(implementation: &str, side: Side, base_dir: Option<&Path>) -> Res
                 name,
             })
         }
-        Implementation::Python(class) => Err(Error::config(format!(
-            "`{class}` looks like a Python class path: Python plugins are not supported by this build yet; \
-             use a native library (`./libx.so#name`, see docs/plugins.md)"
-        ))),
+        Implementation::Python(class) => python(&class, side),
         Implementation::Grpc(url) => Err(Error::config(format!(
             "`{url}`: Arrow Flight (gRPC) plugins are not supported by this build yet; \
              use a native library (`./libx.so#name`, see docs/plugins.md)"
         ))),
     }
+}
+
+/// Where the Python bridge library (`libdativo_python.so`) is: `DATIVO_PYTHON_BRIDGE`, else next
+/// to the running `dativo` binary, else the plugin search path.
+pub fn python_bridge() -> Result<std::path::PathBuf> {
+    let file = format!(
+        "{}dativo_python{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    if let Some(p) = std::env::var_os("DATIVO_PYTHON_BRIDGE") {
+        return Ok(p.into());
+    }
+    let mut tried = Vec::new();
+    let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf));
+    for dir in exe_dir.into_iter().chain(native::search_path()) {
+        let c = dir.join(&file);
+        if c.is_file() {
+            return Ok(c);
+        }
+        tried.push(c.display().to_string());
+    }
+    Err(Error::config(format!(
+        "Python plugins need the bridge library {file}, built with dativo (`cargo build --release` puts it next to the binary); not found at {} — or set DATIVO_PYTHON_BRIDGE",
+        tried.join(", ")
+    )))
+}
+
+/// Resolve a Python class path (`package.module.Class`) or an installed entry point
+/// (`entrypoint:NAME` from the `dativo.readers` / `dativo.writers` groups) through the bridge.
+/// The class is imported now, so a missing module fails `dativo validate`.
+pub fn python(class: &str, side: Side) -> Result<Resolved> {
+    let lib = native::NativeLibrary::load(&python_bridge()?)?;
+    lib.probe(side, class)?;
+    let shown = class.strip_prefix("entrypoint:").unwrap_or(class);
+    Ok(Resolved {
+        label: format!("python {} '{shown}'", side.as_str()),
+        library: lib,
+        name: class.to_string(),
+    })
 }
 
 impl Resolved {

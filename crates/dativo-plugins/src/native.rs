@@ -57,6 +57,10 @@ pub struct Manifest {
     /// Its writers.
     #[serde(default)]
     pub writers: Vec<Provided>,
+    /// Whether it creates readers/writers from names it does not list (the Python bridge:
+    /// class paths).
+    #[serde(default)]
+    pub dynamic: bool,
 }
 
 /// A loaded plugin library. Loaded once per process and path, never unloaded.
@@ -249,6 +253,12 @@ impl NativeLibrary {
             && t.writer_close.is_some()
             && t.writer_free.is_some();
         let shown = self.path.display();
+        if (!self.manifest.readers.is_empty() || self.manifest.dynamic) && !readers_ok && !writers_ok {
+            return Err(Error::plugin(format!(
+                "plugin '{}' ({shown}) is dynamic but provides neither reader nor writer functions",
+                self.manifest.name
+            )));
+        }
         if !self.manifest.readers.is_empty() && !readers_ok {
             return Err(Error::plugin(format!(
                 "plugin '{}' ({shown}) lists readers but leaves reader functions NULL",
@@ -261,6 +271,32 @@ impl NativeLibrary {
                 self.manifest.name
             )));
         }
+        Ok(())
+    }
+
+    /// Create and free one instance called `name`: checks that the plugin can make it (the
+    /// Python bridge imports the class) without initializing anything.
+    pub fn probe(&self, side: crate::Side, name: &str) -> Result<()> {
+        let (new, free) = match side {
+            crate::Side::Reader => (self.table.reader_new, self.table.reader_free),
+            crate::Side::Writer => (self.table.writer_new, self.table.writer_free),
+        };
+        let (Some(new), Some(free)) = (new, free) else {
+            return Err(Error::config(format!(
+                "plugin '{}' provides no {}s",
+                self.manifest.name,
+                side.as_str()
+            )));
+        };
+        let c = CString::new(name).map_err(|_| Error::config("name with a NUL byte"))?;
+        // SAFETY: a NUL-terminated name valid for the call (ABI rule).
+        let h = unsafe { new(c.as_ptr()) };
+        if h.is_null() {
+            let msg = self.last_error().unwrap_or_else(|| "no message".into());
+            return Err(Error::config(msg));
+        }
+        // SAFETY: a live, never initialized handle, freed once (ABI rules).
+        unsafe { free(h) };
         Ok(())
     }
 

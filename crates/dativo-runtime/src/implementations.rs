@@ -34,12 +34,26 @@ impl WriterFactory {
     }
 }
 
+/// Make the job's `python.venv` the one the Python bridge imports from. Set before the bridge
+/// starts the interpreter (resolution runs before any reader or writer thread exists).
+fn python_env(job: &Job) {
+    if let Some(venv) = &job.config.python.venv {
+        let base = job.path.parent().unwrap_or(std::path::Path::new("."));
+        let venv = base.join(venv);
+        std::env::set_var(
+            "DATIVO_PYTHON_VENV",
+            std::fs::canonicalize(&venv).unwrap_or(venv),
+        );
+    }
+}
+
 fn custom(
     job: &Job,
     implementation: &str,
     side: Side,
     key: &str,
 ) -> Result<dativo_plugins::Resolved> {
+    python_env(job);
     let base = job.path.parent().filter(|p| !p.as_os_str().is_empty());
     dativo_plugins::resolve(implementation, side, base).map_err(|e| {
         if e.kind() == dativo_core::ErrorKind::Config {
@@ -50,12 +64,32 @@ fn custom(
     })
 }
 
+/// A name that is not built in may be a pip-installed plugin: an entry point in the
+/// `dativo.readers` / `dativo.writers` group. `Ok(None)` when there is none (or no bridge).
+fn entry_point(job: &Job, name: &str, side: Side, key: &str) -> Result<Option<dativo_plugins::Resolved>> {
+    if dativo_plugins::python_bridge().is_err() {
+        return Ok(None);
+    }
+    python_env(job);
+    match dativo_plugins::python(&format!("entrypoint:{name}"), side) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if e.message().contains("no entry point") => Ok(None),
+        Err(e) => Err(job.error_at(key, e.message())),
+    }
+}
+
 /// Resolve and validate (no I/O) the job's reader.
 pub fn reader_for(job: &Job) -> Result<ReaderFactory> {
     let src = &job.config.source;
     match &src.reader {
         Implementation::Builtin(name) => {
             let Some(b) = dativo_connectors::reader(name) else {
+                if let Some(r) = entry_point(job, name, Side::Reader, "source.reader")? {
+                    return Ok(ReaderFactory {
+                        label: r.label.clone(),
+                        create: Box::new(move || r.reader()),
+                    });
+                }
                 let known: Vec<&str> = dativo_connectors::readers()
                     .iter()
                     .map(|r| r.name)
@@ -90,6 +124,12 @@ pub fn writer_for(job: &Job) -> Result<WriterFactory> {
     match &tgt.writer {
         Implementation::Builtin(name) => {
             let Some(b) = dativo_connectors::writer(name) else {
+                if let Some(w) = entry_point(job, name, Side::Writer, "target.writer")? {
+                    return Ok(WriterFactory {
+                        label: w.label.clone(),
+                        create: Box::new(move || w.writer()),
+                    });
+                }
                 let known: Vec<&str> = dativo_connectors::writers()
                     .iter()
                     .map(|w| w.name)

@@ -1,0 +1,117 @@
+//! A Python class as a dativo reader.
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use dativo_core::{Reader, ReaderContext, Result};
+use pyo3::prelude::*;
+use serde_json::{json, Value};
+
+use crate::convert::{self, Batches};
+
+/// Calls `initialize`, `get_schema`, `read_batch`, `get_incremental_state` and `close` on a
+/// Python object.
+pub struct PyReader {
+    obj: Py<PyAny>,
+    schema: Option<SchemaRef>,
+    /// A stream returned by `read_batch` that is not drained yet.
+    stream: Option<Batches>,
+}
+
+impl PyReader {
+    pub fn new(obj: Py<PyAny>) -> Self {
+        PyReader { obj, schema: None, stream: None }
+    }
+}
+
+impl Reader for PyReader {
+    fn initialize(&mut self, config: &Value, ctx: &ReaderContext) -> Result<()> {
+        let context = json!({
+            "job": ctx.job, "stream": ctx.stream, "run_id": ctx.run_id,
+            "state": ctx.state, "shard": ctx.shard,
+        });
+        Python::attach(|py| {
+            let c = convert::to_py(py, config).map_err(|e| convert::error(py, &e, "config"))?;
+            let x = convert::to_py(py, &context).map_err(|e| convert::error(py, &e, "context"))?;
+            self.obj
+                .bind(py)
+                .call_method1("initialize", (c, x))
+                .map_err(|e| convert::error(py, &e, ""))?;
+            Ok(())
+        })
+    }
+
+    fn get_schema(&mut self) -> Result<SchemaRef> {
+        if let Some(s) = &self.schema {
+            return Ok(s.clone());
+        }
+        let s = Python::attach(|py| {
+            let o = self
+                .obj
+                .bind(py)
+                .call_method0("get_schema")
+                .map_err(|e| convert::error(py, &e, ""))?;
+            convert::schema(py, &o)
+        })?;
+        self.schema = Some(s.clone());
+        Ok(s)
+    }
+
+    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
+        Python::attach(|py| loop {
+            if let Some(Batches::Stream(r)) = &mut self.stream {
+                match convert::next_of(r)? {
+                    Some(b) if b.num_rows() == 0 => continue,
+                    Some(b) => return Ok(Some(b)),
+                    None => self.stream = None,
+                }
+            }
+            let o = self
+                .obj
+                .bind(py)
+                .call_method0("read_batch")
+                .map_err(|e| convert::error(py, &e, ""))?;
+            if o.is_none() {
+                return Ok(None);
+            }
+            match convert::batches(py, &o)? {
+                Batches::One(b) => return Ok(Some(b)),
+                s @ Batches::Stream(_) => self.stream = Some(s),
+            }
+        })
+    }
+
+    fn get_incremental_state(&mut self) -> Result<Option<Value>> {
+        Python::attach(|py| {
+            let o = self
+                .obj
+                .bind(py)
+                .call_method0("get_incremental_state")
+                .map_err(|e| convert::error(py, &e, ""))?;
+            match convert::from_py(py, &o, "get_incremental_state")? {
+                Value::Null => Ok(None),
+                v => Ok(Some(v)),
+            }
+        })
+    }
+
+    fn close(&mut self) -> Result<()> {
+        Python::attach(|py| {
+            self.stream = None;
+            self.obj
+                .bind(py)
+                .call_method0("close")
+                .map_err(|e| convert::error(py, &e, ""))?;
+            Ok(())
+        })
+    }
+}
+
+impl Drop for PyReader {
+    fn drop(&mut self) {
+        // Streams may call back into Python when released.
+        if self.stream.is_some() {
+            Python::attach(|_| self.stream = None);
+        }
+    }
+}
+
