@@ -127,10 +127,12 @@ enum PluginCommand {
   dativo plugin test ./libdativo_cpp_csv.so#csv --config '{\"path\": \"/tmp/out\"}'
   dativo plugin test my_plugin --config @orders.json    bare names use DATIVO_PLUGIN_PATH, ~/.dativo/plugins
   dativo plugin test file --config '{\"path\": \"examples/data/orders/*.csv\"}'   a built-in
+  dativo plugin test my_package.MyReader                 a Python class (from $VIRTUAL_ENV)
 
 Exit code 0 when every check passes, 5 otherwise.")]
     Test {
-        /// A plugin library (`./libx.so`, `./libx.so#name`, `x#name`) or a built-in name.
+        /// A plugin library (`./libx.so`, `./libx.so#name`, `x#name`), a Python class path
+        /// (`package.module.Class`) or a built-in name.
         implementation: String,
         /// The config passed to initialize, as JSON, or @FILE with JSON in it.
         #[arg(long)]
@@ -144,6 +146,7 @@ Exit code 0 when every check passes, 5 otherwise.")]
   dativo plugin new --lang rust my_reader && cd my_reader && cargo build --release
   dativo plugin new --lang c my_reader && make -C my_reader
   dativo plugin new --lang go mainframe --dir plugins/mainframe
+  dativo plugin new --lang python my_reader && cd my_reader && PYTHONPATH=. dativo plugin test my_reader.Reader
 
 C, C++ and Go projects get a copy of dativo_plugin.h; Rust projects depend on the
 dativo-plugin-sdk crate of the dativo source tree this binary was built from (--sdk-path to

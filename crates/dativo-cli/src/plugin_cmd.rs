@@ -209,7 +209,9 @@ pub fn test(implementation: &str, config: Option<&str>, side: Option<Side>) -> R
         }
     }
     if targets.is_empty() {
-        return Err(Error::config(format!("`{implementation}` provides nothing to test")));
+        return Err(Error::config(format!(
+            "`{implementation}` provides nothing to test"
+        )));
     }
     let mut failed = 0;
     for (s, label, mut make) in targets {
@@ -262,6 +264,8 @@ pub enum Lang {
     Cpp,
     /// Go, with cgo and `go build -buildmode=c-shared`.
     Go,
+    /// Python: a class with the five methods, in a pip-installable package.
+    Python,
 }
 
 const HEADER: &str = include_str!("../../dativo-plugin-sdk/include/dativo_plugin.h");
@@ -287,6 +291,17 @@ fn template(lang: Lang) -> Vec<(&'static str, &'static str)> {
             ("Makefile", include_str!("../templates/cpp/Makefile")),
             ("README.md", include_str!("../templates/cpp/README.md")),
             ("dativo_plugin.h", HEADER),
+        ],
+        Lang::Python => vec![
+            (
+                "pyproject.toml",
+                include_str!("../templates/python/pyproject.toml"),
+            ),
+            (
+                "{{name}}/__init__.py",
+                include_str!("../templates/python/{{name}}/__init__.py"),
+            ),
+            ("README.md", include_str!("../templates/python/README.md")),
         ],
         Lang::Go => vec![
             ("main.go", include_str!("../templates/go/main.go")),

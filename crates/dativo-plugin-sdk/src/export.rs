@@ -35,6 +35,11 @@ pub struct WriterDef {
     pub create: fn() -> Box<dyn Writer>,
 }
 
+/// Creates a reader from a name the plugin does not list (see [`PluginDef::dynamic_reader`]).
+pub type DynamicReader = fn(&str) -> Result<Box<dyn Reader>>;
+/// Creates a writer from a name the plugin does not list (see [`PluginDef::dynamic_writer`]).
+pub type DynamicWriter = fn(&str) -> Result<Box<dyn Writer>>;
+
 /// What a plugin library provides (built by [`export_plugin!`](crate::export_plugin)).
 pub struct PluginDef {
     /// The plugin's name, shown by `dativo plugins list` and in errors.
@@ -49,9 +54,9 @@ pub struct PluginDef {
     pub writers: &'static [WriterDef],
     /// Readers created from any name not in `readers` (a bridge to another runtime, e.g. a
     /// Python class path); the manifest then says `"dynamic": true`.
-    pub dynamic_reader: Option<fn(&str) -> Result<Box<dyn Reader>>>,
+    pub dynamic_reader: Option<DynamicReader>,
     /// Writers created from any name not in `writers`.
-    pub dynamic_writer: Option<fn(&str) -> Result<Box<dyn Writer>>>,
+    pub dynamic_writer: Option<DynamicWriter>,
 }
 
 static PLUGIN: OnceLock<(&'static PluginDef, CString)> = OnceLock::new();
@@ -347,7 +352,10 @@ unsafe extern "C" fn writer_new(name: *const c_char) -> Handle {
                 )))
             }
         };
-        out = Box::into_raw(Box::new(WriterHandle { inner, schema: None })) as Handle;
+        out = Box::into_raw(Box::new(WriterHandle {
+            inner,
+            schema: None,
+        })) as Handle;
         Ok(())
     });
     if code == abi::OK {

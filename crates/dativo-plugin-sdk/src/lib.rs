@@ -41,7 +41,7 @@
 pub mod abi;
 mod export;
 
-pub use export::{__init, PluginDef, ReaderDef, WriterDef};
+pub use export::{__init, DynamicReader, DynamicWriter, PluginDef, ReaderDef, WriterDef};
 
 pub use arrow;
 pub use dativo_core::{

@@ -107,7 +107,11 @@ pub fn resolve(implementation: &str, side: Side, base_dir: Option<&Path>) -> Res
                 if provided.is_empty() {
                     "none".to_string()
                 } else {
-                    provided.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                    provided
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             };
             let name = match name {
@@ -165,7 +169,9 @@ pub fn python_bridge() -> Result<std::path::PathBuf> {
         return Ok(p.into());
     }
     let mut tried = Vec::new();
-    let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf));
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf));
     for dir in exe_dir.into_iter().chain(native::search_path()) {
         let c = dir.join(&file);
         if c.is_file() {

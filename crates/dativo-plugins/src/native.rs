@@ -253,7 +253,10 @@ impl NativeLibrary {
             && t.writer_close.is_some()
             && t.writer_free.is_some();
         let shown = self.path.display();
-        if (!self.manifest.readers.is_empty() || self.manifest.dynamic) && !readers_ok && !writers_ok {
+        if (!self.manifest.readers.is_empty() || self.manifest.dynamic)
+            && !readers_ok
+            && !writers_ok
+        {
             return Err(Error::plugin(format!(
                 "plugin '{}' ({shown}) is dynamic but provides neither reader nor writer functions",
                 self.manifest.name

@@ -25,9 +25,16 @@ pub fn describe(py: Python<'_>, e: &PyErr, what: &str) -> String {
         let all = lines.concat();
         let all = all.trim_end();
         // The exception line(s) come last in Python's format; lead with them.
-        let last = lines.last().map(|l| l.trim_end().to_string()).unwrap_or_default();
+        let last = lines
+            .last()
+            .map(|l| l.trim_end().to_string())
+            .unwrap_or_default();
         let rest = all.strip_suffix(last.as_str()).unwrap_or(all).trim_end();
-        Ok(if rest.is_empty() { last } else { format!("{last}\n{rest}") })
+        Ok(if rest.is_empty() {
+            last
+        } else {
+            format!("{last}\n{rest}")
+        })
     })()
     .unwrap_or_else(|_| e.to_string());
     if what.is_empty() {
@@ -57,11 +64,18 @@ pub fn from_py(py: Python<'_>, o: &Bound<'_, PyAny>, what: &str) -> Result<Value
     if o.is_none() {
         return Ok(Value::Null);
     }
-    let json = py.import("json").map_err(|e| error(py, &e, "import json"))?;
-    let builtins = py.import("builtins").map_err(|e| error(py, &e, "import builtins"))?;
-    let kwargs = [("default", builtins.getattr("str").map_err(|e| error(py, &e, what))?)]
-        .into_py_dict(py)
-        .map_err(|e| error(py, &e, what))?;
+    let json = py
+        .import("json")
+        .map_err(|e| error(py, &e, "import json"))?;
+    let builtins = py
+        .import("builtins")
+        .map_err(|e| error(py, &e, "import builtins"))?;
+    let kwargs = [(
+        "default",
+        builtins.getattr("str").map_err(|e| error(py, &e, what))?,
+    )]
+    .into_py_dict(py)
+    .map_err(|e| error(py, &e, what))?;
     let text: String = json
         .call_method("dumps", (o,), Some(&kwargs))
         .and_then(|s| s.extract())
@@ -101,7 +115,8 @@ pub fn schema(py: Python<'_>, o: &Bound<'_, PyAny>) -> Result<SchemaRef> {
         .map_err(|e| error(py, &e, "__arrow_c_schema__"))?;
     let p: *mut FFI_ArrowSchema = capsule_ptr(&cap, c"arrow_schema")?;
     // SAFETY: a valid schema owned by the capsule; we only read it.
-    let s = Schema::try_from(unsafe { &*p }).map_err(|e| Error::plugin(format!("get_schema: {e}")))?;
+    let s =
+        Schema::try_from(unsafe { &*p }).map_err(|e| Error::plugin(format!("get_schema: {e}")))?;
     Ok(Arc::new(s))
 }
 
@@ -119,7 +134,8 @@ unsafe impl Send for Batches {}
 
 /// Import a batch or a stream of batches from a Python object, zero copy.
 pub fn batches(py: Python<'_>, o: &Bound<'_, PyAny>) -> Result<Batches> {
-    let accepted = "expected a pyarrow.RecordBatch or Table, a polars DataFrame, a duckdb relation \
+    let accepted =
+        "expected a pyarrow.RecordBatch or Table, a polars DataFrame, a duckdb relation \
                     (any object with __arrow_c_array__ or __arrow_c_stream__), or None at the end";
     if o.hasattr("__arrow_c_array__").unwrap_or(false) {
         let t = o
@@ -131,7 +147,11 @@ pub fn batches(py: Python<'_>, o: &Bound<'_, PyAny>) -> Result<Batches> {
         let (sc, ac) = (t.get_item(0), t.get_item(1));
         let (sc, ac) = match (sc, ac) {
             (Ok(s), Ok(a)) => (s, a),
-            _ => return Err(Error::plugin("__arrow_c_array__ did not return (schema, array)")),
+            _ => {
+                return Err(Error::plugin(
+                    "__arrow_c_array__ did not return (schema, array)",
+                ))
+            }
         };
         let sp: *mut FFI_ArrowSchema = capsule_ptr(&sc, c"arrow_schema")?;
         let ap: *mut FFI_ArrowArray = capsule_ptr(&ac, c"arrow_array")?;
@@ -139,7 +159,8 @@ pub fn batches(py: Python<'_>, o: &Bound<'_, PyAny>) -> Result<Batches> {
         // destructor does nothing); the schema stays the capsule's and is only read.
         let array = unsafe { ptr::replace(ap, FFI_ArrowArray::empty()) };
         // SAFETY: producer-provided, matching structs.
-        let data = unsafe { from_ffi(array, &*sp) }.map_err(|e| Error::plugin(format!("read_batch: {e}")))?;
+        let data = unsafe { from_ffi(array, &*sp) }
+            .map_err(|e| Error::plugin(format!("read_batch: {e}")))?;
         if !matches!(data.data_type(), DataType::Struct(_)) {
             return Err(Error::plugin(format!(
                 "read_batch returned a {} array; a batch is a struct array (e.g. a pyarrow.RecordBatch)",
@@ -148,7 +169,9 @@ pub fn batches(py: Python<'_>, o: &Bound<'_, PyAny>) -> Result<Batches> {
         }
         let s = StructArray::from(data);
         if s.null_count() > 0 {
-            return Err(Error::plugin("read_batch returned a struct array with top-level nulls"));
+            return Err(Error::plugin(
+                "read_batch returned a struct array with top-level nulls",
+            ));
         }
         return Ok(Batches::One(RecordBatch::from(s)));
     }
@@ -163,7 +186,10 @@ pub fn batches(py: Python<'_>, o: &Bound<'_, PyAny>) -> Result<Batches> {
             .map_err(|e| Error::plugin(format!("read_batch: {e}")))?;
         return Ok(Batches::Stream(reader));
     }
-    Err(Error::plugin(format!("read_batch returned {}; {accepted}", type_name(o))))
+    Err(Error::plugin(format!(
+        "read_batch returned {}; {accepted}",
+        type_name(o)
+    )))
 }
 
 /// Next batch of a stream (call with the interpreter attached: producers may run Python).
@@ -175,9 +201,13 @@ pub fn next_of(r: &mut ArrowArrayStreamReader) -> Result<Option<RecordBatch>> {
 
 /// A batch as a `pyarrow.RecordBatch`, zero copy (pyarrow takes the C structs).
 pub fn to_pyarrow<'py>(py: Python<'py>, batch: &RecordBatch) -> Result<Bound<'py, PyAny>> {
-    let pa = py
-        .import("pyarrow")
-        .map_err(|e| Error::config(describe(py, &e, "Python writers need pyarrow: importing it")))?;
+    let pa = py.import("pyarrow").map_err(|e| {
+        Error::config(describe(
+            py,
+            &e,
+            "Python writers need pyarrow: importing it",
+        ))
+    })?;
     let data = StructArray::from(batch.clone()).into_data();
     let mut array = Box::new(FFI_ArrowArray::new(&data));
     let mut schema = Box::new(
@@ -188,7 +218,10 @@ pub fn to_pyarrow<'py>(py: Python<'py>, batch: &RecordBatch) -> Result<Bound<'py
         .and_then(|c| {
             c.call_method1(
                 "_import_from_c",
-                (&mut *array as *mut FFI_ArrowArray as usize, &mut *schema as *mut FFI_ArrowSchema as usize),
+                (
+                    &mut *array as *mut FFI_ArrowArray as usize,
+                    &mut *schema as *mut FFI_ArrowSchema as usize,
+                ),
             )
         })
         .map_err(|e| error(py, &e, "pyarrow.RecordBatch._import_from_c"))?;
@@ -199,15 +232,24 @@ pub fn to_pyarrow<'py>(py: Python<'py>, batch: &RecordBatch) -> Result<Bound<'py
 
 /// A schema as a `pyarrow.Schema`.
 pub fn schema_to_pyarrow<'py>(py: Python<'py>, schema: &Schema) -> Result<Bound<'py, PyAny>> {
-    let pa = py
-        .import("pyarrow")
-        .map_err(|e| Error::config(describe(py, &e, "Python writers need pyarrow: importing it")))?;
-    let mut s = Box::new(FFI_ArrowSchema::try_from(schema).map_err(|e| Error::schema(e.to_string()))?);
+    let pa = py.import("pyarrow").map_err(|e| {
+        Error::config(describe(
+            py,
+            &e,
+            "Python writers need pyarrow: importing it",
+        ))
+    })?;
+    let mut s =
+        Box::new(FFI_ArrowSchema::try_from(schema).map_err(|e| Error::schema(e.to_string()))?);
     let out = pa
         .getattr("Schema")
-        .and_then(|c| c.call_method1("_import_from_c", (&mut *s as *mut FFI_ArrowSchema as usize,)))
+        .and_then(|c| {
+            c.call_method1(
+                "_import_from_c",
+                (&mut *s as *mut FFI_ArrowSchema as usize,),
+            )
+        })
         .map_err(|e| error(py, &e, "pyarrow.Schema._import_from_c"))?;
     drop(s);
     Ok(out)
 }
-

@@ -33,10 +33,7 @@ static STARTED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
 
 /// Start the interpreter once per process and make the virtualenv importable.
 fn ensure_python() -> Result<()> {
-    STARTED
-        .get_or_init(start)
-        .clone()
-        .map_err(Error::config)
+    STARTED.get_or_init(start).clone().map_err(Error::config)
 }
 
 fn start() -> std::result::Result<(), String> {
@@ -69,7 +66,13 @@ fn start() -> std::result::Result<(), String> {
 }
 
 /// What a Python class must have.
-const READER_METHODS: [&str; 5] = ["initialize", "get_schema", "read_batch", "get_incremental_state", "close"];
+const READER_METHODS: [&str; 5] = [
+    "initialize",
+    "get_schema",
+    "read_batch",
+    "get_incremental_state",
+    "close",
+];
 const WRITER_METHODS: [&str; 5] = ["initialize", "write_batch", "finalize", "abort", "close"];
 
 /// Import `pkg.module.Class` (or an `entrypoint:NAME` of `group`) and instantiate it.
@@ -80,7 +83,11 @@ fn instantiate(path: &str, group: &str, methods: &[&str]) -> Result<Py<PyAny>> {
             let ep = (|| -> PyResult<Option<Bound<'_, PyAny>>> {
                 let md = py.import("importlib.metadata")?;
                 let eps = md.call_method1("entry_points", ())?;
-                let sel = eps.call_method("select", (), Some(&[("group", group), ("name", name)].into_py_dict(py)?))?;
+                let sel = eps.call_method(
+                    "select",
+                    (),
+                    Some(&[("group", group), ("name", name)].into_py_dict(py)?),
+                )?;
                 let list = py.import("builtins")?.getattr("list")?.call1((sel,))?;
                 let list = list.cast_into::<PyList>()?;
                 if list.len() == 0 {
@@ -88,7 +95,13 @@ fn instantiate(path: &str, group: &str, methods: &[&str]) -> Result<Py<PyAny>> {
                 }
                 Ok(Some(list.get_item(0)?.call_method0("load")?))
             })()
-            .map_err(|e| Error::config(convert::describe(py, &e, &format!("loading entry point `{name}`"))))?;
+            .map_err(|e| {
+                Error::config(convert::describe(
+                    py,
+                    &e,
+                    &format!("loading entry point `{name}`"),
+                ))
+            })?;
             ep.ok_or_else(|| {
                 Error::config(format!(
                     "no entry point `{name}` in group `{group}`: is the package that provides it installed in the active virtualenv?"
@@ -96,11 +109,13 @@ fn instantiate(path: &str, group: &str, methods: &[&str]) -> Result<Py<PyAny>> {
             })?
         } else {
             let (module, class) = path.rsplit_once('.').ok_or_else(|| {
-                Error::config(format!("`{path}` is not a Python class path (package.module.Class)"))
+                Error::config(format!(
+                    "`{path}` is not a Python class path (package.module.Class)"
+                ))
             })?;
-            let m = py
-                .import(module)
-                .map_err(|e| Error::config(convert::describe(py, &e, &format!("importing `{module}`"))))?;
+            let m = py.import(module).map_err(|e| {
+                Error::config(convert::describe(py, &e, &format!("importing `{module}`")))
+            })?;
             m.getattr(class).map_err(|_| {
                 Error::config(format!("module `{module}` has no attribute `{class}`"))
             })?
@@ -152,7 +167,10 @@ static DEF: PluginDef = PluginDef {
 /// # Safety
 /// `out` must point to a writable `DativoPlugin`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn dativo_plugin_init(host_abi_version: u32, out: *mut DativoPlugin) -> std::os::raw::c_int {
+pub unsafe extern "C" fn dativo_plugin_init(
+    host_abi_version: u32,
+    out: *mut DativoPlugin,
+) -> std::os::raw::c_int {
     // SAFETY: forwarded from the caller's contract.
     unsafe { dativo_plugin_sdk::__init(&DEF, host_abi_version, out) }
 }

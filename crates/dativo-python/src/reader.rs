@@ -19,7 +19,11 @@ pub struct PyReader {
 
 impl PyReader {
     pub fn new(obj: Py<PyAny>) -> Self {
-        PyReader { obj, schema: None, stream: None }
+        PyReader {
+            obj,
+            schema: None,
+            stream: None,
+        }
     }
 }
 
@@ -114,4 +118,3 @@ impl Drop for PyReader {
         }
     }
 }
-

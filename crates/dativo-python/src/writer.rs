@@ -75,7 +75,11 @@ impl Writer for PyWriter {
             report
                 .get(k)
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         Ok(CommitReport {
@@ -99,7 +103,12 @@ impl Writer for PyWriter {
     }
 
     fn committed_state(&mut self) -> Result<Option<CommittedState>> {
-        let has = Python::attach(|py| self.obj.bind(py).hasattr("committed_state").unwrap_or(false));
+        let has = Python::attach(|py| {
+            self.obj
+                .bind(py)
+                .hasattr("committed_state")
+                .unwrap_or(false)
+        });
         if !has {
             return Ok(None);
         }

@@ -66,7 +66,12 @@ fn custom(
 
 /// A name that is not built in may be a pip-installed plugin: an entry point in the
 /// `dativo.readers` / `dativo.writers` group. `Ok(None)` when there is none (or no bridge).
-fn entry_point(job: &Job, name: &str, side: Side, key: &str) -> Result<Option<dativo_plugins::Resolved>> {
+fn entry_point(
+    job: &Job,
+    name: &str,
+    side: Side,
+    key: &str,
+) -> Result<Option<dativo_plugins::Resolved>> {
     if dativo_plugins::python_bridge().is_err() {
         return Ok(None);
     }

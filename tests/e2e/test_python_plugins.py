@@ -1,0 +1,196 @@
+"""Python plugins in-process (issue 5): classes with the five methods as readers and writers,
+pip-installed entry points, pyarrow and duckdb objects, broken plugins with clear errors.
+Verified with duckdb and pyarrow."""
+import json
+import sys
+
+import duckdb
+import pytest
+
+from conftest import write_job
+
+VENV = sys.prefix  # the test virtualenv: pyarrow, duckdb and the example package live here
+
+README_PLUGIN = '''
+import pyarrow as pa
+
+class Numbers:
+    def initialize(self, config, context):
+        self.n = (context.get("state") or {}).get("next", 0)
+        self.to = config.get("to", 1000)
+    def get_schema(self):
+        return pa.schema([pa.field("n", pa.int64(), nullable=False), ("s", pa.string())])
+    def read_batch(self):
+        if self.n >= self.to:
+            return None
+        end = min(self.n + 300, self.to)
+        b = pa.record_batch([pa.array(range(self.n, end), pa.int64()),
+                             pa.array([str(i) for i in range(self.n, end)])], schema=self.get_schema())
+        self.n = end
+        return b
+    def get_incremental_state(self):
+        return {"next": self.n}
+    def close(self):
+        pass
+
+class FromDuckdb(Numbers):
+    def read_batch(self):
+        if self.n >= self.to:
+            return None
+        import duckdb
+        rel = duckdb.sql(f"SELECT i::BIGINT AS n, i::VARCHAR AS s FROM range({self.n}, {self.to}) t(i)")
+        self.n = self.to
+        return rel            # a duckdb relation: __arrow_c_stream__
+
+class Raises(Numbers):
+    def read_batch(self):
+        if self.n >= 300:
+            raise KeyError("customer_id missing in the API response")
+        return super().read_batch()
+
+class WrongType(Numbers):
+    def read_batch(self):
+        return {"n": 1}
+
+class WrongSchema(Numbers):
+    def read_batch(self):
+        if self.n >= 300:
+            return pa.record_batch([pa.array(["x"]), pa.array(["y"])], names=["n", "s"])
+        return super().read_batch()
+
+class Counter:
+    """A writer that keeps its rows in a file, to be checked by the test."""
+    def initialize(self, config, context):
+        self.path = config["path"]; self.pending = []
+        assert str(context["schema"].field("n").type) == "int64"
+    def write_batch(self, batch):
+        self.pending.extend(batch.column("n").to_pylist())
+    def finalize(self, commit):
+        with open(self.path, "a") as f:
+            for n in self.pending:
+                f.write(f"{n}\\n")
+        n, self.pending = len(self.pending), []
+        return {"rows": n, "files": [self.path]}
+    def abort(self):
+        self.pending = []
+    def close(self):
+        pass
+'''
+
+
+@pytest.fixture
+def plugdir(tmp_path):
+    d = tmp_path / "py"
+    d.mkdir()
+    (d / "readme_plugin.py").write_text(README_PLUGIN)
+    return d
+
+
+def env(plugdir=None, venv=True):
+    e = {}
+    if venv:
+        e["VIRTUAL_ENV"] = VENV
+    if plugdir:
+        e["PYTHONPATH"] = str(plugdir)
+    return e
+
+
+def job(tmp_path, reader, writer, name="py_job", extra=""):
+    return write_job(tmp_path / f"{name}.yaml", f"""name: {name}
+source:
+  reader: {reader}
+target:
+  writer: {writer}
+checkpoint: {{rows: 300}}
+{extra}
+""")
+
+
+NUMBERS = "{type: custom, implementation: readme_plugin.%s}\n  config: {to: 1000}"
+PARQUET = "parquet\n  config: {path: lake}"
+
+
+def test_readme_class_as_reader_and_writer(dativo, tmp_path, plugdir):
+    dativo.run("run", job(tmp_path, NUMBERS % "Numbers", PARQUET), "--no-progress", env=env(plugdir), check=0)
+    files = [str(p) for p in (tmp_path / "lake").glob("*.parquet")]
+    assert duckdb.execute(f"SELECT count(*), count(DISTINCT n), sum(n) FROM read_parquet({files!r})").fetchone() \
+        == (1000, 1000, sum(range(1000)))
+    out = tmp_path / "written.txt"
+    writer = f"{{type: custom, implementation: readme_plugin.Counter}}\n  config: {{path: {out}}}"
+    dativo.run("run", job(tmp_path, NUMBERS % "Numbers", writer, name="py_w"), "--no-progress",
+               env=env(plugdir), check=0)
+    assert sorted(int(x) for x in out.read_text().split()) == list(range(1000))
+    p = dativo.run("plugin", "test", "readme_plugin.Numbers", "--config", '{"to": 1000}', env=env(plugdir), check=0)
+    assert "resume from a mid-stream state — 700 rows" in p.stdout, p.stdout
+
+
+def test_duckdb_relation_is_accepted(dativo, tmp_path, plugdir):
+    dativo.run("run", job(tmp_path, NUMBERS % "FromDuckdb", PARQUET), "--no-progress", env=env(plugdir), check=0)
+    files = [str(p) for p in (tmp_path / "lake").glob("*.parquet")]
+    assert duckdb.execute(f"SELECT count(*), sum(n) FROM read_parquet({files!r})").fetchone() == (1000, sum(range(1000)))
+
+
+def test_venv_from_the_job_file(dativo, tmp_path, plugdir):
+    j = job(tmp_path, NUMBERS % "Numbers", PARQUET, extra=f"python: {{venv: {VENV}}}")
+    dativo.run("run", j, "--no-progress", env=env(plugdir, venv=False), check=0)
+
+
+def test_entry_points_of_installed_packages(dativo, tmp_path):
+    # examples/plugins/python is pip-installed into the test virtualenv by scripts/test.
+    out = tmp_path / "jsonl"
+    j = job(tmp_path, "example_numbers\n  config: {rows: 2500, batch_size: 1000}",
+            f"example_jsonl\n  config: {{path: {out}}}")
+    dativo.run("validate", j, env=env(), check=0)
+    dativo.run("run", j, "--no-progress", env=env(), check=0)
+    dativo.run("run", j, "--no-progress", env=env(), check=0)  # nothing new: exactly once
+    got = duckdb.execute(f"SELECT count(*), count(DISTINCT id), sum(id) FROM read_json('{out}/part-*.jsonl')").fetchone()
+    assert got == (2500, 2500, sum(range(1, 2501)))
+    shown = json.loads(dativo.run("state", "show", j, check=0).stdout)
+    assert shown["state"] == {"next_id": 2501}
+    p = dativo.run("validate", job(tmp_path, "example_numbrs\n  config: {}", PARQUET, name="typo"), env=env())
+    assert p.returncode == 2 and "unknown reader `example_numbrs`" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("cls,why", [
+    ("Raises", "KeyError: 'customer_id missing in the API response'"),
+    ("WrongType", "read_batch returned dict; expected a pyarrow.RecordBatch or Table"),
+    ("WrongSchema", "does not match declared column `n` (Int64)"),
+])
+def test_broken_python_plugins(dativo, tmp_path, plugdir, cls, why):
+    dativo.run("run", job(tmp_path, NUMBERS % "Numbers", PARQUET, name="shared"), "--no-progress",
+               env=env(plugdir), check=0)
+    files_before = sorted(p.name for p in (tmp_path / "lake").glob("*.parquet"))
+    j = write_job(tmp_path / "broken.yaml", f"""name: shared
+source:
+  reader: {{type: custom, implementation: readme_plugin.{cls}}}
+  config: {{to: 2000}}
+target:
+  writer: parquet
+  config: {{path: lake}}
+checkpoint: {{rows: 100000}}
+""")
+    p = dativo.run("run", j, "--no-progress", env=env(plugdir))
+    out = p.stdout + p.stderr
+    assert p.returncode == 5, out
+    assert f"python reader 'readme_plugin.{cls}'" in out and why in out, out
+    if cls == "Raises":
+        assert "Traceback (most recent call last)" in out and "readme_plugin.py" in out, out
+    assert sorted(p.name for p in (tmp_path / "lake").glob("*.parquet")) == files_before
+    assert json.loads(dativo.run("state", "show", j, check=0).stdout)["state"] == {"next": 1000}
+
+
+def test_missing_module_and_methods_fail_validation(dativo, tmp_path, plugdir):
+    (plugdir / "half.py").write_text("class R:\n    def initialize(self, c, x): pass\n")
+    p = dativo.run("validate", job(tmp_path, "{type: custom, implementation: nomodule.Reader}", PARQUET),
+                   env=env(plugdir))
+    assert p.returncode == 2 and "ModuleNotFoundError: No module named 'nomodule'" in p.stderr, p.stderr
+    p = dativo.run("validate", job(tmp_path, "{type: custom, implementation: half.R}", PARQUET),
+                   env=env(plugdir))
+    assert p.returncode == 2 and "lacks method(s) get_schema, read_batch, get_incremental_state, close" in p.stderr
+
+
+def test_plugin_new_python(dativo, tmp_path):
+    dativo.run("plugin", "new", "--lang", "python", "my_py_reader", check=0)
+    p = dativo.run("plugin", "test", "my_py_reader.Reader", "--config", '{"rows": 2500}',
+                   env={**env(), "PYTHONPATH": str(tmp_path / "my_py_reader")}, check=0)
+    assert "passed" in p.stdout and "FAIL" not in p.stdout, p.stdout
