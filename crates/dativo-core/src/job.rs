@@ -109,14 +109,43 @@ pub enum Implementation {
     Builtin(String),
     /// `{type: custom, implementation: "…"}`: a native library path (`./libx.so#name`), a
     /// Python class path (`pkg.module.Class`) or a Flight endpoint (`grpc://host:port`).
-    Custom(String),
+    Custom(CustomImplementation),
+}
+
+/// `{type: custom, implementation: …, command: […], token: …}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CustomImplementation {
+    /// What to load or call: `./libx.so#name`, `pkg.module.Class`, `grpc://host:port`.
+    pub implementation: String,
+    /// For `grpc://`: a command that starts the plugin server; dativo starts it, waits until
+    /// the port accepts connections, restarts it if it died before a retry, and stops it.
+    pub command: Vec<String>,
+    /// For `grpc://`: a bearer token sent with every call (use `${env:…}`).
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+    /// For `grpc+tls://`: a PEM file with the CA that signed the server's certificate
+    /// (default: the public web roots).
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl CustomImplementation {
+    /// Just an implementation string, no options.
+    pub fn new(implementation: impl Into<String>) -> Self {
+        CustomImplementation {
+            implementation: implementation.into(),
+            command: Vec::new(),
+            token: None,
+            tls_ca: None,
+        }
+    }
 }
 
 impl Implementation {
     /// How the implementation is shown in logs and errors.
     pub fn display_name(&self) -> &str {
         match self {
-            Implementation::Builtin(n) | Implementation::Custom(n) => n,
+            Implementation::Builtin(n) => n,
+            Implementation::Custom(c) => &c.implementation,
         }
     }
 }
@@ -132,14 +161,34 @@ impl<'de> Deserialize<'de> for Implementation {
             implementation: Option<String>,
             #[serde(default)]
             name: Option<String>,
+            #[serde(default)]
+            command: Vec<String>,
+            #[serde(default)]
+            token: Option<String>,
+            #[serde(default)]
+            tls_ca: Option<PathBuf>,
         }
         let v = Value::deserialize(d)?;
         match v {
             Value::String(s) if !s.is_empty() => Ok(Implementation::Builtin(s)),
             Value::Object(_) => {
                 let l: Long = serde_json::from_value(v).map_err(de::Error::custom)?;
+                if l.kind != "custom"
+                    && (!l.command.is_empty() || l.token.is_some() || l.tls_ca.is_some())
+                {
+                    return Err(de::Error::custom(
+                        "`command`, `token` and `tls_ca` belong to `type: custom` (a grpc:// plugin)",
+                    ));
+                }
                 match (l.kind.as_str(), l.implementation, l.name) {
-                    ("custom", Some(i), None) if !i.is_empty() => Ok(Implementation::Custom(i)),
+                    ("custom", Some(i), None) if !i.is_empty() => {
+                        Ok(Implementation::Custom(CustomImplementation {
+                            implementation: i,
+                            command: l.command,
+                            token: l.token,
+                            tls_ca: l.tls_ca,
+                        }))
+                    }
                     ("custom", _, _) => Err(de::Error::custom(
                         "`type: custom` needs `implementation:` (a library path, a Python class path or grpc://host:port)",
                     )),
@@ -395,7 +444,7 @@ mod tests {
         );
         assert_eq!(
             j.config.target.writer,
-            Implementation::Custom("./libw.so".into())
+            Implementation::Custom(CustomImplementation::new("./libw.so"))
         );
         assert_eq!(j.config.target.config["path"], "/tmp/lake");
         assert_eq!(j.config.retry.attempts, 5);

@@ -14,6 +14,7 @@
 // Loading libraries and calling through a C ABI needs unsafe; each block names its ABI rule.
 #![allow(unsafe_code)]
 
+pub mod flight;
 pub mod native;
 
 use std::path::Path;
@@ -86,10 +87,40 @@ impl Side {
 pub struct Resolved {
     /// Shown in logs and errors: `plugin 'c_sequence' reader 'sequence'`.
     pub label: String,
-    /// The loaded library.
-    pub library: std::sync::Arc<native::NativeLibrary>,
-    /// The reader or writer name inside the library.
-    pub name: String,
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Native {
+        library: std::sync::Arc<native::NativeLibrary>,
+        name: String,
+    },
+    Flight(std::sync::Arc<flight::FlightEndpoint>),
+}
+
+/// Resolve a job's `{type: custom, …}` block (with a grpc:// plugin's `command`, `token`,
+/// `tls_ca`); `base_dir` is the job file's directory.
+pub fn resolve_custom(
+    c: &dativo_core::job::CustomImplementation,
+    side: Side,
+    base_dir: Option<&Path>,
+) -> Result<Resolved> {
+    match Implementation::parse(&c.implementation) {
+        Implementation::Grpc(url) => {
+            let ep = flight::FlightEndpoint::new(&url, c, base_dir)?;
+            Ok(Resolved {
+                label: format!("flight {} '{url}'", side.as_str()),
+                kind: Kind::Flight(std::sync::Arc::new(ep)),
+            })
+        }
+        _ if !c.command.is_empty() || c.token.is_some() || c.tls_ca.is_some() => {
+            Err(Error::config(
+                "`command`, `token` and `tls_ca` only apply to grpc:// (Arrow Flight) plugins",
+            ))
+        }
+        _ => resolve(&c.implementation, side, base_dir),
+    }
 }
 
 /// Resolve a custom implementation for `side`: load the library, check its ABI and that it
@@ -145,15 +176,15 @@ pub fn resolve(implementation: &str, side: Side, base_dir: Option<&Path>) -> Res
             };
             Ok(Resolved {
                 label: format!("plugin '{}' {} '{name}'", lib.manifest.name, side.as_str()),
-                library: lib,
-                name,
+                kind: Kind::Native { library: lib, name },
             })
         }
         Implementation::Python(class) => python(&class, side),
-        Implementation::Grpc(url) => Err(Error::config(format!(
-            "`{url}`: Arrow Flight (gRPC) plugins are not supported by this build yet; \
-             use a native library (`./libx.so#name`, see docs/plugins.md)"
-        ))),
+        Implementation::Grpc(url) => resolve_custom(
+            &dativo_core::job::CustomImplementation::new(url),
+            side,
+            base_dir,
+        ),
     }
 }
 
@@ -194,20 +225,32 @@ pub fn python(class: &str, side: Side) -> Result<Resolved> {
     let shown = class.strip_prefix("entrypoint:").unwrap_or(class);
     Ok(Resolved {
         label: format!("python {} '{shown}'", side.as_str()),
-        library: lib,
-        name: class.to_string(),
+        kind: Kind::Native {
+            library: lib,
+            name: class.to_string(),
+        },
     })
 }
 
 impl Resolved {
-    /// A new reader instance (the library's `reader_new` runs at `initialize`).
+    /// A new reader instance (a native plugin's `reader_new` runs at `initialize`).
     pub fn reader(&self) -> Box<dyn dativo_core::Reader> {
-        Box::new(native::NativeReader::new(self.library.clone(), &self.name))
+        match &self.kind {
+            Kind::Native { library, name } => {
+                Box::new(native::NativeReader::new(library.clone(), name))
+            }
+            Kind::Flight(ep) => Box::new(flight::FlightReader::new(ep.clone())),
+        }
     }
 
-    /// A new writer instance (the library's `writer_new` runs at `initialize`).
+    /// A new writer instance (a native plugin's `writer_new` runs at `initialize`).
     pub fn writer(&self) -> Box<dyn dativo_core::Writer> {
-        Box::new(native::NativeWriter::new(self.library.clone(), &self.name))
+        match &self.kind {
+            Kind::Native { library, name } => {
+                Box::new(native::NativeWriter::new(library.clone(), name))
+            }
+            Kind::Flight(ep) => Box::new(flight::FlightWriter::new(ep.clone())),
+        }
     }
 }
 

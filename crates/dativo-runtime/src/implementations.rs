@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use dativo_core::job::{Implementation, Job};
+use dativo_core::job::{CustomImplementation, Implementation, Job};
 use dativo_core::{Reader, Result, Writer};
 use dativo_plugins::Side;
 
@@ -49,13 +49,13 @@ fn python_env(job: &Job) {
 
 fn custom(
     job: &Job,
-    implementation: &str,
+    implementation: &CustomImplementation,
     side: Side,
     key: &str,
 ) -> Result<dativo_plugins::Resolved> {
     python_env(job);
     let base = job.path.parent().filter(|p| !p.as_os_str().is_empty());
-    dativo_plugins::resolve(implementation, side, base).map_err(|e| {
+    dativo_plugins::resolve_custom(implementation, side, base).map_err(|e| {
         if e.kind() == dativo_core::ErrorKind::Config {
             job.error_at(key, e.message())
         } else {

@@ -1,0 +1,557 @@
+//! Out-of-process plugins over Arrow Flight (gRPC): `implementation: grpc://host:port`.
+//!
+//! A plugin is a Flight server, in any language with Arrow Flight:
+//!
+//! | dativo | Flight call |
+//! |---|---|
+//! | reader `initialize` … `read_batch` | `DoGet(ticket = {"config", "context"} as JSON)`: the stream's schema, then batches; each batch's `app_metadata` is the JSON state covering it |
+//! | writer `initialize` | `DoAction("initialize", {"session", "config", "context"})` |
+//! | writer `write_batch` | batches on one `DoPut` stream per commit (descriptor cmd = `{"session"}`) |
+//! | writer `finalize` | the `DoPut` stream ends; `DoAction("finalize", {"session", "commit"})` → report JSON |
+//! | writer `abort` / `close` | `DoAction("abort" / "close", {"session"})` |
+//! | writer `committed_state` | `DoAction("committed_state", {"session", "job"})` → `{"state", "run_id"}` or empty |
+//!
+//! With `command: [...]` dativo starts the server itself, waits until its port accepts
+//! connections, restarts it when it died before a retry, and stops it when the run ends.
+//! `grpc+tls://` uses TLS (the web roots, or `tls_ca`); `token` is sent as a bearer token.
+//! An unreachable or vanished server is a connection error: the run is retried from the last
+//! committed state.
+
+use std::net::ToSocketAddrs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{Action, FlightDescriptor, Ticket};
+use futures_util::{StreamExt, TryStreamExt};
+use serde_json::{json, Value};
+use tonic::codegen::InterceptedService;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use dativo_core::job::CustomImplementation;
+use dativo_core::{
+    Commit, CommitReport, CommittedState, Error, Reader, ReaderContext, Result, Writer,
+    WriterContext,
+};
+
+fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("dativo-flight")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    })
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = FlightServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// A Flight plugin endpoint, and the server process dativo manages for it (if any).
+pub struct FlightEndpoint {
+    url: String,
+    uri: String,
+    addr: String,
+    tls: bool,
+    token: Option<String>,
+    tls_ca: Option<Vec<u8>>,
+    command: Vec<String>,
+    cwd: Option<PathBuf>,
+    process: Mutex<Option<Child>>,
+}
+
+fn status_error(what: &str, s: tonic::Status) -> Error {
+    use tonic::Code;
+    let msg = dativo_core::secrets::redact(&format!("{what}: {} ({:?})", s.message(), s.code()))
+        .into_owned();
+    // A transport failure (the server vanished mid-stream) arrives as Unknown with the
+    // connection error as its source: retry it like any connection failure.
+    if s.code() == Code::Unknown && std::error::Error::source(&s).is_some() {
+        return Error::connect(msg);
+    }
+    match s.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
+            Error::connect(msg)
+        }
+        Code::Unauthenticated | Code::PermissionDenied => Error::auth(msg),
+        Code::InvalidArgument => Error::config(msg),
+        _ => Error::plugin(msg),
+    }
+}
+
+fn flight_error(what: &str, e: FlightError) -> Error {
+    match e {
+        FlightError::Tonic(s) => status_error(what, *s),
+        other => Error::plugin(format!("{what}: {other}")),
+    }
+}
+
+impl FlightEndpoint {
+    /// Parse `grpc://host:port` / `grpc+tls://host:port` and the block's options (no I/O).
+    pub fn new(
+        url: &str,
+        c: &CustomImplementation,
+        base_dir: Option<&Path>,
+    ) -> Result<FlightEndpoint> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("grpc+tls://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("grpc://") {
+            (false, r)
+        } else {
+            return Err(Error::config(format!(
+                "`{url}`: expected grpc://host:port or grpc+tls://host:port"
+            )));
+        };
+        let addr = rest.trim_end_matches('/').to_string();
+        if addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(Error::config(format!(
+                "`{url}`: a port is needed (grpc://host:port)"
+            )));
+        }
+        if let Some(t) = &c.token {
+            dativo_core::secrets::register(t);
+        }
+        let tls_ca = match &c.tls_ca {
+            None => None,
+            Some(p) => {
+                let p = base_dir.map(|b| b.join(p)).unwrap_or_else(|| p.clone());
+                Some(std::fs::read(&p).map_err(|e| {
+                    Error::config(format!("tls_ca {}: {e}", p.display())).with_key_path("tls_ca")
+                })?)
+            }
+        };
+        Ok(FlightEndpoint {
+            url: url.to_string(),
+            uri: format!("{}://{addr}", if tls { "https" } else { "http" }),
+            addr,
+            tls,
+            token: c.token.clone(),
+            tls_ca,
+            command: c.command.clone(),
+            cwd: base_dir.map(Path::to_path_buf),
+            process: Mutex::new(None),
+        })
+    }
+
+    /// Start (or restart) the managed server and wait for its port; no-op without `command`.
+    fn ensure_running(&self) -> Result<()> {
+        if self.command.is_empty() {
+            return Ok(());
+        }
+        let mut p = self.process.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(child) = p.as_mut() {
+            match child.try_wait() {
+                Ok(None) => return Ok(()),
+                Ok(Some(status)) => {
+                    tracing::warn!(%status, "flight plugin server {} exited; restarting it", self.url)
+                }
+                Err(_) => {}
+            }
+        }
+        let mut cmd = Command::new(&self.command[0]);
+        cmd.args(&self.command[1..]);
+        if let Some(d) = &self.cwd {
+            cmd.current_dir(d);
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            Error::config(format!(
+                "cannot start the plugin server `{}`: {e}",
+                self.command.join(" ")
+            ))
+            .with_key_path("command")
+        })?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(Error::plugin(format!(
+                    "the plugin server `{}` exited ({status}) before listening on {}",
+                    self.command.join(" "),
+                    self.addr
+                )));
+            }
+            let up = self
+                .addr
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .is_some_and(|a| {
+                    std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok()
+                });
+            if up {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::connect(format!(
+                    "the plugin server `{}` did not listen on {} within 30s",
+                    self.command.join(" "),
+                    self.addr
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        *p = Some(child);
+        Ok(())
+    }
+
+    fn connect(&self) -> Result<Client> {
+        self.ensure_running()?;
+        let mut ep = Endpoint::from_shared(self.uri.clone())
+            .map_err(|e| Error::config(format!("`{}`: {e}", self.url)))?
+            .connect_timeout(Duration::from_secs(10));
+        if self.tls {
+            let mut tls = ClientTlsConfig::new().with_webpki_roots();
+            if let Some(ca) = &self.tls_ca {
+                tls = tls.ca_certificate(Certificate::from_pem(ca));
+            }
+            ep = ep
+                .tls_config(tls)
+                .map_err(|e| Error::config(format!("`{}`: TLS: {e}", self.url)))?;
+        }
+        let channel = rt().block_on(ep.connect()).map_err(|e| {
+            Error::connect(format!(
+                "cannot connect to the flight plugin at {}: {e}",
+                self.url
+            ))
+        })?;
+        let bearer =
+            match &self.token {
+                None => None,
+                Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+                    Error::config("`token` holds characters not allowed in a header")
+                })?),
+            };
+        Ok(FlightServiceClient::with_interceptor(
+            channel,
+            Bearer(bearer),
+        ))
+    }
+}
+
+impl Drop for FlightEndpoint {
+    fn drop(&mut self) {
+        if let Some(mut c) = self
+            .process
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn action(client: &mut Client, kind: &str, body: &Value) -> Result<Option<Value>> {
+    let a = Action {
+        r#type: kind.to_string(),
+        body: body.to_string().into_bytes().into(),
+    };
+    let what = format!("DoAction {kind}");
+    rt().block_on(async {
+        let mut s = client
+            .do_action(a)
+            .await
+            .map_err(|e| status_error(&what, e))?
+            .into_inner();
+        let mut out = None;
+        while let Some(r) = s.message().await.map_err(|e| status_error(&what, e))? {
+            if !r.body.is_empty() {
+                out = Some(serde_json::from_slice(&r.body).map_err(|e| {
+                    Error::plugin(format!("{what} returned a body that is not JSON: {e}"))
+                })?);
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// A reader served by a Flight plugin (`DoGet`).
+pub struct FlightReader {
+    ep: Arc<FlightEndpoint>,
+    stream: Option<FlightDataDecoder>,
+    schema: Option<SchemaRef>,
+    state: Option<Value>,
+}
+
+impl FlightReader {
+    /// A reader of `ep`; it connects at `initialize`.
+    pub fn new(ep: Arc<FlightEndpoint>) -> Self {
+        FlightReader {
+            ep,
+            stream: None,
+            schema: None,
+            state: None,
+        }
+    }
+}
+
+impl Reader for FlightReader {
+    fn initialize(&mut self, config: &Value, ctx: &ReaderContext) -> Result<()> {
+        let mut client = self.ep.connect()?;
+        let ticket = json!({
+            "config": config,
+            "context": {"job": ctx.job, "stream": ctx.stream, "run_id": ctx.run_id,
+                        "state": ctx.state, "shard": ctx.shard},
+        });
+        self.state = ctx.state.clone();
+        let (stream, schema) = rt().block_on(async {
+            let resp = client
+                .do_get(Ticket {
+                    ticket: ticket.to_string().into_bytes().into(),
+                })
+                .await
+                .map_err(|e| status_error("DoGet", e))?
+                .into_inner();
+            let mut dec = FlightDataDecoder::new(resp.map_err(|s| FlightError::Tonic(Box::new(s))));
+            // The stream starts with its schema.
+            loop {
+                match dec.next().await {
+                    Some(Ok(d)) => {
+                        if let DecodedPayload::Schema(s) = d.payload {
+                            return Ok((dec, s));
+                        }
+                    }
+                    Some(Err(e)) => return Err(flight_error("DoGet", e)),
+                    None => return Err(Error::plugin("DoGet: the stream ended before its schema")),
+                }
+            }
+        })?;
+        self.schema = Some(schema);
+        self.stream = Some(stream);
+        Ok(())
+    }
+
+    fn get_schema(&mut self) -> Result<SchemaRef> {
+        self.schema
+            .clone()
+            .ok_or_else(|| Error::internal("get_schema before initialize"))
+    }
+
+    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(None);
+        };
+        let state = &mut self.state;
+        let out = rt().block_on(async {
+            loop {
+                let Some(d) = stream.next().await else {
+                    return Ok(None);
+                };
+                let d = d.map_err(|e| flight_error("DoGet", e))?;
+                if !d.inner.app_metadata.is_empty() {
+                    let v: Value = serde_json::from_slice(&d.inner.app_metadata).map_err(|e| {
+                        Error::plugin(format!("DoGet: app_metadata is not JSON state: {e}"))
+                    })?;
+                    *state = (!v.is_null()).then_some(v);
+                }
+                match d.payload {
+                    DecodedPayload::RecordBatch(b) => return Ok(Some(b)),
+                    DecodedPayload::Schema(_) | DecodedPayload::None => continue,
+                }
+            }
+        });
+        if !matches!(out, Ok(Some(_))) {
+            self.stream = None;
+        }
+        out
+    }
+
+    fn get_incremental_state(&mut self) -> Result<Option<Value>> {
+        Ok(self.state.clone())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        self.stream = None;
+        Ok(())
+    }
+}
+
+/// A writer served by a Flight plugin (`DoPut` + `DoAction`).
+pub struct FlightWriter {
+    ep: Arc<FlightEndpoint>,
+    client: Option<Client>,
+    session: String,
+    job: String,
+    schema: Option<SchemaRef>,
+    put: Option<Put>,
+}
+
+/// An open `DoPut`: batches go through `tx`; `task` completes when the server has them all.
+struct Put {
+    tx: tokio::sync::mpsc::Sender<RecordBatch>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl FlightWriter {
+    /// A writer of `ep`; it connects at `initialize`.
+    pub fn new(ep: Arc<FlightEndpoint>) -> Self {
+        FlightWriter {
+            ep,
+            client: None,
+            session: uuid::Uuid::now_v7().to_string(),
+            job: String::new(),
+            schema: None,
+            put: None,
+        }
+    }
+
+    fn client(&mut self) -> Result<&mut Client> {
+        self.client
+            .as_mut()
+            .ok_or_else(|| Error::internal("flight writer used before initialize"))
+    }
+
+    /// End the open `DoPut` and wait until the server has received everything.
+    fn finish_put(&mut self) -> Result<()> {
+        if let Some(put) = self.put.take() {
+            drop(put.tx);
+            rt().block_on(put.task)
+                .map_err(|e| Error::internal(format!("DoPut task: {e}")))??;
+        }
+        Ok(())
+    }
+}
+
+impl Writer for FlightWriter {
+    fn initialize(&mut self, config: &Value, ctx: &WriterContext) -> Result<()> {
+        self.client = Some(self.ep.connect()?);
+        self.job = ctx.job.clone();
+        self.schema = Some(ctx.schema.clone());
+        let body = json!({
+            "session": self.session, "config": config,
+            "context": {"job": ctx.job, "stream": ctx.stream, "run_id": ctx.run_id, "shard": ctx.shard},
+        });
+        action(self.client()?, "initialize", &body)?;
+        Ok(())
+    }
+
+    fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        if self.put.is_none() {
+            let mut client = self.client()?.clone();
+            let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(2);
+            let schema = self
+                .schema
+                .clone()
+                .ok_or_else(|| Error::internal("no schema"))?;
+            let descriptor =
+                FlightDescriptor::new_cmd(json!({"session": self.session}).to_string());
+            let input = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|b| (Ok(b), rx))
+            });
+            let data = FlightDataEncoderBuilder::new()
+                .with_schema(schema)
+                .with_flight_descriptor(Some(descriptor))
+                .build(input)
+                .filter_map(|r| async move { r.ok() });
+            let task = rt().spawn(async move {
+                let mut resp = client
+                    .do_put(data)
+                    .await
+                    .map_err(|e| status_error("DoPut", e))?
+                    .into_inner();
+                while resp
+                    .message()
+                    .await
+                    .map_err(|e| status_error("DoPut", e))?
+                    .is_some()
+                {}
+                Ok(())
+            });
+            self.put = Some(Put { tx, task });
+        }
+        let put = self.put.as_ref().expect("opened above");
+        if put.tx.blocking_send(batch.clone()).is_err() {
+            // The call ended early: its result says why.
+            self.finish_put()?;
+            return Err(Error::connect("DoPut: the flight plugin closed the stream"));
+        }
+        Ok(())
+    }
+
+    fn finalize(&mut self, commit: &Commit) -> Result<CommitReport> {
+        self.finish_put()?;
+        let body = json!({"session": self.session, "commit": commit});
+        let v = action(self.client()?, "finalize", &body)?.unwrap_or_else(|| json!({}));
+        let strings = |k: &str| -> Vec<String> {
+            v.get(k)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Ok(CommitReport {
+            files: strings("files"),
+            rows: v.get("rows").and_then(Value::as_u64).unwrap_or(0),
+            bytes: v.get("bytes").and_then(Value::as_u64).unwrap_or(0),
+            commit_id: v.get("commit_id").and_then(Value::as_str).map(String::from),
+        })
+    }
+
+    fn abort(&mut self) -> Result<()> {
+        if let Some(put) = self.put.take() {
+            put.task.abort();
+        }
+        if self.client.is_none() {
+            return Ok(());
+        }
+        let body = json!({"session": self.session});
+        action(self.client()?, "abort", &body).map(|_| ())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some(put) = self.put.take() {
+            put.task.abort();
+        }
+        if self.client.is_none() {
+            return Ok(());
+        }
+        let body = json!({"session": self.session});
+        action(self.client()?, "close", &body).map(|_| ())
+    }
+
+    fn committed_state(&mut self) -> Result<Option<CommittedState>> {
+        let body = json!({"session": self.session, "job": self.job});
+        let Some(v) = action(self.client()?, "committed_state", &body)? else {
+            return Ok(None);
+        };
+        Ok(Some(CommittedState {
+            state: v.get("state").cloned().filter(|s| !s.is_null()),
+            run_id: v.get("run_id").and_then(Value::as_str).map(String::from),
+        }))
+    }
+}
