@@ -152,3 +152,34 @@ retry: {{attempts: 5, backoff: 50ms}}
     assert killed >= 1, "the server was never killed"
     assert "restarting it" in err, err
     assert count_sum(tmp_path / "out") == (rows, rows, sum(range(1, rows + 1)))
+
+
+def test_flight_over_tls_with_a_private_ca(dativo, tmp_path):
+    import shutil
+    import subprocess
+    if not shutil.which("openssl"):
+        pytest.fail("openssl is needed to make the test CA")
+    d = tmp_path
+    run = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=dativo test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=localhost")
+    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf")
+    port = free_port()
+    args = [PY, str(READER), "--port", str(port), "--tls-cert", "srv.pem", "--tls-key", "srv.key"]
+    job = write_job(d / "tls.yaml", f"""name: tls
+source:
+  reader:
+    type: custom
+    implementation: grpc+tls://localhost:{port}
+    command: {json.dumps(args)}
+    tls_ca: ca.pem
+  config: {{rows: 2000}}
+target:
+  writer: parquet
+  config: {{path: out}}
+""")
+    dativo.run("run", job, "--no-progress", check=0)
+    assert count_sum(d / "out") == (2000, 2000, sum(range(1, 2001)))

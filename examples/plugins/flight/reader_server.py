@@ -5,7 +5,7 @@ DoGet's ticket is JSON {"config": …, "context": …}; the stream is the schema
 each carrying the JSON state that covers it in app_metadata. This one generates `rows` rows
 (id, name, amount) from `context.state.next_id` on, optionally sleeping `delay` seconds per batch.
 
-    python reader_server.py --port 50051 [--pidfile F] [--token SECRET]
+    python reader_server.py --port 50051 [--pidfile F] [--token SECRET] [--tls-cert C --tls-key K]
 """
 import argparse
 import json
@@ -60,10 +60,17 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--pidfile")
     ap.add_argument("--token")
+    ap.add_argument("--tls-cert", help="PEM certificate: serve grpc+tls")
+    ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
     args = ap.parse_args()
     import pyarrow.compute  # noqa: F401  (pa.compute)
     mw = {"auth": BearerMiddlewareFactory(args.token)} if args.token else None
-    server = Reader(f"grpc://127.0.0.1:{args.port}", middleware=mw)
+    if args.tls_cert:
+        with open(args.tls_cert, "rb") as c, open(args.tls_key, "rb") as k:
+            tls = [flight.CertKeyPair(c.read(), k.read())]
+        server = Reader(f"grpc+tls://127.0.0.1:{args.port}", middleware=mw, tls_certificates=tls)
+    else:
+        server = Reader(f"grpc://127.0.0.1:{args.port}", middleware=mw)
     if args.pidfile:
         with open(args.pidfile, "w") as f:
             f.write(str(os.getpid()))
