@@ -100,6 +100,32 @@ pub struct CommitReport {
     pub commit_id: Option<String>,
 }
 
+impl CommitReport {
+    /// A report as plugins send it: JSON with any of `files`, `rows`, `bytes`, `commit_id`
+    /// (missing fields are empty; `null` is an empty report).
+    pub fn from_json(v: &Value) -> CommitReport {
+        let files = v
+            .get("files")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        CommitReport {
+            files,
+            rows: v.get("rows").and_then(Value::as_u64).unwrap_or(0),
+            bytes: v.get("bytes").and_then(Value::as_u64).unwrap_or(0),
+            commit_id: v.get("commit_id").and_then(|c| match c {
+                Value::Null => None,
+                Value::String(s) => Some(s.clone()),
+                other => Some(other.to_string()),
+            }),
+        }
+    }
+}
+
 /// What a target says it last committed (see [`Writer::committed_state`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommittedState {
@@ -107,6 +133,16 @@ pub struct CommittedState {
     pub state: Option<Value>,
     /// The run that made that commit.
     pub run_id: Option<String>,
+}
+
+impl CommittedState {
+    /// A committed state as plugins send it: `{"state": …, "run_id": …}`.
+    pub fn from_json(v: &Value) -> CommittedState {
+        CommittedState {
+            state: v.get("state").cloned().filter(|s| !s.is_null()),
+            run_id: v.get("run_id").and_then(Value::as_str).map(String::from),
+        }
+    }
 }
 
 /// A source of Arrow record batches.

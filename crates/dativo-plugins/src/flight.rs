@@ -504,22 +504,7 @@ impl Writer for FlightWriter {
         self.finish_put()?;
         let body = json!({"session": self.session, "commit": commit});
         let v = action(self.client()?, "finalize", &body)?.unwrap_or_else(|| json!({}));
-        let strings = |k: &str| -> Vec<String> {
-            v.get(k)
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        Ok(CommitReport {
-            files: strings("files"),
-            rows: v.get("rows").and_then(Value::as_u64).unwrap_or(0),
-            bytes: v.get("bytes").and_then(Value::as_u64).unwrap_or(0),
-            commit_id: v.get("commit_id").and_then(Value::as_str).map(String::from),
-        })
+        Ok(CommitReport::from_json(&v))
     }
 
     fn abort(&mut self) -> Result<()> {
@@ -549,9 +534,6 @@ impl Writer for FlightWriter {
         let Some(v) = action(self.client()?, "committed_state", &body)? else {
             return Ok(None);
         };
-        Ok(Some(CommittedState {
-            state: v.get("state").cloned().filter(|s| !s.is_null()),
-            run_id: v.get("run_id").and_then(Value::as_str).map(String::from),
-        }))
+        Ok(Some(CommittedState::from_json(&v)))
     }
 }

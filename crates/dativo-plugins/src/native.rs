@@ -710,26 +710,7 @@ impl Writer for NativeWriter {
         // SAFETY: a live handle, JSON and a writable out pointer (ABI rules).
         let v = self.json_out("finalize", |out| unsafe { f(h, commit.as_ptr(), out) })?;
         let v = v.unwrap_or_else(|| json!({}));
-        let strings = |k: &str| -> Vec<String> {
-            v.get(k)
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        Ok(CommitReport {
-            files: strings("files"),
-            rows: v.get("rows").and_then(Value::as_u64).unwrap_or(0),
-            bytes: v.get("bytes").and_then(Value::as_u64).unwrap_or(0),
-            commit_id: v.get("commit_id").and_then(|c| match c {
-                Value::String(s) => Some(s.clone()),
-                Value::Null => None,
-                other => Some(other.to_string()),
-            }),
-        })
+        Ok(CommitReport::from_json(&v))
     }
 
     fn abort(&mut self) -> Result<()> {
@@ -762,9 +743,7 @@ impl Writer for NativeWriter {
         let Some(v) = self.json_out("committed_state", |out| unsafe { f(h, out) })? else {
             return Ok(None);
         };
-        let state = v.get("state").cloned().filter(|s| !s.is_null());
-        let run_id = v.get("run_id").and_then(Value::as_str).map(String::from);
-        Ok(Some(CommittedState { state, run_id }))
+        Ok(Some(CommittedState::from_json(&v)))
     }
 }
 

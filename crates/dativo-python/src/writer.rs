@@ -71,27 +71,7 @@ impl Writer for PyWriter {
                 .map_err(|e| convert::error(py, &e, ""))?;
             convert::from_py(py, &o, "finalize")
         })?;
-        let strings = |k: &str| -> Vec<String> {
-            report
-                .get(k)
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        Ok(CommitReport {
-            files: strings("files"),
-            rows: report.get("rows").and_then(Value::as_u64).unwrap_or(0),
-            bytes: report.get("bytes").and_then(Value::as_u64).unwrap_or(0),
-            commit_id: report.get("commit_id").and_then(|c| match c {
-                Value::Null => None,
-                Value::String(s) => Some(s.clone()),
-                o => Some(o.to_string()),
-            }),
-        })
+        Ok(CommitReport::from_json(&report))
     }
 
     fn abort(&mut self) -> Result<()> {
@@ -116,9 +96,6 @@ impl Writer for PyWriter {
         if v.is_null() {
             return Ok(None);
         }
-        Ok(Some(CommittedState {
-            state: v.get("state").cloned().filter(|s| !s.is_null()),
-            run_id: v.get("run_id").and_then(Value::as_str).map(String::from),
-        }))
+        Ok(Some(CommittedState::from_json(&v)))
     }
 }
