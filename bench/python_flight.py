@@ -47,9 +47,11 @@ def main():
             time.sleep(0.1)
     variants = {
         "built-in file reader": ("file", {"path": str(src)}),
-        "Python reader (in-process)": ({"type": "custom", "implementation": "py_table.TableReader"},
-                                       {"path": str(src)}),
-        "Flight reader (pyarrow.flight)": ({"type": "custom", "implementation": f"grpc://127.0.0.1:{port}"},
+        "Python, in-memory table": ({"type": "custom", "implementation": "py_table.TableReader"},
+                                    {"path": str(src), "mode": "memory"}),
+        "Python, streaming the file": ({"type": "custom", "implementation": "py_table.TableReader"},
+                                       {"path": str(src), "mode": "stream"}),
+        "Flight (pyarrow.flight server)": ({"type": "custom", "implementation": f"grpc://127.0.0.1:{port}"},
                                            {"path": str(src)}),
     }
     best = {k: (float("inf"), 0.0) for k in variants}

@@ -18,6 +18,7 @@
 //! committed state.
 
 use std::net::ToSocketAddrs;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -84,6 +85,23 @@ pub struct FlightEndpoint {
     command: Vec<String>,
     cwd: Option<PathBuf>,
     process: Mutex<Option<Child>>,
+}
+
+/// SIGTERM the server's process group, then SIGKILL it after a grace period.
+fn stop_group(c: &mut Child) {
+    let pgid = c.id() as i32;
+    // SAFETY: kill(2) on the process group we created for the child.
+    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: as above; whatever of the group is left.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = c.wait();
 }
 
 fn status_error(what: &str, s: tonic::Status) -> Error {
@@ -178,8 +196,21 @@ impl FlightEndpoint {
                 Err(_) => {}
             }
         }
+        if self.port_open() {
+            return Err(Error::config(format!(
+                "{} already accepts connections: another server (an earlier one still running?) holds the port that `command` would listen on",
+                self.addr
+            )));
+        }
         let mut cmd = Command::new(&self.command[0]);
         cmd.args(&self.command[1..]);
+        // The server's output must not mix with dativo's (stdout may be a JSON summary).
+        cmd.stdin(std::process::Stdio::null());
+        if let Ok(err) = std::io::stderr().as_fd().try_clone_to_owned() {
+            cmd.stdout(std::process::Stdio::from(err));
+        }
+        // Its own process group, so stopping it also stops what it started (`sh -c`, `uv run`).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         if let Some(d) = &self.cwd {
             cmd.current_dir(d);
         }
@@ -211,8 +242,7 @@ impl FlightEndpoint {
                 break;
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                stop_group(&mut child);
                 return Err(Error::connect(format!(
                     "the plugin server `{}` did not listen on {} within 30s",
                     self.command.join(" "),
@@ -223,6 +253,14 @@ impl FlightEndpoint {
         }
         *p = Some(child);
         Ok(())
+    }
+
+    fn port_open(&self) -> bool {
+        self.addr.to_socket_addrs().is_ok_and(|mut addrs| {
+            addrs.any(|a| {
+                std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok()
+            })
+        })
     }
 
     fn connect(&self) -> Result<Client> {
@@ -273,28 +311,46 @@ impl Drop for FlightEndpoint {
     }
 }
 
-fn action(client: &mut Client, kind: &str, body: &Value) -> Result<Option<Value>> {
+/// How long a DoAction may take before dativo gives up on the server (a retryable error).
+const ACTION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Run an action; the last non-empty result body, as bytes.
+fn action_raw(client: &mut Client, kind: &str, body: &Value) -> Result<Option<Vec<u8>>> {
     let a = Action {
         r#type: kind.to_string(),
         body: body.to_string().into_bytes().into(),
     };
     let what = format!("DoAction {kind}");
     rt().block_on(async {
-        let mut s = client
-            .do_action(a)
-            .await
-            .map_err(|e| status_error(&what, e))?
-            .into_inner();
-        let mut out = None;
-        while let Some(r) = s.message().await.map_err(|e| status_error(&what, e))? {
-            if !r.body.is_empty() {
-                out = Some(serde_json::from_slice(&r.body).map_err(|e| {
-                    Error::plugin(format!("{what} returned a body that is not JSON: {e}"))
-                })?);
+        let call = async {
+            let mut s = client
+                .do_action(a)
+                .await
+                .map_err(|e| status_error(&what, e))?
+                .into_inner();
+            let mut out = None;
+            while let Some(r) = s.message().await.map_err(|e| status_error(&what, e))? {
+                if !r.body.is_empty() {
+                    out = Some(r.body.to_vec());
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        };
+        tokio::time::timeout(ACTION_TIMEOUT, call)
+            .await
+            .map_err(|_| Error::connect(format!("{what}: no answer within {ACTION_TIMEOUT:?}")))?
     })
+}
+
+fn action(client: &mut Client, kind: &str, body: &Value) -> Result<Option<Value>> {
+    match action_raw(client, kind, body)? {
+        None => Ok(None),
+        Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            Error::plugin(format!(
+                "DoAction {kind} returned a body that is not JSON: {e}"
+            ))
+        }),
+    }
 }
 
 /// A reader served by a Flight plugin (`DoGet`).
@@ -503,8 +559,13 @@ impl Writer for FlightWriter {
     fn finalize(&mut self, commit: &Commit) -> Result<CommitReport> {
         self.finish_put()?;
         let body = json!({"session": self.session, "commit": commit});
-        let v = action(self.client()?, "finalize", &body)?.unwrap_or_else(|| json!({}));
-        Ok(CommitReport::from_json(&v))
+        let raw = action_raw(self.client()?, "finalize", &body)?;
+        // The commit has landed: a malformed report is only a warning.
+        let text = raw.map(|b| String::from_utf8_lossy(&b).into_owned());
+        Ok(crate::native::report_or_default(
+            "flight writer",
+            text.as_deref(),
+        ))
     }
 
     fn abort(&mut self) -> Result<()> {
@@ -534,6 +595,9 @@ impl Writer for FlightWriter {
         let Some(v) = action(self.client()?, "committed_state", &body)? else {
             return Ok(None);
         };
+        if v.is_null() {
+            return Ok(None);
+        }
         Ok(Some(CommittedState::from_json(&v)))
     }
 }

@@ -707,10 +707,15 @@ impl Writer for NativeWriter {
             "writer_finalize",
         )?;
         let commit = c_json(&serde_json::to_value(commit).unwrap_or(Value::Null))?;
+        let mut out: *mut c_char = std::ptr::null_mut();
         // SAFETY: a live handle, JSON and a writable out pointer (ABI rules).
-        let v = self.json_out("finalize", |out| unsafe { f(h, commit.as_ptr(), out) })?;
-        let v = v.unwrap_or_else(|| json!({}));
-        Ok(CommitReport::from_json(&v))
+        let rc = unsafe { f(h, commit.as_ptr(), &mut out) };
+        // SAFETY: whatever came back is the plugin's string (ABI rule).
+        let text = unsafe { self.inst.lib.take_string(out) };
+        self.inst.status("finalize", rc)?;
+        // The commit has landed: a malformed report must not turn it into a failure (the
+        // state would then not be recorded for data that is visible).
+        Ok(report_or_default(&self.inst.label, text.as_deref()))
     }
 
     fn abort(&mut self) -> Result<()> {
@@ -743,6 +748,9 @@ impl Writer for NativeWriter {
         let Some(v) = self.json_out("committed_state", |out| unsafe { f(h, out) })? else {
             return Ok(None);
         };
+        if v.is_null() {
+            return Ok(None);
+        }
         Ok(Some(CommittedState::from_json(&v)))
     }
 }
@@ -758,6 +766,18 @@ impl Drop for NativeWriter {
             unsafe { free(self.inst.handle) };
         }
         self.inst.handle = std::ptr::null_mut();
+    }
+}
+
+/// Parse a finalize report; after a successful commit a bad report is only a warning.
+pub(crate) fn report_or_default(label: &str, text: Option<&str>) -> CommitReport {
+    match text.map(serde_json::from_str::<Value>) {
+        None => CommitReport::default(),
+        Some(Ok(v)) => CommitReport::from_json(&v),
+        Some(Err(e)) => {
+            tracing::warn!("{label}: finalize succeeded but its report is not JSON ({e}); counting it as empty");
+            CommitReport::default()
+        }
     }
 }
 

@@ -192,7 +192,7 @@ pub fn batches(py: Python<'_>, o: &Bound<'_, PyAny>) -> Result<Batches> {
     )))
 }
 
-/// Next batch of a stream (call with the interpreter attached: producers may run Python).
+/// Next batch of a stream.
 pub fn next_of(r: &mut ArrowArrayStreamReader) -> Result<Option<RecordBatch>> {
     r.next()
         .transpose()

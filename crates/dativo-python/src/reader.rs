@@ -13,17 +13,11 @@ use crate::convert::{self, Batches};
 pub struct PyReader {
     obj: Py<PyAny>,
     schema: Option<SchemaRef>,
-    /// A stream returned by `read_batch` that is not drained yet.
-    stream: Option<Batches>,
 }
 
 impl PyReader {
     pub fn new(obj: Py<PyAny>) -> Self {
-        PyReader {
-            obj,
-            schema: None,
-            stream: None,
-        }
+        PyReader { obj, schema: None }
     }
 }
 
@@ -62,13 +56,6 @@ impl Reader for PyReader {
 
     fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
         Python::attach(|py| loop {
-            if let Some(Batches::Stream(r)) = &mut self.stream {
-                match convert::next_of(r)? {
-                    Some(b) if b.num_rows() == 0 => continue,
-                    Some(b) => return Ok(Some(b)),
-                    None => self.stream = None,
-                }
-            }
             let o = self
                 .obj
                 .bind(py)
@@ -79,7 +66,32 @@ impl Reader for PyReader {
             }
             match convert::batches(py, &o)? {
                 Batches::One(b) => return Ok(Some(b)),
-                s @ Batches::Stream(_) => self.stream = Some(s),
+                // A stream (a Table, a DataFrame, a duckdb relation) is one read_batch: it is
+                // delivered as one batch, so the state the class reports next covers exactly
+                // what was delivered. Drained without the GIL (producers take it if they need it).
+                Batches::Stream(mut r) => {
+                    let schema = arrow::array::RecordBatchReader::schema(&r);
+                    let batches = py.detach(move || {
+                        let mut v = Vec::new();
+                        while let Some(b) = convert::next_of(&mut r)? {
+                            v.push(b);
+                        }
+                        Ok::<_, dativo_core::Error>(v)
+                    })?;
+                    match batches.len() {
+                        0 => continue,
+                        1 => return Ok(batches.into_iter().next()),
+                        _ => {
+                            let b =
+                                arrow::compute::concat_batches(&schema, &batches).map_err(|e| {
+                                    dativo_core::Error::plugin(format!(
+                                        "read_batch: joining the stream's batches: {e}"
+                                    ))
+                                })?;
+                            return Ok(Some(b));
+                        }
+                    }
+                }
             }
         })
     }
@@ -100,21 +112,11 @@ impl Reader for PyReader {
 
     fn close(&mut self) -> Result<()> {
         Python::attach(|py| {
-            self.stream = None;
             self.obj
                 .bind(py)
                 .call_method0("close")
                 .map_err(|e| convert::error(py, &e, ""))?;
             Ok(())
         })
-    }
-}
-
-impl Drop for PyReader {
-    fn drop(&mut self) {
-        // Streams may call back into Python when released.
-        if self.stream.is_some() {
-            Python::attach(|_| self.stream = None);
-        }
     }
 }

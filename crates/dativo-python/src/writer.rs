@@ -69,7 +69,11 @@ impl Writer for PyWriter {
                 .bind(py)
                 .call_method1("finalize", (c,))
                 .map_err(|e| convert::error(py, &e, ""))?;
-            convert::from_py(py, &o, "finalize")
+            // The commit has landed: a report that is not JSON is only a warning.
+            Ok::<_, dativo_core::Error>(convert::from_py(py, &o, "finalize").unwrap_or_else(|e| {
+                eprintln!("warning: finalize succeeded but its report cannot be read: {e}");
+                Value::Null
+            }))
         })?;
         Ok(CommitReport::from_json(&report))
     }
@@ -93,7 +97,7 @@ impl Writer for PyWriter {
             return Ok(None);
         }
         let v = self.call0("committed_state")?;
-        if v.is_null() {
+        if v.is_null() || v.get("state").is_none() && v.get("run_id").is_none() {
             return Ok(None);
         }
         Ok(Some(CommittedState::from_json(&v)))

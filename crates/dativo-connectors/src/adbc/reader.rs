@@ -52,16 +52,28 @@ fn cursor_json(col: &dyn Array, row: usize) -> Result<Value> {
             "the cursor column is NULL in a row; cursor columns must not be NULL",
         ));
     }
-    let micros_text = |v: i64, unit: &TimeUnit, tz: bool| -> Value {
+    let micros_text = |v: i64, unit: &TimeUnit, tz: bool| -> Result<Value> {
         let (secs, nanos) = match unit {
             TimeUnit::Second => (v, 0),
             TimeUnit::Millisecond => (v.div_euclid(1000), v.rem_euclid(1000) * 1_000_000),
             TimeUnit::Microsecond => (v.div_euclid(1_000_000), v.rem_euclid(1_000_000) * 1000),
             TimeUnit::Nanosecond => (v.div_euclid(1_000_000_000), v.rem_euclid(1_000_000_000)),
         };
-        let t = chrono::DateTime::from_timestamp(secs, nanos as u32).unwrap_or_default();
-        let text = t.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
-        Value::String(if tz { format!("{text}+00:00") } else { text })
+        let Some(t) = chrono::DateTime::from_timestamp(secs, nanos as u32) else {
+            return Err(Error::data(format!(
+                "cursor timestamp {v} ({unit:?}) is out of range"
+            )));
+        };
+        let text = match unit {
+            TimeUnit::Nanosecond => t.format("%Y-%m-%d %H:%M:%S%.9f"),
+            _ => t.format("%Y-%m-%d %H:%M:%S%.6f"),
+        }
+        .to_string();
+        Ok(Value::String(if tz {
+            format!("{text}+00:00")
+        } else {
+            text
+        }))
     };
     Ok(match col.data_type() {
         DataType::Int8 => json!(col.as_primitive::<Int8Type>().value(row)),
@@ -85,7 +97,7 @@ fn cursor_json(col: &dyn Array, row: usize) -> Result<Value> {
                 TimeUnit::Microsecond => col.as_primitive::<TimestampMicrosecondType>().value(row),
                 TimeUnit::Nanosecond => col.as_primitive::<TimestampNanosecondType>().value(row),
             };
-            micros_text(v, unit, tz.is_some())
+            micros_text(v, unit, tz.is_some())?
         }
         other => {
             return Err(Error::config(format!(
@@ -179,7 +191,13 @@ impl Reader for AdbcReader {
                 // The driver keeps returning the same error: stop at the first one.
                 Some(Err(e)) => {
                     self.stream = None;
-                    return Err(Error::connect(format!("ADBC stream: {e}")));
+                    return Err(match e {
+                        arrow::error::ArrowError::IoError(..)
+                        | arrow::error::ArrowError::ExternalError(_) => {
+                            Error::connect(format!("ADBC stream: {e}"))
+                        }
+                        _ => Error::data(format!("ADBC stream: {e}")),
+                    });
                 }
                 Some(Ok(b)) if b.num_rows() == 0 => continue,
                 Some(Ok(b)) => {

@@ -111,14 +111,19 @@ impl AdbcWriter {
             let castable = both(|t| t.is_integer() || t.is_floating())
                 || both(|t| matches!(t, DataType::Timestamp(_, _)));
             if castable && f.data_type() != target.data_type() {
-                let c = arrow::compute::cast(col, target.data_type()).map_err(|e| {
-                    Error::schema(format!(
-                        "column `{}` ({}) cannot be stored as the table's {}: {e}",
-                        f.name(),
-                        f.data_type(),
-                        target.data_type()
-                    ))
-                })?;
+                let strict = arrow::compute::CastOptions {
+                    safe: false,
+                    ..Default::default()
+                };
+                let c = arrow::compute::cast_with_options(col, target.data_type(), &strict)
+                    .map_err(|e| {
+                        Error::schema(format!(
+                            "column `{}` ({}) cannot be stored as the table's {}: {e}",
+                            f.name(),
+                            f.data_type(),
+                            target.data_type()
+                        ))
+                    })?;
                 fields.push(
                     f.as_ref()
                         .clone()
