@@ -176,7 +176,14 @@ typedef struct DativoPlugin {
   void (*writer_free)(DativoWriter *w);
 } DativoPlugin;
 
-/** The one symbol a plugin exports. Return DATIVO_OK after filling *out. */
+/**
+ * The one symbol a plugin exports. Return DATIVO_OK after filling *out.
+ *
+ * Before the call dativo zeroes *out and sets out->struct_size to the size of the table it
+ * allocated; a plugin must not write past that many bytes (a plugin built against a newer header
+ * fills only the fields an older host knows). The plugin then sets abi_version and struct_size
+ * to its own values; dativo treats fields past the plugin's struct_size as NULL.
+ */
 typedef int (*DativoPluginInitFn)(uint32_t host_abi_version, DativoPlugin *out);
 
 #ifdef __cplusplus

@@ -525,7 +525,19 @@ pub unsafe fn __init(
         writer_close: has_writers.then_some(writer_close as _),
         writer_free: has_writers.then_some(writer_free as _),
     };
+    // The host announces the size of its table; never write past it. Every host so far knows
+    // the whole v1 table, which is all this SDK fills.
     // SAFETY: `out` is writable (checked non-null; ABI rule).
+    let host_size = unsafe { (*out).struct_size } as usize;
+    if host_size != 0 && host_size < std::mem::size_of::<DativoPlugin>() {
+        set_error(&format!(
+            "plugin `{}` fills a {}-byte table; the host offers {host_size} bytes",
+            def.name,
+            std::mem::size_of::<DativoPlugin>()
+        ));
+        return abi::ERROR;
+    }
+    // SAFETY: `out` is writable for the whole v1 table (checked above; ABI rule).
     unsafe { ptr::write(out, table) };
     abi::OK
 }

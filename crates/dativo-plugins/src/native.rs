@@ -3,8 +3,9 @@
 //!
 //! Guarantees the host adds on top of the plugin's own code:
 //! - the ABI version and table size are checked before any other call;
-//! - every batch is imported zero-copy, validated (buffer sizes, offsets) and compared with the
-//!   schema the plugin declared; a mismatch fails the run naming the plugin and the column;
+//! - every batch is imported zero-copy, its buffers checked against its type (sizes; the full
+//!   per-value check is skipped on this hot path) and compared with the schema the plugin
+//!   declared; a mismatch fails the run naming the plugin and the column;
 //! - an error code becomes a dativo [`Error`] of the matching kind (config, connection,
 //!   retryable, plugin), with the plugin's own message;
 //! - `close` is called exactly once and the instance freed, also when the run fails;
@@ -190,7 +191,9 @@ impl NativeLibrary {
         // Never unload: release callbacks and thread-locals live in the library's code.
         std::mem::forget(lib);
         let mut table = DativoPlugin::zeroed();
-        // SAFETY: `table` is a writable, zeroed DativoPlugin of the host's size.
+        table.struct_size = std::mem::size_of::<DativoPlugin>() as u32;
+        // SAFETY: `table` is a writable, zeroed DativoPlugin of the host's size, announced in
+        // struct_size (the plugin writes no further).
         let rc = unsafe { init(abi::ABI_VERSION, &mut table) };
         if rc != abi::OK {
             let msg = table
