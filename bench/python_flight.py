@@ -51,8 +51,10 @@ def main():
                                     {"path": str(src), "mode": "memory"}),
         "Python, streaming the file": ({"type": "custom", "implementation": "py_table.TableReader"},
                                        {"path": str(src), "mode": "stream"}),
-        "Flight (pyarrow.flight server)": ({"type": "custom", "implementation": f"grpc://127.0.0.1:{port}"},
-                                           {"path": str(src)}),
+        "Flight, in-memory table": ({"type": "custom", "implementation": f"grpc://127.0.0.1:{port}"},
+                                    {"path": str(src), "mode": "memory"}),
+        "Flight, streaming the file": ({"type": "custom", "implementation": f"grpc://127.0.0.1:{port}"},
+                                       {"path": str(src), "mode": "stream"}),
     }
     best = {k: (float("inf"), 0.0) for k in variants}
     try:

@@ -43,13 +43,17 @@ def serve(port):
     class Server(flight.FlightServerBase):
         def do_get(self, context, ticket):
             config = json.loads(ticket.ticket)["config"]
-            table = pq.read_table(config["path"])
-            batches = table.to_batches(max_chunksize=config.get("batch_size", 65536))
+            f = pq.ParquetFile(config["path"])
+            size = config.get("batch_size", 65536)
+            if config.get("mode", "stream") == "memory":
+                batches = pq.read_table(config["path"]).to_batches(max_chunksize=size)
+            else:
+                batches = f.iter_batches(batch_size=size)
 
             def gen():
                 for i, b in enumerate(batches):
                     yield b, pa.py_buffer(json.dumps({"batches": i + 1}).encode())
-            return flight.GeneratorStream(table.schema, gen())
+            return flight.GeneratorStream(f.schema_arrow, gen())
 
     Server(f"grpc://127.0.0.1:{port}").serve()
 
