@@ -198,7 +198,19 @@ enum PluginsCommand {
     List,
 }
 
+/// Die quietly on a closed pipe (`dativo plugin test … | head`) like other Unix tools, instead
+/// of panicking in `println!`. Rust ignores SIGPIPE by default.
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     output::init_logging(cli.log_format == LogFormat::Json, cli.verbose);
     match dispatch(&cli) {
