@@ -203,13 +203,14 @@ retry: {{attempts: 2, backoff: 10ms}}
     before = parquet_stats(tmp_path / "lake", ("id",))
     assert before == (500, 500, sum(range(1, 501)))
     state = json.loads(dativo.run("state", "show", job("good"), check=0).stdout)["state"]
-    cases = {
-        "wrong_schema": "batch column `id` (Utf8) does not match declared column `id` (Int64)",
-        "error_mid_stream": "the source rejected the request at id 801 (deliberate test error)",
-        "panic": "crashed (a bug in the plugin): panicked in read_batch: deliberate test panic at id 801",
+    cases = {  # reader: (exit code, message)
+        "wrong_schema": (5, "batch column `id` (Utf8) does not match declared column `id` (Int64)"),
+        # Error::data in the plugin → DATIVO_ERROR_DATA → a data error, exit 4.
+        "error_mid_stream": (4, "the source rejected the request at id 801 (deliberate test error)"),
+        "panic": (5, "crashed (a bug in the plugin): panicked in read_batch: deliberate test panic at id 801"),
     }
-    for reader, why in cases.items():
-        p = dativo.run("run", job(reader), "--no-progress", check=5)
+    for reader, (code, why) in cases.items():
+        p = dativo.run("run", job(reader), "--no-progress", check=code)
         assert f"plugin 'broken' reader '{reader}'" in p.stderr + p.stdout, p.stderr + p.stdout
         assert why in p.stderr + p.stdout, p.stderr + p.stdout
         assert parquet_stats(tmp_path / "lake", ("id",)) == before
@@ -219,6 +220,9 @@ retry: {{attempts: 2, backoff: 10ms}}
     p = dativo.run("run", job("good", writer, total=900), "--no-progress", check=5)
     assert "plugin 'broken' writer 'panic_on_write'" in p.stderr + p.stdout
     assert "panicked in write_batch: deliberate test panic in write_batch" in p.stderr + p.stdout
+    writer = f"  writer: {{type: custom, implementation: \"{BROKEN}#error_on_finalize\"}}\n  config: {{}}"
+    p = dativo.run("run", job("good", writer, total=900), "--no-progress", check=6)  # Error::io → exit 6
+    assert "the target refused the commit" in p.stderr + p.stdout
     assert json.loads(dativo.run("state", "show", job("good"), check=0).stdout)["state"] == state
 
 

@@ -93,6 +93,14 @@ struct ArrowArray {
 #define DATIVO_ERROR_CONNECTION 4
 /** A bug inside the plugin (a caught panic or exception). */
 #define DATIVO_ERROR_PANIC 5
+/** Credentials were rejected or a permission is missing (not retried; exit code 3). */
+#define DATIVO_ERROR_AUTH 6
+/** A value could not be read or converted (not retried; exit code 4). */
+#define DATIVO_ERROR_DATA 7
+/** A schema is missing, mismatched or unsupported (not retried; exit code 4). */
+#define DATIVO_ERROR_SCHEMA 8
+/** Local or remote storage failed: disk full, permission denied on a path (not retried; exit 6). */
+#define DATIVO_ERROR_IO 9
 
 /** Opaque reader / writer instances, defined by the plugin. */
 typedef struct DativoReader DativoReader;

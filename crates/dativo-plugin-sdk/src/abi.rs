@@ -22,6 +22,14 @@ pub const ERROR_CONFIG: c_int = 3;
 pub const ERROR_CONNECTION: c_int = 4;
 /// `DATIVO_ERROR_PANIC`: a bug inside the plugin (caught panic or exception).
 pub const ERROR_PANIC: c_int = 5;
+/// `DATIVO_ERROR_AUTH`: credentials rejected or a permission missing.
+pub const ERROR_AUTH: c_int = 6;
+/// `DATIVO_ERROR_DATA`: a value could not be read or converted.
+pub const ERROR_DATA: c_int = 7;
+/// `DATIVO_ERROR_SCHEMA`: a schema is missing, mismatched or unsupported.
+pub const ERROR_SCHEMA: c_int = 8;
+/// `DATIVO_ERROR_IO`: storage failed.
+pub const ERROR_IO: c_int = 9;
 
 /// An opaque reader or writer instance.
 pub type Handle = *mut c_void;

@@ -71,10 +71,14 @@ fn set_error(message: &str) {
 }
 
 fn code_for(e: &Error) -> c_int {
-    match e.kind() {
-        ErrorKind::Config => abi::ERROR_CONFIG,
-        ErrorKind::Connect => abi::ERROR_CONNECTION,
-        _ if e.is_retryable() => abi::ERROR_RETRYABLE,
+    match (e.kind(), e.is_retryable()) {
+        (ErrorKind::Config, _) => abi::ERROR_CONFIG,
+        (ErrorKind::Connect, true) => abi::ERROR_CONNECTION,
+        (_, true) => abi::ERROR_RETRYABLE,
+        (ErrorKind::Auth, false) => abi::ERROR_AUTH,
+        (ErrorKind::Data, false) => abi::ERROR_DATA,
+        (ErrorKind::Schema, false) => abi::ERROR_SCHEMA,
+        (ErrorKind::Io, false) => abi::ERROR_IO,
         _ => abi::ERROR,
     }
 }

@@ -157,6 +157,10 @@ fn kind_for(code: c_int) -> (ErrorKind, &'static str) {
         abi::ERROR_RETRYABLE => (ErrorKind::Transient, ""),
         abi::ERROR_PANIC => (ErrorKind::Plugin, "crashed (a bug in the plugin): "),
         abi::ERROR => (ErrorKind::Plugin, ""),
+        abi::ERROR_AUTH => (ErrorKind::Auth, ""),
+        abi::ERROR_DATA => (ErrorKind::Data, ""),
+        abi::ERROR_SCHEMA => (ErrorKind::Schema, ""),
+        abi::ERROR_IO => (ErrorKind::Io, ""),
         _ => (ErrorKind::Plugin, "returned an unknown status code: "),
     }
 }

@@ -36,15 +36,26 @@ impl WriterFactory {
 
 /// Make the job's `python.venv` the one the Python bridge imports from. Set before the bridge
 /// starts the interpreter (resolution runs before any reader or writer thread exists).
-fn python_env(job: &Job) {
+/// One interpreter per process: a second job asking for another venv is refused.
+fn python_env(job: &Job) -> Result<()> {
     if let Some(venv) = &job.config.python.venv {
         let base = job.path.parent().unwrap_or(std::path::Path::new("."));
         let venv = base.join(venv);
-        std::env::set_var(
-            "DATIVO_PYTHON_VENV",
-            std::fs::canonicalize(&venv).unwrap_or(venv),
-        );
+        let venv = std::fs::canonicalize(&venv).unwrap_or(venv);
+        match std::env::var_os("DATIVO_PYTHON_VENV") {
+            Some(v) if std::path::Path::new(&v) != venv => {
+                return Err(job.error_at(
+                    "python.venv",
+                    &format!(
+                        "this process already uses the Python virtualenv {} (one interpreter per process); run jobs with different venvs in separate processes",
+                        std::path::Path::new(&v).display()
+                    ),
+                ))
+            }
+            _ => std::env::set_var("DATIVO_PYTHON_VENV", venv),
+        }
     }
+    Ok(())
 }
 
 fn custom(
@@ -53,7 +64,7 @@ fn custom(
     side: Side,
     key: &str,
 ) -> Result<dativo_plugins::Resolved> {
-    python_env(job);
+    python_env(job)?;
     let base = job.path.parent().filter(|p| !p.as_os_str().is_empty());
     dativo_plugins::resolve_custom(implementation, side, base).map_err(|e| {
         if e.kind() == dativo_core::ErrorKind::Config {
@@ -75,7 +86,7 @@ fn entry_point(
     if dativo_plugins::python_bridge().is_err() {
         return Ok(None);
     }
-    python_env(job);
+    python_env(job)?;
     match dativo_plugins::python(&format!("entrypoint:{name}"), side) {
         Ok(r) => Ok(Some(r)),
         Err(e) if e.message().contains("no entry point") => Ok(None),
