@@ -279,7 +279,7 @@ def toolchain_env():
 
 @pytest.mark.parametrize("lang", ["c", "cpp", "go", "rust"])
 def test_plugin_new_builds_and_passes(dativo, tmp_path, lang):
-    name = f"my_{lang}_reader"
+    name = f"scaffold_{lang}_reader"  # not my_rust_reader: that is the maturin example's library name
     dativo.run("plugin", "new", "--lang", lang, name, check=0)
     d = tmp_path / name
     if lang == "rust":
