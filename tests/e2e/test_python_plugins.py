@@ -143,6 +143,8 @@ def test_entry_points_of_installed_packages(dativo, tmp_path):
     j = job(tmp_path, "example_numbers\n  config: {rows: 2500, batch_size: 1000}",
             f"example_jsonl\n  config: {{path: {out}}}")
     dativo.run("validate", j, env=env(), check=0)
+    p = dativo.run("plugins", "list", env=env(), check=0)
+    assert "reader example_numbers" in p.stdout and "dativo-example-python 0.1.0" in p.stdout, p.stdout
     dativo.run("run", j, "--no-progress", env=env(), check=0)
     dativo.run("run", j, "--no-progress", env=env(), check=0)  # nothing new: exactly once
     got = duckdb.execute(f"SELECT count(*), count(DISTINCT id), sum(id) FROM read_json('{out}/part-*.jsonl')").fetchone()

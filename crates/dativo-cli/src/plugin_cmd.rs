@@ -64,7 +64,53 @@ pub fn list() -> Result<ExitCode> {
             Err(e) => println!("  {}  (not loadable: {})", d.path.display(), e.message()),
         }
     }
+    list_python();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Python bridge and the readers/writers installed Python packages register as entry
+/// points (in `$VIRTUAL_ENV`, else the `python3` on PATH).
+fn list_python() {
+    match dativo_plugins::python_bridge() {
+        Ok(p) => println!("python (in-process, bridge {}):", p.display()),
+        Err(_) => {
+            println!("python: the bridge library libdativo_python.so is not next to this binary");
+            return;
+        }
+    }
+    let python = std::env::var_os("VIRTUAL_ENV")
+        .map(|v| std::path::PathBuf::from(v).join("bin").join("python"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "python3".into());
+    let code = concat!(
+        "import importlib.metadata as m\n",
+        "for g in ('dativo.readers', 'dativo.writers'):\n",
+        "    for e in m.entry_points(group=g):\n",
+        "        print(g.split('.')[1][:-1], e.name, e.value, ",
+        "(e.dist.name + ' ' + e.dist.version) if e.dist else '')\n",
+    );
+    let out = std::process::Command::new(&python)
+        .args(["-c", code])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            if text.trim().is_empty() {
+                println!("  no installed packages declare dativo.readers / dativo.writers entry points ({})", python.display());
+            }
+            for line in text.lines() {
+                let mut f = line.splitn(4, ' ');
+                let (side, name, value, dist) = (
+                    f.next().unwrap_or(""),
+                    f.next().unwrap_or(""),
+                    f.next().unwrap_or(""),
+                    f.next().unwrap_or(""),
+                );
+                println!("  {side} {name:<18} {value}  ({dist})");
+            }
+        }
+        _ => println!("  (cannot run {} to list entry points)", python.display()),
+    }
 }
 
 fn parse_config(arg: Option<&str>) -> Result<Value> {
