@@ -148,7 +148,7 @@ typedef struct DativoPlugin {
   int (*reader_get_incremental_state)(DativoReader *r, char **out_json);
   /** Release resources (connections, files). Called exactly once, on success and failure. */
   int (*reader_close)(DativoReader *r);
-  /** Free the instance itself; last call on it. */
+  /** Free the instance itself; last call on it (an instance never initialized gets only this). */
   void (*reader_free)(DativoReader *r);
 
   /* -- writer -- */
@@ -182,6 +182,14 @@ typedef struct DativoPlugin {
   int (*writer_close)(DativoWriter *w);
   /** Free the instance itself; last call on it. */
   void (*writer_free)(DativoWriter *w);
+
+  /* -- appended in v1 before release -- */
+  /**
+   * The status code of the last failed call on this thread (DATIVO_ERROR_*), so a NULL from
+   * reader_new / writer_new can say what kind of failure it was. May be NULL: then a failed
+   * *_new counts as DATIVO_ERROR.
+   */
+  int (*last_error_code)(void);
 } DativoPlugin;
 
 /**

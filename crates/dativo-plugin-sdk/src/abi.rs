@@ -71,6 +71,7 @@ pub struct DativoPlugin {
     pub writer_committed_state: Option<unsafe extern "C" fn(Handle, *mut *mut c_char) -> c_int>,
     pub writer_close: Option<unsafe extern "C" fn(Handle) -> c_int>,
     pub writer_free: Option<unsafe extern "C" fn(Handle)>,
+    pub last_error_code: Option<unsafe extern "C" fn() -> c_int>,
 }
 
 impl DativoPlugin {
@@ -97,6 +98,7 @@ impl DativoPlugin {
             writer_committed_state: None,
             writer_close: None,
             writer_free: None,
+            last_error_code: None,
         }
     }
 }

@@ -63,6 +63,7 @@ static PLUGIN: OnceLock<(&'static PluginDef, CString)> = OnceLock::new();
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    static LAST_CODE: std::cell::Cell<c_int> = const { std::cell::Cell::new(0) };
 }
 
 fn set_error(message: &str) {
@@ -192,6 +193,10 @@ fn def() -> &'static PluginDef {
 
 unsafe extern "C" fn last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+unsafe extern "C" fn last_error_code() -> c_int {
+    LAST_CODE.with(|c| c.get())
 }
 
 unsafe extern "C" fn free_string(s: *mut c_char) {
@@ -528,6 +533,7 @@ pub unsafe fn __init(
         writer_committed_state: has_writers.then_some(writer_committed_state as _),
         writer_close: has_writers.then_some(writer_close as _),
         writer_free: has_writers.then_some(writer_free as _),
+        last_error_code: Some(last_error_code),
     };
     // The host announces the size of its table; never write past it. Every host so far knows
     // the whole v1 table, which is all this SDK fills.

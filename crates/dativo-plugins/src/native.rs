@@ -209,15 +209,18 @@ impl NativeLibrary {
                 "plugin {shown}: dativo_plugin_init failed: {msg}"
             )));
         }
-        if table.abi_version < 1
-            || (table.struct_size as usize) < std::mem::size_of::<DativoPlugin>()
-        {
+        // The table as first released ends at writer_free; later fields are optional.
+        let v1_size = std::mem::offset_of!(DativoPlugin, last_error_code);
+        if (table.struct_size as usize) < std::mem::size_of::<DativoPlugin>() {
+            table.last_error_code = None;
+        }
+        if table.abi_version < 1 || (table.struct_size as usize) < v1_size {
             return Err(Error::plugin(format!(
                 "plugin {shown} speaks dativo plugin ABI {} (table of {} bytes); this dativo needs ABI {} ({} bytes): rebuild the plugin against this dativo_plugin.h",
                 table.abi_version,
                 table.struct_size,
                 abi::ABI_VERSION,
-                std::mem::size_of::<DativoPlugin>()
+                v1_size
             )));
         }
         if table.last_error.is_none() || table.free_string.is_none() {
@@ -303,11 +306,22 @@ impl NativeLibrary {
         let h = unsafe { new(c.as_ptr()) };
         if h.is_null() {
             let msg = self.last_error().unwrap_or_else(|| "no message".into());
-            return Err(Error::config(msg));
+            return Err(Error::new(self.last_error_kind(), msg));
         }
         // SAFETY: a live, never initialized handle, freed once (ABI rules).
         unsafe { free(h) };
         Ok(())
+    }
+
+    /// The kind of the last failure on this thread, for calls that return no status (`*_new`).
+    fn last_error_kind(&self) -> ErrorKind {
+        // SAFETY: a function pointer from the plugin's table (ABI rule).
+        let code = self
+            .table
+            .last_error_code
+            .map(|f| unsafe { f() })
+            .unwrap_or(abi::ERROR);
+        kind_for(code).0
     }
 
     fn last_error(&self) -> Option<String> {
@@ -429,10 +443,10 @@ impl Instance {
         let h = unsafe { new(name.as_ptr()) };
         if h.is_null() {
             let msg = self.lib.last_error().unwrap_or_else(|| "no message".into());
-            return Err(Error::plugin(format!(
-                "{}: cannot create: {msg}",
-                self.label
-            )));
+            return Err(Error::new(
+                self.lib.last_error_kind(),
+                format!("cannot create: {msg}"),
+            ));
         }
         self.handle = h;
         Ok(())
