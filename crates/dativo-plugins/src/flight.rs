@@ -159,6 +159,15 @@ impl FlightEndpoint {
         if let Some(t) = &c.token {
             dativo_core::secrets::register(t);
         }
+        let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or("");
+        let loopback =
+            matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1") || host.starts_with("127.");
+        if !tls && !loopback {
+            tracing::warn!(
+                "{url}: plain grpc:// to a non-loopback host sends the config{} unencrypted; use grpc+tls://",
+                if c.token.is_some() { " and the token" } else { "" }
+            );
+        }
         let tls_ca = match &c.tls_ca {
             None => None,
             Some(p) => {
