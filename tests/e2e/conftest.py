@@ -65,6 +65,30 @@ def parquet_stats(directory: pathlib.Path, cols=("id",)):
     return duckdb.execute(q).fetchone()
 
 
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_for_port(port: int, timeout: float = 10.0):
+    """Wait until something accepts connections on 127.0.0.1:port."""
+    import socket
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
 def write_job(path: pathlib.Path, text: str) -> pathlib.Path:
     path.write_text(text)
     return path

@@ -5,26 +5,17 @@ duckdb."""
 import json
 import os
 import signal
-import socket
 import sys
 import time
 
 import duckdb
 import pytest
 
-from conftest import ROOT, parquet_stats, write_job
+from conftest import ROOT, free_port, parquet_stats, wait_for_port, write_job
 
 PY = sys.executable
 READER = ROOT / "examples/plugins/flight/reader_server.py"
 WRITER = ROOT / "examples/plugins/flight/writer_server.py"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def reader_block(port, config, extra_args=(), token=None, pidfile=None):
@@ -73,12 +64,7 @@ def test_flight_plugins_pass_plugin_test(dativo, tmp_path):
              subprocess.Popen([PY, str(WRITER), "--port", str(wport)])]
     try:
         for port in (rport, wport):
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            wait_for_port(port)
         p = dativo.run("plugin", "test", f"grpc://127.0.0.1:{rport}", "--side", "reader",
                        "--config", '{"rows": 2500, "batch_size": 1000}', check=0)
         assert "resume from a mid-stream state — 1500 rows" in p.stdout, p.stdout

@@ -4,7 +4,6 @@ verified with pyiceberg's own RestCatalog client. Incremental runs, the state in
 summary, exactly-once after SIGKILL."""
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,26 +11,18 @@ import time
 import pytest
 from pyiceberg.catalog.rest import RestCatalog
 
-from conftest import ROOT, write_csvs, write_job
+from conftest import ROOT, free_port, wait_for_port, write_csvs, write_job
 
 HERE = ROOT / "tests/e2e"
 
 
 @pytest.fixture
 def rest(tmp_path):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     (tmp_path / "wh").mkdir()
     p = subprocess.Popen([sys.executable, str(HERE / "rest_catalog.py"), str(port),
                           str(tmp_path / "rest.db"), str(tmp_path / "wh")])
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
+    wait_for_port(port)
     yield f"http://127.0.0.1:{port}"
     p.kill()
     p.wait()
