@@ -36,6 +36,29 @@ class Dativo:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+PG_DSN = os.environ.get("DATIVO_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+
+
+@pytest.fixture
+def pg():
+    """A connection to the test PostgreSQL (autocommit)."""
+    import psycopg2
+    conn = psycopg2.connect(PG_DSN)
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def table(pg):
+    """A fresh table name, dropped after the test."""
+    import uuid
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    yield name
+    with pg.cursor() as c:
+        c.execute(f"DROP TABLE IF EXISTS {name}")
+
+
 @pytest.fixture
 def dativo(tmp_path):
     return Dativo(tmp_path)

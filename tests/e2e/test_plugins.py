@@ -8,10 +8,8 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import uuid
 
 import duckdb
-import psycopg2
 import pytest
 
 from conftest import ROOT, parquet_stats, write_job
@@ -23,7 +21,6 @@ GO_READER = ROOT / "examples/plugins/go/libdativo_go_fixedwidth.so"
 RUST_READER = REL / "libdativo_example_pg_reader.so"
 BROKEN = REL / "libdativo_test_broken.so"
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 
 GO_FIELDS = [  # the layout from examples/plugins/go/README.md
     {"name": "account_id", "start": 0, "length": 8, "type": "int64"},
@@ -37,22 +34,6 @@ GO_FIELDS = [  # the layout from examples/plugins/go/README.md
 def adbc_driver(module):
     mod = __import__(module)
     return str(mod._driver_path())
-
-
-@pytest.fixture
-def pg():
-    conn = psycopg2.connect(DSN)
-    conn.autocommit = True
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def table(pg):
-    name = f"p_{uuid.uuid4().hex[:10]}"
-    yield name
-    with pg.cursor() as c:
-        c.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 def c_job(tmp_path, rows, target_block, name="c_job"):

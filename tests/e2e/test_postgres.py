@@ -3,33 +3,14 @@ verified with psycopg2 on the source side and pyarrow/duckdb on the lake side.""
 import json
 import os
 import time
-import uuid
 
 import duckdb
-import psycopg2
 import pyarrow.parquet as pq
 import pytest
 
 from conftest import parquet_stats, write_job
 
 PG_URL = os.environ.get("DATIVO_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/test")
-DSN = os.environ.get("DATIVO_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
-
-
-@pytest.fixture
-def pg():
-    conn = psycopg2.connect(DSN)
-    conn.autocommit = True
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def table(pg):
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    yield name
-    with pg.cursor() as c:
-        c.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 def sql(pg, text, *args):

@@ -146,6 +146,11 @@ fn print_report(title: &str, report: &Report) {
 /// `dativo plugin test IMPLEMENTATION`.
 pub fn test(implementation: &str, config: Option<&str>, side: Option<Side>) -> Result<ExitCode> {
     let config = parse_config(config)?;
+    let sides: &[Side] = match side {
+        Some(Side::Reader) => &[Side::Reader],
+        Some(Side::Writer) => &[Side::Writer],
+        None => &[Side::Reader, Side::Writer],
+    };
     let mut targets: Vec<(Side, String, MakeTarget)> = Vec::new();
     let builtin_reader = dativo_connectors::reader(implementation);
     let builtin_writer = dativo_connectors::writer(implementation);
@@ -179,11 +184,6 @@ pub fn test(implementation: &str, config: Option<&str>, side: Option<Side>) -> R
                     path.display(),
                     lib.abi_version
                 );
-                let sides: &[Side] = match side {
-                    Some(Side::Reader) => &[Side::Reader],
-                    Some(Side::Writer) => &[Side::Writer],
-                    None => &[Side::Reader, Side::Writer],
-                };
                 for &s in sides {
                     let provided = match s {
                         Side::Reader => &lib.manifest.readers,
@@ -198,17 +198,7 @@ pub fn test(implementation: &str, config: Option<&str>, side: Option<Side>) -> R
                             s,
                             None,
                         )?;
-                        let label = r.label.clone();
-                        targets.push((
-                            s,
-                            label,
-                            Box::new(move || {
-                                Ok(match s {
-                                    Side::Reader => Target::Reader(r.reader()),
-                                    Side::Writer => Target::Writer(r.writer()),
-                                })
-                            }),
-                        ));
+                        targets.push(resolved_target(s, r));
                     }
                 }
                 if targets.is_empty() {
@@ -222,27 +212,10 @@ pub fn test(implementation: &str, config: Option<&str>, side: Option<Side>) -> R
             }
             _ => {
                 // A Python class (or a Flight endpoint): whichever sides it implements.
-                let sides: &[Side] = match side {
-                    Some(Side::Reader) => &[Side::Reader],
-                    Some(Side::Writer) => &[Side::Writer],
-                    None => &[Side::Reader, Side::Writer],
-                };
                 let mut first_err = None;
                 for &s in sides {
                     match dativo_plugins::resolve(implementation, s, cwd.as_deref()) {
-                        Ok(r) => {
-                            let label = r.label.clone();
-                            targets.push((
-                                s,
-                                label,
-                                Box::new(move || {
-                                    Ok(match s {
-                                        Side::Reader => Target::Reader(r.reader()),
-                                        Side::Writer => Target::Writer(r.writer()),
-                                    })
-                                }),
-                            ));
-                        }
+                        Ok(r) => targets.push(resolved_target(s, r)),
                         Err(e) => {
                             first_err.get_or_insert(e);
                         }
@@ -289,6 +262,18 @@ pub fn test(implementation: &str, config: Option<&str>, side: Option<Side>) -> R
         println!("FAILED: {failed} implementation(s) did not pass");
         Ok(ExitCode::from(5))
     }
+}
+
+/// A resolved plugin as a conformance target on `side`.
+fn resolved_target(side: Side, r: dativo_plugins::Resolved) -> (Side, String, MakeTarget) {
+    let label = r.label.clone();
+    let make: MakeTarget = Box::new(move || {
+        Ok(match side {
+            Side::Reader => Target::Reader(r.reader()),
+            Side::Writer => Target::Writer(r.writer()),
+        })
+    });
+    (side, label, make)
 }
 
 /// Builds a fresh instance of the implementation under test.

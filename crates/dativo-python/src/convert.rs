@@ -11,7 +11,7 @@ use arrow::ffi_stream::{ArrowArrayStreamReader, FFI_ArrowArrayStream};
 use dativo_core::{Error, Result};
 use pyo3::exceptions::{PyConnectionError, PyTimeoutError};
 use pyo3::prelude::*;
-use pyo3::types::{PyCapsule, PyTuple};
+use pyo3::types::{IntoPyDict, PyCapsule, PyTuple};
 use serde_json::Value;
 
 /// `Type: message`, then the traceback (most recent call last), for an error message.
@@ -82,8 +82,6 @@ pub fn from_py(py: Python<'_>, o: &Bound<'_, PyAny>, what: &str) -> Result<Value
         .map_err(|e| error(py, &e, &format!("{what}: converting the result to JSON")))?;
     serde_json::from_str(&text).map_err(|e| Error::plugin(format!("{what}: {e}")))
 }
-
-use pyo3::types::IntoPyDict;
 
 fn type_name(o: &Bound<'_, PyAny>) -> String {
     o.get_type()
@@ -199,15 +197,20 @@ pub fn next_of(r: &mut ArrowArrayStreamReader) -> Result<Option<RecordBatch>> {
         .map_err(|e| Error::plugin(format!("read_batch stream: {e}")))
 }
 
-/// A batch as a `pyarrow.RecordBatch`, zero copy (pyarrow takes the C structs).
-pub fn to_pyarrow<'py>(py: Python<'py>, batch: &RecordBatch) -> Result<Bound<'py, PyAny>> {
-    let pa = py.import("pyarrow").map_err(|e| {
+/// The `pyarrow` module, which Python writers need.
+fn pyarrow(py: Python<'_>) -> Result<Bound<'_, PyModule>> {
+    py.import("pyarrow").map_err(|e| {
         Error::config(describe(
             py,
             &e,
             "Python writers need pyarrow: importing it",
         ))
-    })?;
+    })
+}
+
+/// A batch as a `pyarrow.RecordBatch`, zero copy (pyarrow takes the C structs).
+pub fn to_pyarrow<'py>(py: Python<'py>, batch: &RecordBatch) -> Result<Bound<'py, PyAny>> {
+    let pa = pyarrow(py)?;
     let data = StructArray::from(batch.clone()).into_data();
     let mut array = Box::new(FFI_ArrowArray::new(&data));
     let mut schema = Box::new(
@@ -232,13 +235,7 @@ pub fn to_pyarrow<'py>(py: Python<'py>, batch: &RecordBatch) -> Result<Bound<'py
 
 /// A schema as a `pyarrow.Schema`.
 pub fn schema_to_pyarrow<'py>(py: Python<'py>, schema: &Schema) -> Result<Bound<'py, PyAny>> {
-    let pa = py.import("pyarrow").map_err(|e| {
-        Error::config(describe(
-            py,
-            &e,
-            "Python writers need pyarrow: importing it",
-        ))
-    })?;
+    let pa = pyarrow(py)?;
     let mut s =
         Box::new(FFI_ArrowSchema::try_from(schema).map_err(|e| Error::schema(e.to_string()))?);
     let out = pa

@@ -14,6 +14,14 @@ use serde_json::Value;
 
 use super::{adbc_err, connect, quote_ident, quote_literal, AdbcWriterConfig};
 
+/// `schema.table` → (Some(schema), table); `table` → (None, table).
+fn split_table(table: &str) -> (Option<String>, String) {
+    match table.rsplit_once('.') {
+        Some((s, t)) => (Some(s.to_string()), t.to_string()),
+        None => (None, table.to_string()),
+    }
+}
+
 /// Appends batches to a table through an ADBC driver, one transaction per commit.
 #[derive(Default)]
 pub struct AdbcWriter {
@@ -72,15 +80,22 @@ impl AdbcWriter {
         Ok(out)
     }
 
+    /// The quoted state table and the quoted key of this job's row in it.
+    fn state_row(&self) -> (String, String) {
+        let table = self
+            .config
+            .as_ref()
+            .map(|c| c.state_table.as_str())
+            .unwrap_or_default();
+        (quote_ident(table), quote_literal(&self.key))
+    }
+
     /// The target table's schema, or `None` if it does not exist yet. Only called with no
     /// uncommitted data: a failed lookup is rolled back (PostgreSQL refuses every later
     /// statement of a transaction that had an error).
     fn lookup_table(&mut self) -> Option<Arc<Schema>> {
         let table = self.config.as_ref()?.table.clone();
-        let (db_schema, name) = match table.rsplit_once('.') {
-            Some((s, t)) => (Some(s.to_string()), t.to_string()),
-            None => (None, table),
-        };
+        let (db_schema, name) = split_table(&table);
         let conn = self.conn.as_mut()?;
         match conn.get_table_schema(None, db_schema.as_deref(), &name) {
             Ok(s) => Some(Arc::new(s)),
@@ -179,10 +194,7 @@ impl Writer for AdbcWriter {
         let mut stmt = conn
             .new_statement()
             .map_err(|e| adbc_err("ADBC statement", e))?;
-        let (db_schema, name) = match table.rsplit_once('.') {
-            Some((s, t)) => (Some(s.to_string()), t.to_string()),
-            None => (None, table.clone()),
-        };
+        let (db_schema, name) = split_table(&table);
         stmt.set_option(OptionStatement::TargetTable, name.as_str().into())
             .map_err(|e| adbc_err("ADBC ingest", e))?;
         if let Some(s) = db_schema {
@@ -211,14 +223,7 @@ impl Writer for AdbcWriter {
     }
 
     fn finalize(&mut self, commit: &Commit) -> Result<CommitReport> {
-        let st = quote_ident(
-            &self
-                .config
-                .as_ref()
-                .map(|c| c.state_table.clone())
-                .unwrap_or_default(),
-        );
-        let key = quote_literal(&self.key);
+        let (st, key) = self.state_row();
         let state = match &commit.state {
             Some(s) => quote_literal(&s.to_string()),
             None => "NULL".into(),
@@ -258,14 +263,7 @@ impl Writer for AdbcWriter {
     }
 
     fn committed_state(&mut self) -> Result<Option<CommittedState>> {
-        let st = quote_ident(
-            &self
-                .config
-                .as_ref()
-                .map(|c| c.state_table.clone())
-                .unwrap_or_default(),
-        );
-        let key = quote_literal(&self.key);
+        let (st, key) = self.state_row();
         let batches = self.query(&format!("SELECT state, run_id FROM {st} WHERE job = {key}"))?;
         let text = |col: &dyn Array, i: usize| -> Option<String> {
             if col.is_null(i) {
