@@ -279,6 +279,12 @@ fn output_location(job: &Job) -> Option<String> {
 
 /// How to look at the data with a tool dativo did not write.
 fn query_hint(job: &Job) -> Option<String> {
+    if job.config.target.config.get("encryption").is_some() {
+        return Some(format!(
+            "dativo decrypt {} -o out.parquet   (dativo verify checks the audit trail)",
+            job.path.display()
+        ));
+    }
     match writer_name(job) {
         "parquet" => {
             let path = target_str(job, "path")?.trim_end_matches('/');

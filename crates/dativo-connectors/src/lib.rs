@@ -8,6 +8,8 @@ use serde_json::Value;
 
 #[cfg(feature = "adbc")]
 pub mod adbc;
+#[cfg(feature = "parquet")]
+pub mod encryption;
 #[cfg(feature = "file")]
 pub mod file;
 #[cfg(feature = "iceberg")]

@@ -236,6 +236,17 @@ impl Location {
         }
     }
 
+    /// A stable name for the root: the absolute directory, or the URL (audit records use it).
+    pub fn name(&self) -> String {
+        match self {
+            Location::Local(root) => std::path::absolute(root)
+                .unwrap_or_else(|_| root.clone())
+                .display()
+                .to_string(),
+            Location::Object { url, .. } => url.trim_end_matches('/').to_string(),
+        }
+    }
+
     fn local(&self, rel: &str) -> Option<PathBuf> {
         match self {
             Location::Local(root) => Some(root.join(rel)),
@@ -297,6 +308,22 @@ impl Location {
                 .block_on(op.read(rel))
                 .map(|b| b.to_vec())
                 .map_err(|e| od(e, &format!("reading {}", self.display(rel)))),
+        }
+    }
+
+    /// The size of file `rel` in bytes.
+    pub fn size(&self, rel: &str) -> Result<u64> {
+        match self {
+            Location::Local(root) => {
+                let p = root.join(rel);
+                Ok(fs::metadata(&p)
+                    .with_context(|| format!("reading {}", p.display()))?
+                    .len())
+            }
+            Location::Object { op, .. } => runtime()
+                .block_on(op.stat(rel))
+                .map(|m| m.content_length())
+                .map_err(|e| od(e, &format!("checking {}", self.display(rel)))),
         }
     }
 
@@ -482,6 +509,48 @@ impl Location {
 pub trait Sink: Write + Send {
     /// Flush, make durable, return the size in bytes.
     fn finish(self: Box<Self>) -> Result<u64>;
+    /// [`Sink::finish`], plus the SHA-256 (hex) of the stored bytes when this sink computes it
+    /// (encrypting and hashing sinks).
+    fn finish_digest(self: Box<Self>) -> Result<(u64, Option<String>)> {
+        self.finish().map(|n| (n, None))
+    }
+}
+
+/// A sink that computes the SHA-256 of everything written through it.
+pub struct HashingSink {
+    inner: Box<dyn Sink>,
+    sha: ring::digest::Context,
+}
+
+impl HashingSink {
+    /// Hash what goes into `inner`.
+    pub fn new(inner: Box<dyn Sink>) -> Self {
+        HashingSink {
+            inner,
+            sha: ring::digest::Context::new(&ring::digest::SHA256),
+        }
+    }
+}
+
+impl Write for HashingSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.sha.update(&b[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Sink for HashingSink {
+    fn finish(self: Box<Self>) -> Result<u64> {
+        self.finish_digest().map(|(n, _)| n)
+    }
+    fn finish_digest(self: Box<Self>) -> Result<(u64, Option<String>)> {
+        let sha = crate::encryption::hex(self.sha.finish().as_ref());
+        Ok((self.inner.finish()?, Some(sha)))
+    }
 }
 
 struct LocalSink {

@@ -42,6 +42,10 @@ pub struct IcebergWriterConfig {
     /// Extra table properties set when the table is created.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Client-side encryption of the data files: Parquet Modular Encryption (`format: parquet`,
+    /// the only format here — Iceberg data files must stay Parquet).
+    #[serde(default)]
+    pub encryption: Option<crate::encryption::EncryptionConfig>,
 }
 
 /// How batches land in the table.
@@ -146,6 +150,21 @@ impl IcebergWriterConfig {
                     "catalog.type",
                     format!("unknown catalog type `{other}`: use `sql` or `rest`"),
                 )
+            }
+        }
+        if let Some(enc) = &self.encryption {
+            enc.check()?;
+            if enc.format == Some(crate::encryption::EncFormat::Stream) {
+                return key(
+                    "encryption.format",
+                    "Iceberg data files must stay Parquet: use `format: parquet` (Parquet Modular Encryption)".into(),
+                );
+            }
+            if !self.partition_by.is_empty() {
+                return key(
+                    "partition_by",
+                    "partition values become directory names in plaintext; with `encryption` leave `partition_by` out".into(),
+                );
             }
         }
         crate::parquet::parse_compression(&self.compression)

@@ -9,11 +9,16 @@
 //!   reader's state (`dativo.state`, with `dativo.job` and `dativo.run-id`);
 //!   `committed_state()` walks the snapshots back to this job's latest. Data files written but
 //!   not committed are invisible to readers of the table, and deleted on abort.
+//! * `encryption:` (Parquet Modular Encryption only: data files must stay Parquet): every data
+//!   file with fresh per-column keys; the audit records ride in the snapshot summary
+//!   (`dativo.encryption`) and the audit log.
 //! * Concurrent jobs appending to one table: the commit is retried on conflicts
 //!   (`commit.retry.num-retries` is set to 20 on tables dativo creates).
 
 mod config;
+mod encrypted;
 mod writer;
 
 pub use config::{CatalogConfig, IcebergWriterConfig, WriteMode};
+pub use encrypted::{encrypted_dataset, ENCRYPTION_KEY};
 pub use writer::IcebergWriter;

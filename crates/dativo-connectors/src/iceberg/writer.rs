@@ -22,7 +22,6 @@ use iceberg::writer::file_writer::location_generator::{
     DefaultFileNameGenerator, DefaultLocationGenerator,
 };
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
-use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::{IcebergWriter as _, IcebergWriterBuilder};
@@ -39,6 +38,8 @@ use dativo_core::{
 };
 
 use super::config::IcebergWriterConfig;
+use super::encrypted::{audit_files, FileBuilder, ENCRYPTION_KEY};
+use crate::encryption::{EncFormat, Encryptor, FileKeys};
 use crate::rt::runtime;
 
 /// Snapshot summary keys written with every commit.
@@ -49,20 +50,12 @@ pub const JOB_KEY: &str = "dativo.job";
 pub const RUN_KEY: &str = "dativo.run-id";
 
 type Builder =
-    DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+    DataFileWriterBuilder<FileBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
 
 // One per writer: boxing buys nothing.
 #[allow(clippy::large_enum_variant)]
 enum Active {
-    Plain(
-        Box<
-            DataFileWriter<
-                ParquetWriterBuilder,
-                DefaultLocationGenerator,
-                DefaultFileNameGenerator,
-            >,
-        >,
-    ),
+    Plain(Box<DataFileWriter<FileBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>>),
     Fanout(FanoutWriter<Builder>, RecordBatchPartitionSplitter),
 }
 
@@ -77,6 +70,25 @@ pub struct IcebergWriter {
     job: String,
     active: Option<Active>,
     rows: u64,
+    run_id: String,
+    /// Client-side encryption (Parquet Modular Encryption), when configured.
+    enc: Option<Arc<Encryptor>>,
+    /// Keys issued to data files not committed yet.
+    issued: Arc<std::sync::Mutex<std::collections::BTreeMap<String, FileKeys>>>,
+}
+
+/// Open the catalog of `cfg` and load its (existing) table.
+pub(crate) async fn load_existing(cfg: &IcebergWriterConfig) -> Result<Table> {
+    let catalog = IcebergWriter::open_catalog(cfg).await?;
+    let parts: Vec<&str> = cfg.table.split('.').collect();
+    let (ns_parts, name) = parts.split_at(parts.len() - 1);
+    let ns =
+        NamespaceIdent::from_strs(ns_parts.iter().copied()).map_err(|e| ice(e, "namespace"))?;
+    let ident = TableIdent::new(ns, name[0].to_string());
+    catalog
+        .load_table(&ident)
+        .await
+        .map_err(|e| ice(e, &format!("loading the table {}", cfg.table)))
 }
 
 fn ice(e: iceberg::Error, doing: &str) -> Error {
@@ -505,7 +517,13 @@ impl IcebergWriter {
             .set_max_row_group_row_count(Some(self.cfg().row_group_size.max(1)))
             .set_created_by(format!("dativo {}", env!("CARGO_PKG_VERSION")))
             .build();
-        let pq = ParquetWriterBuilder::new(props, md.current_schema().clone());
+        let pq = FileBuilder::new(
+            props,
+            md.current_schema().clone(),
+            self.enc.clone(),
+            md.location().to_string(),
+            self.issued.clone(),
+        )?;
         let rolling = RollingFileWriterBuilder::new(
             pq,
             self.cfg().target_file_size.0 as usize,
@@ -559,10 +577,15 @@ impl Writer for IcebergWriter {
     fn initialize(&mut self, config: &Value, ctx: &WriterContext) -> Result<()> {
         let cfg: IcebergWriterConfig = from_config(config)?;
         cfg.check()?;
+        self.enc = match &cfg.encryption {
+            Some(e) => Some(Arc::new(Encryptor::open(e, EncFormat::Parquet)?)),
+            None => None,
+        };
         let catalog = runtime().block_on(Self::open_catalog(&cfg))?;
         self.catalog = Some(catalog);
         self.cfg = Some(cfg);
         self.job = ctx.job.clone();
+        self.run_id = ctx.run_id.clone();
         let schema = ctx.schema.clone();
         runtime().block_on(self.open_table(&schema))
     }
@@ -603,8 +626,23 @@ impl Writer for IcebergWriter {
         let run = commit.run_id.clone();
         let ident = self.ident.clone().expect("initialized");
         let catalog = self.catalog.clone().expect("catalog");
+        let enc = self.enc.clone();
+        let issued = self.issued.clone();
         let (table, files) = runtime().block_on(async {
             let files = self.close_writer().await?;
+            let mut summary = HashMap::from([
+                (STATE_KEY.to_string(), state),
+                (JOB_KEY.to_string(), job.clone()),
+                (RUN_KEY.to_string(), run.clone()),
+            ]);
+            if let Some(enc) = &enc {
+                let io = self.table().file_io().clone();
+                let root = self.table().metadata().location().to_string();
+                let audits = audit_files(enc, &io, &root, &files, &issued, &job, &run).await?;
+                // Before the commit: a committed file always has its audit line.
+                enc.audit.append(&root, &audits)?;
+                summary.insert(ENCRYPTION_KEY.to_string(), serde_json::to_string(&audits)?);
+            }
             // Reload: another job may have committed to the table since.
             let table = catalog
                 .load_table(&ident)
@@ -613,11 +651,7 @@ impl Writer for IcebergWriter {
             let tx = Transaction::new(&table);
             let tx = tx
                 .fast_append()
-                .set_snapshot_properties(HashMap::from([
-                    (STATE_KEY.to_string(), state),
-                    (JOB_KEY.to_string(), job),
-                    (RUN_KEY.to_string(), run),
-                ]))
+                .set_snapshot_properties(summary)
                 .add_data_files(files.clone())
                 .apply(tx)
                 .map_err(|e| ice(e, "preparing the commit"))?;
@@ -647,6 +681,7 @@ impl Writer for IcebergWriter {
         }
         let files = runtime().block_on(self.close_writer()).unwrap_or_default();
         runtime().block_on(self.delete_files(&files));
+        self.issued.lock().expect("not poisoned").clear();
         self.rows = 0;
         Ok(())
     }

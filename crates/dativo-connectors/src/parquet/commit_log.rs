@@ -51,6 +51,9 @@ pub struct ManifestFile {
     pub rows: u64,
     /// Size in bytes.
     pub bytes: u64,
+    /// For encrypted files: the audit record (wrapped keys, ciphertext SHA-256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::encryption::FileAudit>,
 }
 
 /// Where commits, staged files and the lock live under a Parquet directory.
@@ -112,6 +115,13 @@ impl Layout {
                 self.loc.display(&rel)
             ))
         })
+    }
+
+    /// Every manifest, oldest first.
+    pub fn all(&self) -> Result<Vec<Manifest>> {
+        let mut seqs = self.sequences()?;
+        seqs.reverse();
+        seqs.into_iter().map(|s| self.read_manifest(s)).collect()
     }
 
     /// The latest manifest, if any.

@@ -40,6 +40,10 @@ pub struct ParquetWriterConfig {
     /// Azure Blob Storage settings for `az://container/prefix` (compiled in, untested here).
     #[serde(default)]
     pub azure: Option<crate::storage::AzureConfig>,
+    /// Client-side encryption: files are encrypted as they stream out (format `stream`, the
+    /// default, or `parquet` for Parquet Modular Encryption).
+    #[serde(default)]
+    pub encryption: Option<crate::encryption::EncryptionConfig>,
 }
 
 fn default_compression() -> String {
@@ -108,6 +112,15 @@ impl ParquetWriterConfig {
         }
         if self.path.trim().is_empty() {
             return Err(Error::config("must not be empty").with_key_path("path"));
+        }
+        if let Some(enc) = &self.encryption {
+            enc.check()?;
+            if !self.partition_by.is_empty() {
+                return Err(Error::config(
+                    "partition values become directory names in plaintext; with `encryption` leave `partition_by` out",
+                )
+                .with_key_path("partition_by"));
+            }
         }
         if self.file_prefix.is_empty()
             || self.file_prefix.starts_with(['_', '.'])

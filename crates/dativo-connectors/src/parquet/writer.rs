@@ -21,19 +21,23 @@ use dativo_core::{
 
 use super::commit_log::{Layout, Manifest, ManifestFile, FORMAT};
 use super::config::{parse_compression, ParquetWriterConfig};
-use crate::storage::{Location, Sink};
+use crate::encryption::stream::{EncryptingSink, SUFFIX};
+use crate::encryption::{pme, EncFormat, Encryptor, FileAudit, FileKeys};
+use crate::storage::{HashingSink, Location, Sink};
 
 struct OpenFile {
     rel: String,
     staged: String,
     writer: ArrowWriter<Box<dyn Sink>>,
     rows: u64,
+    keys: Option<FileKeys>,
 }
 
 struct Staged {
     rel: String,
     rows: u64,
     bytes: u64,
+    audit: Option<FileAudit>,
 }
 
 /// Writes Parquet files into a local directory, committed atomically with a manifest.
@@ -53,6 +57,8 @@ pub struct ParquetWriter {
     partition_cols: Vec<usize>,
     file_schema: Option<SchemaRef>,
     staged: Vec<Staged>,
+    /// Client-side encryption, when configured.
+    enc: Option<Encryptor>,
 }
 
 /// Escape a partition value for a path segment (as Hive does).
@@ -94,7 +100,13 @@ impl ParquetWriter {
 
     fn start_file(&mut self, dir: &str) -> Result<()> {
         let cfg = self.cfg.as_ref().expect("initialized");
-        let name = format!("{}-{}.parquet", cfg.file_prefix, uuid::Uuid::now_v7());
+        let stream = self.enc.as_ref().map(|e| e.format) == Some(EncFormat::Stream);
+        let name = format!(
+            "{}-{}.parquet{}",
+            cfg.file_prefix,
+            uuid::Uuid::now_v7(),
+            if stream { SUFFIX } else { "" }
+        );
         let rel = if dir.is_empty() {
             name
         } else {
@@ -102,13 +114,39 @@ impl ParquetWriter {
         };
         let layout = self.layout()?;
         let staged = layout.staged(&rel);
-        let sink = layout.loc.create(&staged)?;
-        let writer = ArrowWriter::try_new(
-            sink,
-            self.file_schema.clone().expect("initialized"),
-            self.props.clone(),
-        )
-        .map_err(pq_err)?;
+        let schema = self.file_schema.clone().expect("initialized");
+        let mut props = self.props.clone().expect("initialized");
+        let (sink, keys): (Box<dyn Sink>, Option<FileKeys>) = match &self.enc {
+            None => (layout.loc.create(&staged)?, None),
+            Some(enc) if enc.format == EncFormat::Stream => {
+                let dk = enc.provider.generate(enc.provider.key_id())?;
+                let sink = EncryptingSink::new(
+                    layout.loc.create(&staged)?,
+                    &dk,
+                    enc.provider.kind(),
+                    enc.cfg.segment_size.0 as usize,
+                    &rel,
+                    layout.loc.display(&staged),
+                )?;
+                let keys = FileKeys {
+                    key: dk.wrapped.clone(),
+                    column_keys: Default::default(),
+                };
+                (Box::new(sink), Some(keys))
+            }
+            Some(enc) => {
+                let (fep, keys) = pme::file_properties(enc, &schema, &rel)?;
+                props = props
+                    .into_builder()
+                    .with_file_encryption_properties(fep)
+                    .build();
+                (
+                    Box::new(HashingSink::new(layout.loc.create(&staged)?)),
+                    Some(keys),
+                )
+            }
+        };
+        let writer = ArrowWriter::try_new(sink, schema, Some(props)).map_err(pq_err)?;
         self.open.insert(
             dir.to_string(),
             OpenFile {
@@ -116,6 +154,7 @@ impl ParquetWriter {
                 staged,
                 writer,
                 rows: 0,
+                keys,
             },
         );
         Ok(())
@@ -132,11 +171,29 @@ impl ParquetWriter {
             .into_inner()
             .map_err(pq_err)
             .with_context(|| format!("writing {path}"))?;
-        let bytes = sink.finish()?;
+        let (bytes, sha) = sink.finish_digest()?;
+        let audit = match (&self.enc, open.keys) {
+            (Some(enc), Some(keys)) => Some(FileAudit {
+                file: open.rel.clone(),
+                format: enc.format,
+                algorithm: enc.format.algorithm().into(),
+                key_provider: enc.provider.kind().into(),
+                key: keys.key,
+                column_keys: keys.column_keys,
+                ciphertext_sha256: sha.unwrap_or_default(),
+                bytes,
+                rows: open.rows,
+                job: self.job.clone(),
+                run_id: self.run_id.clone(),
+                time: crate::encryption::now(),
+            }),
+            _ => None,
+        };
         self.staged.push(Staged {
             rel: open.rel,
             rows: open.rows,
             bytes,
+            audit,
         });
         Ok(())
     }
@@ -294,6 +351,10 @@ impl Writer for ParquetWriter {
             .set_created_by(format!("dativo {}", env!("CARGO_PKG_VERSION")))
             .build();
         self.props = Some(props);
+        self.enc = match &cfg.encryption {
+            Some(e) => Some(Encryptor::open(e, EncFormat::Stream)?),
+            None => None,
+        };
         let mut partition_cols = Vec::new();
         for (i, name) in cfg.partition_by.iter().enumerate() {
             let idx = ctx.schema.index_of(name).map_err(|_| {
@@ -354,9 +415,22 @@ impl Writer for ParquetWriter {
                     path: s.rel.clone(),
                     rows: s.rows,
                     bytes: s.bytes,
+                    encryption: s.audit.clone().map(|mut a| {
+                        a.run_id = commit.run_id.clone();
+                        a
+                    }),
                 })
                 .collect(),
         };
+        if let Some(enc) = &self.enc {
+            // Before the commit point: a committed file always has its audit line.
+            let audits: Vec<FileAudit> = manifest
+                .files
+                .iter()
+                .filter_map(|f| f.encryption.clone())
+                .collect();
+            enc.audit.append(&layout.loc.name(), &audits)?;
+        }
         if let Err(e) = layout.write(&manifest) {
             // The manifest may have become durable even though the write reported an error
             // (a lost response, a failed directory sync): never delete files it may name. The
