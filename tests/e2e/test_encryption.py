@@ -10,6 +10,7 @@ import pathlib
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 import pyarrow.parquet.encryption as pe
 import pytest
 
-from conftest import PG_DSN, write_csvs, write_job
+from conftest import BIN, ROOT, write_csvs, write_job
 
 ENDPOINT = os.environ.get("DATIVO_TEST_S3_ENDPOINT")
 needs_moto = pytest.mark.skipif(not ENDPOINT, reason="needs DATIVO_TEST_S3_ENDPOINT (scripts/test starts moto)")
@@ -517,3 +518,26 @@ checkpoint: {{rows: 2000}}
     got = pacsv.read_csv(io.BytesIO(p.stdout.encode()))
     assert sorted(got["id"].to_pylist()) == list(range(5000))
     assert f"{marker}-42" in p.stdout
+
+
+def test_the_documented_example_runs_as_written(dativo, tmp_path):
+    """examples/jobs/encrypted_quickstart.yaml's header commands, verbatim (dativo = our binary)."""
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    header = (ROOT / "examples/jobs/encrypted_quickstart.yaml").read_text().split("\nname:")[0]
+    cmds = [l.strip()[2:].strip() for l in header.splitlines() if l.startswith("#   ")]
+    assert len(cmds) == 4, cmds
+    out = []
+    for c in cmds:
+        c = c.split("  #")[0]
+        if c.startswith("dativo "):
+            c = BIN + c[len("dativo"):]
+        p = subprocess.run(c, shell=True, cwd=tmp_path, capture_output=True, text=True)
+        assert p.returncode == 0, (c, p.stdout, p.stderr)
+        out.append(p.stdout)
+    lake = tmp_path / "lake/encrypted/orders"
+    encrypted = list(lake.glob("*.parquet.enc"))
+    assert encrypted and not list(lake.glob("*.parquet"))
+    assert f"verified: {len(encrypted)} file(s)" in out[2], out[2]
+    assert out[3].startswith("order_id,customer_id,region"), out[3]
+    t = decrypt_csv(dativo, "examples/jobs/encrypted_quickstart.yaml")
+    assert t.num_rows == 12000
