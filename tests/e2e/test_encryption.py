@@ -541,3 +541,106 @@ def test_the_documented_example_runs_as_written(dativo, tmp_path):
     assert out[3].startswith("order_id,customer_id,region"), out[3]
     t = decrypt_csv(dativo, "examples/jobs/encrypted_quickstart.yaml")
     assert t.num_rows == 12000
+
+
+def test_a_plaintext_file_swapped_in_is_refused(dativo, tmp_path):
+    """Parquet readers read a plaintext file without complaint even with decryption properties:
+    dativo insists on the encrypted footer and the committed row count."""
+    write_csvs(tmp_path / "data", 2, 1000)
+    key = local_key(tmp_path)
+    j = local_job(tmp_path, "parquet", key, name="swapin")
+    dativo.run("run", j, "--no-progress", check=0)
+    victim = sorted((tmp_path / "lake").glob("*.parquet"))[0]
+    pq.write_table(pa.table({"id": [1, 2, 3], "name": ["x", "y", "z"], "amount": [1.0, 2.0, 3.0],
+                             "day": ["a", "b", "c"]}), victim)
+    d = dativo.run("decrypt", j)
+    assert d.returncode == 4 and "encrypted footer" in d.stderr, d.stderr
+    assert d.stdout == ""
+    v = dativo.run("verify", j)
+    assert v.returncode == 4 and victim.name in v.stdout
+
+
+def test_column_keys_naming_a_missing_column_is_refused(dativo, tmp_path):
+    write_csvs(tmp_path / "data", 1, 10)
+    key = local_key(tmp_path)
+    j = write_job(tmp_path / "job.yaml", f"""name: typo
+source:
+  reader: file
+  config: {{path: "data/*.csv"}}
+target:
+  writer: parquet
+  config:
+    path: lake
+    encryption:
+      format: parquet
+      key_provider: {{type: local, key_file: {key.name}, key_id: main}}
+      column_keys:
+        main: [nmae]
+""")
+    r = dativo.run("run", j, "--no-progress")
+    assert r.returncode == 2, r.stdout
+    assert "`nmae` is not a column" in r.stdout and "encryption.column_keys.main" in r.stdout, r.stdout
+    assert not list((tmp_path / "lake").glob("*.parquet"))
+
+
+@pytest.fixture
+def authenticating_kms(tmp_path):
+    """A moto server of its own that checks every request's Signature V4 (after the first four
+    calls, which create an IAM user with a policy allowing KMS)."""
+    from conftest import free_port, wait_for_port
+    port = free_port()
+    log = open(tmp_path / "moto-auth.log", "w")
+    proc = subprocess.Popen([str(pathlib.Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
+                             "-p", str(port)], env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="4"),
+                            stdout=log, stderr=log)
+    try:
+        wait_for_port(port, 20)
+        ep = f"http://127.0.0.1:{port}"
+        iam = boto3.client("iam", endpoint_url=ep, region_name="us-east-1",
+                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+        iam.create_user(UserName="dativo")
+        arn = iam.create_policy(PolicyName="kms", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}))["Policy"]["Arn"]
+        iam.attach_user_policy(UserName="dativo", PolicyArn=arn)
+        k = iam.create_access_key(UserName="dativo")["AccessKey"]
+        kms = boto3.client("kms", endpoint_url=ep, region_name="us-east-1",
+                           aws_access_key_id=k["AccessKeyId"], aws_secret_access_key=k["SecretAccessKey"])
+        key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+        yield ep, k["AccessKeyId"], k["SecretAccessKey"], key_id
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_kms_requests_are_signed_correctly(dativo, tmp_path, authenticating_kms):
+    """Against a KMS that verifies Signature V4: the right secret works end to end, a wrong one
+    is an authentication error (exit 3) that does not print the secret."""
+    ep, akid, secret, key_id = authenticating_kms
+    write_csvs(tmp_path / "data", 2, 500)
+    j = write_job(tmp_path / "job.yaml", f"""name: sigv4
+source:
+  reader: file
+  config: {{path: "data/*.csv"}}
+target:
+  writer: parquet
+  config:
+    path: lake
+    encryption:
+      key_provider:
+        type: aws_kms
+        key_id: {key_id}
+        endpoint: {ep}
+        region: us-east-1
+        access_key_id: {akid}
+        secret_access_key: "${{env:KMS_SECRET}}"
+""")
+    r = dativo.run("run", j, "--no-progress", env={"KMS_SECRET": secret}, check=0)
+    assert secret not in r.stdout + r.stderr
+    dativo.run("verify", j, env={"KMS_SECRET": secret}, check=0)
+    assert decrypt_csv(dativo, j, env={"KMS_SECRET": secret}).num_rows == 1000
+    wrong = "W" * 40
+    d = dativo.run("decrypt", j, env={"KMS_SECRET": wrong})
+    assert d.returncode == 3, d.stderr
+    assert "SignatureDoesNotMatch" in d.stderr or "signature" in d.stderr.lower(), d.stderr
+    assert wrong not in d.stderr

@@ -52,21 +52,37 @@ pub fn decrypt(
         let out = std::io::stdout();
         tools::decrypt(&ds, files, format, BufWriter::new(out))?
     } else {
+        // A fresh 0600 file next to the output, renamed over it only when everything
+        // decrypted: never a partial plaintext file, never an old file's looser mode.
         let path = output.expect("a path");
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(
+            ".{}.dativo-{}.tmp",
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
         let mut o = OpenOptions::new();
-        o.write(true).create(true).truncate(true);
+        o.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
             o.mode(0o600);
         }
         let f = o
-            .open(path)
-            .map_err(|e| Error::from(e).context(format!("creating {}", path.display())))?;
-        let r = tools::decrypt(&ds, files, format, BufWriter::new(f));
+            .open(&tmp)
+            .map_err(|e| Error::from(e).context(format!("creating {}", tmp.display())))?;
+        let r = tools::decrypt(&ds, files, format, BufWriter::new(f)).and_then(|n| {
+            std::fs::rename(&tmp, path)
+                .map_err(|e| Error::from(e).context(format!("writing {}", path.display())))?;
+            Ok(n)
+        });
         if r.is_err() {
-            // Never leave a partial plaintext file behind.
-            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(&tmp);
         }
         r?
     };

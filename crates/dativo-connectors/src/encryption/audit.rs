@@ -102,7 +102,21 @@ impl AuditLog {
             .with_context(|| format!("opening the audit log {shown}"))?;
         f.lock()
             .with_context(|| format!("locking the audit log {shown}"))?;
-        let (len, last) = Self::last_line(&mut f)?;
+        let (len, mut last) = Self::last_line(&mut f)?;
+        if len > 0 {
+            let mut b = [0u8; 1];
+            f.seek(SeekFrom::End(-1))?;
+            f.read_exact(&mut b)?;
+            if b[0] != b'\n' {
+                // A line torn by a crash or a full disk (lines are written whole and end with
+                // a newline): drop it, keep the chain of the complete lines before it.
+                let keep = len - last.len() as u64;
+                tracing::warn!(log = %shown, bytes = last.len(), "dropping a torn last line of the audit log");
+                f.set_len(keep)
+                    .with_context(|| format!("repairing the audit log {shown}"))?;
+                last = Self::last_line(&mut f)?.1;
+            }
+        }
         let (mut seq, mut prev) = if last.is_empty() {
             (0, GENESIS.to_string())
         } else {
@@ -114,15 +128,6 @@ impl AuditLog {
             (e.seq, line_hash(&last))
         };
         let mut out = Vec::new();
-        if len > 0 && !last.is_empty() {
-            // A line cut short by a crash is impossible (one write + fsync), but keep lines apart.
-            f.seek(SeekFrom::End(-1))?;
-            let mut b = [0u8; 1];
-            f.read_exact(&mut b)?;
-            if b[0] != b'\n' {
-                out.push(b'\n');
-            }
-        }
         for file in files {
             seq += 1;
             let line = serde_json::to_vec(&AuditEntry {
@@ -173,5 +178,52 @@ impl AuditLog {
             prev = line_hash(line);
         }
         Ok((entries, problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encryption::{EncFormat, WrappedKey};
+
+    fn rec(file: &str) -> FileAudit {
+        FileAudit {
+            file: file.into(),
+            format: EncFormat::Stream,
+            algorithm: "a".into(),
+            key_provider: "local".into(),
+            key: WrappedKey {
+                key_id: "k".into(),
+                wrapped_key: "w".into(),
+            },
+            column_keys: Default::default(),
+            ciphertext_sha256: "00".into(),
+            bytes: 1,
+            rows: 1,
+            job: "j".into(),
+            run_id: "r".into(),
+            time: "t".into(),
+        }
+    }
+
+    #[test]
+    fn the_chain_survives_a_torn_line_and_breaks_on_edits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        log.append("t", &[rec("f1"), rec("f2")]).unwrap();
+        // A crash mid-write leaves half a line: the next append drops it and chains on.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"seq\":3,\"prev\":\"ab").unwrap();
+        log.append("t", &[rec("f3")]).unwrap();
+        let (entries, problems) = AuditLog::read(&path).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        // Removing a line breaks the chain.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        std::fs::write(&path, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
+        let (_, problems) = AuditLog::read(&path).unwrap();
+        assert!(problems[0].contains("hash chain is broken"), "{problems:?}");
     }
 }

@@ -29,8 +29,8 @@ use super::{hex, WrappedKey};
 /// Length of every data key and key-encryption key: 256 bits.
 pub const KEY_LEN: usize = 32;
 
-/// `encryption.key_provider`.
-#[derive(Debug, Clone, Deserialize)]
+/// `encryption.key_provider`. Its `Debug` shows the type and key id, never credentials.
+#[derive(Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum KeyProviderConfig {
     /// A 256-bit key in a file: 32 raw bytes, 64 hex digits or base64. The file must not be
@@ -85,6 +85,41 @@ pub enum KeyProviderConfig {
 
 fn default_timeout() -> u64 {
     30
+}
+
+impl std::fmt::Debug for KeyProviderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyProviderConfig::Local { key_file, key_id } => f
+                .debug_struct("Local")
+                .field("key_file", key_file)
+                .field("key_id", key_id)
+                .finish(),
+            KeyProviderConfig::Env { var, key_id } => f
+                .debug_struct("Env")
+                .field("var", var)
+                .field("key_id", key_id)
+                .finish(),
+            KeyProviderConfig::AwsKms {
+                key_id,
+                region,
+                endpoint,
+                ..
+            } => f
+                .debug_struct("AwsKms")
+                .field("key_id", key_id)
+                .field("region", region)
+                .field("endpoint", endpoint)
+                .finish_non_exhaustive(),
+            KeyProviderConfig::Command {
+                command, key_id, ..
+            } => f
+                .debug_struct("Command")
+                .field("program", &command.first())
+                .field("key_id", key_id)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 /// A fresh data key: the plaintext (wiped when dropped) and its wrapped form.
@@ -383,7 +418,9 @@ struct CommandKek {
 }
 
 impl CommandKek {
-    fn call(&self, verb: &str, input: serde_json::Value) -> Result<serde_json::Value> {
+    /// Run the program; `hide` is removed from anything it prints on stderr (a data key it
+    /// might echo back).
+    fn call(&self, verb: &str, input: serde_json::Value, hide: &str) -> Result<serde_json::Value> {
         let prog = &self.command[0];
         let what = format!("key provider command `{prog} {verb}`");
         let mut child = Command::new(prog)
@@ -443,6 +480,11 @@ impl CommandKek {
                 .into_iter()
                 .rev()
                 .collect();
+            let tail = if hide.is_empty() {
+                tail
+            } else {
+                tail.replace(hide, "***")
+            };
             return Err(Error::auth(format!(
                 "{what} failed ({status}): {}",
                 secrets::scrub(&tail)
@@ -465,9 +507,11 @@ impl KeyProvider for CommandKek {
     }
     fn generate(&self, kek: &str) -> Result<DataKey> {
         let dek = random_bytes(KEY_LEN)?;
+        let b64 = Zeroizing::new(B64.encode(&*dek));
         let out = self.call(
             "wrap",
-            serde_json::json!({"key_id": kek, "plaintext": B64.encode(&*dek)}),
+            serde_json::json!({"key_id": kek, "plaintext": &*b64}),
+            &b64,
         )?;
         let wrapped = out
             .get("wrapped")
@@ -488,6 +532,7 @@ impl KeyProvider for CommandKek {
         let out = self.call(
             "unwrap",
             serde_json::json!({"key_id": key.key_id, "wrapped": key.wrapped_key}),
+            "",
         )?;
         let text = out
             .get("plaintext")

@@ -16,7 +16,8 @@ use crate::rt::runtime;
 pub(crate) struct AwsKms {
     key_id: String,
     region: String,
-    endpoint: String,
+    url: reqwest::Url,
+    path: String,
     host: String,
     access_key_id: String,
     secret_access_key: Zeroizing<String>,
@@ -41,19 +42,26 @@ impl AwsKms {
             .or_else(|| env("AWS_REGION"))
             .or_else(|| env("AWS_DEFAULT_REGION"))
             .unwrap_or_else(|| "us-east-1".into());
-        let endpoint = endpoint
-            .unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com"))
-            .trim_end_matches('/')
-            .to_string();
-        let host = endpoint
-            .split_once("://")
-            .map(|(_, h)| h)
-            .unwrap_or(&endpoint)
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
         let p = "encryption.key_provider";
+        let endpoint = endpoint.unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com"));
+        let url = reqwest::Url::parse(&endpoint)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            .ok_or_else(|| {
+                Error::config(format!("`{endpoint}` is not an http(s) URL"))
+                    .with_key_path(format!("{p}.endpoint"))
+            })?;
+        // Signed exactly as sent: the host (lowercased by the URL parser) with a non-default
+        // port, and the path as the canonical URI.
+        let host = match url.port() {
+            Some(port) => format!("{}:{port}", url.host_str().expect("checked")),
+            None => url.host_str().expect("checked").to_string(),
+        };
+        let path = if url.path().is_empty() {
+            "/".to_string()
+        } else {
+            url.path().to_string()
+        };
         let access_key_id = access_key_id.or_else(|| env("AWS_ACCESS_KEY_ID")).ok_or_else(|| {
             Error::config("no AWS credentials: set `access_key_id`/`secret_access_key` or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
                 .with_key_path(format!("{p}.access_key_id"))
@@ -76,7 +84,8 @@ impl AwsKms {
         Ok(AwsKms {
             key_id,
             region,
-            endpoint,
+            url,
+            path,
             host,
             access_key_id,
             secret_access_key: Zeroizing::new(secret),
@@ -108,7 +117,10 @@ impl AwsKms {
             .map(|(k, v)| format!("{k}:{}\n", v.trim()))
             .collect();
         let payload_hash = hex(ring::digest::digest(&ring::digest::SHA256, &body).as_ref());
-        let canonical = format!("POST\n/\n\n{canonical_headers}\n{signed}\n{payload_hash}");
+        let canonical = format!(
+            "POST\n{}\n\n{canonical_headers}\n{signed}\n{payload_hash}",
+            self.path
+        );
         let scope = format!("{date}/{}/kms/aws4_request", self.region);
         let to_sign = format!(
             "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
@@ -131,7 +143,7 @@ impl AwsKms {
         );
         let mut req = self
             .client
-            .post(format!("{}/", self.endpoint))
+            .post(self.url.clone())
             .header("authorization", auth);
         for (k, v) in &headers {
             if *k != "host" {
@@ -139,7 +151,7 @@ impl AwsKms {
             }
         }
         let req = req.body(body.to_vec());
-        let what = format!("AWS KMS {target} ({})", self.endpoint);
+        let what = format!("AWS KMS {target} ({})", self.url);
         let (status, text) = std::thread::scope(|s| {
             s.spawn(|| {
                 runtime().block_on(async {
@@ -164,19 +176,27 @@ impl AwsKms {
         if status.is_success() {
             return Ok(v);
         }
+        // KMS answers JSON errors; proxies and some front ends answer XML.
+        let xml = |tag: &str| -> Option<String> {
+            let t = String::from_utf8_lossy(&text);
+            let open = format!("<{tag}>");
+            let start = t.find(&open)? + open.len();
+            let end = t[start..].find(&format!("</{tag}>"))? + start;
+            Some(t[start..end].to_string())
+        };
         let kind = v
             .get("__type")
             .and_then(|t| t.as_str())
-            .unwrap_or("")
-            .rsplit('#')
-            .next()
-            .unwrap_or("")
-            .to_string();
+            .map(|t| t.rsplit('#').next().unwrap_or("").to_string())
+            .or_else(|| xml("Code"))
+            .unwrap_or_default();
         let msg = v
             .get("message")
             .or_else(|| v.get("Message"))
             .and_then(|t| t.as_str())
-            .unwrap_or("");
+            .map(str::to_string)
+            .or_else(|| xml("Message"))
+            .unwrap_or_default();
         let m = secrets::scrub(&format!("{what} failed: {} {kind}: {msg}", status.as_u16()));
         Err(match kind.as_str() {
             "InvalidCiphertextException" | "IncorrectKeyException" => Error::auth(format!(
@@ -185,7 +205,11 @@ impl AwsKms {
             "AccessDeniedException"
             | "UnrecognizedClientException"
             | "InvalidSignatureException"
-            | "ExpiredTokenException" => Error::auth(m),
+            | "ExpiredTokenException"
+            | "SignatureDoesNotMatch"
+            | "InvalidClientTokenId"
+            | "AccessDenied" => Error::auth(m),
+            _ if matches!(status.as_u16(), 401 | 403) => Error::auth(m),
             "NotFoundException"
             | "DisabledException"
             | "KMSInvalidStateException"

@@ -90,7 +90,7 @@ impl EncFormat {
 }
 
 /// The smallest and largest `segment_size`.
-const SEGMENT_RANGE: (u64, u64) = (4 << 10, 64 << 20);
+pub(crate) const SEGMENT_RANGE: (u64, u64) = (4 << 10, 64 << 20);
 
 impl EncryptionConfig {
     /// The format, with the writer's default.
@@ -236,6 +236,37 @@ impl Encryptor {
             provider,
             audit,
         })
+    }
+
+    /// Checks against the data's schema, before anything is written: every column named in
+    /// `column_keys` exists (a typo would silently leave a column under the default key), and a
+    /// one-key provider is not asked for another key.
+    pub fn check_columns(&self, schema: &arrow::datatypes::Schema) -> Result<()> {
+        for (kek, cols) in &self.cfg.column_keys {
+            for c in cols {
+                if schema.field_with_name(c).is_err() {
+                    return Err(Error::config(format!(
+                        "`{c}` is not a column of the data (columns: {})",
+                        schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                    .with_key_path(format!("encryption.column_keys.{kek}")));
+                }
+            }
+            if matches!(self.provider.kind(), "local" | "env") && kek != self.provider.key_id() {
+                return Err(Error::config(format!(
+                    "the {} key provider holds one key, `{}`; it cannot wrap with `{kek}` (use aws_kms or command for several keys)",
+                    self.provider.kind(),
+                    self.provider.key_id()
+                ))
+                .with_key_path("encryption.column_keys"));
+            }
+        }
+        Ok(())
     }
 
     /// The key-encryption key id for `column` (`parquet` format).

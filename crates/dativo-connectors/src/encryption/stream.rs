@@ -295,15 +295,15 @@ impl StreamFile {
             .ok()
             .filter(|p| p.len() == PREFIX_LEN)
             .ok_or_else(|| Error::data(format!("{name}: damaged header (nonce prefix)")))?;
+        let segment = header.segment_size;
+        if !(super::SEGMENT_RANGE.0..=super::SEGMENT_RANGE.1).contains(&segment) {
+            return Err(Error::data(format!(
+                "{name}: damaged header (segment size {segment})"
+            )));
+        }
         let dek = provider
             .unwrap(&header.key)
             .map_err(|e| e.context(format!("unwrapping the data key of {name}")))?;
-        let segment = header.segment_size;
-        if segment == 0 {
-            return Err(Error::data(format!(
-                "{name}: damaged header (segment size)"
-            )));
-        }
         let stored = src.size() - body;
         let full = segment + TAG as u64;
         let segments = stored.div_ceil(full).max(1);
@@ -390,7 +390,10 @@ impl ByteSource for StreamFile {
         self.plain_len
     }
     fn read_at(&self, mut offset: u64, mut out: &mut [u8]) -> Result<()> {
-        if offset + out.len() as u64 > self.plain_len {
+        if offset
+            .checked_add(out.len() as u64)
+            .is_none_or(|end| end > self.plain_len)
+        {
             return Err(Error::data(format!(
                 "{}: read past the end of the plaintext",
                 self.path
@@ -531,6 +534,24 @@ mod tests {
     }
 
     #[test]
+    fn a_hostile_header_is_refused_before_any_key_is_unwrapped() {
+        let p = provider();
+        let enc = encrypt(p.as_ref(), b"hello", "a");
+        let (mut h, body, _) = read_header(&Mem(enc.clone()), "a").unwrap();
+        for size in [0, u64::MAX, 1 << 40] {
+            h.segment_size = size;
+            let json = serde_json::to_vec(&h).unwrap();
+            let mut forged = MAGIC.to_vec();
+            forged.extend_from_slice(&(json.len() as u32).to_le_bytes());
+            forged.extend_from_slice(&json);
+            forged.extend_from_slice(&enc[body as usize..]);
+            let e = open(p.as_ref(), forged, "a").err().unwrap().to_string();
+            assert!(e.contains("segment size"), "{e}");
+        }
+        assert!(open(p.as_ref(), b"PAR1 not ours".to_vec(), "a").is_err());
+    }
+
+    #[test]
     fn round_trips_and_detects_tampering() {
         let p = provider();
         for len in [0usize, 1, 4095, 4096, 4097, 3 * 4096, 20_000] {
@@ -541,6 +562,24 @@ mod tests {
             let mut back = vec![0u8; f.plain_len() as usize];
             f.read_at(0, &mut back).unwrap();
             assert_eq!(back, data, "len {len}");
+            // A flipped header byte (the key id, the nonce prefix, …).
+            let mut bad = enc.clone();
+            bad[20] ^= 1;
+            assert!(open(p.as_ref(), bad, "a.parquet.enc")
+                .and_then(|f| f.verify_all())
+                .is_err());
+            // Bytes appended, and truncated in the middle of the last segment.
+            let mut longer = enc.clone();
+            longer.extend_from_slice(&[0u8; 40]);
+            assert!(open(p.as_ref(), longer, "a.parquet.enc")
+                .and_then(|f| f.verify_all())
+                .is_err());
+            if len > 3 {
+                let cut = enc[..enc.len() - 3].to_vec();
+                assert!(open(p.as_ref(), cut, "a.parquet.enc")
+                    .and_then(|f| f.verify_all())
+                    .is_err());
+            }
             // Swapped: the same bytes stored under another name.
             let f = open(p.as_ref(), enc.clone(), "b.parquet.enc").unwrap();
             assert!(f.verify_all().is_err());

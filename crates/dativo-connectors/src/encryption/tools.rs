@@ -49,6 +49,8 @@ pub struct Dataset {
     /// Whether a file no commit names is a problem (a Parquet directory: readers see it) or a
     /// note (an Iceberg table: readers do not).
     pub strays_are_problems: bool,
+    /// Things the dataset's owner found worth saying (files no longer in an Iceberg table).
+    pub notes: Vec<String>,
 }
 
 fn no_encryption(writer: &str) -> Error {
@@ -89,6 +91,7 @@ impl Dataset {
             enc,
             internal_prefixes: vec!["_dativo/".into()],
             strays_are_problems: true,
+            notes: Vec::new(),
         })
     }
 }
@@ -141,11 +144,24 @@ fn open_plain(
                 stream: Some(f),
             }
         }
-        EncFormat::Parquet => Opened {
-            chunks: Chunks(src),
-            retriever: Some(Retriever::new(provider.clone())),
-            stream: None,
-        },
+        EncFormat::Parquet => {
+            // Parquet reads a plaintext file without complaint: insist on an encrypted footer
+            // (a file swapped for a plain one is then refused, not printed).
+            let mut magic = [0u8; 4];
+            if src.size() >= 8 {
+                src.read_at(src.size() - 4, &mut magic)?;
+            }
+            if &magic != b"PARE" {
+                return Err(Error::data(format!(
+                    "{name} is not a Parquet file with an encrypted footer: it was replaced or truncated"
+                )));
+            }
+            Opened {
+                chunks: Chunks(src),
+                retriever: Some(Retriever::new(provider.clone())),
+                stream: None,
+            }
+        }
     })
 }
 
@@ -227,7 +243,10 @@ fn sha256_of(loc: &Location, rel: &str) -> Result<String> {
 /// commits; no file in the dataset that no commit names.
 pub fn verify(ds: &Dataset) -> Result<VerifyReport> {
     let provider = ds.provider.clone();
-    let mut rep = VerifyReport::default();
+    let mut rep = VerifyReport {
+        notes: ds.notes.clone(),
+        ..Default::default()
+    };
     let log_path = ds.enc.audit_log_path();
     let (entries, chain) = if log_path.exists() {
         AuditLog::read(&log_path)?
@@ -268,7 +287,7 @@ pub fn verify(ds: &Dataset) -> Result<VerifyReport> {
             Ok(()) => rep.ok.push(format!(
                 "{name} ({} rows, sha256 {}…, key {})",
                 audit.rows,
-                &audit.ciphertext_sha256[..16.min(audit.ciphertext_sha256.len())],
+                audit.ciphertext_sha256.get(..16).unwrap_or("?"),
                 audit.key.key_id
             )),
             Err(e) => rep.problems.push(format!("{name}: {}", e.message())),
@@ -409,6 +428,7 @@ pub fn decrypt<W: Write + Send>(
                 ds.loc.display(&c.file)
             ))
         })?;
+        let before = rows;
         for_each_batch(ds, &provider, &c.file, format_of, |b| {
             if let Some(s) = &first {
                 if s.fields() != b.schema().fields() {
@@ -436,10 +456,20 @@ pub fn decrypt<W: Write + Send>(
                 Out::Csv(w) => w.write(&b).map_err(Error::from),
             }
         })?;
+        if rows - before != c.rows {
+            return Err(Error::data(format!(
+                "{}: {} rows decrypted, {} committed — the file was replaced",
+                ds.loc.display(&c.file),
+                rows - before,
+                c.rows
+            )));
+        }
     }
     match writer {
         Some(Out::Parquet(w)) => {
-            w.close().map_err(|e| Error::io(e.to_string()))?;
+            w.into_inner()
+                .map_err(|e| Error::io(e.to_string()))?
+                .flush()?;
         }
         Some(Out::Csv(w)) => {
             w.into_inner().flush()?;

@@ -177,8 +177,10 @@ pub fn encrypted_dataset(config: &Value) -> Result<Dataset> {
     let table = runtime().block_on(super::writer::load_existing(&cfg))?;
     let md = table.metadata();
     let root = md.location().to_string();
-    let mut committed = Vec::new();
+    // Audit records of every commit in the current snapshot's history, oldest first.
+    let mut records: Vec<FileAudit> = Vec::new();
     let mut cur = md.current_snapshot().cloned();
+    let mut guard = md.snapshots().count();
     while let Some(s) = cur {
         if let Some(text) = s.summary().additional_properties.get(ENCRYPTION_KEY) {
             let recs: Vec<FileAudit> = serde_json::from_str(text).map_err(|e| {
@@ -187,20 +189,65 @@ pub fn encrypted_dataset(config: &Value) -> Result<Dataset> {
                     s.snapshot_id()
                 ))
             })?;
-            for r in recs.into_iter().rev() {
-                committed.push(Committed {
-                    file: r.file.clone(),
-                    rows: r.rows,
-                    audit: Some(r),
-                });
-            }
+            records.extend(recs.into_iter().rev());
         }
+        guard = guard.saturating_sub(1);
         cur = s
             .parent_snapshot_id()
+            .filter(|_| guard > 0)
             .and_then(|id| md.snapshot_by_id(id))
             .cloned();
     }
-    committed.reverse();
+    records.reverse();
+    // The table's data files now: what readers see (compaction or deletes may have changed
+    // the set since the commits).
+    let current: Vec<String> = if md.current_snapshot().is_some() {
+        runtime().block_on(async {
+            use futures_util::TryStreamExt;
+            let scan = table
+                .scan()
+                .select_all()
+                .build()
+                .map_err(|e| Error::io(format!("planning a scan of {}: {e}", cfg.table)))?;
+            let tasks: Vec<_> = scan
+                .plan_files()
+                .await
+                .map_err(|e| Error::io(format!("planning a scan of {}: {e}", cfg.table)))?
+                .try_collect()
+                .await
+                .map_err(|e| Error::io(format!("planning a scan of {}: {e}", cfg.table)))?;
+            Ok::<_, Error>(tasks.into_iter().map(|t| t.data_file_path).collect())
+        })?
+    } else {
+        Vec::new()
+    };
+    let current: Vec<String> = current.iter().map(|f| relative(f, &root)).collect();
+    let mut committed = Vec::new();
+    let mut notes = Vec::new();
+    for r in &records {
+        if current.contains(&r.file) {
+            committed.push(Committed {
+                file: r.file.clone(),
+                rows: r.rows,
+                audit: Some(r.clone()),
+            });
+        } else {
+            notes.push(format!(
+                "{}: committed by run {} but no longer part of the table (compacted, deleted or expired)",
+                r.file, r.run_id
+            ));
+        }
+    }
+    for f in &current {
+        if !records.iter().any(|r| &r.file == f) {
+            // Not written by an encrypting dativo job: verify reports it.
+            committed.push(Committed {
+                file: f.clone(),
+                rows: 0,
+                audit: None,
+            });
+        }
+    }
     let opts = StoreOptions {
         s3: cfg.s3.as_ref(),
         ..Default::default()
@@ -214,5 +261,6 @@ pub fn encrypted_dataset(config: &Value) -> Result<Dataset> {
         enc,
         internal_prefixes: vec!["metadata/".into()],
         strays_are_problems: false,
+        notes,
     })
 }

@@ -422,6 +422,13 @@ impl IcebergWriter {
                 },
             }
         };
+        if self.enc.is_some() && !table.metadata().default_partition_spec().is_unpartitioned() {
+            return Err(Error::config(format!(
+                "table {} is partitioned: partition values become plaintext directory names, so dativo does not encrypt into it; use an unpartitioned table",
+                cfg.table
+            ))
+            .with_key_path("encryption"));
+        }
         let table = self.evolve(table, &compatible).await?;
         let target = schema_to_arrow_schema(table.metadata().current_schema())
             .map_err(|e| ice(e, "reading the table schema"))?;
@@ -578,7 +585,11 @@ impl Writer for IcebergWriter {
         let cfg: IcebergWriterConfig = from_config(config)?;
         cfg.check()?;
         self.enc = match &cfg.encryption {
-            Some(e) => Some(Arc::new(Encryptor::open(e, EncFormat::Parquet)?)),
+            Some(e) => {
+                let enc = Encryptor::open(e, EncFormat::Parquet)?;
+                enc.check_columns(&ctx.schema)?;
+                Some(Arc::new(enc))
+            }
             None => None,
         };
         let catalog = runtime().block_on(Self::open_catalog(&cfg))?;

@@ -381,6 +381,9 @@ impl Writer for ParquetWriter {
             keep,
             ctx.schema.metadata().clone(),
         )));
+        if let Some(enc) = &self.enc {
+            enc.check_columns(self.file_schema.as_ref().expect("set above"))?;
+        }
         self.partition_cols = partition_cols;
         self.schema = Some(ctx.schema.clone());
         self.job = ctx.job.clone();
