@@ -21,6 +21,7 @@ Examples:
   dativo check jobs/orders.yaml                 connect to the source and print its schema
   dativo state show jobs/orders.yaml            the committed incremental state
   dativo runs jobs/orders.yaml                  run history
+  dativo serve --jobs jobs/                     run every job on its schedule; API, metrics, page
   dativo verify jobs/phi.yaml                   check encrypted files against the audit trail
   dativo decrypt jobs/phi.yaml -o phi.parquet   decrypt what an encrypted job committed
 
@@ -37,6 +38,11 @@ struct Cli {
     /// `.dativo` in the working directory.
     #[arg(long, global = true, env = "DATIVO_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
+
+    /// A PostgreSQL state store instead of SQLite (`postgres://user:pw@host/db`), shared by
+    /// every dativo process and `serve` instance that points at it.
+    #[arg(long, global = true, env = "DATIVO_STATE_URL", value_name = "URL")]
+    state_url: Option<String>,
 
     /// Log format on stderr: `text` (default) or `json` (one object per line; the run summary
     /// on stdout is JSON too).
@@ -148,6 +154,38 @@ plaintext: it is created with mode 0600 — keep it where the data may be.")]
     Verify {
         /// The job file.
         job: PathBuf,
+    },
+    /// Run every job in a directory on its `schedule`, with an HTTP API (docs/openapi.yaml),
+    /// Prometheus metrics at /metrics, /healthz, /readyz and a status page at /.
+    #[command(after_help = "Examples:
+  dativo serve --jobs jobs/
+  DATIVO_API_TOKEN=… dativo serve --jobs jobs/ --listen 0.0.0.0:8080 --max-concurrent 8
+  dativo serve --jobs jobs/ --state-url postgres://dativo@db/dativo     several instances, one state
+
+  curl localhost:8080/api/jobs
+  curl -X POST -H \"Authorization: Bearer $DATIVO_API_TOKEN\" localhost:8080/api/jobs/orders/runs
+  curl -X POST -H \"Authorization: Bearer $DATIVO_API_TOKEN\" localhost:8080/api/runs/RUN_ID/cancel
+
+A job never runs twice at once (across instances too, with a PostgreSQL state store); job files
+are re-read when they change, and an invalid one is reported while the others keep running.
+SIGTERM or Ctrl-C: nothing new starts, running jobs get --grace to finish, then are cancelled
+(nothing half-committed).")]
+    Serve {
+        /// The directory of job files (*.yaml).
+        #[arg(long, value_name = "DIR")]
+        jobs: PathBuf,
+        /// Address of the HTTP server.
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// Runs at the same time, over all jobs.
+        #[arg(long, default_value_t = 4)]
+        max_concurrent: usize,
+        /// On shutdown, how long running jobs may take before they are cancelled.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        grace: std::time::Duration,
+        /// Bearer token required to trigger and cancel runs (without one, those are refused).
+        #[arg(long, env = "DATIVO_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
     },
     /// List the readers and writers this binary can use: built-ins and plugin libraries.
     #[command(subcommand)]
@@ -297,7 +335,14 @@ fn job_ref(cli: &Cli, arg: &str) -> Result<(String, PathBuf), Error> {
     }
 }
 
-fn open_store_existing(dir: &Path) -> Result<StateStore, Error> {
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 30s, 2m)"))
+}
+
+fn open_store_existing(cli: &Cli, dir: &Path) -> Result<StateStore, Error> {
+    if cli.state_url.is_some() {
+        return StateStore::open_with(dir, cli.state_url.as_deref());
+    }
     if !dir.join("state.db").exists() {
         return Err(Error::config(format!(
             "no state store in {} (no job has run with it yet; see --state-dir)",
@@ -329,7 +374,8 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
         }
         Command::Check { job } => {
             let job = load(job)?;
-            let store = StateStore::open(&state_dir(cli, Some(&job)))?;
+            let store =
+                StateStore::open_with(&state_dir(cli, Some(&job)), cli.state_url.as_deref())?;
             let schema = dativo_runtime::runner::check(&job, &store)?;
             println!("ok: job `{}` — source schema:", job.name());
             output::print_schema(&schema);
@@ -337,7 +383,8 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
         }
         Command::Run { job, no_progress } => {
             let job = load(job)?;
-            let store = StateStore::open(&state_dir(cli, Some(&job)))?;
+            let store =
+                StateStore::open_with(&state_dir(cli, Some(&job)), cli.state_url.as_deref())?;
             let cancel = CancelToken::new();
             let c = cancel.clone();
             ctrlc::set_handler(move || {
@@ -359,6 +406,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
                 &RunOptions {
                     cancel,
                     observer: &observer,
+                    run_id: None,
                 },
             )?;
             observer.finish();
@@ -371,7 +419,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
         }
         Command::State(StateCommand::Show { job }) => {
             let (name, dir) = job_ref(cli, job)?;
-            let store = open_store_existing(&dir)?;
+            let store = open_store_existing(cli, &dir)?;
             match store.load_state(&name)? {
                 Some(s) => println!(
                     "{}",
@@ -386,7 +434,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
         }
         Command::State(StateCommand::Reset { job }) => {
             let (name, dir) = job_ref(cli, job)?;
-            let store = open_store_existing(&dir)?;
+            let store = open_store_existing(cli, &dir)?;
             let _lock = store.lock(&name)?;
             if store.reset_state(&name)? {
                 println!("reset the state of job `{name}`: the next run reads from the beginning");
@@ -397,7 +445,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
         }
         Command::Runs { job, limit, json } => {
             let (name, dir) = job_ref(cli, job)?;
-            let store = open_store_existing(&dir)?;
+            let store = open_store_existing(cli, &dir)?;
             let runs = store.runs(&name, *limit)?;
             if *json {
                 println!(
@@ -421,6 +469,25 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
             format.map(|f| f == DecryptFormat::Csv),
         ),
         Command::Verify { job } => crypto::verify(job),
+        Command::Serve {
+            jobs,
+            listen,
+            max_concurrent,
+            grace,
+            api_token,
+        } => {
+            dativo_serve::serve(dativo_serve::ServeOptions {
+                jobs_dir: jobs.clone(),
+                listen: *listen,
+                state_dir: state_dir(cli, None),
+                state_url: cli.state_url.clone(),
+                max_concurrent: *max_concurrent,
+                grace: *grace,
+                token: api_token.clone(),
+                reload_every: std::time::Duration::from_secs(2),
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugins(PluginsCommand::List) => plugin_cmd::list(),
         Command::Plugin(PluginCommand::Test {
             implementation,

@@ -213,6 +213,20 @@ pub struct Schedule {
     pub cron: String,
     /// IANA time zone name; UTC when absent.
     pub timezone: Option<String>,
+    /// What `serve` does about runs missed while it was down or the job was still running:
+    /// `skip` (default) or `run_once` (one catch-up run as soon as possible).
+    pub missed: MissedRuns,
+}
+
+/// `schedule.missed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MissedRuns {
+    /// Wait for the next scheduled time.
+    #[default]
+    Skip,
+    /// Run once as soon as possible, however many times were missed.
+    RunOnce,
 }
 
 impl<'de> Deserialize<'de> for Schedule {
@@ -223,18 +237,22 @@ impl<'de> Deserialize<'de> for Schedule {
             cron: String,
             #[serde(default)]
             timezone: Option<String>,
+            #[serde(default)]
+            missed: MissedRuns,
         }
         let v = Value::deserialize(d)?;
         let s = match v {
             Value::String(cron) => Schedule {
                 cron,
                 timezone: None,
+                missed: MissedRuns::Skip,
             },
             Value::Object(_) => {
                 let l: Long = serde_json::from_value(v).map_err(de::Error::custom)?;
                 Schedule {
                     cron: l.cron,
                     timezone: l.timezone,
+                    missed: l.missed,
                 }
             }
             _ => {
@@ -243,6 +261,13 @@ impl<'de> Deserialize<'de> for Schedule {
                 ))
             }
         };
+        if let Some(tz) = &s.timezone {
+            tz.parse::<chrono_tz::Tz>().map_err(|_| {
+                de::Error::custom(format!(
+                    "unknown time zone `{tz}`: use an IANA name such as `Europe/Berlin` or `UTC`"
+                ))
+            })?;
+        }
         croner::Cron::new(&s.cron)
             .with_seconds_optional()
             .parse()

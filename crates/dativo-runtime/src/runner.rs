@@ -141,6 +141,8 @@ pub struct RunOptions<'a> {
     pub cancel: CancelToken,
     /// Progress.
     pub observer: &'a dyn Observer,
+    /// The run's id; a fresh UUIDv7 when `None` (`serve` picks it to cancel the run by id).
+    pub run_id: Option<String>,
 }
 
 enum Msg {
@@ -165,7 +167,10 @@ pub fn run(job: &Job, store: &StateStore, opts: &RunOptions<'_>) -> Result<RunSu
     let (rf, wf) = implementations::validate(job)?;
     let name = job.name();
     let _lock = store.lock(name)?;
-    let run_id = uuid::Uuid::now_v7().to_string();
+    let run_id = opts
+        .run_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     store.start_run(name, &run_id)?;
     let started = Instant::now();
     let mut totals = Totals::default();

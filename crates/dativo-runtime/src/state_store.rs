@@ -5,6 +5,11 @@
 //! working directory, the job's `state.dir`, or `--state-dir`). The per-job lock is an OS file
 //! lock on `locks/<job>.lock` beside it: it dies with the process, so a killed run never leaves
 //! a stale lock behind.
+//!
+//! With `--state-url postgres://…` (or `DATIVO_STATE_URL`) the store is PostgreSQL instead
+//! (tables `dativo_job_state` and `dativo_runs`), shared by every dativo process and host that
+//! points at it; the per-job lock is a session advisory lock held on a connection of its own, so
+//! it too dies with the process (the server ends the session) and the job can run elsewhere.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -53,7 +58,7 @@ impl RunStatus {
             RunStatus::Interrupted => "interrupted",
         }
     }
-    fn parse(s: &str) -> RunStatus {
+    pub(crate) fn parse(s: &str) -> RunStatus {
         match s {
             "succeeded" => RunStatus::Succeeded,
             "failed" => RunStatus::Failed,
@@ -89,18 +94,39 @@ pub struct RunRecord {
     pub error: Option<String>,
 }
 
-/// The SQLite state store.
+/// The state store: SQLite in a directory, or PostgreSQL.
 pub struct StateStore {
-    conn: Connection,
-    dir: PathBuf,
+    inner: Inner,
+}
+
+enum Inner {
+    Sqlite { conn: Connection, dir: PathBuf },
+    Postgres(crate::pg_store::PgStore),
 }
 
 /// A held per-job lock; released when dropped (or when the process dies).
-#[derive(Debug)]
 pub struct JobLock {
-    _file: File,
-    /// The lock file.
-    pub path: PathBuf,
+    _file: Option<File>,
+    _session: Option<tokio_postgres::Client>,
+    /// What holds the lock (a lock file, or a PostgreSQL advisory lock).
+    pub what: String,
+}
+
+impl JobLock {
+    /// A lock held by a PostgreSQL session.
+    pub(crate) fn session(client: tokio_postgres::Client, what: String) -> Self {
+        JobLock {
+            _file: None,
+            _session: Some(client),
+            what,
+        }
+    }
+}
+
+impl std::fmt::Debug for JobLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobLock").field("what", &self.what).finish()
+    }
 }
 
 const SCHEMA: &str = "PRAGMA journal_mode=WAL;
@@ -125,7 +151,7 @@ const SCHEMA: &str = "PRAGMA journal_mode=WAL;
              );
              CREATE INDEX IF NOT EXISTS runs_by_job ON runs(job, started_at);";
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -163,20 +189,52 @@ impl StateStore {
             }
         }
         Ok(StateStore {
-            conn,
-            dir: dir.to_path_buf(),
+            inner: Inner::Sqlite {
+                conn,
+                dir: dir.to_path_buf(),
+            },
         })
     }
 
-    /// The directory of this store.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Open the store `url` names (`postgres://…`), or else the SQLite store in `dir`.
+    pub fn open_with(dir: &Path, url: Option<&str>) -> Result<StateStore> {
+        match url {
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                Ok(StateStore {
+                    inner: Inner::Postgres(crate::pg_store::PgStore::open(u)?),
+                })
+            }
+            Some(u) => Err(Error::config(format!(
+                "state store URL `{}`: use postgres://user:password@host/db (or leave it out for SQLite in the state directory)",
+                dativo_core::secrets::scrub(u)
+            ))),
+            None => Self::open(dir),
+        }
+    }
+
+    /// Where the store is, for messages (`.dativo/state.db`, `postgres://host/db`).
+    pub fn describe(&self) -> String {
+        match &self.inner {
+            Inner::Sqlite { dir, .. } => dir.join("state.db").display().to_string(),
+            Inner::Postgres(pg) => pg.describe(),
+        }
+    }
+
+    fn conn(&self) -> Option<&Connection> {
+        match &self.inner {
+            Inner::Sqlite { conn, .. } => Some(conn),
+            Inner::Postgres(_) => None,
+        }
     }
 
     /// Take the job's lock without waiting. Runs of the job that are still marked running were
     /// ended by a dead process: they are marked interrupted.
     pub fn lock(&self, job: &str) -> Result<JobLock> {
-        let path = self.dir.join("locks").join(format!("{job}.lock"));
+        let dir = match &self.inner {
+            Inner::Postgres(pg) => return pg.lock(job),
+            Inner::Sqlite { dir, .. } => dir,
+        };
+        let path = dir.join("locks").join(format!("{job}.lock"));
         let file = File::options()
             .create(true)
             .truncate(false)
@@ -196,7 +254,8 @@ impl StateStore {
                 return Err(Error::from(e).context(format!("locking {}", path.display())))
             }
         }
-        self.conn
+        self.conn()
+            .expect("sqlite")
             .execute(
                 "UPDATE runs SET status = 'interrupted', ended_at = COALESCE(ended_at, ?2),
                    error = COALESCE(error, 'the process ended during the run (killed or crashed)')
@@ -204,37 +263,44 @@ impl StateStore {
                 params![job, now()],
             )
             .map_err(db_err)?;
-        Ok(JobLock { _file: file, path })
+        Ok(JobLock {
+            _file: Some(file),
+            _session: None,
+            what: path.display().to_string(),
+        })
     }
 
     /// The job's committed state.
     pub fn load_state(&self, job: &str) -> Result<Option<StoredState>> {
-        self.conn
-            .query_row(
-                "SELECT state, run_id, updated_at FROM job_state WHERE job = ?1",
-                params![job],
-                |r| {
-                    Ok((
-                        r.get::<_, Option<String>>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(db_err)?
-            .map(|(state, run_id, updated_at)| {
-                let state = state
-                    .map(|s| serde_json::from_str(&s))
-                    .transpose()
-                    .map_err(|e| Error::data(format!("stored state of `{job}` is corrupt: {e}")))?;
-                Ok(StoredState {
-                    state,
-                    run_id,
-                    updated_at,
-                })
+        if let Inner::Postgres(pg) = &self.inner {
+            return pg.load_state(job);
+        }
+        let conn = self.conn().expect("sqlite");
+        conn.query_row(
+            "SELECT state, run_id, updated_at FROM job_state WHERE job = ?1",
+            params![job],
+            |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(db_err)?
+        .map(|(state, run_id, updated_at)| {
+            let state = state
+                .map(|s| serde_json::from_str(&s))
+                .transpose()
+                .map_err(|e| Error::data(format!("stored state of `{job}` is corrupt: {e}")))?;
+            Ok(StoredState {
+                state,
+                run_id,
+                updated_at,
             })
-            .transpose()
+        })
+        .transpose()
     }
 
     /// Record the job's committed state and count the commit in the run's history, atomically.
@@ -246,8 +312,12 @@ impl StateStore {
         rows: u64,
         bytes: u64,
     ) -> Result<()> {
+        if let Inner::Postgres(pg) = &self.inner {
+            return pg.save_commit(job, run_id, state, rows, bytes);
+        }
+        let conn = self.conn().expect("sqlite");
         let state = state.map(|s| s.to_string());
-        let tx = self.conn.unchecked_transaction().map_err(db_err)?;
+        let tx = conn.unchecked_transaction().map_err(db_err)?;
         tx.execute(
             "INSERT INTO job_state (job, state, run_id, updated_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(job) DO UPDATE SET state = ?2, run_id = ?3, updated_at = ?4",
@@ -265,21 +335,27 @@ impl StateStore {
 
     /// Overwrite the job's state (recovery from the writer's copy).
     pub fn put_state(&self, job: &str, run_id: &str, state: Option<&Value>) -> Result<()> {
-        self.conn
-            .execute(
-                "INSERT INTO job_state (job, state, run_id, updated_at) VALUES (?1, ?2, ?3, ?4)
+        if let Inner::Postgres(pg) = &self.inner {
+            return pg.put_state(job, run_id, state);
+        }
+        let conn = self.conn().expect("sqlite");
+        conn.execute(
+            "INSERT INTO job_state (job, state, run_id, updated_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(job) DO UPDATE SET state = ?2, run_id = ?3, updated_at = ?4",
-                params![job, state.map(|s| s.to_string()), run_id, now()],
-            )
-            .map_err(db_err)?;
+            params![job, state.map(|s| s.to_string()), run_id, now()],
+        )
+        .map_err(db_err)?;
         Ok(())
     }
 
     /// Forget the job's state; the next run starts from the beginning. Returns whether there
     /// was one.
     pub fn reset_state(&self, job: &str) -> Result<bool> {
-        let n = self
-            .conn
+        if let Inner::Postgres(pg) = &self.inner {
+            return pg.reset_state(job);
+        }
+        let conn = self.conn().expect("sqlite");
+        let n = conn
             .execute("DELETE FROM job_state WHERE job = ?1", params![job])
             .map_err(db_err)?;
         Ok(n > 0)
@@ -287,41 +363,53 @@ impl StateStore {
 
     /// Record the start of a run.
     pub fn start_run(&self, job: &str, run_id: &str) -> Result<()> {
-        self.conn
-            .execute(
-                "INSERT INTO runs (run_id, job, started_at, status) VALUES (?1, ?2, ?3, 'running')",
-                params![run_id, job, now()],
-            )
-            .map_err(db_err)?;
+        if let Inner::Postgres(pg) = &self.inner {
+            return pg.start_run(job, run_id);
+        }
+        let conn = self.conn().expect("sqlite");
+        conn.execute(
+            "INSERT INTO runs (run_id, job, started_at, status) VALUES (?1, ?2, ?3, 'running')",
+            params![run_id, job, now()],
+        )
+        .map_err(db_err)?;
         Ok(())
     }
 
     /// Record another attempt of a run.
     pub fn set_attempts(&self, run_id: &str, attempts: u32) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE runs SET attempts = ?2 WHERE run_id = ?1",
-                params![run_id, attempts],
-            )
-            .map_err(db_err)?;
+        if let Inner::Postgres(pg) = &self.inner {
+            return pg.set_attempts(run_id, attempts);
+        }
+        let conn = self.conn().expect("sqlite");
+        conn.execute(
+            "UPDATE runs SET attempts = ?2 WHERE run_id = ?1",
+            params![run_id, attempts],
+        )
+        .map_err(db_err)?;
         Ok(())
     }
 
     /// Record the end of a run. `error` must already be redacted.
     pub fn finish_run(&self, run_id: &str, status: RunStatus, error: Option<&str>) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE runs SET status = ?2, ended_at = ?3, error = ?4 WHERE run_id = ?1",
-                params![run_id, status.as_str(), now(), error],
-            )
-            .map_err(db_err)?;
+        if let Inner::Postgres(pg) = &self.inner {
+            return pg.finish_run(run_id, status, error);
+        }
+        let conn = self.conn().expect("sqlite");
+        conn.execute(
+            "UPDATE runs SET status = ?2, ended_at = ?3, error = ?4 WHERE run_id = ?1",
+            params![run_id, status.as_str(), now(), error],
+        )
+        .map_err(db_err)?;
         Ok(())
     }
 
     /// The job's runs, newest first.
     pub fn runs(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
-        let mut stmt = self
-            .conn
+        if let Inner::Postgres(pg) = &self.inner {
+            return pg.runs(job, limit);
+        }
+        let conn = self.conn().expect("sqlite");
+        let mut stmt = conn
             .prepare(
                 "SELECT run_id, job, started_at, ended_at, status, attempts, rows, bytes, commits, error
                  FROM runs WHERE job = ?1 ORDER BY started_at DESC, run_id DESC LIMIT ?2",

@@ -185,6 +185,14 @@ pub async fn connect(cfg: &PostgresReaderConfig) -> Result<Client> {
     result.map_err(|e| map_error(e, &format!("connecting to PostgreSQL at {what}")))
 }
 
+/// Connect to `url` (`postgres://user:password@host:port/db?sslmode=…`) with the reader's
+/// TLS handling; used by the PostgreSQL state store.
+pub async fn connect_url(url: &str) -> Result<Client> {
+    let cfg: PostgresReaderConfig = serde_json::from_value(serde_json::json!({ "url": url }))
+        .map_err(|e| Error::config(format!("PostgreSQL URL: {e}")))?;
+    connect(&cfg).await
+}
+
 /// Map a driver error to a dativo error with a clear message.
 pub fn map_error(e: tokio_postgres::Error, doing: &str) -> Error {
     let text = secrets::scrub(&e.to_string());

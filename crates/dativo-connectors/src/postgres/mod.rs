@@ -21,5 +21,5 @@ mod reader;
 pub mod types;
 
 pub use config::{NumericConfig, PostgresReaderConfig, ReadMode, SpecialValues, SslMode};
-pub use connect::runtime;
+pub use connect::{connect_url, map_error, runtime};
 pub use reader::PostgresReader;

@@ -1,0 +1,326 @@
+//! The HTTP API (`docs/openapi.yaml`), `/metrics`, `/healthz`, `/readyz` and the page.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use dativo_core::secrets;
+
+use crate::metrics::Labels;
+use crate::{LastRun, Server, TriggerError, TriggerOutcome};
+
+type S = State<Arc<Server>>;
+
+pub(crate) fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/api/jobs", get(list_jobs))
+        .route("/api/jobs/{name}", get(job_detail))
+        .route("/api/jobs/{name}/runs", post(trigger))
+        .route("/api/runs/{id}", get(run_detail))
+        .route("/api/runs/{id}/cancel", post(cancel))
+        .route("/api/runs/{id}/log", get(run_log))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(server)
+}
+
+fn problem(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+/// Mutating endpoints: `Authorization: Bearer <token>`.
+fn authorize(server: &Server, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = &server.opts.token else {
+        return Some(problem(
+            StatusCode::FORBIDDEN,
+            "triggering and cancelling are disabled: start `dativo serve` with DATIVO_API_TOKEN (or --api-token) set",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Constant time in the token's length.
+    let ok = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if ok {
+        None
+    } else {
+        Some(problem(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <token>)",
+        ))
+    }
+}
+
+/// A job, as the API lists it.
+#[derive(Serialize)]
+pub(crate) struct JobView {
+    pub name: String,
+    pub file: String,
+    pub description: Option<String>,
+    pub reader: String,
+    pub writer: String,
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    pub next_run: Option<String>,
+    pub running: Option<String>,
+    pub pending: bool,
+    pub last_run: Option<LastRun>,
+}
+
+/// An invalid job file.
+#[derive(Serialize)]
+pub(crate) struct InvalidView {
+    pub file: String,
+    pub error: String,
+}
+
+impl Server {
+    pub(crate) fn job_views(&self) -> (Vec<JobView>, Vec<InvalidView>) {
+        let jobs = self.jobs.lock().expect("not poisoned");
+        let views = jobs
+            .iter()
+            .map(|(name, j)| JobView {
+                name: name.clone(),
+                file: j.file.display().to_string(),
+                description: j.job.config.description.clone(),
+                reader: j.reader.clone(),
+                writer: j.writer.clone(),
+                schedule: j.job.config.schedule.as_ref().map(|s| s.cron.clone()),
+                timezone: j
+                    .job
+                    .config
+                    .schedule
+                    .as_ref()
+                    .map(|s| s.timezone.clone().unwrap_or_else(|| "UTC".into())),
+                next_run: j
+                    .next
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                running: j.running.clone().filter(|r| !r.is_empty()),
+                pending: j.pending,
+                last_run: j.last.clone(),
+            })
+            .collect();
+        let invalid = self
+            .invalid
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(p, e)| InvalidView {
+                file: p.display().to_string(),
+                error: e.clone(),
+            })
+            .collect();
+        (views, invalid)
+    }
+}
+
+async fn list_jobs(State(s): S) -> Json<Value> {
+    let (jobs, invalid) = s.job_views();
+    Json(json!({"jobs": jobs, "invalid": invalid}))
+}
+
+async fn job_detail(State(s): S, Path(name): Path<String>) -> Response {
+    let (jobs, _) = s.job_views();
+    let Some(view) = jobs.into_iter().find(|j| j.name == name) else {
+        return problem(StatusCode::NOT_FOUND, format!("no job `{name}`"));
+    };
+    let server = s.clone();
+    let n = name.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        let store = server.store()?;
+        Ok::<_, dativo_core::Error>((store.load_state(&n)?, store.runs(&n, 20)?))
+    })
+    .await;
+    match stored {
+        Ok(Ok((state, runs))) => Json(json!({
+            "job": view,
+            "state": state,
+            "runs": runs,
+        }))
+        .into_response(),
+        Ok(Err(e)) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("state store: {}", secrets::scrub(&e.to_string())),
+        ),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn trigger(State(s): S, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    if let Some(r) = authorize(&s, &headers) {
+        return r;
+    }
+    match s.trigger(&name) {
+        Ok(TriggerOutcome::Started(run_id)) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"status": "started", "run_id": run_id})),
+        )
+            .into_response(),
+        Ok(TriggerOutcome::Queued) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"status": "queued", "reason": "the concurrency limit is reached; it starts when a run ends"})),
+        )
+            .into_response(),
+        Err(TriggerError::UnknownJob) => problem(StatusCode::NOT_FOUND, format!("no job `{name}`")),
+        Err(TriggerError::Running(run)) => (
+            StatusCode::CONFLICT,
+            Json(json!({"error": format!("job `{name}` is already running"), "run_id": run})),
+        )
+            .into_response(),
+        Err(TriggerError::ShuttingDown) => {
+            problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+        }
+    }
+}
+
+async fn run_detail(State(s): S, Path(id): Path<String>) -> Response {
+    if let Some(a) = s.active.lock().expect("not poisoned").get(&id) {
+        return Json(json!({
+            "run_id": id,
+            "job": a.job,
+            "status": "running",
+            "started_at": a.started_at,
+            "seconds": a.started.elapsed().as_secs_f64(),
+        }))
+        .into_response();
+    }
+    let job = s
+        .logs
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .find(|(r, _, _)| *r == id)
+        .map(|(_, j, _)| j.clone());
+    let Some(job) = job else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            format!("no run `{id}` on this instance"),
+        );
+    };
+    let server = s.clone();
+    let (j, r) = (job.clone(), id.clone());
+    let rec = tokio::task::spawn_blocking(move || {
+        server
+            .store()
+            .and_then(|st| st.runs(&j, 200))
+            .map(|runs| runs.into_iter().find(|x| x.run_id == r))
+    })
+    .await;
+    match rec {
+        Ok(Ok(Some(rec))) => Json(json!(rec)).into_response(),
+        Ok(Ok(None)) => {
+            Json(json!({"run_id": id, "job": job, "status": "not started"})).into_response()
+        }
+        Ok(Err(e)) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            secrets::scrub(&e.to_string()),
+        ),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn cancel(State(s): S, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(r) = authorize(&s, &headers) {
+        return r;
+    }
+    match s.active.lock().expect("not poisoned").get(&id) {
+        Some(a) => {
+            a.cancel.cancel();
+            a.log.lock().expect("not poisoned").push(format!(
+                "{} cancellation requested through the API",
+                crate::now_rfc3339()
+            ));
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"status": "cancelling", "run_id": id, "job": a.job})),
+            )
+                .into_response()
+        }
+        None => problem(
+            StatusCode::NOT_FOUND,
+            format!("run `{id}` is not running on this instance"),
+        ),
+    }
+}
+
+async fn run_log(State(s): S, Path(id): Path<String>) -> Response {
+    let lines = if let Some(a) = s.active.lock().expect("not poisoned").get(&id) {
+        Some(a.log.lock().expect("not poisoned").clone())
+    } else {
+        s.logs
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .find(|(r, _, _)| *r == id)
+            .map(|(_, _, l)| l.clone())
+    };
+    match lines {
+        Some(l) => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            l.join("\n") + "\n",
+        )
+            .into_response(),
+        None => problem(
+            StatusCode::NOT_FOUND,
+            format!("no log for run `{id}` on this instance"),
+        ),
+    }
+}
+
+async fn metrics(State(s): S) -> Response {
+    let running: BTreeMap<Labels, bool> = s
+        .jobs
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .map(|(name, j)| {
+            (
+                Labels {
+                    job: name.clone(),
+                    reader: j.reader.clone(),
+                    writer: j.writer.clone(),
+                },
+                j.running.is_some(),
+            )
+        })
+        .collect();
+    let invalid = s.invalid.lock().expect("not poisoned").len();
+    let text = s.metrics.render(&running, running.len(), invalid);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn readyz(State(s): S) -> Response {
+    if s.ready.load(Ordering::SeqCst) && !s.shutting_down.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn page(State(s): S) -> Html<String> {
+    Html(crate::page::render(&s))
+}

@@ -1,0 +1,215 @@
+//! Prometheus metrics, in the text exposition format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use dativo_runtime::RunStatus;
+
+/// A job's labels.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Labels {
+    /// The job.
+    pub job: String,
+    /// Its reader.
+    pub reader: String,
+    /// Its writer.
+    pub writer: String,
+}
+
+impl Labels {
+    fn render(&self) -> String {
+        format!(
+            "job=\"{}\",reader=\"{}\",writer=\"{}\"",
+            esc(&self.job),
+            esc(&self.reader),
+            esc(&self.writer)
+        )
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Run-duration histogram buckets, seconds.
+const BUCKETS: [f64; 11] = [
+    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
+];
+
+#[derive(Default, Clone)]
+struct JobMetrics {
+    rows: u64,
+    bytes: u64,
+    batches: u64,
+    commits: u64,
+    runs: BTreeMap<&'static str, u64>,
+    failures: u64,
+    duration_buckets: [u64; BUCKETS.len()],
+    duration_sum: f64,
+    duration_count: u64,
+    last_success: Option<f64>,
+}
+
+/// Counters per job.
+#[derive(Default)]
+pub struct Metrics {
+    jobs: Mutex<BTreeMap<Labels, JobMetrics>>,
+}
+
+impl Metrics {
+    fn with(&self, l: &Labels, f: impl FnOnce(&mut JobMetrics)) {
+        let mut jobs = self.jobs.lock().expect("not poisoned");
+        f(jobs.entry(l.clone()).or_default())
+    }
+
+    /// A batch reached the writer.
+    pub fn batch(&self, l: &Labels) {
+        self.with(l, |m| m.batches += 1)
+    }
+
+    /// A checkpoint was committed.
+    pub fn committed(&self, l: &Labels, rows: u64, bytes: u64) {
+        self.with(l, |m| {
+            m.rows += rows;
+            m.bytes += bytes;
+            m.commits += 1;
+        })
+    }
+
+    /// A run ended.
+    pub fn run_finished(&self, l: &Labels, status: RunStatus, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        self.with(l, |m| {
+            *m.runs.entry(status.as_str()).or_default() += 1;
+            if status == RunStatus::Failed {
+                m.failures += 1;
+            }
+            if status == RunStatus::Succeeded {
+                m.last_success = Some(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0),
+                );
+            }
+            for (i, b) in BUCKETS.iter().enumerate() {
+                if secs <= *b {
+                    m.duration_buckets[i] += 1;
+                }
+            }
+            m.duration_sum += secs;
+            m.duration_count += 1;
+        })
+    }
+
+    /// The exposition text; `running` and `jobs` are gauges the caller knows.
+    pub fn render(&self, running: &BTreeMap<Labels, bool>, valid: usize, invalid: usize) -> String {
+        let jobs = self.jobs.lock().expect("not poisoned").clone();
+        let mut all: BTreeMap<Labels, JobMetrics> = jobs;
+        for l in running.keys() {
+            all.entry(l.clone()).or_default();
+        }
+        let mut o = String::new();
+        let counter =
+            |o: &mut String, name: &str, help: &str, get: &dyn Fn(&JobMetrics) -> u64| {
+                let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+                for (l, m) in &all {
+                    let _ = writeln!(o, "{name}{{{}}} {}", l.render(), get(m));
+                }
+            };
+        counter(&mut o, "dativo_rows_total", "Rows committed.", &|m| m.rows);
+        counter(
+            &mut o,
+            "dativo_bytes_total",
+            "Bytes committed, as the writer reports them.",
+            &|m| m.bytes,
+        );
+        counter(
+            &mut o,
+            "dativo_batches_total",
+            "Batches handed to the writer.",
+            &|m| m.batches,
+        );
+        counter(
+            &mut o,
+            "dativo_commits_total",
+            "Checkpoints committed.",
+            &|m| m.commits,
+        );
+        counter(
+            &mut o,
+            "dativo_run_failures_total",
+            "Runs that failed (after their retries).",
+            &|m| m.failures,
+        );
+        let _ = writeln!(
+            o,
+            "# HELP dativo_runs_total Runs ended, by status.\n# TYPE dativo_runs_total counter"
+        );
+        for (l, m) in &all {
+            for (status, n) in &m.runs {
+                let _ = writeln!(
+                    o,
+                    "dativo_runs_total{{{},status=\"{status}\"}} {n}",
+                    l.render()
+                );
+            }
+        }
+        let _ = writeln!(o, "# HELP dativo_run_duration_seconds Wall time of runs.\n# TYPE dativo_run_duration_seconds histogram");
+        for (l, m) in &all {
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "dativo_run_duration_seconds_bucket{{{},le=\"{b}\"}} {}",
+                    l.render(),
+                    m.duration_buckets[i]
+                );
+            }
+            let _ = writeln!(
+                o,
+                "dativo_run_duration_seconds_bucket{{{},le=\"+Inf\"}} {}",
+                l.render(),
+                m.duration_count
+            );
+            let _ = writeln!(
+                o,
+                "dativo_run_duration_seconds_sum{{{}}} {}",
+                l.render(),
+                m.duration_sum
+            );
+            let _ = writeln!(
+                o,
+                "dativo_run_duration_seconds_count{{{}}} {}",
+                l.render(),
+                m.duration_count
+            );
+        }
+        let _ = writeln!(o, "# HELP dativo_last_success_timestamp_seconds When the job last succeeded (Unix time).\n# TYPE dativo_last_success_timestamp_seconds gauge");
+        for (l, m) in &all {
+            if let Some(t) = m.last_success {
+                let _ = writeln!(
+                    o,
+                    "dativo_last_success_timestamp_seconds{{{}}} {t:.3}",
+                    l.render()
+                );
+            }
+        }
+        let _ = writeln!(o, "# HELP dativo_job_running Whether the job is running on this instance.\n# TYPE dativo_job_running gauge");
+        for (l, r) in running {
+            let _ = writeln!(o, "dativo_job_running{{{}}} {}", l.render(), *r as u8);
+        }
+        let _ = writeln!(
+            o,
+            "# HELP dativo_jobs Job files, valid and invalid.\n# TYPE dativo_jobs gauge"
+        );
+        let _ = writeln!(
+            o,
+            "dativo_jobs{{state=\"valid\"}} {valid}\ndativo_jobs{{state=\"invalid\"}} {invalid}"
+        );
+        o
+    }
+}
