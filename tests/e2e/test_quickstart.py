@@ -53,7 +53,7 @@ def test_validate_check_and_plugins(dativo):
     assert "file" in p.stdout and "parquet" in p.stdout
     p = dativo.run("--help", check=0)
     assert "Examples:" in p.stdout and "Exit codes:" in p.stdout
-    for sub in ["run", "validate", "check", "runs", "decrypt", "verify"]:
+    for sub in ["run", "validate", "check", "runs", "decrypt", "verify", "serve"]:
         p = dativo.run(sub, "--help", check=0)
         assert "Example" in p.stdout, sub
 

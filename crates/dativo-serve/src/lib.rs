@@ -189,9 +189,14 @@ impl Server {
                         continue;
                     }
                     invalid.remove(&path);
-                    jobs.retain(|_, j| j.file != path);
+                    // The same file reloaded (possibly renamed job): keep what is known of it.
+                    let old_name = jobs
+                        .iter()
+                        .find(|(_, j)| j.file == path)
+                        .map(|(n, _)| n.clone())
+                        .unwrap_or_else(|| name.clone());
                     let mut entry = entry;
-                    if let Some(old) = jobs.remove(&name) {
+                    if let Some(old) = jobs.remove(&old_name) {
                         entry.running = old.running;
                         entry.last = old.last;
                         entry.pending = old.pending;

@@ -66,6 +66,17 @@ impl Metrics {
         f(jobs.entry(l.clone()).or_default())
     }
 
+    /// Rows committed by `job`'s runs since this instance started.
+    pub fn rows(&self, job: &str) -> u64 {
+        self.jobs
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|(l, _)| l.job == job)
+            .map(|(_, m)| m.rows)
+            .sum()
+    }
+
     /// A batch reached the writer.
     pub fn batch(&self, l: &Labels) {
         self.with(l, |m| m.batches += 1)
@@ -114,13 +125,12 @@ impl Metrics {
             all.entry(l.clone()).or_default();
         }
         let mut o = String::new();
-        let counter =
-            |o: &mut String, name: &str, help: &str, get: &dyn Fn(&JobMetrics) -> u64| {
-                let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
-                for (l, m) in &all {
-                    let _ = writeln!(o, "{name}{{{}}} {}", l.render(), get(m));
-                }
-            };
+        let counter = |o: &mut String, name: &str, help: &str, get: &dyn Fn(&JobMetrics) -> u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (l, m) in &all {
+                let _ = writeln!(o, "{name}{{{}}} {}", l.render(), get(m));
+            }
+        };
         counter(&mut o, "dativo_rows_total", "Rows committed.", &|m| m.rows);
         counter(
             &mut o,

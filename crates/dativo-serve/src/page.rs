@@ -57,7 +57,7 @@ th {{ background: #f6f6f6; font-weight: 600; }}
 <h1>dativo serve</h1>
 <div class="sub">jobs from <code>{dir}</code> · refreshed every 5 s · <a href="/metrics">metrics</a> · <a href="/api/jobs">API</a></div>
 <p class="tiles"><span><b id="jobs-count">{n}</b> jobs</span><span><b>{running}</b> running</span><span><b>{failed}</b> failed last run</span><span><b>{inv}</b> invalid files</span></p>
-<table id="jobs"><thead><tr><th>job</th><th>reader → writer</th><th>schedule</th><th>next run</th><th>status</th><th>last run</th><th>rows</th><th>throughput</th></tr></thead><tbody>
+<table id="jobs"><thead><tr><th>job</th><th>reader → writer</th><th>schedule</th><th>next run</th><th>status</th><th>last run</th><th>rows (last run)</th><th>throughput</th><th>rows since start</th></tr></thead><tbody>
 "#,
         dir = esc(&server.opts.jobs_dir.display().to_string()),
         n = jobs.len(),
@@ -90,7 +90,8 @@ th {{ background: #f6f6f6; font-weight: 600; }}
         };
         let _ = writeln!(
             o,
-            "<tr class=\"job\" data-job=\"{name}\"><td><b>{name}</b><br><small>{desc}</small></td><td>{r} → {w}</td><td><code>{sched}</code> {tz}</td><td>{next}</td><td>{status}</td><td>{last}{err}</td><td>{rows}</td><td>{rate}</td></tr>",
+            "<tr class=\"job\" data-job=\"{name}\"><td><b>{name}</b><br><small>{desc}</small></td><td>{r} → {w}</td><td><code>{sched}</code> {tz}</td><td>{next}</td><td>{status}</td><td>{last}{err}</td><td>{rows}</td><td>{rate}</td><td>{total}</td></tr>",
+            total = server.metrics.rows(&j.name),
             name = esc(&j.name),
             desc = esc(j.description.as_deref().unwrap_or("")),
             r = esc(&j.reader),
