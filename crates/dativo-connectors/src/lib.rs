@@ -12,6 +12,8 @@ pub mod adbc;
 pub mod encryption;
 #[cfg(feature = "file")]
 pub mod file;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "iceberg")]
 pub mod iceberg;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
@@ -22,7 +24,12 @@ pub mod mysql;
 pub mod parquet;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-#[cfg(any(feature = "postgres", feature = "iceberg", feature = "parquet"))]
+#[cfg(any(
+    feature = "postgres",
+    feature = "iceberg",
+    feature = "parquet",
+    feature = "http"
+))]
 pub mod rt;
 #[cfg(feature = "parquet")]
 pub mod storage;
@@ -74,6 +81,13 @@ pub fn readers() -> Vec<BuiltinReader> {
             summary: "MySQL / MariaDB tables or queries; parallel snapshot reads; cursor incremental",
             validate: mysql::MySqlReader::validate,
             create: || Box::new(mysql::MySqlReader::new()),
+        },
+        #[cfg(feature = "http")]
+        BuiltinReader {
+            name: "http",
+            summary: "JSON REST APIs: auth, JSONPath records, five pagination styles, incremental by a cursor field, retries and rate limits",
+            validate: http::HttpReader::validate,
+            create: || Box::new(http::HttpReader::new()),
         },
         #[cfg(feature = "adbc")]
         BuiltinReader {

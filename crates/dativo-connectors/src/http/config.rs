@@ -1,0 +1,285 @@
+//! `reader: http` configuration.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use dativo_core::config::DurationValue;
+use dativo_core::schema_spec::ColumnSpec;
+use dativo_core::{Error, Result};
+
+/// `source.config` of `reader: http`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpReaderConfig {
+    /// The endpoint (`https://api.example.com/v1/orders`).
+    pub url: String,
+    /// `GET` (default) or `POST`.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Query parameters sent with every request.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// `POST`: the JSON body; pagination and incremental values are added to it as top-level
+    /// fields when `send_in: body`.
+    #[serde(default)]
+    pub body: Option<Value>,
+    /// Where pagination and incremental values go: `query` (default) or `body` (POST).
+    #[serde(default)]
+    pub send_in: SendIn,
+    /// Authentication.
+    #[serde(default)]
+    pub auth: Option<Auth>,
+    /// JSONPath of the records array (`$.data.items`); default: the response itself when it is
+    /// an array, else its first array-valued field.
+    #[serde(default)]
+    pub records: Option<String>,
+    /// Columns: `[{name, type}]`; default: inferred from the first page (see the docs).
+    #[serde(default)]
+    pub schema: Option<Vec<ColumnSpec>>,
+    /// Pagination.
+    #[serde(default)]
+    pub pagination: Pagination,
+    /// Incremental loading by a field of the records.
+    #[serde(default)]
+    pub incremental: Option<Incremental>,
+    /// Records per batch handed to the writer (pages are combined; default 10000).
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Requests per second at most (default: no limit).
+    #[serde(default)]
+    pub requests_per_second: Option<f64>,
+    /// Per-request timeout (default 30s).
+    #[serde(default = "default_timeout")]
+    pub timeout: DurationValue,
+    /// Retries of one request on 429, 5xx, timeouts and dropped connections (default 8).
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    /// First retry delay, doubled each time with jitter (default 500ms; `Retry-After` wins).
+    #[serde(default = "default_backoff")]
+    pub backoff: DurationValue,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+fn default_batch() -> usize {
+    10_000
+}
+fn default_timeout() -> DurationValue {
+    DurationValue(std::time::Duration::from_secs(30))
+}
+fn default_retries() -> u32 {
+    8
+}
+fn default_backoff() -> DurationValue {
+    DurationValue(std::time::Duration::from_millis(500))
+}
+
+/// Where request values go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SendIn {
+    /// Query string.
+    #[default]
+    Query,
+    /// JSON body fields.
+    Body,
+}
+
+/// `auth:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Auth {
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        /// The token; use `${env:…}`.
+        token: String,
+    },
+    /// HTTP basic.
+    Basic {
+        /// User.
+        username: String,
+        /// Password; use `${env:…}`.
+        password: String,
+    },
+    /// An API key in a header (default `X-API-Key`) or a query parameter.
+    ApiKey {
+        /// The key; use `${env:…}`.
+        value: String,
+        /// Header or parameter name.
+        #[serde(default = "default_key_name")]
+        name: String,
+        /// `header` (default) or `query`.
+        #[serde(default, rename = "in")]
+        location: SendKey,
+    },
+    /// OAuth2 client credentials: a token from `token_url`, renewed before it expires.
+    Oauth2 {
+        /// The token endpoint.
+        token_url: String,
+        /// Client id.
+        client_id: String,
+        /// Client secret; use `${env:…}`.
+        client_secret: String,
+        /// Scope, if the server wants one.
+        #[serde(default)]
+        scope: Option<String>,
+    },
+}
+
+fn default_key_name() -> String {
+    "X-API-Key".into()
+}
+
+/// Where an API key goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SendKey {
+    /// A header.
+    #[default]
+    Header,
+    /// A query parameter.
+    Query,
+}
+
+/// `pagination:`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Pagination {
+    /// One request.
+    #[default]
+    None,
+    /// `?page=1&per_page=100`, … until a short or empty page.
+    Page {
+        /// Page parameter (default `page`).
+        #[serde(default = "p_page")]
+        param: String,
+        /// First page number (default 1).
+        #[serde(default = "one")]
+        start: u64,
+        /// Page-size parameter, if the API takes one.
+        #[serde(default)]
+        size_param: Option<String>,
+        /// Records per page (default 100): a shorter page is the last.
+        #[serde(default = "hundred")]
+        size: u64,
+    },
+    /// `?offset=0&limit=100`, … until a short or empty page.
+    Offset {
+        /// Offset parameter (default `offset`).
+        #[serde(default = "p_offset")]
+        offset_param: String,
+        /// Limit parameter (default `limit`).
+        #[serde(default = "p_limit")]
+        limit_param: String,
+        /// Records per page (default 100).
+        #[serde(default = "hundred")]
+        limit: u64,
+    },
+    /// A cursor token from the body (`$.meta.next_cursor`) sent back as a parameter.
+    Cursor {
+        /// JSONPath of the next cursor; missing, null or empty ends the stream.
+        cursor_path: String,
+        /// Parameter that sends it (default `cursor`).
+        #[serde(default = "p_cursor")]
+        param: String,
+    },
+    /// The next page's URL in the body (`$.links.next`).
+    NextUrl {
+        /// JSONPath of the next URL; missing or null ends the stream.
+        next_path: String,
+    },
+    /// RFC 8288 `Link: <…>; rel="next"` headers (GitHub style).
+    LinkHeader,
+}
+
+fn p_page() -> String {
+    "page".into()
+}
+fn p_offset() -> String {
+    "offset".into()
+}
+fn p_limit() -> String {
+    "limit".into()
+}
+fn p_cursor() -> String {
+    "cursor".into()
+}
+fn one() -> u64 {
+    1
+}
+fn hundred() -> u64 {
+    100
+}
+
+/// `incremental:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Incremental {
+    /// The records' field that grows (`updated_at`, `id`): the state is its highest value
+    /// committed.
+    pub cursor_field: String,
+    /// The parameter that sends it back (`updated_since`).
+    pub param: String,
+    /// Sent on the first run (e.g. `2020-01-01T00:00:00Z`); default: nothing (everything).
+    #[serde(default)]
+    pub initial: Option<String>,
+    /// Records whose cursor equals the committed one and whose key is listed here were already
+    /// loaded (APIs whose `since` is inclusive): they are skipped.
+    #[serde(default)]
+    pub primary_key: Option<String>,
+}
+
+impl HttpReaderConfig {
+    /// Checks that need no I/O.
+    pub fn check(&self) -> Result<()> {
+        let k = |p: &str, m: &str| Err(Error::config(m.to_string()).with_key_path(p));
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return k("url", "must be an http:// or https:// URL");
+        }
+        if !matches!(self.method.to_ascii_uppercase().as_str(), "GET" | "POST") {
+            return k("method", "use GET or POST");
+        }
+        if self.send_in == SendIn::Body && !self.method.eq_ignore_ascii_case("POST") {
+            return k("send_in", "`body` needs `method: POST`");
+        }
+        if self.batch_size == 0 {
+            return k("batch_size", "must be at least 1");
+        }
+        if let Some(r) = self.requests_per_second {
+            if r <= 0.0 || !r.is_finite() {
+                return k("requests_per_second", "must be a positive number");
+            }
+        }
+        if let Some(p) = &self.records {
+            super::jsonpath::parse(p).map_err(|m| Error::config(m).with_key_path("records"))?;
+        }
+        match &self.pagination {
+            Pagination::Cursor { cursor_path, .. } => {
+                super::jsonpath::parse(cursor_path)
+                    .map_err(|m| Error::config(m).with_key_path("pagination.cursor_path"))?;
+            }
+            Pagination::NextUrl { next_path } => {
+                super::jsonpath::parse(next_path)
+                    .map_err(|m| Error::config(m).with_key_path("pagination.next_path"))?;
+            }
+            Pagination::Page { size: 0, .. } | Pagination::Offset { limit: 0, .. } => {
+                return k("pagination", "the page size must be at least 1");
+            }
+            _ => {}
+        }
+        if let Some(s) = &self.schema {
+            dativo_core::schema_spec::to_schema(s).map_err(|e| {
+                let m = e.message().to_string();
+                let p = e.key_path().unwrap_or("").to_string();
+                Error::config(m).with_key_path(format!("schema{p}"))
+            })?;
+        }
+        Ok(())
+    }
+}

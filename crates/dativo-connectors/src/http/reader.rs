@@ -1,0 +1,1011 @@
+//! The `http` reader.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::json::reader::Decoder;
+use arrow::record_batch::RecordBatch;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rand::Rng;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use dativo_core::config::from_config;
+use dativo_core::schema_spec::{to_schema, ColumnSpec};
+use dativo_core::{secrets, Error, Reader, ReaderContext, Result};
+
+use super::config::{Auth, HttpReaderConfig, Pagination, SendIn, SendKey};
+use super::jsonpath::{self, Step};
+use crate::rt::runtime;
+
+/// Where the next page is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Next {
+    Page(u64),
+    Offset(u64),
+    Cursor(Option<String>),
+    Url(String),
+}
+
+/// The reader's state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct HttpState {
+    /// The highest cursor value committed by a finished run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cursor: Option<Value>,
+    /// Keys of the records with exactly that cursor value (for inclusive `since` APIs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    keys_at_cursor: Vec<String>,
+    /// An unfinished run: where it stopped, and what it had seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resume: Option<Resume>,
+    /// The inferred columns, so that a run with no new records keeps the schema.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    columns: Vec<ColumnSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Resume {
+    next: Next,
+    #[serde(default)]
+    max: Option<Value>,
+    #[serde(default)]
+    max_keys: Vec<String>,
+}
+
+/// Reads records from a JSON REST API.
+#[derive(Default)]
+pub struct HttpReader {
+    cfg: Option<HttpReaderConfig>,
+    client: Option<reqwest::Client>,
+    schema: Option<SchemaRef>,
+    records_path: Option<Vec<Step>>,
+    state: HttpState,
+    /// Where the next page is; `None` when the stream has ended.
+    next: Option<Next>,
+    max: Option<Value>,
+    max_keys: BTreeSet<String>,
+    /// Pages fetched but not yet returned (records, and the position after them).
+    buffered: VecDeque<(Vec<Value>, Option<Next>)>,
+    /// The position covered by the batches returned so far.
+    delivered: Option<Next>,
+    finished: bool,
+    last_request: Option<Instant>,
+    token: Option<(String, Instant)>,
+    warned_fields: BTreeSet<String>,
+    pages: u64,
+}
+
+fn is_retryable_status(s: u16) -> bool {
+    s == 429 || s == 408 || s >= 500
+}
+
+/// `Retry-After`: seconds or an HTTP date.
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get("retry-after")?.to_str().ok()?.trim().to_string();
+    if let Ok(s) = v.parse::<f64>() {
+        return Some(Duration::from_secs_f64(s.clamp(0.0, 300.0)));
+    }
+    let t = chrono::DateTime::parse_from_rfc2822(&v).ok()?;
+    let d = t.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(
+        d.to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(300)),
+    )
+}
+
+/// A URL for messages: no secrets (they are registered), no long query strings.
+fn shown(url: &str) -> String {
+    let s = secrets::scrub(url);
+    if s.len() > 200 {
+        format!(
+            "{}…",
+            &s[..s.char_indices().nth(200).map(|(i, _)| i).unwrap_or(s.len())]
+        )
+    } else {
+        s
+    }
+}
+
+/// Compare two cursor values: numbers numerically, strings lexicographically (ISO 8601 times
+/// in one format sort correctly).
+fn cursor_cmp(a: &Value, b: &Value) -> std::cmp::Ordering {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x
+            .as_f64()
+            .unwrap_or(0.0)
+            .partial_cmp(&y.as_f64().unwrap_or(0.0))
+            .unwrap_or(std::cmp::Ordering::Equal),
+        _ => value_text(a).cmp(&value_text(b)),
+    }
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Infer columns from records: int64, float64, bool, string; objects and arrays are JSON
+/// text; a field that mixes kinds is a string.
+fn infer(records: &[Value]) -> Vec<ColumnSpec> {
+    let mut order: Vec<String> = Vec::new();
+    let mut kinds: BTreeMap<String, &'static str> = BTreeMap::new();
+    for r in records {
+        let Some(obj) = r.as_object() else { continue };
+        for (k, v) in obj {
+            let kind = match v {
+                Value::Null => continue,
+                Value::Bool(_) => "bool",
+                Value::Number(n) if n.is_i64() || n.is_u64() => "int64",
+                Value::Number(_) => "float64",
+                Value::String(_) => "string",
+                Value::Array(_) | Value::Object(_) => "json",
+            };
+            match kinds.get(k).copied() {
+                None => {
+                    if !order.contains(k) {
+                        order.push(k.clone());
+                    }
+                    kinds.insert(k.clone(), kind);
+                }
+                Some(prev) if prev == kind => {}
+                Some("int64") if kind == "float64" => {
+                    kinds.insert(k.clone(), "float64");
+                }
+                Some("float64") if kind == "int64" => {}
+                Some(_) => {
+                    kinds.insert(k.clone(), "string");
+                }
+            }
+        }
+        for k in obj.keys() {
+            if !order.contains(k) {
+                order.push(k.clone());
+            }
+        }
+    }
+    order
+        .into_iter()
+        .map(|name| ColumnSpec {
+            data_type: kinds.get(&name).copied().unwrap_or("string").to_string(),
+            name,
+            nullable: true,
+        })
+        .collect()
+}
+
+impl HttpReader {
+    /// A new, uninitialized reader.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Validate a config without network access.
+    pub fn validate(config: &Value) -> Result<()> {
+        from_config::<HttpReaderConfig>(config)?.check()
+    }
+
+    fn cfg(&self) -> &HttpReaderConfig {
+        self.cfg.as_ref().expect("initialized")
+    }
+
+    fn since(&self) -> Option<String> {
+        let inc = self.cfg().incremental.as_ref()?;
+        self.state
+            .cursor
+            .as_ref()
+            .map(value_text)
+            .or_else(|| inc.initial.clone())
+    }
+
+    fn first(&self) -> Next {
+        match &self.cfg().pagination {
+            Pagination::Page { start, .. } => Next::Page(*start),
+            Pagination::Offset { .. } => Next::Offset(0),
+            Pagination::Cursor { .. } => Next::Cursor(None),
+            Pagination::None | Pagination::NextUrl { .. } | Pagination::LinkHeader => {
+                Next::Url(self.cfg().url.clone())
+            }
+        }
+    }
+
+    fn throttle(&mut self) {
+        if let (Some(rps), Some(last)) = (self.cfg().requests_per_second, self.last_request) {
+            let gap = Duration::from_secs_f64(1.0 / rps);
+            let since = last.elapsed();
+            if since < gap {
+                std::thread::sleep(gap - since);
+            }
+        }
+        self.last_request = Some(Instant::now());
+    }
+
+    /// An OAuth2 access token, fetched or renewed when needed.
+    fn oauth_token(&mut self, force: bool) -> Result<Option<String>> {
+        let Some(Auth::Oauth2 {
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+        }) = self.cfg().auth.clone()
+        else {
+            return Ok(None);
+        };
+        if !force {
+            if let Some((t, until)) = &self.token {
+                if Instant::now() < *until {
+                    return Ok(Some(t.clone()));
+                }
+            }
+        }
+        let mut form = vec![
+            ("grant_type", "client_credentials".to_string()),
+            ("client_id", client_id.clone()),
+            ("client_secret", client_secret.clone()),
+        ];
+        if let Some(s) = scope {
+            form.push(("scope", s));
+        }
+        let body: String = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let client = self.client.clone().expect("initialized");
+        let resp = runtime().block_on(async {
+            let r = client
+                .post(&token_url)
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await?;
+            let status = r.status();
+            let text = r.text().await?;
+            Ok::<_, reqwest::Error>((status, text))
+        });
+        let (status, text) = resp.map_err(|e| {
+            Error::connect(format!(
+                "OAuth2 token request to {}: {}",
+                shown(&token_url),
+                secrets::scrub(&e.to_string())
+            ))
+        })?;
+        if !status.is_success() {
+            return Err(Error::auth(format!(
+                "OAuth2 token request to {} answered {status}: {}",
+                shown(&token_url),
+                secrets::scrub(&text.chars().take(300).collect::<String>())
+            )));
+        }
+        let v: Value = serde_json::from_str(&text).map_err(|_| {
+            Error::auth(format!(
+                "OAuth2 token endpoint {} did not answer JSON",
+                shown(&token_url)
+            ))
+        })?;
+        let token = v
+            .get("access_token")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| {
+                Error::auth(format!(
+                    "OAuth2 token endpoint {} answered without access_token",
+                    shown(&token_url)
+                ))
+            })?
+            .to_string();
+        secrets::register(&token);
+        let ttl = v.get("expires_in").and_then(|e| e.as_u64()).unwrap_or(3600);
+        let until = Instant::now() + Duration::from_secs(ttl.saturating_sub(30).max(1));
+        self.token = Some((token.clone(), until));
+        Ok(Some(token))
+    }
+
+    /// Build and send the request for `next`, with retries. Returns (body, headers, url).
+    fn fetch(&mut self, next: &Next) -> Result<(Value, HeaderMap, String)> {
+        let cfg = self.cfg().clone();
+        let mut url = match next {
+            Next::Url(u) => u.clone(),
+            _ => cfg.url.clone(),
+        };
+        let mut extra: Vec<(String, String)> = Vec::new();
+        let first_url = matches!(next, Next::Url(u) if *u == cfg.url);
+        if !matches!(next, Next::Url(_)) || first_url {
+            for (k, v) in &cfg.params {
+                extra.push((k.clone(), v.clone()));
+            }
+            if let (Some(inc), Some(since)) = (&cfg.incremental, self.since()) {
+                extra.push((inc.param.clone(), since));
+            }
+            match (&cfg.pagination, next) {
+                (
+                    Pagination::Page {
+                        param,
+                        size_param,
+                        size,
+                        ..
+                    },
+                    Next::Page(n),
+                ) => {
+                    extra.push((param.clone(), n.to_string()));
+                    if let Some(sp) = size_param {
+                        extra.push((sp.clone(), size.to_string()));
+                    }
+                }
+                (
+                    Pagination::Offset {
+                        offset_param,
+                        limit_param,
+                        limit,
+                    },
+                    Next::Offset(o),
+                ) => {
+                    extra.push((offset_param.clone(), o.to_string()));
+                    extra.push((limit_param.clone(), limit.to_string()));
+                }
+                (Pagination::Cursor { param, .. }, Next::Cursor(Some(c))) => {
+                    extra.push((param.clone(), c.clone()));
+                }
+                _ => {}
+            }
+        }
+        if let Some(Auth::ApiKey {
+            value,
+            name,
+            location: SendKey::Query,
+        }) = &cfg.auth
+        {
+            extra.push((name.clone(), value.clone()));
+        }
+        let mut body = cfg.body.clone();
+        if cfg.send_in == SendIn::Body {
+            let mut obj = body
+                .take()
+                .and_then(|b| b.as_object().cloned())
+                .unwrap_or_default();
+            for (k, v) in extra.drain(..) {
+                obj.insert(k, Value::String(v));
+            }
+            body = Some(Value::Object(obj));
+        }
+        if !extra.is_empty() {
+            let q: Vec<String> = extra
+                .iter()
+                .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+                .collect();
+            url = format!(
+                "{url}{}{}",
+                if url.contains('?') { '&' } else { '?' },
+                q.join("&")
+            );
+        }
+        let post = cfg.method.eq_ignore_ascii_case("POST");
+        let mut attempt = 0u32;
+        let mut renewed = false;
+        loop {
+            attempt += 1;
+            self.throttle();
+            let mut headers = HeaderMap::new();
+            for (k, v) in &cfg.headers {
+                if let (Ok(n), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v))
+                {
+                    headers.insert(n, v);
+                }
+            }
+            match &cfg.auth {
+                Some(Auth::Bearer { token }) => {
+                    headers.insert(AUTHORIZATION, bearer(token)?);
+                }
+                Some(Auth::Basic { username, password }) => {
+                    let v = format!("Basic {}", B64.encode(format!("{username}:{password}")));
+                    headers.insert(AUTHORIZATION, header_value(&v)?);
+                }
+                Some(Auth::ApiKey {
+                    value,
+                    name,
+                    location: SendKey::Header,
+                }) => {
+                    let n = HeaderName::try_from(name.as_str()).map_err(|_| {
+                        Error::config(format!("`{name}` is not a header name"))
+                            .with_key_path("auth.name")
+                    })?;
+                    headers.insert(n, header_value(value)?);
+                }
+                Some(Auth::Oauth2 { .. }) => {
+                    let t = self.oauth_token(false)?.expect("oauth2");
+                    headers.insert(AUTHORIZATION, bearer(&t)?);
+                }
+                _ => {}
+            }
+            let client = self.client.clone().expect("initialized");
+            let req = if post {
+                let mut r = client.post(&url).headers(headers);
+                if let Some(b) = &body {
+                    r = r
+                        .header(CONTENT_TYPE, "application/json")
+                        .body(serde_json::to_vec(b)?);
+                }
+                r
+            } else {
+                client.get(&url).headers(headers)
+            };
+            let result = runtime().block_on(async {
+                let r = req.send().await?;
+                let status = r.status();
+                let headers = r.headers().clone();
+                let bytes = r.bytes().await?;
+                Ok::<_, reqwest::Error>((status, headers, bytes))
+            });
+            let (delay, why) = match result {
+                Ok((status, headers, bytes)) if status.is_success() => {
+                    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                        let snippet: String =
+                            String::from_utf8_lossy(&bytes).chars().take(120).collect();
+                        Error::data(format!(
+                            "{} answered {status} with a body that is not JSON ({e}): {}",
+                            shown(&url),
+                            secrets::scrub(&snippet)
+                        ))
+                    })?;
+                    return Ok((v, headers, url));
+                }
+                Ok((status, _, _))
+                    if status.as_u16() == 401
+                        && matches!(cfg.auth, Some(Auth::Oauth2 { .. }))
+                        && !renewed =>
+                {
+                    renewed = true;
+                    self.oauth_token(true)?;
+                    continue;
+                }
+                Ok((status, headers, bytes)) if is_retryable_status(status.as_u16()) => {
+                    let wait = retry_after(&headers);
+                    let _ = bytes;
+                    (wait, format!("{} answered {status}", shown(&url)))
+                }
+                Ok((status, _, bytes)) => {
+                    let text: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+                    let msg = format!(
+                        "{} answered {status}: {}",
+                        shown(&url),
+                        secrets::scrub(text.trim())
+                    );
+                    return Err(match status.as_u16() {
+                        401 | 403 => Error::auth(format!("{msg} (check `auth`)")),
+                        404 => Error::config(format!("{msg} (check `url`)")),
+                        _ => Error::data(msg),
+                    });
+                }
+                Err(e) => (
+                    None,
+                    format!(
+                        "request to {} failed: {}",
+                        shown(&url),
+                        secrets::scrub(&e.to_string())
+                    ),
+                ),
+            };
+            if attempt > cfg.max_retries {
+                return Err(Error::transient(format!(
+                    "{why}; gave up after {} attempts",
+                    attempt
+                )));
+            }
+            let delay = delay.unwrap_or_else(|| {
+                let base = cfg.backoff.0.as_secs_f64() * 2f64.powi((attempt - 1).min(10) as i32);
+                let capped = base.min(30.0);
+                Duration::from_secs_f64(capped / 2.0 + rand::rng().random_range(0.0..=capped / 2.0))
+            });
+            tracing::warn!(
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                "{why}; retrying"
+            );
+            std::thread::sleep(delay);
+        }
+    }
+
+    /// Fetch the page at `self.next`; returns its records and the position after it.
+    fn fetch_page(&mut self) -> Result<Option<(Vec<Value>, Option<Next>)>> {
+        let Some(next) = self.next.clone() else {
+            return Ok(None);
+        };
+        let (body, headers, url) = self.fetch(&next)?;
+        self.pages += 1;
+        let records: Vec<Value> = match &self.records_path {
+            Some(steps) => match jsonpath::get(&body, steps) {
+                Some(Value::Array(a)) => a.clone(),
+                Some(Value::Null) | None => Vec::new(),
+                Some(other) => {
+                    return Err(Error::data(format!(
+                        "{}: `{}` is {} in the response, not an array of records",
+                        shown(&url),
+                        self.cfg().records.clone().unwrap_or_default(),
+                        kind(other)
+                    )))
+                }
+            },
+            None => match &body {
+                Value::Array(a) => a.clone(),
+                Value::Object(o) => o
+                    .values()
+                    .find_map(|v| v.as_array().cloned())
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            },
+        };
+        let n = records.len() as u64;
+        let after = match (&self.cfg().pagination, &next) {
+            (Pagination::None, _) => None,
+            (Pagination::Page { size, .. }, Next::Page(p)) => {
+                (n >= *size).then(|| Next::Page(p + 1))
+            }
+            (Pagination::Offset { limit, .. }, Next::Offset(o)) => {
+                (n >= *limit).then(|| Next::Offset(o + n))
+            }
+            (Pagination::Cursor { cursor_path, .. }, _) => {
+                let steps = jsonpath::parse(cursor_path).map_err(Error::config)?;
+                match jsonpath::get(&body, &steps) {
+                    Some(Value::String(s)) if !s.is_empty() && n > 0 => {
+                        Some(Next::Cursor(Some(s.clone())))
+                    }
+                    Some(Value::Number(x)) if n > 0 => Some(Next::Cursor(Some(x.to_string()))),
+                    _ => None,
+                }
+            }
+            (Pagination::NextUrl { next_path }, _) => {
+                let steps = jsonpath::parse(next_path).map_err(Error::config)?;
+                match jsonpath::get(&body, &steps) {
+                    Some(Value::String(s)) if !s.is_empty() => Some(Next::Url(resolve(&url, s))),
+                    _ => None,
+                }
+            }
+            (Pagination::LinkHeader, _) => {
+                link_next(&headers).map(|u| Next::Url(resolve(&url, &u)))
+            }
+            _ => None,
+        };
+        if after.as_ref() == Some(&next) {
+            return Err(Error::data(format!(
+                "{}: the API points to the same page again; stopping instead of looping",
+                shown(&url)
+            )));
+        }
+        self.next = after.clone();
+        Ok(Some((records, after)))
+    }
+
+    /// Drop records already loaded (inclusive `since`) and track the highest cursor.
+    fn filter_and_track(&mut self, records: Vec<Value>) -> Vec<Value> {
+        let Some(inc) = self.cfg().incremental.clone() else {
+            return records;
+        };
+        let committed = self.state.cursor.clone();
+        let skip: BTreeSet<&String> = self.state.keys_at_cursor.iter().collect();
+        let key_of = |r: &Value, pk: &Option<String>| -> Option<String> {
+            pk.as_ref().and_then(|k| r.get(k)).map(value_text)
+        };
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let c = r.get(&inc.cursor_field).filter(|v| !v.is_null()).cloned();
+            if let (Some(c), Some(committed)) = (&c, &committed) {
+                if cursor_cmp(c, committed) == std::cmp::Ordering::Equal {
+                    if let Some(k) = key_of(&r, &inc.primary_key) {
+                        if skip.contains(&k) {
+                            continue;
+                        }
+                    }
+                }
+            }
+            if let Some(c) = c {
+                match self.max.as_ref().map(|m| cursor_cmp(&c, m)) {
+                    None | Some(std::cmp::Ordering::Greater) => {
+                        self.max = Some(c);
+                        self.max_keys.clear();
+                        if let Some(k) = key_of(&r, &inc.primary_key) {
+                            self.max_keys.insert(k);
+                        }
+                    }
+                    Some(std::cmp::Ordering::Equal) => {
+                        if let Some(k) = key_of(&r, &inc.primary_key) {
+                            self.max_keys.insert(k);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            out.push(r);
+        }
+        out
+    }
+
+    /// Records → a batch of the schema: nested values become JSON text for JSON/string
+    /// columns; fields the schema lacks are dropped (once warned).
+    fn decode(&mut self, records: &[Value]) -> Result<RecordBatch> {
+        let schema = self.schema.clone().expect("schema");
+        let mut rows: Vec<Map<String, Value>> = Vec::with_capacity(records.len());
+        for r in records {
+            let Some(obj) = r.as_object() else {
+                return Err(Error::data(format!(
+                    "a record is {}, not a JSON object: {}",
+                    kind(r),
+                    secrets::scrub(&r.to_string().chars().take(100).collect::<String>())
+                )));
+            };
+            let mut row = Map::with_capacity(schema.fields().len());
+            for f in schema.fields() {
+                if let Some(v) = obj.get(f.name()) {
+                    let v = match (f.data_type(), v) {
+                        (
+                            DataType::Utf8 | DataType::LargeUtf8,
+                            Value::Object(_) | Value::Array(_),
+                        ) => Value::String(v.to_string()),
+                        _ => v.clone(),
+                    };
+                    row.insert(f.name().clone(), v);
+                }
+            }
+            for k in obj.keys() {
+                if schema.field_with_name(k).is_err() && self.warned_fields.insert(k.clone()) {
+                    tracing::warn!(field = %k, "the API sent a field that is not in the schema; it is left out (declare it in `schema`, or it is picked up by the next run's inference)");
+                }
+            }
+            rows.push(row);
+        }
+        // arrow-json parses named time zones only with chrono-tz: decode UTC columns as
+        // "+00:00" (the same instants) and relabel them afterwards.
+        let utc = |tz: &str| matches!(tz, "UTC" | "Z" | "Etc/UTC" | "utc");
+        let decode_schema = Arc::new(Schema::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| match f.data_type() {
+                    DataType::Timestamp(u, Some(tz)) if utc(tz) => f
+                        .as_ref()
+                        .clone()
+                        .with_data_type(DataType::Timestamp(*u, Some("+00:00".into()))),
+                    _ => f.as_ref().clone(),
+                })
+                .collect::<Vec<Field>>(),
+        ));
+        let mut decoder: Decoder = arrow::json::ReaderBuilder::new(decode_schema)
+            .with_batch_size(rows.len().max(1))
+            .with_coerce_primitive(true)
+            .build_decoder()?;
+        let misfit = |e: arrow::error::ArrowError| {
+            Error::data(format!(
+                "records do not fit the schema ({e}); the API changed a field's type — declare the column's type in `schema` or reset the state to re-infer"
+            ))
+        };
+        decoder.serialize(&rows).map_err(misfit)?;
+        let Some(batch) = decoder.flush().map_err(misfit)? else {
+            return Ok(RecordBatch::new_empty(schema));
+        };
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c.clone())
+                } else {
+                    let data = c
+                        .to_data()
+                        .into_builder()
+                        .data_type(f.data_type().clone())
+                        .build()?;
+                    Ok(arrow::array::make_array(data))
+                }
+            })
+            .collect::<std::result::Result<Vec<_>, arrow::error::ArrowError>>()?;
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn bearer(token: &str) -> Result<HeaderValue> {
+    header_value(&format!("Bearer {token}"))
+}
+
+fn header_value(v: &str) -> Result<HeaderValue> {
+    let mut h = HeaderValue::try_from(v)
+        .map_err(|_| Error::config("a credential contains characters a header cannot carry"))?;
+    h.set_sensitive(true);
+    Ok(h)
+}
+
+fn urlencode(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                o.push(b as char)
+            }
+            _ => o.push_str(&format!("%{b:02X}")),
+        }
+    }
+    o
+}
+
+/// `Link: <url>; rel="next", <url>; rel="last"` → the next URL.
+fn link_next(h: &HeaderMap) -> Option<String> {
+    for v in h.get_all("link") {
+        let v = v.to_str().ok()?;
+        for part in v.split(',') {
+            let mut pieces = part.split(';');
+            let url = pieces.next()?.trim();
+            let is_next = pieces.any(|p| {
+                let p = p.trim().replace(' ', "");
+                p == "rel=\"next\"" || p == "rel=next"
+            });
+            if is_next {
+                return Some(
+                    url.trim_start_matches('<')
+                        .trim_end_matches('>')
+                        .to_string(),
+                );
+            }
+        }
+    }
+    None
+}
+
+/// A possibly relative next URL, against the page it came from.
+fn resolve(base: &str, next: &str) -> String {
+    reqwest::Url::parse(base)
+        .and_then(|b| b.join(next))
+        .map(|u| u.to_string())
+        .unwrap_or_else(|_| next.to_string())
+}
+
+impl Reader for HttpReader {
+    fn initialize(&mut self, config: &Value, ctx: &ReaderContext) -> Result<()> {
+        let cfg: HttpReaderConfig = from_config(config)?;
+        cfg.check()?;
+        if ctx.shard.count > 1 {
+            return Err(Error::config(
+                "the http reader cannot be sharded: an API's pages are one sequence; run it as one shard",
+            ));
+        }
+        match &cfg.auth {
+            Some(Auth::Bearer { token }) => secrets::register(token),
+            Some(Auth::Basic { password, .. }) => secrets::register(password),
+            Some(Auth::ApiKey { value, .. }) => secrets::register(value),
+            Some(Auth::Oauth2 { client_secret, .. }) => secrets::register(client_secret),
+            None => {}
+        }
+        self.client = Some(
+            reqwest::Client::builder()
+                .timeout(cfg.timeout.0)
+                .user_agent(concat!("dativo/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| Error::internal(format!("HTTP client: {e}")))?,
+        );
+        self.records_path = cfg
+            .records
+            .as_deref()
+            .map(jsonpath::parse)
+            .transpose()
+            .map_err(Error::config)?;
+        self.state = match &ctx.state {
+            Some(s) if cfg.incremental.is_some() || s.get("resume").is_some() => {
+                serde_json::from_value(s.clone()).map_err(|e| {
+                    Error::data(format!(
+                        "the stored state is not an http reader state ({e}); reset it with `dativo state reset`"
+                    ))
+                })?
+            }
+            _ => HttpState::default(),
+        };
+        if cfg.incremental.is_none() {
+            // Full refresh: resume an interrupted run only.
+            self.state.cursor = None;
+            self.state.keys_at_cursor.clear();
+        }
+        self.cfg = Some(cfg);
+        match self.state.resume.take() {
+            Some(r) => {
+                self.next = Some(r.next.clone());
+                self.delivered = Some(r.next);
+                self.max = r.max;
+                self.max_keys = r.max_keys.into_iter().collect();
+            }
+            None => {
+                self.next = Some(self.first());
+                self.delivered = self.next.clone();
+            }
+        }
+        let cols = match &self.cfg().schema {
+            Some(cols) => cols.clone(),
+            None => {
+                // Inference: look at pages until one has records (they are kept for reading).
+                let mut cols = Vec::new();
+                while let Some((records, after)) = self.fetch_page()? {
+                    let records = self.filter_and_track(records);
+                    if records.is_empty() && after.is_some() {
+                        self.buffered.push_back((records, after));
+                        continue;
+                    }
+                    cols = infer(&records);
+                    self.buffered.push_back((records, after));
+                    break;
+                }
+                if cols.is_empty() {
+                    cols = self.state.columns.clone();
+                }
+                cols
+            }
+        };
+        self.state.columns = if self.cfg().schema.is_some() {
+            Vec::new()
+        } else {
+            cols.clone()
+        };
+        self.schema = Some(if cols.is_empty() {
+            Arc::new(Schema::new(Vec::<Field>::new()))
+        } else {
+            to_schema(&cols)?
+        });
+        Ok(())
+    }
+
+    fn get_schema(&mut self) -> Result<SchemaRef> {
+        self.schema
+            .clone()
+            .ok_or_else(|| Error::internal("get_schema before initialize"))
+    }
+
+    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let target = self.cfg().batch_size;
+        loop {
+            if self.finished {
+                return Ok(None);
+            }
+            let mut records: Vec<Value> = Vec::new();
+            let mut position: Option<Option<Next>> = None;
+            loop {
+                let page = match self.buffered.pop_front() {
+                    Some(p) => Some(p),
+                    None => self
+                        .fetch_page()?
+                        .map(|(r, after)| (self.filter_and_track(r), after)),
+                };
+                let Some((r, after)) = page else { break };
+                let end = after.is_none();
+                records.extend(r);
+                position = Some(after);
+                if end || records.len() >= target {
+                    break;
+                }
+            }
+            let Some(position) = position else {
+                self.finished = true;
+                return Ok(None);
+            };
+            self.finished = position.is_none();
+            self.delivered = position;
+            if records.is_empty() {
+                // Only already-loaded records on these pages: nothing to hand over.
+                continue;
+            }
+            if self.schema.as_ref().is_some_and(|s| s.fields().is_empty()) {
+                let cols = infer(&records);
+                return Err(Error::schema(format!(
+                    "records appeared after the schema was fixed as empty; declare `schema` (inferred here: {})",
+                    cols.iter()
+                        .map(|c| format!("{}: {}", c.name, c.data_type))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            return self.decode(&records).map(Some);
+        }
+    }
+
+    fn get_incremental_state(&mut self) -> Result<Option<Value>> {
+        let mut s = self.state.clone();
+        match &self.delivered {
+            Some(next) if !self.finished => {
+                s.resume = Some(Resume {
+                    next: next.clone(),
+                    max: self.max.clone(),
+                    max_keys: self.max_keys.iter().cloned().collect(),
+                });
+            }
+            _ => {
+                s.resume = None;
+                if self.cfg().incremental.is_some() {
+                    if let Some(m) = &self.max {
+                        if s.cursor.as_ref().map(|c| cursor_cmp(m, c))
+                            != Some(std::cmp::Ordering::Less)
+                        {
+                            if s.cursor.as_ref().map(|c| cursor_cmp(m, c))
+                                == Some(std::cmp::Ordering::Equal)
+                            {
+                                let mut keys: BTreeSet<String> =
+                                    s.keys_at_cursor.iter().cloned().collect();
+                                keys.extend(self.max_keys.iter().cloned());
+                                s.keys_at_cursor = keys.into_iter().collect();
+                            } else {
+                                s.keys_at_cursor = self.max_keys.iter().cloned().collect();
+                            }
+                            s.cursor = Some(m.clone());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Some(serde_json::to_value(s)?))
+    }
+
+    fn close(&mut self) -> Result<()> {
+        self.buffered.clear();
+        tracing::debug!(pages = self.pages, "http reader closed");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn inference_and_links() {
+        let cols = infer(&[
+            json!({"id": 1, "x": 1, "tags": ["a"], "name": "n", "v": null}),
+            json!({"id": 2, "x": 1.5, "flag": true, "name": 3}),
+        ]);
+        let t: Vec<(String, String)> = cols.into_iter().map(|c| (c.name, c.data_type)).collect();
+        assert_eq!(
+            t,
+            [
+                ("id", "int64"),
+                ("x", "float64"),
+                ("tags", "json"),
+                ("name", "string"),
+                ("v", "string"),
+                ("flag", "bool")
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            "link",
+            HeaderValue::from_static(
+                "<https://a/x?page=3>; rel=\"next\", <https://a/x?page=9>; rel=\"last\"",
+            ),
+        );
+        assert_eq!(link_next(&h).as_deref(), Some("https://a/x?page=3"));
+        assert_eq!(resolve("http://h:1/a/b?x=1", "/c?p=2"), "http://h:1/c?p=2");
+        assert_eq!(urlencode("a b&c"), "a%20b%26c");
+        assert_eq!(
+            cursor_cmp(
+                &json!("2026-01-02T00:00:00Z"),
+                &json!("2026-01-01T23:00:00Z")
+            ),
+            std::cmp::Ordering::Greater
+        );
+        assert_eq!(
+            cursor_cmp(&json!(10), &json!(9)),
+            std::cmp::Ordering::Greater
+        );
+    }
+}
