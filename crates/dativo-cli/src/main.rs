@@ -1,6 +1,7 @@
 //! The `dativo` command-line tool.
 
 mod crypto;
+mod deploy;
 mod output;
 mod plugin_cmd;
 
@@ -57,6 +58,46 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Subcommand)]
+enum DeployCommand {
+    /// Kubernetes manifests: the job as an Indexed Job of N shards (a CronJob of one when the
+    /// job has a schedule), its file in a ConfigMap, `${env:…}` values from a Secret, memory
+    /// requests from the job's bounds; with --serve, `dativo serve` as a Deployment.
+    #[command(after_help = "Examples:
+  dativo deploy kubernetes jobs/orders.yaml --shards 8 --image registry/dativo:0.1 --secret orders-env | kubectl apply -f -
+  dativo deploy kubernetes jobs/orders.yaml --shards 1 --image registry/dativo:0.1 --serve \\
+      --secret orders-env --state-url-secret dativo-state/url
+
+The pods run `dativo run /etc/dativo/job.yaml --shards N`; each takes its shard index from
+JOB_COMPLETION_INDEX. A failed index is retried on its own (backoffLimitPerIndex) and resumes
+from its last commit. See docs/scaling.md.")]
+    Kubernetes {
+        /// The job file.
+        job: PathBuf,
+        /// Shards: parallel pods, each reading its slice of the source.
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
+        /// The container image (see the Dockerfile).
+        #[arg(long)]
+        image: String,
+        /// Namespace of every object.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// The Secret with the job's `${env:…}` values (one key per variable).
+        #[arg(long)]
+        secret: Option<String>,
+        /// SECRET/KEY with a PostgreSQL state-store URL (shared state and run history).
+        #[arg(long, value_name = "SECRET/KEY")]
+        state_url_secret: Option<String>,
+        /// Also `dativo serve` as a Deployment (needs --state-url-secret).
+        #[arg(long)]
+        serve: bool,
+        /// Replicas of the serve Deployment (at least 2).
+        #[arg(long, default_value_t = 2)]
+        replicas: u32,
+    },
+}
+
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
 enum DecryptFormat {
     Parquet,
@@ -75,6 +116,8 @@ enum Command {
     #[command(after_help = "Examples:
   dativo run examples/jobs/quickstart.yaml
   PG_URL=postgres://… dativo run jobs/orders.yaml --no-progress
+  dativo run jobs/orders.yaml --shard 2/8        one of 8 shards (or DATIVO_SHARD=2/8)
+  JOB_COMPLETION_INDEX=2 dativo run jobs/orders.yaml --shards 8
   dativo run jobs/orders.yaml --log-format json > summary.json
 
 A progress bar is shown on a terminal; plain log lines otherwise. Ctrl-C or SIGTERM stops the
@@ -85,6 +128,19 @@ run cleanly: nothing uncommitted becomes visible, and the exit code is 130.")]
         /// Do not show a progress bar even on a terminal.
         #[arg(long)]
         no_progress: bool,
+        /// Run one slice of the job: `I/N` (0 ≤ I < N). Each shard reads its part of the
+        /// source, keeps its own state and commits on its own into the same target.
+        #[arg(
+            long,
+            env = "DATIVO_SHARD",
+            value_name = "I/N",
+            conflicts_with = "shards"
+        )]
+        shard: Option<String>,
+        /// The shard count, with the index from JOB_COMPLETION_INDEX (a Kubernetes Indexed
+        /// Job) or DATIVO_SHARD_INDEX.
+        #[arg(long, env = "DATIVO_SHARDS", value_name = "N")]
+        shards: Option<u32>,
     },
     /// Check job files without connecting to anything: syntax, keys, types, references, and
     /// each built-in connector's own configuration.
@@ -187,6 +243,9 @@ SIGTERM or Ctrl-C: nothing new starts, running jobs get --grace to finish, then 
         #[arg(long, env = "DATIVO_API_TOKEN", hide_env_values = true)]
         api_token: Option<String>,
     },
+    /// Print deployment manifests for a job.
+    #[command(subcommand)]
+    Deploy(DeployCommand),
     /// List the readers and writers this binary can use: built-ins and plugin libraries.
     #[command(subcommand)]
     Plugins(PluginsCommand),
@@ -335,6 +394,25 @@ fn job_ref(cli: &Cli, arg: &str) -> Result<(String, PathBuf), Error> {
     }
 }
 
+/// `--shard I/N`, or `--shards N` with the index from the environment.
+fn resolve_shard(shard: Option<&str>, shards: Option<u32>) -> Result<dativo_core::Shard, Error> {
+    if let Some(s) = shard {
+        return dativo_core::Shard::parse(s).map_err(|m| Error::config(format!("--shard {m}")));
+    }
+    let Some(n) = shards else {
+        return Ok(dativo_core::Shard::default());
+    };
+    let index = std::env::var("JOB_COMPLETION_INDEX")
+        .or_else(|_| std::env::var("DATIVO_SHARD_INDEX"))
+        .map_err(|_| {
+            Error::config(
+                "--shards N needs the shard's index in JOB_COMPLETION_INDEX (set by a Kubernetes Indexed Job) or DATIVO_SHARD_INDEX; or use --shard I/N",
+            )
+        })?;
+    dativo_core::Shard::parse(&format!("{}/{n}", index.trim()))
+        .map_err(|m| Error::config(format!("shard from JOB_COMPLETION_INDEX: {m}")))
+}
+
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 30s, 2m)"))
 }
@@ -381,7 +459,13 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
             output::print_schema(&schema);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { job, no_progress } => {
+        Command::Run {
+            job,
+            no_progress,
+            shard,
+            shards,
+        } => {
+            let shard = resolve_shard(shard.as_deref(), *shards)?;
             let job = load(job)?;
             let store =
                 StateStore::open_with(&state_dir(cli, Some(&job)), cli.state_url.as_deref())?;
@@ -407,6 +491,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
                     cancel,
                     observer: &observer,
                     run_id: None,
+                    shard,
                 },
             )?;
             observer.finish();
@@ -486,6 +571,29 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
                 token: api_token.clone(),
                 reload_every: std::time::Duration::from_secs(2),
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deploy(DeployCommand::Kubernetes {
+            job,
+            shards,
+            image,
+            namespace,
+            secret,
+            state_url_secret,
+            serve,
+            replicas,
+        }) => {
+            let text = deploy::kubernetes(&deploy::DeployOptions {
+                job,
+                shards: *shards,
+                image,
+                namespace: namespace.as_deref(),
+                secret: secret.as_deref(),
+                state_url_secret: state_url_secret.as_deref(),
+                serve: *serve,
+                replicas: *replicas,
+            })?;
+            print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins(PluginsCommand::List) => plugin_cmd::list(),

@@ -45,6 +45,52 @@ impl Default for Shard {
     }
 }
 
+impl Shard {
+    /// Parse `I/N` (0 ≤ I < N).
+    pub fn parse(s: &str) -> std::result::Result<Shard, String> {
+        let (i, n) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}`: write a shard as INDEX/COUNT, e.g. 0/4"))?;
+        let index: u32 = i
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}`: the index must be a number"))?;
+        let count: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}`: the count must be a number"))?;
+        if count == 0 || index >= count {
+            return Err(format!("`{s}`: the index must be between 0 and COUNT-1"));
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// The key under which a job's state, lock and commits are kept for this shard: the job
+    /// name itself when the job is not split, else `job#I/N`.
+    pub fn key(&self, job: &str) -> String {
+        if self.count <= 1 {
+            job.to_string()
+        } else {
+            format!("{job}#{}/{}", self.index, self.count)
+        }
+    }
+
+    /// Whether this shard owns `item` (a file name, a key): a stable FNV-1a hash modulo the
+    /// shard count, the same on every machine and every run.
+    pub fn owns(&self, item: &str) -> bool {
+        if self.count <= 1 {
+            return true;
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in item.as_bytes() {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h % self.count as u64 == self.index as u64
+    }
+}
+
 /// What a reader is told about the run it is part of.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReaderContext {

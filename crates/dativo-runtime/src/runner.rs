@@ -143,6 +143,9 @@ pub struct RunOptions<'a> {
     pub observer: &'a dyn Observer,
     /// The run's id; a fresh UUIDv7 when `None` (`serve` picks it to cancel the run by id).
     pub run_id: Option<String>,
+    /// The slice of the job this process runs (`--shard I/N`); each shard has its own state,
+    /// lock and commits, keyed `job#I/N`.
+    pub shard: Shard,
 }
 
 enum Msg {
@@ -165,7 +168,8 @@ struct Totals {
 /// `error` set and its earlier commits stand.
 pub fn run(job: &Job, store: &StateStore, opts: &RunOptions<'_>) -> Result<RunSummary> {
     let (rf, wf) = implementations::validate(job)?;
-    let name = job.name();
+    let key = opts.shard.key(job.name());
+    let name = key.as_str();
     let _lock = store.lock(name)?;
     let run_id = opts
         .run_id
@@ -261,13 +265,13 @@ struct Attempt<'a> {
     sequence: &'a mut u64,
 }
 
-fn reader_ctx(job: &Job, run_id: &str, state: Option<Value>) -> ReaderContext {
+fn reader_ctx(job: &Job, run_id: &str, state: Option<Value>, shard: Shard) -> ReaderContext {
     ReaderContext {
         job: job.name().to_string(),
         stream: job.name().to_string(),
         run_id: run_id.to_string(),
         state,
-        shard: Shard::default(),
+        shard,
     }
 }
 
@@ -304,7 +308,9 @@ fn open_writer(wf: &WriterFactory, config: &Value, ctx: &WriterContext) -> Resul
 impl Attempt<'_> {
     fn run(&mut self, attempt: u32) -> Result<()> {
         let job = self.job;
-        let name = job.name();
+        let shard = self.opts.shard;
+        let key = shard.key(job.name());
+        let name = key.as_str();
         let stored = self.store.load_state(name)?.and_then(|s| s.state);
         self.opts.observer.on_event(&RunEvent::AttemptStarted {
             attempt,
@@ -312,14 +318,18 @@ impl Attempt<'_> {
         });
         let rcfg = &job.config.source.config;
         let wcfg = &job.config.target.config;
-        let (mut reader, mut schema) =
-            open_reader(self.rf, rcfg, &reader_ctx(job, self.run_id, stored.clone()))?;
+        let (mut reader, mut schema) = open_reader(
+            self.rf,
+            rcfg,
+            &reader_ctx(job, self.run_id, stored.clone(), shard),
+        )?;
+        // Writers keep their commits per shard: `job` is the shard's key (`job#I/N`).
         let wctx = |schema: &SchemaRef| WriterContext {
             job: name.to_string(),
-            stream: name.to_string(),
+            stream: job.name().to_string(),
             run_id: self.run_id.to_string(),
             schema: schema.clone(),
-            shard: Shard::default(),
+            shard,
         };
         let mut writer = match open_writer(self.wf, wcfg, &wctx(&schema)) {
             Ok(w) => w,
@@ -358,7 +368,7 @@ impl Attempt<'_> {
             match open_reader(
                 self.rf,
                 rcfg,
-                &reader_ctx(job, self.run_id, c.state.clone()),
+                &reader_ctx(job, self.run_id, c.state.clone(), shard),
             ) {
                 Ok((r, s)) => {
                     reader = r;
@@ -547,7 +557,7 @@ impl Attempt<'_> {
             .finalize(&commit)
             .map_err(|e| e.context(format!("{}: finalize", self.wf.label)))?;
         self.store.save_commit(
-            self.job.name(),
+            &self.opts.shard.key(self.job.name()),
             self.run_id,
             state.as_ref(),
             report.rows,
@@ -559,7 +569,7 @@ impl Attempt<'_> {
         self.totals.files.extend(report.files.iter().cloned());
         self.totals.state = state.clone();
         tracing::info!(
-            job = self.job.name(),
+            job = %self.opts.shard.key(self.job.name()),
             rows = report.rows,
             files = report.files.len(),
             commit = report.commit_id.as_deref().unwrap_or(""),
@@ -590,7 +600,7 @@ pub fn check(job: &Job, store: &StateStore) -> Result<SchemaRef> {
     let (mut r, schema) = open_reader(
         &rf,
         &job.config.source.config,
-        &reader_ctx(job, "check", state),
+        &reader_ctx(job, "check", state, Shard::default()),
     )?;
     r.close().map_err(|e| e.context(rf.label.clone()))?;
     Ok(schema)

@@ -234,7 +234,10 @@ impl StateStore {
             Inner::Postgres(pg) => return pg.lock(job),
             Inner::Sqlite { dir, .. } => dir,
         };
-        let path = dir.join("locks").join(format!("{job}.lock"));
+        // `job#I/N` (a shard) → `job#I-of-N.lock`.
+        let path = dir
+            .join("locks")
+            .join(format!("{}.lock", job.replace('/', "-of-")));
         let file = File::options()
             .create(true)
             .truncate(false)

@@ -353,6 +353,7 @@ impl Server {
                             cancel,
                             observer: &observer,
                             run_id: Some(run_id.clone()),
+                            shard: Default::default(),
                         },
                     )
                 });

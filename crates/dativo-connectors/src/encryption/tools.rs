@@ -69,20 +69,21 @@ impl Dataset {
             .encryption
             .clone()
             .ok_or_else(|| no_encryption("parquet"))?;
-        let layout = crate::parquet::commit_log::Layout::new(Location::parse(
-            &cfg.path,
-            &cfg.store_options(),
-        )?);
+        let loc = Location::parse(&cfg.path, &cfg.store_options())?;
         let mut committed = Vec::new();
-        for m in layout.all()? {
-            for f in m.files {
-                committed.push(Committed {
-                    file: f.path,
-                    rows: f.rows,
-                    audit: f.encryption,
-                });
+        // The unsharded commit log and every shard's.
+        for layout in crate::parquet::commit_log::Layout::all_under(&loc)? {
+            for m in layout.all()? {
+                for f in m.files {
+                    committed.push(Committed {
+                        file: f.path,
+                        rows: f.rows,
+                        audit: f.encryption,
+                    });
+                }
             }
         }
+        let layout = crate::parquet::commit_log::Layout::new(loc);
         Ok(Dataset {
             target: layout.loc.name(),
             loc: layout.loc,

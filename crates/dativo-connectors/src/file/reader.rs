@@ -406,10 +406,17 @@ impl Reader for FileReader {
             .or_else(|| FileFormat::from_path(&cfg.path))
             .expect("checked");
         let source = Source::new(&cfg)?;
-        let files = source.list(&cfg.path)?;
-        if files.is_empty() {
+        let all_files = source.list(&cfg.path)?;
+        if all_files.is_empty() {
             return Err(Error::data(format!("no files match `{}`", cfg.path)));
         }
+        // Sharded: each shard owns the files whose name hashes to it (the same split on every
+        // machine, whatever the mount point; new files go to one shard each).
+        let files: Vec<String> = all_files
+            .iter()
+            .filter(|f| ctx.shard.owns(f.rsplit('/').next().unwrap_or(f)))
+            .cloned()
+            .collect();
         let state: FileState = match (&ctx.state, cfg.incremental) {
             (Some(s), true) => serde_json::from_value(s.clone()).map_err(|e| {
                 Error::data(format!("the stored state is not a file reader state ({e}); reset it with `dativo state reset`"))
@@ -435,7 +442,8 @@ impl Reader for FileReader {
                     .pending
                     .front()
                     .map(|(f, _)| f.clone())
-                    .unwrap_or_else(|| files.last().cloned().expect("non-empty"));
+                    .or_else(|| files.last().cloned())
+                    .unwrap_or_else(|| all_files.last().cloned().expect("non-empty"));
                 infer_schema(&source, &first, format, &cfg)
                     .with_context(|| format!("file {first}"))?
             }

@@ -141,6 +141,9 @@ fn infer(records: &[Value]) -> Vec<ColumnSpec> {
     for r in records {
         let Some(obj) = r.as_object() else { continue };
         for (k, v) in obj {
+            if !order.contains(k) {
+                order.push(k.clone());
+            }
             let kind = match v {
                 Value::Null => continue,
                 Value::Bool(_) => "bool",
@@ -151,9 +154,6 @@ fn infer(records: &[Value]) -> Vec<ColumnSpec> {
             };
             match kinds.get(k).copied() {
                 None => {
-                    if !order.contains(k) {
-                        order.push(k.clone());
-                    }
                     kinds.insert(k.clone(), kind);
                 }
                 Some(prev) if prev == kind => {}
@@ -164,11 +164,6 @@ fn infer(records: &[Value]) -> Vec<ColumnSpec> {
                 Some(_) => {
                     kinds.insert(k.clone(), "string");
                 }
-            }
-        }
-        for k in obj.keys() {
-            if !order.contains(k) {
-                order.push(k.clone());
             }
         }
     }
@@ -976,12 +971,13 @@ mod tests {
         let t: Vec<(String, String)> = cols.into_iter().map(|c| (c.name, c.data_type)).collect();
         assert_eq!(
             t,
+            // Keys in name order (serde_json's maps are sorted), then new ones as they appear.
             [
                 ("id", "int64"),
-                ("x", "float64"),
-                ("tags", "json"),
                 ("name", "string"),
+                ("tags", "json"),
                 ("v", "string"),
+                ("x", "float64"),
                 ("flag", "bool")
             ]
             .map(|(a, b)| (a.to_string(), b.to_string()))

@@ -16,6 +16,7 @@
 //!   (`commit.retry.num-retries` is set to 20 on tables dativo creates).
 
 mod config;
+pub mod counting;
 mod encrypted;
 mod writer;
 

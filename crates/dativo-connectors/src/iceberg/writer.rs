@@ -298,7 +298,9 @@ impl IcebergWriter {
                         ),
                     )
                 })?;
-            return Ok(Arc::new(catalog));
+            return Ok(Arc::new(super::counting::CountingCatalog(Arc::new(
+                catalog,
+            ))));
         }
         let uri = match &cfg.catalog.uri {
             Some(u) if u.starts_with("sqlite:") => {
@@ -322,27 +324,47 @@ impl IcebergWriter {
                 format!("sqlite://{abs}?mode=rwc")
             }
         };
-        let style = if uri.starts_with("sqlite:") {
-            SqlBindStyle::QMark
-        } else {
-            SqlBindStyle::DollarNumeric
+        let sqlite = uri.starts_with("sqlite:");
+        let make = || {
+            let style = if sqlite {
+                SqlBindStyle::QMark
+            } else {
+                SqlBindStyle::DollarNumeric
+            };
+            let mut b = SqlCatalogBuilder::default()
+                .uri(uri.clone())
+                .warehouse_location(warehouse.clone())
+                .sql_bind_style(style);
+            for (k, v) in &s3_props {
+                b = b.prop(k.clone(), v.clone());
+            }
+            b.with_storage_factory(storage.clone())
         };
-        let mut b = SqlCatalogBuilder::default()
-            .uri(uri.clone())
-            .warehouse_location(warehouse)
-            .sql_bind_style(style);
-        for (k, v) in s3_props {
-            b = b.prop(k, v);
-        }
-        let catalog = b
-            .with_storage_factory(storage)
-            .load(cfg.catalog.name.clone(), HashMap::new())
-            .await
-            .map_err(|e| {
-                let what = secrets::scrub(&uri);
-                ice(e, &format!("opening the Iceberg catalog at {what}"))
-            })?;
-        Ok(Arc::new(catalog))
+        // The catalog creates its tables on first use; several shards starting together on a
+        // fresh database race to create them (a duplicate-key error): the losers try again.
+        let mut attempt = 0;
+        let catalog = loop {
+            attempt += 1;
+            match make().load(cfg.catalog.name.clone(), HashMap::new()).await {
+                Ok(c) => break c,
+                Err(e)
+                    if attempt < 5 && {
+                        let m = e.to_string();
+                        m.contains("duplicate key") || m.contains("already exists")
+                    } =>
+                {
+                    let ms = 50 + rand::random::<u64>() % 250;
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                }
+                Err(e) => {
+                    let what = secrets::scrub(&uri);
+                    return Err(ice(e, &format!("opening the Iceberg catalog at {what}")));
+                }
+            }
+        };
+        Ok(Arc::new(super::counting::CountingCatalog(Arc::new(
+            catalog,
+        ))))
     }
 
     /// Load or create the table; evolve its schema to take the source's new columns.

@@ -322,6 +322,31 @@ impl MySqlReader {
         }
     }
 
+    /// Restrict the source to one shard by a stable hash (CRC32) of the primary key.
+    fn apply_shard(&mut self, shard: dativo_core::Shard) -> Result<()> {
+        let mut keys = self.primary_key()?;
+        if keys.is_empty() {
+            keys = self.cfg().partition_column.iter().cloned().collect();
+        }
+        if keys.is_empty() {
+            return Err(Error::config(
+                "this source cannot be sharded: it has no primary key — set `primary_key` or `partition_column`",
+            )
+            .with_key_path("primary_key"));
+        }
+        let cols = keys
+            .iter()
+            .map(|k| format!("COALESCE(CAST({} AS CHAR), '')", MY.ident(k)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let pred = format!(
+            "MOD(CRC32(CONCAT_WS('|', {cols})), {}) = {}",
+            shard.count, shard.index
+        );
+        self.base = format!("SELECT * FROM ({}) AS dativo_shard WHERE {pred}", self.base);
+        Ok(())
+    }
+
     fn primary_key(&mut self) -> Result<Vec<String>> {
         if let Some(pk) = &self.cfg().primary_key {
             return Ok(pk.clone());
@@ -776,6 +801,9 @@ impl Reader for MySqlReader {
         self.run_id = ctx.run_id.clone();
         self.open_snapshot(n)?;
         self.discover()?;
+        if ctx.shard.count > 1 {
+            self.apply_shard(ctx.shard)?;
+        }
         self.state = state;
         let plan = match self.state.plan.take() {
             Some(p) => {

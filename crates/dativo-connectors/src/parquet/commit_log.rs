@@ -61,44 +61,84 @@ pub struct ManifestFile {
 pub struct Layout {
     /// The directory that receives data files (local or an object store prefix).
     pub loc: Location,
+    /// `_dativo`, or `_dativo/shards/I-of-N` for a shard of a split job: shards commit
+    /// independently, each with its own commit log, staging area and lock, while their data
+    /// files land side by side in the directory.
+    meta: String,
 }
 
-/// Commit manifests, relative to the root.
+/// Commit manifests, relative to the root (of an unsharded job).
 pub const COMMITS: &str = "_dativo/commits";
-/// Staged data files, relative to the root.
+/// Staged data files, relative to the root (of an unsharded job).
 pub const STAGING: &str = "_dativo/staging";
+/// Where the shards of split jobs keep their commit logs.
+pub const SHARDS: &str = "_dativo/shards";
 
 impl Layout {
     /// A layout rooted at `loc`.
     pub fn new(loc: Location) -> Self {
-        Layout { loc }
+        Layout {
+            loc,
+            meta: "_dativo".into(),
+        }
+    }
+
+    /// The layout of one shard of a split job (`shard.count > 1`), or [`Layout::new`].
+    pub fn for_shard(loc: Location, shard: dativo_core::Shard) -> Self {
+        if shard.count <= 1 {
+            return Self::new(loc);
+        }
+        Layout {
+            loc,
+            meta: format!("{SHARDS}/{}-of-{}", shard.index, shard.count),
+        }
+    }
+
+    /// Every layout under `loc`: the unsharded one and each shard's.
+    pub fn all_under(loc: &Location) -> Result<Vec<Layout>> {
+        let mut out = vec![Self::new(loc.clone())];
+        for name in loc.list(SHARDS)? {
+            out.push(Layout {
+                loc: loc.clone(),
+                meta: format!("{SHARDS}/{name}"),
+            });
+        }
+        Ok(out)
+    }
+
+    fn commits(&self) -> String {
+        format!("{}/commits", self.meta)
+    }
+
+    fn staging(&self) -> String {
+        format!("{}/staging", self.meta)
     }
 
     /// Where a data file with final relative path `rel` is staged (relative to the root).
     pub fn staged(&self, rel: &str) -> String {
-        format!("{STAGING}/{}.inprogress", rel.replace('/', "__"))
+        format!("{}/{}.inprogress", self.staging(), rel.replace('/', "__"))
     }
 
     /// The lock file held by the active writer (local directories only; object stores
     /// have no locks — one job per prefix).
     pub fn lock_file(&self) -> Option<PathBuf> {
         match &self.loc {
-            Location::Local(root) => Some(root.join("_dativo").join("writer.lock")),
+            Location::Local(root) => Some(root.join(&self.meta).join("writer.lock")),
             Location::Object { .. } => None,
         }
     }
 
     /// Create the directories.
     pub fn create(&self) -> Result<()> {
-        self.loc.create_dir(COMMITS)?;
-        self.loc.create_dir(STAGING)
+        self.loc.create_dir(&self.commits())?;
+        self.loc.create_dir(&self.staging())
     }
 
     /// Sequence numbers of all commits, newest first.
     fn sequences(&self) -> Result<Vec<u64>> {
         let mut seqs: Vec<u64> = self
             .loc
-            .list(COMMITS)?
+            .list(&self.commits())?
             .into_iter()
             .filter_map(|n| n.strip_suffix(".json").and_then(|s| s.parse::<u64>().ok()))
             .collect();
@@ -107,7 +147,7 @@ impl Layout {
     }
 
     fn read_manifest(&self, seq: u64) -> Result<Manifest> {
-        let rel = format!("{COMMITS}/{seq:020}.json");
+        let rel = format!("{}/{seq:020}.json", self.commits());
         let text = self.loc.read(&rel)?;
         serde_json::from_slice(&text).map_err(|e| {
             Error::data(format!(
@@ -149,7 +189,7 @@ impl Layout {
         if let Some(m) = &latest {
             self.publish(m)?;
         }
-        let leftovers = self.loc.list(STAGING)?;
+        let leftovers = self.loc.list(&self.staging())?;
         if !leftovers.is_empty() {
             // Files still staged may belong to any committed manifest (a publication lost to a
             // crash before a later commit): roll every manifest forward before deleting.
@@ -157,13 +197,13 @@ impl Layout {
                 self.publish(&self.read_manifest(seq)?)?;
             }
         }
-        for name in self.loc.list(STAGING)? {
+        for name in self.loc.list(&self.staging())? {
             tracing::debug!(file = %name, "removing an uncommitted file");
-            self.loc.delete(&format!("{STAGING}/{name}"))?;
+            self.loc.delete(&format!("{}/{name}", self.staging()))?;
         }
-        for name in self.loc.list(COMMITS)? {
+        for name in self.loc.list(&self.commits())? {
             if name.starts_with(".tmp-") {
-                self.loc.delete(&format!("{COMMITS}/{name}"))?;
+                self.loc.delete(&format!("{}/{name}", self.commits()))?;
             }
         }
         Ok(latest)
@@ -194,19 +234,19 @@ impl Layout {
             self.loc.sync(dir)?;
         }
         if !moved.is_empty() {
-            self.loc.sync(STAGING)?;
+            self.loc.sync(&self.staging())?;
         }
         Ok(())
     }
 
     /// Write `m` as the next commit. This is the commit point.
     pub fn write(&self, m: &Manifest) -> Result<()> {
-        let rel = format!("{COMMITS}/{:020}.json", m.sequence);
+        let rel = format!("{}/{:020}.json", self.commits(), m.sequence);
         if self.loc.exists(&rel)? {
             return Err(Error::transient(format!(
                 "commit {} already exists in {}: another writer committed concurrently",
                 m.sequence,
-                self.loc.display(COMMITS)
+                self.loc.display(&self.commits())
             )));
         }
         self.loc.put(&rel, &serde_json::to_vec_pretty(m)?)

@@ -314,7 +314,8 @@ impl Writer for ParquetWriter {
     fn initialize(&mut self, config: &Value, ctx: &WriterContext) -> Result<()> {
         let cfg: ParquetWriterConfig = from_config(config)?;
         cfg.check()?;
-        let layout = Layout::new(Location::parse(&cfg.path, &cfg.store_options())?);
+        let layout =
+            Layout::for_shard(Location::parse(&cfg.path, &cfg.store_options())?, ctx.shard);
         layout.create()?;
         let lock = match layout.lock_file() {
             Some(lock_path) => {

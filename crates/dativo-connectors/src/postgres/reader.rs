@@ -231,6 +231,55 @@ impl PostgresReader {
             .collect())
     }
 
+    /// Restrict the source to one shard: ranges of `partition_column` when `lower_bound` and
+    /// `upper_bound` are given (index-friendly; the first and last shard are open-ended), else
+    /// a stable hash of the primary key.
+    fn apply_shard(&mut self, shard: dativo_core::Shard) -> Result<()> {
+        let cfg = self.cfg().clone();
+        let (n, i) = (shard.count, shard.index as usize);
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let pred = match (&cfg.partition_column, &cfg.lower_bound, &cfg.upper_bound) {
+            (Some(col), Some(lo), Some(hi)) => {
+                let c = self.columns[self.column_index(col, "partition_column")?].clone();
+                let points = self.split_points(&c, &text(lo), &text(hi), n)?;
+                let (e, ty) = (ident(col), &c.type_name);
+                let lower = (i > 0).then(|| format!("{e} >= {}::{ty}", lit(&points[i - 1])));
+                let upper =
+                    (i + 1 < n as usize).then(|| format!("{e} < {}::{ty}", lit(&points[i])));
+                match (lower, upper) {
+                    (None, Some(u)) => format!("({u} OR {e} IS NULL)"),
+                    (Some(l), Some(u)) => format!("{l} AND {u}"),
+                    (Some(l), None) => l,
+                    (None, None) => "true".into(),
+                }
+            }
+            _ => {
+                let mut keys = self.primary_key()?;
+                if keys.is_empty() {
+                    keys = cfg.partition_column.iter().cloned().collect();
+                }
+                if keys.is_empty() {
+                    return Err(Error::config(
+                        "this source cannot be sharded: it has no primary key — set `primary_key`, or `partition_column` (with `lower_bound`/`upper_bound` for ranges)",
+                    )
+                    .with_key_path("primary_key"));
+                }
+                let expr = keys
+                    .iter()
+                    .map(|k| format!("coalesce({}::text, '')", ident(k)))
+                    .collect::<Vec<_>>()
+                    .join(" || '|' || ");
+                format!("((hashtextextended({expr}, 0) % {n}) + {n}) % {n} = {i}")
+            }
+        };
+        tracing::debug!(shard = %format!("{i}/{n}"), predicate = %pred, "reading one shard");
+        self.base = format!("SELECT * FROM ({}) AS dativo_shard WHERE {pred}", self.base);
+        Ok(())
+    }
+
     fn source_where(&self, pred: &str) -> String {
         format!("FROM ({}) AS dativo_src WHERE {pred}", self.base)
     }
@@ -732,6 +781,9 @@ impl Reader for PostgresReader {
             "exporting the snapshot",
         )?;
         self.discover()?;
+        if ctx.shard.count > 1 {
+            self.apply_shard(ctx.shard)?;
+        }
         self.state = state;
         let plan = match self.state.plan.take() {
             Some(p) => {

@@ -1,0 +1,337 @@
+//! `dativo deploy kubernetes`: manifests that run a job as N shards (an Indexed Job, or a
+//! CronJob of one when the job has a schedule), and `dativo serve` as a Deployment.
+
+use std::collections::BTreeSet;
+use std::fmt::Write;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use dativo_core::job::Job;
+use dativo_core::{Error, Result};
+
+/// What to generate.
+pub struct DeployOptions<'a> {
+    /// The job file.
+    pub job: &'a Path,
+    /// Shards (parallel pods).
+    pub shards: u32,
+    /// The container image (see the Dockerfile).
+    pub image: &'a str,
+    /// Namespace of every object.
+    pub namespace: Option<&'a str>,
+    /// The Secret holding the job's `${env:…}` values (keys = variable names).
+    pub secret: Option<&'a str>,
+    /// `SECRET/KEY` holding a PostgreSQL state-store URL.
+    pub state_url_secret: Option<&'a str>,
+    /// Also a `dativo serve` Deployment (needs `state_url_secret`).
+    pub serve: bool,
+    /// Replicas of the serve Deployment.
+    pub replicas: u32,
+}
+
+/// `${env:NAME}` / `${env:NAME:-default}` names in a job file.
+fn env_names(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("${env:") {
+        rest = &rest[i + 6..];
+        let end = rest.find(['}', ':']).unwrap_or(rest.len());
+        let name = &rest[..end];
+        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            out.insert(name.to_string());
+        }
+    }
+    out
+}
+
+/// A DNS-1123 name from a job name.
+fn k8s_name(name: &str) -> String {
+    let mut s: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    s = s.trim_matches('-').to_string();
+    s.truncate(52);
+    if s.is_empty() {
+        "dativo-job".into()
+    } else {
+        s
+    }
+}
+
+/// Memory one shard needs, MiB: batches in flight (channel depth + one in the reader, at an
+/// assumed 1 KiB per row) + the writer's row-group buffer + the process itself.
+pub fn memory_mib(job: &Job) -> u64 {
+    let batch_rows = job
+        .config
+        .source
+        .config
+        .get("batch_size")
+        .and_then(Value::as_u64)
+        .unwrap_or(65_536);
+    let in_flight = (job.config.channel_depth as u64 + 2) * batch_rows * 1024;
+    let writer = 48u64 << 20;
+    let base = 96u64 << 20;
+    (in_flight + writer + base).div_ceil(1 << 20)
+}
+
+fn sec_ctx() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": 10001,
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]}
+    })
+}
+
+fn env_list(names: &BTreeSet<String>, opts: &DeployOptions<'_>) -> Result<Vec<Value>> {
+    let mut env = Vec::new();
+    if !names.is_empty() {
+        let secret = opts.secret.ok_or_else(|| {
+            Error::config(format!(
+                "the job reads {} from the environment: name the Secret that holds them with --secret",
+                names.iter().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        for n in names {
+            env.push(json!({"name": n, "valueFrom": {"secretKeyRef": {"name": secret, "key": n}}}));
+        }
+    }
+    if let Some(s) = opts.state_url_secret {
+        let (name, key) = s.split_once('/').ok_or_else(|| {
+            Error::config("--state-url-secret is SECRET/KEY (e.g. dativo-state/url)")
+        })?;
+        env.push(json!({"name": "DATIVO_STATE_URL", "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}));
+    }
+    Ok(env)
+}
+
+/// The manifests, as YAML documents.
+pub fn kubernetes(opts: &DeployOptions<'_>) -> Result<String> {
+    let text = std::fs::read_to_string(opts.job)
+        .map_err(|e| Error::config(format!("cannot read {}: {e}", opts.job.display())))?;
+    let job = Job::load_with_env(opts.job, &|_| Some("placeholder".into()))?;
+    if opts.shards == 0 {
+        return Err(Error::config("--shards must be at least 1"));
+    }
+    let name = k8s_name(job.name());
+    let mib = memory_mib(&job);
+    let meta = |n: &str| {
+        let mut m = json!({"name": n, "labels": {"app.kubernetes.io/name": "dativo", "dativo.dev/job": name}});
+        if let Some(ns) = opts.namespace {
+            m["namespace"] = json!(ns);
+        }
+        m
+    };
+    let env = env_list(&env_names(&text), opts)?;
+    let file_name = "job.yaml";
+    let mut docs = vec![json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta(&format!("{name}-job")),
+        "data": {file_name: text},
+    })];
+    let resources = json!({
+        "requests": {"cpu": "1", "memory": format!("{mib}Mi")},
+        "limits": {"memory": format!("{}Mi", mib * 2)}
+    });
+    let volumes = json!([
+        {"name": "job", "configMap": {"name": format!("{name}-job")}},
+        {"name": "work", "emptyDir": {}}
+    ]);
+    let mounts = json!([
+        {"name": "job", "mountPath": "/etc/dativo", "readOnly": true},
+        {"name": "work", "mountPath": "/work"}
+    ]);
+    let mut args = vec![
+        json!("run"),
+        json!(format!("/etc/dativo/{file_name}")),
+        json!("--no-progress"),
+        json!("--log-format"),
+        json!("json"),
+    ];
+    if opts.shards > 1 {
+        args.push(json!("--shards"));
+        args.push(json!(opts.shards));
+    }
+    let args: Vec<Value> = args
+        .into_iter()
+        .map(|a| match a {
+            Value::Number(n) => Value::String(n.to_string()),
+            other => other,
+        })
+        .collect();
+    let job_spec = json!({
+        "completions": opts.shards,
+        "parallelism": opts.shards,
+        "completionMode": "Indexed",
+        "backoffLimitPerIndex": 3,
+        "maxFailedIndexes": opts.shards,
+        "ttlSecondsAfterFinished": 86400,
+        "template": {
+            "metadata": {"labels": {"app.kubernetes.io/name": "dativo", "dativo.dev/job": name}},
+            "spec": {
+                "restartPolicy": "Never",
+                "securityContext": {"fsGroup": 10001},
+                "containers": [{
+                    "name": "dativo",
+                    "image": opts.image,
+                    "args": args,
+                    "env": env,
+                    "resources": resources,
+                    "volumeMounts": mounts,
+                    "securityContext": sec_ctx(),
+                }],
+                "volumes": volumes,
+            }
+        }
+    });
+    match &job.config.schedule {
+        Some(s) => {
+            if s.cron.split_whitespace().count() != 5 {
+                return Err(Error::config(format!(
+                    "schedule `{}` has seconds; Kubernetes CronJobs run at most once a minute — use a 5-field cron, or `dativo serve`",
+                    s.cron
+                )));
+            }
+            let mut cj = json!({
+                "apiVersion": "batch/v1",
+                "kind": "CronJob",
+                "metadata": meta(&name),
+                "spec": {
+                    "schedule": s.cron,
+                    "concurrencyPolicy": "Forbid",
+                    "successfulJobsHistoryLimit": 3,
+                    "failedJobsHistoryLimit": 3,
+                    "jobTemplate": {"spec": job_spec},
+                }
+            });
+            if let Some(tz) = &s.timezone {
+                cj["spec"]["timeZone"] = json!(tz);
+            }
+            docs.push(cj);
+        }
+        None => docs.push(json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": meta(&name),
+            "spec": job_spec,
+        })),
+    }
+    if opts.serve {
+        if opts.state_url_secret.is_none() {
+            return Err(Error::config(
+                "--serve runs several replicas: they share state through PostgreSQL, so give --state-url-secret SECRET/KEY",
+            ));
+        }
+        let mut senv = env_list(&env_names(&text), opts)?;
+        if let Some(secret) = opts.secret {
+            senv.push(json!({"name": "DATIVO_API_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "DATIVO_API_TOKEN", "optional": true}}}));
+        }
+        let serve = format!("{name}-serve");
+        let labels = json!({"app.kubernetes.io/name": "dativo-serve", "dativo.dev/job": name});
+        let mut dmeta = meta(&serve);
+        dmeta["labels"] = labels.clone();
+        docs.push(json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": dmeta,
+            "spec": {
+                "replicas": opts.replicas.max(2),
+                "selector": {"matchLabels": labels},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 1}},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 60,
+                        "securityContext": {"fsGroup": 10001},
+                        "containers": [{
+                            "name": "dativo",
+                            "image": opts.image,
+                            "args": ["serve", "--jobs", "/etc/dativo", "--listen", "0.0.0.0:8080", "--grace", "45s"],
+                            "env": senv,
+                            "ports": [{"name": "http", "containerPort": 8080}],
+                            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+                            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
+                            "resources": {
+                                "requests": {"cpu": "1", "memory": format!("{}Mi", mib + 64)},
+                                "limits": {"memory": format!("{}Mi", (mib + 64) * 2)}
+                            },
+                            "volumeMounts": mounts,
+                            "securityContext": sec_ctx(),
+                        }],
+                        "volumes": volumes,
+                    }
+                }
+            }
+        }));
+        let mut smeta = meta(&serve);
+        smeta["labels"] = labels.clone();
+        docs.push(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": smeta,
+            "spec": {"selector": labels, "ports": [{"name": "http", "port": 8080, "targetPort": "http"}]},
+        }));
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# dativo deploy kubernetes {} --shards {} --image {}\n# memory per shard: {mib}Mi requested (see docs/scaling.md for the formula)",
+        opts.job.display(),
+        opts.shards,
+        opts.image
+    );
+    for d in docs {
+        out.push_str("---\n");
+        out.push_str(&to_yaml(&d)?);
+    }
+    Ok(out)
+}
+
+fn to_yaml(v: &Value) -> Result<String> {
+    let y = json_to_yaml(v);
+    let mut s = String::new();
+    let mut e = yaml_rust2::YamlEmitter::new(&mut s);
+    e.multiline_strings(true);
+    e.dump(&y)
+        .map_err(|e| Error::internal(format!("writing YAML: {e:?}")))?;
+    let s = s.strip_prefix("---\n").unwrap_or(&s).to_string();
+    Ok(s + "\n")
+}
+
+fn json_to_yaml(v: &Value) -> yaml_rust2::Yaml {
+    use yaml_rust2::Yaml;
+    match v {
+        Value::Null => Yaml::Null,
+        Value::Bool(b) => Yaml::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Yaml::Integer(i),
+            None => Yaml::Real(n.to_string()),
+        },
+        Value::String(s) => Yaml::String(s.clone()),
+        Value::Array(a) => Yaml::Array(a.iter().map(json_to_yaml).collect()),
+        Value::Object(o) => {
+            let mut h = yaml_rust2::yaml::Hash::new();
+            for (k, v) in o {
+                h.insert(Yaml::String(k.clone()), json_to_yaml(v));
+            }
+            Yaml::Hash(h)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(k8s_name("Orders_PG.v2"), "orders-pg-v2");
+        let n = env_names("a: ${env:PG_URL}\nb: \"${env:TOKEN:-x}\" ${file:y}");
+        assert_eq!(n.into_iter().collect::<Vec<_>>(), ["PG_URL", "TOKEN"]);
+    }
+}
