@@ -217,20 +217,10 @@ def test_pyarrow_reads_per_column_keys(dativo, tmp_path):
     CryptoFactory reads the file, and the audit record names each column's key."""
     write_csvs(tmp_path / "data", 2, 3000)
     footer_key, pii_key = kms_key(), kms_key()
-    j = write_job(tmp_path / "job.yaml", f"""name: pme_columns
-source:
-  reader: file
-  config: {{path: "data/*.csv"}}
-target:
-  writer: parquet
-  config:
-    path: lake
-    encryption:
-      format: parquet
+    j = enc_job(tmp_path, "pme_columns", f"""      format: parquet
       column_keys:
         {pii_key}: [name, amount]
-{kms_provider(footer_key)}
-""")
+{kms_provider(footer_key)}""")
     dativo.run("run", j, "--no-progress", env=KEYS, check=0)
     files = sorted((tmp_path / "lake").glob("*.parquet"))
     assert files
@@ -251,7 +241,9 @@ target:
 
 # --- acceptance 2: tampering and wrong keys --------------------------------------------------
 
-def local_job(tmp_path, fmt, key, name="tamper"):
+def enc_job(tmp_path, name, encryption, checkpoint=""):
+    """A job reading data/*.csv into an encrypted `lake` with `encryption` (YAML lines, indented
+    under `encryption:`)."""
     return write_job(tmp_path / f"{name}.yaml", f"""name: {name}
 source:
   reader: file
@@ -261,11 +253,15 @@ target:
   config:
     path: lake
     encryption:
-      format: {fmt}
-      segment_size: 8KB
-      key_provider: {{type: local, key_file: {key.name}}}
-checkpoint: {{rows: 2000}}
+{encryption}
+{checkpoint}
 """)
+
+
+def local_job(tmp_path, fmt, key, name="tamper"):
+    return enc_job(tmp_path, name, f"""      format: {fmt}
+      segment_size: 8KB
+      key_provider: {{type: local, key_file: {key.name}}}""", "checkpoint: {rows: 2000}")
 
 
 @pytest.mark.parametrize("fmt", ["stream", "parquet"])
@@ -383,17 +379,7 @@ def test_key_file_readable_by_others_is_refused(dativo, tmp_path):
 def test_env_provider_and_missing_variable(dativo, tmp_path):
     write_csvs(tmp_path / "data", 2, 1000)
     kek = os.urandom(32).hex()
-    j = write_job(tmp_path / "job.yaml", """name: envkey
-source:
-  reader: file
-  config: {path: "data/*.csv"}
-target:
-  writer: parquet
-  config:
-    path: lake
-    encryption:
-      key_provider: {type: env, var: TEST_DATIVO_KEK}
-""")
+    j = enc_job(tmp_path, "envkey", "      key_provider: {type: env, var: TEST_DATIVO_KEK}")
     r = dativo.run("run", j, "--no-progress")
     assert r.returncode == 2 and "TEST_DATIVO_KEK" in r.stdout, r.stdout
     r = dativo.run("run", j, "--no-progress", env={"TEST_DATIVO_KEK": kek}, check=0)
@@ -406,21 +392,11 @@ def test_command_provider_is_the_hsm_hook(dativo, tmp_path):
     write_csvs(tmp_path / "data", 2, 1500)
     hsm_key = tmp_path / "hsm.key"
     hsm_key.write_text(os.urandom(32).hex())
-    j = write_job(tmp_path / "job.yaml", f"""name: hsm
-source:
-  reader: file
-  config: {{path: "data/*.csv"}}
-target:
-  writer: parquet
-  config:
-    path: lake
-    encryption:
-      format: parquet
+    j = enc_job(tmp_path, "hsm", f"""      format: parquet
       key_provider:
         type: command
         command: ["{sys.executable}", "{HERE / 'kek_command.py'}"]
-        key_id: hsm-slot-1
-""")
+        key_id: hsm-slot-1""")
     env = {"TEST_HSM_KEY_FILE": str(hsm_key)}
     dativo.run("run", j, "--no-progress", env=env, check=0)
     manifest = json.loads(sorted((tmp_path / "lake/_dativo/commits").glob("*.json"))[-1].read_text())
@@ -563,20 +539,10 @@ def test_a_plaintext_file_swapped_in_is_refused(dativo, tmp_path):
 def test_column_keys_naming_a_missing_column_is_refused(dativo, tmp_path):
     write_csvs(tmp_path / "data", 1, 10)
     key = local_key(tmp_path)
-    j = write_job(tmp_path / "job.yaml", f"""name: typo
-source:
-  reader: file
-  config: {{path: "data/*.csv"}}
-target:
-  writer: parquet
-  config:
-    path: lake
-    encryption:
-      format: parquet
+    j = enc_job(tmp_path, "typo", f"""      format: parquet
       key_provider: {{type: local, key_file: {key.name}, key_id: main}}
       column_keys:
-        main: [nmae]
-""")
+        main: [nmae]""")
     r = dativo.run("run", j, "--no-progress")
     assert r.returncode == 2, r.stdout
     assert "`nmae` is not a column" in r.stdout and "encryption.column_keys.main" in r.stdout, r.stdout
@@ -618,23 +584,13 @@ def test_kms_requests_are_signed_correctly(dativo, tmp_path, authenticating_kms)
     is an authentication error (exit 3) that does not print the secret."""
     ep, akid, secret, key_id = authenticating_kms
     write_csvs(tmp_path / "data", 2, 500)
-    j = write_job(tmp_path / "job.yaml", f"""name: sigv4
-source:
-  reader: file
-  config: {{path: "data/*.csv"}}
-target:
-  writer: parquet
-  config:
-    path: lake
-    encryption:
-      key_provider:
+    j = enc_job(tmp_path, "sigv4", f"""      key_provider:
         type: aws_kms
         key_id: {key_id}
         endpoint: {ep}
         region: us-east-1
         access_key_id: {akid}
-        secret_access_key: "${{env:KMS_SECRET}}"
-""")
+        secret_access_key: "${{env:KMS_SECRET}}\"""")
     r = dativo.run("run", j, "--no-progress", env={"KMS_SECRET": secret}, check=0)
     assert secret not in r.stdout + r.stderr
     dativo.run("verify", j, env={"KMS_SECRET": secret}, check=0)

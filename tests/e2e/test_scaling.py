@@ -147,8 +147,11 @@ def validate(manifests: str, tmp_path: Path):
 def test_kubernetes_manifests_validate(dativo, tmp_path):
     import yaml
     job = ROOT / "examples/jobs/postgres_to_iceberg.yaml"
-    out = dativo.run("deploy", "kubernetes", job, "--shards", "8", "--image", "registry/dativo:0.1",
-                     "--secret", "orders-env", check=0).stdout
+    p = dativo.run("deploy", "kubernetes", job, "--shards", "8", "--image", "registry/dativo:0.1",
+                   "--secret", "orders-env", check=0)
+    out = p.stdout
+    # The example keeps its catalog and warehouse on local disk: each pod would have its own.
+    assert "catalog `sqlite://" in p.stderr and "warehouse is local" in p.stderr, p.stderr
     log = validate(out, tmp_path)
     assert "job/orders-pg-to-iceberg" in log and "configmap/" in log
     docs = [d for d in yaml.safe_load_all(out) if d]

@@ -13,7 +13,6 @@ import urllib.request
 import uuid
 
 import duckdb
-import pytest
 import yaml
 
 from conftest import BIN, ROOT, free_port, write_csvs
@@ -101,6 +100,20 @@ def count(path):
     return duckdb.execute(f"SELECT count(*), count(DISTINCT id) FROM read_parquet({files!r})").fetchone()
 
 
+def slow_job(path, name, lake):
+    """A manual job that takes ~30 s (PostgreSQL sleeps 10 ms a row) and commits every 20 rows."""
+    path.write_text(f"""name: {name}
+source:
+  reader: postgres
+  config:
+    url: {PG_URL}
+    query: "SELECT i AS id, length(pg_sleep(0.01)::text) AS s FROM generate_series(1, 3000) i"
+    batch_size: 20
+target: {{writer: parquet, config: {{path: "{lake}"}}}}
+checkpoint: {{rows: 20}}
+""")
+
+
 def test_serve_schedules_api_metrics_page_and_shutdown(tmp_path):
     jobs = tmp_path / "jobs"
     jobs.mkdir()
@@ -117,16 +130,7 @@ source: {{reader: file, config: {{path: "{tmp_path}/data_b/*.csv"}}}}
 target: {{writer: parquet, config: {{path: "{tmp_path}/lake/b"}}}}
 schedule: {{cron: "*/2 * * * * *", timezone: Europe/Berlin}}
 """)
-    (jobs / "slow.yaml").write_text(f"""name: slow_manual
-source:
-  reader: postgres
-  config:
-    url: {PG_URL}
-    query: "SELECT i AS id, length(pg_sleep(0.01)::text) AS s FROM generate_series(1, 3000) i"
-    batch_size: 20
-target: {{writer: parquet, config: {{path: "{tmp_path}/lake/slow"}}}}
-checkpoint: {{rows: 20}}
-""")
+    slow_job(jobs / "slow.yaml", "slow_manual", tmp_path / "lake/slow")
     s = Serve(tmp_path, jobs)
     try:
         # The scheduled jobs run on their own, more than once.
@@ -217,16 +221,7 @@ checkpoint: {{rows: 20}}
 def test_shutdown_cancels_a_run_after_the_grace_period(tmp_path):
     jobs = tmp_path / "jobs"
     jobs.mkdir()
-    (jobs / "slow.yaml").write_text(f"""name: slow_grace
-source:
-  reader: postgres
-  config:
-    url: {PG_URL}
-    query: "SELECT i AS id, length(pg_sleep(0.01)::text) AS s FROM generate_series(1, 3000) i"
-    batch_size: 20
-target: {{writer: parquet, config: {{path: "{tmp_path}/lake"}}}}
-checkpoint: {{rows: 20}}
-""")
+    slow_job(jobs / "slow.yaml", "slow_grace", tmp_path / "lake")
     s = Serve(tmp_path, jobs, grace="1s")
     code, body = s.post("/api/jobs/slow_grace/runs")
     assert code == 202
@@ -238,15 +233,6 @@ checkpoint: {{rows: 20}}
     assert "grace period over: cancelling" in log
     rows = count(tmp_path / "lake")
     assert rows[0] == rows[1] and rows[0] % 20 == 0 and 0 < rows[0] < 3000  # whole commits only
-
-
-@pytest.fixture
-def pg():
-    import psycopg2
-    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
-    conn.autocommit = True
-    yield conn
-    conn.close()
 
 
 def test_two_instances_share_postgres_state_and_fail_over(tmp_path, pg):

@@ -278,6 +278,10 @@ pub fn kubernetes(opts: &DeployOptions<'_>) -> Result<String> {
         }));
     }
     let mut out = String::new();
+    for w in shared_target_warnings(&job) {
+        eprintln!("warning: {w}");
+        let _ = writeln!(out, "# WARNING: {w}");
+    }
     let _ = writeln!(
         out,
         "# dativo deploy kubernetes {} --shards {} --image {}\n# memory per shard: {mib}Mi requested (see docs/scaling.md for the formula)",
@@ -290,6 +294,38 @@ pub fn kubernetes(opts: &DeployOptions<'_>) -> Result<String> {
         out.push_str(&to_yaml(&d)?);
     }
     Ok(out)
+}
+
+/// Targets each pod would keep to itself (a local directory, a SQLite catalog).
+fn shared_target_warnings(job: &Job) -> Vec<String> {
+    let cfg = &job.config.target.config;
+    let s = |k: &str| cfg.get(k).and_then(Value::as_str);
+    let remote = |p: &str| p.contains("://") && !p.starts_with("file://");
+    let mut w = Vec::new();
+    match &job.config.target.writer {
+        dativo_core::job::Implementation::Builtin(n) if n == "parquet" => {
+            if let Some(p) = s("path").filter(|p| !remote(p)) {
+                w.push(format!(
+                    "the target path `{p}` is local to each pod: use s3://… (docs/scaling.md)"
+                ));
+            }
+        }
+        dativo_core::job::Implementation::Builtin(n) if n == "iceberg" => {
+            let uri = cfg
+                .get("catalog")
+                .and_then(|c| c.get("uri"))
+                .and_then(Value::as_str)
+                .unwrap_or("sqlite://.dativo/catalog.db");
+            if uri.starts_with("sqlite:") {
+                w.push(format!("the Iceberg catalog `{uri}` is a file in each pod: use a PostgreSQL or REST catalog (docs/scaling.md)"));
+            }
+            if !s("warehouse").is_some_and(remote) {
+                w.push("the Iceberg warehouse is local to each pod: set `warehouse: s3://…` (docs/scaling.md)".into());
+            }
+        }
+        _ => {}
+    }
+    w
 }
 
 fn to_yaml(v: &Value) -> Result<String> {
