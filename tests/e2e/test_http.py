@@ -54,7 +54,7 @@ def lake_ids(path):
     return [r[0] for r in duckdb.execute(f"SELECT id FROM read_parquet({files!r}) ORDER BY id").fetchall()]
 
 
-def job(tmp_path, source, name="api", target=None):
+def job(tmp_path, source, name="api", target=None, checkpoint=5000):
     target = target or f"{{writer: parquet, config: {{path: {tmp_path}/lake}}}}"
     return write_job(tmp_path / f"{name}.yaml", f"""name: {name}
 source:
@@ -62,7 +62,7 @@ source:
   config:
 {source}
 target: {target}
-checkpoint: {{rows: 5000}}
+checkpoint: {{rows: {checkpoint}}}
 """)
 
 
@@ -128,10 +128,14 @@ def test_pagination_styles_and_auth(dativo, tmp_path, api_factory, style, source
     api = api_factory(1050, fault_every=5)
     env = {"API_PW": "pass", "API_KEY": "test-api-key", "CLIENT_SECRET": "client-secret",
            "API_TOKEN": "test-bearer-token"}
-    j = job(tmp_path, source.format(base=api.base) + "\n    backoff: 10ms\n" + INCREMENTAL)
+    # Commit every 200 rows: mid-run states (the next page, a next URL) get stored too.
+    j = job(tmp_path, source.format(base=api.base) + "\n    backoff: 10ms\n    batch_size: 200\n" + INCREMENTAL,
+            checkpoint=200)
     r = dativo.run("run", j, "--no-progress", env=env, check=0)
+    stored = "".join(p.read_text() for p in (tmp_path / "lake/_dativo/commits").glob("*.json"))
+    assert '"resume"' in stored, style
     for secret in env.values():
-        assert secret not in r.stdout + r.stderr, style
+        assert secret not in r.stdout + r.stderr + stored, style
     assert lake_ids(tmp_path / "lake") == list(range(1050)), style
     api.add(30)
     dativo.run("run", j, "--no-progress", env=env, check=0)
@@ -236,3 +240,20 @@ def test_into_iceberg(dativo, tmp_path, api_factory):
     cat = SqlCatalog("dativo", uri=f"sqlite:///{tmp_path}/catalog.db", warehouse=f"file://{tmp_path}/warehouse")
     t = cat.load_table("api.records").scan().to_arrow()
     assert sorted(t["id"].to_pylist()) == list(range(2_100))
+
+
+def test_pagination_mistakes_stop_with_a_clear_error(dativo, tmp_path, api_factory):
+    api = api_factory(300)
+    # The API ignores `pg`: page 1 again and again — stopped, not looped.
+    j = job(tmp_path, f"""    url: {api.base}/v1/page
+    auth: {{type: bearer, token: test-bearer-token}}
+    records: $.data.items
+    pagination: {{type: page, param: pg}}""", name="loop")
+    r = dativo.run("run", j, "--no-progress")
+    assert r.returncode == 4 and "same page twice" in r.stdout and "`pg`" in r.stdout, r.stdout
+    # A typo in `records` is an error, not an empty (successful) load.
+    j = job(tmp_path, f"""    url: {api.base}/v1/page
+    auth: {{type: bearer, token: test-bearer-token}}
+    records: $.data.itmes""", name="typo")
+    r = dativo.run("run", j, "--no-progress")
+    assert r.returncode == 4 and "has no `$.data.itmes`" in r.stdout, r.stdout

@@ -165,19 +165,26 @@ def test_kubernetes_manifests_validate(dativo, tmp_path):
     cm = next(d for d in docs if d["kind"] == "ConfigMap")
     assert "reader: postgres" in cm["data"]["job.yaml"]
 
-    # A scheduled job becomes a CronJob (with its time zone); serve becomes a Deployment.
+    # A scheduled job becomes a CronJob (with its time zone).
     sched = tmp_path / "sched.yaml"
     sched.write_text(job.read_text() + 'schedule: {cron: "15 * * * *", timezone: Europe/Berlin}\n')
     out = dativo.run("deploy", "kubernetes", sched, "--shards", "4", "--image", "registry/dativo:0.1",
-                     "--secret", "orders-env", "--serve", "--state-url-secret", "dativo-state/url",
-                     "--namespace", "etl", check=0).stdout
+                     "--secret", "orders-env", "--namespace", "etl", check=0).stdout
     log = validate(out, tmp_path)
-    assert "cronjob/" in log and "deployment/" in log and "service/" in log
+    assert "cronjob/" in log and "deployment/" not in log
     docs = [d for d in yaml.safe_load_all(out) if d]
     cj = next(d for d in docs if d["kind"] == "CronJob")
     assert cj["spec"]["timeZone"] == "Europe/Berlin" and cj["spec"]["concurrencyPolicy"] == "Forbid"
+    assert cj["metadata"]["namespace"] == "etl"
+    # Or `dativo serve` runs it: a Deployment (and no CronJob, which would run it twice).
+    out = dativo.run("deploy", "kubernetes", sched, "--image", "registry/dativo:0.1",
+                     "--secret", "orders-env", "--serve", "--state-url-secret", "dativo-state/url",
+                     check=0).stdout
+    log = validate(out, tmp_path)
+    assert "deployment/" in log and "service/" in log and "cronjob/" not in log
+    docs = [d for d in yaml.safe_load_all(out) if d]
     dep = next(d for d in docs if d["kind"] == "Deployment")
-    assert dep["spec"]["replicas"] >= 2 and dep["metadata"]["namespace"] == "etl"
+    assert dep["spec"]["replicas"] >= 2
     env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
     assert any(e["name"] == "DATIVO_STATE_URL" for e in env)
 
@@ -186,6 +193,9 @@ def test_kubernetes_manifests_validate(dativo, tmp_path):
     assert p.returncode == 2 and "--secret" in p.stderr
     p = dativo.run("deploy", "kubernetes", job, "--image", "x", "--secret", "s", "--serve")
     assert p.returncode == 2 and "--state-url-secret" in p.stderr
+    p = dativo.run("deploy", "kubernetes", job, "--image", "x", "--secret", "s", "--serve", "--shards", "2",
+                   "--state-url-secret", "a/b")
+    assert p.returncode == 2 and "without --serve" in p.stderr
     secs = tmp_path / "secs.yaml"
     secs.write_text(job.read_text() + 'schedule: "*/5 * * * * *"\n')
     p = dativo.run("deploy", "kubernetes", secs, "--image", "x", "--secret", "s")

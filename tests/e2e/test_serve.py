@@ -273,7 +273,7 @@ schedule: "* * * * * *"
             time.sleep(0.02)
         a.proc.send_signal(signal.SIGKILL)
         a.proc.wait()
-        killed_at = time.time()
+        killed_at_iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
         for _ in range(5):
             with pg.cursor() as c:
                 c.execute(f"INSERT INTO {table} SELECT i, 'v' || i FROM generate_series({next_id}, {next_id + 499}) i")
@@ -291,11 +291,18 @@ schedule: "* * * * * *"
             state = json.loads(c.fetchone()[0])
         assert statuses.get("succeeded", 0) >= 3, statuses
         assert "running" not in statuses or statuses["running"] <= 1, statuses
+        # Never two runs of the job at once, across the instances (the advisory lock; the
+        # Parquet directory's own lock would hide a double run from the row counts).
+        with pg.cursor() as c:
+            c.execute("SELECT started_at, ended_at FROM dativo_runs WHERE job = %s ORDER BY started_at", (job,))
+            spans = c.fetchall()
+        for (s1, e1), (s2, _) in zip(spans, spans[1:]):
+            assert e1 is not None and e1 <= s2, f"overlapping runs: {s1}–{e1} and {s2}"
         assert json.dumps(state).find(str(total)) >= 0, state
         # B's own run history shows runs after the kill.
         runs = b.get(f"/api/jobs/{job}")[1]["runs"]
-        assert any(r["ended_at"] and r["status"] == "succeeded" for r in runs)
-        assert killed_at > 0
+        assert any(r["ended_at"] and r["status"] == "succeeded" and r["started_at"] > killed_at_iso
+                   for r in runs)
     finally:
         if a.proc.poll() is None:
             a.proc.kill()

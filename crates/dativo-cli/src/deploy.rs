@@ -189,7 +189,14 @@ pub fn kubernetes(opts: &DeployOptions<'_>) -> Result<String> {
             }
         }
     });
+    if opts.serve && opts.shards > 1 {
+        return Err(Error::config(
+            "--serve runs the job (unsharded) on its schedule inside `dativo serve`; for N shards use --shards without --serve",
+        ));
+    }
+    // With --serve the Deployment runs the job; a Job/CronJob as well would run it twice.
     match &job.config.schedule {
+        _ if opts.serve => {}
         Some(s) => {
             if s.cron.split_whitespace().count() != 5 {
                 return Err(Error::config(format!(
@@ -214,6 +221,7 @@ pub fn kubernetes(opts: &DeployOptions<'_>) -> Result<String> {
             }
             docs.push(cj);
         }
+        None if opts.serve => {}
         None => docs.push(json!({
             "apiVersion": "batch/v1",
             "kind": "Job",

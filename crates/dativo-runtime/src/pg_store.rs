@@ -88,18 +88,44 @@ impl PgStore {
     pub(crate) fn lock(&self, job: &str) -> Result<JobLock> {
         // A connection of its own: the lock lives exactly as long as this session.
         let session = block(connect_url(&self.url))?;
-        let key = format!("dativo-job:{job}");
-        let got: bool = block(session.query_one(
-            "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-            &[&key],
-        ))
-        .map_err(err)?
-        .get(0);
-        if !got {
-            return Err(Error::transient(format!(
-                "job `{job}` is already running (another dativo process holds its lock in the PostgreSQL state store)"
+        // As with file locks: a shard holds the job's lock shared and its own exclusively.
+        let (base, sharded) = match job.split_once('#') {
+            Some((b, _)) => (b, true),
+            None => (job, false),
+        };
+        let base_key = format!("dativo-job:{base}");
+        let sql = if sharded {
+            "SELECT pg_try_advisory_lock_shared(hashtextextended($1, 0))"
+        } else {
+            "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
+        };
+        let got: bool = block(session.query_one(sql, &[&base_key]))
+            .map_err(err)?
+            .get(0);
+        let busy = |who: &str| {
+            Error::transient(format!(
+                "job `{job}` is already running ({who}; another dativo process holds its lock in the PostgreSQL state store)"
             ))
-            .with_retryable(false));
+            .with_retryable(false)
+        };
+        if !got {
+            return Err(busy(if sharded {
+                "an unsharded run of the job is going on"
+            } else {
+                "the job, or shards of it"
+            }));
+        }
+        if sharded {
+            let key = format!("dativo-job:{job}");
+            let got: bool = block(session.query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                &[&key],
+            ))
+            .map_err(err)?
+            .get(0);
+            if !got {
+                return Err(busy("this shard"));
+            }
         }
         block(self.client.execute(
             "UPDATE dativo_runs SET status = 'interrupted', ended_at = COALESCE(ended_at, $2),

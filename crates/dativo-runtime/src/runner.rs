@@ -170,7 +170,7 @@ pub fn run(job: &Job, store: &StateStore, opts: &RunOptions<'_>) -> Result<RunSu
     let (rf, wf) = implementations::validate(job)?;
     let key = opts.shard.key(job.name());
     let name = key.as_str();
-    let _lock = store.lock(name)?;
+    let lock = store.lock(name)?;
     let run_id = opts
         .run_id
         .clone()
@@ -187,6 +187,7 @@ pub fn run(job: &Job, store: &StateStore, opts: &RunOptions<'_>) -> Result<RunSu
         let mut a = Attempt {
             job,
             store,
+            lock: &lock,
             rf: &rf,
             wf: &wf,
             run_id: &run_id,
@@ -257,6 +258,7 @@ fn sleep_unless_cancelled(d: Duration, cancel: &CancelToken) -> bool {
 struct Attempt<'a> {
     job: &'a Job,
     store: &'a StateStore,
+    lock: &'a crate::state_store::JobLock,
     rf: &'a ReaderFactory,
     wf: &'a WriterFactory,
     run_id: &'a str,
@@ -553,6 +555,7 @@ impl Attempt<'_> {
             run_id: self.run_id.to_string(),
             sequence: *self.sequence,
         };
+        self.lock.ensure_held()?;
         let report = writer
             .finalize(&commit)
             .map_err(|e| e.context(format!("{}: finalize", self.wf.label)))?;

@@ -106,7 +106,7 @@ enum Inner {
 
 /// A held per-job lock; released when dropped (or when the process dies).
 pub struct JobLock {
-    _file: Option<File>,
+    _files: Vec<File>,
     _session: Option<tokio_postgres::Client>,
     /// What holds the lock (a lock file, or a PostgreSQL advisory lock).
     pub what: String,
@@ -116,10 +116,30 @@ impl JobLock {
     /// A lock held by a PostgreSQL session.
     pub(crate) fn session(client: tokio_postgres::Client, what: String) -> Self {
         JobLock {
-            _file: None,
+            _files: Vec::new(),
             _session: Some(client),
             what,
         }
+    }
+
+    /// Check, before a commit, that the lock is still held: a PostgreSQL session can end
+    /// under a run (idle timeouts, a dropped connection, a failover), and then another process
+    /// may have taken the job. File locks last as long as the process.
+    pub fn ensure_held(&self) -> Result<()> {
+        let Some(session) = &self._session else {
+            return Ok(());
+        };
+        dativo_connectors::postgres::runtime()
+            .block_on(session.simple_query("SELECT 1"))
+            .map(|_| ())
+            .map_err(|e| {
+                Error::transient(format!(
+                    "lost the job's lock ({}): {}; not committing — the job may be running elsewhere",
+                    self.what,
+                    dativo_core::secrets::scrub(&e.to_string())
+                ))
+                .with_retryable(false)
+            })
     }
 }
 
@@ -234,28 +254,66 @@ impl StateStore {
             Inner::Postgres(pg) => return pg.lock(job),
             Inner::Sqlite { dir, .. } => dir,
         };
-        // `job#I/N` (a shard) → `job#I-of-N.lock`.
-        let path = dir
-            .join("locks")
-            .join(format!("{}.lock", job.replace('/', "-of-")));
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
+        // A shard (`job#I/N`) holds the job's lock shared and its own (`job#I-of-N.lock`)
+        // exclusively: shards run side by side, but never next to an unsharded run of the job
+        // (which would read the same rows again).
+        let (base, sharded) = match job.split_once('#') {
+            Some((b, _)) => (b, true),
+            None => (job, false),
+        };
+        let open = |name: &str| -> Result<(File, PathBuf)> {
+            let path = dir
+                .join("locks")
+                .join(format!("{}.lock", name.replace('/', "-of-")));
+            let f = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            Ok((f, path))
+        };
+        let busy = |path: &Path, who: &str| {
+            Error::transient(format!(
+                "job `{job}` is already running ({who}; another process holds {})",
+                path.display()
+            ))
+            .with_retryable(false)
+        };
+        let (base_file, base_path) = open(base)?;
+        let mut files = Vec::new();
+        let r = if sharded {
+            base_file.try_lock_shared()
+        } else {
+            base_file.try_lock()
+        };
+        match r {
+            Ok(()) => files.push(base_file),
             Err(fs::TryLockError::WouldBlock) => {
-                return Err(Error::transient(format!(
-                    "job `{job}` is already running (another process holds {})",
-                    path.display()
+                return Err(busy(
+                    &base_path,
+                    if sharded {
+                        "an unsharded run of the job is going on"
+                    } else {
+                        "the job, or shards of it"
+                    },
                 ))
-                .with_retryable(false))
             }
             Err(fs::TryLockError::Error(e)) => {
-                return Err(Error::from(e).context(format!("locking {}", path.display())))
+                return Err(Error::from(e).context(format!("locking {}", base_path.display())))
             }
+        }
+        let mut path = base_path;
+        if sharded {
+            let (f, p) = open(job)?;
+            match f.try_lock() {
+                Ok(()) => files.push(f),
+                Err(fs::TryLockError::WouldBlock) => return Err(busy(&p, "this shard")),
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(Error::from(e).context(format!("locking {}", p.display())))
+                }
+            }
+            path = p;
         }
         self.conn()
             .expect("sqlite")
@@ -267,7 +325,7 @@ impl StateStore {
             )
             .map_err(db_err)?;
         Ok(JobLock {
-            _file: Some(file),
+            _files: files,
             _session: None,
             what: path.display().to_string(),
         })
@@ -475,5 +533,22 @@ mod tests {
         assert_eq!(r2.status, RunStatus::Interrupted);
         assert!(s.reset_state("j").unwrap());
         assert!(s.load_state("j").unwrap().is_none());
+    }
+
+    #[test]
+    fn shards_run_together_but_never_beside_an_unsharded_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(dir.path()).unwrap();
+        let a = s.lock("j#0/2").unwrap();
+        let b = s.lock("j#1/2").unwrap();
+        assert!(s.lock("j#1/2").is_err(), "one shard twice");
+        let e = s.lock("j").unwrap_err().to_string();
+        assert!(e.contains("is already running"), "{e}");
+        drop((a, b));
+        let whole = s.lock("j").unwrap();
+        let e = s.lock("j#0/2").unwrap_err().to_string();
+        assert!(e.contains("unsharded run"), "{e}");
+        drop(whole);
+        assert!(s.lock("j#0/2").is_ok());
     }
 }

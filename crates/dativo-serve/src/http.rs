@@ -149,12 +149,19 @@ async fn job_detail(State(s): S, Path(name): Path<String>) -> Response {
     })
     .await;
     match stored {
-        Ok(Ok((state, runs))) => Json(json!({
-            "job": view,
-            "state": state,
-            "runs": runs,
-        }))
-        .into_response(),
+        Ok(Ok((state, runs))) => {
+            // A reader's state can echo what it was sent (URLs, keys): scrub it like logs.
+            let state = serde_json::to_string(&state)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&secrets::scrub(&t)).ok())
+                .unwrap_or(Value::Null);
+            Json(json!({
+                "job": view,
+                "state": state,
+                "runs": runs,
+            }))
+            .into_response()
+        }
         Ok(Err(e)) => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("state store: {}", secrets::scrub(&e.to_string())),

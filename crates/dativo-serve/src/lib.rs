@@ -140,7 +140,8 @@ impl Server {
                     if !yaml {
                         continue;
                     }
-                    if let Ok(m) = e.metadata() {
+                    // Follow symlinks: Kubernetes ConfigMap volumes are made of them.
+                    if let Ok(m) = std::fs::metadata(&p) {
                         if m.is_file() {
                             seen.insert(
                                 p,
@@ -184,6 +185,7 @@ impl Server {
                             other.file.display()
                         );
                         tracing::error!("{msg}");
+                        jobs.retain(|_, j| j.file != path);
                         invalid.insert(path.clone(), msg);
                         self.remember_invalid_stamp(&path, stamp);
                         continue;
@@ -345,17 +347,28 @@ impl Server {
                     log: &log,
                 };
                 let started = Instant::now();
-                let result = me.store().and_then(|store| {
-                    dativo_runtime::run(
-                        &job,
-                        &store,
-                        &RunOptions {
-                            cancel,
-                            observer: &observer,
-                            run_id: Some(run_id.clone()),
-                            shard: Default::default(),
-                        },
-                    )
+                // A panic (a bug, in a plugin or here) must not leave the job marked running.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    me.store().and_then(|store| {
+                        dativo_runtime::run(
+                            &job,
+                            &store,
+                            &RunOptions {
+                                cancel,
+                                observer: &observer,
+                                run_id: Some(run_id.clone()),
+                                shard: Default::default(),
+                            },
+                        )
+                    })
+                }))
+                .unwrap_or_else(|p| {
+                    let what = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "a panic".into());
+                    Err(Error::internal(format!("the run crashed: {what}")))
                 });
                 me.finished(&name, &run_id, &labels, started.elapsed(), result, &log);
             })
@@ -448,7 +461,11 @@ impl Server {
             }
         }
         let mut jobs = self.jobs.lock().expect("not poisoned");
-        if let Some(j) = jobs.get_mut(name) {
+        // By run id: the job may have been renamed (its file edited) while it ran.
+        let entry = jobs
+            .values_mut()
+            .find(|j| j.running.as_deref() == Some(run_id));
+        if let Some(j) = entry {
             j.running = None;
             if last.is_some() {
                 j.last = last;
@@ -638,10 +655,12 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         opts.jobs_dir.display()
     );
     let app = http::router(server.clone());
-    let http_stop = stop.clone();
+    // The API stays up while running jobs drain (metrics, /readyz = 503, cancel).
+    let http_stop = Arc::new(AtomicBool::new(false));
+    let http_stop_flag = http_stop.clone();
     let http = rt.spawn(async move {
         let shutdown = async move {
-            while !http_stop.load(Ordering::SeqCst) {
+            while !http_stop_flag.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
@@ -685,9 +704,16 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     for (id, job) in &left {
         tracing::warn!(job = %job, run = %id, "grace period over: cancelling (uncommitted data is discarded)");
     }
+    // Cancelled runs stop between batches; a reader stuck in a call gets a last minute.
+    let hard = Instant::now() + Duration::from_secs(60);
     while !server.active.lock().expect("not poisoned").is_empty() {
+        if Instant::now() > hard {
+            tracing::error!("runs did not stop within a minute of cancellation; exiting (their uncommitted data is discarded by the next run)");
+            break;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    http_stop.store(true, Ordering::SeqCst);
     let _ = rt.block_on(http);
     tracing::info!("dativo serve stopped");
     Ok(())

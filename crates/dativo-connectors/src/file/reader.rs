@@ -410,11 +410,17 @@ impl Reader for FileReader {
         if all_files.is_empty() {
             return Err(Error::data(format!("no files match `{}`", cfg.path)));
         }
-        // Sharded: each shard owns the files whose name hashes to it (the same split on every
-        // machine, whatever the mount point; new files go to one shard each).
+        // Sharded: each shard owns the files whose path below the glob's fixed directory
+        // hashes to it (the same split on every machine, whatever the mount point; Hive-style
+        // `dt=…/part-0.parquet` files spread too; a new file goes to one shard).
+        let wild = cfg.path.find(['*', '?', '[']).unwrap_or(cfg.path.len());
+        let root = cfg.path[..wild]
+            .rfind('/')
+            .map(|i| &cfg.path[..=i])
+            .unwrap_or("");
         let files: Vec<String> = all_files
             .iter()
-            .filter(|f| ctx.shard.owns(f.rsplit('/').next().unwrap_or(f)))
+            .filter(|f| ctx.shard.owns(f.strip_prefix(root).unwrap_or(f)))
             .cloned()
             .collect();
         let state: FileState = match (&ctx.state, cfg.incremental) {

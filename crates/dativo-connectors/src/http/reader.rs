@@ -79,6 +79,7 @@ pub struct HttpReader {
     token: Option<(String, Instant)>,
     warned_fields: BTreeSet<String>,
     pages: u64,
+    last_page: Option<u64>,
 }
 
 fn is_retryable_status(s: u16) -> bool {
@@ -351,11 +352,19 @@ impl HttpReader {
                 _ => {}
             }
         }
-        if let Some(Auth::ApiKey {
-            value,
-            name,
-            location: SendKey::Query,
-        }) = &cfg.auth
+        // Credentials go to the configured origin only, never to where a next link points.
+        let trusted = self.same_origin(&url);
+        if !trusted {
+            tracing::warn!(url = %shown(&url), "the next page is on another host: requesting it without credentials");
+        }
+        if let (
+            true,
+            Some(Auth::ApiKey {
+                value,
+                name,
+                location: SendKey::Query,
+            }),
+        ) = (trusted, &cfg.auth)
         {
             extra.push((name.clone(), value.clone()));
         }
@@ -394,7 +403,7 @@ impl HttpReader {
                     headers.insert(n, v);
                 }
             }
-            match &cfg.auth {
+            match cfg.auth.as_ref().filter(|_| trusted) {
                 Some(Auth::Bearer { token }) => {
                     headers.insert(AUTHORIZATION, bearer(token)?);
                 }
@@ -507,6 +516,49 @@ impl HttpReader {
         }
     }
 
+    /// A next URL as it may be stored in the state: without an API key the server echoed into
+    /// it (the key is added again at every request).
+    fn without_key(&self, url: &str) -> String {
+        let Some(Auth::ApiKey {
+            name,
+            location: SendKey::Query,
+            ..
+        }) = &self.cfg().auth
+        else {
+            return url.to_string();
+        };
+        match reqwest::Url::parse(url) {
+            Ok(mut u) => {
+                let kept: Vec<(String, String)> = u
+                    .query_pairs()
+                    .filter(|(k, _)| k != name)
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                if kept.is_empty() {
+                    u.set_query(None);
+                } else {
+                    u.query_pairs_mut().clear().extend_pairs(kept);
+                }
+                u.to_string()
+            }
+            Err(_) => url.to_string(),
+        }
+    }
+
+    /// Whether `url` is on the configured endpoint's origin (credentials go only there).
+    fn same_origin(&self, url: &str) -> bool {
+        let origin = |u: &str| {
+            reqwest::Url::parse(u).ok().map(|u| {
+                (
+                    u.scheme().to_string(),
+                    u.host_str().map(str::to_string),
+                    u.port_or_known_default(),
+                )
+            })
+        };
+        origin(url) == origin(&self.cfg().url)
+    }
+
     /// Fetch the page at `self.next`; returns its records and the position after it.
     fn fetch_page(&mut self) -> Result<Option<(Vec<Value>, Option<Next>)>> {
         let Some(next) = self.next.clone() else {
@@ -517,7 +569,19 @@ impl HttpReader {
         let records: Vec<Value> = match &self.records_path {
             Some(steps) => match jsonpath::get(&body, steps) {
                 Some(Value::Array(a)) => a.clone(),
-                Some(Value::Null) | None => Vec::new(),
+                Some(Value::Null) => Vec::new(),
+                // An error body with status 200, or a typo in `records`: not an empty page.
+                None => {
+                    let keys = body
+                        .as_object()
+                        .map(|o| o.keys().cloned().collect::<Vec<_>>().join(", "))
+                        .unwrap_or_else(|| kind(&body).to_string());
+                    return Err(Error::data(format!(
+                        "{}: the response has no `{}` (it has: {keys}); check `records`",
+                        shown(&url),
+                        self.cfg().records.clone().unwrap_or_default()
+                    )));
+                }
                 Some(other) => {
                     return Err(Error::data(format!(
                         "{}: `{}` is {} in the response, not an array of records",
@@ -539,12 +603,10 @@ impl HttpReader {
         let n = records.len() as u64;
         let after = match (&self.cfg().pagination, &next) {
             (Pagination::None, _) => None,
-            (Pagination::Page { size, .. }, Next::Page(p)) => {
-                (n >= *size).then(|| Next::Page(p + 1))
-            }
-            (Pagination::Offset { limit, .. }, Next::Offset(o)) => {
-                (n >= *limit).then(|| Next::Offset(o + n))
-            }
+            // Page and offset end at an empty page (APIs may cap the page size below ours,
+            // so a short page proves nothing).
+            (Pagination::Page { .. }, Next::Page(p)) => (n > 0).then(|| Next::Page(p + 1)),
+            (Pagination::Offset { .. }, Next::Offset(o)) => (n > 0).then(|| Next::Offset(o + n)),
             (Pagination::Cursor { cursor_path, .. }, _) => {
                 let steps = jsonpath::parse(cursor_path).map_err(Error::config)?;
                 match jsonpath::get(&body, &steps) {
@@ -558,15 +620,37 @@ impl HttpReader {
             (Pagination::NextUrl { next_path }, _) => {
                 let steps = jsonpath::parse(next_path).map_err(Error::config)?;
                 match jsonpath::get(&body, &steps) {
-                    Some(Value::String(s)) if !s.is_empty() => Some(Next::Url(resolve(&url, s))),
+                    Some(Value::String(s)) if !s.is_empty() => {
+                        Some(Next::Url(self.without_key(&resolve(&url, s))))
+                    }
                     _ => None,
                 }
             }
             (Pagination::LinkHeader, _) => {
-                link_next(&headers).map(|u| Next::Url(resolve(&url, &u)))
+                link_next(&headers).map(|u| Next::Url(self.without_key(&resolve(&url, &u))))
             }
             _ => None,
         };
+        // The same records again (a page parameter the API ignores): stop, do not loop.
+        if n > 0 && after.is_some() {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            serde_json::to_string(&records)?.hash(&mut h);
+            let sig = h.finish();
+            if self.last_page == Some(sig) {
+                return Err(Error::data(format!(
+                    "{}: the API returned the same page twice; check the pagination parameters (is `{}` the API's name for it?)",
+                    shown(&url),
+                    match &self.cfg().pagination {
+                        Pagination::Page { param, .. } => param.clone(),
+                        Pagination::Offset { offset_param, .. } => offset_param.clone(),
+                        Pagination::Cursor { param, .. } => param.clone(),
+                        _ => "the next link".into(),
+                    }
+                )));
+            }
+            self.last_page = Some(sig);
+        }
         if after.as_ref() == Some(&next) {
             return Err(Error::data(format!(
                 "{}: the API points to the same page again; stopping instead of looping",
@@ -782,7 +866,10 @@ impl Reader for HttpReader {
         match &cfg.auth {
             Some(Auth::Bearer { token }) => secrets::register(token),
             Some(Auth::Basic { password, .. }) => secrets::register(password),
-            Some(Auth::ApiKey { value, .. }) => secrets::register(value),
+            Some(Auth::ApiKey { value, .. }) => {
+                secrets::register(value);
+                secrets::register(&urlencode(value));
+            }
             Some(Auth::Oauth2 { client_secret, .. }) => secrets::register(client_secret),
             None => {}
         }
