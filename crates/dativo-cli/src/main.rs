@@ -42,7 +42,13 @@ struct Cli {
 
     /// A PostgreSQL state store instead of SQLite (`postgres://user:pw@host/db`), shared by
     /// every dativo process and `serve` instance that points at it.
-    #[arg(long, global = true, env = "DATIVO_STATE_URL", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "DATIVO_STATE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     state_url: Option<String>,
 
     /// Log format on stderr: `text` (default) or `json` (one object per line; the run summary
