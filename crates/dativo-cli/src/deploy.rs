@@ -146,24 +146,14 @@ pub fn kubernetes(opts: &DeployOptions<'_>) -> Result<String> {
         {"name": "job", "mountPath": "/etc/dativo", "readOnly": true},
         {"name": "work", "mountPath": "/work"}
     ]);
-    let mut args = vec![
-        json!("run"),
-        json!(format!("/etc/dativo/{file_name}")),
-        json!("--no-progress"),
-        json!("--log-format"),
-        json!("json"),
-    ];
-    if opts.shards > 1 {
-        args.push(json!("--shards"));
-        args.push(json!(opts.shards));
-    }
-    let args: Vec<Value> = args
+    let mut args: Vec<String> = ["run", &format!("/etc/dativo/{file_name}"), "--no-progress"]
         .into_iter()
-        .map(|a| match a {
-            Value::Number(n) => Value::String(n.to_string()),
-            other => other,
-        })
+        .chain(["--log-format", "json"])
+        .map(str::to_string)
         .collect();
+    if opts.shards > 1 {
+        args.extend(["--shards".to_string(), opts.shards.to_string()]);
+    }
     let job_spec = json!({
         "completions": opts.shards,
         "parallelism": opts.shards,

@@ -519,7 +519,7 @@ pub trait Sink: Write + Send {
 /// A sink that computes the SHA-256 of everything written through it.
 pub struct HashingSink {
     inner: Box<dyn Sink>,
-    sha: ring::digest::Context,
+    sha: crate::encryption::Sha256,
 }
 
 impl HashingSink {
@@ -527,7 +527,7 @@ impl HashingSink {
     pub fn new(inner: Box<dyn Sink>) -> Self {
         HashingSink {
             inner,
-            sha: ring::digest::Context::new(&ring::digest::SHA256),
+            sha: crate::encryption::Sha256::new(),
         }
     }
 }
@@ -548,8 +548,7 @@ impl Sink for HashingSink {
         self.finish_digest().map(|(n, _)| n)
     }
     fn finish_digest(self: Box<Self>) -> Result<(u64, Option<String>)> {
-        let sha = crate::encryption::hex(self.sha.finish().as_ref());
-        Ok((self.inner.finish()?, Some(sha)))
+        Ok((self.inner.finish()?, Some(self.sha.hex())))
     }
 }
 

@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 use dativo_connectors::postgres::{connect_url, runtime};
 use dativo_core::{secrets, Error, Result};
 
-use crate::state_store::{now, JobLock, RunRecord, RunStatus, StoredState};
+use crate::state_store::{now, JobLock, RunRecord, RunStatus, StoredState, BUSY};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS dativo_job_state (
@@ -104,7 +104,7 @@ impl PgStore {
             .get(0);
         let busy = |who: &str| {
             Error::transient(format!(
-                "job `{job}` is already running ({who}; another dativo process holds its lock in the PostgreSQL state store)"
+                "job `{job}` {BUSY} ({who}; another dativo process holds its lock in the PostgreSQL state store)"
             ))
             .with_retryable(false)
         };

@@ -104,6 +104,15 @@ enum Inner {
     Postgres(crate::pg_store::PgStore),
 }
 
+/// How a lock taken elsewhere is reported (see [`is_busy`]).
+pub(crate) const BUSY: &str = "is already running";
+
+/// Whether `e` says the job's lock is held by another run (here or on another instance): not
+/// a failure of this run, which never started.
+pub fn is_busy(e: &Error) -> bool {
+    e.kind() == dativo_core::ErrorKind::Transient && !e.is_retryable() && e.message().contains(BUSY)
+}
+
 /// A held per-job lock; released when dropped (or when the process dies).
 pub struct JobLock {
     _files: Vec<File>,
@@ -171,7 +180,8 @@ const SCHEMA: &str = "PRAGMA journal_mode=WAL;
              );
              CREATE INDEX IF NOT EXISTS runs_by_job ON runs(job, started_at);";
 
-pub(crate) fn now() -> String {
+/// Now, RFC 3339 UTC with milliseconds: how the store, run logs and `serve` write times.
+pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -275,7 +285,7 @@ impl StateStore {
         };
         let busy = |path: &Path, who: &str| {
             Error::transient(format!(
-                "job `{job}` is already running ({who}; another process holds {})",
+                "job `{job}` {BUSY} ({who}; another process holds {})",
                 path.display()
             ))
             .with_retryable(false)

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use dativo_core::job::{Implementation, Job, MissedRuns};
+use dativo_core::job::{Job, MissedRuns};
 use dativo_core::{secrets, Error, Result};
 use dativo_runtime::{
     CancelToken, Observer, RunEvent, RunOptions, RunStatus, RunSummary, StateStore,
@@ -112,16 +112,7 @@ pub(crate) struct Server {
     ready: AtomicBool,
 }
 
-fn implementation_name(i: &Implementation) -> String {
-    match i {
-        Implementation::Builtin(n) => n.clone(),
-        Implementation::Custom(c) => c.implementation.clone(),
-    }
-}
-
-fn now_rfc3339() -> String {
-    Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
+use dativo_runtime::state_store::now as now_rfc3339;
 
 impl Server {
     fn store(&self) -> Result<StateStore> {
@@ -419,7 +410,7 @@ impl Server {
                     error,
                 })
             }
-            Err(e) if e.to_string().contains("is already running") => {
+            Err(e) if dativo_runtime::state_store::is_busy(&e) => {
                 // Another instance (or a `dativo run`) holds the job: not a failure of ours.
                 tracing::info!(job = %name, "not started here: {}", secrets::scrub(&e.to_string()));
                 log.lock().expect("not poisoned").push(format!(
@@ -540,8 +531,8 @@ fn load_entry(path: &Path, stamp: (SystemTime, u64)) -> Result<JobEntry> {
             .map(|t| t.with_timezone(&Utc))
     });
     Ok(JobEntry {
-        reader: implementation_name(&job.config.source.reader),
-        writer: implementation_name(&job.config.target.writer),
+        reader: job.config.source.reader.display_name().to_string(),
+        writer: job.config.target.writer.display_name().to_string(),
         job: Arc::new(job),
         file: path.to_path_buf(),
         stamp,

@@ -83,10 +83,9 @@ impl Dataset {
                 }
             }
         }
-        let layout = crate::parquet::commit_log::Layout::new(loc);
         Ok(Dataset {
-            target: layout.loc.name(),
-            loc: layout.loc,
+            target: loc.name(),
+            loc,
             committed,
             provider: Arc::from(enc.key_provider.open()?),
             enc,

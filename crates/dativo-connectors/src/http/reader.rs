@@ -65,6 +65,10 @@ pub struct HttpReader {
     client: Option<reqwest::Client>,
     schema: Option<SchemaRef>,
     records_path: Option<Vec<Step>>,
+    /// The JSONPath of the next cursor or next URL (cursor / next-URL pagination).
+    next_path: Option<Vec<Step>>,
+    /// The schema arrow-json decodes into: UTC timestamp columns as "+00:00" (see `decode`).
+    decode_schema: Option<SchemaRef>,
     state: HttpState,
     /// Where the next page is; `None` when the stream has ended.
     next: Option<Next>,
@@ -607,9 +611,9 @@ impl HttpReader {
             // so a short page proves nothing).
             (Pagination::Page { .. }, Next::Page(p)) => (n > 0).then(|| Next::Page(p + 1)),
             (Pagination::Offset { .. }, Next::Offset(o)) => (n > 0).then(|| Next::Offset(o + n)),
-            (Pagination::Cursor { cursor_path, .. }, _) => {
-                let steps = jsonpath::parse(cursor_path).map_err(Error::config)?;
-                match jsonpath::get(&body, &steps) {
+            (Pagination::Cursor { .. }, _) => {
+                let steps = self.next_path.as_deref().unwrap_or_default();
+                match jsonpath::get(&body, steps) {
                     Some(Value::String(s)) if !s.is_empty() && n > 0 => {
                         Some(Next::Cursor(Some(s.clone())))
                     }
@@ -617,9 +621,9 @@ impl HttpReader {
                     _ => None,
                 }
             }
-            (Pagination::NextUrl { next_path }, _) => {
-                let steps = jsonpath::parse(next_path).map_err(Error::config)?;
-                match jsonpath::get(&body, &steps) {
+            (Pagination::NextUrl { .. }, _) => {
+                let steps = self.next_path.as_deref().unwrap_or_default();
+                match jsonpath::get(&body, steps) {
                     Some(Value::String(s)) if !s.is_empty() => {
                         Some(Next::Url(self.without_key(&resolve(&url, s))))
                     }
@@ -738,22 +742,7 @@ impl HttpReader {
             }
             rows.push(row);
         }
-        // arrow-json parses named time zones only with chrono-tz: decode UTC columns as
-        // "+00:00" (the same instants) and relabel them afterwards.
-        let utc = |tz: &str| matches!(tz, "UTC" | "Z" | "Etc/UTC" | "utc");
-        let decode_schema = Arc::new(Schema::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| match f.data_type() {
-                    DataType::Timestamp(u, Some(tz)) if utc(tz) => f
-                        .as_ref()
-                        .clone()
-                        .with_data_type(DataType::Timestamp(*u, Some("+00:00".into()))),
-                    _ => f.as_ref().clone(),
-                })
-                .collect::<Vec<Field>>(),
-        ));
+        let decode_schema = self.decode_schema.clone().expect("schema");
         let mut decoder: Decoder = arrow::json::ReaderBuilder::new(decode_schema)
             .with_batch_size(rows.len().max(1))
             .with_coerce_primitive(true)
@@ -886,6 +875,12 @@ impl Reader for HttpReader {
             .map(jsonpath::parse)
             .transpose()
             .map_err(Error::config)?;
+        self.next_path = match &cfg.pagination {
+            Pagination::Cursor { cursor_path: p, .. } | Pagination::NextUrl { next_path: p } => {
+                Some(jsonpath::parse(p).map_err(Error::config)?)
+            }
+            _ => None,
+        };
         self.state = match &ctx.state {
             Some(s) if cfg.incremental.is_some() || s.get("resume").is_some() => {
                 serde_json::from_value(s.clone()).map_err(|e| {
@@ -940,11 +935,28 @@ impl Reader for HttpReader {
         } else {
             cols.clone()
         };
-        self.schema = Some(if cols.is_empty() {
+        let schema = if cols.is_empty() {
             Arc::new(Schema::new(Vec::<Field>::new()))
         } else {
             to_schema(&cols)?
-        });
+        };
+        // arrow-json parses named time zones only with chrono-tz: decode UTC columns as
+        // "+00:00" (the same instants) and relabel them afterwards.
+        let utc = |tz: &str| matches!(tz, "UTC" | "Z" | "Etc/UTC" | "utc");
+        self.decode_schema = Some(Arc::new(Schema::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| match f.data_type() {
+                    DataType::Timestamp(u, Some(tz)) if utc(tz) => f
+                        .as_ref()
+                        .clone()
+                        .with_data_type(DataType::Timestamp(*u, Some("+00:00".into()))),
+                    _ => f.as_ref().clone(),
+                })
+                .collect::<Vec<Field>>(),
+        )));
+        self.schema = Some(schema);
         Ok(())
     }
 

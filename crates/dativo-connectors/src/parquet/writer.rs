@@ -410,7 +410,7 @@ impl Writer for ParquetWriter {
             sequence: self.last_sequence + 1,
             job: self.job.clone(),
             run_id: commit.run_id.clone(),
-            committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            committed_at: crate::encryption::now(),
             state: commit.state.clone(),
             files: self
                 .staged
