@@ -22,6 +22,14 @@ RUST_READER = REL / "libdativo_example_pg_reader.so"
 BROKEN = REL / "libdativo_test_broken.so"
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
+
+@pytest.fixture(autouse=True)
+def allow_plugin_dirs(monkeypatch):
+    """These jobs name libraries outside their own directory (the example and test plugins, a
+    system libm): allow those directories, as a deployment would with --allow-plugin-path."""
+    dirs = [ROOT / "examples/plugins", REL, "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"]
+    monkeypatch.setenv("DATIVO_ALLOW_PLUGIN_PATH", ":".join(map(str, dirs)))
+
 GO_FIELDS = [  # the layout from examples/plugins/go/README.md
     {"name": "account_id", "start": 0, "length": 8, "type": "int64"},
     {"name": "name", "start": 8, "length": 20, "type": "string"},
@@ -217,7 +225,7 @@ target:
   writer: parquet
   config: {{path: lake}}
 """)
-        return dativo.run("validate", j)
+        return dativo.run("validate", "--load", j)  # --load: these errors need the library loaded
     p = run("./nowhere/libmissing.so#x")
     assert p.returncode == 2 and "j.yaml:3: source.reader.implementation" in p.stderr, p.stderr
     assert "nowhere/libmissing.so" in p.stderr and "build the plugin first" in p.stderr

@@ -60,6 +60,12 @@ struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
 
+    /// Let job files load native plugin libraries from DIR too (repeatable). Without it a job
+    /// file may name libraries only in its own directory and the plugin path (DATIVO_PLUGIN_PATH,
+    /// ~/.dativo/plugins). DATIVO_ALLOW_PLUGIN_PATH (`:`-separated) does the same.
+    #[arg(long, global = true, value_name = "DIR")]
+    allow_plugin_path: Vec<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -149,17 +155,25 @@ run cleanly: nothing uncommitted becomes visible, and the exit code is 130.")]
         shards: Option<u32>,
     },
     /// Check job files without connecting to anything: syntax, keys, types, references, and
-    /// each built-in connector's own configuration.
+    /// each built-in connector's own configuration. Native plugin libraries are not loaded
+    /// (only checked: they exist and lie where a job may load from) unless --load is given.
     #[command(after_help = "Examples:
   dativo validate examples/jobs/quickstart.yaml
   dativo validate jobs/*.yaml
+  dativo validate --load jobs/custom.yaml        also load its plugin libraries (runs their code)
 
 Errors name the file, the key path and the line:
-  jobs/orders.yaml:7: source.config.tabel: unknown field `tabel`, expected one of …")]
+  jobs/orders.yaml:7: source.config.tabel: unknown field `tabel`, expected one of …
+The exit code is that of the first failing file's error (2 for configuration, 5 for a library
+that is not a usable dativo plugin — as `dativo run` would exit).")]
     Validate {
         /// Job files.
         #[arg(required = true)]
         jobs: Vec<PathBuf>,
+        /// Also load native plugin libraries and check what they provide, as `run` does. This
+        /// runs the libraries' code: use it only on job files you trust.
+        #[arg(long)]
+        load: bool,
     },
     /// Validate, then connect to the source and print the schema it would read.
     #[command(after_help = "Example:\n  dativo check examples/jobs/quickstart.yaml")]
@@ -358,6 +372,7 @@ fn main() -> ExitCode {
     default_sigpipe();
     let cli = Cli::parse();
     output::init_logging(cli.log_format == LogFormat::Json, cli.verbose);
+    dativo_plugins::native::allow_plugin_dirs(cli.allow_plugin_path.iter().cloned());
     match dispatch(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -438,22 +453,32 @@ fn open_store_existing(cli: &Cli, dir: &Path) -> Result<StateStore, Error> {
 
 fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
     match &cli.command {
-        Command::Validate { jobs } => {
-            let mut failed = 0;
+        Command::Validate {
+            jobs,
+            load: loading,
+        } => {
+            let mut first_failure: Option<ErrorKind> = None;
             for p in jobs {
-                match load(p).and_then(|j| dativo_runtime::implementations::validate(&j).map(|_| j))
-                {
+                let checked = load(p).and_then(|j| {
+                    if *loading {
+                        dativo_runtime::implementations::validate(&j)?;
+                    } else {
+                        dativo_runtime::implementations::validate_without_loading(&j)?;
+                    }
+                    Ok(j)
+                });
+                match checked {
                     Ok(j) => println!("ok: {} (job `{}`)", p.display(), j.name()),
                     Err(e) => {
-                        failed += 1;
+                        first_failure.get_or_insert(e.kind());
                         eprintln!("error: {}", secrets::scrub(&e.to_string()));
                     }
                 }
             }
-            Ok(if failed == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(ErrorKind::Config.exit_code() as u8)
+            // The exit code `run` would give for the same error.
+            Ok(match first_failure {
+                None => ExitCode::SUCCESS,
+                Some(kind) => ExitCode::from(kind.exit_code() as u8),
             })
         }
         Command::Check { job } => {

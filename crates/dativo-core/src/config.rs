@@ -33,6 +33,24 @@ pub fn from_config<T: DeserializeOwned>(value: &Value) -> Result<T> {
     })
 }
 
+/// The allowed `batch_size` (rows per batch) of every built-in reader: big enough for any
+/// throughput gain, small enough that batch size × `channel_depth` stays a sane amount of memory.
+pub const BATCH_SIZE_RANGE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
+
+/// Check a rows-per-batch option against [`BATCH_SIZE_RANGE`]; the error names `key` (relative to
+/// the connector's config) and the range.
+pub fn check_batch_size(key: &str, value: usize) -> Result<()> {
+    if BATCH_SIZE_RANGE.contains(&value) {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "must be between {} and {} (rows per batch), got {value}",
+        BATCH_SIZE_RANGE.start(),
+        BATCH_SIZE_RANGE.end()
+    ))
+    .with_key_path(key))
+}
+
 /// A number of bytes, written as an integer or with a unit: `512KB`, `256MB`, `1GiB`, `10 MiB`.
 /// Decimal units (KB, MB, GB, TB) are powers of 1000, binary units (KiB, MiB, GiB, TiB) of 1024.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::config::{from_config, ByteSize, DurationValue};
 use crate::error::{Error, Result};
-use crate::yaml::{Document, Substitution};
+use crate::yaml::{Document, Substitution, MAX_DOCUMENT_BYTES};
 
 /// A parsed, validated job file.
 #[derive(Debug, Clone, Deserialize)]
@@ -53,8 +53,8 @@ pub struct JobConfig {
     /// Where state and run history live.
     #[serde(default)]
     pub state: StateConfig,
-    /// Batches buffered between reader and writer; memory is bounded by
-    /// batch size × channel depth.
+    /// Batches buffered between reader and writer (1 to 1024, see [`CHANNEL_DEPTH_RANGE`]);
+    /// memory is bounded by batch size × channel depth.
     #[serde(default = "default_channel_depth")]
     pub channel_depth: usize,
     /// `python:` — settings for Python readers and writers (`implementation: pkg.module.Class`).
@@ -64,6 +64,45 @@ pub struct JobConfig {
 
 fn default_channel_depth() -> usize {
     4
+}
+
+/// The allowed `channel_depth`: each buffered batch holds up to a reader's `batch_size` rows.
+pub const CHANNEL_DEPTH_RANGE: std::ops::RangeInclusive<usize> = 1..=1024;
+
+/// Read a job file: a regular file of at most [`MAX_DOCUMENT_BYTES`] bytes, as UTF-8.
+fn read_job_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let shown = path.display();
+    let cannot = |e: std::io::Error| Error::config(format!("cannot read job file {shown}: {e}"));
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(Error::config(format!(
+            "job file {shown} is not a regular file"
+        )));
+    }
+    let too_big = || {
+        Error::config(format!(
+            "job file {shown} is larger than {MAX_DOCUMENT_BYTES} bytes, the most a job file may be"
+        ))
+    };
+    if meta.len() > MAX_DOCUMENT_BYTES as u64 {
+        return Err(too_big());
+    }
+    // The file may grow between the check and the read: read one byte more than allowed.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_DOCUMENT_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        Error::config(format!(
+            "cannot read job file {shown}: not UTF-8 (byte {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
 }
 
 /// `source:`.
@@ -348,8 +387,7 @@ impl Job {
 
     /// [`Job::load`] with an explicit environment (tests, `serve`).
     pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Job> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::config(format!("cannot read job file {}: {e}", path.display())))?;
+        let text = read_job_file(path)?;
         let base_dir = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, path, &Substitution { base_dir, env })
     }
@@ -373,8 +411,16 @@ impl Job {
             document,
         };
         job.check_name()?;
-        if job.config.channel_depth == 0 {
-            return Err(job.error_at("channel_depth", "must be at least 1"));
+        if !CHANNEL_DEPTH_RANGE.contains(&job.config.channel_depth) {
+            return Err(job.error_at(
+                "channel_depth",
+                &format!(
+                    "must be between {} and {} (batches buffered between reader and writer), got {}",
+                    CHANNEL_DEPTH_RANGE.start(),
+                    CHANNEL_DEPTH_RANGE.end(),
+                    job.config.channel_depth
+                ),
+            ));
         }
         if job.config.retry.attempts == 0 {
             return Err(job.error_at("retry.attempts", "must be at least 1"));
@@ -529,6 +575,34 @@ mod tests {
                 .starts_with("jobs/j.yaml:1: name: invalid job name"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn channel_depth_is_bounded() {
+        let e = parse(&format!("{GOOD}channel_depth: 100000000000\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "jobs/j.yaml:12: channel_depth: must be between 1 and 1024 (batches buffered between reader and writer), got 100000000000"
+        );
+        assert!(parse(&format!("{GOOD}channel_depth: 0\n")).is_err());
+        assert_eq!(
+            parse(&format!("{GOOD}channel_depth: 1024\n"))
+                .unwrap()
+                .config
+                .channel_depth,
+            1024
+        );
+    }
+
+    #[test]
+    fn oversized_and_irregular_job_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.yaml");
+        std::fs::write(&p, format!("{GOOD}#{}\n", "x".repeat(MAX_DOCUMENT_BYTES))).unwrap();
+        let e = Job::load(&p).unwrap_err();
+        assert!(e.to_string().contains("big.yaml is larger than"), "{e}");
+        let e = Job::load(dir.path()).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Config);
     }
 
     #[test]

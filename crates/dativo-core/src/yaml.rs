@@ -11,6 +11,11 @@
 //! null, booleans, integers or floats. A plain scalar that is exactly one reference
 //! (`port: ${env:PORT}`) is typed after substitution; quote it to keep it a string
 //! (`password: "${env:PW}"`).
+//!
+//! Job files may come from people who should not be able to stop dativo, so parsing is bounded:
+//! at most [`MAX_DOCUMENT_BYTES`] of text, [`MAX_VALUES`] values after aliases are expanded (an
+//! alias bomb — anchors of anchors — is refused before it is built) and [`MAX_DEPTH`] levels of
+//! nesting. The events are consumed in a loop, never recursively.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +27,16 @@ use yaml_rust2::Yaml;
 
 use crate::error::{Error, Result};
 use crate::secrets;
+
+/// The largest job file (and YAML text) accepted, in bytes.
+pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+
+/// The most values (scalars, mappings, sequences, keys included) a document may hold once every
+/// alias is expanded; the copies kept for anchors count against the same budget.
+pub const MAX_VALUES: usize = 100_000;
+
+/// The deepest nesting of mappings and sequences.
+pub const MAX_DEPTH: usize = 64;
 
 /// A parsed YAML document: its JSON value and the line of every key path.
 #[derive(Debug, Clone)]
@@ -42,6 +57,12 @@ pub struct Substitution<'a> {
 impl Document {
     /// Parse `text`. Errors name the line; `origin` names the file in messages.
     pub fn parse(text: &str, origin: &str, subst: &Substitution<'_>) -> Result<Document> {
+        if text.len() > MAX_DOCUMENT_BYTES {
+            return Err(Error::config(format!(
+                "{origin}: is {} bytes; a job file may be at most {MAX_DOCUMENT_BYTES} bytes",
+                text.len()
+            )));
+        }
         let mut builder = Builder {
             stack: Vec::new(),
             anchors: HashMap::new(),
@@ -50,15 +71,28 @@ impl Document {
             error: None,
             subst,
             docs: 0,
+            values: 0,
+            anchored: 0,
+            stop: false,
         };
+        // Not `Parser::load`: it recurses once per nesting level, and it cannot stop early.
         let mut parser = Parser::new_from_str(text);
-        parser.load(&mut builder, true).map_err(|e| {
-            Error::config(format!(
-                "{origin}:{}: invalid YAML: {}",
-                e.marker().line(),
-                e.info()
-            ))
-        })?;
+        loop {
+            let (ev, mark) = parser.next_token().map_err(|e| {
+                Error::config(format!(
+                    "{origin}:{}: invalid YAML: {}",
+                    e.marker().line(),
+                    e.info()
+                ))
+            })?;
+            if ev == Event::StreamEnd {
+                break;
+            }
+            builder.on_event(ev, mark);
+            if builder.stop {
+                break;
+            }
+        }
         if let Some((line, path, msg)) = builder.error {
             let at = if path.is_empty() {
                 String::new()
@@ -99,23 +133,34 @@ enum Frame {
         key: Option<String>,
         path: String,
         anchor: usize,
+        /// [`Builder::values`] when the mapping started.
+        start: usize,
     },
     Seq {
         items: Vec<Value>,
         path: String,
         anchor: usize,
+        /// [`Builder::values`] when the sequence started.
+        start: usize,
     },
 }
 
 struct Builder<'a, 'b> {
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Value>,
+    /// Anchored values and how many values each holds.
+    anchors: HashMap<usize, (Value, usize)>,
     lines: HashMap<String, usize>,
     root: Option<Value>,
     /// First error: line, key path, message.
     error: Option<(usize, String, String)>,
     subst: &'a Substitution<'b>,
     docs: usize,
+    /// Values built so far, aliases expanded.
+    values: usize,
+    /// Values copied for anchors; `values + anchored` is bounded by [`MAX_VALUES`].
+    anchored: usize,
+    /// A limit was hit: stop reading events (the error is set).
+    stop: bool,
 }
 
 impl Builder<'_, '_> {
@@ -137,10 +182,38 @@ impl Builder<'_, '_> {
         }
     }
 
-    /// Attach a finished value to its parent.
-    fn push_value(&mut self, value: Value, anchor: usize, line: usize) {
+    /// Count `n` more values against [`MAX_VALUES`]; false (and stop) when over.
+    fn charge(&mut self, n: usize, line: usize, what: &str) -> bool {
+        self.values = self.values.saturating_add(n);
+        self.within_budget(line, what)
+    }
+
+    fn within_budget(&mut self, line: usize, what: &str) -> bool {
+        if self.values.saturating_add(self.anchored) <= MAX_VALUES {
+            return true;
+        }
+        let (path, _) = self.next_path();
+        self.fail(
+            line,
+            path,
+            format!(
+                "{what}: the document would hold more than {MAX_VALUES} values (aliases expanded); a job file may hold at most {MAX_VALUES}"
+            ),
+        );
+        self.stop = true;
+        false
+    }
+
+    /// Attach a finished value of `size` values to its parent.
+    fn push_value(&mut self, value: Value, anchor: usize, size: usize, line: usize) {
         if anchor > 0 {
-            self.anchors.insert(anchor, value.clone());
+            // The copy kept for aliases counts too: nested anchors would otherwise copy each
+            // level again.
+            self.anchored = self.anchored.saturating_add(size);
+            if !self.within_budget(line, "too many anchored values") {
+                return;
+            }
+            self.anchors.insert(anchor, (value.clone(), size));
         }
         match self.stack.last_mut() {
             None => self.root = Some(value),
@@ -208,37 +281,73 @@ impl MarkedEventReceiver for Builder<'_, '_> {
         match ev {
             Event::DocumentStart => self.docs += 1,
             Event::Scalar(text, style, anchor, _tag) => {
+                if !self.charge(1, line, "too many values") {
+                    return;
+                }
                 let v = self.scalar(text, style, line);
-                self.push_value(v, anchor, line);
+                self.push_value(v, anchor, 1, line);
             }
             Event::Alias(id) => {
-                let v = self.anchors.get(&id).cloned().unwrap_or(Value::Null);
-                self.push_value(v, 0, line);
+                let (v, size) = match self.anchors.get(&id) {
+                    Some((_, size)) => {
+                        let size = *size;
+                        if !self.charge(size, line, "too many values from aliases") {
+                            return;
+                        }
+                        (self.anchors[&id].0.clone(), size)
+                    }
+                    None => (Value::Null, 1),
+                };
+                self.push_value(v, 0, size, line);
             }
-            Event::MappingStart(anchor, _) => {
+            Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
+                let start = self.values;
+                if self.stack.len() >= MAX_DEPTH {
+                    let (path, _) = self.next_path();
+                    self.fail(
+                        line,
+                        path,
+                        format!("nested more than {MAX_DEPTH} levels deep"),
+                    );
+                    self.stop = true;
+                    return;
+                }
+                if !self.charge(1, line, "too many values") {
+                    return;
+                }
                 let (path, _) = self.next_path();
-                self.stack.push(Frame::Map {
-                    map: Map::new(),
-                    key: None,
-                    path,
-                    anchor,
-                });
-            }
-            Event::SequenceStart(anchor, _) => {
-                let (path, _) = self.next_path();
-                self.stack.push(Frame::Seq {
-                    items: Vec::new(),
-                    path,
-                    anchor,
+                self.stack.push(if matches!(ev, Event::MappingStart(..)) {
+                    Frame::Map {
+                        map: Map::new(),
+                        key: None,
+                        path,
+                        anchor,
+                        start,
+                    }
+                } else {
+                    Frame::Seq {
+                        items: Vec::new(),
+                        path,
+                        anchor,
+                        start,
+                    }
                 });
             }
             Event::MappingEnd | Event::SequenceEnd => {
-                let (value, anchor) = match self.stack.pop() {
-                    Some(Frame::Map { map, anchor, .. }) => (Value::Object(map), anchor),
-                    Some(Frame::Seq { items, anchor, .. }) => (Value::Array(items), anchor),
+                let (value, anchor, start) = match self.stack.pop() {
+                    Some(Frame::Map {
+                        map, anchor, start, ..
+                    }) => (Value::Object(map), anchor, start),
+                    Some(Frame::Seq {
+                        items,
+                        anchor,
+                        start,
+                        ..
+                    }) => (Value::Array(items), anchor, start),
                     None => return,
                 };
-                self.push_value(value, anchor, line);
+                let size = self.values - start;
+                self.push_value(value, anchor, size, line);
             }
             _ => {}
         }
@@ -416,6 +525,45 @@ mod tests {
         let e = parse("a: [1, 2\nb: 3\n").unwrap_err();
         assert!(e.to_string().starts_with("job.yaml:"), "{e}");
         assert!(e.to_string().contains("invalid YAML"), "{e}");
+    }
+
+    #[test]
+    fn aliases_are_expanded_within_limits() {
+        let doc = parse("base: &b {x: 1, y: [1, 2]}\nother: *b\n").unwrap();
+        assert_eq!(doc.value["other"]["y"][1], 2);
+        assert_eq!(doc.value["base"], doc.value["other"]);
+    }
+
+    #[test]
+    fn alias_bombs_are_refused_before_they_are_built() {
+        // 10 levels of 10 aliases each: 10^10 values if expanded.
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let p = format!("*a{}", i - 1);
+            text.push_str(&format!("a{i}: &a{i} [{}]\n", vec![p; 10].join(", ")));
+        }
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Config);
+        assert!(e.to_string().starts_with("job.yaml:"), "{e}");
+        assert!(e.to_string().contains("more than 100000 values"), "{e}");
+        // Nested anchors, each level copied for its alias, count too.
+        let nested = format!("a: {}x{}\n", "&n [".repeat(60), "]".repeat(60));
+        assert!(parse(&nested).is_ok());
+    }
+
+    #[test]
+    fn deep_nesting_and_huge_text_are_refused() {
+        let deep = format!("a: {}1{}\n", "[".repeat(200), "]".repeat(200));
+        let e = parse(&deep).unwrap_err();
+        assert!(e.to_string().contains("nested more than 64 levels"), "{e}");
+        let block: String = (0..2000)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
+        let e = parse(&block[..block.len().min(MAX_DOCUMENT_BYTES)]).unwrap_err();
+        assert!(e.to_string().contains("nested more than 64 levels"), "{e}");
+        let big = format!("a: '{}'\n", "x".repeat(MAX_DOCUMENT_BYTES));
+        let e = parse(&big).unwrap_err();
+        assert!(e.to_string().contains("at most 1048576 bytes"), "{e}");
     }
 
     #[test]

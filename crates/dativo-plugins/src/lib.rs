@@ -9,7 +9,10 @@
 //!
 //! A relative library path is looked up next to the job file, then in the working directory;
 //! a bare file name in `DATIVO_PLUGIN_PATH` (`:`-separated), `~/.dativo/plugins`, next to the
-//! job file and in the working directory — see [`native::search_path`].
+//! job file and in the working directory — see [`native::search_path`]. A job file may load a
+//! library only from its own directory, the plugin path or a directory allowed with
+//! `--allow-plugin-path` / `DATIVO_ALLOW_PLUGIN_PATH` ([`native::locate_job_library`]);
+//! [`check_custom`] checks that without loading anything (`dativo validate`).
 
 // Loading libraries and calling through a C ABI needs unsafe; each block names its ABI rule.
 #![allow(unsafe_code)]
@@ -99,8 +102,12 @@ enum Kind {
     Flight(std::sync::Arc<flight::FlightEndpoint>),
 }
 
+const GRPC_ONLY: &str =
+    "`command`, `token` and `tls_ca` only apply to grpc:// (Arrow Flight) plugins";
+
 /// Resolve a job's `{type: custom, …}` block (with a grpc:// plugin's `command`, `token`,
-/// `tls_ca`); `base_dir` is the job file's directory.
+/// `tls_ca`); `base_dir` is the job file's directory. A native library must pass
+/// [`native::locate_job_library`] before it is loaded.
 pub fn resolve_custom(
     c: &dativo_core::job::CustomImplementation,
     side: Side,
@@ -115,69 +122,45 @@ pub fn resolve_custom(
             })
         }
         _ if !c.command.is_empty() || c.token.is_some() || c.tls_ca.is_some() => {
-            Err(Error::config(
-                "`command`, `token` and `tls_ca` only apply to grpc:// (Arrow Flight) plugins",
-            ))
+            Err(Error::config(GRPC_ONLY))
         }
-        _ => resolve(&c.implementation, side, base_dir),
+        Implementation::Native { library, name } => {
+            let path = native::locate_job_library(&library, base_dir)?;
+            resolve_native(&library, name, &path, side)
+        }
+        Implementation::Python(_) => resolve(&c.implementation, side, base_dir),
+    }
+}
+
+/// Check a job's `{type: custom, …}` block without loading or running anything: a native
+/// library exists, is a regular file and may be loaded by a job in `base_dir`
+/// ([`native::locate_job_library`]); a grpc:// endpoint is well formed. A Python class path is
+/// not looked at (importing it runs its module's code).
+pub fn check_custom(
+    c: &dativo_core::job::CustomImplementation,
+    base_dir: Option<&Path>,
+) -> Result<()> {
+    match Implementation::parse(&c.implementation) {
+        Implementation::Grpc(url) => flight::FlightEndpoint::new(&url, c, base_dir).map(|_| ()),
+        _ if !c.command.is_empty() || c.token.is_some() || c.tls_ca.is_some() => {
+            Err(Error::config(GRPC_ONLY))
+        }
+        Implementation::Native { library, .. } => {
+            native::locate_job_library(&library, base_dir).map(|_| ())
+        }
+        Implementation::Python(_) => Ok(()),
     }
 }
 
 /// Resolve a custom implementation for `side`: load the library, check its ABI and that it
-/// provides the named reader/writer. `base_dir` is the job file's directory.
+/// provides the named reader/writer. `base_dir` is the job file's directory. No path policy:
+/// for implementations the user names directly (`dativo plugin test`); a job file's go through
+/// [`resolve_custom`].
 pub fn resolve(implementation: &str, side: Side, base_dir: Option<&Path>) -> Result<Resolved> {
     match Implementation::parse(implementation) {
         Implementation::Native { library, name } => {
             let path = native::find_library(&library, base_dir)?;
-            let lib = native::NativeLibrary::load(&path)?;
-            let provided = match side {
-                Side::Reader => &lib.manifest.readers,
-                Side::Writer => &lib.manifest.writers,
-            };
-            let list = || {
-                if provided.is_empty() {
-                    "none".to_string()
-                } else {
-                    provided
-                        .iter()
-                        .map(|p| p.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }
-            };
-            let name = match name {
-                Some(n) if provided.iter().any(|p| p.name == n) => n,
-                Some(n) if lib.manifest.dynamic => {
-                    lib.probe(side, &n)?;
-                    n
-                }
-                Some(n) => {
-                    return Err(Error::config(format!(
-                        "plugin '{}' ({}) has no {} `{n}`; it provides {}s: {}",
-                        lib.manifest.name,
-                        path.display(),
-                        side.as_str(),
-                        side.as_str(),
-                        list()
-                    )))
-                }
-                None if provided.len() == 1 => provided[0].name.clone(),
-                None => {
-                    return Err(Error::config(format!(
-                        "plugin '{}' ({}) provides {} {}s ({}): name one with `{}#<name>`",
-                        lib.manifest.name,
-                        path.display(),
-                        provided.len(),
-                        side.as_str(),
-                        list(),
-                        library
-                    )))
-                }
-            };
-            Ok(Resolved {
-                label: format!("plugin '{}' {} '{name}'", lib.manifest.name, side.as_str()),
-                kind: Kind::Native { library: lib, name },
-            })
+            resolve_native(&library, name, &path, side)
         }
         Implementation::Python(class) => python(&class, side),
         Implementation::Grpc(url) => resolve_custom(
@@ -186,6 +169,64 @@ pub fn resolve(implementation: &str, side: Side, base_dir: Option<&Path>) -> Res
             base_dir,
         ),
     }
+}
+
+/// Load the library at `path` (named `library` in the job) and pick its reader/writer `name`.
+fn resolve_native(
+    library: &str,
+    name: Option<String>,
+    path: &Path,
+    side: Side,
+) -> Result<Resolved> {
+    let lib = native::NativeLibrary::load(path)?;
+    let provided = match side {
+        Side::Reader => &lib.manifest.readers,
+        Side::Writer => &lib.manifest.writers,
+    };
+    let list = || {
+        if provided.is_empty() {
+            "none".to_string()
+        } else {
+            provided
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let name = match name {
+        Some(n) if provided.iter().any(|p| p.name == n) => n,
+        Some(n) if lib.manifest.dynamic => {
+            lib.probe(side, &n)?;
+            n
+        }
+        Some(n) => {
+            return Err(Error::config(format!(
+                "plugin '{}' ({}) has no {} `{n}`; it provides {}s: {}",
+                lib.manifest.name,
+                path.display(),
+                side.as_str(),
+                side.as_str(),
+                list()
+            )))
+        }
+        None if provided.len() == 1 => provided[0].name.clone(),
+        None => {
+            return Err(Error::config(format!(
+                "plugin '{}' ({}) provides {} {}s ({}): name one with `{}#<name>`",
+                lib.manifest.name,
+                path.display(),
+                provided.len(),
+                side.as_str(),
+                list(),
+                library
+            )))
+        }
+    };
+    Ok(Resolved {
+        label: format!("plugin '{}' {} '{name}'", lib.manifest.name, side.as_str()),
+        kind: Kind::Native { library: lib, name },
+    })
 }
 
 /// Where the Python bridge library (`libdativo_python.so`) is: `DATIVO_PYTHON_BRIDGE`, else next
@@ -257,6 +298,31 @@ impl Resolved {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_libraries_must_lie_in_allowed_places() {
+        let root = std::env::temp_dir().join(format!("dativo-policy-{}", std::process::id()));
+        let jobs = root.join("jobs");
+        std::fs::create_dir_all(jobs.join("plugins")).unwrap();
+        std::fs::create_dir_all(root.join("elsewhere")).unwrap();
+        // Never loaded: only located, so any bytes will do.
+        std::fs::write(jobs.join("plugins/libin.so"), b"not loaded").unwrap();
+        std::fs::write(root.join("elsewhere/libout.so"), b"not loaded").unwrap();
+        let c = |i: &str| dativo_core::job::CustomImplementation::new(i);
+        assert!(check_custom(&c("./plugins/libin.so#r"), Some(&jobs)).is_ok());
+        let e = check_custom(&c("../elsewhere/libout.so#r"), Some(&jobs)).unwrap_err();
+        assert_eq!(e.kind(), dativo_core::ErrorKind::Config);
+        assert!(
+            e.message().contains("outside the job file's directory"),
+            "{e}"
+        );
+        assert!(e.message().contains("--allow-plugin-path"), "{e}");
+        let e = check_custom(&c("./plugins"), Some(&jobs)).unwrap_err();
+        assert!(e.message().contains("not found"), "{e}");
+        native::allow_plugin_dirs([root.join("elsewhere")]);
+        assert!(check_custom(&c("../elsewhere/libout.so#r"), Some(&jobs)).is_ok());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn classifies_implementations() {

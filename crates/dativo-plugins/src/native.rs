@@ -150,6 +150,77 @@ pub fn find_library(library: &str, base_dir: Option<&Path>) -> Result<PathBuf> {
     )))
 }
 
+/// Directories given with `--allow-plugin-path` (see [`allow_plugin_dirs`]).
+static ALLOWED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Let job files load plugin libraries from `dirs` too (the CLI's `--allow-plugin-path`), for
+/// the rest of the process.
+pub fn allow_plugin_dirs(dirs: impl IntoIterator<Item = PathBuf>) {
+    ALLOWED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(dirs);
+}
+
+/// The directories, besides its own and [`search_path`], from which a job file may load a
+/// library: `DATIVO_ALLOW_PLUGIN_PATH` (`:`-separated) and [`allow_plugin_dirs`].
+pub fn allowed_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("DATIVO_ALLOW_PLUGIN_PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .filter(|d| !d.as_os_str().is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.extend(
+        ALLOWED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned(),
+    );
+    dirs
+}
+
+/// Find the library a job file names ([`find_library`]) and check that the job may load it,
+/// without loading it: it must be a regular file and lie, symlinks resolved, inside the job
+/// file's directory (`base_dir`; the working directory when `None`), a [`search_path`]
+/// directory or an [`allowed_dirs`] directory. Returns the resolved path, which is what should
+/// be loaded. A job file is data; this keeps it from running code from anywhere on disk.
+pub fn locate_job_library(library: &str, base_dir: Option<&Path>) -> Result<PathBuf> {
+    let found = find_library(library, base_dir)?;
+    let real = std::fs::canonicalize(&found).map_err(|e| {
+        Error::config(format!(
+            "plugin library {}: cannot resolve its path: {e}",
+            found.display()
+        ))
+    })?;
+    if !std::fs::metadata(&real).is_ok_and(|m| m.is_file()) {
+        return Err(Error::config(format!(
+            "plugin library {} is not a regular file",
+            real.display()
+        )));
+    }
+    let job_dir = base_dir.unwrap_or(Path::new("."));
+    let inside = std::iter::once(job_dir.to_path_buf())
+        .chain(search_path())
+        .chain(allowed_dirs())
+        .filter_map(|d| std::fs::canonicalize(d).ok())
+        .any(|d| real.starts_with(d));
+    if inside {
+        return Ok(real);
+    }
+    let shown_dir = std::fs::canonicalize(job_dir).unwrap_or_else(|_| job_dir.to_path_buf());
+    let dir = real.parent().unwrap_or(Path::new("/"));
+    Err(Error::config(format!(
+        "plugin library `{library}` resolves to {}, outside the job file's directory ({}) and the plugin path (DATIVO_PLUGIN_PATH, ~/.dativo/plugins); a job file may load libraries only from there. To trust this location, run with --allow-plugin-path {} (or DATIVO_ALLOW_PLUGIN_PATH={})",
+        real.display(),
+        shown_dir.display(),
+        dir.display(),
+        dir.display()
+    )))
+}
+
 fn kind_for(code: c_int) -> (ErrorKind, &'static str) {
     match code {
         abi::ERROR_CONFIG => (ErrorKind::Config, ""),

@@ -1,4 +1,11 @@
 //! Resolving a job's `reader:` / `writer:` to an implementation.
+//!
+//! [`validate`] resolves: it loads native plugin libraries (running their initializers) and
+//! imports Python classes, so only `run`, `check` and `serve` call it.
+//! [`validate_without_loading`] is what `dativo validate` runs on job files that may not be
+//! trusted: every check that needs neither loading a library nor connecting. Either way a job
+//! file may name native libraries only inside its own directory, the plugin path or a
+//! directory allowed with `--allow-plugin-path` (see [`dativo_plugins::native::locate_job_library`]).
 
 use serde_json::Value;
 
@@ -66,13 +73,38 @@ fn custom(
 ) -> Result<dativo_plugins::Resolved> {
     python_env(job)?;
     let base = job.path.parent().filter(|p| !p.as_os_str().is_empty());
-    dativo_plugins::resolve_custom(implementation, side, base).map_err(|e| {
-        if e.kind() == dativo_core::ErrorKind::Config {
-            job.error_at(key, e.message())
-        } else {
-            e.context(format!("job '{}': {key}", job.config.name))
-        }
-    })
+    dativo_plugins::resolve_custom(implementation, side, base)
+        .map_err(|e| locate_plugin_error(job, key, e))
+}
+
+/// A config error points at `key` in the job file; any other (a library that is not a dativo
+/// plugin, an ABI mismatch) keeps its kind and gets the job file and key as context.
+fn locate_plugin_error(job: &Job, key: &str, e: dativo_core::Error) -> dativo_core::Error {
+    if e.kind() == dativo_core::ErrorKind::Config {
+        job.error_at(key, e.message())
+    } else {
+        e.context(format!(
+            "{}: {key} (job '{}')",
+            job.path.display(),
+            job.config.name
+        ))
+    }
+}
+
+/// The `batch_size` bound ([`dativo_core::config::BATCH_SIZE_RANGE`]) for every built-in reader,
+/// also those whose own validation does not check it.
+fn check_batch_size(job: &Job) -> Result<()> {
+    let Some(n) = job
+        .config
+        .source
+        .config
+        .get("batch_size")
+        .and_then(Value::as_u64)
+    else {
+        return Ok(());
+    };
+    dativo_core::config::check_batch_size("batch_size", usize::try_from(n).unwrap_or(usize::MAX))
+        .map_err(|e| job.locate("source.config", e))
 }
 
 /// A name that is not built in may be a pip-installed plugin: an entry point in the
@@ -119,6 +151,7 @@ pub fn reader_for(job: &Job) -> Result<ReaderFactory> {
                 ));
             };
             (b.validate)(&src.config).map_err(|e| job.locate("source.config", e))?;
+            check_batch_size(job)?;
             Ok(ReaderFactory {
                 label: format!("reader '{name}'"),
                 create: Box::new(b.create),
@@ -174,10 +207,44 @@ pub fn writer_for(job: &Job) -> Result<WriterFactory> {
     }
 }
 
-/// Validate a whole job without connecting anywhere: the file, the implementations, and each
-/// built-in's own configuration.
+/// Validate a whole job without connecting anywhere and resolve its implementations: the file,
+/// each built-in's own configuration, and custom implementations — native libraries are loaded
+/// (their initializers run) and Python classes imported. For job files that may not be trusted,
+/// use [`validate_without_loading`].
 pub fn validate(job: &Job) -> Result<(ReaderFactory, WriterFactory)> {
     Ok((reader_for(job)?, writer_for(job)?))
+}
+
+/// `dativo validate`: every check of [`validate`] that loads no native library — a custom
+/// library must exist, be a regular file and lie where a job file may load from; a grpc://
+/// endpoint must be well formed. Python class paths and entry points are still imported
+/// through the Python bridge (that is how a typo in one is found), from the environment's
+/// packages.
+pub fn validate_without_loading(job: &Job) -> Result<()> {
+    let check = |implementation: &Implementation, side: Side, key: &str| -> Result<bool> {
+        let Implementation::Custom(c) = implementation else {
+            return Ok(false);
+        };
+        if matches!(
+            dativo_plugins::Implementation::parse(&c.implementation),
+            dativo_plugins::Implementation::Python(_)
+        ) {
+            custom(job, c, side, key)?;
+        } else {
+            let base = job.path.parent().filter(|p| !p.as_os_str().is_empty());
+            dativo_plugins::check_custom(c, base).map_err(|e| locate_plugin_error(job, key, e))?;
+        }
+        Ok(true)
+    };
+    let src = &job.config.source.reader;
+    if !check(src, Side::Reader, "source.reader.implementation")? {
+        reader_for(job)?;
+    }
+    let tgt = &job.config.target.writer;
+    if !check(tgt, Side::Writer, "target.writer.implementation")? {
+        writer_for(job)?;
+    }
+    Ok(())
 }
 
 /// The reader config as passed to implementations.

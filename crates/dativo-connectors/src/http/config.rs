@@ -248,9 +248,7 @@ impl HttpReaderConfig {
         if self.send_in == SendIn::Body && !self.method.eq_ignore_ascii_case("POST") {
             return k("send_in", "`body` needs `method: POST`");
         }
-        if self.batch_size == 0 {
-            return k("batch_size", "must be at least 1");
-        }
+        dativo_core::config::check_batch_size("batch_size", self.batch_size)?;
         if let Some(r) = self.requests_per_second {
             if r <= 0.0 || !r.is_finite() {
                 return k("requests_per_second", "must be a positive number");

@@ -117,9 +117,7 @@ impl MySqlReaderConfig {
                 return key("url", "must start with mysql:// (or mariadb://)");
             }
         }
-        if self.batch_size == 0 {
-            return key("batch_size", "must be at least 1");
-        }
+        dativo_core::config::check_batch_size("batch_size", self.batch_size)?;
         if self.partitions == 0 || self.partitions > 64 {
             return key("partitions", "must be between 1 and 64");
         }

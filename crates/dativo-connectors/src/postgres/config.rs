@@ -205,9 +205,7 @@ impl PostgresReaderConfig {
                 return key("url", "must start with postgres:// or postgresql://");
             }
         }
-        if self.batch_size == 0 {
-            return key("batch_size", "must be at least 1");
-        }
+        dativo_core::config::check_batch_size("batch_size", self.batch_size)?;
         if self.partitions == 0 || self.partitions > 64 {
             return key("partitions", "must be between 1 and 64");
         }
