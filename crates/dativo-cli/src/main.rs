@@ -259,9 +259,19 @@ SIGTERM or Ctrl-C: nothing new starts, running jobs get --grace to finish, then 
         /// On shutdown, how long running jobs may take before they are cancelled.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         grace: std::time::Duration,
-        /// Bearer token required to trigger and cancel runs (without one, those are refused).
+        /// Bearer token required to trigger and cancel runs. Leave it unset to refuse those; an
+        /// empty token is an error.
         #[arg(long, env = "DATIVO_API_TOKEN", hide_env_values = true)]
         api_token: Option<String>,
+        /// Open HTTP connections at most; at the limit the one idle the longest is closed to make
+        /// room. Lowered under a low open-file limit, to keep 64 file descriptors per
+        /// --max-concurrent run (at least 256) for the jobs.
+        #[arg(long, default_value_t = 512, value_name = "N")]
+        max_connections: usize,
+        /// Time a client has to send a whole request header after connecting or after the
+        /// previous response (so also how long an idle keep-alive connection stays open).
+        #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+        http_header_timeout: std::time::Duration,
     },
     /// Print deployment manifests for a job.
     #[command(subcommand)]
@@ -591,6 +601,8 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
             max_concurrent,
             grace,
             api_token,
+            max_connections,
+            http_header_timeout,
         } => {
             dativo_serve::serve(dativo_serve::ServeOptions {
                 jobs_dir: jobs.clone(),
@@ -601,6 +613,10 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
                 grace: *grace,
                 token: api_token.clone(),
                 reload_every: std::time::Duration::from_secs(2),
+                http: dativo_serve::HttpLimits {
+                    max_connections: *max_connections,
+                    header_timeout: *http_header_timeout,
+                },
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -40,32 +40,47 @@ fn problem(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// Mutating endpoints: `Authorization: Bearer <token>`.
 fn authorize(server: &Server, headers: &HeaderMap) -> Option<Response> {
-    let Some(token) = &server.opts.token else {
+    // `serve` refuses an empty token at start; an empty one here would still mean "disabled".
+    let Some(token) = server.opts.token.as_deref().filter(|t| !t.is_empty()) else {
         return Some(problem(
             StatusCode::FORBIDDEN,
             "triggering and cancelling are disabled: start `dativo serve` with DATIVO_API_TOKEN (or --api-token) set",
         ));
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Constant time in the token's length.
-    let ok = given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if ok {
-        None
-    } else {
-        Some(problem(
+    match bearer_token(headers) {
+        Some(given) if same_secret(given, token.as_bytes()) => None,
+        _ => Some(problem(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token (Authorization: Bearer <token>)",
-        ))
+        )),
     }
+}
+
+/// The token of the one `Authorization: Bearer <token>` header; the scheme is
+/// case-insensitive (RFC 9110 §11.1). `None` without one, with several, or with an empty token.
+fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let value = all.next()?.as_bytes();
+    if all.next().is_some() {
+        return None;
+    }
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Compare a given secret with the expected one in a time that depends only on the expected
+/// length: neither where they first differ nor whether their lengths match shows.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != expected.len());
+    for (i, e) in expected.iter().enumerate() {
+        diff |= e ^ given.get(i).copied().unwrap_or(!e);
+    }
+    std::hint::black_box(diff) == 0
 }
 
 /// A job, as the API lists it.
@@ -330,4 +345,45 @@ async fn readyz(State(s): S) -> Response {
 
 async fn page(State(s): S) -> Html<String> {
     Html(crate::page::render(&s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_tokens_are_parsed_strictly() {
+        assert_eq!(bearer_token(&headers(&["Bearer abc"])), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(&headers(&["bearer abc"])), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(&headers(&["BEARER   abc"])), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(&headers(&[])), None);
+        assert_eq!(bearer_token(&headers(&[""])), None);
+        assert_eq!(bearer_token(&headers(&["Bearer"])), None);
+        assert_eq!(bearer_token(&headers(&["Bearer "])), None);
+        assert_eq!(bearer_token(&headers(&["Bearer    "])), None);
+        assert_eq!(bearer_token(&headers(&["Basic abc"])), None);
+        assert_eq!(bearer_token(&headers(&["Bearerabc"])), None);
+        assert_eq!(bearer_token(&headers(&["abc"])), None);
+        assert_eq!(bearer_token(&headers(&["Bearer abc", "Bearer abc"])), None);
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"token", b"token"));
+        assert!(!same_secret(b"", b"token"));
+        assert!(!same_secret(b"toke", b"token"));
+        assert!(!same_secret(b"tokenx", b"token"));
+        assert!(!same_secret(b"tokem", b"token"));
+        assert!(!same_secret(b"xtoken", b"token"));
+        assert!(!same_secret(b"a", b"a\x00"));
+    }
 }

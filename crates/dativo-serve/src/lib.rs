@@ -9,10 +9,13 @@
 //!   was running.
 //! * Job files are re-read when they change; an invalid file is reported (log, API, page) and
 //!   the other jobs keep running.
+//! * The HTTP server bounds its connections (`connections.rs`): a header-read timeout, a cap on
+//!   open connections, and file descriptors kept for the scheduler.
 //! * Shutdown (SIGTERM, Ctrl-C): nothing new starts; running jobs get `grace` to finish, then are
 //!   cancelled — the runner stops between batches and aborts the uncommitted part, so nothing is
 //!   half-committed.
 
+mod connections;
 mod http;
 mod metrics;
 mod page;
@@ -33,6 +36,7 @@ use dativo_runtime::{
     CancelToken, Observer, RunEvent, RunOptions, RunStatus, RunSummary, StateStore,
 };
 
+pub use connections::HttpLimits;
 pub use metrics::Metrics;
 
 /// How `serve` runs.
@@ -51,9 +55,37 @@ pub struct ServeOptions {
     /// How long running jobs may take to finish on shutdown before they are cancelled.
     pub grace: Duration,
     /// Bearer token for triggering and cancelling; without one those endpoints are refused.
+    /// It must not be empty (see [`check_api_token`]).
     pub token: Option<String>,
     /// How often job files are checked for changes.
     pub reload_every: Duration,
+    /// Connections and timeouts of the HTTP server.
+    pub http: HttpLimits,
+}
+
+/// Refuse an API token that cannot work: empty or blank (every request without a token would
+/// match it), with whitespace around it, or with characters an HTTP header cannot carry.
+pub fn check_api_token(token: &str) -> Result<()> {
+    const WHAT: &str = "--api-token (DATIVO_API_TOKEN)";
+    if token.trim().is_empty() {
+        return Err(Error::config(format!(
+            "{WHAT} is empty: give a token, or leave both unset to refuse triggering and \
+             cancelling through the API"
+        )));
+    }
+    if token.trim() != token {
+        return Err(Error::config(format!(
+            "{WHAT} starts or ends with whitespace (a newline from a file?), which an \
+             Authorization header cannot carry: remove it"
+        )));
+    }
+    if !token.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(Error::config(format!(
+            "{WHAT} holds control or non-ASCII characters, which an Authorization header cannot \
+             carry: use printable ASCII (e.g. `openssl rand -hex 32`)"
+        )));
+    }
+    Ok(())
 }
 
 /// A job as `serve` knows it.
@@ -604,8 +636,32 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         return Err(Error::config("--max-concurrent must be at least 1"));
     }
     if let Some(t) = &opts.token {
+        check_api_token(t)?;
         secrets::register(t);
     }
+    if opts.http.max_connections == 0 {
+        return Err(Error::config("--max-connections must be at least 1"));
+    }
+    if opts.http.header_timeout.is_zero() {
+        return Err(Error::config("--http-header-timeout must be more than 0"));
+    }
+    // Before anything opens files: a low soft limit (1024 is common) is raised to the hard one,
+    // and the connection cap keeps a reserve for the scheduler whatever the limit.
+    let fd_limit = connections::raise_fd_limit();
+    let reserve = connections::fd_reserve(opts.max_concurrent);
+    let max_connections = connections::connection_cap(opts.http.max_connections, fd_limit, reserve);
+    if max_connections < opts.http.max_connections {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = fd_limit,
+            kept_for_runs = reserve,
+            "fewer HTTP connections than --max-connections: the open-file limit is low"
+        );
+    }
+    let limits = HttpLimits {
+        max_connections,
+        ..opts.http
+    };
     // Fail fast on an unreachable or unusable state store.
     StateStore::open_with(&opts.state_dir, opts.state_url.as_deref())
         .map_err(|e| e.context("opening the state store"))?;
@@ -639,7 +695,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         .block_on(tokio::net::TcpListener::bind(opts.listen))
         .map_err(|e| Error::config(format!("cannot listen on {}: {e}", opts.listen)))?;
     let local = listener.local_addr().map_err(Error::from)?;
-    tracing::info!(address = %local, jobs = server.jobs.lock().expect("not poisoned").len(), "dativo serve is listening");
+    tracing::info!(address = %local, jobs = server.jobs.lock().expect("not poisoned").len(), max_connections = limits.max_connections, header_timeout = ?limits.header_timeout, "dativo serve is listening");
     println!(
         "dativo serve: http://{local}/ ({} jobs from {})",
         server.jobs.lock().expect("not poisoned").len(),
@@ -655,12 +711,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
+        connections::serve(listener, app, limits, shutdown).await;
     });
 
     let mut last_scan = Instant::now();
@@ -708,4 +759,35 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     let _ = rt.block_on(http);
     tracing::info!("dativo serve stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_token_that_cannot_work_is_a_configuration_error() {
+        for bad in [
+            "",
+            " ",
+            "\t \n",
+            "token\n",
+            " token",
+            "tok\u{7f}en",
+            "tökén",
+        ] {
+            let e = check_api_token(bad).expect_err(bad);
+            assert_eq!(e.kind(), dativo_core::ErrorKind::Config, "{bad:?}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("--api-token") && msg.contains("DATIVO_API_TOKEN"),
+                "{msg}"
+            );
+        }
+        assert!(check_api_token("")
+            .unwrap_err()
+            .to_string()
+            .contains("unset"));
+        check_api_token("0123abcd-._~+/=").unwrap();
+    }
 }
