@@ -115,3 +115,22 @@ def wait_for_port(port: int, timeout: float = 10.0):
 def write_job(path: pathlib.Path, text: str) -> pathlib.Path:
     path.write_text(text)
     return path
+
+
+DUCKDB_ICEBERG = pathlib.Path(os.environ.get("DATIVO_DUCKDB_ICEBERG", ROOT / ".venv" / "duckdb-iceberg"))
+
+
+def duckdb_iceberg_query(sql, metadata_location):
+    """Rows of `sql` (with `{metadata}` standing for the table's metadata file) read by DuckDB's
+    Iceberg extension — a reader independent of pyiceberg (tests/e2e/duckdb_iceberg.py)."""
+    import json
+    import re
+    import sys
+    if not DUCKDB_ICEBERG.exists():
+        pytest.fail(f"{DUCKDB_ICEBERG} is missing: run ./scripts/test, which installs DuckDB's Iceberg reader")
+    env = dict(os.environ, PYTHONPATH=str(DUCKDB_ICEBERG))
+    path = re.sub("^file://", "", metadata_location)
+    p = subprocess.run([sys.executable, str(ROOT / "tests/e2e/duckdb_iceberg.py"), sql, path],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return [tuple(r) for r in json.loads(p.stdout)]

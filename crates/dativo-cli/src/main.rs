@@ -547,6 +547,10 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
             let (name, dir) = job_ref(cli, job)?;
             let store = open_store_existing(cli, &dir)?;
             match store.load_state(&name)? {
+                Some(s) if s.run_id == dativo_runtime::state_store::RESET_RUN_ID => println!(
+                    "job `{name}` has no committed state (reset at {}): the next run reads from the beginning",
+                    s.updated_at
+                ),
                 Some(s) => println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
@@ -563,7 +567,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
             let store = open_store_existing(cli, &dir)?;
             let _lock = store.lock(&name)?;
             if store.reset_state(&name)? {
-                println!("reset the state of job `{name}`: the next run reads from the beginning");
+                println!("reset the state of job `{name}`: the next run reads from the beginning (what the target holds stays; an appending writer appends everything again)");
             } else {
                 println!("job `{name}` had no committed state");
             }

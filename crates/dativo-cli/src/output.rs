@@ -10,8 +10,48 @@ use dativo_core::job::{Implementation, Job};
 use dativo_core::secrets;
 use dativo_runtime::{Observer, RunEvent, RunRecord, RunStatus, RunSummary};
 
-/// Logs go to stderr: text, or JSON lines.
+/// Where log lines go: stderr, each line scrubbed of every registered secret first.
+///
+/// Redaction sits at the sink, not at the call sites: a library's debug line (an S3 client
+/// printing its credential provider at `-v`) passes through here like dativo's own lines.
+/// tracing-subscriber formats an event whole and then writes it; this writer collects the
+/// event and writes it scrubbed when dropped.
+struct RedactingStderr;
+
+/// One event's bytes on their way to stderr.
+pub struct RedactedLine(Vec<u8>);
+
+impl std::io::Write for RedactedLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for RedactedLine {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.0);
+        let clean = secrets::scrub(&text);
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), clean.as_bytes());
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RedactingStderr {
+    type Writer = RedactedLine;
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactedLine(Vec::with_capacity(256))
+    }
+}
+
+/// Logs go to stderr: text, or JSON lines — every line redacted (see [`RedactingStderr`]).
 pub fn init_logging(json: bool, verbose: u8) {
+    secrets::register_environment();
     let default = match verbose {
         0 => "info",
         1 => "debug",
@@ -21,7 +61,7 @@ pub fn init_logging(json: bool, verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(RedactingStderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     if json {

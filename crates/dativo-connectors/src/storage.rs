@@ -6,6 +6,7 @@
 //! copy and write large files as multipart uploads (parts of 8 MB), so memory stays bounded.
 
 use std::fs::{self, File};
+use std::future::IntoFuture;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -357,6 +358,51 @@ impl Location {
                 .block_on(op.write(rel, bytes.to_vec()))
                 .map(|_| ())
                 .map_err(|e| od(e, &format!("writing {}", self.display(rel)))),
+        }
+    }
+
+    /// Write `bytes` to `rel` only if `rel` does not exist yet: `Ok(false)` when it does.
+    ///
+    /// On object stores this is one conditional PUT (`If-None-Match: *`), so two writers can
+    /// never both create `rel`; stores without conditional writes fall back to check-then-put.
+    /// Locally the caller holds the directory's lock, and a check before the rename suffices.
+    pub fn put_new(&self, rel: &str, bytes: &[u8]) -> Result<bool> {
+        match self {
+            Location::Local(_) => {
+                if self.exists(rel)? {
+                    return Ok(false);
+                }
+                self.put(rel, bytes).map(|_| true)
+            }
+            Location::Object { op, .. } => {
+                if !op.info().full_capability().write_with_if_not_exists {
+                    if self.exists(rel)? {
+                        return Ok(false);
+                    }
+                    return self.put(rel, bytes).map(|_| true);
+                }
+                match runtime().block_on(op.write_with(rel, bytes.to_vec()).if_not_exists(true).into_future()) {
+                    Ok(_) => Ok(true),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            opendal::ErrorKind::ConditionNotMatch
+                                | opendal::ErrorKind::AlreadyExists
+                        ) =>
+                    {
+                        Ok(false)
+                    }
+                    Err(e) => Err(od(e, &format!("writing {}", self.display(rel)))),
+                }
+            }
+        }
+    }
+
+    /// The object-store operator, for what needs more than files (leases).
+    pub fn operator(&self) -> Option<&opendal::Operator> {
+        match self {
+            Location::Local(_) => None,
+            Location::Object { op, .. } => Some(op),
         }
     }
 

@@ -15,11 +15,17 @@ static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
 const MIN_SECRET_LEN: usize = 3;
 
 /// Register a value that must never be printed. Also registers its URL-encoded form's user-info
-/// part when the value is a URL with a password (`postgres://u:pw@host` → `pw`).
+/// part when the value is a URL with a password (`postgres://u:pw@host` → `pw`), and every
+/// escaped form a message may show it in: JSON (log lines, API responses), Rust/serde debug
+/// quoting (`invalid type: string "…"`), HTML (the status page) and percent-encoding (URLs) —
+/// a secret holding `"` or `\` would otherwise pass redaction once escaped.
 pub fn register(value: &str) {
     let mut candidates = vec![value.to_string()];
     if let Some(pw) = url_password(value) {
         candidates.push(pw);
+    }
+    for base in candidates.clone() {
+        candidates.extend(escaped_forms(&base));
     }
     let mut secrets = SECRETS.write().unwrap_or_else(|e| e.into_inner());
     for c in candidates {
@@ -30,6 +36,84 @@ pub fn register(value: &str) {
     }
     // Longest first so that a secret containing another is replaced whole.
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+}
+
+/// The forms `value` takes inside quoted or encoded text.
+fn escaped_forms(value: &str) -> Vec<String> {
+    let unquote = |s: String| -> String {
+        s.strip_prefix('"')
+            .and_then(|s| s.strip_suffix('"'))
+            .map(str::to_string)
+            .unwrap_or(s)
+    };
+    let mut out = vec![
+        unquote(serde_json::to_string(value).unwrap_or_default()),
+        unquote(format!("{value:?}")),
+        // JSON of JSON: a message that was itself put into a JSON string (a log line's field).
+        unquote(
+            serde_json::to_string(&unquote(serde_json::to_string(value).unwrap_or_default()))
+                .unwrap_or_default(),
+        ),
+        html_escape(value),
+        percent_encode(value),
+    ];
+    out.retain(|s| s != value);
+    out
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Environment variables that hold credentials libraries read by themselves (the AWS chain,
+/// libpq, the API token of `serve`, a state-store URL): registered at start, so that a library's
+/// debug line that prints its credential provider is redacted too.
+pub const CREDENTIAL_VARIABLES: &[&str] = &[
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_WEB_IDENTITY_TOKEN",
+    "PGPASSWORD",
+    "MYSQL_PWD",
+    "DATIVO_API_TOKEN",
+    "DATIVO_STATE_URL",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_CLIENT_SECRET",
+    "GOOGLE_OAUTH_ACCESS_TOKEN",
+];
+
+/// Register the value of every [`CREDENTIAL_VARIABLES`] entry that is set.
+pub fn register_environment() {
+    for name in CREDENTIAL_VARIABLES {
+        if let Ok(v) = std::env::var(name) {
+            register(&v);
+        }
+    }
 }
 
 /// Replace every registered secret in `text` with `***`.
@@ -104,5 +188,19 @@ mod tests {
             "connect to mysql://me:***@h/db failed"
         );
         assert_eq!(scrub("no secrets here: a@b"), "no secrets here: a@b");
+    }
+
+    #[test]
+    fn escaped_forms_are_scrubbed() {
+        let secret = r#"pa"ss\w<o>rd'x"#;
+        register(secret);
+        let json = serde_json::to_string(&format!("wrong type: {secret}")).unwrap();
+        assert!(!scrub(&json).contains("ss"), "{}", scrub(&json));
+        let debug = format!("invalid type: string {secret:?}");
+        assert_eq!(scrub(&debug), "invalid type: string \"***\"");
+        let nested = serde_json::to_string(&json).unwrap();
+        assert!(!scrub(&nested).contains("ss"), "{}", scrub(&nested));
+        assert!(!scrub(&html_escape(secret)).contains("ss"));
+        assert!(!scrub(&percent_encode(secret)).contains("ss"));
     }
 }

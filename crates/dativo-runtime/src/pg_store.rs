@@ -212,15 +212,6 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) fn reset_state(&self, job: &str) -> Result<bool> {
-        let n = block(
-            self.client
-                .execute("DELETE FROM dativo_job_state WHERE job = $1", &[&job]),
-        )
-        .map_err(err)?;
-        Ok(n > 0)
-    }
-
     pub(crate) fn start_run(&self, job: &str, run_id: &str) -> Result<()> {
         block(self.client.execute(
             "INSERT INTO dativo_runs (run_id, job, started_at, status) VALUES ($1, $2, $3, 'running')",

@@ -313,7 +313,13 @@ impl Attempt<'_> {
         let shard = self.opts.shard;
         let key = shard.key(job.name());
         let name = key.as_str();
-        let stored = self.store.load_state(name)?.and_then(|s| s.state);
+        let stored_row = self.store.load_state(name)?;
+        // After `dativo state reset`: what the writer committed before the reset must not win.
+        let reset_at = stored_row
+            .as_ref()
+            .filter(|s| s.run_id == crate::state_store::RESET_RUN_ID)
+            .map(|s| s.updated_at.clone());
+        let stored = stored_row.and_then(|s| s.state);
         self.opts.observer.on_event(&RunEvent::AttemptStarted {
             attempt,
             state: stored.as_ref(),
@@ -343,7 +349,7 @@ impl Attempt<'_> {
         // Recovery: the target's own record of what it committed wins over the state store.
         let mut start_state = stored.clone();
         let recovered = match writer.committed_state() {
-            Ok(Some(c)) if c.state != stored => Some(c),
+            Ok(Some(c)) if c.state != stored && committed_after(&c, reset_at.as_deref()) => Some(c),
             Ok(_) => None,
             Err(e) => {
                 let _ = reader.close();
@@ -439,7 +445,7 @@ impl Attempt<'_> {
             })
             .map_err(|e| Error::internal(format!("cannot start the reader thread: {e}")))?;
 
-        let result = self.consume(&rx, &mut *writer, &schema, start_state);
+        let mut result = self.consume(&rx, &mut *writer, &schema, start_state);
         drop(rx);
         if result.is_err() {
             if let Err(e) = writer.abort() {
@@ -447,7 +453,13 @@ impl Attempt<'_> {
             }
         }
         if let Err(e) = writer.close() {
-            tracing::warn!(error = %secrets::scrub(&e.to_string()), "{} close failed", self.wf.label);
+            // After a successful attempt, a failed close is the run's failure (e.g. committed
+            // files that could not be published); after a failed one, the first error wins.
+            if result.is_ok() {
+                result = Err(e.context(format!("{}: close", self.wf.label)));
+            } else {
+                tracing::warn!(error = %secrets::scrub(&e.to_string()), "{} close failed", self.wf.label);
+            }
         }
         // The reader thread ends once it notices the closed channel; do not hang on a reader
         // blocked in I/O after a failure.
@@ -584,6 +596,34 @@ impl Attempt<'_> {
         });
         Ok(())
     }
+}
+
+/// Whether the writer's committed state `c` was made after a reset at `reset_at` (always, when
+/// there was no reset). Run ids are UUIDv7s, which carry their start time; a commit by a run
+/// id without one is treated as older than the reset.
+fn committed_after(c: &dativo_core::CommittedState, reset_at: Option<&str>) -> bool {
+    let Some(reset_at) = reset_at else {
+        return true;
+    };
+    let reset_ms = chrono::DateTime::parse_from_rfc3339(reset_at)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(i64::MAX);
+    let run_ms = c
+        .run_id
+        .as_deref()
+        .and_then(|r| uuid::Uuid::parse_str(r).ok())
+        .and_then(|u| u.get_timestamp())
+        .map(|t| {
+            let (secs, nanos) = t.to_unix();
+            secs as i64 * 1000 + (nanos / 1_000_000) as i64
+        });
+    let after = matches!(run_ms, Some(ms) if ms >= reset_ms);
+    if !after {
+        tracing::info!(
+            "the writer's committed state predates `dativo state reset`: reading from the beginning"
+        );
+    }
+    after
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

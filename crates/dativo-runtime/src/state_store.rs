@@ -20,6 +20,9 @@ use serde_json::Value;
 
 use dativo_core::{Error, Result, ResultExt};
 
+/// The run id of a reset marker (see [`StateStore::reset_state`]).
+pub const RESET_RUN_ID: &str = "reset";
+
 /// A job's committed state.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredState {
@@ -421,15 +424,14 @@ impl StateStore {
 
     /// Forget the job's state; the next run starts from the beginning. Returns whether there
     /// was one.
+    ///
+    /// The state is replaced by a reset marker (no state, run [`RESET_RUN_ID`], the time):
+    /// the runner then ignores what the writer committed *before* the reset — otherwise the
+    /// writer's copy would win over an empty state store and the reset would do nothing.
     pub fn reset_state(&self, job: &str) -> Result<bool> {
-        if let Inner::Postgres(pg) = &self.inner {
-            return pg.reset_state(job);
-        }
-        let conn = self.conn().expect("sqlite");
-        let n = conn
-            .execute("DELETE FROM job_state WHERE job = ?1", params![job])
-            .map_err(db_err)?;
-        Ok(n > 0)
+        let had = matches!(self.load_state(job)?, Some(s) if s.run_id != RESET_RUN_ID);
+        self.put_state(job, RESET_RUN_ID, None)?;
+        Ok(had)
     }
 
     /// Record the start of a run.
@@ -542,7 +544,12 @@ mod tests {
         let r2 = runs.iter().find(|r| r.run_id == "r2").unwrap();
         assert_eq!(r2.status, RunStatus::Interrupted);
         assert!(s.reset_state("j").unwrap());
-        assert!(s.load_state("j").unwrap().is_none());
+        let marker = s.load_state("j").unwrap().unwrap();
+        assert_eq!((marker.state, marker.run_id.as_str()), (None, RESET_RUN_ID));
+        assert!(
+            !s.reset_state("j").unwrap(),
+            "a second reset finds no state"
+        );
     }
 
     #[test]

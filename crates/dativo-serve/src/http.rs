@@ -31,7 +31,32 @@ pub(crate) fn router(server: Arc<Server>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .layer(axum::middleware::map_response(scrub_body))
         .with_state(server)
+}
+
+/// Every response body, scrubbed of every registered secret in every escaped form (JSON for
+/// the API, HTML for the page): a job's description or an error built from a job file may
+/// hold a `${env:…}` value, and redacting each field by hand misses some.
+async fn scrub_body(resp: Response) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match axum::body::to_bytes(body, 64 << 20).await {
+        Ok(b) => b,
+        Err(_) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "response too large"),
+    };
+    let body = match std::str::from_utf8(&bytes) {
+        Ok(text) => {
+            let clean = secrets::scrub(text);
+            if clean.len() == text.len() && clean == text {
+                axum::body::Body::from(bytes)
+            } else {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                axum::body::Body::from(clean)
+            }
+        }
+        Err(_) => axum::body::Body::from(bytes),
+    };
+    Response::from_parts(parts, body)
 }
 
 fn problem(status: StatusCode, message: impl Into<String>) -> Response {

@@ -1,11 +1,20 @@
-//! A catalog wrapper that counts and logs commit conflicts: iceberg-rust retries a conflicting
-//! commit on the table's new state by itself, invisibly; with many shards committing into one
-//! table, how often that happens is what an operator needs to see (and `bench/run shards`
-//! reports).
+//! A catalog wrapper that counts and logs commit conflicts, and guards a job's commits.
+//!
+//! iceberg-rust retries a conflicting commit on the table's new state by itself, invisibly;
+//! with many shards committing into one table, how often that happens is what an operator
+//! needs to see (and `bench/run shards` reports).
+//!
+//! That retry must not apply a commit on top of *another run of the same job*: two runs with
+//! their own state stores would each commit the same rows. Every commit attempt starts by
+//! loading the table, and the commit it then builds requires the table's current snapshot to
+//! be the one it loaded (`RefSnapshotIdMatch`). So while a [`JobGuard`] is set, each load
+//! checks that the job's latest snapshot in the table is still the one this run started from
+//! (or last committed); if it moved, the load fails, the commit is abandoned and the guard
+//! says who moved it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use iceberg::table::Table;
@@ -16,9 +25,68 @@ use iceberg::{
 /// Commit conflicts seen by this process.
 pub static COMMIT_CONFLICTS: AtomicU64 = AtomicU64::new(0);
 
-/// Delegates everything to `inner`; counts conflicting `update_table` calls.
+/// What a commit expects of the table: the job's latest snapshot is still `expected`.
+#[derive(Debug, Clone)]
+pub struct JobGuard {
+    /// The job (with its shard suffix) whose snapshots are compared.
+    pub job: String,
+    /// The job's latest snapshot when this run started or last committed (`None`: none yet).
+    pub expected: Option<i64>,
+}
+
+/// Another run's snapshot found by a [`JobGuard`]: (snapshot id, its run id).
+pub type Moved = (i64, Option<String>);
+
+/// Delegates everything to the inner catalog; counts conflicting `update_table` calls and
+/// applies the [`JobGuard`] set for the commit in progress.
 #[derive(Debug)]
-pub struct CountingCatalog(pub Arc<dyn Catalog>);
+pub struct CountingCatalog {
+    inner: Arc<dyn Catalog>,
+    guard: Mutex<Option<JobGuard>>,
+    moved: Mutex<Option<Moved>>,
+}
+
+impl CountingCatalog {
+    /// Wrap `inner`.
+    pub fn new(inner: Arc<dyn Catalog>) -> Self {
+        CountingCatalog {
+            inner,
+            guard: Mutex::new(None),
+            moved: Mutex::new(None),
+        }
+    }
+
+    /// Set (or clear) the guard for the commits that follow; clears what a previous guard found.
+    pub fn set_guard(&self, guard: Option<JobGuard>) {
+        *self.guard.lock().expect("not poisoned") = guard;
+        *self.moved.lock().expect("not poisoned") = None;
+    }
+
+    /// What the guard found, if it stopped a commit.
+    pub fn moved(&self) -> Option<Moved> {
+        self.moved.lock().expect("not poisoned").clone()
+    }
+}
+
+/// The latest snapshot committed by `job`, walking back from the current snapshot.
+pub fn job_latest(
+    md: &iceberg::spec::TableMetadata,
+    job: &str,
+) -> Option<iceberg::spec::SnapshotRef> {
+    let mut cur = md.current_snapshot().cloned();
+    while let Some(s) = cur {
+        if s.summary().additional_properties.get(super::writer::JOB_KEY).map(String::as_str)
+            == Some(job)
+        {
+            return Some(s);
+        }
+        cur = s
+            .parent_snapshot_id()
+            .and_then(|id| md.snapshot_by_id(id))
+            .cloned();
+    }
+    None
+}
 
 #[async_trait]
 impl Catalog for CountingCatalog {
@@ -26,62 +94,91 @@ impl Catalog for CountingCatalog {
         &self,
         parent: Option<&NamespaceIdent>,
     ) -> Result<Vec<NamespaceIdent>> {
-        self.0.list_namespaces(parent).await
+        self.inner.list_namespaces(parent).await
     }
     async fn create_namespace(
         &self,
         namespace: &NamespaceIdent,
         properties: HashMap<String, String>,
     ) -> Result<Namespace> {
-        self.0.create_namespace(namespace, properties).await
+        self.inner.create_namespace(namespace, properties).await
     }
     async fn get_namespace(&self, namespace: &NamespaceIdent) -> Result<Namespace> {
-        self.0.get_namespace(namespace).await
+        self.inner.get_namespace(namespace).await
     }
     async fn namespace_exists(&self, namespace: &NamespaceIdent) -> Result<bool> {
-        self.0.namespace_exists(namespace).await
+        self.inner.namespace_exists(namespace).await
     }
     async fn update_namespace(
         &self,
         namespace: &NamespaceIdent,
         properties: HashMap<String, String>,
     ) -> Result<()> {
-        self.0.update_namespace(namespace, properties).await
+        self.inner.update_namespace(namespace, properties).await
     }
     async fn drop_namespace(&self, namespace: &NamespaceIdent) -> Result<()> {
-        self.0.drop_namespace(namespace).await
+        self.inner.drop_namespace(namespace).await
     }
     async fn list_tables(&self, namespace: &NamespaceIdent) -> Result<Vec<TableIdent>> {
-        self.0.list_tables(namespace).await
+        self.inner.list_tables(namespace).await
     }
     async fn create_table(
         &self,
         namespace: &NamespaceIdent,
         creation: TableCreation,
     ) -> Result<Table> {
-        self.0.create_table(namespace, creation).await
+        self.inner.create_table(namespace, creation).await
     }
     async fn load_table(&self, table: &TableIdent) -> Result<Table> {
-        self.0.load_table(table).await
+        let t = self.inner.load_table(table).await?;
+        let guard = self.guard.lock().expect("not poisoned").clone();
+        if let Some(g) = guard {
+            let latest = job_latest(t.metadata(), &g.job);
+            let id = latest.as_ref().map(|s| s.snapshot_id());
+            if id != g.expected {
+                // `None`: the job's snapshot left the table's history (rolled back or
+                // replaced) — just as unsafe to commit on top of.
+                let (sid, run) = match &latest {
+                    Some(s) => (
+                        s.snapshot_id(),
+                        s.summary()
+                            .additional_properties
+                            .get(super::writer::RUN_KEY)
+                            .cloned(),
+                    ),
+                    None => (-1, None),
+                };
+                *self.moved.lock().expect("not poisoned") = Some((sid, run));
+                return Err(iceberg::Error::new(
+                    ErrorKind::DataInvalid,
+                    format!(
+                        "the latest snapshot of job `{}` in {table} is no longer the one this \
+                         run started from",
+                        g.job
+                    ),
+                ));
+            }
+        }
+        Ok(t)
     }
     async fn drop_table(&self, table: &TableIdent) -> Result<()> {
-        self.0.drop_table(table).await
+        self.inner.drop_table(table).await
     }
     async fn purge_table(&self, table: &TableIdent) -> Result<()> {
-        self.0.purge_table(table).await
+        self.inner.purge_table(table).await
     }
     async fn table_exists(&self, table: &TableIdent) -> Result<bool> {
-        self.0.table_exists(table).await
+        self.inner.table_exists(table).await
     }
     async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> Result<()> {
-        self.0.rename_table(src, dest).await
+        self.inner.rename_table(src, dest).await
     }
     async fn register_table(&self, table: &TableIdent, metadata_location: String) -> Result<Table> {
-        self.0.register_table(table, metadata_location).await
+        self.inner.register_table(table, metadata_location).await
     }
     async fn update_table(&self, commit: TableCommit) -> Result<Table> {
         let ident = commit.identifier().clone();
-        let r = self.0.update_table(commit).await;
+        let r = self.inner.update_table(commit).await;
         if let Err(e) = &r {
             if e.kind() == ErrorKind::CatalogCommitConflicts {
                 let n = COMMIT_CONFLICTS.fetch_add(1, Ordering::Relaxed) + 1;

@@ -38,9 +38,13 @@ use dativo_core::{
 };
 
 use super::config::IcebergWriterConfig;
+use super::counting::{job_latest, CountingCatalog, JobGuard};
 use super::encrypted::{audit_files, FileBuilder, ENCRYPTION_KEY};
 use crate::encryption::{EncFormat, Encryptor, FileKeys};
 use crate::rt::runtime;
+
+/// How a run that met another run of its job says so (as the state store's job lock does).
+const BUSY: &str = "is already running";
 
 /// Snapshot summary keys written with every commit.
 pub const STATE_KEY: &str = "dativo.state";
@@ -63,8 +67,11 @@ enum Active {
 #[derive(Default)]
 pub struct IcebergWriter {
     cfg: Option<IcebergWriterConfig>,
-    catalog: Option<Arc<dyn Catalog>>,
+    catalog: Option<Arc<CountingCatalog>>,
     table: Option<Table>,
+    /// This job's latest snapshot in the table as of the run's start or its last commit: a
+    /// commit is only made on top of it (see [`super::counting`]).
+    job_snapshot: Option<i64>,
     ident: Option<TableIdent>,
     target: Option<ArrowSchemaRef>,
     job: String,
@@ -234,7 +241,7 @@ impl IcebergWriter {
         self.table.as_ref().expect("initialized")
     }
 
-    async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<dyn Catalog>> {
+    async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<CountingCatalog>> {
         let warehouse = cfg.warehouse.clone().unwrap_or_else(|| "warehouse".into());
         let (warehouse, storage): (String, Arc<dyn StorageFactory>) =
             if warehouse.starts_with("s3://") || warehouse.starts_with("s3a://") {
@@ -298,9 +305,7 @@ impl IcebergWriter {
                         ),
                     )
                 })?;
-            return Ok(Arc::new(super::counting::CountingCatalog(Arc::new(
-                catalog,
-            ))));
+            return Ok(Arc::new(CountingCatalog::new(Arc::new(catalog))));
         }
         let uri = match &cfg.catalog.uri {
             Some(u) if u.starts_with("sqlite:") => {
@@ -362,9 +367,7 @@ impl IcebergWriter {
                 }
             }
         };
-        Ok(Arc::new(super::counting::CountingCatalog(Arc::new(
-            catalog,
-        ))))
+        Ok(Arc::new(CountingCatalog::new(Arc::new(catalog))))
     }
 
     /// Load or create the table; evolve its schema to take the source's new columns.
@@ -620,7 +623,9 @@ impl Writer for IcebergWriter {
         self.job = ctx.job.clone();
         self.run_id = ctx.run_id.clone();
         let schema = ctx.schema.clone();
-        runtime().block_on(self.open_table(&schema))
+        runtime().block_on(self.open_table(&schema))?;
+        self.job_snapshot = job_latest(self.table().metadata(), &self.job).map(|s| s.snapshot_id());
+        Ok(())
     }
 
     fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -661,6 +666,7 @@ impl Writer for IcebergWriter {
         let catalog = self.catalog.clone().expect("catalog");
         let enc = self.enc.clone();
         let issued = self.issued.clone();
+        let expected = self.job_snapshot;
         let (table, files) = runtime().block_on(async {
             let files = self.close_writer().await?;
             let mut summary = HashMap::from([
@@ -688,8 +694,34 @@ impl Writer for IcebergWriter {
                 .add_data_files(files.clone())
                 .apply(tx)
                 .map_err(|e| ice(e, "preparing the commit"))?;
-            match tx.commit(catalog.as_ref()).await {
+            // Every attempt (iceberg-rust retries conflicts) checks that no other run of this
+            // job committed since this run's start or last commit.
+            catalog.set_guard(Some(JobGuard {
+                job: job.clone(),
+                expected,
+            }));
+            let r = tx.commit(catalog.as_ref()).await;
+            let moved = catalog.moved();
+            catalog.set_guard(None);
+            match r {
                 Ok(t) => Ok((t, files)),
+                Err(_) if moved.is_some() => {
+                    let (sid, other) = moved.expect("checked");
+                    // Certainly not committed: the files are ours alone.
+                    self.delete_files(&files).await;
+                    let by = match (sid, other) {
+                        (-1, _) => "its latest snapshot is no longer in the table's history".to_string(),
+                        (sid, Some(run)) => format!("run {run} committed snapshot {sid}"),
+                        (sid, None) => format!("snapshot {sid} was committed"),
+                    };
+                    Err(Error::transient(format!(
+                        "job `{job}` {BUSY} elsewhere: since this run started, {by} to {ident}. \
+                         Two runs of one job must not write one table at once (each would load \
+                         the same rows): this run's commit was abandoned and its files deleted; \
+                         the next run resumes from the table's state"
+                    ))
+                    .with_retryable(false))
+                }
                 Err(e) => {
                     // The commit may still have landed (e.g. a lost response): the runner
                     // recovers from committed_state(); the files are left for that case.
@@ -697,6 +729,7 @@ impl Writer for IcebergWriter {
                 }
             }
         })?;
+        self.job_snapshot = table.metadata().current_snapshot().map(|s| s.snapshot_id());
         let snapshot = table.metadata().current_snapshot().map(|s| s.snapshot_id());
         self.table = Some(table);
         self.rows = 0;
@@ -732,30 +765,24 @@ impl Writer for IcebergWriter {
         let table = runtime()
             .block_on(catalog.load_table(&ident))
             .map_err(|e| ice(e, "loading the table"))?;
-        let md = table.metadata();
-        let mut cur = md.current_snapshot().cloned();
-        while let Some(s) = cur {
+        if let Some(s) = job_latest(table.metadata(), &self.job) {
+            self.job_snapshot = Some(s.snapshot_id());
             let props = &s.summary().additional_properties;
-            if props.get(JOB_KEY) == Some(&self.job) {
-                let state = match props.get(STATE_KEY) {
-                    Some(text) => serde_json::from_str::<Value>(text).map_err(|e| {
-                        Error::data(format!(
-                            "snapshot {} has an unreadable dativo.state: {e}",
-                            s.snapshot_id()
-                        ))
-                    })?,
-                    None => Value::Null,
-                };
-                return Ok(Some(CommittedState {
-                    state: (!state.is_null()).then_some(state),
-                    run_id: props.get(RUN_KEY).cloned(),
-                }));
-            }
-            cur = s
-                .parent_snapshot_id()
-                .and_then(|id| md.snapshot_by_id(id))
-                .cloned();
+            let state = match props.get(STATE_KEY) {
+                Some(text) => serde_json::from_str::<Value>(text).map_err(|e| {
+                    Error::data(format!(
+                        "snapshot {} has an unreadable dativo.state: {e}",
+                        s.snapshot_id()
+                    ))
+                })?,
+                None => Value::Null,
+            };
+            return Ok(Some(CommittedState {
+                state: (!state.is_null()).then_some(state),
+                run_id: props.get(RUN_KEY).cloned(),
+            }));
         }
+        self.job_snapshot = None;
         Ok(Some(CommittedState {
             state: None,
             run_id: None,

@@ -40,6 +40,34 @@ pub struct Manifest {
     pub state: Option<Value>,
     /// Files published by this commit.
     pub files: Vec<ManifestFile>,
+    /// The columns of the files (without partition columns), so that a later run can refuse a
+    /// schema its readers could not combine with these files. Absent in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Vec<ColumnSpec>>,
+}
+
+/// A column of the data files, as recorded in a manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnSpec {
+    /// Column name.
+    pub name: String,
+    /// Arrow data type, as Arrow displays it (`Int64`, `Decimal128(12, 2)`, …).
+    #[serde(rename = "type")]
+    pub data_type: String,
+}
+
+impl ColumnSpec {
+    /// The columns of `schema`.
+    pub fn of(schema: &arrow::datatypes::Schema) -> Vec<ColumnSpec> {
+        schema
+            .fields()
+            .iter()
+            .map(|f| ColumnSpec {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+            })
+            .collect()
+    }
 }
 
 /// A file published by a commit.
@@ -119,8 +147,8 @@ impl Layout {
         format!("{}/{}.inprogress", self.staging(), rel.replace('/', "__"))
     }
 
-    /// The lock file held by the active writer (local directories only; object stores
-    /// have no locks — one job per prefix).
+    /// The lock file held by the active writer (local directories; object stores hold a lease,
+    /// see [`Layout::lease_key`]).
     pub fn lock_file(&self) -> Option<PathBuf> {
         match &self.loc {
             Location::Local(root) => Some(root.join(&self.meta).join("writer.lock")),
@@ -170,6 +198,17 @@ impl Layout {
             Some(seq) => Ok(Some(self.read_manifest(*seq)?)),
             None => Ok(None),
         }
+    }
+
+    /// The file columns recorded by the most recent manifest that has them (fences and older
+    /// manifests have none; at most `limit` manifests are read).
+    pub fn latest_schema(&self, limit: usize) -> Result<Option<Vec<ColumnSpec>>> {
+        for seq in self.sequences()?.into_iter().take(limit) {
+            if let Some(schema) = self.read_manifest(seq)?.schema {
+                return Ok(Some(schema));
+            }
+        }
+        Ok(None)
     }
 
     /// The latest manifest written by `job`, if any.
@@ -240,15 +279,64 @@ impl Layout {
     }
 
     /// Write `m` as the next commit. This is the commit point.
+    ///
+    /// The manifest is created only if its sequence number is free (a conditional PUT on
+    /// object stores): two writers can never both commit sequence N, and a writer fenced off by
+    /// a run that took over its lease cannot commit at all.
     pub fn write(&self, m: &Manifest) -> Result<()> {
         let rel = format!("{}/{:020}.json", self.commits(), m.sequence);
-        if self.loc.exists(&rel)? {
+        if !self.loc.put_new(&rel, &serde_json::to_vec_pretty(m)?)? {
             return Err(Error::transient(format!(
-                "commit {} already exists in {}: another writer committed concurrently",
+                "commit {} already exists in {}: another run of job `{}` committed to this \
+                 directory concurrently; this commit was not made",
                 m.sequence,
-                self.loc.display(&self.commits())
-            )));
+                self.loc.display(&self.commits()),
+                m.job
+            ))
+            .with_retryable(false));
         }
-        self.loc.put(&rel, &serde_json::to_vec_pretty(m)?)
+        Ok(())
+    }
+
+    /// The lease object of this layout (object stores; see [`super::lease`]).
+    pub fn lease_key(&self) -> String {
+        format!("{}/lease.json", self.meta)
+    }
+
+    /// After taking over an expired lease: claim the next commit sequence with an empty commit
+    /// that repeats `job`'s last state, so that the previous holder — if it is still alive and
+    /// wakes up — can no longer commit files this run is about to delete from staging. Commits
+    /// that landed before the fence are rolled forward first. Returns the fence's sequence.
+    pub fn fence(&self, job: &str, run_id: &str) -> Result<u64> {
+        for _ in 0..100 {
+            let latest = self.latest()?;
+            if let Some(m) = &latest {
+                self.publish(m)?;
+            }
+            let previous = self.latest_for(job)?;
+            let m = Manifest {
+                format: FORMAT.into(),
+                sequence: latest.as_ref().map(|m| m.sequence).unwrap_or(0) + 1,
+                job: job.into(),
+                run_id: previous
+                    .as_ref()
+                    .map(|p| p.run_id.clone())
+                    .unwrap_or_else(|| run_id.to_string()),
+                committed_at: crate::encryption::now(),
+                state: previous.and_then(|p| p.state),
+                files: Vec::new(),
+                schema: None,
+            };
+            let rel = format!("{}/{:020}.json", self.commits(), m.sequence);
+            if self.loc.put_new(&rel, &serde_json::to_vec_pretty(&m)?)? {
+                tracing::info!(sequence = m.sequence, dir = %self.loc.display(""), "fenced off the previous lease holder");
+                return Ok(m.sequence);
+            }
+        }
+        Err(Error::transient(format!(
+            "could not fence {}: commits keep landing from another run",
+            self.loc.display(&self.commits())
+        ))
+        .with_retryable(false))
     }
 }

@@ -3,7 +3,7 @@
 use parquet::basic::{Compression, ZstdLevel};
 use serde::Deserialize;
 
-use dativo_core::config::ByteSize;
+use dativo_core::config::{ByteSize, DurationValue};
 use dativo_core::{Error, Result};
 
 /// `target.config` of `writer: parquet`.
@@ -44,6 +44,15 @@ pub struct ParquetWriterConfig {
     /// default, or `parquet` for Parquet Modular Encryption).
     #[serde(default)]
     pub encryption: Option<crate::encryption::EncryptionConfig>,
+    /// On object stores, how long the writer's lease on the prefix lasts unless renewed (it is
+    /// renewed every third of this): a run killed on another machine blocks the next run of
+    /// the job for at most this long. Default 60s.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: DurationValue,
+}
+
+fn default_lease_ttl() -> DurationValue {
+    DurationValue(std::time::Duration::from_secs(60))
 }
 
 fn default_compression() -> String {
@@ -121,6 +130,12 @@ impl ParquetWriterConfig {
                 )
                 .with_key_path("partition_by"));
             }
+        }
+        let ttl = self.lease_ttl.0;
+        if ttl < std::time::Duration::from_secs(3) || ttl > std::time::Duration::from_secs(3600) {
+            return Err(
+                Error::config("must be between 3s and 1h").with_key_path("lease_ttl")
+            );
         }
         if self.file_prefix.is_empty()
             || self.file_prefix.starts_with(['_', '.'])

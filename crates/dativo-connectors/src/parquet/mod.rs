@@ -8,9 +8,12 @@
 //!   [`commit_log`] for the protocol. A crash at any point leaves only whole, committed files
 //!   where DuckDB, pyarrow and Spark look, and the next run finishes or discards the rest.
 //! * `committed_state()` reads the state back from the latest manifest.
+//! * One writer per directory: an OS lock locally, a lease object with conditional writes on
+//!   object stores ([`lease`]); a second run of the job fails at once, never corrupts.
 
 pub mod commit_log;
 mod config;
+pub mod lease;
 mod writer;
 
 pub use config::{parse_compression, ParquetWriterConfig};

@@ -19,7 +19,8 @@ use dativo_core::{
     Commit, CommitReport, CommittedState, Error, Result, ResultExt, Writer, WriterContext,
 };
 
-use super::commit_log::{Layout, Manifest, ManifestFile, FORMAT};
+use super::commit_log::{ColumnSpec, Layout, Manifest, ManifestFile, FORMAT};
+use super::lease::{self, Lease};
 use super::config::{parse_compression, ParquetWriterConfig};
 use crate::encryption::stream::{EncryptingSink, SUFFIX};
 use crate::encryption::{pme, EncFormat, Encryptor, FileAudit, FileKeys};
@@ -50,7 +51,12 @@ pub struct ParquetWriter {
     job: String,
     run_id: String,
     lock: Option<File>,
+    /// The lease on an object-store prefix (see [`super::lease`]).
+    lease: Option<Lease>,
     last_sequence: u64,
+    /// A durable commit whose files could not all be published yet (storage failed after the
+    /// commit point): published before the next commit, and again at close.
+    unpublished: Option<Manifest>,
     /// Open files by partition directory (`""` when unpartitioned).
     open: BTreeMap<String, OpenFile>,
     /// Indices of the partition columns, and the schema of the data files (without them).
@@ -72,6 +78,65 @@ fn hive_escape(v: &str) -> String {
         }
     }
     out
+}
+
+/// [`Layout::publish`], retried with backoff: an object-store hiccup or a failed rename midway
+/// must not leave a commit half visible for longer than it takes to recover.
+fn publish_with_retries(layout: &Layout, m: &Manifest) -> Result<()> {
+    let mut delay = std::time::Duration::from_millis(200);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match layout.publish(m) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt >= 5 => return Err(e),
+            Err(e) => {
+                tracing::warn!(
+                    sequence = m.sequence,
+                    attempt,
+                    error = %dativo_core::secrets::scrub(&e.to_string()),
+                    "publishing a committed file failed; retrying"
+                );
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+        }
+    }
+}
+
+/// Refuse a source schema that readers could not combine with the files already committed:
+/// a column whose type changed (pyarrow.dataset and Spark then fail on the directory). New
+/// columns are fine (older files read as NULL there); a column gone is fine too.
+fn check_schema_change(layout: &Layout, path: &str, schema: &Schema) -> Result<()> {
+    let Some(before) = layout.latest_schema(50)? else {
+        return Ok(());
+    };
+    let now = ColumnSpec::of(schema);
+    for old in &before {
+        if let Some(new) = now.iter().find(|c| c.name == old.name) {
+            if new.data_type != old.data_type {
+                return Err(Error::schema(format!(
+                    "column `{}` is {} in the files already committed to {path}, but the source \
+                     now gives {}: readers could not read the directory as one dataset. Write \
+                     to a new path, or declare the column's old type in the source's `schema:`",
+                    old.name, old.data_type, new.data_type
+                )));
+            }
+        }
+    }
+    let added: Vec<&str> = now
+        .iter()
+        .filter(|c| !before.iter().any(|o| o.name == c.name))
+        .map(|c| c.name.as_str())
+        .collect();
+    if !added.is_empty() {
+        tracing::warn!(
+            path,
+            columns = %added.join(", "),
+            "new columns: files committed before have none (read with union_by_name / a unified schema)"
+        );
+    }
+    Ok(())
 }
 
 fn pq_err(e: parquet::errors::ParquetError) -> Error {
@@ -297,6 +362,29 @@ impl ParquetWriter {
         Ok(out)
     }
 
+    /// Publish a durable commit whose publication failed earlier.
+    fn publish_pending(&mut self) -> Result<()> {
+        let Some(m) = self.unpublished.take() else {
+            return Ok(());
+        };
+        let layout = self.layout()?.clone();
+        if let Err(e) = publish_with_retries(&layout, &m) {
+            let err = Error::transient(format!(
+                "commit {:020} in {} is durable (its {} rows and the state are committed) but \
+                 not all of its {} files could be published; a plain reader of the directory \
+                 sees only some of them until the next attempt or run publishes the rest",
+                m.sequence,
+                layout.loc.display(""),
+                m.files.iter().map(|f| f.rows).sum::<u64>(),
+                m.files.len()
+            ))
+            .with_source(e);
+            self.unpublished = Some(m);
+            return Err(err);
+        }
+        Ok(())
+    }
+
     fn discard(&mut self) -> Result<()> {
         let layout = self.layout()?.clone();
         for (_, open) in std::mem::take(&mut self.open) {
@@ -344,6 +432,31 @@ impl Writer for ParquetWriter {
             }
             None => None,
         };
+        let lease = match layout.loc.operator() {
+            Some(op) if lease::supported(op) => {
+                let lease = Lease::acquire(
+                    op,
+                    &layout.lease_key(),
+                    layout.loc.display(&layout.lease_key()),
+                    &ctx.job,
+                    &ctx.run_id,
+                    cfg.lease_ttl.0,
+                )?;
+                if lease.took_over {
+                    layout.fence(&ctx.job, &ctx.run_id)?;
+                }
+                Some(lease)
+            }
+            Some(_) => {
+                tracing::warn!(
+                    path = %cfg.path,
+                    "this object store has no conditional writes: two runs of one job at once \
+                     are not detected here; make sure only one runs"
+                );
+                None
+            }
+            None => None,
+        };
         let latest = layout.recover()?;
         self.last_sequence = latest.map(|m| m.sequence).unwrap_or(0);
         let props = WriterProperties::builder()
@@ -385,17 +498,28 @@ impl Writer for ParquetWriter {
         if let Some(enc) = &self.enc {
             enc.check_columns(self.file_schema.as_ref().expect("set above"))?;
         }
+        check_schema_change(
+            &layout,
+            &cfg.path,
+            self.file_schema.as_ref().expect("set above"),
+        )?;
         self.partition_cols = partition_cols;
         self.schema = Some(ctx.schema.clone());
         self.job = ctx.job.clone();
         self.run_id = ctx.run_id.clone();
         self.lock = lock;
+        self.lease = lease;
         self.layout = Some(layout);
         self.cfg = Some(cfg);
         Ok(())
     }
 
     fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        if let Some(lease) = &self.lease {
+            if lease.is_lost() {
+                return lease.check();
+            }
+        }
         for (dir, rows) in self.split(batch)? {
             self.write_to(&dir, &rows)?;
         }
@@ -405,6 +529,7 @@ impl Writer for ParquetWriter {
     fn finalize(&mut self, commit: &Commit) -> Result<CommitReport> {
         self.close_all()?;
         let layout = self.layout()?.clone();
+        self.publish_pending()?;
         let manifest = Manifest {
             format: FORMAT.into(),
             sequence: self.last_sequence + 1,
@@ -412,6 +537,7 @@ impl Writer for ParquetWriter {
             run_id: commit.run_id.clone(),
             committed_at: crate::encryption::now(),
             state: commit.state.clone(),
+            schema: self.file_schema.as_deref().map(ColumnSpec::of),
             files: self
                 .staged
                 .iter()
@@ -435,6 +561,10 @@ impl Writer for ParquetWriter {
                 .collect();
             enc.audit.append(&layout.loc.name(), &audits)?;
         }
+        if let Some(lease) = &self.lease {
+            // The lease is ours for a whole `lease_ttl` from here: the commit point follows.
+            lease.check()?;
+        }
         if let Err(e) = layout.write(&manifest) {
             // The manifest may have become durable even though the write reported an error
             // (a lost response, a failed directory sync): never delete files it may name. The
@@ -444,7 +574,18 @@ impl Writer for ParquetWriter {
         }
         self.last_sequence = manifest.sequence;
         self.staged.clear();
-        layout.publish(&manifest)?;
+        // The commit is durable from here: its rows and state count whatever happens next.
+        // Publication failing now (an outage midway) leaves part of the commit visible to a
+        // plain directory reader; it is retried, then again before the next commit and at
+        // close, which fails the run if it still cannot publish (the next start finishes it).
+        if let Err(e) = publish_with_retries(&layout, &manifest) {
+            tracing::error!(
+                sequence = manifest.sequence,
+                error = %dativo_core::secrets::scrub(&e.to_string()),
+                "commit is durable but its files are not all published yet; retrying later"
+            );
+            self.unpublished = Some(manifest.clone());
+        }
         Ok(CommitReport {
             files: manifest
                 .files
@@ -466,12 +607,15 @@ impl Writer for ParquetWriter {
 
     fn close(&mut self) -> Result<()> {
         let r = if self.layout.is_some() {
-            self.discard()
+            self.discard().and(self.publish_pending())
         } else {
             Ok(())
         };
         if let Some(lock) = self.lock.take() {
             let _ = lock.unlock();
+        }
+        if let Some(lease) = self.lease.take() {
+            lease.release();
         }
         if let Some(l) = &self.layout {
             let _ = l.loc.sync("");
