@@ -285,3 +285,36 @@ target: {writer: parquet, config: {path: lake}}
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=30)
     assert not leaks(out + err, secret)
+
+
+def test_no_flight_token_at_vv(dativo, tmp_path):
+    """A Flight plugin's bearer token at -vv (gRPC and HTTP/2 libraries trace their headers)."""
+    import subprocess as sp
+    import sys
+    from conftest import ROOT, free_port, parquet_stats, wait_for_port
+    token = 'fl"ight\\tok-' + uuid.uuid4().hex[:8]
+    port = free_port()
+    server = sp.Popen([sys.executable, str(ROOT / "examples/plugins/flight/reader_server.py"),
+                       "--port", str(port), "--token", token])
+    try:
+        wait_for_port(port, 30)
+        job = write_job(tmp_path / "job.yaml", f"""name: flight_secret
+source:
+  reader:
+    type: custom
+    implementation: grpc://127.0.0.1:{port}
+    token: "${{env:FLIGHT_TOKEN}}"
+  config: {{"rows": 100}}
+target:
+  writer: parquet
+  config: {{path: out}}
+""")
+        for args in (["-vv"], ["-vv", "--log-format", "json"]):
+            p = dativo.run(*args, "run", job, "--no-progress",
+                           env={"FLIGHT_TOKEN": token, "RUST_LOG": "trace"}, timeout=120)
+            assert p.returncode == 0, p.stderr[-2000:]
+            assert len(p.stderr) > 2_000, "trace logging was on"
+            assert not leaks(p.stdout + p.stderr, token)
+        assert parquet_stats(tmp_path / "out")[0] == 100
+    finally:
+        server.kill()

@@ -540,7 +540,7 @@ pub(crate) enum TriggerError {
 
 fn load_entry(path: &Path, stamp: (SystemTime, u64)) -> Result<JobEntry> {
     let job = Job::load(path)?;
-    dativo_runtime::implementations::validate(&job)?;
+    dativo_runtime::implementations::validate_without_loading(&job)?;
     let cron = match &job.config.schedule {
         Some(s) => {
             let cron = croner::Cron::new(&s.cron)
