@@ -8,7 +8,8 @@ use dativo_core::schema_spec::ColumnSpec;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileFormat {
-    /// Comma-separated values with a header row (delimiter configurable).
+    /// Delimiter-separated values with a header row: commas, or tabs for `.tsv`/`.tab` files
+    /// (the delimiter is configurable).
     Csv,
     /// One JSON object per line.
     Jsonl,
@@ -20,7 +21,7 @@ impl FileFormat {
     /// The format implied by a file name's extension.
     pub fn from_path(path: &str) -> Option<FileFormat> {
         let lower = path.to_ascii_lowercase();
-        if lower.ends_with(".csv") || lower.ends_with(".tsv") {
+        if lower.ends_with(".csv") || is_tab_separated(&lower) {
             Some(FileFormat::Csv)
         } else if lower.ends_with(".jsonl")
             || lower.ends_with(".ndjson")
@@ -33,6 +34,11 @@ impl FileFormat {
             None
         }
     }
+}
+
+/// Whether a (lowercase) file name says tab-separated values.
+fn is_tab_separated(lower: &str) -> bool {
+    lower.ends_with(".tsv") || lower.ends_with(".tab")
 }
 
 /// `source.config` of `reader: file`.
@@ -76,8 +82,9 @@ pub struct FileReaderConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CsvOptions {
-    /// Field delimiter (one character); `\t` for TSV.
-    pub delimiter: char,
+    /// Field delimiter (one character). Unset: a tab for `.tsv` and `.tab` files, else a comma
+    /// (see [`CsvOptions::delimiter_for`]).
+    pub delimiter: Option<char>,
     /// Whether the first line holds column names.
     pub header: bool,
     /// Quote character.
@@ -91,11 +98,23 @@ pub struct CsvOptions {
 impl Default for CsvOptions {
     fn default() -> Self {
         CsvOptions {
-            delimiter: ',',
+            delimiter: None,
             header: true,
             quote: '"',
             escape: None,
             null_regex: None,
+        }
+    }
+}
+
+impl CsvOptions {
+    /// The delimiter of `file`: the configured one, else a tab for a `.tsv` or `.tab` name, else
+    /// a comma. Decided per file, so a glob over both kinds reads each correctly.
+    pub fn delimiter_for(&self, file: &str) -> char {
+        match self.delimiter {
+            Some(d) => d,
+            None if is_tab_separated(&file.to_ascii_lowercase()) => '\t',
+            None => ',',
         }
     }
 }

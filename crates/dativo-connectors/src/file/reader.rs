@@ -5,8 +5,9 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek};
 use std::sync::Arc;
 
+use arrow::compute::{cast_with_options, CastOptions};
 use arrow::csv::reader::Format;
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -18,6 +19,8 @@ use dativo_core::schema_spec::to_schema;
 use dativo_core::{Error, Reader, ReaderContext, Result, ResultExt};
 
 use super::config::{CsvOptions, FileFormat, FileReaderConfig};
+use super::json_integers::wide_integer_fields;
+use super::quote_check::{line_of, QuoteCheck, UnterminatedQuote};
 use crate::storage::{is_remote, Location, ReadSeek};
 
 /// Where the files are: the working directory, or an object store bucket.
@@ -110,7 +113,7 @@ enum ParquetSource {
     Bytes(bytes::Bytes),
 }
 
-type Batches = Box<dyn Iterator<Item = std::result::Result<RecordBatch, ArrowError>> + Send>;
+type Batches = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
 
 /// Incremental state: files fully loaded, and how far into the current one.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -142,6 +145,9 @@ struct Open {
 pub struct FileReader {
     cfg: Option<FileReaderConfig>,
     format: Option<FileFormat>,
+    /// The schema files are decoded with: `schema:` or inferred.
+    read_schema: Option<SchemaRef>,
+    /// The schema handed over: `read_schema` with second precision widened (see [`widen`]).
     schema: Option<SchemaRef>,
     pending: VecDeque<(String, u64)>,
     state: FileState,
@@ -182,26 +188,37 @@ impl FileReader {
 
     fn open_file(&self, name: &str, skip: u64) -> Result<Batches> {
         let cfg = self.cfg();
-        let schema = self.schema.clone().expect("schema known");
+        let schema = self.read_schema.clone().expect("schema known");
+        let out = self.schema.clone().expect("schema known");
         let format = self.format.expect("format known");
         let source = self.source.clone().expect("initialized");
         let bs = cfg.batch_size;
         let batches: Batches = match format {
             FileFormat::Csv => {
+                let csv = csv_format(&cfg.csv, name)?;
                 if cfg.csv.header {
-                    check_csv_header(&mut source.open(name)?, &cfg.csv, &schema)?;
+                    check_csv_header(&mut source.open(name)?, &csv, &schema)?;
                 }
-                let r = arrow::csv::ReaderBuilder::new(schema)
-                    .with_format(csv_format(&cfg.csv)?)
+                let input = QuoteCheck::new(
+                    source.open(name)?,
+                    ascii(cfg.csv.delimiter_for(name), "delimiter")?,
+                    ascii(cfg.csv.quote, "quote")?,
+                    cfg.csv.escape.map(|e| ascii(e, "escape")).transpose()?,
+                );
+                let r = arrow::csv::ReaderBuilder::new(schema.clone())
+                    .with_format(csv)
                     .with_batch_size(bs)
-                    .build(source.open(name)?)?;
-                skip_rows(Box::new(r), skip)
+                    .build(input)?;
+                let name = name.to_string();
+                let batches = r.map(move |b| b.map_err(|e| csv_error(e, &source, &name)));
+                skip_rows(conform(Box::new(batches), &schema, out), skip)
             }
             FileFormat::Jsonl => {
-                let r = arrow::json::ReaderBuilder::new(schema)
+                let r = arrow::json::ReaderBuilder::new(schema.clone())
                     .with_batch_size(bs)
                     .build(source.open(name)?)?;
-                skip_rows(Box::new(r), skip)
+                let batches = r.map(|b| b.map_err(Error::from));
+                skip_rows(conform(Box::new(batches), &schema, out), skip)
             }
             FileFormat::Parquet => {
                 let (got, r) = match source.parquet(name)? {
@@ -209,11 +226,8 @@ impl FileReader {
                     ParquetSource::Bytes(b) => parquet_batches(b, bs, skip)?,
                 };
                 check_same_columns(&schema, &got)?;
-                let target = schema.clone();
-                // Present batches with the reader's declared schema (field metadata may differ).
-                Box::new(r.map(move |b| {
-                    b.and_then(|b| RecordBatch::try_new(target.clone(), b.columns().to_vec()))
-                }))
+                // Always rebuilt with the reader's schema: field metadata may differ.
+                conform(Box::new(r.map(|b| b.map_err(Error::from))), &got, out)
             }
         };
         Ok(batches)
@@ -237,7 +251,7 @@ fn check_config(cfg: &FileReaderConfig) -> Result<()> {
             Error::config(e.message().to_string()).with_key_path(p)
         })?;
     }
-    csv_format(&cfg.csv).map_err(|e| {
+    csv_format(&cfg.csv, &cfg.path).map_err(|e| {
         let msg = e.message().to_string();
         Error::config(msg).with_key_path("csv")
     })?;
@@ -254,10 +268,11 @@ fn ascii(c: char, what: &str) -> Result<u8> {
         .ok_or_else(|| Error::config(format!("the CSV {what} must be one ASCII character")))
 }
 
-fn csv_format(o: &CsvOptions) -> Result<Format> {
+/// The CSV dialect of `file` (its delimiter may depend on its extension).
+fn csv_format(o: &CsvOptions, file: &str) -> Result<Format> {
     let mut f = Format::default()
         .with_header(o.header)
-        .with_delimiter(ascii(o.delimiter, "delimiter")?)
+        .with_delimiter(ascii(o.delimiter_for(file), "delimiter")?)
         .with_quote(ascii(o.quote, "quote")?);
     if let Some(e) = o.escape {
         f = f.with_escape(ascii(e, "escape")?);
@@ -291,8 +306,32 @@ fn parquet_batches<T: parquet::file::reader::ChunkReader + 'static>(
     Ok((schema, Box::new(r)))
 }
 
-fn check_csv_header(f: &mut dyn Read, o: &CsvOptions, schema: &Schema) -> Result<()> {
-    let (header, _) = csv_format(o)?.infer_schema(f, Some(0))?;
+/// A CSV read error; an unterminated quoted field becomes a data error with its line.
+fn csv_error(e: ArrowError, source: &Source, name: &str) -> Error {
+    match e {
+        ArrowError::IoError(_, io) => match UnterminatedQuote::from_io(&io) {
+            Some(u) => {
+                // Counted only now: the line is for the message, the scan tracks bytes.
+                let line = source
+                    .open(name)
+                    .ok()
+                    .and_then(|r| line_of(r, u.offset).ok())
+                    .map(|l| format!(" (line {l})"))
+                    .unwrap_or_default();
+                Error::data(format!(
+                    "{u}{line}; the rest of the file would load as one field, so the file is \
+                     rejected: nothing after the last checkpoint is committed"
+                ))
+                .with_source(io)
+            }
+            None => Error::from(ArrowError::IoError(io.to_string(), io)),
+        },
+        other => Error::from(other),
+    }
+}
+
+fn check_csv_header(f: &mut dyn Read, csv: &Format, schema: &Schema) -> Result<()> {
+    let (header, _) = csv.clone().infer_schema(f, Some(0))?;
     let got: Vec<&str> = header.fields().iter().map(|f| f.name().as_str()).collect();
     let want: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     if got != want {
@@ -328,6 +367,70 @@ fn describe(s: &Schema) -> String {
         .map(|f| format!("{} {}", f.name(), f.data_type()))
         .collect();
     format!("({})", cols.join(", "))
+}
+
+/// The type a column is handed over as: second precision becomes microseconds.
+///
+/// arrow infers `Timestamp(Second)` for CSV values like `2026-01-06T09:42:36`, and Parquet has
+/// no second unit: the parquet crate writes such a column as a bare INT64 that engines read as
+/// BIGINT. Microseconds are exact for every second value, are the unit of `timestamp` in a
+/// `schema:`, of Iceberg, Spark, Trino and DuckDB, and still span ±290,000 years (nanoseconds
+/// would stop at 1677–2262).
+fn widen(t: &DataType) -> DataType {
+    let field = |f: &FieldRef| -> FieldRef {
+        Arc::new(f.as_ref().clone().with_data_type(widen(f.data_type())))
+    };
+    match t {
+        DataType::Timestamp(TimeUnit::Second, tz) => {
+            DataType::Timestamp(TimeUnit::Microsecond, tz.clone())
+        }
+        DataType::Time32(TimeUnit::Second) => DataType::Time64(TimeUnit::Microsecond),
+        DataType::List(f) => DataType::List(field(f)),
+        DataType::LargeList(f) => DataType::LargeList(field(f)),
+        DataType::FixedSizeList(f, n) => DataType::FixedSizeList(field(f), *n),
+        DataType::Struct(fs) => DataType::Struct(fs.iter().map(field).collect()),
+        DataType::Map(f, sorted) => DataType::Map(field(f), *sorted),
+        other => other.clone(),
+    }
+}
+
+/// `schema` with every column [`widen`]ed.
+fn widen_schema(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_data_type(widen(f.data_type())))
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// Hand batches decoded as `read` over as `out`, casting the columns whose type differs.
+fn conform(inner: Batches, read: &Schema, out: SchemaRef) -> Batches {
+    if read == out.as_ref() {
+        return inner;
+    }
+    // Not `safe`: a value that does not fit fails the read instead of becoming NULL.
+    let opts = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    Box::new(inner.map(move |b| {
+        let b = b?;
+        let cols = b
+            .columns()
+            .iter()
+            .zip(out.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c.clone())
+                } else {
+                    cast_with_options(c, f.data_type(), &opts)
+                        .map_err(|e| Error::from(e).context(format!("column `{}`", f.name())))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new(out.clone(), cols)?)
+    }))
 }
 
 /// Drop the first `skip` rows of a batch stream (resuming inside a file).
@@ -373,14 +476,16 @@ fn infer_schema(
     let schema = match format {
         FileFormat::Csv => {
             let mut r = source.open(name)?;
-            let (s, _) = csv_format(&cfg.csv)?.infer_schema(&mut r, Some(cfg.infer_rows))?;
+            let (s, _) = csv_format(&cfg.csv, name)?.infer_schema(&mut r, Some(cfg.infer_rows))?;
             s
         }
         FileFormat::Jsonl => {
             let mut r = source.open(name)?;
             let (s, _) = arrow::json::reader::infer_json_schema(&mut r, Some(cfg.infer_rows))?;
             r.rewind()?;
-            s
+            let wide = wide_integer_fields(BufReader::new(&mut r), cfg.infer_rows)?;
+            r.rewind()?;
+            decimal_for_wide_integers(s, &wide)?
         }
         FileFormat::Parquet => {
             let got = match source.parquet(name)? {
@@ -395,6 +500,55 @@ fn infer_schema(
         return Err(Error::schema("no columns found"));
     }
     Ok(Arc::new(schema))
+}
+
+/// Columns holding integers beyond int64 (inferred as float64, which would round them) become
+/// `decimal(38,0)`, exact for every integer of up to 38 digits; a column where no inferred type
+/// is exact is a data error naming the field.
+fn decimal_for_wide_integers(
+    schema: Schema,
+    wide: &std::collections::HashMap<String, super::json_integers::FieldNumbers>,
+) -> Result<Schema> {
+    if wide.is_empty() {
+        return Ok(schema);
+    }
+    let declare = "declare the column types with `schema:`";
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let Some(n) = wide.get(f.name()) else {
+            fields.push(f.as_ref().clone());
+            continue;
+        };
+        let v = n.wide.as_deref().unwrap_or("");
+        let name = f.name();
+        let problem = if n.nested {
+            Some(format!(
+                "holds the integer {v}, beyond int64, inside a nested value; an inferred type \
+                 would round it: {declare}"
+            ))
+        } else if n.fractional {
+            Some(format!(
+                "holds both the integer {v}, beyond int64, and numbers with a fraction; float64 \
+                 would round it: {declare} (e.g. `decimal(38,6)`)"
+            ))
+        } else if n.max_digits > 38 {
+            Some(format!(
+                "holds an integer of {} digits ({v}), beyond what decimal(38,0) holds",
+                n.max_digits
+            ))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            return Err(Error::data(format!("field `{name}` {p}")));
+        }
+        let t = match f.data_type() {
+            DataType::Float64 => DataType::Decimal128(38, 0),
+            other => other.clone(),
+        };
+        fields.push(f.as_ref().clone().with_data_type(t));
+    }
+    Ok(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 impl Reader for FileReader {
@@ -458,7 +612,8 @@ impl Reader for FileReader {
             files: state.files,
             current: None,
         };
-        self.schema = Some(schema);
+        self.schema = Some(widen_schema(&schema));
+        self.read_schema = Some(schema);
         self.source = Some(source);
         self.format = Some(format);
         self.cfg = Some(cfg);
@@ -487,7 +642,7 @@ impl Reader for FileReader {
                 }
                 Some(Err(e)) => {
                     let name = open.name.clone();
-                    return Err(Error::from(e).context(format!("file {name}")));
+                    return Err(e.context(format!("file {name}")));
                 }
                 None => {
                     let open = self.open.take().expect("open");
