@@ -381,7 +381,11 @@ impl Location {
                     }
                     return self.put(rel, bytes).map(|_| true);
                 }
-                match runtime().block_on(op.write_with(rel, bytes.to_vec()).if_not_exists(true).into_future()) {
+                match runtime().block_on(
+                    op.write_with(rel, bytes.to_vec())
+                        .if_not_exists(true)
+                        .into_future(),
+                ) {
                     Ok(_) => Ok(true),
                     Err(e)
                         if matches!(

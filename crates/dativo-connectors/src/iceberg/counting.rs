@@ -75,7 +75,10 @@ pub fn job_latest(
 ) -> Option<iceberg::spec::SnapshotRef> {
     let mut cur = md.current_snapshot().cloned();
     while let Some(s) = cur {
-        if s.summary().additional_properties.get(super::writer::JOB_KEY).map(String::as_str)
+        if s.summary()
+            .additional_properties
+            .get(super::writer::JOB_KEY)
+            .map(String::as_str)
             == Some(job)
         {
             return Some(s);

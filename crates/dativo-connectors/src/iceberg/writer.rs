@@ -710,7 +710,9 @@ impl Writer for IcebergWriter {
                     // Certainly not committed: the files are ours alone.
                     self.delete_files(&files).await;
                     let by = match (sid, other) {
-                        (-1, _) => "its latest snapshot is no longer in the table's history".to_string(),
+                        (-1, _) => {
+                            "its latest snapshot is no longer in the table's history".to_string()
+                        }
                         (sid, Some(run)) => format!("run {run} committed snapshot {sid}"),
                         (sid, None) => format!("snapshot {sid} was committed"),
                     };

@@ -133,9 +133,7 @@ impl ParquetWriterConfig {
         }
         let ttl = self.lease_ttl.0;
         if ttl < std::time::Duration::from_secs(3) || ttl > std::time::Duration::from_secs(3600) {
-            return Err(
-                Error::config("must be between 3s and 1h").with_key_path("lease_ttl")
-            );
+            return Err(Error::config("must be between 3s and 1h").with_key_path("lease_ttl"));
         }
         if self.file_prefix.is_empty()
             || self.file_prefix.starts_with(['_', '.'])

@@ -83,11 +83,7 @@ fn machine_id() -> String {
     let pidns = std::fs::read_link("/proc/self/ns/pid")
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    format!(
-        "{}/{}",
-        read_trim("/proc/sys/kernel/random/boot_id"),
-        pidns
-    )
+    format!("{}/{}", read_trim("/proc/sys/kernel/random/boot_id"), pidns)
 }
 
 /// Field 22 of `/proc/<pid>/stat`: the process start time.
@@ -142,7 +138,12 @@ impl Shared {
         rec.expires_at_ms = now_ms() + self.ttl.as_millis() as u64;
         let body = serde_json::to_vec(&rec)?;
         let etag = self.etag.lock().expect("not poisoned").clone();
-        let r = runtime().block_on(self.op.write_with(&self.key, body).if_match(&etag).into_future());
+        let r = runtime().block_on(
+            self.op
+                .write_with(&self.key, body)
+                .if_match(&etag)
+                .into_future(),
+        );
         match r {
             Ok(meta) => {
                 let new = meta.etag().map(str::to_string);
@@ -216,7 +217,11 @@ impl Lease {
         // A few rounds: the holder may release or renew between our calls.
         let mut etag = None;
         for _ in 0..5 {
-            let r = runtime().block_on(op.write_with(key, body.clone()).if_not_exists(true).into_future());
+            let r = runtime().block_on(
+                op.write_with(key, body.clone())
+                    .if_not_exists(true)
+                    .into_future(),
+            );
             match r {
                 Ok(meta) => {
                     etag = Some(meta.etag().map(str::to_string));
@@ -232,7 +237,9 @@ impl Lease {
                 Err(e) => return Err(od(e, &format!("checking the lease {shown}"))),
             };
             let current_etag = meta.etag().unwrap_or_default().to_string();
-            let bytes = match runtime().block_on(op.read_with(key).if_match(&current_etag).into_future()) {
+            let bytes = match runtime()
+                .block_on(op.read_with(key).if_match(&current_etag).into_future())
+            {
                 Ok(b) => b.to_vec(),
                 Err(e) if precondition_failed(&e) || e.kind() == opendal::ErrorKind::NotFound => {
                     continue
@@ -265,7 +272,11 @@ impl Lease {
                 ))
                 .with_retryable(false));
             }
-            let r = runtime().block_on(op.write_with(key, body.clone()).if_match(&current_etag).into_future());
+            let r = runtime().block_on(
+                op.write_with(key, body.clone())
+                    .if_match(&current_etag)
+                    .into_future(),
+            );
             match r {
                 Ok(meta) => {
                     if let Some(h) = &holder {

@@ -20,8 +20,8 @@ use dativo_core::{
 };
 
 use super::commit_log::{ColumnSpec, Layout, Manifest, ManifestFile, FORMAT};
-use super::lease::{self, Lease};
 use super::config::{parse_compression, ParquetWriterConfig};
+use super::lease::{self, Lease};
 use crate::encryption::stream::{EncryptingSink, SUFFIX};
 use crate::encryption::{pme, EncFormat, Encryptor, FileAudit, FileKeys};
 use crate::storage::{HashingSink, Location, Sink};
