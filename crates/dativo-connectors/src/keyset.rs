@@ -4,6 +4,35 @@
 //!
 //! Batches end only between distinct values of the ordering column, so "every row with a key
 //! up to K" is a precise description of what was delivered, and a range resumes with `key > K`.
+//! A batch ends at the first key change after `batch_size` rows or `batch_bytes` bytes
+//! ([`BatchBound`]); rows sharing one key value always stay together, so a batch can pass
+//! either bound only by the rows of its last key.
+//!
+//! ## Incremental reads and NULL cursors
+//!
+//! An incremental range selects `cursor > K`, which no NULL cursor matches: rows with a NULL
+//! cursor could never be delivered. A run refuses to plan while the source has any (a data
+//! error naming the source, the column and the count) instead of skipping them silently; the
+//! check is skipped when the catalog says the column is NOT NULL.
+//!
+//! ## `lookback`
+//!
+//! A run reads up to `upper`, the highest cursor in its snapshot; the next run starts
+//! `lookback` below it, to catch rows that committed late with a cursor the previous run had
+//! already passed. Rows it had delivered are skipped by `seen`: md5 of (primary key, cursor) of
+//! every row delivered with a cursor in the window (`upper - lookback`, `upper`].
+//!
+//! `seen` must name exactly the rows that were *delivered*, never rows merely visible when it
+//! is computed. An interrupted run resumes its plan in a new snapshot, and a row that committed
+//! in between into a part the first attempt had already delivered is visible there but was
+//! never delivered; computing `seen` by querying the window at the end of the resumed run would
+//! list it, and the next run would skip it for good. So `seen` is collected from the rows
+//! themselves: every read selects, beside the columns, the row's hash when its cursor is in the
+//! window ([`Plan::seen_above`]); each batch carries those hashes ([`PartMsg::Batch`]) into
+//! [`Plan::seen`], which travels with the plan in every mid-run checkpoint, so a resumed run
+//! continues from exactly what was committed. Rows of the window an earlier run delivered (and
+//! this run skips) are added when the plan is made. The late row above is then not in `seen`,
+//! and the next run's lookback loads it, once.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +71,15 @@ pub struct Plan {
     /// Rows delivered by an unordered plan (which cannot resume).
     #[serde(default)]
     pub delivered: u64,
+    /// Incremental with `lookback`: the bottom of the window (`upper - lookback`, exclusive)
+    /// whose delivered rows are listed in [`Plan::seen`]. `None` in plans stored by versions
+    /// that computed `seen` at the end of the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_above: Option<String>,
+    /// Incremental with `lookback`: hashes of the rows with a cursor above
+    /// [`Plan::seen_above`] delivered so far by this plan or, skipped by it, by the run before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seen: Vec<String>,
 }
 
 /// One partition's key range and progress.
@@ -108,6 +146,59 @@ impl Dialect {
     }
 }
 
+/// Where a partition worker ends its batches: at the first change of the ordering key once
+/// `rows` rows or `bytes` bytes are buffered (at once without an ordering key).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchBound {
+    /// Rows per batch (`batch_size`).
+    pub rows: usize,
+    /// Bytes per batch (`batch_bytes`), counted as the values' sizes on the wire.
+    pub bytes: usize,
+}
+
+impl BatchBound {
+    /// Whether a batch holding `rows` rows and `bytes` bytes is full.
+    #[inline]
+    pub fn full(&self, rows: usize, bytes: usize) -> bool {
+        rows >= self.rows || bytes >= self.bytes
+    }
+}
+
+/// The most a batch may be asked to hold (`batch_bytes`): one Arrow Utf8/Binary array holds
+/// at most 2 GiB, and a batch may pass the bound by the rows of its last key.
+pub const MAX_BATCH_BYTES: u64 = 1 << 30;
+
+/// The default `batch_bytes`.
+pub const DEFAULT_BATCH_BYTES: u64 = 32 << 20;
+
+/// Check a `batch_bytes` value (a config error on `batch_bytes` otherwise).
+pub fn check_batch_bytes(b: u64) -> dativo_core::Result<()> {
+    if b == 0 || b > MAX_BATCH_BYTES {
+        return Err(dativo_core::Error::config(format!(
+            "must be between 1 byte and 1GiB (got {b})"
+        ))
+        .with_key_path("batch_bytes"));
+    }
+    Ok(())
+}
+
+/// The most bytes one Arrow Utf8/Binary array (32-bit offsets) holds.
+pub const MAX_ARRAY_BYTES: usize = i32::MAX as usize;
+
+/// `Ok` when `add` more bytes fit an Arrow Utf8/Binary array already holding `used`; else the
+/// message a decoder reports (instead of Arrow's panic on offset overflow).
+#[inline]
+pub fn check_array_room(used: usize, add: usize) -> Result<(), String> {
+    if used.saturating_add(add) > MAX_ARRAY_BYTES {
+        return Err(format!(
+            "the values of this column in one batch pass 2 GiB, the most an Arrow string/binary array holds \
+             ({used} bytes buffered, a value of {add} more); rows sharing one ordering-key value are never split \
+             across batches — lower `batch_bytes`, or order the read by a column with fewer equal values"
+        ));
+    }
+    Ok(())
+}
+
 /// What a partition worker sends to the reader.
 pub enum PartMsg {
     /// A batch of range `range`; `key` is its last key; `last` marks the range's final batch.
@@ -120,6 +211,8 @@ pub enum PartMsg {
         key: Option<String>,
         /// This was the range's last batch.
         last: bool,
+        /// `lookback` hashes of the batch's rows inside the window (see the module doc).
+        seen: Vec<String>,
     },
     /// The range ended without a final batch.
     Done(usize),
@@ -148,7 +241,9 @@ impl Plan {
                 batch,
                 key,
                 last,
+                seen,
             } => {
+                self.seen.extend(seen);
                 let ordered = self.column.is_some();
                 let r = &mut self.ranges[range];
                 if key.is_some() {
@@ -290,5 +385,68 @@ mod tests {
         assert_eq!(d.lit("it's"), "'it''s'");
         assert_eq!(Dialect::MySql.lit(r"a\b'c"), r"'a\\b''c'");
         assert_eq!(Dialect::MySql.ident("my`col"), "`my``col`");
+    }
+
+    #[test]
+    fn batch_bounds() {
+        let b = BatchBound {
+            rows: 100,
+            bytes: 1000,
+        };
+        assert!(!b.full(99, 999));
+        assert!(b.full(100, 0));
+        assert!(b.full(1, 1000));
+        assert!(check_batch_bytes(DEFAULT_BATCH_BYTES).is_ok());
+        assert!(check_batch_bytes(0).is_err());
+        assert!(check_batch_bytes(MAX_BATCH_BYTES + 1).is_err());
+        // An Arrow string/binary array takes up to i32::MAX bytes; past that, an error (not
+        // Arrow's "byte array offset overflow" panic).
+        assert!(check_array_room(MAX_ARRAY_BYTES - 10, 10).is_ok());
+        let e = check_array_room(MAX_ARRAY_BYTES - 10, 11).unwrap_err();
+        assert!(e.contains("2 GiB") && e.contains("batch_bytes"), "{e}");
+        assert!(check_array_room(usize::MAX, 1).is_err());
+    }
+
+    /// The `lookback` hashes a batch carries are recorded in the plan with its progress, so a
+    /// checkpoint's state lists exactly the rows delivered up to it.
+    #[test]
+    fn receive_records_seen_with_progress() {
+        use arrow::array::Int32Array;
+        use arrow::datatypes::{DataType, Field, Schema};
+        let schema =
+            std::sync::Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
+        let batch = arrow::record_batch::RecordBatch::try_new(
+            schema,
+            vec![std::sync::Arc::new(Int32Array::from(vec![1, 2]))],
+        )
+        .unwrap();
+        let mut plan = Plan {
+            mode: "incremental".into(),
+            column: Some("id".into()),
+            upper: Some("9".into()),
+            ranges: split_ranges(Some("0".into()), false, Some("9".into()), &[]),
+            delivered: 0,
+            seen_above: Some("0".into()),
+            seen: vec!["carried".into()],
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        tx.send(PartMsg::Batch {
+            range: 0,
+            batch: batch.clone(),
+            key: Some("2".into()),
+            last: false,
+            seen: vec!["h1".into(), "h2".into()],
+        })
+        .unwrap();
+        plan.receive(&rx).unwrap();
+        assert_eq!(plan.seen, ["carried", "h1", "h2"]);
+        assert_eq!(plan.ranges[0].after.as_deref(), Some("2"));
+        // The plan (with `seen`) round-trips through the stored state.
+        let back: Plan = serde_json::from_value(serde_json::to_value(&plan).unwrap()).unwrap();
+        assert_eq!(back, plan);
+        // Plans stored before `seen_above` existed still load.
+        let old: Plan =
+            serde_json::from_str(r#"{"mode":"incremental","column":"id","ranges":[]}"#).unwrap();
+        assert!(old.seen_above.is_none() && old.seen.is_empty());
     }
 }

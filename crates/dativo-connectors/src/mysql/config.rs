@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use dativo_core::config::DurationValue;
+use dativo_core::config::{ByteSize, DurationValue};
 use dativo_core::{Error, Result};
 
 pub use crate::postgres::{ReadMode, SslMode};
@@ -54,6 +54,10 @@ pub struct MySqlReaderConfig {
     /// Rows per batch (batches end between distinct key values).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Bytes per batch (default 32MiB, at most 1GiB): a batch ends at the first key change
+    /// after `batch_size` rows or `batch_bytes`.
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: ByteSize,
     /// Incremental column.
     #[serde(default)]
     pub cursor: Option<String>,
@@ -86,6 +90,9 @@ pub struct MySqlReaderConfig {
 
 fn default_batch_size() -> usize {
     16_384
+}
+fn default_batch_bytes() -> ByteSize {
+    ByteSize(crate::keyset::DEFAULT_BATCH_BYTES)
 }
 fn default_partitions() -> u32 {
     1

@@ -16,7 +16,10 @@ use dativo_core::{secrets, Error, Reader, ReaderContext, Result};
 
 use super::config::{MySqlReaderConfig, ReadMode, SslMode};
 use super::types::{field_for, kind_for, MyDecoder, MyKind};
-use crate::keyset::{key_literal, split_ranges, Dialect, KeyRange, KeysetState, PartMsg, Plan};
+use crate::keyset::{
+    check_batch_bytes, key_literal, split_ranges, BatchBound, Dialect, KeyRange, KeysetState,
+    PartMsg, Plan,
+};
 
 const MY: Dialect = Dialect::MySql;
 
@@ -210,7 +213,103 @@ impl MySqlReader {
 
     /// Validate a config without connecting.
     pub fn validate(config: &Json) -> Result<()> {
-        from_config::<MySqlReaderConfig>(config)?.check()
+        let cfg = from_config::<MySqlReaderConfig>(config)?;
+        cfg.check()?;
+        check_batch_bytes(cfg.batch_bytes.0)
+    }
+
+    /// `table t` or `the query`, for messages.
+    fn source_name(&self) -> String {
+        self.cfg()
+            .table
+            .as_deref()
+            .map(|t| format!("table {t}"))
+            .unwrap_or_else(|| "the query".into())
+    }
+
+    /// An incremental read selects `cursor > K`, which no NULL matches: refuse to plan while
+    /// the source has rows with a NULL cursor rather than skip them silently. Skipped when the
+    /// catalog declares the column NOT NULL; otherwise one `IS NULL` probe (an index on the
+    /// cursor answers it), and a count only when there are some.
+    fn check_null_cursor(&mut self, col: &Column, c: &str) -> Result<()> {
+        if let (Some(t), true) = (self.cfg().table.clone(), col.select == MY.ident(&col.name)) {
+            let (schema, table) = match t.split_once('.') {
+                Some((s, t)) => (MY.lit(s), MY.lit(t)),
+                None => ("DATABASE()".to_string(), MY.lit(&t)),
+            };
+            let sql = format!(
+                "SELECT IS_NULLABLE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = {schema} \
+                 AND TABLE_NAME = {table} AND COLUMN_NAME = {}",
+                MY.lit(&col.name)
+            );
+            let nullable = first_text(self.planner(), &sql, "checking the cursor column")?;
+            if nullable.first().cloned().flatten().as_deref() == Some("NO") {
+                return Ok(());
+            }
+        }
+        let probe = format!(
+            "SELECT 1 {} LIMIT 1",
+            self.source_where(&format!("{c} IS NULL"))
+        );
+        if first_text(self.planner(), &probe, "checking for NULL cursors")?.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "SELECT COUNT(*) {}",
+            self.source_where(&format!("{c} IS NULL"))
+        );
+        let count = first_text(self.planner(), &sql, "counting NULL cursors")?
+            .into_iter()
+            .next()
+            .flatten()
+            .unwrap_or_default();
+        Err(Error::data(format!(
+            "{count} row(s) of {} have a NULL cursor `{}`; an incremental read (`{} > last`) can never deliver them, \
+             so the run stops instead of skipping them: give them a cursor value, or exclude them knowingly \
+             (`where: \"{} IS NOT NULL\"`, or COALESCE the column in `query`)",
+            self.source_name(),
+            col.name,
+            col.name,
+            col.name
+        )))
+    }
+
+    /// The primary key `lookback` identifies rows by.
+    fn lookback_key(&mut self) -> Result<Vec<String>> {
+        let pk = self.primary_key()?;
+        if pk.is_empty() {
+            return Err(
+                Error::config("`lookback` needs `primary_key` (the table has none)")
+                    .with_key_path("primary_key"),
+            );
+        }
+        Ok(pk)
+    }
+
+    /// The hashes of the previous run's `seen` whose rows lie in the new window (above
+    /// `above`): this run skips them, and the next one must too.
+    fn seen_carried_over(&mut self, col: &Column, c: &str, above: &str) -> Result<Vec<String>> {
+        let Some(prev) = self.state.cursor.clone() else {
+            return Ok(Vec::new());
+        };
+        if self.state.seen.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pk = self.lookback_key()?;
+        let hashes: Vec<String> = self.state.seen.iter().map(|h| MY.lit(h)).collect();
+        let hash = self.row_hash(&pk, &col.name);
+        let sql = format!(
+            "SELECT {hash} {}",
+            self.source_where(&format!(
+                "{c} > {} AND {c} <= {} AND {hash} IN ({})",
+                MY.lit(above),
+                MY.lit(&prev),
+                hashes.join(",")
+            ))
+        );
+        self.planner()
+            .query(sql)
+            .map_err(|e| map_error(e, "carrying the lookback window over"))
     }
 
     fn cfg(&self) -> &MySqlReaderConfig {
@@ -432,6 +531,7 @@ impl MySqlReader {
             ReadMode::Incremental => {
                 let (_, col) = self.column(cfg.cursor.as_deref().expect("checked"), "cursor")?;
                 let c = self.key_expr(&col.name)?;
+                self.check_null_cursor(&col, &c)?;
                 let (lo, lo_inclusive) = match self.state.cursor.clone() {
                     Some(h) if cfg.lookback.is_some() => (Some(self.lookback_lo(&col, &h)?), false),
                     Some(h) => (Some(h), false),
@@ -483,12 +583,22 @@ impl MySqlReader {
                     }
                     _ => Vec::new(),
                 };
+                let (seen_above, seen) = match &upper {
+                    Some(u) if cfg.lookback.is_some() => {
+                        let above = self.lookback_lo(&col, u)?;
+                        let seen = self.seen_carried_over(&col, &c, &above)?;
+                        (Some(above), seen)
+                    }
+                    _ => (None, Vec::new()),
+                };
                 Ok(Plan {
                     mode: "incremental".into(),
                     column: Some(col.name),
                     upper,
                     ranges,
                     delivered: 0,
+                    seen_above,
+                    seen,
                 })
             }
             ReadMode::FullRefresh => {
@@ -518,6 +628,8 @@ impl MySqlReader {
                         upper: None,
                         ranges: vec![all],
                         delivered: 0,
+                        seen_above: None,
+                        seen: Vec::new(),
                     });
                 };
                 let (_, col) = self.column(&order, "partition_column")?;
@@ -563,6 +675,8 @@ impl MySqlReader {
                     upper: None,
                     ranges,
                     delivered: 0,
+                    seen_above: None,
+                    seen: Vec::new(),
                 })
             }
         }
@@ -614,9 +728,21 @@ impl MySqlReader {
             .enumerate()
             .filter(|(_, r)| !r.finished)
             .collect();
-        let (tx, rx) = bounded::<PartMsg>(self.workers.len().max(1) * 2);
+        // One batch queued per worker: with wide rows every batch in flight is `batch_bytes`.
+        let (tx, rx) = bounded::<PartMsg>(self.workers.len().max(1));
         self.rx = Some(rx);
-        let select: Vec<String> = self.columns.iter().map(|c| c.select.clone()).collect();
+        let mut select: Vec<String> = self.columns.iter().map(|c| c.select.clone()).collect();
+        // With `lookback`, each row in the window also carries its hash (keyset.rs, `lookback`).
+        let seen_col = match (&plan.seen_above, &plan.column) {
+            (Some(above), Some(col)) => {
+                let c = self.key_expr(col)?;
+                let pk = self.lookback_key()?;
+                let hash = self.row_hash(&pk, col);
+                select.push(format!("CASE WHEN {c} > {} THEN {hash} END", MY.lit(above)));
+                true
+            }
+            _ => false,
+        };
         let nw = self.workers.len().max(1);
         let mut assigned: Vec<Vec<(usize, String)>> = vec![Vec::new(); nw];
         for (k, (i, range)) in pending.into_iter().enumerate() {
@@ -646,7 +772,12 @@ impl MySqlReader {
                 names: names.clone(),
                 schema: self.schema.clone().expect("schema"),
                 key: self.order_col,
-                batch_size: self.cfg().batch_size,
+                bound: BatchBound {
+                    rows: self.cfg().batch_size,
+                    bytes: self.cfg().batch_bytes.0 as usize,
+                },
+                seen_col,
+                source: self.source_name(),
                 tx: tx.clone(),
                 stop: self.stop.clone(),
             };
@@ -671,15 +802,15 @@ impl MySqlReader {
         let mut next = KeysetState::default();
         if plan.mode == "incremental" {
             next.cursor = plan.upper.clone().or(self.state.cursor.clone());
-            if let (Some(_), Some(cursor)) = (&cfg.lookback, next.cursor.clone()) {
+            if plan.seen_above.is_some() {
+                // The rows this plan delivered (or skipped as delivered) in the window.
+                next.seen = plan.seen;
+                next.seen.sort();
+                next.seen.dedup();
+            } else if let (Some(_), Some(cursor)) = (&cfg.lookback, next.cursor.clone()) {
+                // A plan stored by an older version: the window as this snapshot sees it.
                 let (_, col) = self.column(cfg.cursor.as_deref().expect("checked"), "cursor")?;
-                let pk = self.primary_key()?;
-                if pk.is_empty() {
-                    return Err(Error::config(
-                        "`lookback` needs `primary_key` (the table has none)",
-                    )
-                    .with_key_path("primary_key"));
-                }
+                let pk = self.lookback_key()?;
                 let lo = self.lookback_lo(&col, &cursor)?;
                 let c = self.key_expr(&col.name)?;
                 let sql = format!(
@@ -712,7 +843,11 @@ struct Worker {
     names: Vec<String>,
     schema: SchemaRef,
     key: Option<usize>,
-    batch_size: usize,
+    bound: BatchBound,
+    /// The row's last column is the `lookback` hash, not part of the batch.
+    seen_col: bool,
+    /// `table t` or `the query`, for messages.
+    source: String,
     tx: Sender<PartMsg>,
     stop: Arc<AtomicBool>,
 }
@@ -722,8 +857,9 @@ impl Worker {
         let mut decoders: Vec<MyDecoder> = self
             .kinds
             .iter()
-            .map(|k| MyDecoder::new(*k, self.batch_size))
+            .map(|k| MyDecoder::new(*k, self.bound.rows))
             .collect();
+        let mut seen: Vec<String> = Vec::new();
         let stmt = conn
             .prep(sql)
             .map_err(|e| map_error(e, "preparing the read"))?;
@@ -731,29 +867,43 @@ impl Worker {
             .exec_iter(&stmt, ())
             .map_err(|e| map_error(e, "reading"))?;
         let mut rows = 0usize;
+        let mut bytes = 0usize;
         let mut last_key: Option<Value> = None;
         for (row_no, row) in result.enumerate() {
             let row = row.map_err(|e| map_error(e, "reading rows"))?;
+            let full = self.bound.full(rows, bytes);
             if let Some(k) = self.key {
                 let v = row.as_ref(k).unwrap_or(&Value::NULL);
-                if rows >= self.batch_size && last_key.as_ref() != Some(v) {
-                    self.emit(&mut decoders, range, false)?;
+                if full && last_key.as_ref() != Some(v) {
+                    self.emit(&mut decoders, &mut seen, range, false)?;
                     rows = 0;
+                    bytes = 0;
                 }
                 last_key = Some(v.clone());
-            } else if rows >= self.batch_size {
-                self.emit(&mut decoders, range, false)?;
+            } else if full {
+                self.emit(&mut decoders, &mut seen, range, false)?;
                 rows = 0;
+                bytes = 0;
             }
             for (i, d) in decoders.iter_mut().enumerate() {
-                d.append(row.as_ref(i).unwrap_or(&Value::NULL))
-                    .map_err(|m| {
-                        Error::data(format!(
-                            "column `{}`, row {}: {m}",
-                            self.names[i],
-                            row_no + 1
-                        ))
-                    })?;
+                let v = row.as_ref(i).unwrap_or(&Value::NULL);
+                d.append(v).map_err(|m| {
+                    Error::data(format!(
+                        "{}, column `{}`, row {}: {m}",
+                        self.source,
+                        self.names[i],
+                        row_no + 1
+                    ))
+                })?;
+                bytes += match v {
+                    Value::Bytes(b) => 4 + b.len(),
+                    _ => 8,
+                };
+            }
+            if self.seen_col {
+                if let Some(Value::Bytes(h)) = row.as_ref(decoders.len()) {
+                    seen.push(String::from_utf8_lossy(h).into_owned());
+                }
             }
             rows += 1;
             if self.stop.load(Ordering::Relaxed) {
@@ -761,14 +911,20 @@ impl Worker {
             }
         }
         if rows > 0 {
-            self.emit(&mut decoders, range, true)?;
+            self.emit(&mut decoders, &mut seen, range, true)?;
         } else {
             let _ = self.tx.send(PartMsg::Done(range));
         }
         Ok(())
     }
 
-    fn emit(&self, decoders: &mut [MyDecoder], range: usize, last: bool) -> Result<()> {
+    fn emit(
+        &self,
+        decoders: &mut [MyDecoder],
+        seen: &mut Vec<String>,
+        range: usize,
+        last: bool,
+    ) -> Result<()> {
         let arrays: Vec<_> = decoders.iter_mut().map(|d| d.finish()).collect();
         let key = match self.key {
             Some(k) if !arrays[k].is_empty() && !arrays[k].is_null(arrays[k].len() - 1) => {
@@ -782,6 +938,7 @@ impl Worker {
             batch,
             key,
             last,
+            seen: std::mem::take(seen),
         });
         Ok(())
     }
@@ -791,6 +948,7 @@ impl Reader for MySqlReader {
     fn initialize(&mut self, config: &Json, ctx: &ReaderContext) -> Result<()> {
         let cfg: MySqlReaderConfig = from_config(config)?;
         cfg.check()?;
+        check_batch_bytes(cfg.batch_bytes.0)?;
         let state: KeysetState = match &ctx.state {
             Some(s) if cfg.mode() == ReadMode::Incremental || s.get("plan").is_some() => serde_json::from_value(s.clone())
                 .map_err(|e| Error::data(format!("the stored state is not a mysql reader state ({e}); reset it with `dativo state reset`")))?,

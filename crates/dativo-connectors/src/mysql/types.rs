@@ -20,6 +20,7 @@ use arrow::datatypes::{DataType, Field, TimeUnit};
 use mysql::consts::{ColumnFlags, ColumnType};
 use mysql::{Column, Value};
 
+use crate::keyset::check_array_room;
 use dativo_core::schema_spec::JSON_EXTENSION;
 
 const BINARY_CHARSET: u16 = 63;
@@ -306,11 +307,26 @@ impl MyDecoder {
                 };
                 builder!(self, Decimal128Builder).append_value(d)
             }
-            MyKind::Text | MyKind::Json => builder!(self, StringBuilder).append_value(text_of(v)?),
-            MyKind::Binary => match v {
-                Value::Bytes(b) => builder!(self, BinaryBuilder).append_value(b),
-                other => builder!(self, BinaryBuilder).append_value(text_of(other)?.as_bytes()),
-            },
+            MyKind::Text | MyKind::Json => {
+                let t = text_of(v)?;
+                let x = builder!(self, StringBuilder);
+                // Arrow panics when a batch's values pass its 32-bit offsets; fail clearly.
+                check_array_room(x.values_slice().len(), t.len())?;
+                x.append_value(t)
+            }
+            MyKind::Binary => {
+                let t;
+                let b: &[u8] = match v {
+                    Value::Bytes(b) => b,
+                    other => {
+                        t = text_of(other)?;
+                        t.as_bytes()
+                    }
+                };
+                let x = builder!(self, BinaryBuilder);
+                check_array_room(x.values_slice().len(), b.len())?;
+                x.append_value(b)
+            }
             MyKind::Date => match v {
                 Value::Date(y, m, d, ..) => builder!(self, Date32Builder)
                     .append_value(days_from_civil(*y as i64, *m, *d) as i32),

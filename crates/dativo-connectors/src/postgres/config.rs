@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use dativo_core::config::DurationValue;
+use dativo_core::config::{ByteSize, DurationValue};
 use dativo_core::{Error, Result};
 
 /// TLS mode, as in libpq.
@@ -104,6 +104,10 @@ pub struct PostgresReaderConfig {
     /// may be longer when many rows share one value).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Bytes per batch (default 32MiB, at most 1GiB), counted as the values' sizes on the
+    /// wire: a batch ends at the first key change after `batch_size` rows or `batch_bytes`.
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: ByteSize,
 
     /// Incremental column: each run reads rows with a cursor above the committed state.
     #[serde(default)]
@@ -171,6 +175,9 @@ pub enum ReadMode {
 
 fn default_batch_size() -> usize {
     16_384
+}
+fn default_batch_bytes() -> ByteSize {
+    ByteSize(crate::keyset::DEFAULT_BATCH_BYTES)
 }
 fn default_partitions() -> u32 {
     1

@@ -17,7 +17,8 @@ use super::config::{PostgresReaderConfig, ReadMode, SpecialValues};
 use super::connect::{connect, map_error, runtime};
 use super::copy::CopyParser;
 use crate::keyset::{
-    key_literal, split_ranges, Dialect, KeyRange, KeysetState as PgState, PartMsg, Plan,
+    check_batch_bytes, key_literal, split_ranges, BatchBound, Dialect, KeyRange,
+    KeysetState as PgState, PartMsg, Plan,
 };
 
 const PG: Dialect = Dialect::Postgres;
@@ -83,7 +84,61 @@ impl PostgresReader {
 
     /// Validate a config without connecting.
     pub fn validate(config: &Value) -> Result<()> {
-        from_config::<PostgresReaderConfig>(config)?.check()
+        let cfg = from_config::<PostgresReaderConfig>(config)?;
+        cfg.check()?;
+        check_batch_bytes(cfg.batch_bytes.0)
+    }
+
+    /// `table t` or `the query`, for messages.
+    fn source_name(&self) -> String {
+        self.cfg()
+            .table
+            .as_deref()
+            .map(|t| format!("table {t}"))
+            .unwrap_or_else(|| "the query".into())
+    }
+
+    /// An incremental read selects `cursor > K`, which no NULL matches: refuse to plan while
+    /// the source has rows with a NULL cursor rather than skip them silently. Skipped when the
+    /// catalog declares the column NOT NULL; otherwise one `IS NULL` probe (an index on the
+    /// cursor answers it), and a count only when there are some.
+    fn check_null_cursor(&self, col: &Column, c: &str) -> Result<()> {
+        if let (Some(t), true) = (&self.cfg().table, col.select == ident(&col.name)) {
+            let sql = format!(
+                "SELECT CASE WHEN attnotnull THEN 'yes' END FROM pg_attribute \
+                 WHERE attrelid = {}::regclass AND attname = {} AND NOT attisdropped",
+                lit(&table_ref(t)),
+                lit(&col.name)
+            );
+            if scalar_text(self.client(), &sql, "checking the cursor column")?.is_some() {
+                return Ok(());
+            }
+        }
+        let probe = format!(
+            "SELECT 'yes' {} LIMIT 1",
+            self.source_where(&format!("{c} IS NULL"))
+        );
+        if scalar_text(self.client(), &probe, "checking for NULL cursors")?.is_none() {
+            return Ok(());
+        }
+        let count = scalar_text(
+            self.client(),
+            &format!(
+                "SELECT count(*)::text {}",
+                self.source_where(&format!("{c} IS NULL"))
+            ),
+            "counting NULL cursors",
+        )?
+        .unwrap_or_default();
+        Err(Error::data(format!(
+            "{count} row(s) of {} have a NULL cursor `{}`; an incremental read (`{} > last`) can never deliver them, \
+             so the run stops instead of skipping them: give them a cursor value, or exclude them knowingly \
+             (`where: \"{} IS NOT NULL\"`, or coalesce the column in `query`)",
+            self.source_name(),
+            col.name,
+            col.name,
+            col.name
+        )))
     }
 
     fn cfg(&self) -> &PostgresReaderConfig {
@@ -359,6 +414,45 @@ impl PostgresReader {
         )
     }
 
+    /// The hashes of the previous run's `seen` whose rows lie in the new window (above
+    /// `above`): this run skips them, and the next one must too.
+    fn seen_carried_over(&self, col: &Column, c: &str, above: &str) -> Result<Vec<String>> {
+        let Some(prev) = &self.state.cursor else {
+            return Ok(Vec::new());
+        };
+        if self.state.seen.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pk = self.lookback_key()?;
+        let hashes: Vec<String> = self.state.seen.iter().map(|h| lit(h)).collect();
+        let hash = self.row_hash(&pk, &col.name);
+        let sql = format!(
+            "SELECT {hash} {}",
+            self.source_where(&format!(
+                "{c} > {} AND {c} <= {} AND {hash} = ANY(ARRAY[{}]::text[])",
+                lit(above),
+                lit(prev),
+                hashes.join(",")
+            ))
+        );
+        Ok(q(self.client(), &sql, "carrying the lookback window over")?
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect())
+    }
+
+    /// The primary key `lookback` identifies rows by.
+    fn lookback_key(&self) -> Result<Vec<String>> {
+        let pk = self.primary_key()?;
+        if pk.is_empty() {
+            return Err(
+                Error::config("`lookback` needs `primary_key` (the table has none)")
+                    .with_key_path("primary_key"),
+            );
+        }
+        Ok(pk)
+    }
+
     fn new_plan(&mut self) -> Result<Plan> {
         let cfg = self.cfg().clone();
         let n = cfg.partitions;
@@ -368,6 +462,7 @@ impl PostgresReader {
                 let ci = self.column_index(&cursor_name, "cursor")?;
                 let col = self.columns[ci].clone();
                 let c = self.key_expr(&col.name)?;
+                self.check_null_cursor(&col, &c)?;
                 let (lo, lo_inclusive) = match &self.state.cursor {
                     Some(h) => (self.lookback_expr(&col, h)?.or(Some(h.clone())), false),
                     None => (
@@ -411,12 +506,22 @@ impl PostgresReader {
                     }
                     _ => Vec::new(),
                 };
+                let (seen_above, seen) = match &upper {
+                    Some(u) if cfg.lookback.is_some() => {
+                        let above = self.lookback_expr(&col, u)?.unwrap_or_else(|| u.clone());
+                        let seen = self.seen_carried_over(&col, &c, &above)?;
+                        (Some(above), seen)
+                    }
+                    _ => (None, Vec::new()),
+                };
                 Ok(Plan {
                     mode: "incremental".into(),
                     column: Some(col.name),
                     upper,
                     ranges,
                     delivered: 0,
+                    seen_above,
+                    seen,
                 })
             }
             ReadMode::FullRefresh => {
@@ -447,6 +552,8 @@ impl PostgresReader {
                             finished: false,
                         }],
                         delivered: 0,
+                        seen_above: None,
+                        seen: Vec::new(),
                     });
                 };
                 let ci = self.column_index(&order, "partition_column")?;
@@ -504,6 +611,8 @@ impl PostgresReader {
                     upper: None,
                     ranges,
                     delivered: 0,
+                    seen_above: None,
+                    seen: Vec::new(),
                 })
             }
         }
@@ -520,11 +629,24 @@ impl PostgresReader {
             .enumerate()
             .filter(|(_, r)| !r.finished)
             .collect();
-        let (tx, rx) = bounded::<PartMsg>(pending.len().max(1) * 2);
+        // One batch queued per range: with wide rows every batch in flight is `batch_bytes`.
+        let (tx, rx) = bounded::<PartMsg>(pending.len().max(1));
         self.rx = Some(rx);
-        let select: Vec<String> = self.columns.iter().map(|c| c.select.clone()).collect();
-        let kinds: Vec<ColKind> = self.columns.iter().map(|c| c.kind.clone()).collect();
-        let names: Vec<String> = self.columns.iter().map(|c| c.name.clone()).collect();
+        let mut select: Vec<String> = self.columns.iter().map(|c| c.select.clone()).collect();
+        let mut kinds: Vec<ColKind> = self.columns.iter().map(|c| c.kind.clone()).collect();
+        let mut names: Vec<String> = self.columns.iter().map(|c| c.name.clone()).collect();
+        // With `lookback`, each row in the window also carries its hash (keyset.rs, `lookback`).
+        let seen_col = match (&plan.seen_above, &plan.column) {
+            (Some(above), Some(col)) => {
+                let c = self.key_expr(col)?;
+                let hash = self.row_hash(&self.lookback_key()?, col);
+                select.push(format!("CASE WHEN {c} > {} THEN {hash} END", lit(above)));
+                kinds.push(ColKind::Text);
+                names.push("(lookback hash)".into());
+                true
+            }
+            _ => false,
+        };
         for (i, range) in pending {
             let sql = match &plan.column {
                 Some(col) => {
@@ -549,7 +671,12 @@ impl PostgresReader {
                 names: names.clone(),
                 schema: self.schema.clone().expect("schema"),
                 key: self.order_col,
-                batch_size: cfg.batch_size,
+                bound: BatchBound {
+                    rows: cfg.batch_size,
+                    bytes: cfg.batch_bytes.0 as usize,
+                },
+                seen_col,
+                source: self.source_name(),
                 special_null: cfg.special_values == SpecialValues::Null,
                 range: i,
                 tx: tx.clone(),
@@ -575,16 +702,16 @@ impl PostgresReader {
         let mut next = PgState::default();
         if plan.mode == "incremental" {
             next.cursor = plan.upper.clone().or(self.state.cursor.clone());
-            if let (Some(_), Some(cursor)) = (&cfg.lookback, &next.cursor) {
+            if plan.seen_above.is_some() {
+                // The rows this plan delivered (or skipped as delivered) in the window.
+                next.seen = plan.seen;
+                next.seen.sort();
+                next.seen.dedup();
+            } else if let (Some(_), Some(cursor)) = (&cfg.lookback, &next.cursor) {
+                // A plan stored by an older version: the window as this snapshot sees it.
                 let ci = self.column_index(cfg.cursor.as_deref().expect("checked"), "cursor")?;
                 let col = self.columns[ci].clone();
-                let pk = self.primary_key()?;
-                if pk.is_empty() {
-                    return Err(Error::config(
-                        "`lookback` needs `primary_key` (the table has none)",
-                    )
-                    .with_key_path("primary_key"));
-                }
+                let pk = self.lookback_key()?;
                 let lo = self
                     .lookback_expr(&col, cursor)?
                     .unwrap_or_else(|| cursor.clone());
@@ -617,7 +744,11 @@ struct PartitionTask {
     names: Vec<String>,
     schema: SchemaRef,
     key: Option<usize>,
-    batch_size: usize,
+    bound: BatchBound,
+    /// The last column is the `lookback` hash, not part of the batch.
+    seen_col: bool,
+    /// `table t` or `the query`, for messages.
+    source: String,
     special_null: bool,
     range: usize,
     tx: Sender<PartMsg>,
@@ -645,11 +776,12 @@ impl PartitionTask {
         let mut decoders: Vec<Decoder> = self
             .kinds
             .iter()
-            .map(|k| Decoder::new(k, self.batch_size, self.special_null))
+            .map(|k| Decoder::new(k, self.bound.rows, self.special_null))
             .collect();
         let mut parser = CopyParser::default();
         let mut fields = Vec::with_capacity(ncols);
         let mut rows = 0usize;
+        let mut bytes = 0usize;
         let mut row_no = 0u64;
         let mut last_key: Vec<u8> = Vec::new();
         let mut last_null = false;
@@ -666,10 +798,11 @@ impl PartitionTask {
                         fields.len()
                     )));
                 }
+                let full = self.bound.full(rows, bytes);
                 match self.key {
                     Some(k) => {
                         let kf = fields[k];
-                        if rows >= self.batch_size {
+                        if full {
                             let same = match kf {
                                 None => last_null,
                                 Some(r) => !last_null && parser.field(r) == last_key.as_slice(),
@@ -677,6 +810,7 @@ impl PartitionTask {
                             if !same {
                                 self.emit(&mut decoders, false)?;
                                 rows = 0;
+                                bytes = 0;
                             }
                         }
                         match kf {
@@ -689,9 +823,10 @@ impl PartitionTask {
                         }
                     }
                     None => {
-                        if rows >= self.batch_size {
+                        if full {
                             self.emit(&mut decoders, false)?;
                             rows = 0;
+                            bytes = 0;
                         }
                     }
                 }
@@ -700,11 +835,14 @@ impl PartitionTask {
                         .append(f.map(|r| parser.field(r)))
                         .map_err(|m| {
                             Error::data(format!(
-                                "column `{}`, row {}: {m}",
+                                "{}, column `{}`, row {}: {m}",
+                                self.source,
                                 self.names[i],
                                 row_no + 1
                             ))
                         })?;
+                    // The value's bytes plus a length word, as on the wire.
+                    bytes += 4 + f.map_or(0, |(a, b)| b - a);
                 }
                 rows += 1;
                 row_no += 1;
@@ -726,7 +864,14 @@ impl PartitionTask {
     }
 
     fn emit(&self, decoders: &mut [Decoder], last: bool) -> Result<()> {
-        let arrays: Vec<_> = decoders.iter_mut().map(|d| d.finish()).collect();
+        let mut arrays: Vec<_> = decoders.iter_mut().map(|d| d.finish()).collect();
+        let seen = if self.seen_col {
+            let hashes = arrays.pop().expect("the hash column");
+            let hashes = arrow::array::AsArray::as_string::<i32>(hashes.as_ref());
+            hashes.iter().flatten().map(str::to_string).collect()
+        } else {
+            Vec::new()
+        };
         let key = match self.key {
             Some(k) => {
                 let a = &arrays[k];
@@ -746,6 +891,7 @@ impl PartitionTask {
             batch,
             key,
             last,
+            seen,
         });
         Ok(())
     }
@@ -755,6 +901,7 @@ impl Reader for PostgresReader {
     fn initialize(&mut self, config: &Value, ctx: &ReaderContext) -> Result<()> {
         let cfg: PostgresReaderConfig = from_config(config)?;
         cfg.check()?;
+        check_batch_bytes(cfg.batch_bytes.0)?;
         let state: PgState = match &ctx.state {
             Some(s) if cfg.mode() == ReadMode::Incremental || s.get("plan").is_some() => {
                 serde_json::from_value(s.clone()).map_err(|e| {

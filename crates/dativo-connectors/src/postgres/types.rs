@@ -31,6 +31,7 @@ use tokio_postgres::types::{Kind as PgKind, Type};
 use dativo_core::schema_spec::JSON_EXTENSION;
 
 use super::config::NumericConfig;
+use crate::keyset::check_array_room;
 
 /// Days from 1970-01-01 to 2000-01-01 (PostgreSQL's epoch).
 const PG_EPOCH_DAYS: i32 = 10_957;
@@ -328,23 +329,38 @@ impl Decoder {
                     x.append_value(numeric_to_i128(b, *p, *s)?)
                 }
             }
-            Decoder::Str(x, kind) => match kind {
-                StrKind::Text => x.append_value(utf8(b)?),
-                StrKind::Jsonb => {
-                    if b.first() != Some(&1) {
-                        return Err("unsupported jsonb version".into());
+            Decoder::Str(x, kind) => {
+                let owned;
+                let v: &str = match kind {
+                    StrKind::Text | StrKind::Char => utf8(b)?,
+                    StrKind::Jsonb => {
+                        if b.first() != Some(&1) {
+                            return Err("unsupported jsonb version".into());
+                        }
+                        utf8(&b[1..])?
                     }
-                    x.append_value(utf8(&b[1..])?)
-                }
-                StrKind::Numeric => x.append_value(numeric_to_string(b)?),
-                StrKind::Inet => x.append_value(inet_to_string(b)?),
-                StrKind::Mac => {
-                    let parts: Vec<String> = b.iter().map(|o| format!("{o:02x}")).collect();
-                    x.append_value(parts.join(":"))
-                }
-                StrKind::Char => x.append_value(utf8(b)?),
-            },
-            Decoder::Bytea(x) => x.append_value(b),
+                    StrKind::Numeric => {
+                        owned = numeric_to_string(b)?;
+                        &owned
+                    }
+                    StrKind::Inet => {
+                        owned = inet_to_string(b)?;
+                        &owned
+                    }
+                    StrKind::Mac => {
+                        let parts: Vec<String> = b.iter().map(|o| format!("{o:02x}")).collect();
+                        owned = parts.join(":");
+                        &owned
+                    }
+                };
+                // Arrow panics when a batch's values pass its 32-bit offsets; fail clearly.
+                check_array_room(x.values_slice().len(), v.len())?;
+                x.append_value(v)
+            }
+            Decoder::Bytea(x) => {
+                check_array_room(x.values_slice().len(), b.len())?;
+                x.append_value(b)
+            }
             Decoder::Date(x, sn) => {
                 let d = i32::from_be_bytes(*fixed(b)?);
                 if d == i32::MAX || d == i32::MIN {
@@ -386,7 +402,13 @@ impl Decoder {
             Decoder::List(inner, offsets, nulls, _) => {
                 let n = decode_array(b, inner)?;
                 let last = *offsets.last().expect("offsets start with 0");
-                offsets.push(last + n as i32);
+                let next = i32::try_from(n)
+                    .ok()
+                    .and_then(|n| last.checked_add(n))
+                    .ok_or(
+                    "the array elements of this column in one batch pass 2^31; lower `batch_bytes`",
+                )?;
+                offsets.push(next);
                 nulls.append_non_null();
             }
         }
