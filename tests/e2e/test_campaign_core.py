@@ -318,3 +318,48 @@ target:
         assert parquet_stats(tmp_path / "out")[0] == 100
     finally:
         server.kill()
+
+
+SECONDS_READER = '''
+import pyarrow as pa
+
+class Seconds:
+    """Timestamps and times of second precision, as a plugin may produce them."""
+    def initialize(self, config, context):
+        self.done = False
+    def get_schema(self):
+        return pa.schema([("id", pa.int64()), ("at", pa.timestamp("s", tz="UTC")), ("t", pa.time32("s"))])
+    def read_batch(self):
+        if self.done:
+            return None
+        self.done = True
+        return pa.record_batch([pa.array([1, 2]), pa.array([0, 1767225600], pa.timestamp("s", tz="UTC")),
+                                pa.array([0, 3661], pa.time32("s"))], schema=self.get_schema())
+    def get_incremental_state(self):
+        return None
+    def close(self):
+        pass
+'''
+
+
+def test_second_precision_timestamps_from_any_reader_are_timestamps_in_parquet(dativo, tmp_path):
+    """The parquet crate writes Timestamp(Second) as a bare INT64; the writer converts it to
+    microseconds, so DuckDB and pyarrow read a TIMESTAMP (and a TIME) with the same values."""
+    import pyarrow.parquet as pq
+    plug = tmp_path / "plug"
+    plug.mkdir()
+    (plug / "seconds_plugin.py").write_text(SECONDS_READER)
+    job = write_job(tmp_path / "job.yaml", """name: secs
+source:
+  reader: {type: custom, implementation: seconds_plugin.Seconds}
+target: {writer: parquet, config: {path: lake}}
+""")
+    import sys
+    env = {"PYTHONPATH": str(plug), "VIRTUAL_ENV": sys.prefix}
+    dativo.run("run", job, "--no-progress", env=env, check=0)
+    f = next((tmp_path / "lake").glob("*.parquet"))
+    schema = pq.read_schema(f)
+    assert str(schema.field("at").type) == "timestamp[us, tz=UTC]", schema
+    assert str(schema.field("t").type) == "time64[us]", schema
+    got = duckdb.execute(f'SELECT typeof("at"), epoch("at")::BIGINT, t::VARCHAR FROM read_parquet(\'{f}\') ORDER BY id').fetchall()
+    assert got == [("TIMESTAMP WITH TIME ZONE", 0, "00:00:00"), ("TIMESTAMP WITH TIME ZONE", 1767225600, "01:01:01")], got

@@ -63,8 +63,25 @@ pub struct ParquetWriter {
     partition_cols: Vec<usize>,
     file_schema: Option<SchemaRef>,
     staged: Vec<Staged>,
+    /// Whether some column is converted to a type Parquet can annotate (see [`parquet_native`]).
+    coerced: bool,
     /// Client-side encryption, when configured.
     enc: Option<Encryptor>,
+}
+
+/// The type a column is written as: second-precision timestamps and times have no Parquet
+/// logical type (the parquet crate would write bare INT64 epoch seconds, which DuckDB and Spark
+/// read as BIGINT), so they are written as microseconds — exact, and Iceberg's unit too.
+fn parquet_native(f: &arrow::datatypes::FieldRef) -> arrow::datatypes::FieldRef {
+    use arrow::datatypes::{DataType, Field, TimeUnit};
+    let t = match f.data_type() {
+        DataType::Timestamp(TimeUnit::Second, tz) => {
+            DataType::Timestamp(TimeUnit::Microsecond, tz.clone())
+        }
+        DataType::Time32(TimeUnit::Second) => DataType::Time64(TimeUnit::Microsecond),
+        _ => return f.clone(),
+    };
+    Arc::new(Field::new(f.name(), t, f.is_nullable()).with_metadata(f.metadata().clone()))
 }
 
 /// Escape a partition value for a path segment (as Hive does).
@@ -315,15 +332,24 @@ impl ParquetWriter {
         let keep: Vec<usize> = (0..batch.num_columns())
             .filter(|i| !self.partition_cols.contains(i))
             .collect();
+        let target = self.file_schema.clone().expect("initialized");
         let project = |b: &RecordBatch| -> Result<RecordBatch> {
-            RecordBatch::try_new(
-                self.file_schema.clone().expect("initialized"),
-                keep.iter().map(|i| b.column(*i).clone()).collect(),
-            )
-            .map_err(Error::from)
+            let mut cols = Vec::with_capacity(keep.len());
+            for (i, f) in keep.iter().zip(target.fields()) {
+                let c = b.column(*i);
+                cols.push(if c.data_type() == f.data_type() {
+                    c.clone()
+                } else {
+                    arrow::compute::cast(c, f.data_type())?
+                });
+            }
+            RecordBatch::try_new(target.clone(), cols).map_err(Error::from)
         };
         if self.partition_cols.is_empty() {
-            return Ok(vec![(String::new(), batch.clone())]);
+            if !self.coerced {
+                return Ok(vec![(String::new(), batch.clone())]);
+            }
+            return Ok(vec![(String::new(), project(batch)?)]);
         }
         let sort: Vec<SortColumn> = self
             .partition_cols
@@ -483,8 +509,16 @@ impl Writer for ParquetWriter {
             .iter()
             .enumerate()
             .filter(|(i, _)| !partition_cols.contains(i))
-            .map(|(_, f)| f.clone())
+            .map(|(_, f)| parquet_native(f))
             .collect();
+        self.coerced = keep
+            .iter()
+            .zip(ctx.schema.fields().iter().filter(|f| {
+                !partition_cols
+                    .iter()
+                    .any(|i| ctx.schema.field(*i).name() == f.name())
+            }))
+            .any(|(a, b)| a.data_type() != b.data_type());
         if keep.is_empty() {
             return Err(Error::config(
                 "every column is a partition column: nothing would be left in the files",
