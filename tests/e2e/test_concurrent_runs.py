@@ -63,31 +63,45 @@ def assert_outcomes(results):
     assert any(code == 0 for code, _ in results), results
 
 
-@pytest.mark.skipif(not ENDPOINT, reason="needs DATIVO_TEST_S3_ENDPOINT (scripts/test starts moto)")
-def test_two_runs_of_one_job_on_one_s3_prefix(tmp_path, pg, table):
-    from conftest import Dativo
+def new_bucket():
     s3 = boto3.client("s3", endpoint_url=ENDPOINT, region_name="us-east-1",
                       aws_access_key_id="testing", aws_secret_access_key="testing")
     bucket = f"b-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=bucket)
-    job = write_job(tmp_path / "job.yaml", f"""name: twice
+    return s3, bucket
+
+
+def s3_parquet_job(path, name, table, bucket, lease_ttl, checkpoint):
+    return write_job(path, f"""name: {name}
 {pg_source(table)}
 target:
   writer: parquet
   config:
     path: s3://{bucket}/lake
-    lease_ttl: 5s
+    lease_ttl: {lease_ttl}
     s3:
       endpoint: {ENDPOINT}
       region: us-east-1
       access_key_id: "${{env:AWS_ACCESS_KEY_ID}}"
       secret_access_key: "${{env:AWS_SECRET_ACCESS_KEY}}"
       path_style: true
-checkpoint: {{rows: 10000}}
+checkpoint: {{rows: {checkpoint}}}
 """)
+
+
+def s3_table(bucket):
+    """The lake as pyarrow reads it from S3."""
     host = ENDPOINT.split("://")[1]
     fs = pafs.S3FileSystem(endpoint_override=host, scheme="http", access_key="testing",
                            secret_key="testing", region="us-east-1")
+    return ds.dataset(f"{bucket}/lake", filesystem=fs, format="parquet").to_table()
+
+
+@pytest.mark.skipif(not ENDPOINT, reason="needs DATIVO_TEST_S3_ENDPOINT (scripts/test starts moto)")
+def test_two_runs_of_one_job_on_one_s3_prefix(tmp_path, pg, table):
+    from conftest import Dativo
+    s3, bucket = new_bucket()
+    job = s3_parquet_job(tmp_path / "job.yaml", "twice", table, bucket, "5s", 10000)
     refused = 0
     total = 0
     for rnd in range(5):
@@ -99,7 +113,7 @@ checkpoint: {{rows: 10000}}
         results = [finish(a), finish(b)]
         assert_outcomes(results)
         refused += sum(1 for code, _ in results if code == 7)
-        data = ds.dataset(f"{bucket}/lake", filesystem=fs, format="parquet").to_table()
+        data = s3_table(bucket)
         got = sorted(zip(data["id"].to_pylist(), data["name"].to_pylist(),
                          [float(x) for x in data["amount"].to_pylist()]))
         assert got == source_rows(pg, table), f"round {rnd}: {len(got)} rows, {len(set(got))} distinct"
@@ -112,7 +126,8 @@ checkpoint: {{rows: 10000}}
                 named.update(f"lake/{f['path']}" for f in m["files"])
         files = {k for k in keys if k.endswith(".parquet") and "/_dativo/" not in k}
         assert files == named, (files ^ named)
-        assert not [k for k in keys if k.endswith("lease.json")], "the lease is released"
+        lease = json.loads(s3.get_object(Bucket=bucket, Key="lake/_dativo/lease.json")["Body"].read())
+        assert lease["released"], "the last run released its lease"
     assert refused >= 1, "the runs never overlapped: the test did not test anything"
 
 
@@ -122,26 +137,9 @@ def test_a_paused_holder_loses_its_lease_and_cannot_commit(tmp_path, pg, table):
     and loads everything; the first, resumed, must fail without committing — the lake stays
     exact."""
     from conftest import Dativo
-    s3 = boto3.client("s3", endpoint_url=ENDPOINT, region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
-    bucket = f"b-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=bucket)
+    s3, bucket = new_bucket()
     fill(pg, table, 0, 200_000)
-    job = write_job(tmp_path / "job.yaml", f"""name: paused
-{pg_source(table)}
-target:
-  writer: parquet
-  config:
-    path: s3://{bucket}/lake
-    lease_ttl: 3s
-    s3:
-      endpoint: {ENDPOINT}
-      region: us-east-1
-      access_key_id: "${{env:AWS_ACCESS_KEY_ID}}"
-      secret_access_key: "${{env:AWS_SECRET_ACCESS_KEY}}"
-      path_style: true
-checkpoint: {{rows: 5000}}
-""")
+    job = s3_parquet_job(tmp_path / "job.yaml", "paused", table, bucket, "3s", 5000)
     for rnd in range(2):
         a = start(Dativo, tmp_path / f"a{rnd}", job, env=KEYS)
         # Pause it once it holds the lease and has committed something (or at least started).
@@ -152,20 +150,19 @@ checkpoint: {{rows: 5000}}
                 break
             time.sleep(0.05)
         a.send_signal(signal.SIGSTOP)
-        time.sleep(4.5)  # past lease_ttl
-        b = start(Dativo, tmp_path / f"b{rnd}", job, env=KEYS)
-        code_b, text_b = finish(b)
+        try:
+            time.sleep(4.5)  # past lease_ttl
+            b = start(Dativo, tmp_path / f"b{rnd}", job, env=KEYS)
+            code_b, text_b = finish(b)
+        finally:
+            # Never leave it stopped: it holds a snapshot that would block dropping the table.
+            a.send_signal(signal.SIGCONT)
         assert code_b == 0, text_b
-        a.send_signal(signal.SIGCONT)
         code_a, text_a = finish(a)
         assert code_a == 0 or code_a == 7, text_a
         if code_a == 7:
             assert "lost its lease" in text_a or BUSY in text_a or "already exists" in text_a, text_a
-        host = ENDPOINT.split("://")[1]
-        fs = pafs.S3FileSystem(endpoint_override=host, scheme="http", access_key="testing",
-                               secret_key="testing", region="us-east-1")
-        data = ds.dataset(f"{bucket}/lake", filesystem=fs, format="parquet").to_table()
-        ids = data["id"].to_pylist()
+        ids = s3_table(bucket)["id"].to_pylist()
         assert len(ids) == len(set(ids)) == 200_000 + rnd * 50_000, (len(ids), len(set(ids)))
         assert sorted(ids) == list(range(200_000 + rnd * 50_000))
         fill(pg, table, 200_000 + rnd * 50_000, 50_000)

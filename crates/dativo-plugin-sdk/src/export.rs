@@ -94,8 +94,15 @@ fn panic_message(p: &(dyn Any + Send)) -> String {
     }
 }
 
-/// Run `f`, turning its error or panic into a status code and a thread-local message.
+/// Run `f`, turning its error or panic into a status code and a thread-local message; the code
+/// is also kept for `last_error_code` (calls such as `reader_new` return only NULL).
 fn guard(what: &str, f: impl FnOnce() -> Result<()>) -> c_int {
+    let code = guard_inner(what, f);
+    LAST_CODE.with(|c| c.set(code));
+    code
+}
+
+fn guard_inner(what: &str, f: impl FnOnce() -> Result<()>) -> c_int {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => abi::OK,
         Ok(Err(e)) => {

@@ -386,6 +386,20 @@ impl Attempt<'_> {
                         writer = open_writer(self.wf, wcfg, &wctx(&schema)).inspect_err(|_| {
                             let _ = reader.close();
                         })?;
+                        // The target may have moved while the writer was closed (another run
+                        // of the job committed): resuming from the old state would load its
+                        // rows again. The next attempt starts over from the new state.
+                        let again = writer.committed_state().map(|c2| c2.map(|c2| c2.state));
+                        if !matches!(&again, Ok(Some(st)) if *st == c.state) {
+                            let _ = reader.close();
+                            let _ = writer.close();
+                            return Err(Error::transient(format!(
+                                "{}: the committed state changed while the writer was re-opened \
+                                 for the new schema (another run of job `{name}` committed?); \
+                                 starting over from it",
+                                self.wf.label
+                            )));
+                        }
                     }
                 }
                 Err(e) => {

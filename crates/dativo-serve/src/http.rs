@@ -31,32 +31,77 @@ pub(crate) fn router(server: Arc<Server>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .layer(axum::middleware::map_response(scrub_body))
+        .layer(axum::middleware::from_fn(scrub_body))
         .with_state(server)
 }
 
-/// Every response body, scrubbed of every registered secret in every escaped form (JSON for
-/// the API, HTML for the page): a job's description or an error built from a job file may
-/// hold a `${env:…}` value, and redacting each field by hand misses some.
-async fn scrub_body(resp: Response) -> Response {
+/// Every response body, scrubbed of every registered secret (a job's description or an error
+/// built from a job file may hold a `${env:…}` value; redacting each field by hand misses
+/// some). JSON is scrubbed string by string, so numbers and the document's structure stay
+/// intact; HTML and text whole (secrets are registered in their HTML-escaped form too).
+/// `/metrics` and the probes carry no job-file text and are left alone.
+async fn scrub_body(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    if matches!(path.as_str(), "/metrics" | "/healthz" | "/readyz") {
+        return resp;
+    }
     let (mut parts, body) = resp.into_parts();
     let bytes = match axum::body::to_bytes(body, 64 << 20).await {
         Ok(b) => b,
         Err(_) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "response too large"),
     };
-    let body = match std::str::from_utf8(&bytes) {
-        Ok(text) => {
-            let clean = secrets::scrub(text);
-            if clean.len() == text.len() && clean == text {
-                axum::body::Body::from(bytes)
-            } else {
-                parts.headers.remove(header::CONTENT_LENGTH);
-                axum::body::Body::from(clean)
-            }
-        }
-        Err(_) => axum::body::Body::from(bytes),
+    let json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    let clean: Option<Vec<u8>> = if json {
+        serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|mut v| {
+                scrub_strings(&mut v).then(|| serde_json::to_vec(&v).unwrap_or_default())
+            })
+    } else {
+        std::str::from_utf8(&bytes).ok().and_then(|text| {
+            let c = secrets::scrub(text);
+            (c != text).then(|| c.into_bytes())
+        })
     };
-    Response::from_parts(parts, body)
+    match clean {
+        Some(c) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, axum::body::Body::from(c))
+        }
+        None => Response::from_parts(parts, axum::body::Body::from(bytes)),
+    }
+}
+
+/// Scrub every string in `v` (keys too); whether anything changed.
+fn scrub_strings(v: &mut Value) -> bool {
+    match v {
+        Value::String(s) => {
+            let c = secrets::scrub(s);
+            let changed = c != *s;
+            *s = c;
+            changed
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |acc, i| scrub_strings(i) | acc),
+        Value::Object(map) => {
+            let old = std::mem::take(map);
+            let mut changed = false;
+            for (k, mut val) in old {
+                changed |= scrub_strings(&mut val);
+                let ck = secrets::scrub(&k);
+                changed |= ck != k;
+                map.insert(ck, val);
+            }
+            changed
+        }
+        _ => false,
+    }
 }
 
 fn problem(status: StatusCode, message: impl Into<String>) -> Response {

@@ -707,8 +707,12 @@ impl Writer for IcebergWriter {
                 Ok(t) => Ok((t, files)),
                 Err(_) if moved.is_some() => {
                     let (sid, other) = moved.expect("checked");
-                    // Certainly not committed: the files are ours alone.
-                    self.delete_files(&files).await;
+                    // Not committed by this attempt: the files are ours alone — unless the
+                    // snapshot that moved is this very run's (an earlier attempt of this commit
+                    // that landed after all), whose files must stay.
+                    if other.as_deref() != Some(run.as_str()) {
+                        self.delete_files(&files).await;
+                    }
                     let by = match (sid, other) {
                         (-1, _) => {
                             "its latest snapshot is no longer in the table's history".to_string()

@@ -17,9 +17,11 @@
 //!   (an empty commit carrying the job's last state, written with `If-None-Match: *`) before it
 //!   deletes anything in staging. A previous holder that wakes up later cannot commit: every
 //!   manifest is written with `If-None-Match: *`, and its sequence number is taken.
-//! * **Release**: deleted on close when still ours.
+//! * **Release**: on close (or when a writer fails to start) the lease is marked released —
+//!   a conditional write, so a lease another run took over meanwhile is never touched.
 //!
-//! Stores without conditional writes get a warning: concurrent runs are not detected there.
+//! Stores that do not enforce conditional writes (checked at start with a scratch object) get
+//! a warning: concurrent runs are not detected there.
 
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +56,31 @@ struct Record {
     pid_start: Option<u64>,
     acquired_at_ms: u64,
     expires_at_ms: u64,
+    /// Set by the holder as its last act: the lease is free (a release never deletes, so it
+    /// can be conditional and never removes a lease another run took meanwhile).
+    #[serde(default)]
+    released: bool,
+}
+
+/// Whether `h` was held by a process on this very machine that is gone: same host name, boot
+/// and PID namespace (all known), and its PID no longer alive — or alive but a different
+/// process (PID reuse: another start time).
+fn holder_died_here(h: &Record, me: &Record) -> bool {
+    let known = |m: &str| m.split('/').all(|part| !part.is_empty());
+    if h.host != me.host || h.machine != me.machine || !known(&me.machine) || h.pid == me.pid {
+        return false;
+    }
+    let Ok(pid) = i32::try_from(h.pid) else {
+        return false;
+    };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Err(nix::errno::Errno::ESRCH) => true,
+        // Alive (EPERM: alive, another user's): only PID reuse makes it a different process.
+        _ => match (h.pid_start, pid_start(h.pid)) {
+            (Some(then), Some(now)) => then != now,
+            _ => false,
+        },
+    }
 }
 
 fn now_ms() -> u64 {
@@ -112,10 +139,30 @@ fn precondition_failed(e: &opendal::Error) -> bool {
     )
 }
 
-/// Whether `op`'s store can write conditionally (S3 and compatible servers can).
-pub fn supported(op: &opendal::Operator) -> bool {
+/// Whether `op`'s store writes conditionally: the client must support it, and the server must
+/// enforce it — some S3-compatible servers ignore `If-None-Match`, so a second conditional
+/// create of a scratch object next to `key` must be refused.
+pub fn supported(op: &opendal::Operator, key: &str) -> Result<bool> {
     let cap = op.info().full_capability();
-    cap.write_with_if_not_exists && cap.write_with_if_match
+    if !(cap.write_with_if_not_exists && cap.write_with_if_match) {
+        return Ok(false);
+    }
+    let probe = format!("{key}.probe-{}", uuid::Uuid::now_v7());
+    let create = |body: &'static [u8]| {
+        runtime().block_on(
+            op.write_with(&probe, body)
+                .if_not_exists(true)
+                .into_future(),
+        )
+    };
+    create(b"1").map_err(|e| od(e, "checking conditional writes"))?;
+    let enforced = match create(b"2") {
+        Ok(_) => false,
+        Err(e) if precondition_failed(&e) => true,
+        Err(e) => return Err(od(e, "checking conditional writes")),
+    };
+    let _ = runtime().block_on(op.delete(&probe));
+    Ok(enforced)
 }
 
 struct Shared {
@@ -126,46 +173,87 @@ struct Shared {
     record: Mutex<Record>,
     etag: Mutex<String>,
     lost: AtomicBool,
+    renewing: Mutex<()>,
+}
+
+/// The etag and record of the lease object `key`, if it exists (`None` inside when unreadable).
+fn read_lease(
+    op: &opendal::Operator,
+    key: &str,
+    shown: &str,
+) -> Result<Option<(String, Option<Record>)>> {
+    for _ in 0..5 {
+        let meta = match runtime().block_on(op.stat(key)) {
+            Ok(m) => m,
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(od(e, &format!("checking the lease {shown}"))),
+        };
+        let etag = meta.etag().unwrap_or_default().to_string();
+        match runtime().block_on(op.read_with(key).if_match(&etag).into_future()) {
+            Ok(b) => return Ok(Some((etag, serde_json::from_slice(&b.to_vec()).ok()))),
+            // Changed between the two calls: look again.
+            Err(e) if precondition_failed(&e) || e.kind() == opendal::ErrorKind::NotFound => {}
+            Err(e) => return Err(od(e, &format!("reading the lease {shown}"))),
+        }
+    }
+    Err(Error::transient(format!(
+        "the lease {shown} keeps changing: another run is starting at the same time"
+    ))
+    .with_retryable(false))
 }
 
 impl Shared {
-    /// Renew the lease for another `ttl`, conditional on the etag we last wrote.
+    /// Renew the lease for another `ttl`, conditional on the etag we last wrote. One renewal
+    /// at a time (the heartbeat and the check before a commit would otherwise race on one
+    /// etag); a refused renewal whose object still holds our token (a reply lost after the PUT
+    /// landed) adopts the object's etag and tries once more.
     fn renew(&self) -> Result<()> {
+        let _one = self.renewing.lock().expect("not poisoned");
         if self.lost.load(Ordering::SeqCst) {
             return Err(self.lost_error());
         }
         let mut rec = self.record.lock().expect("not poisoned").clone();
-        rec.expires_at_ms = now_ms() + self.ttl.as_millis() as u64;
-        let body = serde_json::to_vec(&rec)?;
-        let etag = self.etag.lock().expect("not poisoned").clone();
-        let r = runtime().block_on(
-            self.op
-                .write_with(&self.key, body)
-                .if_match(&etag)
-                .into_future(),
-        );
-        match r {
-            Ok(meta) => {
-                let new = meta.etag().map(str::to_string);
-                let new = match new {
-                    Some(t) => t,
-                    None => runtime()
-                        .block_on(self.op.stat(&self.key))
-                        .map_err(|e| od(e, &format!("checking {}", self.display)))?
-                        .etag()
-                        .unwrap_or_default()
-                        .to_string(),
-                };
-                *self.etag.lock().expect("not poisoned") = new;
-                *self.record.lock().expect("not poisoned") = rec;
-                Ok(())
+        for second_try in [false, true] {
+            rec.expires_at_ms = now_ms() + self.ttl.as_millis() as u64;
+            let body = serde_json::to_vec(&rec)?;
+            let etag = self.etag.lock().expect("not poisoned").clone();
+            let r = runtime().block_on(
+                self.op
+                    .write_with(&self.key, body)
+                    .if_match(&etag)
+                    .into_future(),
+            );
+            match r {
+                Ok(meta) => {
+                    let new = match meta.etag() {
+                        Some(t) => t.to_string(),
+                        None => self.current()?.map(|(t, _)| t).unwrap_or_default(),
+                    };
+                    *self.etag.lock().expect("not poisoned") = new;
+                    *self.record.lock().expect("not poisoned") = rec;
+                    return Ok(());
+                }
+                Err(e) if precondition_failed(&e) || e.kind() == opendal::ErrorKind::NotFound => {
+                    if !second_try {
+                        if let Some((etag, Some(holder))) = self.current()? {
+                            if holder.token == rec.token {
+                                *self.etag.lock().expect("not poisoned") = etag;
+                                continue;
+                            }
+                        }
+                    }
+                    self.lost.store(true, Ordering::SeqCst);
+                    return Err(self.lost_error());
+                }
+                Err(e) => return Err(od(e, &format!("renewing the lease {}", self.display))),
             }
-            Err(e) if precondition_failed(&e) || e.kind() == opendal::ErrorKind::NotFound => {
-                self.lost.store(true, Ordering::SeqCst);
-                Err(self.lost_error())
-            }
-            Err(e) => Err(od(e, &format!("renewing the lease {}", self.display))),
         }
+        unreachable!("the second try returns")
+    }
+
+    /// The lease object's etag and record, if it exists.
+    fn current(&self) -> Result<Option<(String, Option<Record>)>> {
+        read_lease(&self.op, &self.key, &self.display)
     }
 
     fn lost_error(&self) -> Error {
@@ -187,6 +275,7 @@ pub struct Lease {
     heartbeat: Option<JoinHandle<()>>,
     /// Whether this acquisition took over an expired lease (the caller must fence).
     pub took_over: bool,
+    released: bool,
 }
 
 impl Lease {
@@ -211,6 +300,7 @@ impl Lease {
             pid_start: pid_start(pid),
             acquired_at_ms: now_ms(),
             expires_at_ms: now_ms() + ttl.as_millis() as u64,
+            released: false,
         };
         let body = serde_json::to_vec(&rec)?;
         let mut took_over = false;
@@ -231,37 +321,20 @@ impl Lease {
                 Err(e) => return Err(od(e, &format!("taking the lease {shown}"))),
             }
             // Someone holds it (or held it): read who, with the etag we compare against.
-            let meta = match runtime().block_on(op.stat(key)) {
-                Ok(m) => m,
-                Err(e) if e.kind() == opendal::ErrorKind::NotFound => continue,
-                Err(e) => return Err(od(e, &format!("checking the lease {shown}"))),
+            let Some((current_etag, holder)) = read_lease(op, key, &shown)? else {
+                continue;
             };
-            let current_etag = meta.etag().unwrap_or_default().to_string();
-            let bytes = match runtime()
-                .block_on(op.read_with(key).if_match(&current_etag).into_future())
-            {
-                Ok(b) => b.to_vec(),
-                Err(e) if precondition_failed(&e) || e.kind() == opendal::ErrorKind::NotFound => {
-                    continue
-                }
-                Err(e) => return Err(od(e, &format!("reading the lease {shown}"))),
-            };
-            let holder: Option<Record> = serde_json::from_slice(&bytes).ok();
-            let takeover = match &holder {
-                // Unreadable: treat as expired (a torn write cannot happen with one PUT, so
-                // this is something else's file; replacing it is the only way forward).
-                None => true,
+            let (takeover, fence) = match &holder {
+                // Unreadable: not ours to trust; replace it, fencing as for an expired lease.
+                None => (true, true),
+                Some(h) if h.released => (true, false),
                 Some(h) => {
-                    h.expires_at_ms < now_ms()
-                        || (h.host == rec.host
-                            && h.machine == rec.machine
-                            && h.pid != pid
-                            && h.pid_start.is_some()
-                            && pid_start(h.pid) != h.pid_start)
+                    let dead = h.expires_at_ms < now_ms() || holder_died_here(h, &rec);
+                    (dead, dead)
                 }
             };
             if !takeover {
-                let h = holder.expect("checked above");
+                let h = holder.expect("an unreadable lease is taken over");
                 let left = h.expires_at_ms.saturating_sub(now_ms()) / 1000;
                 return Err(Error::transient(format!(
                     "job `{job}` is already running: another run (run {}, job `{}`, host {}, \
@@ -279,7 +352,7 @@ impl Lease {
             );
             match r {
                 Ok(meta) => {
-                    if let Some(h) = &holder {
+                    if let Some(h) = holder.as_ref().filter(|_| fence) {
                         tracing::warn!(
                             lease = %shown,
                             previous_run = %h.run_id,
@@ -287,7 +360,7 @@ impl Lease {
                             "took over an expired lease (its run was killed or cut off)"
                         );
                     }
-                    took_over = true;
+                    took_over = fence;
                     etag = Some(meta.etag().map(str::to_string));
                     break;
                 }
@@ -321,6 +394,7 @@ impl Lease {
             record: Mutex::new(rec),
             etag: Mutex::new(etag),
             lost: AtomicBool::new(false),
+            renewing: Mutex::new(()),
         });
         let (stop, rx) = mpsc::channel::<()>();
         let hb = Arc::clone(&shared);
@@ -346,6 +420,7 @@ impl Lease {
             stop: Some(stop),
             heartbeat: Some(heartbeat),
             took_over,
+            released: false,
         })
     }
 
@@ -359,22 +434,37 @@ impl Lease {
         self.shared.lost.load(Ordering::SeqCst)
     }
 
-    /// Stop renewing and delete the lease object if it is still ours.
+    /// Stop renewing and mark the lease released, if it is still ours. Dropping a lease does
+    /// the same (a writer whose start failed after taking it must not block the prefix).
     pub fn release(mut self) {
+        self.release_now();
+    }
+
+    fn release_now(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
         self.stop_heartbeat();
         if self.is_lost() {
             return;
         }
         let s = &self.shared;
+        let _one = s.renewing.lock().expect("not poisoned");
         let etag = s.etag.lock().expect("not poisoned").clone();
-        // Only delete what we wrote last: compare the etag first.
-        match runtime().block_on(s.op.stat(&s.key)) {
-            Ok(m) if m.etag() == Some(etag.as_str()) => {
-                if let Err(e) = runtime().block_on(s.op.delete(&s.key)) {
-                    tracing::warn!(lease = %s.display, "releasing the lease failed: {e}");
-                }
+        let mut rec = s.record.lock().expect("not poisoned").clone();
+        rec.released = true;
+        rec.expires_at_ms = now_ms();
+        // Conditional on what we wrote last: a lease taken over meanwhile stays untouched.
+        let body = match serde_json::to_vec(&rec) {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        let r = runtime().block_on(s.op.write_with(&s.key, body).if_match(&etag).into_future());
+        if let Err(e) = r {
+            if !precondition_failed(&e) {
+                tracing::warn!(lease = %s.display, "releasing the lease failed: {e}");
             }
-            _ => {}
         }
     }
 
@@ -388,13 +478,56 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.stop_heartbeat();
+        self.release_now();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(pid: u32) -> Record {
+        Record {
+            format: FORMAT.into(),
+            token: "t".into(),
+            job: "j".into(),
+            run_id: "r".into(),
+            host: host_name(),
+            machine: machine_id(),
+            pid,
+            pid_start: pid_start(pid),
+            acquired_at_ms: 0,
+            expires_at_ms: u64::MAX,
+            released: false,
+        }
+    }
+
+    #[test]
+    fn only_a_gone_process_on_this_machine_counts_as_dead() {
+        let me = record(std::process::id());
+        // A child that has exited and been reaped: its PID is gone.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        let started = pid_start(gone);
+        child.wait().unwrap();
+        let mut h = record(gone);
+        h.pid_start = started;
+        assert!(holder_died_here(&h, &me));
+        // Alive: the parent of this test process.
+        let parent = record(std::os::unix::process::parent_id());
+        assert!(!holder_died_here(&parent, &me));
+        // Another machine (or an unknown one) is never judged by its PID.
+        let mut other = h.clone();
+        other.machine = "other-boot/pid:[1]".into();
+        assert!(!holder_died_here(&other, &me));
+        let mut unknown = me.clone();
+        unknown.machine = "/".into();
+        let mut h2 = h.clone();
+        h2.machine = "/".into();
+        assert!(!holder_died_here(&h2, &unknown));
+        // Our own PID (another job in this process) is alive.
+        assert!(!holder_died_here(&me, &me));
+    }
 
     #[test]
     fn pid_start_reads_this_process() {

@@ -340,7 +340,15 @@ impl ParquetWriter {
                 cols.push(if c.data_type() == f.data_type() {
                     c.clone()
                 } else {
-                    arrow::compute::cast(c, f.data_type())?
+                    // Not `safe`: an overflow is an error, never a silent NULL.
+                    arrow::compute::cast_with_options(
+                        c,
+                        f.data_type(),
+                        &arrow::compute::CastOptions {
+                            safe: false,
+                            ..Default::default()
+                        },
+                    )?
                 });
             }
             RecordBatch::try_new(target.clone(), cols).map_err(Error::from)
@@ -459,7 +467,7 @@ impl Writer for ParquetWriter {
             None => None,
         };
         let lease = match layout.loc.operator() {
-            Some(op) if lease::supported(op) => {
+            Some(op) if lease::supported(op, &layout.lease_key())? => {
                 let lease = Lease::acquire(
                     op,
                     &layout.lease_key(),
@@ -476,8 +484,8 @@ impl Writer for ParquetWriter {
             Some(_) => {
                 tracing::warn!(
                     path = %cfg.path,
-                    "this object store has no conditional writes: two runs of one job at once \
-                     are not detected here; make sure only one runs"
+                    "this object store does not enforce conditional writes: two runs of one job \
+                     at once are not detected here; make sure only one runs"
                 );
                 None
             }
