@@ -134,3 +134,24 @@ def duckdb_iceberg_query(sql, metadata_location):
                        env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     return [tuple(r) for r in json.loads(p.stdout)]
+
+
+def http(method, url, token=None, timeout=10):
+    """(status, body) of an HTTP request to `dativo serve`; JSON bodies decoded; a bearer token
+    if given."""
+    import json
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            body = r.read().decode()
+            return r.status, (json.loads(body) if r.headers.get_content_type() == "application/json" else body)
+    except urllib.error.HTTPError as e:
+        body = e.read().decode()
+        try:
+            return e.code, json.loads(body)
+        except ValueError:
+            return e.code, body

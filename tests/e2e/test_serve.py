@@ -15,26 +15,10 @@ import uuid
 import duckdb
 import yaml
 
-from conftest import BIN, ROOT, free_port, write_csvs
+from conftest import BIN, ROOT, free_port, http, write_csvs
 
 PG_URL = os.environ.get("DATIVO_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/test")
 TOKEN = "serve-test-token-" + uuid.uuid4().hex[:8]
-
-
-def http(method, url, token=None, timeout=10):
-    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            body = r.read().decode()
-            return r.status, (json.loads(body) if r.headers.get_content_type() == "application/json" else body)
-    except urllib.error.HTTPError as e:
-        body = e.read().decode()
-        try:
-            return e.code, json.loads(body)
-        except ValueError:
-            return e.code, body
 
 
 class Serve:

@@ -321,7 +321,8 @@ impl<'de> Deserialize<'de> for Schedule {
 pub struct RetryConfig {
     /// Total attempts including the first; 1 disables retries.
     pub attempts: u32,
-    /// Delay before the first retry; doubles each time, with full jitter.
+    /// Delay before the first retry; doubles each time, with equal jitter (half fixed, half
+    /// random).
     pub backoff: DurationValue,
     /// Upper bound of the delay.
     pub max_backoff: DurationValue,

@@ -4,8 +4,8 @@
 //! | implementation | mechanism |
 //! |---|---|
 //! | `./libx.so`, `./libx.so#orders`, `libx.so#orders`, `x#orders` | a native library ([`native`]) |
-//! | `package.module.Class` | a Python class (not in this build yet) |
-//! | `grpc://host:port` | an Arrow Flight server (not in this build yet) |
+//! | `package.module.Class`, `entrypoint:NAME` | a Python class, through the bridge library `libdativo_python.so` ([`python`]) |
+//! | `grpc://host:port`, `grpcs://…` | an Arrow Flight server ([`flight`]) |
 //!
 //! A relative library path is looked up next to the job file, then in the working directory;
 //! a bare file name in `DATIVO_PLUGIN_PATH` (`:`-separated), `~/.dativo/plugins`, next to the

@@ -477,7 +477,8 @@ impl Attempt<'_> {
         }
         // The reader thread ends once it notices the closed channel; do not hang on a reader
         // blocked in I/O after a failure.
-        let deadline = Instant::now() + Duration::from_secs(if result.is_ok() { 3600 } else { 10 });
+        let wait = Duration::from_secs(if result.is_ok() { 3600 } else { 10 });
+        let deadline = Instant::now() + wait;
         while !handle.is_finished() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(5));
         }
@@ -491,8 +492,9 @@ impl Attempt<'_> {
             }
         } else {
             tracing::warn!(
-                "{} did not stop within 10 s; leaving it behind",
-                self.rf.label
+                "{} did not stop within {} s; leaving it behind",
+                self.rf.label,
+                wait.as_secs()
             );
         }
         result
