@@ -60,6 +60,32 @@ def table(pg):
 
 
 @pytest.fixture
+def my():
+    """A connection to the test MariaDB (autocommit)."""
+    import pymysql
+    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", database="test", autocommit=True)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def my_table(my):
+    """A fresh MariaDB table name, dropped after the test."""
+    import uuid
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    yield name
+    with my.cursor() as c:
+        c.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def my_sql(my, text, args=None):
+    """Rows of `text` on MariaDB."""
+    with my.cursor() as c:
+        c.execute(text, args)
+        return c.fetchall()
+
+
+@pytest.fixture
 def dativo(tmp_path):
     return Dativo(tmp_path)
 

@@ -9,30 +9,18 @@ import pyarrow.parquet as pq
 import pymysql
 import pytest
 
-from conftest import parquet_stats, write_job
+from conftest import my_sql, parquet_stats, write_job
 
 MY_URL = os.environ.get("DATIVO_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 
 
 @pytest.fixture
-def my():
-    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", database="test", autocommit=True)
-    yield conn
-    conn.close()
+def table(my_table):
+    """A fresh MariaDB table name (conftest's `table` is PostgreSQL's)."""
+    return my_table
 
 
-@pytest.fixture
-def table(my):
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    yield name
-    with my.cursor() as c:
-        c.execute(f"DROP TABLE IF EXISTS {name}")
-
-
-def sql(my, text, args=None):
-    with my.cursor() as c:
-        c.execute(text, args)
-        return c.fetchall()
+sql = my_sql
 
 
 def job(tmp_path, table, extra="", tail=""):

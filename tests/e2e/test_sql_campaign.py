@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pymysql
 import pytest
 
-from conftest import parquet_stats, write_job
+from conftest import my_sql, parquet_stats, write_job
 
 PG_URL = os.environ.get("DATIVO_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/test")
 MY_URL = os.environ.get("DATIVO_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
@@ -26,27 +26,6 @@ def pg_sql(pg, text, *args):
     with pg.cursor() as c:
         c.execute(text, args or None)
         return c.fetchall() if c.description else None
-
-
-@pytest.fixture
-def my():
-    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", database="test", autocommit=True)
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def my_table(my):
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    yield name
-    with my.cursor() as c:
-        c.execute(f"DROP TABLE IF EXISTS {name}")
-
-
-def my_sql(my, text, args=None):
-    with my.cursor() as c:
-        c.execute(text, args)
-        return c.fetchall()
 
 
 def job(tmp_path, reader, source, extra="", tail="", target="lake/out", name="campaign"):
