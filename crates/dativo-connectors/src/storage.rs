@@ -97,7 +97,16 @@ pub enum Location {
     },
 }
 
-fn od(e: opendal::Error, doing: &str) -> Error {
+/// Whether a conditional write (or read) was refused: the object exists, or changed.
+pub(crate) fn precondition_failed(e: &opendal::Error) -> bool {
+    matches!(
+        e.kind(),
+        opendal::ErrorKind::ConditionNotMatch | opendal::ErrorKind::AlreadyExists
+    )
+}
+
+/// A dativo error for an opendal failure while `doing` something (kind from the failure).
+pub(crate) fn od(e: opendal::Error, doing: &str) -> Error {
     let msg = format!("{doing}: {}", secrets::scrub(&e.to_string()));
     match e.kind() {
         opendal::ErrorKind::PermissionDenied => Error::auth(msg),
@@ -387,15 +396,7 @@ impl Location {
                         .into_future(),
                 ) {
                     Ok(_) => Ok(true),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            opendal::ErrorKind::ConditionNotMatch
-                                | opendal::ErrorKind::AlreadyExists
-                        ) =>
-                    {
-                        Ok(false)
-                    }
+                    Err(e) if precondition_failed(&e) => Ok(false),
                     Err(e) => Err(od(e, &format!("writing {}", self.display(rel)))),
                 }
             }

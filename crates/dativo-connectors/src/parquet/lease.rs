@@ -32,9 +32,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use dativo_core::{secrets, Error, Result};
+use dativo_core::{Error, Result};
 
 use crate::rt::runtime;
+use crate::storage::{od, precondition_failed};
 
 /// The lease file's format identifier.
 const FORMAT: &str = "dativo.lease/1";
@@ -119,24 +120,6 @@ fn pid_start(pid: u32) -> Option<u64> {
     // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split(' ').nth(19)?.parse().ok()
-}
-
-fn od(e: opendal::Error, doing: &str) -> Error {
-    let msg = format!("{doing}: {}", secrets::scrub(&e.to_string()));
-    if e.is_temporary() {
-        Error::transient(msg)
-    } else if e.kind() == opendal::ErrorKind::PermissionDenied {
-        Error::auth(msg)
-    } else {
-        Error::io(msg)
-    }
-}
-
-fn precondition_failed(e: &opendal::Error) -> bool {
-    matches!(
-        e.kind(),
-        opendal::ErrorKind::ConditionNotMatch | opendal::ErrorKind::AlreadyExists
-    )
 }
 
 /// Whether `op`'s store writes conditionally: the client must support it, and the server must
