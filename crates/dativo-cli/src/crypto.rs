@@ -5,7 +5,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-use dativo_connectors::encryption::tools::{self, Dataset, OutFormat};
+use dativo_connectors::crypto_tools::{self as tools, Dataset, OutFormat};
 use dativo_core::job::{Implementation, Job};
 use dativo_core::Error;
 
@@ -13,16 +13,27 @@ use dativo_core::Error;
 fn dataset(job_path: &Path) -> Result<(Job, Dataset), Error> {
     let job = Job::load(job_path)?;
     let cfg = &job.config.target.config;
-    let ds = match &job.config.target.writer {
-        Implementation::Builtin(w) if w == "parquet" => Dataset::parquet(cfg),
-        #[allow(clippy::redundant_closure)]
-        Implementation::Builtin(w) if w == "iceberg" => {
-            dativo_connectors::iceberg::encrypted_dataset(cfg)
+    // The writer knows whether (and how) its dataset is encrypted.
+    let open = match &job.config.target.writer {
+        Implementation::Builtin(w) => {
+            dativo_connectors::writer(w).and_then(|b| b.encrypted_dataset)
         }
-        _ => Err(Error::config(
-            "only the `parquet` and `iceberg` writers encrypt; this job uses another writer",
-        )
-        .with_key_path("writer")),
+        Implementation::Custom(_) => None,
+    };
+    let ds = match open {
+        Some(open) => open(cfg),
+        None => {
+            let encrypting: Vec<&str> = dativo_connectors::writers()
+                .iter()
+                .filter(|w| w.encrypted_dataset.is_some())
+                .map(|w| w.name)
+                .collect();
+            Err(Error::config(format!(
+                "only the {} writers encrypt; this job uses another writer",
+                encrypting.join(" and ")
+            ))
+            .with_key_path("writer"))
+        }
     }
     .map_err(|e| job.locate("target.config", e))?;
     Ok((job, ds))

@@ -1,5 +1,6 @@
 //! The `dativo` command-line tool.
 
+mod builtin_adapter;
 mod crypto;
 mod deploy;
 mod output;

@@ -156,19 +156,27 @@ pub fn test(implementation: &str, config: Option<&str>, side: Option<Side>) -> R
     let builtin_writer = dativo_connectors::writer(implementation);
     if builtin_reader.is_some() || builtin_writer.is_some() {
         if let Some(r) = builtin_reader.filter(|_| side != Some(Side::Writer)) {
-            let create = r.create;
+            let open = r.open;
             targets.push((
                 Side::Reader,
                 format!("built-in reader '{}'", r.name),
-                Box::new(move || Ok(Target::Reader(create()))),
+                Box::new(move || {
+                    Ok(Target::Reader(Box::new(
+                        crate::builtin_adapter::BuiltinReader::new(open),
+                    )))
+                }),
             ));
         }
         if let Some(w) = builtin_writer.filter(|_| side != Some(Side::Reader)) {
-            let create = w.create;
+            let open = w.open;
             targets.push((
                 Side::Writer,
                 format!("built-in writer '{}'", w.name),
-                Box::new(move || Ok(Target::Writer(create()))),
+                Box::new(move || {
+                    Ok(Target::Writer(Box::new(
+                        crate::builtin_adapter::BuiltinWriter::new(open),
+                    )))
+                }),
             ));
         }
     } else {

@@ -1,38 +1,31 @@
 //! dativo's built-in readers and writers, one module (folder) each, behind cargo features.
 //!
 //! The set of built-ins is closed at compile time; [`readers`] and [`writers`] list them with
-//! a pure `validate` (no I/O, used by `dativo validate`) and a constructor.
+//! a pure `validate` (no I/O, used by `dativo validate`) and `open`, which returns a reader or
+//! writer ready to use.
 
-use dativo_core::{Reader, Result, Writer};
+use dativo_core::{
+    open_reader, open_writer, OpenReader, OpenWriter, ReaderContext, Result, WriterContext,
+};
 use serde_json::Value;
 
 #[cfg(feature = "adbc")]
 pub mod adbc;
 #[cfg(feature = "parquet")]
-pub mod encryption;
+pub mod crypto_tools;
 #[cfg(feature = "file")]
 pub mod file;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "iceberg")]
 pub mod iceberg;
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-pub mod keyset;
-#[cfg(feature = "mysql")]
-pub mod mysql;
 #[cfg(feature = "parquet")]
 pub mod parquet;
+
+#[cfg(feature = "mysql")]
+use dativo_sql::mysql;
 #[cfg(feature = "postgres")]
-pub mod postgres;
-#[cfg(any(
-    feature = "postgres",
-    feature = "iceberg",
-    feature = "parquet",
-    feature = "http"
-))]
-pub mod rt;
-#[cfg(feature = "parquet")]
-pub mod storage;
+use dativo_sql::postgres;
 
 /// A built-in reader.
 pub struct BuiltinReader {
@@ -42,8 +35,8 @@ pub struct BuiltinReader {
     pub summary: &'static str,
     /// Check a config without I/O.
     pub validate: fn(&Value) -> Result<()>,
-    /// A new, uninitialized instance.
-    pub create: fn() -> Box<dyn Reader>,
+    /// Open a reader for `config` (the job's `source.config`) in a run.
+    pub open: fn(&Value, &ReaderContext) -> Result<Box<dyn OpenReader>>,
 }
 
 /// A built-in writer.
@@ -54,8 +47,12 @@ pub struct BuiltinWriter {
     pub summary: &'static str,
     /// Check a config without I/O.
     pub validate: fn(&Value) -> Result<()>,
-    /// A new, uninitialized instance.
-    pub create: fn() -> Box<dyn Writer>,
+    /// Open a writer for `config` (the job's `target.config`) in a run.
+    pub open: fn(&Value, &WriterContext) -> Result<Box<dyn OpenWriter>>,
+    /// The encrypted dataset `config` writes, for `dativo decrypt` and `dativo verify`;
+    /// `None` for writers that do not encrypt.
+    #[cfg(feature = "parquet")]
+    pub encrypted_dataset: Option<fn(&Value) -> Result<crypto_tools::Dataset>>,
 }
 
 /// Every built-in reader compiled into this binary.
@@ -66,35 +63,35 @@ pub fn readers() -> Vec<BuiltinReader> {
             name: "file",
             summary: "CSV, JSON Lines and Parquet files from a path or glob; incremental by file",
             validate: file::FileReader::validate,
-            create: || Box::new(file::FileReader::new()),
+            open: |c, ctx| open_reader(Box::new(file::FileReader::new()), c, ctx),
         },
         #[cfg(feature = "postgres")]
         BuiltinReader {
             name: "postgres",
             summary: "PostgreSQL tables or queries via binary COPY; parallel snapshot reads; cursor incremental",
             validate: postgres::PostgresReader::validate,
-            create: || Box::new(postgres::PostgresReader::new()),
+            open: |c, ctx| open_reader(Box::new(postgres::PostgresReader::new()), c, ctx),
         },
         #[cfg(feature = "mysql")]
         BuiltinReader {
             name: "mysql",
             summary: "MySQL / MariaDB tables or queries; parallel snapshot reads; cursor incremental",
             validate: mysql::MySqlReader::validate,
-            create: || Box::new(mysql::MySqlReader::new()),
+            open: |c, ctx| open_reader(Box::new(mysql::MySqlReader::new()), c, ctx),
         },
         #[cfg(feature = "http")]
         BuiltinReader {
             name: "http",
             summary: "JSON REST APIs: auth, JSONPath records, five pagination styles, incremental by a cursor field, retries and rate limits",
             validate: http::HttpReader::validate,
-            create: || Box::new(http::HttpReader::new()),
+            open: |c, ctx| open_reader(Box::new(http::HttpReader::new()), c, ctx),
         },
         #[cfg(feature = "adbc")]
         BuiltinReader {
             name: "adbc",
             summary: "any ADBC driver library (PostgreSQL, SQLite, FlightSQL, Snowflake…): a query's Arrow stream; cursor incremental",
             validate: adbc::AdbcReader::validate,
-            create: || Box::new(adbc::AdbcReader::new()),
+            open: |c, ctx| open_reader(Box::new(adbc::AdbcReader::new()), c, ctx),
         },
     ]
 }
@@ -107,21 +104,25 @@ pub fn writers() -> Vec<BuiltinWriter> {
             name: "parquet",
             summary: "Parquet files in a directory, committed atomically with the reader's state",
             validate: parquet::ParquetWriter::validate,
-            create: || Box::new(parquet::ParquetWriter::new()),
+            open: |c, ctx| open_writer(Box::new(parquet::ParquetWriter::new()), c, ctx),
+            encrypted_dataset: Some(crypto_tools::Dataset::parquet),
         },
         #[cfg(feature = "iceberg")]
         BuiltinWriter {
             name: "iceberg",
             summary: "Apache Iceberg tables (SQL catalog on SQLite or PostgreSQL); the state rides in each snapshot",
             validate: iceberg::IcebergWriter::validate,
-            create: || Box::new(iceberg::IcebergWriter::new()),
+            open: |c, ctx| open_writer(Box::new(iceberg::IcebergWriter::new()), c, ctx),
+            encrypted_dataset: Some(iceberg::encrypted_dataset),
         },
         #[cfg(feature = "adbc")]
         BuiltinWriter {
             name: "adbc",
             summary: "any ADBC driver library: bulk ingest into a table, one transaction per commit with the state",
             validate: adbc::AdbcWriter::validate,
-            create: || Box::new(adbc::AdbcWriter::new()),
+            open: |c, ctx| open_writer(Box::new(adbc::AdbcWriter::new()), c, ctx),
+            #[cfg(feature = "parquet")]
+            encrypted_dataset: None,
         },
     ]
 }

@@ -6,9 +6,9 @@ use dativo_connectors::parquet::{
     commit_log::{Layout, STAGING},
     ParquetWriter,
 };
-use dativo_connectors::storage::Location;
 use dativo_core::conformance::{check_writer, sample_batch};
 use dativo_core::{Commit, Shard, Writer, WriterContext};
+use dativo_storage::Location;
 use serde_json::json;
 
 fn ctx() -> WriterContext {

@@ -19,8 +19,14 @@ pub enum ErrorKind {
     Data,
     /// A plugin failed, panicked or broke its contract. Not retried unless the plugin says so.
     Plugin,
-    /// A temporary failure (dropped connection, commit conflict, throttling). Retried.
+    /// A temporary failure (dropped connection, throttling). Retried.
     Transient,
+    /// Another run of the same job holds it (a state-store lock, a Parquet prefix lease, an
+    /// Iceberg commit guard): "job `x` is already running". Not retried; exit code 7.
+    Busy,
+    /// A concurrent commit won a race (an Iceberg catalog swap, a taken manifest sequence).
+    /// Retried; exit code 7 once retries are spent.
+    Conflict,
     /// Local or remote storage failed (disk full, permission denied on a path). Not retried.
     Io,
     /// The run was cancelled (Ctrl-C, SIGTERM, an API call). Never retried.
@@ -50,14 +56,17 @@ impl ErrorKind {
             ErrorKind::Data | ErrorKind::Schema => 4,
             ErrorKind::Plugin => 5,
             ErrorKind::Io => 6,
-            ErrorKind::Transient => 7,
+            ErrorKind::Transient | ErrorKind::Busy | ErrorKind::Conflict => 7,
             ErrorKind::Cancelled => 130,
         }
     }
 
     /// Whether errors of this kind are retried unless they say otherwise.
     pub fn retryable_by_default(self) -> bool {
-        matches!(self, ErrorKind::Connect | ErrorKind::Transient)
+        matches!(
+            self,
+            ErrorKind::Connect | ErrorKind::Transient | ErrorKind::Conflict
+        )
     }
 
     /// A short lowercase name, used in logs, run history and JSON output.
@@ -70,6 +79,8 @@ impl ErrorKind {
             ErrorKind::Data => "data",
             ErrorKind::Plugin => "plugin",
             ErrorKind::Transient => "transient",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Conflict => "conflict",
             ErrorKind::Io => "io",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Internal => "internal",
@@ -141,6 +152,14 @@ impl Error {
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Transient, message)
     }
+    /// Another run of the same job holds it (not retried).
+    pub fn busy(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Busy, message)
+    }
+    /// A concurrent commit won a race (retryable).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, message)
+    }
     /// A storage error.
     pub fn io(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Io, message)
@@ -197,6 +216,23 @@ impl Error {
     /// Whether the runner should retry the run.
     pub fn is_retryable(&self) -> bool {
         self.retryable
+    }
+
+    /// Whether another run of the same job holds what this run needed ([`ErrorKind::Busy`]).
+    pub fn is_busy(&self) -> bool {
+        self.kind == ErrorKind::Busy
+    }
+
+    /// This error and its causes, outermost first, one per line: what `-v` prints.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut next = std::error::Error::source(self);
+        while let Some(cause) = next {
+            out.push_str("\n  caused by: ");
+            out.push_str(&cause.to_string());
+            next = cause.source();
+        }
+        out
     }
 }
 

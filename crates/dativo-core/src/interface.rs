@@ -235,3 +235,195 @@ pub trait Writer: Send {
         Ok(None)
     }
 }
+
+/// A reader that is open: connected, planned, its schema known — ready to produce batches.
+///
+/// Built-in readers are opened straight into one of these (no half-initialized state); a
+/// plugin's five-method [`Reader`] is adapted once by [`open_reader`]. Dropping an open reader
+/// releases its resources; [`OpenReader::close`] does the same and reports what went wrong.
+pub trait OpenReader: Send {
+    /// The Arrow schema of every batch.
+    fn schema(&self) -> SchemaRef;
+
+    /// The next batch, or `None` at end of stream.
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>>;
+
+    /// JSON state covering every batch returned so far; `None` if not incremental.
+    fn state(&mut self) -> Result<Option<Value>>;
+
+    /// Release resources now and report a failure to do so.
+    fn close(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A writer that is open: its target reachable and ready for batches of one schema.
+///
+/// Built-in writers are opened straight into one of these; a plugin's [`Writer`] is adapted
+/// once by [`open_writer`]. Dropping an open writer releases its resources (uncommitted data is
+/// discarded); [`OpenWriter::close`] does the same and reports what went wrong.
+pub trait OpenWriter: Send {
+    /// Buffer or stream out one batch; nothing is visible to readers of the target yet.
+    fn write(&mut self, batch: &RecordBatch) -> Result<()>;
+
+    /// Make everything written since the last commit durable and visible atomically, with
+    /// `commit.state` where the target can store it.
+    fn commit(&mut self, commit: &Commit) -> Result<CommitReport>;
+
+    /// Discard everything written since the last commit.
+    fn abort(&mut self) -> Result<()>;
+
+    /// The state stored by the last successful commit, read back from the target (see
+    /// [`Writer::committed_state`]).
+    fn committed_state(&mut self) -> Result<Option<CommittedState>> {
+        Ok(None)
+    }
+
+    /// Release resources now and report a failure to do so.
+    fn close(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Open a five-method [`Reader`] (a plugin): `initialize`, then `get_schema`. On failure the
+/// reader is closed before the error is returned; later, `close` is called exactly once — by
+/// [`OpenReader::close`] or on drop.
+pub fn open_reader(
+    mut reader: Box<dyn Reader>,
+    config: &Value,
+    ctx: &ReaderContext,
+) -> Result<Box<dyn OpenReader>> {
+    let opened = reader
+        .initialize(config, ctx)
+        .and_then(|()| reader.get_schema());
+    match opened {
+        Ok(schema) => Ok(Box::new(AdaptedReader {
+            inner: Some(reader),
+            schema,
+        })),
+        Err(e) => {
+            if let Err(close) = reader.close() {
+                tracing_free_warn("reader", &close);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Open a five-method [`Writer`] (a plugin) with `initialize`; closed on failure, and exactly
+/// once later — by [`OpenWriter::close`] or on drop.
+pub fn open_writer(
+    mut writer: Box<dyn Writer>,
+    config: &Value,
+    ctx: &WriterContext,
+) -> Result<Box<dyn OpenWriter>> {
+    match writer.initialize(config, ctx) {
+        Ok(()) => Ok(Box::new(AdaptedWriter {
+            inner: Some(writer),
+        })),
+        Err(e) => {
+            if let Err(close) = writer.close() {
+                tracing_free_warn("writer", &close);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// dativo-core has no logging dependency: a close failure after a failed open goes to stderr
+/// through the error's (redacted) display, as the CLI's own messages do.
+fn tracing_free_warn(what: &str, e: &crate::Error) {
+    eprintln!(
+        "warning: closing the {what} after it failed to open: {}",
+        crate::secrets::scrub(&e.to_string())
+    );
+}
+
+/// A five-method reader, opened.
+struct AdaptedReader {
+    inner: Option<Box<dyn Reader>>,
+    schema: SchemaRef,
+}
+
+/// A five-method writer, opened.
+struct AdaptedWriter {
+    inner: Option<Box<dyn Writer>>,
+}
+
+impl OpenReader for AdaptedReader {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        match &mut self.inner {
+            Some(r) => r.read_batch(),
+            None => Ok(None),
+        }
+    }
+    fn state(&mut self) -> Result<Option<Value>> {
+        match &mut self.inner {
+            Some(r) => r.get_incremental_state(),
+            None => Ok(None),
+        }
+    }
+    fn close(mut self: Box<Self>) -> Result<()> {
+        match self.inner.take() {
+            Some(mut r) => r.close(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for AdaptedReader {
+    fn drop(&mut self) {
+        // Still here: dropped without `close` (an error path or a cancellation).
+        if let Some(mut r) = self.inner.take() {
+            if let Err(e) = r.close() {
+                tracing_free_warn("reader", &e);
+            }
+        }
+    }
+}
+
+impl OpenWriter for AdaptedWriter {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        match &mut self.inner {
+            Some(w) => w.write_batch(batch),
+            None => Err(crate::Error::internal("write after close")),
+        }
+    }
+    fn commit(&mut self, commit: &Commit) -> Result<CommitReport> {
+        match &mut self.inner {
+            Some(w) => w.finalize(commit),
+            None => Err(crate::Error::internal("commit after close")),
+        }
+    }
+    fn abort(&mut self) -> Result<()> {
+        match &mut self.inner {
+            Some(w) => w.abort(),
+            None => Ok(()),
+        }
+    }
+    fn committed_state(&mut self) -> Result<Option<CommittedState>> {
+        match &mut self.inner {
+            Some(w) => w.committed_state(),
+            None => Ok(None),
+        }
+    }
+    fn close(mut self: Box<Self>) -> Result<()> {
+        match self.inner.take() {
+            Some(mut w) => w.close(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for AdaptedWriter {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.inner.take() {
+            if let Err(e) = w.close() {
+                tracing_free_warn("writer", &e);
+            }
+        }
+    }
+}

@@ -10,11 +10,14 @@ pub mod conformance;
 pub mod error;
 pub mod interface;
 pub mod job;
+#[cfg(feature = "runtime")]
+pub mod rt;
 pub mod schema_spec;
 pub mod secrets;
 pub mod yaml;
 
 pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use interface::{
-    Commit, CommitReport, CommittedState, Reader, ReaderContext, Shard, Writer, WriterContext,
+    open_reader, open_writer, Commit, CommitReport, CommittedState, OpenReader, OpenWriter, Reader,
+    ReaderContext, Shard, Writer, WriterContext,
 };

@@ -116,6 +116,40 @@ pub fn register_environment() {
     }
 }
 
+/// A configuration value that is a secret (a password, a token, a key, a URL with credentials).
+///
+/// Deserializing one registers it for redaction, so no connector has to remember to; `Debug`
+/// prints `***`; the value is read with [`Secret::expose`], at the one place that hands it to a
+/// driver. Use it for every config field that may hold a credential.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap (and register) a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        let value = value.into();
+        register(&value);
+        Secret(value)
+    }
+
+    /// The value, to hand to a driver or put in a request. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
+
 /// Replace every registered secret in `text` with `***`.
 pub fn redact(text: &str) -> Cow<'_, str> {
     let secrets = SECRETS.read().unwrap_or_else(|e| e.into_inner());
@@ -173,6 +207,14 @@ fn url_password(value: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deserialized_secret_is_registered_and_hidden_from_debug() {
+        let s: Secret = serde_json::from_value(serde_json::json!("hunter2-secret-value")).unwrap();
+        assert_eq!(format!("{s:?}"), "***");
+        assert_eq!(s.expose(), "hunter2-secret-value");
+        assert_eq!(scrub("token hunter2-secret-value here"), "token *** here");
+    }
 
     #[test]
     fn registered_values_and_url_passwords_are_scrubbed() {

@@ -21,7 +21,7 @@ use std::net::ToSocketAddrs;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
@@ -45,15 +45,7 @@ use dativo_core::{
 };
 
 fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("dativo-flight")
-            .enable_all()
-            .build()
-            .expect("a tokio runtime")
-    })
+    dativo_core::rt::runtime()
 }
 
 /// Adds `authorization: Bearer <token>` to every call.

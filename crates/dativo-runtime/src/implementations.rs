@@ -10,34 +10,39 @@
 use serde_json::Value;
 
 use dativo_core::job::{CustomImplementation, Implementation, Job};
-use dativo_core::{Reader, Result, Writer};
+use dativo_core::{
+    open_reader, open_writer, OpenReader, OpenWriter, ReaderContext, Result, WriterContext,
+};
 use dativo_plugins::Side;
 
 /// Builds fresh reader instances for one job (one per attempt).
 pub struct ReaderFactory {
     /// Shown in logs and errors: `reader 'file'`.
     pub label: String,
-    create: Box<dyn Fn() -> Box<dyn Reader> + Send + Sync>,
+    open: Box<OpenReaderFn>,
 }
 
 /// Builds fresh writer instances for one job (one per attempt).
 pub struct WriterFactory {
     /// Shown in logs and errors: `writer 'parquet'`.
     pub label: String,
-    create: Box<dyn Fn() -> Box<dyn Writer> + Send + Sync>,
+    open: Box<OpenWriterFn>,
 }
 
+type OpenReaderFn = dyn Fn(&Value, &ReaderContext) -> Result<Box<dyn OpenReader>> + Send + Sync;
+type OpenWriterFn = dyn Fn(&Value, &WriterContext) -> Result<Box<dyn OpenWriter>> + Send + Sync;
+
 impl ReaderFactory {
-    /// A new, uninitialized reader.
-    pub fn create(&self) -> Box<dyn Reader> {
-        (self.create)()
+    /// Open a reader for one attempt; errors name the reader.
+    pub fn open(&self, config: &Value, ctx: &ReaderContext) -> Result<Box<dyn OpenReader>> {
+        (self.open)(config, ctx).map_err(|e| e.context(self.label.clone()))
     }
 }
 
 impl WriterFactory {
-    /// A new, uninitialized writer.
-    pub fn create(&self) -> Box<dyn Writer> {
-        (self.create)()
+    /// Open a writer for one attempt; errors name the writer.
+    pub fn open(&self, config: &Value, ctx: &WriterContext) -> Result<Box<dyn OpenWriter>> {
+        (self.open)(config, ctx).map_err(|e| e.context(self.label.clone()))
     }
 }
 
@@ -135,7 +140,7 @@ pub fn reader_for(job: &Job) -> Result<ReaderFactory> {
                 if let Some(r) = entry_point(job, name, Side::Reader, "source.reader")? {
                     return Ok(ReaderFactory {
                         label: r.label.clone(),
-                        create: Box::new(move || r.reader()),
+                        open: Box::new(move |c, ctx| open_reader(r.reader(), c, ctx)),
                     });
                 }
                 let known: Vec<&str> = dativo_connectors::readers()
@@ -154,14 +159,14 @@ pub fn reader_for(job: &Job) -> Result<ReaderFactory> {
             check_batch_size(job)?;
             Ok(ReaderFactory {
                 label: format!("reader '{name}'"),
-                create: Box::new(b.create),
+                open: Box::new(b.open),
             })
         }
         Implementation::Custom(i) => {
             let r = custom(job, i, Side::Reader, "source.reader.implementation")?;
             Ok(ReaderFactory {
                 label: r.label.clone(),
-                create: Box::new(move || r.reader()),
+                open: Box::new(move |c, ctx| open_reader(r.reader(), c, ctx)),
             })
         }
     }
@@ -176,7 +181,7 @@ pub fn writer_for(job: &Job) -> Result<WriterFactory> {
                 if let Some(w) = entry_point(job, name, Side::Writer, "target.writer")? {
                     return Ok(WriterFactory {
                         label: w.label.clone(),
-                        create: Box::new(move || w.writer()),
+                        open: Box::new(move |c, ctx| open_writer(w.writer(), c, ctx)),
                     });
                 }
                 let known: Vec<&str> = dativo_connectors::writers()
@@ -194,14 +199,14 @@ pub fn writer_for(job: &Job) -> Result<WriterFactory> {
             (b.validate)(&tgt.config).map_err(|e| job.locate("target.config", e))?;
             Ok(WriterFactory {
                 label: format!("writer '{name}'"),
-                create: Box::new(b.create),
+                open: Box::new(b.open),
             })
         }
         Implementation::Custom(i) => {
             let w = custom(job, i, Side::Writer, "target.writer.implementation")?;
             Ok(WriterFactory {
                 label: w.label.clone(),
-                create: Box::new(move || w.writer()),
+                open: Box::new(move |c, ctx| open_writer(w.writer(), c, ctx)),
             })
         }
     }

@@ -4,8 +4,8 @@
 use serde_json::Value;
 use tokio_postgres::Client;
 
-use dativo_connectors::postgres::{connect_url, runtime};
 use dativo_core::{secrets, Error, Result};
+use dativo_pg::{connect_url, runtime};
 
 use crate::state_store::{now, JobLock, RunRecord, RunStatus, StoredState, BUSY};
 
@@ -39,7 +39,7 @@ pub(crate) struct PgStore {
 }
 
 fn err(e: tokio_postgres::Error) -> Error {
-    dativo_connectors::postgres::map_error(e, "state store")
+    dativo_pg::map_error(e, "state store")
 }
 
 fn block<F: std::future::Future>(f: F) -> F::Output {

@@ -26,8 +26,8 @@ use serde_json::Value;
 use dativo_core::conformance::check_batch_schema;
 use dativo_core::job::Job;
 use dativo_core::{
-    secrets, Commit, CommitReport, Error, ErrorKind, Reader, ReaderContext, Result, Shard, Writer,
-    WriterContext,
+    secrets, Commit, CommitReport, Error, ErrorKind, OpenReader, OpenWriter, ReaderContext, Result,
+    Shard, WriterContext,
 };
 
 use crate::implementations::{self, ReaderFactory, WriterFactory};
@@ -277,34 +277,24 @@ fn reader_ctx(job: &Job, run_id: &str, state: Option<Value>, shard: Shard) -> Re
     }
 }
 
-/// Initialize a reader and get its schema; closes it on failure.
+/// Open a reader and get its schema.
 fn open_reader(
     rf: &ReaderFactory,
     config: &Value,
     ctx: &ReaderContext,
-) -> Result<(Box<dyn Reader>, SchemaRef)> {
-    let mut r = rf.create();
-    match r.initialize(config, ctx).and_then(|_| r.get_schema()) {
-        Ok(s) => Ok((r, s)),
-        Err(e) => {
-            if let Err(ce) = r.close() {
-                tracing::warn!(error = %secrets::scrub(&ce.to_string()), "{} close failed", rf.label);
-            }
-            Err(e.context(rf.label.clone()))
-        }
-    }
+) -> Result<(Box<dyn OpenReader>, SchemaRef)> {
+    let r = rf.open(config, ctx)?;
+    let schema = r.schema();
+    Ok((r, schema))
 }
 
-/// Initialize a writer; closes it on failure.
-fn open_writer(wf: &WriterFactory, config: &Value, ctx: &WriterContext) -> Result<Box<dyn Writer>> {
-    let mut w = wf.create();
-    match w.initialize(config, ctx) {
-        Ok(()) => Ok(w),
-        Err(e) => {
-            let _ = w.close();
-            Err(e.context(wf.label.clone()))
-        }
-    }
+/// Open a writer.
+fn open_writer(
+    wf: &WriterFactory,
+    config: &Value,
+    ctx: &WriterContext,
+) -> Result<Box<dyn OpenWriter>> {
+    wf.open(config, ctx)
 }
 
 impl Attempt<'_> {
@@ -383,9 +373,13 @@ impl Attempt<'_> {
                     if s != schema {
                         let _ = writer.close();
                         schema = s;
-                        writer = open_writer(self.wf, wcfg, &wctx(&schema)).inspect_err(|_| {
-                            let _ = reader.close();
-                        })?;
+                        writer = match open_writer(self.wf, wcfg, &wctx(&schema)) {
+                            Ok(w) => w,
+                            Err(e) => {
+                                let _ = reader.close();
+                                return Err(e);
+                            }
+                        };
                         // The target may have moved while the writer was closed (another run
                         // of the job committed): resuming from the old state would load its
                         // rows again. The next attempt starts over from the new state.
@@ -417,8 +411,8 @@ impl Attempt<'_> {
     /// Move batches from the reader (on its own thread) to the writer (on this one).
     fn pump(
         &mut self,
-        mut reader: Box<dyn Reader>,
-        mut writer: Box<dyn Writer>,
+        mut reader: Box<dyn OpenReader>,
+        mut writer: Box<dyn OpenWriter>,
         schema: SchemaRef,
         start_state: Option<Value>,
     ) -> Result<()> {
@@ -432,15 +426,15 @@ impl Attempt<'_> {
                         if cancel.is_cancelled() {
                             return Ok(());
                         }
-                        match reader.read_batch()? {
+                        match reader.next_batch()? {
                             Some(b) => {
-                                let st = reader.get_incremental_state()?;
+                                let st = reader.state()?;
                                 if tx.send(Msg::Batch(b, st)).is_err() {
                                     return Ok(());
                                 }
                             }
                             None => {
-                                let st = reader.get_incremental_state()?;
+                                let st = reader.state()?;
                                 let _ = tx.send(Msg::End(st));
                                 return Ok(());
                             }
@@ -503,7 +497,7 @@ impl Attempt<'_> {
     fn consume(
         &mut self,
         rx: &crossbeam_channel::Receiver<Msg>,
-        writer: &mut dyn Writer,
+        writer: &mut dyn OpenWriter,
         schema: &SchemaRef,
         start_state: Option<Value>,
     ) -> Result<()> {
@@ -545,7 +539,7 @@ impl Attempt<'_> {
                             .context(self.rf.label.clone())
                     })?;
                     writer
-                        .write_batch(&batch)
+                        .write(&batch)
                         .map_err(|e| e.context(self.wf.label.clone()))?;
                     let n = batch.num_rows() as u64;
                     let b = batch.get_array_memory_size() as u64;
@@ -576,7 +570,7 @@ impl Attempt<'_> {
         }
     }
 
-    fn commit(&mut self, writer: &mut dyn Writer, state: &Option<Value>) -> Result<()> {
+    fn commit(&mut self, writer: &mut dyn OpenWriter, state: &Option<Value>) -> Result<()> {
         *self.sequence += 1;
         let commit = Commit {
             state: state.clone(),
@@ -585,7 +579,7 @@ impl Attempt<'_> {
         };
         self.lock.ensure_held()?;
         let report = writer
-            .finalize(&commit)
+            .commit(&commit)
             .map_err(|e| e.context(format!("{}: finalize", self.wf.label)))?;
         self.store.save_commit(
             &self.opts.shard.key(self.job.name()),
@@ -656,7 +650,7 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 pub fn check(job: &Job, store: &StateStore) -> Result<SchemaRef> {
     let (rf, _wf) = implementations::validate(job)?;
     let state = store.load_state(job.name())?.and_then(|s| s.state);
-    let (mut r, schema) = open_reader(
+    let (r, schema) = open_reader(
         &rf,
         &job.config.source.config,
         &reader_ctx(job, "check", state, Shard::default()),

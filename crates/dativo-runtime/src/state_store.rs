@@ -141,7 +141,7 @@ impl JobLock {
         let Some(session) = &self._session else {
             return Ok(());
         };
-        dativo_connectors::postgres::runtime()
+        dativo_core::rt::runtime()
             .block_on(session.simple_query("SELECT 1"))
             .map(|_| ())
             .map_err(|e| {

@@ -685,12 +685,8 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .map_err(|e| Error::internal(format!("installing the signal handler: {e}")))?;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("dativo-http")
-        .enable_all()
-        .build()
-        .map_err(|e| Error::internal(format!("starting the HTTP runtime: {e}")))?;
+    // The process's one runtime (connectors, plugin hosts and the HTTP API share it).
+    let rt = dativo_core::rt::runtime();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(opts.listen))
         .map_err(|e| Error::config(format!("cannot listen on {}: {e}", opts.listen)))?;

@@ -69,13 +69,13 @@ pub struct FileReaderConfig {
     pub csv: CsvOptions,
     /// S3 settings when `path` is `s3://bucket/…`.
     #[serde(default)]
-    pub s3: Option<crate::storage::S3Config>,
+    pub s3: Option<dativo_storage::S3Config>,
     /// Google Cloud Storage settings when `path` is `gs://bucket/…`.
     #[serde(default)]
-    pub gcs: Option<crate::storage::GcsConfig>,
+    pub gcs: Option<dativo_storage::GcsConfig>,
     /// Azure Blob Storage settings when `path` is `az://container/…`.
     #[serde(default)]
-    pub azure: Option<crate::storage::AzureConfig>,
+    pub azure: Option<dativo_storage::AzureConfig>,
 }
 
 /// CSV dialect.

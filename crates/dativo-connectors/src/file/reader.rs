@@ -21,7 +21,7 @@ use dativo_core::{Error, Reader, ReaderContext, Result, ResultExt};
 use super::config::{CsvOptions, FileFormat, FileReaderConfig};
 use super::json_integers::wide_integer_fields;
 use super::quote_check::{line_of, QuoteCheck, UnterminatedQuote};
-use crate::storage::{is_remote, Location, ReadSeek};
+use dativo_storage::{is_remote, Location, ReadSeek};
 
 /// Where the files are: the working directory, or an object store bucket.
 #[derive(Clone)]
@@ -42,7 +42,7 @@ impl Source {
         let prefix = format!("{scheme}://{bucket}/");
         let loc = Location::parse(
             &prefix,
-            &crate::storage::StoreOptions {
+            &dativo_storage::StoreOptions {
                 s3: cfg.s3.as_ref(),
                 gcs: cfg.gcs.as_ref(),
                 azure: cfg.azure.as_ref(),

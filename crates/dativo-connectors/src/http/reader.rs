@@ -20,7 +20,7 @@ use dativo_core::{secrets, Error, Reader, ReaderContext, Result};
 
 use super::config::{Auth, HttpReaderConfig, Pagination, SendIn, SendKey};
 use super::jsonpath::{self, Step};
-use crate::rt::runtime;
+use dativo_core::rt::runtime;
 
 /// Where the next page is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -38,14 +38,14 @@ pub struct IcebergWriterConfig {
     pub target_file_size: ByteSize,
     /// S3 settings for an `s3://` warehouse.
     #[serde(default)]
-    pub s3: Option<crate::storage::S3Config>,
+    pub s3: Option<dativo_storage::S3Config>,
     /// Extra table properties set when the table is created.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
     /// Client-side encryption of the data files: Parquet Modular Encryption (`format: parquet`,
     /// the only format here — Iceberg data files must stay Parquet).
     #[serde(default)]
-    pub encryption: Option<crate::encryption::EncryptionConfig>,
+    pub encryption: Option<dativo_encryption::EncryptionConfig>,
 }
 
 /// How batches land in the table.
@@ -154,7 +154,7 @@ impl IcebergWriterConfig {
         }
         if let Some(enc) = &self.encryption {
             enc.check()?;
-            if enc.format == Some(crate::encryption::EncFormat::Stream) {
+            if enc.format == Some(dativo_encryption::EncFormat::Stream) {
                 return key(
                     "encryption.format",
                     "Iceberg data files must stay Parquet: use `format: parquet` (Parquet Modular Encryption)".into(),

@@ -15,10 +15,10 @@ use serde_json::Value;
 use dativo_core::config::from_config;
 use dativo_core::{Error, Result};
 
-use crate::encryption::tools::{Committed, Dataset};
-use crate::encryption::{pme, EncFormat, Encryptor, FileAudit, FileKeys, Sha256};
-use crate::rt::runtime;
-use crate::storage::{Location, StoreOptions};
+use crate::crypto_tools::{Committed, Dataset};
+use dativo_core::rt::runtime;
+use dativo_encryption::{pme, EncFormat, Encryptor, FileAudit, FileKeys, Sha256};
+use dativo_storage::{Location, StoreOptions};
 
 use super::IcebergWriterConfig;
 
@@ -158,7 +158,7 @@ pub async fn audit_files(
             rows: f.record_count(),
             job: job.into(),
             run_id: run_id.into(),
-            time: crate::encryption::now(),
+            time: dativo_encryption::now(),
         });
     }
     Ok(out)

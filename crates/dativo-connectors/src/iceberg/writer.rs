@@ -40,8 +40,8 @@ use dativo_core::{
 use super::config::IcebergWriterConfig;
 use super::counting::{job_latest, CountingCatalog, JobGuard};
 use super::encrypted::{audit_files, FileBuilder, ENCRYPTION_KEY};
-use crate::encryption::{EncFormat, Encryptor, FileKeys};
-use crate::rt::runtime;
+use dativo_core::rt::runtime;
+use dativo_encryption::{EncFormat, Encryptor, FileKeys};
 
 /// How a run that met another run of its job says so (as the state store's job lock does).
 const BUSY: &str = "is already running";

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use dativo_core::{Error, Result};
 
-use crate::storage::Location;
+use dativo_storage::Location;
 
 /// Manifest format identifier, written in every manifest.
 pub const FORMAT: &str = "dativo.parquet.commit/1";
@@ -81,7 +81,7 @@ pub struct ManifestFile {
     pub bytes: u64,
     /// For encrypted files: the audit record (wrapped keys, ciphertext SHA-256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encryption: Option<crate::encryption::FileAudit>,
+    pub encryption: Option<dativo_encryption::FileAudit>,
 }
 
 /// Where commits, staged files and the lock live under a Parquet directory.
@@ -322,7 +322,7 @@ impl Layout {
                     .as_ref()
                     .map(|p| p.run_id.clone())
                     .unwrap_or_else(|| run_id.to_string()),
-                committed_at: crate::encryption::now(),
+                committed_at: dativo_encryption::now(),
                 state: previous.and_then(|p| p.state),
                 files: Vec::new(),
                 schema: None,

@@ -33,17 +33,17 @@ pub struct ParquetWriterConfig {
     pub partition_by: Vec<String>,
     /// S3 settings for an `s3://bucket/prefix` path.
     #[serde(default)]
-    pub s3: Option<crate::storage::S3Config>,
+    pub s3: Option<dativo_storage::S3Config>,
     /// Google Cloud Storage settings for `gs://bucket/prefix` (compiled in, untested here).
     #[serde(default)]
-    pub gcs: Option<crate::storage::GcsConfig>,
+    pub gcs: Option<dativo_storage::GcsConfig>,
     /// Azure Blob Storage settings for `az://container/prefix` (compiled in, untested here).
     #[serde(default)]
-    pub azure: Option<crate::storage::AzureConfig>,
+    pub azure: Option<dativo_storage::AzureConfig>,
     /// Client-side encryption: files are encrypted as they stream out (format `stream`, the
     /// default, or `parquet` for Parquet Modular Encryption).
     #[serde(default)]
-    pub encryption: Option<crate::encryption::EncryptionConfig>,
+    pub encryption: Option<dativo_encryption::EncryptionConfig>,
     /// On object stores, how long the writer's lease on the prefix lasts unless renewed (it is
     /// renewed every third of this): a run killed on another machine blocks the next run of
     /// the job for at most this long. Default 60s.
@@ -102,8 +102,8 @@ pub fn parse_compression(s: &str) -> Result<Compression> {
 
 impl ParquetWriterConfig {
     /// Object-store settings for `path`.
-    pub fn store_options(&self) -> crate::storage::StoreOptions<'_> {
-        crate::storage::StoreOptions {
+    pub fn store_options(&self) -> dativo_storage::StoreOptions<'_> {
+        dativo_storage::StoreOptions {
             s3: self.s3.as_ref(),
             gcs: self.gcs.as_ref(),
             azure: self.azure.as_ref(),

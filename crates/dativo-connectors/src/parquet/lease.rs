@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use dativo_core::{Error, Result};
 
-use crate::rt::runtime;
-use crate::storage::{od, precondition_failed};
+use dativo_core::rt::runtime;
+use dativo_storage::{od, precondition_failed};
 
 /// The lease file's format identifier.
 const FORMAT: &str = "dativo.lease/1";

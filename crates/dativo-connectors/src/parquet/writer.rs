@@ -22,9 +22,9 @@ use dativo_core::{
 use super::commit_log::{ColumnSpec, Layout, Manifest, ManifestFile, FORMAT};
 use super::config::{parse_compression, ParquetWriterConfig};
 use super::lease::{self, Lease};
-use crate::encryption::stream::{EncryptingSink, SUFFIX};
-use crate::encryption::{pme, EncFormat, Encryptor, FileAudit, FileKeys};
-use crate::storage::{HashingSink, Location, Sink};
+use dativo_encryption::stream::{EncryptingSink, SUFFIX};
+use dativo_encryption::{pme, EncFormat, Encryptor, FileAudit, FileKeys};
+use dativo_storage::{HashingSink, Location, Sink};
 
 struct OpenFile {
     rel: String,
@@ -267,7 +267,7 @@ impl ParquetWriter {
                 rows: open.rows,
                 job: self.job.clone(),
                 run_id: self.run_id.clone(),
-                time: crate::encryption::now(),
+                time: dativo_encryption::now(),
             }),
             _ => None,
         };
@@ -577,7 +577,7 @@ impl Writer for ParquetWriter {
             sequence: self.last_sequence + 1,
             job: self.job.clone(),
             run_id: commit.run_id.clone(),
-            committed_at: crate::encryption::now(),
+            committed_at: dativo_encryption::now(),
             state: commit.state.clone(),
             schema: self.file_schema.as_deref().map(ColumnSpec::of),
             files: self

@@ -184,7 +184,7 @@ impl AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encryption::{EncFormat, WrappedKey};
+    use crate::{EncFormat, WrappedKey};
 
     fn rec(file: &str) -> FileAudit {
         FileAudit {

@@ -14,12 +14,12 @@ use dativo_core::config::from_config;
 use dativo_core::{Error, Reader, ReaderContext, Result};
 
 use super::config::{PostgresReaderConfig, ReadMode, SpecialValues};
-use super::connect::{connect, map_error, runtime};
 use super::copy::CopyParser;
 use crate::keyset::{
     check_batch_bytes, key_literal, split_ranges, BatchBound, Dialect, KeyRange,
     KeysetState as PgState, PartMsg, Plan,
 };
+use dativo_pg::{connect, map_error, runtime};
 
 const PG: Dialect = Dialect::Postgres;
 
@@ -757,7 +757,7 @@ struct PartitionTask {
 
 impl PartitionTask {
     async fn run(self) -> Result<()> {
-        let client = connect(&self.cfg).await?;
+        let client = connect(&self.cfg.connection()).await?;
         let mut begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;".to_string();
         if let Some(s) = &self.snapshot {
             begin.push_str(&format!(" SET TRANSACTION SNAPSHOT {};", lit(s)));
@@ -914,7 +914,7 @@ impl Reader for PostgresReader {
         };
         self.cfg = Some(cfg);
         self.ctx = Some(ctx.clone());
-        let client = runtime().block_on(connect(self.cfg()))?;
+        let client = runtime().block_on(connect(&self.cfg().connection()))?;
         self.coordinator = Some(client);
         runtime()
             .block_on(

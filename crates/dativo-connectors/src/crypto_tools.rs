@@ -14,12 +14,12 @@ use serde_json::Value;
 use dativo_core::config::from_config;
 use dativo_core::{Error, Result};
 
-use super::audit::AuditLog;
-use super::keys::KeyProvider;
-use super::pme::Retriever;
-use super::stream::{ByteSource, Chunks, SeekSource, StreamFile};
-use super::{EncFormat, EncryptionConfig, FileAudit, Sha256};
-use crate::storage::Location;
+use dativo_encryption::audit::AuditLog;
+use dativo_encryption::keys::KeyProvider;
+use dativo_encryption::pme::Retriever;
+use dativo_encryption::stream::{ByteSource, Chunks, SeekSource, StreamFile};
+use dativo_encryption::{EncFormat, EncryptionConfig, FileAudit, Sha256};
+use dativo_storage::Location;
 
 /// A committed file of a dataset.
 #[derive(Debug, Clone)]

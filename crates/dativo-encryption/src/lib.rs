@@ -14,14 +14,14 @@
 //!
 //! Each file's [`FileAudit`] record (key ids, wrapped keys, ciphertext SHA-256, rows, job,
 //! run) goes into the commit manifest or snapshot summary and into the append-only, hash-chained
-//! [audit log](audit). [`tools`] implements `dativo decrypt` and `dativo verify`.
+//! [audit log](audit). `dativo decrypt` and `dativo verify` live in the connectors crate
+//! (`crypto_tools`), beside the writers whose layouts they read.
 
 pub mod audit;
 pub mod keys;
 mod kms;
 pub mod pme;
 pub mod stream;
-pub mod tools;
 
 use std::collections::BTreeMap;
 
@@ -193,24 +193,11 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Now, RFC 3339 UTC with milliseconds.
-pub(crate) fn now() -> String {
+pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// A SHA-256 computed while bytes stream past.
-pub(crate) struct Sha256(ring::digest::Context);
-
-impl Sha256 {
-    pub(crate) fn new() -> Self {
-        Sha256(ring::digest::Context::new(&ring::digest::SHA256))
-    }
-    pub(crate) fn update(&mut self, b: &[u8]) {
-        self.0.update(b)
-    }
-    pub(crate) fn hex(self) -> String {
-        hex(self.0.finish().as_ref())
-    }
-}
+pub use dativo_storage::Sha256;
 
 /// Everything a writer needs to encrypt: the parsed config and a ready provider.
 pub struct Encryptor {

@@ -15,11 +15,10 @@
 //!   Rows whose cursor is NULL are not read incrementally.
 
 mod config;
-mod connect;
 mod copy;
 mod reader;
 pub mod types;
 
 pub use config::{NumericConfig, PostgresReaderConfig, ReadMode, SpecialValues, SslMode};
-pub use connect::{connect_url, map_error, runtime};
+pub use dativo_pg::{connect_url, map_error, runtime};
 pub use reader::PostgresReader;

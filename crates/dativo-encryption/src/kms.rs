@@ -11,7 +11,7 @@ use dativo_core::{secrets, Error, Result};
 
 use super::keys::{DataKey, KeyProvider, KEY_LEN};
 use super::{hex, WrappedKey};
-use crate::rt::runtime;
+use dativo_core::rt::runtime;
 
 pub(crate) struct AwsKms {
     key_id: String,

@@ -1,4 +1,5 @@
-//! Connecting (with rustls for TLS) and turning PostgreSQL errors into dativo errors.
+//! PostgreSQL connections for dativo: connecting (with rustls for TLS) and turning PostgreSQL
+//! errors into dativo errors. Shared by the `postgres` reader and the PostgreSQL state store.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,12 +12,51 @@ use tokio_postgres::Client;
 
 use dativo_core::{secrets, Error, Result};
 
-pub use crate::rt::runtime;
+pub use dativo_core::rt::runtime;
 
-use super::config::{PostgresReaderConfig, SslMode};
+/// TLS mode, as in libpq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// TLS if the server offers it, without verifying the certificate (libpq's default).
+    #[default]
+    Prefer,
+    /// TLS required; the certificate is not verified.
+    Require,
+    /// TLS required; the certificate must chain to a trusted root (`sslrootcert` or the
+    /// bundled Mozilla roots).
+    VerifyCa,
+    /// As `verify-ca`, and the host name must match the certificate.
+    VerifyFull,
+}
+
+/// Where and how to connect: the connection keys of the `postgres` reader's config.
+#[derive(Debug, Clone, Default)]
+pub struct PgConnection {
+    /// `postgres://user:password@host:port/db?sslmode=…`; the other keys override its parts.
+    pub url: Option<String>,
+    /// Host name or address (default 127.0.0.1).
+    pub host: Option<String>,
+    /// Port (default 5432).
+    pub port: Option<u16>,
+    /// User name (default `$USER`).
+    pub user: Option<String>,
+    /// Password (registered for redaction).
+    pub password: Option<String>,
+    /// Database name.
+    pub database: Option<String>,
+    /// TLS mode (default: the URL's, else `prefer`).
+    pub sslmode: Option<SslMode>,
+    /// PEM file of trusted roots for `verify-ca` / `verify-full`.
+    pub sslrootcert: Option<String>,
+    /// Connect timeout (default 30 s).
+    pub connect_timeout: Option<Duration>,
+}
 
 /// Build the driver config from ours. Secrets are registered for redaction.
-pub fn pg_config(cfg: &PostgresReaderConfig) -> Result<(tokio_postgres::Config, SslMode)> {
+pub fn pg_config(cfg: &PgConnection) -> Result<(tokio_postgres::Config, SslMode)> {
     let mut c = match &cfg.url {
         Some(u) => {
             secrets::register(u);
@@ -53,11 +93,7 @@ pub fn pg_config(cfg: &PostgresReaderConfig) -> Result<(tokio_postgres::Config, 
         c.dbname(d);
     }
     c.application_name("dativo");
-    c.connect_timeout(
-        cfg.connect_timeout
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(30)),
-    );
+    c.connect_timeout(cfg.connect_timeout.unwrap_or(Duration::from_secs(30)));
     let mode = cfg.sslmode.unwrap_or(match c.get_ssl_mode() {
         tokio_postgres::config::SslMode::Disable => SslMode::Disable,
         tokio_postgres::config::SslMode::Require => SslMode::Require,
@@ -156,7 +192,7 @@ fn tls_config(mode: SslMode, rootcert: Option<&str>) -> Result<rustls::ClientCon
 }
 
 /// Connect; the connection task runs on [`runtime`].
-pub async fn connect(cfg: &PostgresReaderConfig) -> Result<Client> {
+pub async fn connect(cfg: &PgConnection) -> Result<Client> {
     let (pg, mode) = pg_config(cfg)?;
     let what = describe(&pg);
     let result = if mode == SslMode::Disable {
@@ -188,9 +224,11 @@ pub async fn connect(cfg: &PostgresReaderConfig) -> Result<Client> {
 /// Connect to `url` (`postgres://user:password@host:port/db?sslmode=…`) with the reader's
 /// TLS handling; used by the PostgreSQL state store.
 pub async fn connect_url(url: &str) -> Result<Client> {
-    let cfg: PostgresReaderConfig = serde_json::from_value(serde_json::json!({ "url": url }))
-        .map_err(|e| Error::config(format!("PostgreSQL URL: {e}")))?;
-    connect(&cfg).await
+    connect(&PgConnection {
+        url: Some(url.to_string()),
+        ..PgConnection::default()
+    })
+    .await
 }
 
 /// Map a driver error to a dativo error with a clear message.

@@ -28,7 +28,7 @@ use dativo_core::{Error, Result};
 
 use super::keys::{aead_key, random_bytes, DataKey, KeyProvider};
 use super::{Sha256, WrappedKey};
-use crate::storage::{ReadSeek, Sink};
+use dativo_storage::{ReadSeek, Sink};
 
 /// The algorithm as the audit trail names it.
 pub const ALGORITHM: &str = "AES-256-GCM, segmented stream (dativo.stream/1)";
@@ -467,7 +467,7 @@ impl parquet::file::reader::ChunkReader for Chunks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encryption::keys::KeyProviderConfig;
+    use crate::keys::KeyProviderConfig;
 
     struct Mem(Vec<u8>);
     impl ByteSource for Mem {

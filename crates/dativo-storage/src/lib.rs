@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use dativo_core::{secrets, Error, Result, ResultExt};
 
-use crate::rt::runtime;
+use dativo_core::rt::runtime;
 
 /// `s3:` — object storage settings; credentials from here, else the AWS environment chain.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -98,7 +98,7 @@ pub enum Location {
 }
 
 /// Whether a conditional write (or read) was refused: the object exists, or changed.
-pub(crate) fn precondition_failed(e: &opendal::Error) -> bool {
+pub fn precondition_failed(e: &opendal::Error) -> bool {
     matches!(
         e.kind(),
         opendal::ErrorKind::ConditionNotMatch | opendal::ErrorKind::AlreadyExists
@@ -106,7 +106,7 @@ pub(crate) fn precondition_failed(e: &opendal::Error) -> bool {
 }
 
 /// A dativo error for an opendal failure while `doing` something (kind from the failure).
-pub(crate) fn od(e: opendal::Error, doing: &str) -> Error {
+pub fn od(e: opendal::Error, doing: &str) -> Error {
     let msg = format!("{doing}: {}", secrets::scrub(&e.to_string()));
     match e.kind() {
         opendal::ErrorKind::PermissionDenied => Error::auth(msg),
@@ -570,7 +570,7 @@ pub trait Sink: Write + Send {
 /// A sink that computes the SHA-256 of everything written through it.
 pub struct HashingSink {
     inner: Box<dyn Sink>,
-    sha: crate::encryption::Sha256,
+    sha: Sha256,
 }
 
 impl HashingSink {
@@ -578,7 +578,7 @@ impl HashingSink {
     pub fn new(inner: Box<dyn Sink>) -> Self {
         HashingSink {
             inner,
-            sha: crate::encryption::Sha256::new(),
+            sha: Sha256::new(),
         }
     }
 }
@@ -679,6 +679,35 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// A SHA-256 computed while bytes stream past (the ciphertext hash of the audit records).
+pub struct Sha256(ring::digest::Context);
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sha256 {
+    /// A new, empty digest.
+    pub fn new() -> Self {
+        Sha256(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+    /// Add bytes.
+    pub fn update(&mut self, b: &[u8]) {
+        self.0.update(b)
+    }
+    /// The digest as lowercase hex.
+    pub fn hex(self) -> String {
+        self.0
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 #[cfg(test)]

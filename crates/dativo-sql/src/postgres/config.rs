@@ -5,23 +5,7 @@ use serde::Deserialize;
 use dativo_core::config::{ByteSize, DurationValue};
 use dativo_core::{Error, Result};
 
-/// TLS mode, as in libpq.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    /// Never TLS.
-    Disable,
-    /// TLS if the server offers it, without verifying the certificate (libpq's default).
-    #[default]
-    Prefer,
-    /// TLS required; the certificate is not verified.
-    Require,
-    /// TLS required; the certificate must chain to a trusted root (`sslrootcert` or the
-    /// bundled Mozilla roots).
-    VerifyCa,
-    /// As `verify-ca`, and the host name must match the certificate.
-    VerifyFull,
-}
+pub use dativo_pg::SslMode;
 
 /// How an unconstrained `numeric` column (no precision/scale) is read.
 #[derive(Debug, Clone, Deserialize)]
@@ -246,6 +230,21 @@ impl PostgresReaderConfig {
             }
         }
         Ok(())
+    }
+
+    /// The connection keys, for [`dativo_pg::connect`].
+    pub fn connection(&self) -> dativo_pg::PgConnection {
+        dativo_pg::PgConnection {
+            url: self.url.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            database: self.database.clone(),
+            sslmode: self.sslmode,
+            sslrootcert: self.sslrootcert.clone(),
+            connect_timeout: self.connect_timeout.as_ref().map(|d| d.0),
+        }
     }
 
     /// The effective mode.
