@@ -36,7 +36,29 @@ class Dativo:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-PG_DSN = os.environ.get("DATIVO_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+# The test services, from one set of variables (the Rust tests read the same two).
+PG_URL = os.environ.get("DATIVO_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/test")
+MY_URL = os.environ.get("DATIVO_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+PG_DSN = PG_URL  # libpq (psycopg2) takes the URL as it is
+# The same server for SQLAlchemy (pyiceberg's SqlCatalog).
+PG_SQLALCHEMY = "postgresql+psycopg2://" + PG_URL.split("://", 1)[1]
+
+
+def with_user(url, user, password=None):
+    """`url` with another user (and password): for the refused-login tests."""
+    from urllib.parse import urlsplit, urlunsplit
+    u = urlsplit(url)
+    cred = user + (f":{password}" if password is not None else "")
+    netloc = f"{cred}@{u.hostname}" + (f":{u.port}" if u.port else "")
+    return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
+
+
+def my_params():
+    """pymysql.connect arguments for MY_URL."""
+    from urllib.parse import urlsplit, unquote
+    u = urlsplit(MY_URL)
+    return dict(host=u.hostname or "127.0.0.1", port=u.port or 3306, user=unquote(u.username or "root"),
+                password=unquote(u.password or ""), database=u.path.lstrip("/") or "test")
 
 
 @pytest.fixture
@@ -63,7 +85,7 @@ def table(pg):
 def my():
     """A connection to the test MariaDB (autocommit)."""
     import pymysql
-    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", database="test", autocommit=True)
+    conn = pymysql.connect(**my_params(), autocommit=True)
     yield conn
     conn.close()
 

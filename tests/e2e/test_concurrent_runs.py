@@ -15,7 +15,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
 
-from conftest import duckdb_iceberg_query, write_job
+from conftest import PG_URL, duckdb_iceberg_query, write_job
 
 ENDPOINT = os.environ.get("DATIVO_TEST_S3_ENDPOINT")
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret-key"}
@@ -26,7 +26,7 @@ def pg_source(table):
     return f"""source:
   reader: postgres
   config:
-    url: "postgresql://postgres@127.0.0.1:5432/test"
+    url: "{PG_URL}"
     table: {table}
     cursor: id
     batch_size: 5000"""

@@ -23,11 +23,10 @@ import pyarrow.parquet as pq
 import pyarrow.parquet.encryption as pe
 import pytest
 
-from conftest import BIN, ROOT, write_csvs, write_job
+from conftest import BIN, PG_URL, ROOT, write_csvs, write_job
 
 ENDPOINT = os.environ.get("DATIVO_TEST_S3_ENDPOINT")
 needs_moto = pytest.mark.skipif(not ENDPOINT, reason="needs DATIVO_TEST_S3_ENDPOINT (scripts/test starts moto)")
-PG_URL = os.environ.get("DATIVO_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/test")
 SECRET = "testing-secret-key-for-kms"
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": SECRET}
 HERE = pathlib.Path(__file__).parent

@@ -11,10 +11,8 @@ import pyarrow.compute as pc
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
-from conftest import ROOT, write_csvs, write_job
+from conftest import PG_DSN, PG_SQLALCHEMY, PG_URL, ROOT, write_csvs, write_job
 
-DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
-PG_URL = "postgres://postgres@127.0.0.1:5432/test"
 
 
 def catalog(tmp_path, name="dativo"):
@@ -64,7 +62,7 @@ def test_file_to_iceberg_read_back_with_pyiceberg(dativo, tmp_path):
 
 def test_postgres_types_to_iceberg(dativo, tmp_path):
     name = f"t_{uuid.uuid4().hex[:10]}"
-    conn = psycopg2.connect(DSN)
+    conn = psycopg2.connect(PG_DSN)
     conn.autocommit = True
     cur = conn.cursor()
     try:
@@ -179,7 +177,7 @@ def test_iceberg_sql_catalog_on_postgres(dativo, tmp_path):
     j = file_job(tmp_path, table=f"{ns}.events",
                  extra=f'    catalog: {{uri: "{PG_URL}"}}\n    warehouse: {tmp_path}/pgwh')
     dativo.run("run", j, check=0)
-    cat = SqlCatalog("dativo", uri="postgresql+psycopg2://postgres@127.0.0.1:5432/test",
+    cat = SqlCatalog("dativo", uri=PG_SQLALCHEMY,
                      warehouse=f"file://{tmp_path}/pgwh")
     t = cat.load_table(f"{ns}.events")
     assert t.scan().to_arrow().num_rows == 1000

@@ -9,9 +9,8 @@ import pyarrow.parquet as pq
 import pymysql
 import pytest
 
-from conftest import my_sql, parquet_stats, write_job
+from conftest import MY_URL, my_sql, parquet_stats, with_user, write_job
 
-MY_URL = os.environ.get("DATIVO_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 
 
 @pytest.fixture
@@ -117,7 +116,7 @@ retry: {{attempts: 1}}
     p = run(table, url="mysql://root:s3cretpass@127.0.0.1:1/test")
     assert p.returncode == 3 and "connecting to MySQL at 127.0.0.1:1/test" in p.stdout, p.stdout
     assert "s3cretpass" not in p.stdout + p.stderr
-    p = run(table, url="mysql://no_such_user_dativo:pw@127.0.0.1:3306/test")
+    p = run(table, url=with_user(MY_URL, "no_such_user_dativo", "pw"))
     assert p.returncode == 3 and "authentication failed" in p.stdout, p.stdout
     p = run("no_such_table_dativo")
     assert p.returncode == 4 and "doesn't exist" in p.stdout, p.stdout
@@ -127,7 +126,7 @@ retry: {{attempts: 1}}
     sql(my, "DROP USER IF EXISTS 'dativo_noaccess'@'%'")
     sql(my, "CREATE USER 'dativo_noaccess'@'%' IDENTIFIED BY 'pw'")
     try:
-        p = run(table, url="mysql://dativo_noaccess:pw@127.0.0.1:3306/test")
+        p = run(table, url=with_user(MY_URL, "dativo_noaccess", "pw"))
         assert p.returncode == 3 and ("permission denied" in p.stdout or "authentication failed" in p.stdout), p.stdout
     finally:
         sql(my, "DROP USER IF EXISTS 'dativo_noaccess'@'%'")

@@ -12,7 +12,7 @@ import subprocess
 import duckdb
 import pytest
 
-from conftest import ROOT, parquet_stats, write_job
+from conftest import PG_URL, ROOT, parquet_stats, write_job
 
 REL = ROOT / "target" / "release"
 C_READER = ROOT / "examples/plugins/c/libdativo_c_sequence.so"
@@ -20,7 +20,6 @@ CPP_WRITER = ROOT / "examples/plugins/cpp/libdativo_cpp_csv.so"
 GO_READER = ROOT / "examples/plugins/go/libdativo_go_fixedwidth.so"
 RUST_READER = REL / "libdativo_example_pg_reader.so"
 BROKEN = REL / "libdativo_test_broken.so"
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(autouse=True)

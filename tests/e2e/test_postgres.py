@@ -8,9 +8,8 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import parquet_stats, write_job
+from conftest import PG_URL, parquet_stats, with_user, write_job
 
-PG_URL = os.environ.get("DATIVO_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/test")
 
 
 def sql(pg, text, *args):
@@ -151,7 +150,7 @@ retry: {{attempts: 1}}
     p = run(table, url="postgres://postgres:hunter2secret@127.0.0.1:1/test")
     assert p.returncode == 3 and "connecting to PostgreSQL at 127.0.0.1:1/test" in p.stdout, p.stdout
     assert "hunter2secret" not in p.stdout + p.stderr
-    p = run(table, url="postgres://no_such_role_dativo@127.0.0.1:5432/test")
+    p = run(table, url=with_user(PG_URL, "no_such_role_dativo"))
     assert p.returncode == 3 and "authentication failed" in p.stdout, p.stdout
     p = run("no_such_table_dativo")
     assert p.returncode == 4 and "does not exist" in p.stdout, p.stdout
@@ -161,7 +160,7 @@ retry: {{attempts: 1}}
     assert p.returncode == 0, p.stdout
     sql(pg, "DROP ROLE IF EXISTS dativo_noaccess; CREATE ROLE dativo_noaccess LOGIN")
     try:
-        p = run(table, url="postgres://dativo_noaccess@127.0.0.1:5432/test")
+        p = run(table, url=with_user(PG_URL, "dativo_noaccess"))
         assert p.returncode == 3 and "permission denied" in p.stdout, p.stdout
     finally:
         sql(pg, "DROP ROLE IF EXISTS dativo_noaccess")

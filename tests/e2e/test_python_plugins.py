@@ -9,7 +9,7 @@ import uuid
 import duckdb
 import pytest
 
-from conftest import write_job
+from conftest import PG_DSN, PG_URL, write_job
 
 VENV = sys.prefix  # the test virtualenv: pyarrow, duckdb and the example package live here
 
@@ -133,8 +133,22 @@ def test_duckdb_relation_is_accepted(dativo, tmp_path, plugdir):
 
 
 def test_venv_from_the_job_file(dativo, tmp_path, plugdir):
+    # No VIRTUAL_ENV: pyarrow comes from the venv the job file names, or from nowhere.
     j = job(tmp_path, NUMBERS % "Numbers", PARQUET, extra=f"python: {{venv: {VENV}}}")
     dativo.run("run", j, "--no-progress", env=env(plugdir, venv=False), check=0)
+    files = [str(p) for p in (tmp_path / "lake").glob("*.parquet")]
+    assert duckdb.execute(f"SELECT count(*), count(DISTINCT n), sum(n) FROM read_parquet({files!r})").fetchone() \
+        == (1000, 1000, sum(range(1000)))
+    try:
+        import subprocess
+        system_has_pyarrow = subprocess.run(["python3", "-c", "import pyarrow"], capture_output=True).returncode == 0
+    except OSError:
+        system_has_pyarrow = True
+    if not system_has_pyarrow:
+        # The same job without the venv line cannot import pyarrow: the line is what made it work.
+        bare = job(tmp_path, NUMBERS % "Numbers", PARQUET, name="no_venv")
+        p = dativo.run("run", bare, "--no-progress", env=env(plugdir, venv=False))
+        assert p.returncode != 0 and "pyarrow" in p.stderr + p.stdout, p.stderr
 
 
 def test_entry_points_of_installed_packages(dativo, tmp_path):
@@ -204,8 +218,6 @@ def test_plugin_new_python(dativo, tmp_path):
 
 # examples/plugins/python-rust: pyo3 + maturin, built and pip-installed into the test
 # virtualenv by scripts/test. Batches cross as Arrow PyCapsules made in Rust (no pyarrow there).
-PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 RUST_READER = "my_rust_reader.RustPostgresReader"
 
 

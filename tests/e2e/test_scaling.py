@@ -15,9 +15,8 @@ import duckdb
 import psycopg2
 import pytest
 
-from conftest import BIN, ROOT, write_csvs, write_job
+from conftest import BIN, PG_SQLALCHEMY, PG_URL, ROOT, write_csvs, write_job
 
-PG_URL = "postgres://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture
@@ -58,7 +57,7 @@ checkpoint: {{rows: 20000}}
 
 def scan(tmp_path, ns):
     from pyiceberg.catalog.sql import SqlCatalog
-    cat = SqlCatalog("dativo", uri="postgresql+psycopg2://postgres@127.0.0.1:5432/test",
+    cat = SqlCatalog("dativo", uri=PG_SQLALCHEMY,
                      warehouse=f"file://{tmp_path}/warehouse")
     t = cat.load_table(f"{ns}.events")
     return cat, t

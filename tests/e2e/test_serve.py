@@ -15,9 +15,8 @@ import uuid
 import duckdb
 import yaml
 
-from conftest import BIN, ROOT, free_port, http, write_csvs
+from conftest import BIN, PG_URL, ROOT, free_port, http, write_csvs
 
-PG_URL = os.environ.get("DATIVO_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/test")
 TOKEN = "serve-test-token-" + uuid.uuid4().hex[:8]
 
 

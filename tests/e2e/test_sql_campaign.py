@@ -16,10 +16,8 @@ import pyarrow.parquet as pq
 import pymysql
 import pytest
 
-from conftest import my_sql, parquet_stats, write_job
+from conftest import MY_URL, PG_URL, my_sql, parquet_stats, write_job
 
-PG_URL = os.environ.get("DATIVO_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/test")
-MY_URL = os.environ.get("DATIVO_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 
 
 def pg_sql(pg, text, *args):
