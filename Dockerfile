@@ -16,17 +16,17 @@ COPY Cargo.toml Cargo.lock ./
 COPY crates crates
 COPY examples/plugins/rust examples/plugins/rust
 COPY tests/plugins/broken tests/plugins/broken
-RUN cargo build --release --locked -p dativo-cli -p dativo-python \
-    && strip target/release/dativo target/release/libdativo_python.so
+# The `dist` profile: the release build without debug information (see Cargo.toml).
+RUN cargo build --profile dist --locked -p dativo-cli -p dativo-python
 
 # --- run ---------------------------------------------------------------------------------
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates tzdata \
         libpython3.11 && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /work --create-home dativo
-COPY --from=build /src/target/release/dativo /usr/local/bin/dativo
+COPY --from=build /src/target/dist/dativo /usr/local/bin/dativo
 # The Python plugin bridge (only loaded when a job names a Python class).
-COPY --from=build /src/target/release/libdativo_python.so /usr/local/lib/dativo/libdativo_python.so
+COPY --from=build /src/target/dist/libdativo_python.so /usr/local/lib/dativo/libdativo_python.so
 ENV DATIVO_PYTHON_BRIDGE=/usr/local/lib/dativo/libdativo_python.so \
     DATIVO_STATE_DIR=/work/.dativo
 USER 10001:10001

@@ -57,15 +57,16 @@ def ensure_table(rows):
 
 
 def timed(cmd, **kw):
-    """Run cmd under /usr/bin/time; return (wall seconds, peak RSS MB of the measured process)."""
+    """Run cmd under /usr/bin/time; return (wall seconds, peak RSS MB, CPU seconds (user+sys) of
+    the measured process and its children, the completed process)."""
     t0 = time.monotonic()
     kw.setdefault("stdout", subprocess.PIPE)
-    p = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], stderr=subprocess.PIPE, text=True, **kw)
+    p = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", *cmd], stderr=subprocess.PIPE, text=True, **kw)
     wall = time.monotonic() - t0
     if p.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed:\n{(p.stdout or '')[-2000:]}\n{p.stderr[-2000:]}")
-    rss_kb = int(p.stderr.strip().splitlines()[-1])
-    return wall, rss_kb / 1024, p
+    rss_kb, user, sys_ = p.stderr.strip().splitlines()[-1].split()
+    return wall, int(rss_kb) / 1024, float(user) + float(sys_), p
 
 
 def check(out_dir, want_sums, want_count):
@@ -129,6 +130,9 @@ def main():
     ap.add_argument("--rows", type=int, default=1_000_000, help="table size (default 1M)")
     ap.add_argument("--skip", default="", help="comma-separated: baseline,connectorx")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--compare", metavar="BIN",
+                    help="also run every dativo row with this binary (e.g. the previous commit's; "
+                         "bench/run --against REV builds it), alternating with the current one")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     table, sums, count, size = ensure_table(args.rows)
@@ -138,62 +142,82 @@ def main():
 
     # 1. The ceiling: the server's own binary COPY into /dev/null.
     with open(os.devnull, "w") as devnull:
-        wall, rss, _ = timed(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-c",
-                              f"COPY {table} TO STDOUT (FORMAT binary)"], stdout=devnull)
-    results.append(("COPY binary → /dev/null (ceiling)", wall, rss))
+        wall, rss, cpu, _ = timed(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-c",
+                                   f"COPY {table} TO STDOUT (FORMAT binary)"], stdout=devnull)
+    results.append(("COPY binary → /dev/null (ceiling)", wall, rss, cpu))
 
     def run_py(name, code, arg):
         out = work / name
         out.mkdir()
         script = work / f"bench_{name}.py"
         script.write_text(code)
-        wall, rss, _ = timed([PY, str(script), arg, table, str(out)])
+        wall, rss, cpu, _ = timed([PY, str(script), arg, table, str(out)])
         check(out, sums, count)
-        return wall, rss
+        return wall, rss, cpu
 
     if "baseline" not in skip:
         results.append(("psycopg2 → pyarrow → Parquet (baseline)", *run_py("baseline", BASELINE, DSN)))
     if "connectorx" not in skip:
         results.append(("ConnectorX → Parquet", *run_py("connectorx", CONNECTORX, URL)))
 
+    binaries = [("", DATIVO)] + ([(" [compare]", args.compare)] if args.compare else [])
+
+    def dativo_run(label, binary, job_doc, verify):
+        tag = job_doc["name"] + ("_cmp" if label else "")
+        job_doc = json.loads(json.dumps(job_doc).replace("@OUT@", str(work / tag)))
+        job_doc["name"] = tag
+        (work / tag).mkdir(exist_ok=True)
+        job = work / f"{tag}.yaml"
+        job.write_text(json.dumps(job_doc))
+        wall, rss, cpu, _ = timed([binary, "run", str(job), "--no-progress"], cwd=work)
+        verify(work / tag)
+        shutil.rmtree(work / tag, ignore_errors=True)
+        return wall, rss, cpu
+
     for partitions in (1, 2):
-        out = work / f"dativo{partitions}"
-        job = work / f"dativo{partitions}.yaml"
-        job.write_text(json.dumps({
+        doc = {
             "name": f"bench_{partitions}",
             "source": {"reader": "postgres", "config": {"url": URL, "table": table, "partitions": partitions}},
-            "target": {"writer": "parquet", "config": {"path": str(out)}},
+            "target": {"writer": "parquet", "config": {"path": "@OUT@"}},
             "state": {"dir": str(work / "state")},
-        }))
-        wall, rss, _ = timed([DATIVO, "run", str(job), "--no-progress"], cwd=work)
-        check(out, sums, count)
-        results.append((f"dativo postgres → Parquet (partitions: {partitions})", wall, rss))
+        }
+        for label, binary in binaries:
+            results.append((f"dativo postgres → Parquet (partitions: {partitions}){label}",
+                            *dativo_run(label, binary, doc, lambda out: check(out, sums, count))))
 
     # The same read into an Iceberg table (embedded SQLite catalog, local warehouse).
-    job = work / "dativo_iceberg.yaml"
-    job.write_text(json.dumps({
+    doc = {
         "name": "bench_iceberg",
         "source": {"reader": "postgres", "config": {"url": URL, "table": table}},
         "target": {"writer": "iceberg", "config": {
-            "table": "bench.rows", "warehouse": str(work / "warehouse"), "compression": "snappy",
-            "catalog": {"uri": f"sqlite://{work}/catalog.db"}}},
+            "table": "bench.rows", "warehouse": "@OUT@/warehouse", "compression": "snappy",
+            "catalog": {"uri": "sqlite://@OUT@/catalog.db"}}},
         "state": {"dir": str(work / "state")},
-    }))
-    wall, rss, _ = timed([DATIVO, "run", str(job), "--no-progress"], cwd=work)
-    check_iceberg(work, sums, count)
-    results.append(("dativo postgres → Iceberg (partitions: 1)", wall, rss))
+    }
+    for label, binary in binaries:
+        results.append((f"dativo postgres → Iceberg (partitions: 1){label}",
+                        *dativo_run(label, binary, doc, lambda out: check_iceberg(out, sums, count))))
 
     ceiling = results[0][1]
-    base = next((w for n, w, _ in results if "baseline" in n), None)
-    print(f"{'tool':<46} {'wall s':>7} {'rows/s':>11} {'MB/s':>7} {'peak RSS MB':>12} {'× ceiling':>10} {'vs baseline':>12}")
-    for name, wall, rss in results:
+    base = next((w for n, w, _, _ in results if "baseline" in n), None)
+    print(f"{'tool':<56} {'wall s':>7} {'CPU s':>6} {'rows/CPU-s':>11} {'rows/s':>11} {'peak RSS MB':>12} "
+          f"{'× ceiling':>10} {'vs baseline':>12}")
+    for name, wall, rss, cpu in results:
         vs = f"{base / wall:.1f}× faster" if base else "-"
-        print(f"{name:<46} {wall:>7.2f} {count / wall:>11,.0f} {size / 1e6 / wall:>7.1f} {rss:>12.0f} {wall / ceiling:>10.2f} {vs:>12}")
+        print(f"{name:<56} {wall:>7.2f} {cpu:>6.1f} {count / max(cpu, 1e-3):>11,.0f} {count / wall:>11,.0f} "
+              f"{rss:>12.0f} {wall / ceiling:>10.2f} {vs:>12}")
+    if args.compare:
+        print("\n[compare] rows: the same job with", args.compare)
+        for name, wall, rss, cpu in results:
+            if name.endswith("[compare]"):
+                cur = next(r for r in results if r[0] == name[: -len(" [compare]")])
+                print(f"  {cur[0]:<52} wall {cur[1] / wall:.2f}×, CPU {cur[3] / max(cpu, 1e-3):.2f}×, "
+                      f"RSS {cur[2] / max(rss, 1e-3):.2f}× of the compared binary")
     print("\nEvery output was checked: same row count and column sums as the source.")
-    print("MB/s is the table's on-disk size over wall time. Peak RSS is of the measured process.")
+    print("CPU s is user+sys of the measured process (and its children). Peak RSS is of the measured process.")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(
-            [{"tool": n, "wall_s": w, "rss_mb": r} for n, w, r in results], indent=2))
+            [{"tool": n, "wall_s": w, "rss_mb": r, "cpu_s": c} for n, w, r, c in results], indent=2))
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -599,3 +599,20 @@ def test_kms_requests_are_signed_correctly(dativo, tmp_path, authenticating_kms)
     assert d.returncode == 3, d.stderr
     assert "SignatureDoesNotMatch" in d.stderr or "signature" in d.stderr.lower(), d.stderr
     assert wrong not in d.stderr
+
+
+def test_verify_and_decrypt_point_at_a_writer_that_does_not_encrypt(dativo, tmp_path):
+    # The writer says whether it encrypts; the error points at `target.writer`, not into its config.
+    j = write_job(tmp_path / "plain.yaml", """name: not_encrypted
+source:
+  reader: file
+  config: {path: "in/*.csv"}
+target:
+  writer: adbc
+  config: {driver: adbc_driver_sqlite, uri: "file:x.db", table: t}
+""")
+    for cmd in ("verify", "decrypt"):
+        p = dativo.run(cmd, j)
+        assert p.returncode == 2, p.stderr
+        assert "target.writer" in p.stderr and "target.config.writer" not in p.stderr, p.stderr
+        assert "only the parquet and iceberg writers encrypt" in p.stderr, p.stderr

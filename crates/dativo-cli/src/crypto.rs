@@ -28,11 +28,13 @@ fn dataset(job_path: &Path) -> Result<(Job, Dataset), Error> {
                 .filter(|w| w.encrypted_dataset.is_some())
                 .map(|w| w.name)
                 .collect();
-            Err(Error::config(format!(
-                "only the {} writers encrypt; this job uses another writer",
-                encrypting.join(" and ")
-            ))
-            .with_key_path("writer"))
+            return Err(job.error_at(
+                "target.writer",
+                &format!(
+                    "only the {} writers encrypt; this job uses another writer",
+                    encrypting.join(" and ")
+                ),
+            ));
         }
     }
     .map_err(|e| job.locate("target.config", e))?;
