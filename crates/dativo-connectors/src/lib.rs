@@ -63,21 +63,21 @@ pub fn readers() -> Vec<BuiltinReader> {
             name: "file",
             summary: "CSV, JSON Lines and Parquet files from a path or glob; incremental by file",
             validate: file::FileReader::validate,
-            open: |c, ctx| open_reader(Box::new(file::FileReader::new()), c, ctx),
+            open: |c, ctx| Ok(Box::new(file::FileReader::open(c, ctx)?)),
         },
         #[cfg(feature = "postgres")]
         BuiltinReader {
             name: "postgres",
             summary: "PostgreSQL tables or queries via binary COPY; parallel snapshot reads; cursor incremental",
             validate: postgres::PostgresReader::validate,
-            open: |c, ctx| open_reader(Box::new(postgres::PostgresReader::new()), c, ctx),
+            open: |c, ctx| Ok(Box::new(postgres::PostgresReader::open(c, ctx)?)),
         },
         #[cfg(feature = "mysql")]
         BuiltinReader {
             name: "mysql",
             summary: "MySQL / MariaDB tables or queries; parallel snapshot reads; cursor incremental",
             validate: mysql::MySqlReader::validate,
-            open: |c, ctx| open_reader(Box::new(mysql::MySqlReader::new()), c, ctx),
+            open: |c, ctx| Ok(Box::new(mysql::MySqlReader::open(c, ctx)?)),
         },
         #[cfg(feature = "http")]
         BuiltinReader {

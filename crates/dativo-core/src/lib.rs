@@ -5,6 +5,7 @@
 //! Plugin authors in Rust need only this crate (through `dativo-plugin-sdk`); the runner and
 //! connectors build on it.
 
+pub mod backoff;
 pub mod config;
 pub mod conformance;
 pub mod error;

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use dativo_core::config::from_config;
 use dativo_core::schema_spec::to_schema;
-use dativo_core::{Error, Reader, ReaderContext, Result, ResultExt};
+use dativo_core::{Error, OpenReader, ReaderContext, Result, ResultExt};
 
 use super::config::{CsvOptions, FileFormat, FileReaderConfig};
 use super::json_integers::wide_integer_fields;
@@ -141,34 +141,95 @@ struct Open {
 }
 
 /// Reads files matched by `path`, oldest name first, resuming where the state says.
-#[derive(Default)]
+///
+/// Opened ready by [`FileReader::open`]: files listed, the schema known or inferred.
 pub struct FileReader {
-    cfg: Option<FileReaderConfig>,
-    format: Option<FileFormat>,
+    cfg: FileReaderConfig,
+    format: FileFormat,
     /// The schema files are decoded with: `schema:` or inferred.
-    read_schema: Option<SchemaRef>,
+    read_schema: SchemaRef,
     /// The schema handed over: `read_schema` with second precision widened (see [`widen`]).
-    schema: Option<SchemaRef>,
+    schema: SchemaRef,
     pending: VecDeque<(String, u64)>,
     state: FileState,
+    /// The file being read, if any.
     open: Option<Open>,
-    source: Option<Source>,
+    source: Source,
 }
 
 impl FileReader {
-    /// A new, uninitialized reader.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Validate a config without touching the file system.
     pub fn validate(config: &Value) -> Result<()> {
         let cfg: FileReaderConfig = from_config(config)?;
-        check_config(&cfg)
+        check_config(&cfg).map(|_| ())
     }
 
-    fn cfg(&self) -> &FileReaderConfig {
-        self.cfg.as_ref().expect("initialized")
+    /// List the files `config` matches, decide where to resume from `ctx.state`, and know the
+    /// schema (`schema:`, or inferred from the first file to read).
+    pub fn open(config: &Value, ctx: &ReaderContext) -> Result<Self> {
+        let cfg: FileReaderConfig = from_config(config)?;
+        let format = check_config(&cfg)?;
+        let source = Source::new(&cfg)?;
+        let all_files = source.list(&cfg.path)?;
+        let Some(last) = all_files.last().cloned() else {
+            return Err(Error::data(format!("no files match `{}`", cfg.path)));
+        };
+        // Sharded: each shard owns the files whose path below the glob's fixed directory
+        // hashes to it (the same split on every machine, whatever the mount point; Hive-style
+        // `dt=…/part-0.parquet` files spread too; a new file goes to one shard).
+        let wild = cfg.path.find(['*', '?', '[']).unwrap_or(cfg.path.len());
+        let root = cfg.path[..wild]
+            .rfind('/')
+            .map(|i| &cfg.path[..=i])
+            .unwrap_or("");
+        let files: Vec<String> = all_files
+            .iter()
+            .filter(|f| ctx.shard.owns(f.strip_prefix(root).unwrap_or(f)))
+            .cloned()
+            .collect();
+        let state: FileState = match (&ctx.state, cfg.incremental) {
+            (Some(s), true) => serde_json::from_value(s.clone()).map_err(|e| {
+                Error::data(format!("the stored state is not a file reader state ({e}); reset it with `dativo state reset`"))
+            })?,
+            _ => FileState::default(),
+        };
+        let resume = state.current.clone();
+        let pending: VecDeque<(String, u64)> = files
+            .iter()
+            .filter(|f| !state.files.contains(*f))
+            .map(|f| {
+                let skip = match &resume {
+                    Some(p) if &p.file == f => p.rows,
+                    _ => 0,
+                };
+                (f.clone(), skip)
+            })
+            .collect();
+        let read_schema = match &cfg.schema {
+            Some(cols) => to_schema(cols)?,
+            None => {
+                let first = pending
+                    .front()
+                    .map(|(f, _)| f.clone())
+                    .or_else(|| files.last().cloned())
+                    .unwrap_or(last);
+                infer_schema(&source, &first, format, &cfg)
+                    .with_context(|| format!("file {first}"))?
+            }
+        };
+        Ok(FileReader {
+            format,
+            schema: widen_schema(&read_schema),
+            read_schema,
+            pending,
+            state: FileState {
+                files: state.files,
+                current: None,
+            },
+            open: None,
+            source,
+            cfg,
+        })
     }
 
     fn open_next(&mut self) -> Result<bool> {
@@ -187,13 +248,12 @@ impl FileReader {
     }
 
     fn open_file(&self, name: &str, skip: u64) -> Result<Batches> {
-        let cfg = self.cfg();
-        let schema = self.read_schema.clone().expect("schema known");
-        let out = self.schema.clone().expect("schema known");
-        let format = self.format.expect("format known");
-        let source = self.source.clone().expect("initialized");
+        let cfg = &self.cfg;
+        let schema = self.read_schema.clone();
+        let out = self.schema.clone();
+        let source = self.source.clone();
         let bs = cfg.batch_size;
-        let batches: Batches = match format {
+        let batches: Batches = match self.format {
             FileFormat::Csv => {
                 let csv = csv_format(&cfg.csv, name)?;
                 if cfg.csv.header {
@@ -234,17 +294,18 @@ impl FileReader {
     }
 }
 
-fn check_config(cfg: &FileReaderConfig) -> Result<()> {
+/// Checks that need no I/O; returns the format (configured, or from the extension).
+fn check_config(cfg: &FileReaderConfig) -> Result<FileFormat> {
     if cfg.batch_size == 0 {
         return Err(Error::config("must be at least 1").with_key_path("batch_size"));
     }
-    if cfg.format.is_none() && FileFormat::from_path(&cfg.path).is_none() {
+    let Some(format) = cfg.format.or_else(|| FileFormat::from_path(&cfg.path)) else {
         return Err(Error::config(format!(
             "cannot tell the format of `{}` from its extension: set `format: csv | jsonl | parquet`",
             cfg.path
         ))
         .with_key_path("path"));
-    }
+    };
     if let Some(cols) = &cfg.schema {
         to_schema(cols).map_err(|e| {
             let p = format!("schema{}", e.key_path().unwrap_or(""));
@@ -258,7 +319,7 @@ fn check_config(cfg: &FileReaderConfig) -> Result<()> {
     glob::Pattern::new(&cfg.path).map_err(|e| {
         Error::config(format!("invalid glob `{}`: {e}", cfg.path)).with_key_path("path")
     })?;
-    Ok(())
+    Ok(format)
 }
 
 fn ascii(c: char, what: &str) -> Result<u8> {
@@ -551,87 +612,19 @@ fn decimal_for_wide_integers(
     Ok(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
-impl Reader for FileReader {
-    fn initialize(&mut self, config: &Value, ctx: &ReaderContext) -> Result<()> {
-        let cfg: FileReaderConfig = from_config(config)?;
-        check_config(&cfg)?;
-        let format = cfg
-            .format
-            .or_else(|| FileFormat::from_path(&cfg.path))
-            .expect("checked");
-        let source = Source::new(&cfg)?;
-        let all_files = source.list(&cfg.path)?;
-        if all_files.is_empty() {
-            return Err(Error::data(format!("no files match `{}`", cfg.path)));
-        }
-        // Sharded: each shard owns the files whose path below the glob's fixed directory
-        // hashes to it (the same split on every machine, whatever the mount point; Hive-style
-        // `dt=…/part-0.parquet` files spread too; a new file goes to one shard).
-        let wild = cfg.path.find(['*', '?', '[']).unwrap_or(cfg.path.len());
-        let root = cfg.path[..wild]
-            .rfind('/')
-            .map(|i| &cfg.path[..=i])
-            .unwrap_or("");
-        let files: Vec<String> = all_files
-            .iter()
-            .filter(|f| ctx.shard.owns(f.strip_prefix(root).unwrap_or(f)))
-            .cloned()
-            .collect();
-        let state: FileState = match (&ctx.state, cfg.incremental) {
-            (Some(s), true) => serde_json::from_value(s.clone()).map_err(|e| {
-                Error::data(format!("the stored state is not a file reader state ({e}); reset it with `dativo state reset`"))
-            })?,
-            _ => FileState::default(),
-        };
-        let resume = state.current.clone();
-        self.pending = files
-            .iter()
-            .filter(|f| !state.files.contains(*f))
-            .map(|f| {
-                let skip = match &resume {
-                    Some(p) if &p.file == f => p.rows,
-                    _ => 0,
-                };
-                (f.clone(), skip)
-            })
-            .collect();
-        let schema = match &cfg.schema {
-            Some(cols) => to_schema(cols)?,
-            None => {
-                let first = self
-                    .pending
-                    .front()
-                    .map(|(f, _)| f.clone())
-                    .or_else(|| files.last().cloned())
-                    .unwrap_or_else(|| all_files.last().cloned().expect("non-empty"));
-                infer_schema(&source, &first, format, &cfg)
-                    .with_context(|| format!("file {first}"))?
-            }
-        };
-        self.state = FileState {
-            files: state.files,
-            current: None,
-        };
-        self.schema = Some(widen_schema(&schema));
-        self.read_schema = Some(schema);
-        self.source = Some(source);
-        self.format = Some(format);
-        self.cfg = Some(cfg);
-        Ok(())
+impl OpenReader for FileReader {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn get_schema(&mut self) -> Result<SchemaRef> {
-        self.schema
-            .clone()
-            .ok_or_else(|| Error::internal("get_schema before initialize"))
-    }
-
-    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         loop {
             if self.open.is_none() && !self.open_next()? {
                 return Ok(None);
             }
-            let open = self.open.as_mut().expect("open");
+            let Some(open) = self.open.as_mut() else {
+                continue;
+            };
             match open.batches.next() {
                 Some(Ok(b)) => {
                     if b.num_rows() == 0 {
@@ -640,20 +633,18 @@ impl Reader for FileReader {
                     open.rows += b.num_rows() as u64;
                     return Ok(Some(b));
                 }
-                Some(Err(e)) => {
-                    let name = open.name.clone();
-                    return Err(e.context(format!("file {name}")));
-                }
+                Some(Err(e)) => return Err(e.context(format!("file {}", open.name))),
                 None => {
-                    let open = self.open.take().expect("open");
-                    self.state.files.insert(open.name);
+                    if let Some(done) = self.open.take() {
+                        self.state.files.insert(done.name);
+                    }
                 }
             }
         }
     }
 
-    fn get_incremental_state(&mut self) -> Result<Option<Value>> {
-        if !self.cfg().incremental {
+    fn state(&mut self) -> Result<Option<Value>> {
+        if !self.cfg.incremental {
             return Ok(None);
         }
         let mut s = self.state.clone();
@@ -662,11 +653,5 @@ impl Reader for FileReader {
             rows: o.rows,
         });
         Ok(Some(serde_json::to_value(s)?))
-    }
-
-    fn close(&mut self) -> Result<()> {
-        self.open = None;
-        self.pending.clear();
-        Ok(())
     }
 }

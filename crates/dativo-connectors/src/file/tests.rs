@@ -2,8 +2,8 @@ use std::io::Write;
 
 use serde_json::json;
 
-use dativo_core::conformance::check_reader;
-use dativo_core::{Reader, ReaderContext, Shard};
+use dativo_core::conformance::check_open_reader;
+use dativo_core::{OpenReader, ReaderContext, Shard};
 
 use super::*;
 
@@ -30,7 +30,7 @@ fn write_csvs(dir: &std::path::Path, files: usize, rows: usize) {
 
 fn read_all(r: &mut FileReader) -> (u64, i64, Option<serde_json::Value>) {
     let (mut rows, mut sum, mut state) = (0, 0, None);
-    while let Some(b) = r.read_batch().unwrap() {
+    while let Some(b) = r.next_batch().unwrap() {
         rows += b.num_rows() as u64;
         let ids = b
             .column(0)
@@ -38,7 +38,7 @@ fn read_all(r: &mut FileReader) -> (u64, i64, Option<serde_json::Value>) {
             .downcast_ref::<arrow::array::Int64Array>()
             .unwrap();
         sum += ids.values().iter().sum::<i64>();
-        state = r.get_incremental_state().unwrap();
+        state = r.state().unwrap();
     }
     (rows, sum, state)
 }
@@ -48,7 +48,7 @@ fn csv_glob_passes_conformance() {
     let dir = tempfile::tempdir().unwrap();
     write_csvs(dir.path(), 3, 100);
     let cfg = json!({"path": format!("{}/*.csv", dir.path().display()), "batch_size": 40});
-    let report = check_reader(&mut || Ok(Box::new(FileReader::new())), &cfg);
+    let report = check_open_reader(|c, ctx| Ok(Box::new(FileReader::open(c, ctx)?)), &cfg);
     assert!(report.passed(), "{report:?}");
 }
 
@@ -57,26 +57,23 @@ fn resumes_inside_a_file_and_picks_up_new_files() {
     let dir = tempfile::tempdir().unwrap();
     write_csvs(dir.path(), 2, 100);
     let cfg = json!({"path": format!("{}/*.csv", dir.path().display()), "batch_size": 30});
-    let mut r = FileReader::new();
-    r.initialize(&cfg, &ctx(None)).unwrap();
+    let mut r = FileReader::open(&cfg, &ctx(None)).unwrap();
     // Read three batches (90 rows of file 0), keep the state.
     for _ in 0..3 {
-        r.read_batch().unwrap().unwrap();
+        r.next_batch().unwrap().unwrap();
     }
-    let state = r.get_incremental_state().unwrap().unwrap();
+    let state = r.state().unwrap().unwrap();
     assert_eq!(state["current"]["rows"], 90);
-    r.close().unwrap();
+    Box::new(r).close().unwrap();
 
-    let mut r = FileReader::new();
-    r.initialize(&cfg, &ctx(Some(state))).unwrap();
+    let mut r = FileReader::open(&cfg, &ctx(Some(state))).unwrap();
     let (rows, sum, state) = read_all(&mut r);
     assert_eq!(rows, 110);
     assert_eq!(sum, (90..200).sum::<i64>());
-    r.close().unwrap();
+    Box::new(r).close().unwrap();
 
     write_csvs(dir.path(), 3, 100);
-    let mut r = FileReader::new();
-    r.initialize(&cfg, &ctx(state)).unwrap();
+    let mut r = FileReader::open(&cfg, &ctx(state)).unwrap();
     let (rows, sum, _) = read_all(&mut r);
     assert_eq!((rows, sum), (100, (200..300).sum::<i64>()));
 }
@@ -87,10 +84,9 @@ fn mismatched_header_names_the_file() {
     write_csvs(dir.path(), 1, 5);
     std::fs::write(dir.path().join("part99.csv"), "id,title,amount\n1,x,2\n").unwrap();
     let cfg = json!({"path": format!("{}/*.csv", dir.path().display())});
-    let mut r = FileReader::new();
-    r.initialize(&cfg, &ctx(None)).unwrap();
+    let mut r = FileReader::open(&cfg, &ctx(None)).unwrap();
     let err = loop {
-        match r.read_batch() {
+        match r.next_batch() {
             Ok(Some(_)) => continue,
             Ok(None) => panic!("expected an error"),
             Err(e) => break e,
@@ -121,7 +117,7 @@ fn explicit_schema_and_jsonl() {
     let p = dir.path().join("a.jsonl");
     std::fs::write(&p, "{\"id\": 1, \"v\": \"x\"}\n{\"id\": 2, \"v\": null}\n").unwrap();
     let cfg = json!({"path": p.display().to_string(), "schema": [{"name": "id", "type": "int64"}, {"name": "v", "type": "string"}]});
-    let report = check_reader(&mut || Ok(Box::new(FileReader::new())), &cfg);
+    let report = check_open_reader(|c, ctx| Ok(Box::new(FileReader::open(c, ctx)?)), &cfg);
     assert!(report.passed(), "{report:?}");
 }
 
@@ -132,11 +128,10 @@ fn read_everything(
     arrow::datatypes::SchemaRef,
     Vec<arrow::record_batch::RecordBatch>,
 )> {
-    let mut r = FileReader::new();
-    r.initialize(&cfg, &ctx(None))?;
-    let schema = r.get_schema()?;
+    let mut r = FileReader::open(&cfg, &ctx(None))?;
+    let schema = r.schema();
     let mut batches = Vec::new();
-    while let Some(b) = r.read_batch()? {
+    while let Some(b) = r.next_batch()? {
         assert_eq!(b.schema(), schema, "batches carry the announced schema");
         batches.push(b);
     }
@@ -227,11 +222,9 @@ fn unterminated_quote_is_a_data_error_naming_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.csv");
     std::fs::write(&p, "id,name\n1,\"abc\n2,def\n3,ghi").unwrap();
-    let mut r = FileReader::new();
-    r.initialize(&json!({"path": p.display().to_string()}), &ctx(None))
-        .unwrap();
+    let mut r = FileReader::open(&json!({"path": p.display().to_string()}), &ctx(None)).unwrap();
     // The merged row is never handed over: the first read is the error.
-    let e = r.read_batch().unwrap_err();
+    let e = r.next_batch().unwrap_err();
     assert_eq!(e.kind(), dativo_core::ErrorKind::Data, "{e}");
     let msg = e.to_string();
     assert!(
