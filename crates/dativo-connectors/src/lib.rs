@@ -84,7 +84,7 @@ pub fn readers() -> Vec<BuiltinReader> {
             name: "http",
             summary: "JSON REST APIs: auth, JSONPath records, five pagination styles, incremental by a cursor field, retries and rate limits",
             validate: http::HttpReader::validate,
-            open: |c, ctx| open_reader(Box::new(http::HttpReader::new()), c, ctx),
+            open: |c, ctx| Ok(Box::new(http::HttpReader::open(c, ctx)?)),
         },
         #[cfg(feature = "adbc")]
         BuiltinReader {

@@ -2,11 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use dativo_core::config::DurationValue;
 use dativo_core::schema_spec::ColumnSpec;
+use dativo_core::secrets::Secret;
 use dativo_core::{Error, Result};
 
 /// `source.config` of `reader: http`.
@@ -15,10 +17,11 @@ use dativo_core::{Error, Result};
 pub struct HttpReaderConfig {
     /// The endpoint (`https://api.example.com/v1/orders`).
     pub url: String,
-    /// `GET` (default) or `POST`.
-    #[serde(default = "default_method")]
-    pub method: String,
-    /// Extra request headers.
+    /// `GET` (default) or `POST` (any case).
+    #[serde(default)]
+    pub method: Method,
+    /// Extra request headers; names and values must be valid HTTP (checked by
+    /// [`HttpReaderConfig::check`]).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// Query parameters sent with every request.
@@ -64,8 +67,29 @@ pub struct HttpReaderConfig {
     pub backoff: DurationValue,
 }
 
-fn default_method() -> String {
-    "GET".into()
+/// The request method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Method {
+    /// `GET`.
+    #[default]
+    Get,
+    /// `POST`, with the JSON `body`.
+    Post,
+}
+
+impl<'de> Deserialize<'de> for Method {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.eq_ignore_ascii_case("GET") {
+            Ok(Method::Get)
+        } else if s.eq_ignore_ascii_case("POST") {
+            Ok(Method::Post)
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "unknown method `{s}`: use GET or POST"
+            )))
+        }
+    }
 }
 fn default_batch() -> usize {
     10_000
@@ -98,19 +122,19 @@ pub enum Auth {
     /// `Authorization: Bearer <token>`.
     Bearer {
         /// The token; use `${env:…}`.
-        token: String,
+        token: Secret,
     },
     /// HTTP basic.
     Basic {
         /// User.
         username: String,
         /// Password; use `${env:…}`.
-        password: String,
+        password: Secret,
     },
     /// An API key in a header (default `X-API-Key`) or a query parameter.
     ApiKey {
         /// The key; use `${env:…}`.
-        value: String,
+        value: Secret,
         /// Header or parameter name.
         #[serde(default = "default_key_name")]
         name: String,
@@ -125,7 +149,7 @@ pub enum Auth {
         /// Client id.
         client_id: String,
         /// Client secret; use `${env:…}`.
-        client_secret: String,
+        client_secret: Secret,
         /// Scope, if the server wants one.
         #[serde(default)]
         scope: Option<String>,
@@ -242,11 +266,21 @@ impl HttpReaderConfig {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return k("url", "must be an http:// or https:// URL");
         }
-        if !matches!(self.method.to_ascii_uppercase().as_str(), "GET" | "POST") {
-            return k("method", "use GET or POST");
-        }
-        if self.send_in == SendIn::Body && !self.method.eq_ignore_ascii_case("POST") {
+        if self.send_in == SendIn::Body && self.method != Method::Post {
             return k("send_in", "`body` needs `method: POST`");
+        }
+        self.header_map()?;
+        if let Some(Auth::ApiKey {
+            name,
+            location: SendKey::Header,
+            ..
+        }) = &self.auth
+        {
+            HeaderName::try_from(name.as_str()).map_err(|e| {
+                Error::config(format!("`{name}` is not a valid header name"))
+                    .with_source(e)
+                    .with_key_path("auth.name")
+            })?;
         }
         dativo_core::config::check_batch_size("batch_size", self.batch_size)?;
         if let Some(r) = self.requests_per_second {
@@ -279,5 +313,29 @@ impl HttpReaderConfig {
             })?;
         }
         Ok(())
+    }
+
+    /// `headers` as HTTP headers; a name or value HTTP cannot carry is a config error naming
+    /// the header (`headers.X-Name`).
+    pub fn header_map(&self) -> Result<HeaderMap> {
+        let mut map = HeaderMap::with_capacity(self.headers.len());
+        for (k, v) in &self.headers {
+            let key = format!("headers.{k}");
+            let name = HeaderName::try_from(k.as_str()).map_err(|e| {
+                Error::config(format!("`{k}` is not a valid header name"))
+                    .with_source(e)
+                    .with_key_path(key.clone())
+            })?;
+            let value = HeaderValue::try_from(v.as_str()).map_err(|e| {
+                Error::config(
+                    "the value holds characters a header cannot carry (control characters or \
+                     line breaks)",
+                )
+                .with_source(e)
+                .with_key_path(key)
+            })?;
+            map.insert(name, value);
+        }
+        Ok(map)
     }
 }

@@ -22,3 +22,6 @@ mod reader;
 
 pub use config::HttpReaderConfig;
 pub use reader::HttpReader;
+
+#[cfg(test)]
+mod tests;

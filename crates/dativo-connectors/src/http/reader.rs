@@ -9,16 +9,17 @@ use arrow::json::reader::Decoder;
 use arrow::record_batch::RecordBatch;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use dativo_core::backoff::backoff;
 use dativo_core::config::from_config;
 use dativo_core::schema_spec::{to_schema, ColumnSpec};
-use dativo_core::{secrets, Error, Reader, ReaderContext, Result};
+use dativo_core::secrets::{self, Secret};
+use dativo_core::{Error, OpenReader, ReaderContext, Result};
 
-use super::config::{Auth, HttpReaderConfig, Pagination, SendIn, SendKey};
+use super::config::{Auth, HttpReaderConfig, Method, Pagination, SendIn, SendKey};
 use super::jsonpath::{self, Step};
 use dativo_core::rt::runtime;
 
@@ -58,17 +59,25 @@ struct Resume {
     max_keys: Vec<String>,
 }
 
-/// Reads records from a JSON REST API.
-#[derive(Default)]
+/// Reads records from a JSON REST API; opened ready by [`HttpReader::open`].
 pub struct HttpReader {
-    cfg: Option<HttpReaderConfig>,
-    client: Option<reqwest::Client>,
-    schema: Option<SchemaRef>,
-    records_path: Option<Vec<Step>>,
-    /// The JSONPath of the next cursor or next URL (cursor / next-URL pagination).
-    next_path: Option<Vec<Step>>,
+    pager: Pager,
+    schema: SchemaRef,
     /// The schema arrow-json decodes into: UTC timestamp columns as "+00:00" (see `decode`).
-    decode_schema: Option<SchemaRef>,
+    decode_schema: SchemaRef,
+    warned_fields: BTreeSet<String>,
+}
+
+/// The requests: where the next page is, what was seen, credentials.
+struct Pager {
+    cfg: HttpReaderConfig,
+    /// `cfg.headers`, checked.
+    headers: HeaderMap,
+    client: reqwest::Client,
+    /// The JSONPath of the records; `None`: the response, or its first array.
+    records_path: Option<Vec<Step>>,
+    /// The JSONPath of the next cursor or next URL (cursor / next-URL pagination only).
+    next_path: Option<Vec<Step>>,
     state: HttpState,
     /// Where the next page is; `None` when the stream has ended.
     next: Option<Next>,
@@ -80,11 +89,14 @@ pub struct HttpReader {
     delivered: Option<Next>,
     finished: bool,
     last_request: Option<Instant>,
-    token: Option<(String, Instant)>,
-    warned_fields: BTreeSet<String>,
+    /// The OAuth2 access token and until when it is used.
+    token: Option<(Secret, Instant)>,
     pages: u64,
     last_page: Option<u64>,
 }
+
+/// Retry delays grow to at most this (a `Retry-After` may ask for longer, up to 300 s).
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 fn is_retryable_status(s: u16) -> bool {
     s == 429 || s == 408 || s >= 500
@@ -182,23 +194,219 @@ fn infer(records: &[Value]) -> Vec<ColumnSpec> {
         .collect()
 }
 
-impl HttpReader {
-    /// A new, uninitialized reader.
-    pub fn new() -> Self {
-        Self::default()
+/// Where a stream starts.
+fn first(cfg: &HttpReaderConfig) -> Next {
+    match &cfg.pagination {
+        Pagination::Page { start, .. } => Next::Page(*start),
+        Pagination::Offset { .. } => Next::Offset(0),
+        Pagination::Cursor { .. } => Next::Cursor(None),
+        Pagination::None | Pagination::NextUrl { .. } | Pagination::LinkHeader => {
+            Next::Url(cfg.url.clone())
+        }
     }
+}
 
+impl HttpReader {
     /// Validate a config without network access.
     pub fn validate(config: &Value) -> Result<()> {
         from_config::<HttpReaderConfig>(config)?.check()
     }
 
-    fn cfg(&self) -> &HttpReaderConfig {
-        self.cfg.as_ref().expect("initialized")
+    /// Check the config, resume from `ctx.state`, and know the schema: declared, or inferred
+    /// from the first page that has records (those pages are kept for reading).
+    pub fn open(config: &Value, ctx: &ReaderContext) -> Result<Self> {
+        let cfg: HttpReaderConfig = from_config(config)?;
+        cfg.check()?;
+        if ctx.shard.count > 1 {
+            return Err(Error::config(
+                "the http reader cannot be sharded: an API's pages are one sequence; run it as one shard",
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout.0)
+            .user_agent(concat!("dativo/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::internal("building the HTTP client").with_source(e))?;
+        let records_path = cfg
+            .records
+            .as_deref()
+            .map(jsonpath::parse)
+            .transpose()
+            .map_err(|m| Error::config(m).with_key_path("records"))?;
+        let next_path = match &cfg.pagination {
+            Pagination::Cursor { cursor_path: p, .. } => Some(
+                jsonpath::parse(p)
+                    .map_err(|m| Error::config(m).with_key_path("pagination.cursor_path"))?,
+            ),
+            Pagination::NextUrl { next_path: p } => Some(
+                jsonpath::parse(p)
+                    .map_err(|m| Error::config(m).with_key_path("pagination.next_path"))?,
+            ),
+            _ => None,
+        };
+        let mut state: HttpState = match &ctx.state {
+            Some(s) if cfg.incremental.is_some() || s.get("resume").is_some() => {
+                serde_json::from_value(s.clone()).map_err(|e| {
+                    Error::data(format!(
+                        "the stored state is not an http reader state ({e}); reset it with `dativo state reset`"
+                    ))
+                })?
+            }
+            _ => HttpState::default(),
+        };
+        if cfg.incremental.is_none() {
+            // Full refresh: resume an interrupted run only.
+            state.cursor = None;
+            state.keys_at_cursor.clear();
+        }
+        let (next, max, max_keys) = match state.resume.take() {
+            Some(r) => (r.next, r.max, r.max_keys.into_iter().collect()),
+            None => (first(&cfg), None, BTreeSet::new()),
+        };
+        let mut pager = Pager {
+            headers: cfg.header_map()?,
+            cfg,
+            client,
+            records_path,
+            next_path,
+            state,
+            next: Some(next.clone()),
+            max,
+            max_keys,
+            buffered: VecDeque::new(),
+            delivered: Some(next),
+            finished: false,
+            last_request: None,
+            token: None,
+            pages: 0,
+            last_page: None,
+        };
+        let cols = match &pager.cfg.schema {
+            Some(cols) => cols.clone(),
+            None => {
+                // Inference: look at pages until one has records (they are kept for reading).
+                let mut cols = Vec::new();
+                while let Some((records, after)) = pager.fetch_page()? {
+                    let records = pager.filter_and_track(records);
+                    if records.is_empty() && after.is_some() {
+                        pager.buffered.push_back((records, after));
+                        continue;
+                    }
+                    cols = infer(&records);
+                    pager.buffered.push_back((records, after));
+                    break;
+                }
+                if cols.is_empty() {
+                    cols = pager.state.columns.clone();
+                }
+                cols
+            }
+        };
+        pager.state.columns = if pager.cfg.schema.is_some() {
+            Vec::new()
+        } else {
+            cols.clone()
+        };
+        let schema = if cols.is_empty() {
+            Arc::new(Schema::new(Vec::<Field>::new()))
+        } else {
+            to_schema(&cols)?
+        };
+        // arrow-json parses named time zones only with chrono-tz: decode UTC columns as
+        // "+00:00" (the same instants) and relabel them afterwards.
+        let utc = |tz: &str| matches!(tz, "UTC" | "Z" | "Etc/UTC" | "utc");
+        let decode_schema = Arc::new(Schema::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| match f.data_type() {
+                    DataType::Timestamp(u, Some(tz)) if utc(tz) => f
+                        .as_ref()
+                        .clone()
+                        .with_data_type(DataType::Timestamp(*u, Some("+00:00".into()))),
+                    _ => f.as_ref().clone(),
+                })
+                .collect::<Vec<Field>>(),
+        ));
+        Ok(HttpReader {
+            pager,
+            schema,
+            decode_schema,
+            warned_fields: BTreeSet::new(),
+        })
     }
 
+    /// Records → a batch of the schema: nested values become JSON text for JSON/string
+    /// columns; fields the schema lacks are dropped (once warned).
+    fn decode(&mut self, records: &[Value]) -> Result<RecordBatch> {
+        let schema = self.schema.clone();
+        let mut rows: Vec<Map<String, Value>> = Vec::with_capacity(records.len());
+        for r in records {
+            let Some(obj) = r.as_object() else {
+                return Err(Error::data(format!(
+                    "a record is {}, not a JSON object: {}",
+                    kind(r),
+                    secrets::scrub(&r.to_string().chars().take(100).collect::<String>())
+                )));
+            };
+            let mut row = Map::with_capacity(schema.fields().len());
+            for f in schema.fields() {
+                if let Some(v) = obj.get(f.name()) {
+                    let v = match (f.data_type(), v) {
+                        (
+                            DataType::Utf8 | DataType::LargeUtf8,
+                            Value::Object(_) | Value::Array(_),
+                        ) => Value::String(v.to_string()),
+                        _ => v.clone(),
+                    };
+                    row.insert(f.name().clone(), v);
+                }
+            }
+            for k in obj.keys() {
+                if schema.field_with_name(k).is_err() && self.warned_fields.insert(k.clone()) {
+                    tracing::warn!(field = %k, "the API sent a field that is not in the schema; it is left out (declare it in `schema`, or it is picked up by the next run's inference)");
+                }
+            }
+            rows.push(row);
+        }
+        let decode_schema = self.decode_schema.clone();
+        let mut decoder: Decoder = arrow::json::ReaderBuilder::new(decode_schema)
+            .with_batch_size(rows.len().max(1))
+            .with_coerce_primitive(true)
+            .build_decoder()?;
+        let misfit = |e: arrow::error::ArrowError| {
+            Error::data(format!(
+                "records do not fit the schema ({e}); the API changed a field's type — declare the column's type in `schema` or reset the state to re-infer"
+            ))
+        };
+        decoder.serialize(&rows).map_err(misfit)?;
+        let Some(batch) = decoder.flush().map_err(misfit)? else {
+            return Ok(RecordBatch::new_empty(schema));
+        };
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c.clone())
+                } else {
+                    let data = c
+                        .to_data()
+                        .into_builder()
+                        .data_type(f.data_type().clone())
+                        .build()?;
+                    Ok(arrow::array::make_array(data))
+                }
+            })
+            .collect::<std::result::Result<Vec<_>, arrow::error::ArrowError>>()?;
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+impl Pager {
     fn since(&self) -> Option<String> {
-        let inc = self.cfg().incremental.as_ref()?;
+        let inc = self.cfg.incremental.as_ref()?;
         self.state
             .cursor
             .as_ref()
@@ -206,19 +414,8 @@ impl HttpReader {
             .or_else(|| inc.initial.clone())
     }
 
-    fn first(&self) -> Next {
-        match &self.cfg().pagination {
-            Pagination::Page { start, .. } => Next::Page(*start),
-            Pagination::Offset { .. } => Next::Offset(0),
-            Pagination::Cursor { .. } => Next::Cursor(None),
-            Pagination::None | Pagination::NextUrl { .. } | Pagination::LinkHeader => {
-                Next::Url(self.cfg().url.clone())
-            }
-        }
-    }
-
     fn throttle(&mut self) {
-        if let (Some(rps), Some(last)) = (self.cfg().requests_per_second, self.last_request) {
+        if let (Some(rps), Some(last)) = (self.cfg.requests_per_second, self.last_request) {
             let gap = Duration::from_secs_f64(1.0 / rps);
             let since = last.elapsed();
             if since < gap {
@@ -228,14 +425,14 @@ impl HttpReader {
         self.last_request = Some(Instant::now());
     }
 
-    /// An OAuth2 access token, fetched or renewed when needed.
-    fn oauth_token(&mut self, force: bool) -> Result<Option<String>> {
+    /// An OAuth2 access token, fetched or renewed when needed; `None` without OAuth2.
+    fn oauth_token(&mut self, force: bool) -> Result<Option<Secret>> {
         let Some(Auth::Oauth2 {
             token_url,
             client_id,
             client_secret,
             scope,
-        }) = self.cfg().auth.clone()
+        }) = self.cfg.auth.clone()
         else {
             return Ok(None);
         };
@@ -249,7 +446,7 @@ impl HttpReader {
         let mut form = vec![
             ("grant_type", "client_credentials".to_string()),
             ("client_id", client_id.clone()),
-            ("client_secret", client_secret.clone()),
+            ("client_secret", client_secret.expose().to_string()),
         ];
         if let Some(s) = scope {
             form.push(("scope", s));
@@ -259,7 +456,7 @@ impl HttpReader {
             .map(|(k, v)| format!("{k}={}", urlencode(v)))
             .collect::<Vec<_>>()
             .join("&");
-        let client = self.client.clone().expect("initialized");
+        let client = self.client.clone();
         let resp = runtime().block_on(async {
             let r = client
                 .post(&token_url)
@@ -272,11 +469,7 @@ impl HttpReader {
             Ok::<_, reqwest::Error>((status, text))
         });
         let (status, text) = resp.map_err(|e| {
-            Error::connect(format!(
-                "OAuth2 token request to {}: {}",
-                shown(&token_url),
-                secrets::scrub(&e.to_string())
-            ))
+            Error::connect(format!("OAuth2 token request to {}", shown(&token_url))).with_source(e)
         })?;
         if !status.is_success() {
             return Err(Error::auth(format!(
@@ -285,23 +478,23 @@ impl HttpReader {
                 secrets::scrub(&text.chars().take(300).collect::<String>())
             )));
         }
-        let v: Value = serde_json::from_str(&text).map_err(|_| {
+        let v: Value = serde_json::from_str(&text).map_err(|e| {
             Error::auth(format!(
                 "OAuth2 token endpoint {} did not answer JSON",
                 shown(&token_url)
             ))
+            .with_source(e)
         })?;
         let token = v
             .get("access_token")
             .and_then(|t| t.as_str())
+            .map(Secret::new)
             .ok_or_else(|| {
                 Error::auth(format!(
                     "OAuth2 token endpoint {} answered without access_token",
                     shown(&token_url)
                 ))
-            })?
-            .to_string();
-        secrets::register(&token);
+            })?;
         let ttl = v.get("expires_in").and_then(|e| e.as_u64()).unwrap_or(3600);
         let until = Instant::now() + Duration::from_secs(ttl.saturating_sub(30).max(1));
         self.token = Some((token.clone(), until));
@@ -310,7 +503,7 @@ impl HttpReader {
 
     /// Build and send the request for `next`, with retries. Returns (body, headers, url).
     fn fetch(&mut self, next: &Next) -> Result<(Value, HeaderMap, String)> {
-        let cfg = self.cfg().clone();
+        let cfg = self.cfg.clone();
         let mut url = match next {
             Next::Url(u) => u.clone(),
             _ => cfg.url.clone(),
@@ -370,7 +563,7 @@ impl HttpReader {
             }),
         ) = (trusted, &cfg.auth)
         {
-            extra.push((name.clone(), value.clone()));
+            extra.push((name.clone(), value.expose().to_string()));
         }
         let mut body = cfg.body.clone();
         if cfg.send_in == SendIn::Body {
@@ -394,25 +587,22 @@ impl HttpReader {
                 q.join("&")
             );
         }
-        let post = cfg.method.eq_ignore_ascii_case("POST");
+        let post = cfg.method == Method::Post;
         let mut attempt = 0u32;
         let mut renewed = false;
         loop {
             attempt += 1;
             self.throttle();
-            let mut headers = HeaderMap::new();
-            for (k, v) in &cfg.headers {
-                if let (Ok(n), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v))
-                {
-                    headers.insert(n, v);
-                }
-            }
+            let mut headers = self.headers.clone();
             match cfg.auth.as_ref().filter(|_| trusted) {
                 Some(Auth::Bearer { token }) => {
-                    headers.insert(AUTHORIZATION, bearer(token)?);
+                    headers.insert(AUTHORIZATION, bearer(token.expose())?);
                 }
                 Some(Auth::Basic { username, password }) => {
-                    let v = format!("Basic {}", B64.encode(format!("{username}:{password}")));
+                    let v = format!(
+                        "Basic {}",
+                        B64.encode(format!("{username}:{}", password.expose()))
+                    );
                     headers.insert(AUTHORIZATION, header_value(&v)?);
                 }
                 Some(Auth::ApiKey {
@@ -420,19 +610,21 @@ impl HttpReader {
                     name,
                     location: SendKey::Header,
                 }) => {
-                    let n = HeaderName::try_from(name.as_str()).map_err(|_| {
-                        Error::config(format!("`{name}` is not a header name"))
+                    let n = HeaderName::try_from(name.as_str()).map_err(|e| {
+                        Error::config(format!("`{name}` is not a valid header name"))
+                            .with_source(e)
                             .with_key_path("auth.name")
                     })?;
-                    headers.insert(n, header_value(value)?);
+                    headers.insert(n, header_value(value.expose())?);
                 }
                 Some(Auth::Oauth2 { .. }) => {
-                    let t = self.oauth_token(false)?.expect("oauth2");
-                    headers.insert(AUTHORIZATION, bearer(&t)?);
+                    if let Some(t) = self.oauth_token(false)? {
+                        headers.insert(AUTHORIZATION, bearer(t.expose())?);
+                    }
                 }
                 _ => {}
             }
-            let client = self.client.clone().expect("initialized");
+            let client = self.client.clone();
             let req = if post {
                 let mut r = client.post(&url).headers(headers);
                 if let Some(b) = &body {
@@ -451,7 +643,7 @@ impl HttpReader {
                 let bytes = r.bytes().await?;
                 Ok::<_, reqwest::Error>((status, headers, bytes))
             });
-            let (delay, why) = match result {
+            let (delay, why, cause) = match result {
                 Ok((status, headers, bytes)) if status.is_success() => {
                     let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
                         let snippet: String =
@@ -461,6 +653,7 @@ impl HttpReader {
                             shown(&url),
                             secrets::scrub(&snippet)
                         ))
+                        .with_source(e)
                     })?;
                     return Ok((v, headers, url));
                 }
@@ -475,8 +668,8 @@ impl HttpReader {
                 }
                 Ok((status, headers, bytes)) if is_retryable_status(status.as_u16()) => {
                     let wait = retry_after(&headers);
-                    let _ = bytes;
-                    (wait, format!("{} answered {status}", shown(&url)))
+                    drop(bytes);
+                    (wait, format!("{} answered {status}", shown(&url)), None)
                 }
                 Ok((status, _, bytes)) => {
                     let text: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
@@ -491,30 +684,27 @@ impl HttpReader {
                         _ => Error::data(msg),
                     });
                 }
-                Err(e) => (
-                    None,
-                    format!(
-                        "request to {} failed: {}",
-                        shown(&url),
-                        secrets::scrub(&e.to_string())
-                    ),
-                ),
+                Err(e) => (None, format!("request to {} failed", shown(&url)), Some(e)),
             };
             if attempt > cfg.max_retries {
-                return Err(Error::transient(format!(
-                    "{why}; gave up after {} attempts",
-                    attempt
-                )));
+                let e = Error::transient(format!("{why}; gave up after {attempt} attempts"));
+                return Err(match cause {
+                    Some(c) => e.with_source(c),
+                    None => e,
+                });
             }
+            // The server's `Retry-After` wins; else the engine's one backoff formula.
             let delay = delay.unwrap_or_else(|| {
-                let base = cfg.backoff.0.as_secs_f64() * 2f64.powi((attempt - 1).min(10) as i32);
-                let capped = base.min(30.0);
-                Duration::from_secs_f64(capped / 2.0 + rand::rng().random_range(0.0..=capped / 2.0))
+                backoff(cfg.backoff.0, MAX_BACKOFF, attempt, rand::random::<f64>())
             });
+            let detail = cause
+                .as_ref()
+                .map(|c| format!(": {}", secrets::scrub(&c.to_string())))
+                .unwrap_or_default();
             tracing::warn!(
                 attempt,
                 delay_ms = delay.as_millis() as u64,
-                "{why}; retrying"
+                "{why}{detail}; retrying"
             );
             std::thread::sleep(delay);
         }
@@ -527,7 +717,7 @@ impl HttpReader {
             name,
             location: SendKey::Query,
             ..
-        }) = &self.cfg().auth
+        }) = &self.cfg.auth
         else {
             return url.to_string();
         };
@@ -560,7 +750,7 @@ impl HttpReader {
                 )
             })
         };
-        origin(url) == origin(&self.cfg().url)
+        origin(url) == origin(&self.cfg.url)
     }
 
     /// Fetch the page at `self.next`; returns its records and the position after it.
@@ -583,14 +773,14 @@ impl HttpReader {
                     return Err(Error::data(format!(
                         "{}: the response has no `{}` (it has: {keys}); check `records`",
                         shown(&url),
-                        self.cfg().records.clone().unwrap_or_default()
+                        self.cfg.records.clone().unwrap_or_default()
                     )));
                 }
                 Some(other) => {
                     return Err(Error::data(format!(
                         "{}: `{}` is {} in the response, not an array of records",
                         shown(&url),
-                        self.cfg().records.clone().unwrap_or_default(),
+                        self.cfg.records.clone().unwrap_or_default(),
                         kind(other)
                     )))
                 }
@@ -605,7 +795,7 @@ impl HttpReader {
             },
         };
         let n = records.len() as u64;
-        let after = match (&self.cfg().pagination, &next) {
+        let after = match (&self.cfg.pagination, &next) {
             (Pagination::None, _) => None,
             // Page and offset end at an empty page (APIs may cap the page size below ours,
             // so a short page proves nothing).
@@ -645,7 +835,7 @@ impl HttpReader {
                 return Err(Error::data(format!(
                     "{}: the API returned the same page twice; check the pagination parameters (is `{}` the API's name for it?)",
                     shown(&url),
-                    match &self.cfg().pagination {
+                    match &self.cfg.pagination {
                         Pagination::Page { param, .. } => param.clone(),
                         Pagination::Offset { offset_param, .. } => offset_param.clone(),
                         Pagination::Cursor { param, .. } => param.clone(),
@@ -667,7 +857,7 @@ impl HttpReader {
 
     /// Drop records already loaded (inclusive `since`) and track the highest cursor.
     fn filter_and_track(&mut self, records: Vec<Value>) -> Vec<Value> {
-        let Some(inc) = self.cfg().incremental.clone() else {
+        let Some(inc) = self.cfg.incremental.clone() else {
             return records;
         };
         let committed = self.state.cursor.clone();
@@ -708,73 +898,6 @@ impl HttpReader {
         }
         out
     }
-
-    /// Records → a batch of the schema: nested values become JSON text for JSON/string
-    /// columns; fields the schema lacks are dropped (once warned).
-    fn decode(&mut self, records: &[Value]) -> Result<RecordBatch> {
-        let schema = self.schema.clone().expect("schema");
-        let mut rows: Vec<Map<String, Value>> = Vec::with_capacity(records.len());
-        for r in records {
-            let Some(obj) = r.as_object() else {
-                return Err(Error::data(format!(
-                    "a record is {}, not a JSON object: {}",
-                    kind(r),
-                    secrets::scrub(&r.to_string().chars().take(100).collect::<String>())
-                )));
-            };
-            let mut row = Map::with_capacity(schema.fields().len());
-            for f in schema.fields() {
-                if let Some(v) = obj.get(f.name()) {
-                    let v = match (f.data_type(), v) {
-                        (
-                            DataType::Utf8 | DataType::LargeUtf8,
-                            Value::Object(_) | Value::Array(_),
-                        ) => Value::String(v.to_string()),
-                        _ => v.clone(),
-                    };
-                    row.insert(f.name().clone(), v);
-                }
-            }
-            for k in obj.keys() {
-                if schema.field_with_name(k).is_err() && self.warned_fields.insert(k.clone()) {
-                    tracing::warn!(field = %k, "the API sent a field that is not in the schema; it is left out (declare it in `schema`, or it is picked up by the next run's inference)");
-                }
-            }
-            rows.push(row);
-        }
-        let decode_schema = self.decode_schema.clone().expect("schema");
-        let mut decoder: Decoder = arrow::json::ReaderBuilder::new(decode_schema)
-            .with_batch_size(rows.len().max(1))
-            .with_coerce_primitive(true)
-            .build_decoder()?;
-        let misfit = |e: arrow::error::ArrowError| {
-            Error::data(format!(
-                "records do not fit the schema ({e}); the API changed a field's type — declare the column's type in `schema` or reset the state to re-infer"
-            ))
-        };
-        decoder.serialize(&rows).map_err(misfit)?;
-        let Some(batch) = decoder.flush().map_err(misfit)? else {
-            return Ok(RecordBatch::new_empty(schema));
-        };
-        let columns = batch
-            .columns()
-            .iter()
-            .zip(schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c.clone())
-                } else {
-                    let data = c
-                        .to_data()
-                        .into_builder()
-                        .data_type(f.data_type().clone())
-                        .build()?;
-                    Ok(arrow::array::make_array(data))
-                }
-            })
-            .collect::<std::result::Result<Vec<_>, arrow::error::ArrowError>>()?;
-        Ok(RecordBatch::try_new(schema, columns)?)
-    }
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -793,8 +916,9 @@ fn bearer(token: &str) -> Result<HeaderValue> {
 }
 
 fn header_value(v: &str) -> Result<HeaderValue> {
-    let mut h = HeaderValue::try_from(v)
-        .map_err(|_| Error::config("a credential contains characters a header cannot carry"))?;
+    let mut h = HeaderValue::try_from(v).map_err(|e| {
+        Error::config("a credential contains characters a header cannot carry").with_source(e)
+    })?;
     h.set_sensitive(true);
     Ok(h)
 }
@@ -843,143 +967,26 @@ fn resolve(base: &str, next: &str) -> String {
         .unwrap_or_else(|_| next.to_string())
 }
 
-impl Reader for HttpReader {
-    fn initialize(&mut self, config: &Value, ctx: &ReaderContext) -> Result<()> {
-        let cfg: HttpReaderConfig = from_config(config)?;
-        cfg.check()?;
-        if ctx.shard.count > 1 {
-            return Err(Error::config(
-                "the http reader cannot be sharded: an API's pages are one sequence; run it as one shard",
-            ));
-        }
-        match &cfg.auth {
-            Some(Auth::Bearer { token }) => secrets::register(token),
-            Some(Auth::Basic { password, .. }) => secrets::register(password),
-            Some(Auth::ApiKey { value, .. }) => {
-                secrets::register(value);
-                secrets::register(&urlencode(value));
-            }
-            Some(Auth::Oauth2 { client_secret, .. }) => secrets::register(client_secret),
-            None => {}
-        }
-        self.client = Some(
-            reqwest::Client::builder()
-                .timeout(cfg.timeout.0)
-                .user_agent(concat!("dativo/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| Error::internal(format!("HTTP client: {e}")))?,
-        );
-        self.records_path = cfg
-            .records
-            .as_deref()
-            .map(jsonpath::parse)
-            .transpose()
-            .map_err(Error::config)?;
-        self.next_path = match &cfg.pagination {
-            Pagination::Cursor { cursor_path: p, .. } | Pagination::NextUrl { next_path: p } => {
-                Some(jsonpath::parse(p).map_err(Error::config)?)
-            }
-            _ => None,
-        };
-        self.state = match &ctx.state {
-            Some(s) if cfg.incremental.is_some() || s.get("resume").is_some() => {
-                serde_json::from_value(s.clone()).map_err(|e| {
-                    Error::data(format!(
-                        "the stored state is not an http reader state ({e}); reset it with `dativo state reset`"
-                    ))
-                })?
-            }
-            _ => HttpState::default(),
-        };
-        if cfg.incremental.is_none() {
-            // Full refresh: resume an interrupted run only.
-            self.state.cursor = None;
-            self.state.keys_at_cursor.clear();
-        }
-        self.cfg = Some(cfg);
-        match self.state.resume.take() {
-            Some(r) => {
-                self.next = Some(r.next.clone());
-                self.delivered = Some(r.next);
-                self.max = r.max;
-                self.max_keys = r.max_keys.into_iter().collect();
-            }
-            None => {
-                self.next = Some(self.first());
-                self.delivered = self.next.clone();
-            }
-        }
-        let cols = match &self.cfg().schema {
-            Some(cols) => cols.clone(),
-            None => {
-                // Inference: look at pages until one has records (they are kept for reading).
-                let mut cols = Vec::new();
-                while let Some((records, after)) = self.fetch_page()? {
-                    let records = self.filter_and_track(records);
-                    if records.is_empty() && after.is_some() {
-                        self.buffered.push_back((records, after));
-                        continue;
-                    }
-                    cols = infer(&records);
-                    self.buffered.push_back((records, after));
-                    break;
-                }
-                if cols.is_empty() {
-                    cols = self.state.columns.clone();
-                }
-                cols
-            }
-        };
-        self.state.columns = if self.cfg().schema.is_some() {
-            Vec::new()
-        } else {
-            cols.clone()
-        };
-        let schema = if cols.is_empty() {
-            Arc::new(Schema::new(Vec::<Field>::new()))
-        } else {
-            to_schema(&cols)?
-        };
-        // arrow-json parses named time zones only with chrono-tz: decode UTC columns as
-        // "+00:00" (the same instants) and relabel them afterwards.
-        let utc = |tz: &str| matches!(tz, "UTC" | "Z" | "Etc/UTC" | "utc");
-        self.decode_schema = Some(Arc::new(Schema::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| match f.data_type() {
-                    DataType::Timestamp(u, Some(tz)) if utc(tz) => f
-                        .as_ref()
-                        .clone()
-                        .with_data_type(DataType::Timestamp(*u, Some("+00:00".into()))),
-                    _ => f.as_ref().clone(),
-                })
-                .collect::<Vec<Field>>(),
-        )));
-        self.schema = Some(schema);
-        Ok(())
+impl OpenReader for HttpReader {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn get_schema(&mut self) -> Result<SchemaRef> {
-        self.schema
-            .clone()
-            .ok_or_else(|| Error::internal("get_schema before initialize"))
-    }
-
-    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
-        let target = self.cfg().batch_size;
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let target = self.pager.cfg.batch_size;
         loop {
-            if self.finished {
+            let p = &mut self.pager;
+            if p.finished {
                 return Ok(None);
             }
             let mut records: Vec<Value> = Vec::new();
             let mut position: Option<Option<Next>> = None;
             loop {
-                let page = match self.buffered.pop_front() {
-                    Some(p) => Some(p),
-                    None => self
+                let page = match p.buffered.pop_front() {
+                    Some(page) => Some(page),
+                    None => p
                         .fetch_page()?
-                        .map(|(r, after)| (self.filter_and_track(r), after)),
+                        .map(|(r, after)| (p.filter_and_track(r), after)),
                 };
                 let Some((r, after)) = page else { break };
                 let end = after.is_none();
@@ -990,16 +997,16 @@ impl Reader for HttpReader {
                 }
             }
             let Some(position) = position else {
-                self.finished = true;
+                p.finished = true;
                 return Ok(None);
             };
-            self.finished = position.is_none();
-            self.delivered = position;
+            p.finished = position.is_none();
+            p.delivered = position;
             if records.is_empty() {
                 // Only already-loaded records on these pages: nothing to hand over.
                 continue;
             }
-            if self.schema.as_ref().is_some_and(|s| s.fields().is_empty()) {
+            if self.schema.fields().is_empty() {
                 let cols = infer(&records);
                 return Err(Error::schema(format!(
                     "records appeared after the schema was fixed as empty; declare `schema` (inferred here: {})",
@@ -1013,32 +1020,30 @@ impl Reader for HttpReader {
         }
     }
 
-    fn get_incremental_state(&mut self) -> Result<Option<Value>> {
-        let mut s = self.state.clone();
-        match &self.delivered {
-            Some(next) if !self.finished => {
+    fn state(&mut self) -> Result<Option<Value>> {
+        let p = &self.pager;
+        let mut s = p.state.clone();
+        match &p.delivered {
+            Some(next) if !p.finished => {
                 s.resume = Some(Resume {
                     next: next.clone(),
-                    max: self.max.clone(),
-                    max_keys: self.max_keys.iter().cloned().collect(),
+                    max: p.max.clone(),
+                    max_keys: p.max_keys.iter().cloned().collect(),
                 });
             }
             _ => {
                 s.resume = None;
-                if self.cfg().incremental.is_some() {
-                    if let Some(m) = &self.max {
-                        if s.cursor.as_ref().map(|c| cursor_cmp(m, c))
-                            != Some(std::cmp::Ordering::Less)
-                        {
-                            if s.cursor.as_ref().map(|c| cursor_cmp(m, c))
-                                == Some(std::cmp::Ordering::Equal)
-                            {
+                if p.cfg.incremental.is_some() {
+                    if let Some(m) = &p.max {
+                        let order = s.cursor.as_ref().map(|c| cursor_cmp(m, c));
+                        if order != Some(std::cmp::Ordering::Less) {
+                            if order == Some(std::cmp::Ordering::Equal) {
                                 let mut keys: BTreeSet<String> =
                                     s.keys_at_cursor.iter().cloned().collect();
-                                keys.extend(self.max_keys.iter().cloned());
+                                keys.extend(p.max_keys.iter().cloned());
                                 s.keys_at_cursor = keys.into_iter().collect();
                             } else {
-                                s.keys_at_cursor = self.max_keys.iter().cloned().collect();
+                                s.keys_at_cursor = p.max_keys.iter().cloned().collect();
                             }
                             s.cursor = Some(m.clone());
                         }
@@ -1048,11 +1053,11 @@ impl Reader for HttpReader {
         }
         Ok(Some(serde_json::to_value(s)?))
     }
+}
 
-    fn close(&mut self) -> Result<()> {
-        self.buffered.clear();
-        tracing::debug!(pages = self.pages, "http reader closed");
-        Ok(())
+impl Drop for HttpReader {
+    fn drop(&mut self) {
+        tracing::debug!(pages = self.pager.pages, "http reader closed");
     }
 }
 
