@@ -91,7 +91,7 @@ pub fn readers() -> Vec<BuiltinReader> {
             name: "adbc",
             summary: "any ADBC driver library (PostgreSQL, SQLite, FlightSQL, Snowflake…): a query's Arrow stream; cursor incremental",
             validate: adbc::AdbcReader::validate,
-            open: |c, ctx| open_reader(Box::new(adbc::AdbcReader::new()), c, ctx),
+            open: |c, ctx| Ok(Box::new(adbc::AdbcReader::open(c, ctx)?)),
         },
     ]
 }
@@ -120,7 +120,7 @@ pub fn writers() -> Vec<BuiltinWriter> {
             name: "adbc",
             summary: "any ADBC driver library: bulk ingest into a table, one transaction per commit with the state",
             validate: adbc::AdbcWriter::validate,
-            open: |c, ctx| open_writer(Box::new(adbc::AdbcWriter::new()), c, ctx),
+            open: |c, ctx| Ok(Box::new(adbc::AdbcWriter::open(c, ctx)?)),
             #[cfg(feature = "parquet")]
             encrypted_dataset: None,
         },

@@ -4,14 +4,17 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use dativo_core::secrets::Secret;
+
 /// `source.config` of the `adbc` reader.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdbcReaderConfig {
     /// Path of the ADBC driver shared library.
     pub driver: String,
-    /// The database URI (`postgresql://user@host/db`, `file:/path/db.sqlite`).
-    pub uri: String,
+    /// The database URI (`postgresql://user@host/db`, `file:/path/db.sqlite`); may hold a
+    /// password, so it is treated as a secret.
+    pub uri: Secret,
     /// Extra database options (`adbc.postgresql.batch_size_hint_bytes: "16777216"` …).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -32,8 +35,8 @@ pub struct AdbcReaderConfig {
 pub struct AdbcWriterConfig {
     /// Path of the ADBC driver shared library.
     pub driver: String,
-    /// The database URI.
-    pub uri: String,
+    /// The database URI; may hold a password, so it is treated as a secret.
+    pub uri: Secret,
     /// Extra database options.
     #[serde(default)]
     pub options: BTreeMap<String, String>,

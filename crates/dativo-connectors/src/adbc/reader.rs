@@ -6,30 +6,26 @@ use arrow::array::{Array, AsArray, RecordBatchReader};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use dativo_core::config::from_config;
-use dativo_core::{Error, Reader, ReaderContext, Result};
+use dativo_core::{Error, OpenReader, ReaderContext, Result};
 use serde_json::{json, Value};
 
 use super::{adbc_err, connect, quote_ident, quote_literal, AdbcReaderConfig};
 
-/// Reads a query's result through an ADBC driver.
-#[derive(Default)]
+/// Reads a query's result through an ADBC driver; opened ready by [`AdbcReader::open`].
 pub struct AdbcReader {
     // Drop order matters: the stream before the statement before the connection (the
     // PostgreSQL driver invalidates a stream whose statement is gone).
+    /// The result stream; `None` once it ended or failed.
     stream: Option<Box<dyn RecordBatchReader + Send>>,
-    stmt: Option<ManagedStatement>,
-    conn: Option<ManagedConnection>,
-    schema: Option<SchemaRef>,
+    _stmt: ManagedStatement,
+    _conn: ManagedConnection,
+    schema: SchemaRef,
+    /// The cursor column's index, when incremental.
     cursor_idx: Option<usize>,
     state: Option<Value>,
 }
 
 impl AdbcReader {
-    /// A new, uninitialized reader.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Check a config without I/O.
     pub fn validate(config: &Value) -> Result<()> {
         Self::config(config).map(|_| ())
@@ -118,8 +114,9 @@ fn literal(v: &Value) -> Result<String> {
     }
 }
 
-impl Reader for AdbcReader {
-    fn initialize(&mut self, config: &Value, ctx: &ReaderContext) -> Result<()> {
+impl AdbcReader {
+    /// Connect, run the query (from the state's cursor on) and know the result's schema.
+    pub fn open(config: &Value, ctx: &ReaderContext) -> Result<Self> {
         let c = Self::config(config)?;
         if ctx.shard.count > 1 {
             return Err(Error::config(
@@ -129,7 +126,7 @@ impl Reader for AdbcReader {
         let from = match (&c.query, &c.table) {
             (Some(q), _) => format!("({q}) AS dativo_q"),
             (_, Some(t)) => quote_ident(t),
-            _ => unreachable!("validated"),
+            (None, None) => return Err(Error::config("set exactly one of `query` or `table`")),
         };
         let sql = match &c.cursor {
             None => format!("SELECT * FROM {from}"),
@@ -149,7 +146,7 @@ impl Reader for AdbcReader {
                 }
             }
         };
-        let mut conn = connect(&c.driver, &c.uri, &c.options)?;
+        let mut conn = connect(&c.driver, c.uri.expose(), &c.options)?;
         let mut stmt = conn
             .new_statement()
             .map_err(|e| adbc_err("ADBC statement", e))?;
@@ -157,28 +154,31 @@ impl Reader for AdbcReader {
             .map_err(|e| adbc_err("ADBC query", e))?;
         let stream = stmt.execute().map_err(|e| adbc_err("ADBC query", e))?;
         let schema = stream.schema();
-        if let Some(cur) = &c.cursor {
-            let idx = schema.index_of(cur).map_err(|_| {
+        let cursor_idx = match &c.cursor {
+            Some(cur) => Some(schema.index_of(cur).map_err(|e| {
                 Error::config(format!("cursor column `{cur}` is not in the result"))
+                    .with_source(e)
                     .with_key_path("cursor")
-            })?;
-            self.cursor_idx = Some(idx);
-        }
-        self.state = ctx.state.clone();
-        self.schema = Some(schema);
-        self.stream = Some(stream);
-        self.stmt = Some(stmt);
-        self.conn = Some(conn);
-        Ok(())
+            })?),
+            None => None,
+        };
+        Ok(AdbcReader {
+            stream: Some(stream),
+            _stmt: stmt,
+            _conn: conn,
+            schema,
+            cursor_idx,
+            state: ctx.state.clone(),
+        })
+    }
+}
+
+impl OpenReader for AdbcReader {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn get_schema(&mut self) -> Result<SchemaRef> {
-        self.schema
-            .clone()
-            .ok_or_else(|| Error::internal("get_schema before initialize"))
-    }
-
-    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(None);
         };
@@ -191,13 +191,14 @@ impl Reader for AdbcReader {
                 // The driver keeps returning the same error: stop at the first one.
                 Some(Err(e)) => {
                     self.stream = None;
-                    return Err(match e {
+                    let err = match &e {
                         arrow::error::ArrowError::IoError(..)
                         | arrow::error::ArrowError::ExternalError(_) => {
-                            Error::connect(format!("ADBC stream: {e}"))
+                            Error::connect("ADBC stream")
                         }
-                        _ => Error::data(format!("ADBC stream: {e}")),
-                    });
+                        _ => Error::data("ADBC stream"),
+                    };
+                    return Err(err.with_source(e));
                 }
                 Some(Ok(b)) if b.num_rows() == 0 => continue,
                 Some(Ok(b)) => {
@@ -211,14 +212,7 @@ impl Reader for AdbcReader {
         }
     }
 
-    fn get_incremental_state(&mut self) -> Result<Option<Value>> {
+    fn state(&mut self) -> Result<Option<Value>> {
         Ok(self.state.clone())
-    }
-
-    fn close(&mut self) -> Result<()> {
-        self.stream = None;
-        self.stmt = None;
-        self.conn = None;
-        Ok(())
     }
 }

@@ -9,7 +9,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Schema};
 use arrow::record_batch::RecordBatch;
 use dativo_core::config::from_config;
-use dativo_core::{Commit, CommitReport, CommittedState, Error, Result, Writer, WriterContext};
+use dativo_core::{Commit, CommitReport, CommittedState, Error, OpenWriter, Result, WriterContext};
 use serde_json::Value;
 
 use super::{adbc_err, connect, quote_ident, quote_literal, AdbcWriterConfig};
@@ -22,11 +22,11 @@ fn split_table(table: &str) -> (Option<String>, String) {
     }
 }
 
-/// Appends batches to a table through an ADBC driver, one transaction per commit.
-#[derive(Default)]
+/// Appends batches to a table through an ADBC driver, one transaction per commit; opened
+/// ready by [`AdbcWriter::open`]. Dropping it rolls back what was not committed.
 pub struct AdbcWriter {
-    conn: Option<ManagedConnection>,
-    config: Option<AdbcWriterConfig>,
+    conn: ManagedConnection,
+    config: AdbcWriterConfig,
     /// The job key in the state table.
     key: String,
     /// The existing table's schema, to cast batches to its column types.
@@ -35,24 +35,41 @@ pub struct AdbcWriter {
 }
 
 impl AdbcWriter {
-    /// A new, uninitialized writer.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Check a config without I/O.
     pub fn validate(config: &Value) -> Result<()> {
         from_config::<AdbcWriterConfig>(config).map(|_| ())
     }
 
-    fn conn(&mut self) -> Result<&mut ManagedConnection> {
-        self.conn
-            .as_mut()
-            .ok_or_else(|| Error::internal("adbc writer used before initialize"))
+    /// Connect with autocommit off, create the state table if missing, and look up the
+    /// target table's schema (it is created from the first batch when missing).
+    pub fn open(config: &Value, ctx: &WriterContext) -> Result<Self> {
+        let c: AdbcWriterConfig = from_config(config)?;
+        let mut conn = connect(&c.driver, c.uri.expose(), &c.options)?;
+        conn.set_option(OptionConnection::AutoCommit, "false".into())
+            .map_err(|e| adbc_err("this ADBC driver cannot turn autocommit off (transactions are needed for exactly-once)", e))?;
+        let key = if ctx.shard.count > 1 {
+            format!("{}#{}/{}", ctx.job, ctx.shard.index, ctx.shard.count)
+        } else {
+            ctx.job.clone()
+        };
+        let st = quote_ident(&c.state_table);
+        let mut w = AdbcWriter {
+            conn,
+            config: c,
+            key,
+            table_schema: None,
+            rows: 0,
+        };
+        w.exec(&format!(
+            "CREATE TABLE IF NOT EXISTS {st} (job TEXT PRIMARY KEY, state TEXT, run_id TEXT, committed_at TEXT)"
+        ))?;
+        w.conn.commit().map_err(|e| adbc_err("ADBC commit", e))?;
+        w.table_schema = w.lookup_table();
+        Ok(w)
     }
 
     fn exec(&mut self, sql: &str) -> Result<()> {
-        let conn = self.conn()?;
+        let conn = &mut self.conn;
         let mut stmt = conn
             .new_statement()
             .map_err(|e| adbc_err("ADBC statement", e))?;
@@ -64,7 +81,7 @@ impl AdbcWriter {
     }
 
     fn query(&mut self, sql: &str) -> Result<Vec<RecordBatch>> {
-        let conn = self.conn()?;
+        let conn = &mut self.conn;
         let mut stmt = conn
             .new_statement()
             .map_err(|e| adbc_err("ADBC statement", e))?;
@@ -74,7 +91,7 @@ impl AdbcWriter {
         let mut out = Vec::new();
         // Drain while `stmt` is alive; stop at the first error (drivers repeat it forever).
         for b in stream {
-            out.push(b.map_err(|e| Error::data(format!("ADBC query: {e}")))?);
+            out.push(b.map_err(|e| Error::data("ADBC query").with_source(e))?);
         }
         drop(stmt);
         Ok(out)
@@ -82,21 +99,18 @@ impl AdbcWriter {
 
     /// The quoted state table and the quoted key of this job's row in it.
     fn state_row(&self) -> (String, String) {
-        let table = self
-            .config
-            .as_ref()
-            .map(|c| c.state_table.as_str())
-            .unwrap_or_default();
-        (quote_ident(table), quote_literal(&self.key))
+        (
+            quote_ident(&self.config.state_table),
+            quote_literal(&self.key),
+        )
     }
 
     /// The target table's schema, or `None` if it does not exist yet. Only called with no
     /// uncommitted data: a failed lookup is rolled back (PostgreSQL refuses every later
     /// statement of a transaction that had an error).
     fn lookup_table(&mut self) -> Option<Arc<Schema>> {
-        let table = self.config.as_ref()?.table.clone();
-        let (db_schema, name) = split_table(&table);
-        let conn = self.conn.as_mut()?;
+        let (db_schema, name) = split_table(&self.config.table);
+        let conn = &mut self.conn;
         match conn.get_table_schema(None, db_schema.as_deref(), &name) {
             Ok(s) => Some(Arc::new(s)),
             Err(_) => {
@@ -119,7 +133,7 @@ impl AdbcWriter {
                 return Err(Error::schema(format!(
                     "column `{}` is not in table `{}`: add it to the table or leave it out of the source",
                     f.name(),
-                    self.config.as_ref().map(|c| c.table.as_str()).unwrap_or("")
+                    self.config.table
                 )));
             };
             let both = |p: fn(&DataType) -> bool| p(f.data_type()) && p(target.data_type());
@@ -133,11 +147,12 @@ impl AdbcWriter {
                 let c = arrow::compute::cast_with_options(col, target.data_type(), &strict)
                     .map_err(|e| {
                         Error::schema(format!(
-                            "column `{}` ({}) cannot be stored as the table's {}: {e}",
+                            "column `{}` ({}) cannot be stored as the table's {}",
                             f.name(),
                             f.data_type(),
                             target.data_type()
                         ))
+                        .with_source(e)
                     })?;
                 fields.push(
                     f.as_ref()
@@ -151,46 +166,19 @@ impl AdbcWriter {
             }
         }
         RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
-            .map_err(|e| Error::internal(format!("conformed batch: {e}")))
+            .map_err(|e| Error::internal("conformed batch").with_source(e))
     }
 }
 
-impl Writer for AdbcWriter {
-    fn initialize(&mut self, config: &Value, ctx: &WriterContext) -> Result<()> {
-        let c: AdbcWriterConfig = from_config(config)?;
-        let mut conn = connect(&c.driver, &c.uri, &c.options)?;
-        conn.set_option(OptionConnection::AutoCommit, "false".into())
-            .map_err(|e| adbc_err("this ADBC driver cannot turn autocommit off (transactions are needed for exactly-once)", e))?;
-        self.key = if ctx.shard.count > 1 {
-            format!("{}#{}/{}", ctx.job, ctx.shard.index, ctx.shard.count)
-        } else {
-            ctx.job.clone()
-        };
-        let st = quote_ident(&c.state_table);
-        self.conn = Some(conn);
-        self.config = Some(c);
-        self.exec(&format!(
-            "CREATE TABLE IF NOT EXISTS {st} (job TEXT PRIMARY KEY, state TEXT, run_id TEXT, committed_at TEXT)"
-        ))?;
-        self.conn()?
-            .commit()
-            .map_err(|e| adbc_err("ADBC commit", e))?;
-        self.table_schema = self.lookup_table();
-        Ok(())
-    }
-
-    fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+impl OpenWriter for AdbcWriter {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
         let batch = self.conform(batch)?;
-        let table = self
-            .config
-            .as_ref()
-            .map(|c| c.table.clone())
-            .unwrap_or_default();
+        let table = self.config.table.clone();
         let created = self.table_schema.is_some();
-        let conn = self.conn()?;
+        let conn = &mut self.conn;
         let mut stmt = conn
             .new_statement()
             .map_err(|e| adbc_err("ADBC statement", e))?;
@@ -222,7 +210,7 @@ impl Writer for AdbcWriter {
         Ok(())
     }
 
-    fn finalize(&mut self, commit: &Commit) -> Result<CommitReport> {
+    fn commit(&mut self, commit: &Commit) -> Result<CommitReport> {
         let (st, key) = self.state_row();
         let state = match &commit.state {
             Some(s) => quote_literal(&s.to_string()),
@@ -234,9 +222,7 @@ impl Writer for AdbcWriter {
             "INSERT INTO {st} (job, state, run_id, committed_at) VALUES ({key}, {state}, {}, {now})",
             quote_literal(&commit.run_id)
         ))?;
-        self.conn()?
-            .commit()
-            .map_err(|e| adbc_err("ADBC commit", e))?;
+        self.conn.commit().map_err(|e| adbc_err("ADBC commit", e))?;
         let rows = std::mem::take(&mut self.rows);
         Ok(CommitReport {
             files: vec![],
@@ -248,17 +234,8 @@ impl Writer for AdbcWriter {
 
     fn abort(&mut self) -> Result<()> {
         self.rows = 0;
-        if let Some(conn) = self.conn.as_mut() {
-            // Nothing open is fine: some drivers refuse a rollback without a transaction.
-            let _ = conn.rollback();
-        }
-        Ok(())
-    }
-
-    fn close(&mut self) -> Result<()> {
-        if let Some(mut conn) = self.conn.take() {
-            let _ = conn.rollback();
-        }
+        // Nothing open is fine: some drivers refuse a rollback without a transaction.
+        let _ = self.conn.rollback();
         Ok(())
     }
 
@@ -280,7 +257,7 @@ impl Writer for AdbcWriter {
                 let state = text(b.column(0).as_ref(), 0)
                     .map(|s| serde_json::from_str::<Value>(&s))
                     .transpose()
-                    .map_err(|e| Error::data(format!("state table holds invalid JSON: {e}")))?;
+                    .map_err(|e| Error::data("state table holds invalid JSON").with_source(e))?;
                 let run_id = text(b.column(1).as_ref(), 0);
                 return Ok(Some(CommittedState { state, run_id }));
             }
@@ -289,5 +266,13 @@ impl Writer for AdbcWriter {
             state: None,
             run_id: None,
         }))
+    }
+}
+
+impl Drop for AdbcWriter {
+    fn drop(&mut self) {
+        // Uncommitted rows are discarded; a driver that refuses a rollback without an open
+        // transaction has nothing to discard.
+        let _ = self.conn.rollback();
     }
 }
