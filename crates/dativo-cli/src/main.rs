@@ -1,6 +1,5 @@
 //! The `dativo` command-line tool.
 
-mod builtin_adapter;
 mod crypto;
 mod deploy;
 mod output;
@@ -29,7 +28,10 @@ Examples:
 
 Exit codes:
   0 success   2 configuration   3 connection/auth   4 data/schema
-  5 plugin    6 storage (I/O)   7 transient (retries exhausted)   1 internal   130 cancelled";
+  5 plugin    6 storage (I/O)   7 transient (retries exhausted), or the job is already running
+  1 internal  130 cancelled
+
+With -v an error is shown with its causes, one per line.";
 
 /// dativo moves data from databases, files and APIs into a data lake (Parquet, Iceberg),
 /// exactly once, with readers and writers you can plug in.
@@ -57,7 +59,8 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
-    /// More log output (-v: debug, -vv: trace). `RUST_LOG` works too.
+    /// More log output (-v: debug, -vv: trace) and errors with their causes. `RUST_LOG` works
+    /// too.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
 
@@ -387,13 +390,18 @@ fn main() -> ExitCode {
     match dispatch(&cli) {
         Ok(code) => code,
         Err(e) => {
-            let msg = secrets::scrub(&e.to_string());
             if cli.log_format == LogFormat::Json {
-                let v =
-                    serde_json::json!({"status": "error", "kind": e.kind().as_str(), "error": msg});
+                let mut v = serde_json::json!({
+                    "status": "error",
+                    "kind": e.kind().as_str(),
+                    "error": secrets::scrub(&e.to_string()),
+                });
+                if cli.verbose > 0 {
+                    v["chain"] = output::error_text(&e, true).into();
+                }
                 eprintln!("{v}");
             } else {
-                eprintln!("error: {msg}");
+                eprintln!("error: {}", output::error_text(&e, cli.verbose > 0));
             }
             ExitCode::from(e.kind().exit_code() as u8)
         }
@@ -482,7 +490,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
                     Ok(j) => println!("ok: {} (job `{}`)", p.display(), j.name()),
                     Err(e) => {
                         first_failure.get_or_insert(e.kind());
-                        eprintln!("error: {}", secrets::scrub(&e.to_string()));
+                        eprintln!("error: {}", output::error_text(&e, cli.verbose > 0));
                     }
                 }
             }
@@ -537,7 +545,12 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
                 },
             )?;
             observer.finish();
-            output::print_summary(&job, &summary, cli.log_format == LogFormat::Json);
+            output::print_summary(
+                &job,
+                &summary,
+                cli.log_format == LogFormat::Json,
+                cli.verbose > 0,
+            );
             Ok(match (&summary.status, &summary.error) {
                 (RunStatus::Succeeded, _) => ExitCode::SUCCESS,
                 (_, Some(e)) => ExitCode::from(e.kind().exit_code() as u8),

@@ -202,8 +202,18 @@ fn abbreviate(s: &str, max: usize) -> String {
     }
 }
 
-/// The end-of-run summary on stdout.
-pub fn print_summary(job: &Job, s: &RunSummary, json: bool) {
+/// An error as the CLI shows it, redacted: its display, or with `-v` its whole cause chain
+/// ([`dativo_core::Error::chain`]), one cause per line.
+pub fn error_text(e: &dativo_core::Error, verbose: bool) -> String {
+    if verbose {
+        secrets::scrub(&e.chain())
+    } else {
+        secrets::scrub(&e.to_string())
+    }
+}
+
+/// The end-of-run summary on stdout; with `verbose`, an error's whole cause chain.
+pub fn print_summary(job: &Job, s: &RunSummary, json: bool, verbose: bool) {
     let output = output_location(job);
     if json {
         let v = serde_json::json!({
@@ -242,7 +252,10 @@ pub fn print_summary(job: &Job, s: &RunSummary, json: bool) {
         }
     );
     if let Some(e) = &s.error {
-        println!("  error    {}", secrets::scrub(&e.to_string()));
+        println!(
+            "  error    {}",
+            error_text(e, verbose).replace('\n', "\n           ")
+        );
         if s.commits > 0 {
             println!("  note     the {} commits made before the error stand; the next run resumes after them", s.commits);
         }

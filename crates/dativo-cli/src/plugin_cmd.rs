@@ -161,9 +161,9 @@ pub fn test(implementation: &str, config: Option<&str>, side: Option<Side>) -> R
                 Side::Reader,
                 format!("built-in reader '{}'", r.name),
                 Box::new(move || {
-                    Ok(Target::Reader(Box::new(
-                        crate::builtin_adapter::BuiltinReader::new(open),
-                    )))
+                    Ok(Target::Reader(Box::new(conformance::OpenedReader::new(
+                        std::sync::Arc::new(open),
+                    ))))
                 }),
             ));
         }
@@ -173,9 +173,9 @@ pub fn test(implementation: &str, config: Option<&str>, side: Option<Side>) -> R
                 Side::Writer,
                 format!("built-in writer '{}'", w.name),
                 Box::new(move || {
-                    Ok(Target::Writer(Box::new(
-                        crate::builtin_adapter::BuiltinWriter::new(open),
-                    )))
+                    Ok(Target::Writer(Box::new(conformance::OpenedWriter::new(
+                        std::sync::Arc::new(open),
+                    ))))
                 }),
             ));
         }

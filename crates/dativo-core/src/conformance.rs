@@ -1,6 +1,9 @@
 //! The conformance suite every reader and writer must pass — built-in or plugin, in any language.
 //! `dativo plugin test` runs it; connector tests call [`check_reader`] / [`check_writer`] directly.
 //!
+//! Plugins' five-method readers and writers go through [`check_reader`] / [`check_writer`];
+//! built-ins, which open ready, through [`check_open_reader`] / [`check_open_writer`].
+//!
 //! Reader checks: initialize and get_schema succeed; every batch matches the declared schema
 //! (names, types, nullability); the state is monotonic and, for incremental readers, a new
 //! instance started from a mid-stream state returns exactly the rest and one started from the
@@ -274,6 +277,19 @@ pub fn check_reader(make: &mut dyn FnMut() -> Result<Box<dyn Reader>>, config: &
     report
 }
 
+/// The cause a plugin host gives an error the implementation reported without a message (a
+/// C plugin's status code with `last_error` empty): the suite fails such errors.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoMessage;
+
+impl std::fmt::Display for NoMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no message")
+    }
+}
+
+impl std::error::Error for NoMessage {}
+
 /// An initialize with a config that is not a mapping must fail with a message, and close must
 /// still succeed.
 fn check_errors_surface(
@@ -286,7 +302,8 @@ fn check_errors_surface(
         Ok((Ok(()), _)) => report.pass(NAME, "accepted: this implementation ignores its config"),
         Ok((Err(e), closed)) => {
             let msg = e.to_string();
-            if msg.contains("no message") || msg.trim().is_empty() {
+            let no_message = std::error::Error::source(&e).is_some_and(|s| s.is::<NoMessage>());
+            if no_message || e.message().trim().is_empty() {
                 report.fail(NAME, format!("refused without a message: {msg}"));
             } else if let Err(c) = closed {
                 report.fail(NAME, format!("refused ({msg}), but close then failed: {c}"));
@@ -388,6 +405,119 @@ pub fn check_writer(make: &mut dyn FnMut() -> Result<Box<dyn Writer>>, config: &
     report
 }
 
+/// Opens a reader for one run: what a built-in's `open` is.
+pub type OpenReaderFn = dyn Fn(&Value, &ReaderContext) -> Result<Box<dyn OpenReader>> + Send + Sync;
+/// Opens a writer for one run: what a built-in's `open` is.
+pub type OpenWriterFn = dyn Fn(&Value, &WriterContext) -> Result<Box<dyn OpenWriter>> + Send + Sync;
+
+/// Run the reader suite against a reader that opens ready ([`OpenReader`], as built-ins do):
+/// the suite's `initialize` opens one with `open`, `close` closes it.
+///
+/// ```text
+/// let report = check_open_reader(|c, ctx| Ok(Box::new(FileReader::open(c, ctx)?) as _), &cfg);
+/// ```
+pub fn check_open_reader(
+    open: impl Fn(&Value, &ReaderContext) -> Result<Box<dyn OpenReader>> + Send + Sync + 'static,
+    config: &Value,
+) -> Report {
+    let open: Arc<OpenReaderFn> = Arc::new(open);
+    check_reader(
+        &mut || Ok(Box::new(OpenedReader::new(open.clone())) as Box<dyn Reader>),
+        config,
+    )
+}
+
+/// Run the writer suite against a writer that opens ready ([`OpenWriter`], as built-ins do):
+/// the suite's `initialize` opens one with `open`, `close` closes it.
+pub fn check_open_writer(
+    open: impl Fn(&Value, &WriterContext) -> Result<Box<dyn OpenWriter>> + Send + Sync + 'static,
+    config: &Value,
+) -> Report {
+    let open: Arc<OpenWriterFn> = Arc::new(open);
+    check_writer(
+        &mut || Ok(Box::new(OpenedWriter::new(open.clone())) as Box<dyn Writer>),
+        config,
+    )
+}
+
+fn not_open() -> Error {
+    Error::plugin("called before initialize succeeded")
+}
+
+/// An open-form reader behind the five-method interface the suite drives: `initialize` opens
+/// it, the other methods call the open object, or fail if none is open.
+pub struct OpenedReader {
+    open: Arc<OpenReaderFn>,
+    opened: Option<Box<dyn OpenReader>>,
+}
+
+impl OpenedReader {
+    /// Not yet opened; `initialize` opens it with `open`.
+    pub fn new(open: Arc<OpenReaderFn>) -> Self {
+        Self { open, opened: None }
+    }
+}
+
+impl Reader for OpenedReader {
+    fn initialize(&mut self, config: &Value, ctx: &ReaderContext) -> Result<()> {
+        self.opened = Some((self.open)(config, ctx)?);
+        Ok(())
+    }
+    fn get_schema(&mut self) -> Result<SchemaRef> {
+        self.opened
+            .as_ref()
+            .map(|r| r.schema())
+            .ok_or_else(not_open)
+    }
+    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
+        self.opened.as_mut().ok_or_else(not_open)?.next_batch()
+    }
+    fn get_incremental_state(&mut self) -> Result<Option<Value>> {
+        self.opened.as_mut().ok_or_else(not_open)?.state()
+    }
+    fn close(&mut self) -> Result<()> {
+        self.opened.take().map_or(Ok(()), |r| r.close())
+    }
+}
+
+/// An open-form writer behind the five-method interface the suite drives: `initialize` opens
+/// it, the other methods call the open object, or fail if none is open.
+pub struct OpenedWriter {
+    open: Arc<OpenWriterFn>,
+    opened: Option<Box<dyn OpenWriter>>,
+}
+
+impl OpenedWriter {
+    /// Not yet opened; `initialize` opens it with `open`.
+    pub fn new(open: Arc<OpenWriterFn>) -> Self {
+        Self { open, opened: None }
+    }
+}
+
+impl Writer for OpenedWriter {
+    fn initialize(&mut self, config: &Value, ctx: &WriterContext) -> Result<()> {
+        self.opened = Some((self.open)(config, ctx)?);
+        Ok(())
+    }
+    fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.opened.as_mut().ok_or_else(not_open)?.write(batch)
+    }
+    fn finalize(&mut self, commit: &Commit) -> Result<CommitReport> {
+        self.opened.as_mut().ok_or_else(not_open)?.commit(commit)
+    }
+    fn abort(&mut self) -> Result<()> {
+        self.opened.as_mut().map_or(Ok(()), |w| w.abort())
+    }
+    fn close(&mut self) -> Result<()> {
+        self.opened.take().map_or(Ok(()), |w| w.close())
+    }
+    fn committed_state(&mut self) -> Result<Option<CommittedState>> {
+        self.opened
+            .as_mut()
+            .map_or(Ok(None), |w| w.committed_state())
+    }
+}
+
 /// The Arrow types every built-in connector supports end to end.
 pub fn sample_schema() -> SchemaRef {
     let f = |n: &str, t: DataType| Field::new(n, t, true);
@@ -469,4 +599,75 @@ pub fn sample_batch() -> RecordBatch {
         Arc::new(ints.finish()),
     ];
     RecordBatch::try_new(sample_schema(), columns).expect("sample batch matches its schema")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An open-form writer keeping its committed state in memory; `lie` misreports rows.
+    struct MemWriter {
+        pending: u64,
+        committed: Option<CommittedState>,
+        lie: bool,
+    }
+
+    impl OpenWriter for MemWriter {
+        fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+            self.pending += batch.num_rows() as u64;
+            Ok(())
+        }
+        fn commit(&mut self, commit: &Commit) -> Result<CommitReport> {
+            let rows = std::mem::take(&mut self.pending) + u64::from(self.lie);
+            self.committed = Some(CommittedState {
+                state: commit.state.clone(),
+                run_id: Some(commit.run_id.clone()),
+            });
+            Ok(CommitReport {
+                rows,
+                ..CommitReport::default()
+            })
+        }
+        fn abort(&mut self) -> Result<()> {
+            self.pending = 0;
+            Ok(())
+        }
+        fn committed_state(&mut self) -> Result<Option<CommittedState>> {
+            Ok(self.committed.clone())
+        }
+    }
+
+    fn open_mem(lie: bool) -> impl Fn(&Value, &WriterContext) -> Result<Box<dyn OpenWriter>> {
+        move |config, _| {
+            if !config.is_object() {
+                return Err(Error::config("config must be a mapping"));
+            }
+            Ok(Box::new(MemWriter {
+                pending: 0,
+                committed: None,
+                lie,
+            }))
+        }
+    }
+
+    #[test]
+    fn open_form_writers_run_the_writer_suite() {
+        let report = check_open_writer(open_mem(false), &json!({}));
+        assert!(report.passed(), "{report:?}");
+        let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+        assert!(
+            names.contains(&"write_batch (every type, with nulls)"),
+            "{names:?}"
+        );
+        assert!(
+            names.iter().any(|n| n.starts_with("errors surface")),
+            "{names:?}"
+        );
+        let report = check_open_writer(open_mem(true), &json!({}));
+        let err = report.into_result().unwrap_err().to_string();
+        assert!(
+            err.contains("finalize: reported 4 rows, 3 were written"),
+            "{err}"
+        );
+    }
 }

@@ -46,7 +46,7 @@ impl ErrorKind {
     /// | 4 | data or schema error |
     /// | 5 | plugin error |
     /// | 6 | storage (I/O) error |
-    /// | 7 | transient error that outlived its retries |
+    /// | 7 | transient error or commit conflict that outlived its retries; the job is busy (another run holds it) |
     /// | 130 | cancelled |
     pub fn exit_code(self) -> i32 {
         match self {
@@ -223,28 +223,42 @@ impl Error {
         self.kind == ErrorKind::Busy
     }
 
-    /// This error and its causes, outermost first, one per line: what `-v` prints.
+    /// This error and its causes, outermost first, one per line: what `-v` prints. Each line
+    /// is one error's own text (a dativo error's context and message; another error's display),
+    /// so a cause that [`Display`](fmt::Display) folds into the first line is not repeated.
     pub fn chain(&self) -> String {
-        let mut out = self.to_string();
+        let mut out = self.head();
         let mut next = std::error::Error::source(self);
         while let Some(cause) = next {
             out.push_str("\n  caused by: ");
-            out.push_str(&cause.to_string());
+            match cause.downcast_ref::<Error>() {
+                Some(e) => out.push_str(&e.head()),
+                None => out.push_str(&cause.to_string()),
+            }
             next = cause.source();
         }
+        out
+    }
+
+    /// Context, key path and message, without the source.
+    fn head(&self) -> String {
+        let mut out = String::new();
+        for c in self.context.iter().rev() {
+            out.push_str(c);
+            out.push_str(": ");
+        }
+        if let Some(path) = &self.key_path {
+            out.push_str(path);
+            out.push_str(": ");
+        }
+        out.push_str(&self.message);
         out
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in self.context.iter().rev() {
-            write!(f, "{c}: ")?;
-        }
-        if let Some(path) = &self.key_path {
-            write!(f, "{path}: ")?;
-        }
-        f.write_str(&self.message)?;
+        f.write_str(&self.head())?;
         if let Some(source) = &self.source {
             let s = source.to_string();
             if !s.is_empty() && !self.message.contains(&s) {
@@ -314,5 +328,31 @@ mod tests {
         assert!(!e.is_retryable());
         assert!(Error::connect("x").is_retryable());
         assert_eq!(Error::config("x").kind().exit_code(), 2);
+    }
+
+    #[test]
+    fn kinds_of_concurrent_runs() {
+        let busy = Error::busy("job `j` is already running");
+        assert!(busy.is_busy() && !busy.is_retryable());
+        assert_eq!(busy.kind().exit_code(), 7);
+        let conflict = Error::conflict("another commit won");
+        assert!(!conflict.is_busy() && conflict.is_retryable());
+        assert_eq!(conflict.kind().exit_code(), 7);
+    }
+
+    #[test]
+    fn the_chain_lists_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let inner = Error::io("cannot write").with_source(io).context("file a");
+        let outer = Error::internal("run failed").with_source(inner);
+        assert_eq!(
+            outer.chain(),
+            "run failed\n  caused by: file a: cannot write\n  caused by: denied"
+        );
+        // Display folds the direct cause in once.
+        assert_eq!(
+            outer.to_string(),
+            "run failed: file a: cannot write: denied"
+        );
     }
 }

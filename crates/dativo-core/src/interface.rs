@@ -1,4 +1,4 @@
-//! The contract with reader and writer authors (DESIGN.md §2). The same five reader methods and
+//! The contract with reader and writer authors (docs/plugins.md). The same five reader methods and
 //! the same writer methods exist in every plugin language; this is the Rust form.
 //!
 //! # Lifecycle
@@ -303,7 +303,7 @@ pub fn open_reader(
         })),
         Err(e) => {
             if let Err(close) = reader.close() {
-                tracing_free_warn("reader", &close);
+                tracing_free_warn("closing the reader after it failed to open", &close);
             }
             Err(e)
         }
@@ -323,18 +323,19 @@ pub fn open_writer(
         })),
         Err(e) => {
             if let Err(close) = writer.close() {
-                tracing_free_warn("writer", &close);
+                tracing_free_warn("closing the writer after it failed to open", &close);
             }
             Err(e)
         }
     }
 }
 
-/// dativo-core has no logging dependency: a close failure after a failed open goes to stderr
-/// through the error's (redacted) display, as the CLI's own messages do.
-fn tracing_free_warn(what: &str, e: &crate::Error) {
+/// dativo-core has no logging dependency: a close failure nobody else can report (after a
+/// failed open, or on drop) goes to stderr through the error's (redacted) display, as the
+/// CLI's own messages do.
+fn tracing_free_warn(doing: &str, e: &crate::Error) {
     eprintln!(
-        "warning: closing the {what} after it failed to open: {}",
+        "warning: {doing}: {}",
         crate::secrets::scrub(&e.to_string())
     );
 }
@@ -379,7 +380,7 @@ impl Drop for AdaptedReader {
         // Still here: dropped without `close` (an error path or a cancellation).
         if let Some(mut r) = self.inner.take() {
             if let Err(e) = r.close() {
-                tracing_free_warn("reader", &e);
+                tracing_free_warn("closing the reader", &e);
             }
         }
     }
@@ -422,8 +423,148 @@ impl Drop for AdaptedWriter {
     fn drop(&mut self) {
         if let Some(mut w) = self.inner.take() {
             if let Err(e) = w.close() {
-                tracing_free_warn("writer", &e);
+                tracing_free_warn("closing the writer", &e);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Counts `close` calls; fails `initialize` when told to.
+    struct Counting {
+        closes: Arc<AtomicUsize>,
+        fail_init: bool,
+        left: usize,
+    }
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]))
+    }
+
+    impl Reader for Counting {
+        fn initialize(&mut self, _: &Value, _: &ReaderContext) -> Result<()> {
+            if self.fail_init {
+                return Err(Error::config("bad config"));
+            }
+            Ok(())
+        }
+        fn get_schema(&mut self) -> Result<SchemaRef> {
+            Ok(schema())
+        }
+        fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
+            if self.left == 0 {
+                return Ok(None);
+            }
+            self.left -= 1;
+            Ok(Some(RecordBatch::try_new(
+                schema(),
+                vec![Arc::new(Int64Array::from(vec![1, 2]))],
+            )?))
+        }
+        fn get_incremental_state(&mut self) -> Result<Option<Value>> {
+            Ok(Some(Value::from(self.left)))
+        }
+        fn close(&mut self) -> Result<()> {
+            self.closes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    impl Writer for Counting {
+        fn initialize(&mut self, _: &Value, _: &WriterContext) -> Result<()> {
+            if self.fail_init {
+                return Err(Error::config("bad config"));
+            }
+            Ok(())
+        }
+        fn write_batch(&mut self, _: &RecordBatch) -> Result<()> {
+            Ok(())
+        }
+        fn finalize(&mut self, _: &Commit) -> Result<CommitReport> {
+            Ok(CommitReport::default())
+        }
+        fn abort(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn close(&mut self) -> Result<()> {
+            self.closes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn counting(fail_init: bool) -> (Arc<AtomicUsize>, Box<Counting>) {
+        let closes = Arc::new(AtomicUsize::new(0));
+        let c = Box::new(Counting {
+            closes: closes.clone(),
+            fail_init,
+            left: 2,
+        });
+        (closes, c)
+    }
+
+    fn rctx() -> ReaderContext {
+        ReaderContext {
+            job: "j".into(),
+            stream: "j".into(),
+            run_id: "r".into(),
+            state: None,
+            shard: Shard::default(),
+        }
+    }
+
+    fn wctx() -> WriterContext {
+        WriterContext {
+            job: "j".into(),
+            stream: "j".into(),
+            run_id: "r".into(),
+            schema: schema(),
+            shard: Shard::default(),
+        }
+    }
+
+    #[test]
+    fn an_adapted_reader_is_closed_exactly_once() {
+        // Closed explicitly: not again on drop.
+        let (closes, r) = counting(false);
+        let mut opened = open_reader(r, &Value::Null, &rctx()).unwrap();
+        assert_eq!(opened.schema(), schema());
+        assert_eq!(opened.next_batch().unwrap().unwrap().num_rows(), 2);
+        assert_eq!(opened.state().unwrap(), Some(Value::from(1)));
+        assert_eq!(closes.load(Ordering::SeqCst), 0);
+        opened.close().unwrap();
+        assert_eq!(closes.load(Ordering::SeqCst), 1);
+        // Dropped without close (an error path): closed by the drop.
+        let (closes, r) = counting(false);
+        drop(open_reader(r, &Value::Null, &rctx()).unwrap());
+        assert_eq!(closes.load(Ordering::SeqCst), 1);
+        // A failed open closes what was half-opened, once.
+        let (closes, r) = counting(true);
+        let e = open_reader(r, &Value::Null, &rctx()).err().unwrap();
+        assert_eq!(e.kind(), crate::ErrorKind::Config);
+        assert_eq!(closes.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn an_adapted_writer_is_closed_exactly_once() {
+        let (closes, w) = counting(false);
+        let opened = open_writer(w, &Value::Null, &wctx()).unwrap();
+        opened.close().unwrap();
+        assert_eq!(closes.load(Ordering::SeqCst), 1);
+        let (closes, w) = counting(false);
+        let mut opened = open_writer(w, &Value::Null, &wctx()).unwrap();
+        opened.abort().unwrap();
+        drop(opened);
+        assert_eq!(closes.load(Ordering::SeqCst), 1);
+        let (closes, w) = counting(true);
+        assert!(open_writer(w, &Value::Null, &wctx()).is_err());
+        assert_eq!(closes.load(Ordering::SeqCst), 1);
     }
 }
