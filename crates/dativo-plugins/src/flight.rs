@@ -79,21 +79,27 @@ pub struct FlightEndpoint {
     process: Mutex<Option<Child>>,
 }
 
-/// SIGTERM the server's process group, then SIGKILL it after a grace period.
-fn stop_group(c: &mut Child) {
+/// SIGTERM the server's process group, then SIGKILL what is left of it once the server has
+/// exited or after a grace period.
+fn stop_group(mut c: Child) {
     let pgid = c.id() as i32;
     // SAFETY: kill(2) on the process group we created for the child.
     unsafe { libc::kill(-pgid, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = c.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let (exited_tx, exited) = std::sync::mpsc::channel::<()>();
+    let reaper = std::thread::Builder::new()
+        .name("dativo-flight-reaper".into())
+        .spawn(move || {
+            let _ = c.wait();
+            let _ = exited_tx.send(());
+        });
+    if reaper.is_ok() {
+        let _ = exited.recv_timeout(Duration::from_secs(5));
     }
     // SAFETY: as above; whatever of the group is left.
     unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    let _ = c.wait();
+    if reaper.is_ok() {
+        let _ = exited.recv();
+    }
 }
 
 fn status_error(what: &str, s: tonic::Status) -> Error {
@@ -243,7 +249,7 @@ impl FlightEndpoint {
                 break;
             }
             if Instant::now() > deadline {
-                stop_group(&mut child);
+                stop_group(child);
                 return Err(Error::connect(format!(
                     "the plugin server `{}` did not listen on {} within 30s",
                     self.command.join(" "),

@@ -24,7 +24,7 @@ use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use dativo_core::conformance::check_batch_schema;
+use dativo_core::conformance::{check_batch_schema, NoMessage};
 use dativo_core::{
     Commit, CommitReport, CommittedState, Error, ErrorKind, Reader, ReaderContext, Result, Writer,
     WriterContext,
@@ -376,8 +376,10 @@ impl NativeLibrary {
         // SAFETY: a NUL-terminated name valid for the call (ABI rule).
         let h = unsafe { new(c.as_ptr()) };
         if h.is_null() {
-            let msg = self.last_error().unwrap_or_else(|| "no message".into());
-            return Err(Error::new(self.last_error_kind(), msg));
+            return Err(match self.last_error() {
+                Some(msg) => Error::new(self.last_error_kind(), msg),
+                None => Error::new(self.last_error_kind(), "no message").with_source(NoMessage),
+            });
         }
         // SAFETY: a live, never initialized handle, freed once (ABI rules).
         unsafe { free(h) };
@@ -488,13 +490,15 @@ impl Instance {
             return Ok(());
         }
         let (kind, prefix) = kind_for(rc);
-        let msg = self
-            .lib
-            .last_error()
-            .filter(|m| !m.trim().is_empty())
-            .unwrap_or_else(|| format!("failed with status {rc} and no message"));
         // The runner prefixes the label (`plugin 'x' reader 'y'`); the method says where.
-        Err(Error::new(kind, format!("{method}: {prefix}{msg}")))
+        match self.lib.last_error().filter(|m| !m.trim().is_empty()) {
+            Some(msg) => Err(Error::new(kind, format!("{method}: {prefix}{msg}"))),
+            None => Err(Error::new(
+                kind,
+                format!("{method}: {prefix}failed with status {rc} and no message"),
+            )
+            .with_source(NoMessage)),
+        }
     }
 
     fn handle(&self, method: &str) -> Result<Handle> {
@@ -513,11 +517,11 @@ impl Instance {
         // SAFETY: a NUL-terminated name valid for the call (ABI rule).
         let h = unsafe { new(name.as_ptr()) };
         if h.is_null() {
-            let msg = self.lib.last_error().unwrap_or_else(|| "no message".into());
-            return Err(Error::new(
-                self.lib.last_error_kind(),
-                format!("cannot create: {msg}"),
-            ));
+            let kind = self.lib.last_error_kind();
+            return Err(match self.lib.last_error() {
+                Some(msg) => Error::new(kind, format!("cannot create: {msg}")),
+                None => Error::new(kind, "cannot create: no message").with_source(NoMessage),
+            });
         }
         self.handle = h;
         Ok(())
@@ -619,7 +623,10 @@ impl Reader for NativeReader {
             ))
         };
         let ffi_schema = if schema_released(&batch_schema) {
-            self.declared.as_ref().expect("set by get_schema")
+            // Set by get_schema above, with `schema`.
+            self.declared
+                .as_ref()
+                .ok_or_else(|| Error::internal("read_batch without a declared schema"))?
         } else {
             &batch_schema
         };

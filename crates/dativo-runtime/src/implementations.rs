@@ -112,22 +112,51 @@ fn check_batch_size(job: &Job) -> Result<()> {
         .map_err(|e| job.locate("source.config", e))
 }
 
-/// A name that is not built in may be a pip-installed plugin: an entry point in the
-/// `dativo.readers` / `dativo.writers` group. `Ok(None)` when there is none (or no bridge).
-fn entry_point(
-    job: &Job,
-    name: &str,
-    side: Side,
-    key: &str,
-) -> Result<Option<dativo_plugins::Resolved>> {
+/// Whether a name that is not built in is a pip-installed plugin.
+enum EntryPoint {
+    /// An entry point in the `dativo.readers` / `dativo.writers` group, resolved.
+    Found(dativo_plugins::Resolved),
+    /// None: there is no Python bridge (`None`), or the bridge could not resolve one — there
+    /// is none, or it failed to load. Either way the name is unknown; the bridge's error says
+    /// which and becomes the cause of the "unknown reader" error.
+    NotFound(Option<dativo_core::Error>),
+}
+
+/// Look `name` up as an installed plugin's entry point (see [`EntryPoint`]).
+fn entry_point(job: &Job, name: &str, side: Side) -> Result<EntryPoint> {
     if dativo_plugins::python_bridge().is_err() {
-        return Ok(None);
+        return Ok(EntryPoint::NotFound(None));
     }
     python_env(job)?;
-    match dativo_plugins::python(&format!("entrypoint:{name}"), side) {
-        Ok(r) => Ok(Some(r)),
-        Err(e) if e.message().contains("no entry point") => Ok(None),
-        Err(e) => Err(job.error_at(key, e.message())),
+    Ok(
+        match dativo_plugins::python(&format!("entrypoint:{name}"), side) {
+            Ok(r) => EntryPoint::Found(r),
+            Err(e) => EntryPoint::NotFound(Some(e)),
+        },
+    )
+}
+
+/// "unknown reader `x`: built-in readers are …", at `key`, with why no installed plugin
+/// provides it either (if there is a Python bridge to ask) as its cause.
+fn unknown(
+    job: &Job,
+    key: &str,
+    side: Side,
+    name: &str,
+    known: &[&str],
+    not_installed: Option<dativo_core::Error>,
+) -> dativo_core::Error {
+    let what = side.as_str();
+    let e = job.error_at(
+        key,
+        &format!(
+            "unknown {what} `{name}`: built-in {what}s are {}",
+            known.join(", ")
+        ),
+    );
+    match not_installed {
+        Some(cause) => e.with_source(cause),
+        None => e,
     }
 }
 
@@ -137,23 +166,26 @@ pub fn reader_for(job: &Job) -> Result<ReaderFactory> {
     match &src.reader {
         Implementation::Builtin(name) => {
             let Some(b) = dativo_connectors::reader(name) else {
-                if let Some(r) = entry_point(job, name, Side::Reader, "source.reader")? {
-                    return Ok(ReaderFactory {
+                return match entry_point(job, name, Side::Reader)? {
+                    EntryPoint::Found(r) => Ok(ReaderFactory {
                         label: r.label.clone(),
                         open: Box::new(move |c, ctx| open_reader(r.reader(), c, ctx)),
-                    });
-                }
-                let known: Vec<&str> = dativo_connectors::readers()
-                    .iter()
-                    .map(|r| r.name)
-                    .collect();
-                return Err(job.error_at(
-                    "source.reader",
-                    &format!(
-                        "unknown reader `{name}`: built-in readers are {}",
-                        known.join(", ")
-                    ),
-                ));
+                    }),
+                    EntryPoint::NotFound(why) => {
+                        let known: Vec<&str> = dativo_connectors::readers()
+                            .iter()
+                            .map(|r| r.name)
+                            .collect();
+                        Err(unknown(
+                            job,
+                            "source.reader",
+                            Side::Reader,
+                            name,
+                            &known,
+                            why,
+                        ))
+                    }
+                };
             };
             (b.validate)(&src.config).map_err(|e| job.locate("source.config", e))?;
             check_batch_size(job)?;
@@ -178,23 +210,26 @@ pub fn writer_for(job: &Job) -> Result<WriterFactory> {
     match &tgt.writer {
         Implementation::Builtin(name) => {
             let Some(b) = dativo_connectors::writer(name) else {
-                if let Some(w) = entry_point(job, name, Side::Writer, "target.writer")? {
-                    return Ok(WriterFactory {
+                return match entry_point(job, name, Side::Writer)? {
+                    EntryPoint::Found(w) => Ok(WriterFactory {
                         label: w.label.clone(),
                         open: Box::new(move |c, ctx| open_writer(w.writer(), c, ctx)),
-                    });
-                }
-                let known: Vec<&str> = dativo_connectors::writers()
-                    .iter()
-                    .map(|w| w.name)
-                    .collect();
-                return Err(job.error_at(
-                    "target.writer",
-                    &format!(
-                        "unknown writer `{name}`: built-in writers are {}",
-                        known.join(", ")
-                    ),
-                ));
+                    }),
+                    EntryPoint::NotFound(why) => {
+                        let known: Vec<&str> = dativo_connectors::writers()
+                            .iter()
+                            .map(|w| w.name)
+                            .collect();
+                        Err(unknown(
+                            job,
+                            "target.writer",
+                            Side::Writer,
+                            name,
+                            &known,
+                            why,
+                        ))
+                    }
+                };
             };
             (b.validate)(&tgt.config).map_err(|e| job.locate("target.config", e))?;
             Ok(WriterFactory {
@@ -250,9 +285,4 @@ pub fn validate_without_loading(job: &Job) -> Result<()> {
         writer_for(job)?;
     }
     Ok(())
-}
-
-/// The reader config as passed to implementations.
-pub fn reader_config(job: &Job) -> &Value {
-    &job.config.source.config
 }

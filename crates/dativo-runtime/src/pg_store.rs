@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 use dativo_core::{secrets, Error, Result};
 use dativo_pg::{connect_url, runtime};
 
-use crate::state_store::{now, JobLock, RunRecord, RunStatus, StoredState, BUSY};
+use crate::state_store::{now, JobLock, RunRecord, RunStatus, StoredState};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS dativo_job_state (
@@ -103,10 +103,9 @@ impl PgStore {
             .map_err(err)?
             .get(0);
         let busy = |who: &str| {
-            Error::transient(format!(
-                "job `{job}` {BUSY} ({who}; another dativo process holds its lock in the PostgreSQL state store)"
+            Error::busy(format!(
+                "job `{job}` is already running ({who}; another dativo process holds its lock in the PostgreSQL state store)"
             ))
-            .with_retryable(false)
         };
         if !got {
             return Err(busy(if sharded {
@@ -151,7 +150,9 @@ impl PgStore {
             let state = state
                 .map(|s| serde_json::from_str(&s))
                 .transpose()
-                .map_err(|e| Error::data(format!("stored state of `{job}` is corrupt: {e}")))?;
+                .map_err(|e| {
+                    Error::data(format!("stored state of `{job}` is corrupt: {e}")).with_source(e)
+                })?;
             Ok(StoredState {
                 state,
                 run_id: r.get(1),

@@ -1,4 +1,4 @@
-//! The runner: one run of one job, with the commit protocol of DESIGN.md §3.
+//! The runner: one run of one job, with the commit protocol of docs/commit-protocol.md.
 //!
 //! ```text
 //! lock job ─► attempt 1..=retry.attempts:
@@ -13,13 +13,13 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use crossbeam_channel::{bounded, RecvTimeoutError};
+use crossbeam_channel::{after, bounded, never, select, Receiver, RecvTimeoutError, Sender};
 use rand::Rng;
 use serde_json::Value;
 
@@ -34,21 +34,82 @@ use crate::implementations::{self, ReaderFactory, WriterFactory};
 use crate::state_store::{RunStatus, StateStore};
 
 /// Cancels a run from another thread (signal handler, API).
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
+///
+/// Cancelling is a one-way switch that wakes every waiter at once: the runner's writer loop
+/// selects on it with its batch channel, retry back-off waits on it with a timeout
+/// ([`CancelToken::wait_timeout`]), and the reader thread checks it between batches.
+#[derive(Clone)]
+pub struct CancelToken(Arc<CancelInner>);
+
+struct CancelInner {
+    cancelled: AtomicBool,
+    /// Dropped on cancel: every receiver then sees the channel disconnected. Nothing is ever
+    /// sent on it.
+    trigger: Mutex<Option<Sender<Never>>>,
+    signal: Receiver<Never>,
+}
+
+/// The message type of the cancel channel: none is ever sent.
+enum Never {}
+
+impl Default for CancelToken {
+    fn default() -> Self {
+        let (tx, rx) = bounded::<Never>(0);
+        CancelToken(Arc::new(CancelInner {
+            cancelled: AtomicBool::new(false),
+            trigger: Mutex::new(Some(tx)),
+            signal: rx,
+        }))
+    }
+}
+
+impl std::fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelToken")
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
 
 impl CancelToken {
     /// A token that is not cancelled.
     pub fn new() -> Self {
         Self::default()
     }
-    /// Request cancellation.
+
+    /// Request cancellation; wakes everything waiting on the token.
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.cancelled.store(true, Ordering::SeqCst);
+        self.0
+            .trigger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
+
     /// Whether cancellation was requested.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Wait until cancelled or `timeout` has passed; whether it was cancelled.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        match self.0.signal.recv_timeout(timeout) {
+            Ok(never) => match never {},
+            Err(RecvTimeoutError::Disconnected) => true,
+            Err(RecvTimeoutError::Timeout) => self.is_cancelled(),
+        }
+    }
+
+    /// Wait until cancelled.
+    pub fn wait(&self) {
+        let _ = self.0.signal.recv();
+    }
+
+    /// A channel that becomes ready (disconnected) when the token is cancelled, for
+    /// `crossbeam_channel::select!`.
+    fn receiver(&self) -> &Receiver<Never> {
+        &self.0.signal
     }
 }
 
@@ -206,7 +267,7 @@ pub fn run(job: &Job, store: &StateStore, opts: &RunOptions<'_>) -> Result<RunSu
                     error: &e,
                     delay,
                 });
-                if sleep_unless_cancelled(delay, &opts.cancel) {
+                if opts.cancel.wait_timeout(delay) {
                     break Some(Error::cancelled("cancelled while waiting to retry"));
                 }
             }
@@ -241,18 +302,6 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     let cap = exp.min(max);
     let half = cap / 2;
     half + rand::rng().random_range(Duration::ZERO..=half)
-}
-
-/// Sleep `d`; returns true if cancelled meanwhile.
-fn sleep_unless_cancelled(d: Duration, cancel: &CancelToken) -> bool {
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        if cancel.is_cancelled() {
-            return true;
-        }
-        thread::sleep((end - Instant::now()).min(Duration::from_millis(100)));
-    }
-    cancel.is_cancelled()
 }
 
 struct Attempt<'a> {
@@ -316,6 +365,8 @@ impl Attempt<'_> {
         });
         let rcfg = &job.config.source.config;
         let wcfg = &job.config.target.config;
+        // Opened objects release what they hold when dropped: every early return below closes
+        // whatever is open at that point.
         let (mut reader, mut schema) = open_reader(
             self.rf,
             rcfg,
@@ -329,23 +380,15 @@ impl Attempt<'_> {
             schema: schema.clone(),
             shard,
         };
-        let mut writer = match open_writer(self.wf, wcfg, &wctx(&schema)) {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = reader.close();
-                return Err(e);
-            }
-        };
+        let mut writer = open_writer(self.wf, wcfg, &wctx(&schema))?;
         // Recovery: the target's own record of what it committed wins over the state store.
         let mut start_state = stored.clone();
-        let recovered = match writer.committed_state() {
-            Ok(Some(c)) if c.state != stored && committed_after(&c, reset_at.as_deref()) => Some(c),
-            Ok(_) => None,
-            Err(e) => {
-                let _ = reader.close();
-                let _ = writer.close();
-                return Err(e.context(format!("{}: committed_state", self.wf.label)));
-            }
+        let recovered = match writer
+            .committed_state()
+            .map_err(|e| e.context(format!("{}: committed_state", self.wf.label)))?
+        {
+            Some(c) if c.state != stored && committed_after(&c, reset_at.as_deref()) => Some(c),
+            _ => None,
         };
         if let Some(c) = recovered {
             tracing::warn!(job = name, "the writer's committed state differs from the state store (a previous run stopped between the two); resuming from the writer's");
@@ -353,52 +396,36 @@ impl Attempt<'_> {
                 store: stored.as_ref(),
                 writer: c.state.as_ref(),
             });
-            let res = self.store.put_state(
+            // The reader was opened from the store's state: it goes before the new one opens.
+            drop(reader);
+            self.store.put_state(
                 name,
                 c.run_id.as_deref().unwrap_or(self.run_id),
                 c.state.as_ref(),
-            );
-            let _ = reader.close();
-            if let Err(e) = res {
-                let _ = writer.close();
-                return Err(e);
-            }
-            match open_reader(
+            )?;
+            let (r, s) = open_reader(
                 self.rf,
                 rcfg,
                 &reader_ctx(job, self.run_id, c.state.clone(), shard),
-            ) {
-                Ok((r, s)) => {
-                    reader = r;
-                    if s != schema {
-                        let _ = writer.close();
-                        schema = s;
-                        writer = match open_writer(self.wf, wcfg, &wctx(&schema)) {
-                            Ok(w) => w,
-                            Err(e) => {
-                                let _ = reader.close();
-                                return Err(e);
-                            }
-                        };
-                        // The target may have moved while the writer was closed (another run
-                        // of the job committed): resuming from the old state would load its
-                        // rows again. The next attempt starts over from the new state.
-                        let again = writer.committed_state().map(|c2| c2.map(|c2| c2.state));
-                        if !matches!(&again, Ok(Some(st)) if *st == c.state) {
-                            let _ = reader.close();
-                            let _ = writer.close();
-                            return Err(Error::transient(format!(
-                                "{}: the committed state changed while the writer was re-opened \
-                                 for the new schema (another run of job `{name}` committed?); \
-                                 starting over from it",
-                                self.wf.label
-                            )));
-                        }
-                    }
-                }
-                Err(e) => {
-                    let _ = writer.close();
-                    return Err(e);
+            )?;
+            reader = r;
+            if s != schema {
+                // One writer at a time (a Parquet prefix lease, an Iceberg guard): the old one
+                // is released before the new one opens.
+                drop(writer);
+                schema = s;
+                writer = open_writer(self.wf, wcfg, &wctx(&schema))?;
+                // The target may have moved while the writer was closed (another run of the
+                // job committed): resuming from the old state would load its rows again. The
+                // next attempt starts over from the new state.
+                let again = writer.committed_state().map(|c2| c2.map(|c2| c2.state));
+                if !matches!(&again, Ok(Some(st)) if *st == c.state) {
+                    return Err(Error::transient(format!(
+                        "{}: the committed state changed while the writer was re-opened \
+                         for the new schema (another run of job `{name}` committed?); \
+                         starting over from it",
+                        self.wf.label
+                    )));
                 }
             }
             start_state = c.state;
@@ -417,8 +444,11 @@ impl Attempt<'_> {
         start_state: Option<Value>,
     ) -> Result<()> {
         let (tx, rx) = bounded::<Msg>(self.job.config.channel_depth);
+        // The reader thread's last word: how closing the reader went. Disconnected without a
+        // word: it panicked while closing.
+        let (closed_tx, closed_rx) = bounded::<Result<()>>(1);
         let cancel = self.opts.cancel.clone();
-        let handle = thread::Builder::new()
+        thread::Builder::new()
             .name("dativo-reader".into())
             .spawn(move || {
                 let produced = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<()> {
@@ -449,54 +479,52 @@ impl Attempt<'_> {
                 if let Some(e) = err {
                     let _ = tx.send(Msg::Failed(e));
                 }
-                reader.close()
+                drop(tx);
+                let _ = closed_tx.send(reader.close());
             })
             .map_err(|e| Error::internal(format!("cannot start the reader thread: {e}")))?;
 
         let mut result = self.consume(&rx, &mut *writer, &schema, start_state);
         drop(rx);
-        if result.is_err() {
-            if let Err(e) = writer.abort() {
-                tracing::warn!(error = %secrets::scrub(&e.to_string()), "{} abort failed", self.wf.label);
+        match &result {
+            // After a successful attempt a failed close is the run's failure (e.g. committed
+            // files that could not be published).
+            Ok(()) => {
+                if let Err(e) = writer.close() {
+                    result = Err(e.context(format!("{}: close", self.wf.label)));
+                }
             }
-        }
-        if let Err(e) = writer.close() {
-            // After a successful attempt, a failed close is the run's failure (e.g. committed
-            // files that could not be published); after a failed one, the first error wins.
-            if result.is_ok() {
-                result = Err(e.context(format!("{}: close", self.wf.label)));
-            } else {
-                tracing::warn!(error = %secrets::scrub(&e.to_string()), "{} close failed", self.wf.label);
+            // After a failed one the first error wins; dropping the writer releases it.
+            Err(_) => {
+                if let Err(e) = writer.abort() {
+                    tracing::warn!(error = %secrets::scrub(&e.to_string()), "{} abort failed", self.wf.label);
+                }
+                drop(writer);
             }
         }
         // The reader thread ends once it notices the closed channel; do not hang on a reader
         // blocked in I/O after a failure.
         let wait = Duration::from_secs(if result.is_ok() { 3600 } else { 10 });
-        let deadline = Instant::now() + wait;
-        while !handle.is_finished() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(5));
-        }
-        if handle.is_finished() {
-            match handle.join() {
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %secrets::scrub(&e.to_string()), "{} close failed", self.rf.label)
-                }
-                Ok(Ok(())) => {}
-                Err(_) => tracing::warn!("{} panicked in close", self.rf.label),
+        match closed_rx.recv_timeout(wait) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %secrets::scrub(&e.to_string()), "{} close failed", self.rf.label)
             }
-        } else {
-            tracing::warn!(
+            Err(RecvTimeoutError::Disconnected) => {
+                tracing::warn!("{} panicked in close", self.rf.label)
+            }
+            Err(RecvTimeoutError::Timeout) => tracing::warn!(
                 "{} did not stop within {} s; leaving it behind",
                 self.rf.label,
                 wait.as_secs()
-            );
+            ),
         }
         result
     }
 
     fn consume(
         &mut self,
-        rx: &crossbeam_channel::Receiver<Msg>,
+        rx: &Receiver<Msg>,
         writer: &mut dyn OpenWriter,
         schema: &SchemaRef,
         start_state: Option<Value>,
@@ -505,31 +533,41 @@ impl Attempt<'_> {
         let max_rows = cp.rows.unwrap_or(u64::MAX);
         let max_bytes = cp.bytes.map(|b| b.0).unwrap_or(u64::MAX);
         let max_age = cp.seconds.map(|d| d.0).unwrap_or(Duration::MAX);
+        let opts = self.opts;
+        let cancel = &opts.cancel;
+        let cancelled = || Error::cancelled("cancelled; uncommitted batches were discarded");
         let mut latest = start_state.clone();
         let mut committed = start_state;
         let (mut rows, mut bytes) = (0u64, 0u64);
         let mut since = Instant::now();
         loop {
-            if self.opts.cancel.is_cancelled() {
-                return Err(Error::cancelled(
-                    "cancelled; uncommitted batches were discarded",
-                ));
+            if cancel.is_cancelled() {
+                return Err(cancelled());
             }
-            let msg = match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => {
-                    if rows > 0 && since.elapsed() >= max_age {
-                        self.commit(writer, &latest)?;
-                        committed = latest.clone();
-                        (rows, bytes, since) = (0, 0, Instant::now());
+            // With rows pending and `checkpoint.seconds` set, a quiet source still commits
+            // when they are old enough.
+            let age_due = match (rows > 0, since.checked_add(max_age)) {
+                (true, Some(due)) => after(due.saturating_duration_since(Instant::now())),
+                _ => never(),
+            };
+            let msg = select! {
+                recv(rx) -> m => match m {
+                    Ok(m) => m,
+                    // The reader thread also stops when it sees the cancel.
+                    Err(_) if cancel.is_cancelled() => return Err(cancelled()),
+                    Err(_) => {
+                        return Err(Error::internal(format!(
+                            "{} stopped without reporting end of stream",
+                            self.rf.label
+                        )))
                     }
+                },
+                recv(cancel.receiver()) -> _ => return Err(cancelled()),
+                recv(age_due) -> _ => {
+                    self.commit(writer, &latest)?;
+                    committed = latest.clone();
+                    (rows, bytes, since) = (0, 0, Instant::now());
                     continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::internal(format!(
-                        "{} stopped without reporting end of stream",
-                        self.rf.label
-                    )))
                 }
             };
             match msg {

@@ -107,15 +107,6 @@ enum Inner {
     Postgres(crate::pg_store::PgStore),
 }
 
-/// How a lock taken elsewhere is reported (see [`is_busy`]).
-pub(crate) const BUSY: &str = "is already running";
-
-/// Whether `e` says the job's lock is held by another run (here or on another instance): not
-/// a failure of this run, which never started.
-pub fn is_busy(e: &Error) -> bool {
-    e.kind() == dativo_core::ErrorKind::Transient && !e.is_retryable() && e.message().contains(BUSY)
-}
-
 /// A held per-job lock; released when dropped (or when the process dies).
 pub struct JobLock {
     _files: Vec<File>,
@@ -137,6 +128,11 @@ impl JobLock {
     /// Check, before a commit, that the lock is still held: a PostgreSQL session can end
     /// under a run (idle timeouts, a dropped connection, a failover), and then another process
     /// may have taken the job. File locks last as long as the process.
+    ///
+    /// A lost lock is [`ErrorKind::Busy`](dativo_core::ErrorKind::Busy), not retried: the run
+    /// holds its lock for all its attempts and cannot take it back within them, and another
+    /// run of the job may hold it now. Nothing more is committed; the next run takes the lock
+    /// afresh and resumes from the last commit.
     pub fn ensure_held(&self) -> Result<()> {
         let Some(session) = &self._session else {
             return Ok(());
@@ -145,12 +141,12 @@ impl JobLock {
             .block_on(session.simple_query("SELECT 1"))
             .map(|_| ())
             .map_err(|e| {
-                Error::transient(format!(
+                Error::busy(format!(
                     "lost the job's lock ({}): {}; not committing — the job may be running elsewhere",
                     self.what,
                     dativo_core::secrets::scrub(&e.to_string())
                 ))
-                .with_retryable(false)
+                .with_source(e)
             })
     }
 }
@@ -189,7 +185,7 @@ pub fn now() -> String {
 }
 
 fn db_err(e: rusqlite::Error) -> Error {
-    Error::io(format!("state store: {e}"))
+    Error::io(format!("state store: {e}")).with_source(e)
 }
 
 impl StateStore {
@@ -253,19 +249,12 @@ impl StateStore {
         }
     }
 
-    fn conn(&self) -> Option<&Connection> {
-        match &self.inner {
-            Inner::Sqlite { conn, .. } => Some(conn),
-            Inner::Postgres(_) => None,
-        }
-    }
-
     /// Take the job's lock without waiting. Runs of the job that are still marked running were
     /// ended by a dead process: they are marked interrupted.
     pub fn lock(&self, job: &str) -> Result<JobLock> {
-        let dir = match &self.inner {
+        let (conn, dir) = match &self.inner {
             Inner::Postgres(pg) => return pg.lock(job),
-            Inner::Sqlite { dir, .. } => dir,
+            Inner::Sqlite { conn, dir } => (conn, dir),
         };
         // A shard (`job#I/N`) holds the job's lock shared and its own (`job#I-of-N.lock`)
         // exclusively: shards run side by side, but never next to an unsharded run of the job
@@ -287,11 +276,10 @@ impl StateStore {
             Ok((f, path))
         };
         let busy = |path: &Path, who: &str| {
-            Error::transient(format!(
-                "job `{job}` {BUSY} ({who}; another process holds {})",
+            Error::busy(format!(
+                "job `{job}` is already running ({who}; another process holds {})",
                 path.display()
             ))
-            .with_retryable(false)
         };
         let (base_file, base_path) = open(base)?;
         let mut files = Vec::new();
@@ -328,15 +316,13 @@ impl StateStore {
             }
             path = p;
         }
-        self.conn()
-            .expect("sqlite")
-            .execute(
-                "UPDATE runs SET status = 'interrupted', ended_at = COALESCE(ended_at, ?2),
+        conn.execute(
+            "UPDATE runs SET status = 'interrupted', ended_at = COALESCE(ended_at, ?2),
                    error = COALESCE(error, 'the process ended during the run (killed or crashed)')
                  WHERE job = ?1 AND status = 'running'",
-                params![job, now()],
-            )
-            .map_err(db_err)?;
+            params![job, now()],
+        )
+        .map_err(db_err)?;
         Ok(JobLock {
             _files: files,
             _session: None,
@@ -346,10 +332,10 @@ impl StateStore {
 
     /// The job's committed state.
     pub fn load_state(&self, job: &str) -> Result<Option<StoredState>> {
-        if let Inner::Postgres(pg) = &self.inner {
-            return pg.load_state(job);
-        }
-        let conn = self.conn().expect("sqlite");
+        let conn = match &self.inner {
+            Inner::Postgres(pg) => return pg.load_state(job),
+            Inner::Sqlite { conn, .. } => conn,
+        };
         conn.query_row(
             "SELECT state, run_id, updated_at FROM job_state WHERE job = ?1",
             params![job],
@@ -367,7 +353,9 @@ impl StateStore {
             let state = state
                 .map(|s| serde_json::from_str(&s))
                 .transpose()
-                .map_err(|e| Error::data(format!("stored state of `{job}` is corrupt: {e}")))?;
+                .map_err(|e| {
+                    Error::data(format!("stored state of `{job}` is corrupt: {e}")).with_source(e)
+                })?;
             Ok(StoredState {
                 state,
                 run_id,
@@ -386,10 +374,10 @@ impl StateStore {
         rows: u64,
         bytes: u64,
     ) -> Result<()> {
-        if let Inner::Postgres(pg) = &self.inner {
-            return pg.save_commit(job, run_id, state, rows, bytes);
-        }
-        let conn = self.conn().expect("sqlite");
+        let conn = match &self.inner {
+            Inner::Postgres(pg) => return pg.save_commit(job, run_id, state, rows, bytes),
+            Inner::Sqlite { conn, .. } => conn,
+        };
         let state = state.map(|s| s.to_string());
         let tx = conn.unchecked_transaction().map_err(db_err)?;
         tx.execute(
@@ -409,10 +397,10 @@ impl StateStore {
 
     /// Overwrite the job's state (recovery from the writer's copy).
     pub fn put_state(&self, job: &str, run_id: &str, state: Option<&Value>) -> Result<()> {
-        if let Inner::Postgres(pg) = &self.inner {
-            return pg.put_state(job, run_id, state);
-        }
-        let conn = self.conn().expect("sqlite");
+        let conn = match &self.inner {
+            Inner::Postgres(pg) => return pg.put_state(job, run_id, state),
+            Inner::Sqlite { conn, .. } => conn,
+        };
         conn.execute(
             "INSERT INTO job_state (job, state, run_id, updated_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(job) DO UPDATE SET state = ?2, run_id = ?3, updated_at = ?4",
@@ -436,10 +424,10 @@ impl StateStore {
 
     /// Record the start of a run.
     pub fn start_run(&self, job: &str, run_id: &str) -> Result<()> {
-        if let Inner::Postgres(pg) = &self.inner {
-            return pg.start_run(job, run_id);
-        }
-        let conn = self.conn().expect("sqlite");
+        let conn = match &self.inner {
+            Inner::Postgres(pg) => return pg.start_run(job, run_id),
+            Inner::Sqlite { conn, .. } => conn,
+        };
         conn.execute(
             "INSERT INTO runs (run_id, job, started_at, status) VALUES (?1, ?2, ?3, 'running')",
             params![run_id, job, now()],
@@ -450,10 +438,10 @@ impl StateStore {
 
     /// Record another attempt of a run.
     pub fn set_attempts(&self, run_id: &str, attempts: u32) -> Result<()> {
-        if let Inner::Postgres(pg) = &self.inner {
-            return pg.set_attempts(run_id, attempts);
-        }
-        let conn = self.conn().expect("sqlite");
+        let conn = match &self.inner {
+            Inner::Postgres(pg) => return pg.set_attempts(run_id, attempts),
+            Inner::Sqlite { conn, .. } => conn,
+        };
         conn.execute(
             "UPDATE runs SET attempts = ?2 WHERE run_id = ?1",
             params![run_id, attempts],
@@ -464,10 +452,10 @@ impl StateStore {
 
     /// Record the end of a run. `error` must already be redacted.
     pub fn finish_run(&self, run_id: &str, status: RunStatus, error: Option<&str>) -> Result<()> {
-        if let Inner::Postgres(pg) = &self.inner {
-            return pg.finish_run(run_id, status, error);
-        }
-        let conn = self.conn().expect("sqlite");
+        let conn = match &self.inner {
+            Inner::Postgres(pg) => return pg.finish_run(run_id, status, error),
+            Inner::Sqlite { conn, .. } => conn,
+        };
         conn.execute(
             "UPDATE runs SET status = ?2, ended_at = ?3, error = ?4 WHERE run_id = ?1",
             params![run_id, status.as_str(), now(), error],
@@ -478,10 +466,10 @@ impl StateStore {
 
     /// The job's runs, newest first.
     pub fn runs(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
-        if let Inner::Postgres(pg) = &self.inner {
-            return pg.runs(job, limit);
-        }
-        let conn = self.conn().expect("sqlite");
+        let conn = match &self.inner {
+            Inner::Postgres(pg) => return pg.runs(job, limit),
+            Inner::Sqlite { conn, .. } => conn,
+        };
         let mut stmt = conn
             .prepare(
                 "SELECT run_id, job, started_at, ended_at, status, attempts, rows, bytes, commits, error
@@ -521,7 +509,8 @@ mod tests {
         let lock = s.lock("j").unwrap();
         let e = s.lock("j").unwrap_err();
         assert!(e.to_string().contains("already running"), "{e}");
-        assert!(!e.is_retryable());
+        assert_eq!(e.kind(), dativo_core::ErrorKind::Busy);
+        assert!(e.is_busy() && !e.is_retryable());
         s.start_run("j", "r1").unwrap();
         s.save_commit("j", "r1", Some(&json!({"c": 1})), 10, 100)
             .unwrap();
@@ -558,7 +547,8 @@ mod tests {
         let s = StateStore::open(dir.path()).unwrap();
         let a = s.lock("j#0/2").unwrap();
         let b = s.lock("j#1/2").unwrap();
-        assert!(s.lock("j#1/2").is_err(), "one shard twice");
+        assert!(s.lock("j#1/2").unwrap_err().is_busy(), "one shard twice");
+        assert!(s.lock("j").unwrap_err().is_busy());
         let e = s.lock("j").unwrap_err().to_string();
         assert!(e.contains("is already running"), "{e}");
         drop((a, b));

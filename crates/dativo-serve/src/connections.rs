@@ -298,10 +298,17 @@ pub(crate) async fn serve(
     }
     drop(listener);
     let _ = shutdown_tx.send(true);
-    let deadline = Instant::now() + DRAIN;
-    while !conns.is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Each connection that goes signals `freed`.
+    let drained = async {
+        loop {
+            let freed = conns.freed.notified();
+            if conns.is_empty() {
+                return;
+            }
+            freed.await;
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN, drained).await;
 }
 
 fn is_connection_error(e: &std::io::Error) -> bool {

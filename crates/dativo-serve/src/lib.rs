@@ -1,12 +1,13 @@
 //! `dativo serve`: runs every job of a directory on its schedule, with an HTTP API
 //! (`docs/openapi.yaml`), Prometheus metrics, health checks and a status page.
 //!
-//! * Scheduling: each job's `schedule` (cron, 5 or 6 fields, with a time zone) is evaluated
-//!   every 200 ms. A job never runs twice at once — here, and across instances sharing a
-//!   PostgreSQL state store (its advisory lock) — and at most `max_concurrent` runs go on at a
-//!   time. A due run that cannot start is dropped (`missed: skip`, the default) or kept as one
-//!   pending run (`missed: run_once`), which also catches up on a time missed while no instance
-//!   was running.
+//! * Scheduling: each job's `schedule` (cron, 5 or 6 fields, with a time zone); the scheduler
+//!   sleeps until the next job is due, a run ends (a pending run may start), the job files are
+//!   due for a re-read, or shutdown is requested. A job never runs twice at once — here, and
+//!   across instances sharing a PostgreSQL state store (its advisory lock) — and at most
+//!   `max_concurrent` runs go on at a time. A due run that cannot start is dropped
+//!   (`missed: skip`, the default) or kept as one pending run (`missed: run_once`), which also
+//!   catches up on a time missed while no instance was running.
 //! * Job files are re-read when they change; an invalid file is reported (log, API, page) and
 //!   the other jobs keep running.
 //! * The HTTP server bounds its connections (`connections.rs`): a header-read timeout, a cap on
@@ -24,7 +25,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
@@ -137,6 +139,11 @@ pub(crate) struct Server {
     jobs: Mutex<BTreeMap<String, JobEntry>>,
     invalid: Mutex<BTreeMap<PathBuf, String>>,
     active: Mutex<BTreeMap<String, Active>>,
+    /// Notified (with `active`) when a run ends.
+    run_ended: Condvar,
+    /// Wakes the scheduler: a run ended, or shutdown was requested. Holds at most one wake-up;
+    /// more are redundant.
+    wake: SyncSender<()>,
     /// Logs of finished runs (the newest 500).
     logs: Mutex<VecDeque<(String, String, Vec<String>)>>,
     metrics: Metrics,
@@ -442,7 +449,7 @@ impl Server {
                     error,
                 })
             }
-            Err(e) if dativo_runtime::state_store::is_busy(&e) => {
+            Err(e) if e.is_busy() => {
                 // Another instance (or a `dativo run`) holds the job: not a failure of ours.
                 tracing::info!(job = %name, "not started here: {}", secrets::scrub(&e.to_string()));
                 log.lock().expect("not poisoned").push(format!(
@@ -471,7 +478,6 @@ impl Server {
                 })
             }
         };
-        self.active.lock().expect("not poisoned").remove(run_id);
         {
             let mut logs = self.logs.lock().expect("not poisoned");
             logs.push_back((
@@ -494,6 +500,41 @@ impl Server {
                 j.last = last;
             }
         }
+        drop(jobs);
+        // Last: whoever waits for the run to end sees its record complete.
+        self.active.lock().expect("not poisoned").remove(run_id);
+        self.run_ended.notify_all();
+        self.wake();
+    }
+
+    /// Wake the scheduler: a run ended, or shutdown was requested.
+    fn wake(&self) {
+        // Full: a wake-up is already pending, which is as good.
+        let _ = self.wake.try_send(());
+    }
+
+    /// Wait until no run is going on, at most `timeout`; whether none is.
+    pub(crate) fn wait_idle(&self, timeout: Duration) -> bool {
+        let active = self.active.lock().expect("not poisoned");
+        let (active, _) = self
+            .run_ended
+            .wait_timeout_while(active, timeout, |a| !a.is_empty())
+            .expect("not poisoned");
+        active.is_empty()
+    }
+
+    /// How long the scheduler may sleep: until the next scheduled run (`None`: no job has a
+    /// schedule).
+    fn until_next_due(&self) -> Option<Duration> {
+        let now = Utc::now();
+        self.jobs
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .filter_map(|j| j.next)
+            .min()
+            // Rounded up to the millisecond: waking a hair early would only find nothing due.
+            .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(1))
     }
 
     /// Trigger a run now (API). Returns (started?, run id or why not).
@@ -665,31 +706,28 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     // Fail fast on an unreachable or unusable state store.
     StateStore::open_with(&opts.state_dir, opts.state_url.as_deref())
         .map_err(|e| e.context("opening the state store"))?;
-    let server = Arc::new(Server {
-        opts: opts.clone(),
-        jobs: Mutex::new(BTreeMap::new()),
-        invalid: Mutex::new(BTreeMap::new()),
-        active: Mutex::new(BTreeMap::new()),
-        logs: Mutex::new(VecDeque::new()),
-        metrics: Metrics::default(),
-        shutting_down: AtomicBool::new(false),
-        ready: AtomicBool::new(false),
-    });
+    let (server, wake) = Server::new(opts.clone());
     server.scan();
     server.plan_catch_up();
     server.ready.store(true, Ordering::SeqCst);
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = CancelToken::new();
     {
         let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .map_err(|e| Error::internal(format!("installing the signal handler: {e}")))?;
+        let server = server.clone();
+        ctrlc::set_handler(move || {
+            stop.cancel();
+            server.wake();
+        })
+        .map_err(|e| Error::internal(format!("installing the signal handler: {e}")))?;
     }
     // The process's one runtime (connectors, plugin hosts and the HTTP API share it).
     let rt = dativo_core::rt::runtime();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(opts.listen))
-        .map_err(|e| Error::config(format!("cannot listen on {}: {e}", opts.listen)))?;
+        .map_err(|e| {
+            Error::config(format!("cannot listen on {}: {e}", opts.listen)).with_source(e)
+        })?;
     let local = listener.local_addr().map_err(Error::from)?;
     tracing::info!(address = %local, jobs = server.jobs.lock().expect("not poisoned").len(), max_connections = limits.max_connections, header_timeout = ?limits.header_timeout, "dativo serve is listening");
     println!(
@@ -697,64 +735,84 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         server.jobs.lock().expect("not poisoned").len(),
         opts.jobs_dir.display()
     );
-    let app = http::router(server.clone());
     // The API stays up while running jobs drain (metrics, /readyz = 503, cancel).
-    let http_stop = Arc::new(AtomicBool::new(false));
-    let http_stop_flag = http_stop.clone();
-    let http = rt.spawn(async move {
-        let shutdown = async move {
-            while !http_stop_flag.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        connections::serve(listener, app, limits, shutdown).await;
-    });
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = rt.spawn(connections::serve(
+        listener,
+        http::router(server.clone()),
+        limits,
+        async move {
+            let _ = http_stopped.await;
+        },
+    ));
 
-    let mut last_scan = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
-        if last_scan.elapsed() >= opts.reload_every {
-            server.scan();
-            last_scan = Instant::now();
-        }
-        server.tick();
-        std::thread::sleep(Duration::from_millis(200));
-    }
-
-    // Graceful shutdown.
-    server.shutting_down.store(true, Ordering::SeqCst);
-    server.ready.store(false, Ordering::SeqCst);
-    let n = server.active.lock().expect("not poisoned").len();
-    tracing::info!(running = n, grace = ?opts.grace, "shutting down: waiting for running jobs");
-    let deadline = Instant::now() + opts.grace;
-    while !server.active.lock().expect("not poisoned").is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let left: Vec<(String, String)> = server
-        .active
-        .lock()
-        .expect("not poisoned")
-        .iter()
-        .map(|(id, a)| {
-            a.cancel.cancel();
-            (id.clone(), a.job.clone())
-        })
-        .collect();
-    for (id, job) in &left {
-        tracing::warn!(job = %job, run = %id, "grace period over: cancelling (uncommitted data is discarded)");
-    }
-    // Cancelled runs stop between batches; a reader stuck in a call gets a last minute.
-    let hard = Instant::now() + Duration::from_secs(60);
-    while !server.active.lock().expect("not poisoned").is_empty() {
-        if Instant::now() > hard {
-            tracing::error!("runs did not stop within a minute of cancellation; exiting (their uncommitted data is discarded by the next run)");
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    http_stop.store(true, Ordering::SeqCst);
+    server.schedule(&wake, &stop);
+    server.shut_down();
+    let _ = http_stop.send(());
     let _ = rt.block_on(http);
     tracing::info!("dativo serve stopped");
     Ok(())
+}
+
+impl Server {
+    /// A server for `opts` with no jobs loaded yet, and the receiving end of its scheduler's
+    /// wake-ups.
+    fn new(opts: ServeOptions) -> (Arc<Server>, Receiver<()>) {
+        let (wake, woken) = sync_channel(1);
+        let server = Arc::new(Server {
+            opts,
+            jobs: Mutex::new(BTreeMap::new()),
+            invalid: Mutex::new(BTreeMap::new()),
+            active: Mutex::new(BTreeMap::new()),
+            run_ended: Condvar::new(),
+            wake,
+            logs: Mutex::new(VecDeque::new()),
+            metrics: Metrics::default(),
+            shutting_down: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+        });
+        (server, woken)
+    }
+
+    /// The scheduler, until `stop`: starts due runs, re-reads the job files every
+    /// `reload_every`, and otherwise sleeps until the next of those or a wake-up (a run ended,
+    /// shutdown).
+    fn schedule(self: &Arc<Self>, woken: &Receiver<()>, stop: &CancelToken) {
+        let mut next_scan = Instant::now() + self.opts.reload_every;
+        while !stop.is_cancelled() {
+            if Instant::now() >= next_scan {
+                self.scan();
+                next_scan = Instant::now() + self.opts.reload_every;
+            }
+            self.tick();
+            let until_scan = next_scan.saturating_duration_since(Instant::now());
+            let sleep = self
+                .until_next_due()
+                .map_or(until_scan, |d| d.min(until_scan));
+            // A wake-up or the time: either way, look again.
+            let _ = woken.recv_timeout(sleep);
+        }
+    }
+
+    /// Graceful shutdown: nothing new starts; running jobs get `grace` to finish, then are
+    /// cancelled and get a last minute to stop.
+    fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.ready.store(false, Ordering::SeqCst);
+        let n = self.active.lock().expect("not poisoned").len();
+        tracing::info!(running = n, grace = ?self.opts.grace, "shutting down: waiting for running jobs");
+        if self.wait_idle(self.opts.grace) {
+            return;
+        }
+        for (id, a) in self.active.lock().expect("not poisoned").iter() {
+            a.cancel.cancel();
+            tracing::warn!(job = %a.job, run = %id, "grace period over: cancelling (uncommitted data is discarded)");
+        }
+        // Cancelled runs stop between batches; a reader stuck in a call gets a last minute.
+        if !self.wait_idle(Duration::from_secs(60)) {
+            tracing::error!("runs did not stop within a minute of cancellation; exiting (their uncommitted data is discarded by the next run)");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -785,5 +843,251 @@ mod tests {
             .to_string()
             .contains("unset"));
         check_api_token("0123abcd-._~+/=").unwrap();
+    }
+}
+
+/// The server end to end: the real router and connection loop on 127.0.0.1:0, real runs (the
+/// `file` reader into the `parquet` writer) in a temporary directory.
+#[cfg(test)]
+mod server_tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use serde_json::Value;
+
+    const TOKEN: &str = "test-token-0123456789";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        server: Arc<Server>,
+        woken: Option<Receiver<()>>,
+        addr: SocketAddr,
+        http_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            if let Some(stop) = self.http_stop.take() {
+                let _ = stop.send(());
+            }
+        }
+    }
+
+    /// A jobs directory with job `orders` (20 rows from two CSV files) and `schedule` if
+    /// given; the server scanned it and listens.
+    fn start(schedule: Option<&str>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir_all(root.join("jobs")).unwrap();
+        std::fs::create_dir_all(root.join("in")).unwrap();
+        for (f, ids) in [("a.csv", 1..=12), ("b.csv", 13..=20)] {
+            let mut text = String::from("id,name\n");
+            for i in ids {
+                text.push_str(&format!("{i},n{i}\n"));
+            }
+            std::fs::write(root.join("in").join(f), text).unwrap();
+        }
+        let schedule = schedule
+            .map(|s| format!("schedule:\n  cron: \"{s}\"\n"))
+            .unwrap_or_default();
+        std::fs::write(
+            root.join("jobs/orders.yaml"),
+            format!(
+                "name: orders\nsource:\n  reader: file\n  config:\n    path: {}/*.csv\n\
+                 target:\n  writer: parquet\n  config:\n    path: {}\n{schedule}",
+                root.join("in").display(),
+                root.join("lake").display()
+            ),
+        )
+        .unwrap();
+        let limits = HttpLimits {
+            max_connections: 16,
+            header_timeout: Duration::from_secs(5),
+        };
+        let (server, woken) = Server::new(ServeOptions {
+            jobs_dir: root.join("jobs"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            state_dir: root.join("state"),
+            state_url: None,
+            max_concurrent: 2,
+            grace: Duration::from_secs(10),
+            token: Some(TOKEN.into()),
+            reload_every: Duration::from_secs(2),
+            http: limits,
+        });
+        server.scan();
+        server.ready.store(true, Ordering::SeqCst);
+        let rt = dativo_core::rt::runtime();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (http_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(connections::serve(
+            listener,
+            http::router(server.clone()),
+            limits,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Fixture {
+            _dir: dir,
+            root,
+            server,
+            woken: Some(woken),
+            addr,
+            http_stop: Some(http_stop),
+        }
+    }
+
+    /// One HTTP/1.1 request: (status, body).
+    fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response: {out:?}"));
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    fn json_of(body: &str) -> Value {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    }
+
+    #[test]
+    fn the_api_lists_triggers_and_refuses_bad_tokens() {
+        let f = start(None);
+        assert_eq!(
+            request(f.addr, "GET", "/healthz", None),
+            (200, "ok\n".into())
+        );
+        assert_eq!(request(f.addr, "GET", "/readyz", None).0, 200);
+        let (status, body) = request(f.addr, "GET", "/api/jobs", None);
+        assert_eq!(status, 200, "{body}");
+        let v = json_of(&body);
+        assert_eq!(v["jobs"][0]["name"], "orders", "{v}");
+        assert_eq!(v["jobs"][0]["reader"], "file");
+        assert_eq!(v["invalid"], serde_json::json!([]));
+        assert!(v["jobs"][0]["last_run"].is_null());
+
+        // Triggering needs the token.
+        let trigger = "/api/jobs/orders/runs";
+        assert_eq!(request(f.addr, "POST", trigger, None).0, 401);
+        assert_eq!(request(f.addr, "POST", trigger, Some("wrong")).0, 401);
+        assert_eq!(
+            request(f.addr, "POST", "/api/jobs/nope/runs", Some(TOKEN)).0,
+            404
+        );
+        assert!(
+            f.server.active.lock().unwrap().is_empty(),
+            "nothing started"
+        );
+
+        let (status, body) = request(f.addr, "POST", trigger, Some(TOKEN));
+        assert_eq!(status, 202, "{body}");
+        let v = json_of(&body);
+        assert_eq!(v["status"], "started");
+        let run_id = v["run_id"].as_str().unwrap().to_string();
+        assert!(
+            f.server.wait_idle(Duration::from_secs(120)),
+            "the run ended"
+        );
+
+        let v = json_of(&request(f.addr, "GET", "/api/jobs", None).1);
+        let last = &v["jobs"][0]["last_run"];
+        assert_eq!(last["run_id"], run_id.as_str(), "{v}");
+        assert_eq!(last["status"], "succeeded", "{v}");
+        assert_eq!(last["rows"], 20);
+        let (status, body) = request(f.addr, "GET", &format!("/api/runs/{run_id}"), None);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(json_of(&body)["status"], "succeeded");
+        let (status, log) = request(f.addr, "GET", &format!("/api/runs/{run_id}/log"), None);
+        assert_eq!(status, 200);
+        assert!(log.contains("committed 20 rows"), "{log}");
+        let (status, body) = request(f.addr, "GET", "/api/jobs/orders", None);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(json_of(&body)["runs"][0]["rows"], 20);
+        assert!(request(f.addr, "GET", "/metrics", None)
+            .1
+            .contains("dativo_"));
+        assert!(f.root.join("lake").is_dir());
+    }
+
+    #[test]
+    fn a_run_held_elsewhere_is_not_a_failure() {
+        let f = start(None);
+        let elsewhere = StateStore::open(&f.root.join("state")).unwrap();
+        let held = elsewhere.lock("orders").unwrap();
+        let (status, body) = request(f.addr, "POST", "/api/jobs/orders/runs", Some(TOKEN));
+        assert_eq!(status, 202, "{body}");
+        let run_id = json_of(&body)["run_id"].as_str().unwrap().to_string();
+        assert!(f.server.wait_idle(Duration::from_secs(60)));
+        let v = json_of(&request(f.addr, "GET", "/api/jobs", None).1);
+        assert!(v["jobs"][0]["last_run"].is_null(), "{v}");
+        assert!(v["jobs"][0]["running"].is_null(), "{v}");
+        let log = request(f.addr, "GET", &format!("/api/runs/{run_id}/log"), None).1;
+        assert!(
+            log.contains("not started: job `orders` is already running"),
+            "{log}"
+        );
+        drop(held);
+    }
+
+    #[test]
+    fn the_scheduler_runs_due_jobs_and_stops_when_asked() {
+        let mut f = start(Some("* * * * * *"));
+        let woken = f.woken.take().unwrap();
+        let stop = CancelToken::new();
+        let scheduler = {
+            let (server, stop) = (f.server.clone(), stop.clone());
+            std::thread::spawn(move || server.schedule(&woken, &stop))
+        };
+        // Due every second: the first run starts within about one.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let ran = loop {
+            let last = f.server.jobs.lock().unwrap()["orders"].last.clone();
+            if let Some(last) = last {
+                break last;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no scheduled run within a minute"
+            );
+            f.server.wait_idle(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(ran.status, RunStatus::Succeeded, "{:?}", ran.error);
+        // Stop: the scheduler wakes at once, not at its next due time.
+        let asked = Instant::now();
+        stop.cancel();
+        f.server.wake();
+        scheduler.join().unwrap();
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            asked.elapsed()
+        );
+        f.server.shut_down();
+        assert!(f.server.active.lock().unwrap().is_empty());
+        assert_eq!(request(f.addr, "GET", "/readyz", None).0, 503);
     }
 }
