@@ -6,11 +6,15 @@
 //! (`START TRANSACTION WITH CONSISTENT SNAPSHOT` while the source is briefly read-locked).
 //! Rows come over the binary protocol of prepared statements; the session runs in UTC.
 //! Reads are ordered by their key and batches end between distinct key values, so a run
-//! interrupted at any point resumes after its last committed batch (see [`crate::keyset`]).
+//! interrupted at any point resumes after its last committed batch (see [`crate::keyset`],
+//! which plans; this module is the MySQL [`Dialect`](crate::keyset::Dialect)).
 
-mod config;
-mod reader;
+mod dialect;
 pub mod types;
 
-pub use config::MySqlReaderConfig;
-pub use reader::MySqlReader;
+pub use dialect::{map_error, MySql, MySqlOptions};
+
+/// Reads a table or query from MySQL or MariaDB: [`SqlSource::open`](crate::keyset::SqlSource::open)
+/// returns it ready, [`SqlSource::validate`](crate::keyset::SqlSource::validate) checks a
+/// config without I/O.
+pub type MySqlReader = crate::keyset::SqlSource<MySql>;

@@ -20,7 +20,7 @@ use arrow::datatypes::{DataType, Field, TimeUnit};
 use mysql::consts::{ColumnFlags, ColumnType};
 use mysql::{Column, Value};
 
-use crate::keyset::check_array_room;
+use crate::keyset::{check_array_room, ArrayDecoder};
 use dativo_core::schema_spec::JSON_EXTENSION;
 
 const BINARY_CHARSET: u16 = 63;
@@ -36,12 +36,14 @@ pub enum MyKind {
     I32,
     /// Int64
     I64,
+    /// BIT(n) → Int64
+    Bit,
+    /// Decimal128(p, s)
+    Decimal(u8, i8),
     /// Float32
     F32,
     /// Float64
     F64,
-    /// Decimal128(p, s)
-    Decimal(u8, i8),
     /// Utf8
     Text,
     /// Utf8 marked as JSON
@@ -56,8 +58,6 @@ pub enum MyKind {
     Timestamp,
     /// Time64(µs)
     Time,
-    /// BIT(n) → Int64
-    Bit,
 }
 
 /// Map a column; `Err` names the type.
@@ -131,13 +131,16 @@ pub fn kind_for(c: &Column) -> Result<MyKind, String> {
         ColumnType::MYSQL_TYPE_TIMESTAMP | ColumnType::MYSQL_TYPE_TIMESTAMP2 => MyKind::Timestamp,
         ColumnType::MYSQL_TYPE_TIME | ColumnType::MYSQL_TYPE_TIME2 => MyKind::Time,
         ColumnType::MYSQL_TYPE_BIT => MyKind::Bit,
-        other => {
-            return Err(format!("{other:?}")
-                .trim_start_matches("MYSQL_TYPE_")
-                .to_lowercase())
-        }
+        _ => return Err(type_name(c)),
     };
     Ok(k)
+}
+
+/// The name of a column's wire type, for messages (`geometry`, `longlong`).
+pub fn type_name(c: &Column) -> String {
+    format!("{:?}", c.column_type())
+        .trim_start_matches("MYSQL_TYPE_")
+        .to_lowercase()
 }
 
 /// The Arrow field of a column.
@@ -387,6 +390,12 @@ impl MyDecoder {
         } else {
             a
         }
+    }
+}
+
+impl ArrayDecoder for MyDecoder {
+    fn finish(&mut self) -> ArrayRef {
+        MyDecoder::finish(self)
     }
 }
 

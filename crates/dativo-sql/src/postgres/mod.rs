@@ -13,12 +13,19 @@
 //!   values, so the state after any batch says precisely what was delivered; an interrupted
 //!   run (crash, `pg_terminate_backend`, a dropped connection) resumes after its last commit.
 //!   Rows whose cursor is NULL are not read incrementally.
+//!
+//! Planning, the state and the shared keys are [`crate::keyset`]'s; this module is the
+//! PostgreSQL [`Dialect`](crate::keyset::Dialect).
 
 mod config;
 mod copy;
-mod reader;
+mod dialect;
 pub mod types;
 
-pub use config::{NumericConfig, PostgresReaderConfig, ReadMode, SpecialValues, SslMode};
-pub use dativo_pg::{connect_url, map_error, runtime};
-pub use reader::PostgresReader;
+pub use config::{pg_connection, NumericConfig, PgOptions, SpecialValues};
+pub use dialect::Postgres;
+
+/// Reads a table or query from PostgreSQL: [`SqlSource::open`](crate::keyset::SqlSource::open)
+/// returns it ready, [`SqlSource::validate`](crate::keyset::SqlSource::validate) checks a
+/// config without I/O.
+pub type PostgresReader = crate::keyset::SqlSource<Postgres>;

@@ -31,7 +31,7 @@ use tokio_postgres::types::{Kind as PgKind, Type};
 use dativo_core::schema_spec::JSON_EXTENSION;
 
 use super::config::NumericConfig;
-use crate::keyset::check_array_room;
+use crate::keyset::{check_array_room, ArrayDecoder};
 
 /// Days from 1970-01-01 to 2000-01-01 (PostgreSQL's epoch).
 const PG_EPOCH_DAYS: i32 = 10_957;
@@ -488,6 +488,12 @@ impl Decoder {
                 ))
             }
         }
+    }
+}
+
+impl ArrayDecoder for Decoder {
+    fn finish(&mut self) -> ArrayRef {
+        Decoder::finish(self)
     }
 }
 

@@ -1,40 +1,10 @@
-//! Keyset reading plans shared by the SQL readers (`postgres`, `mysql`): the ordering column,
-//! the key ranges (one per partition), and the state that lets an interrupted run resume
-//! exactly after its last committed batch.
-//!
-//! Batches end only between distinct values of the ordering column, so "every row with a key
-//! up to K" is a precise description of what was delivered, and a range resumes with `key > K`.
-//! A batch ends at the first key change after `batch_size` rows or `batch_bytes` bytes
-//! ([`BatchBound`]); rows sharing one key value always stay together, so a batch can pass
-//! either bound only by the rows of its last key.
-//!
-//! ## Incremental reads and NULL cursors
-//!
-//! An incremental range selects `cursor > K`, which no NULL cursor matches: rows with a NULL
-//! cursor could never be delivered. A run refuses to plan while the source has any (a data
-//! error naming the source, the column and the count) instead of skipping them silently; the
-//! check is skipped when the catalog says the column is NOT NULL.
-//!
-//! ## `lookback`
-//!
-//! A run reads up to `upper`, the highest cursor in its snapshot; the next run starts
-//! `lookback` below it, to catch rows that committed late with a cursor the previous run had
-//! already passed. Rows it had delivered are skipped by `seen`: md5 of (primary key, cursor) of
-//! every row delivered with a cursor in the window (`upper - lookback`, `upper`].
-//!
-//! `seen` must name exactly the rows that were *delivered*, never rows merely visible when it
-//! is computed. An interrupted run resumes its plan in a new snapshot, and a row that committed
-//! in between into a part the first attempt had already delivered is visible there but was
-//! never delivered; computing `seen` by querying the window at the end of the resumed run would
-//! list it, and the next run would skip it for good. So `seen` is collected from the rows
-//! themselves: every read selects, beside the columns, the row's hash when its cursor is in the
-//! window ([`Plan::seen_above`]); each batch carries those hashes ([`PartMsg::Batch`]) into
-//! [`Plan::seen`], which travels with the plan in every mid-run checkpoint, so a resumed run
-//! continues from exactly what was committed. Rows of the window an earlier run delivered (and
-//! this run skips) are added when the plan is made. The late row above is then not in `seen`,
-//! and the next run's lookback loads it, once.
+//! What a run has delivered, and what it is about to: the incremental state, the plan with
+//! its key ranges, and the SQL predicate of each range.
 
 use serde::{Deserialize, Serialize};
+
+use super::batch::PartMsg;
+use super::config::ReadMode;
 
 /// A SQL reader's incremental state (what `get_incremental_state` returns).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -60,7 +30,7 @@ pub struct KeysetState {
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     /// `incremental` or `full_refresh`.
-    pub mode: String,
+    pub mode: ReadMode,
     /// The ordering column; `None` for an unordered full refresh.
     pub column: Option<String>,
     /// Incremental: the highest cursor in the snapshot the run started from.
@@ -104,120 +74,6 @@ pub struct KeyRange {
     /// The whole range was delivered.
     #[serde(default)]
     pub finished: bool,
-}
-
-/// How a SQL dialect quotes names and strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    /// `"name"`, `'it''s'`.
-    Postgres,
-    /// `` `name` ``, `'it\'s'` (backslashes escape in MySQL strings by default).
-    MySql,
-}
-
-impl Dialect {
-    /// A quoted identifier.
-    pub fn ident(self, name: &str) -> String {
-        match self {
-            Dialect::Postgres => format!("\"{}\"", name.replace('"', "\"\"")),
-            Dialect::MySql => format!("`{}`", name.replace('`', "``")),
-        }
-    }
-
-    /// A table reference: `schema.table` → each part quoted; already-quoted names are kept.
-    pub fn table_ref(self, table: &str) -> String {
-        if table.contains('"') || table.contains('`') {
-            table.to_string()
-        } else {
-            table
-                .split('.')
-                .map(|p| self.ident(p))
-                .collect::<Vec<_>>()
-                .join(".")
-        }
-    }
-
-    /// A quoted string literal.
-    pub fn lit(self, value: &str) -> String {
-        match self {
-            Dialect::Postgres => format!("'{}'", value.replace('\'', "''")),
-            Dialect::MySql => format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''")),
-        }
-    }
-}
-
-/// Where a partition worker ends its batches: at the first change of the ordering key once
-/// `rows` rows or `bytes` bytes are buffered (at once without an ordering key).
-#[derive(Debug, Clone, Copy)]
-pub struct BatchBound {
-    /// Rows per batch (`batch_size`).
-    pub rows: usize,
-    /// Bytes per batch (`batch_bytes`), counted as the values' sizes on the wire.
-    pub bytes: usize,
-}
-
-impl BatchBound {
-    /// Whether a batch holding `rows` rows and `bytes` bytes is full.
-    #[inline]
-    pub fn full(&self, rows: usize, bytes: usize) -> bool {
-        rows >= self.rows || bytes >= self.bytes
-    }
-}
-
-/// The most a batch may be asked to hold (`batch_bytes`): one Arrow Utf8/Binary array holds
-/// at most 2 GiB, and a batch may pass the bound by the rows of its last key.
-pub const MAX_BATCH_BYTES: u64 = 1 << 30;
-
-/// The default `batch_bytes`.
-pub const DEFAULT_BATCH_BYTES: u64 = 32 << 20;
-
-/// Check a `batch_bytes` value (a config error on `batch_bytes` otherwise).
-pub fn check_batch_bytes(b: u64) -> dativo_core::Result<()> {
-    if b == 0 || b > MAX_BATCH_BYTES {
-        return Err(dativo_core::Error::config(format!(
-            "must be between 1 byte and 1GiB (got {b})"
-        ))
-        .with_key_path("batch_bytes"));
-    }
-    Ok(())
-}
-
-/// The most bytes one Arrow Utf8/Binary array (32-bit offsets) holds.
-pub const MAX_ARRAY_BYTES: usize = i32::MAX as usize;
-
-/// `Ok` when `add` more bytes fit an Arrow Utf8/Binary array already holding `used`; else the
-/// message a decoder reports (instead of Arrow's panic on offset overflow).
-#[inline]
-pub fn check_array_room(used: usize, add: usize) -> Result<(), String> {
-    if used.saturating_add(add) > MAX_ARRAY_BYTES {
-        return Err(format!(
-            "the values of this column in one batch pass 2 GiB, the most an Arrow string/binary array holds \
-             ({used} bytes buffered, a value of {add} more); rows sharing one ordering-key value are never split \
-             across batches — lower `batch_bytes`, or order the read by a column with fewer equal values"
-        ));
-    }
-    Ok(())
-}
-
-/// What a partition worker sends to the reader.
-pub enum PartMsg {
-    /// A batch of range `range`; `key` is its last key; `last` marks the range's final batch.
-    Batch {
-        /// Index of the range in the plan.
-        range: usize,
-        /// The rows.
-        batch: arrow::record_batch::RecordBatch,
-        /// The batch's last key (every row up to it was delivered).
-        key: Option<String>,
-        /// This was the range's last batch.
-        last: bool,
-        /// `lookback` hashes of the batch's rows inside the window (see the module doc).
-        seen: Vec<String>,
-    },
-    /// The range ended without a final batch.
-    Done(usize),
-    /// The worker failed.
-    Failed(dativo_core::Error),
 }
 
 impl Plan {
@@ -284,8 +140,7 @@ impl Plan {
 
 impl KeyRange {
     /// The SQL predicate selecting what is left of this range, on `col` (quoted).
-    pub fn predicate(&self, d: Dialect, col: &str) -> String {
-        let lit = |v: &str| d.lit(v);
+    pub fn predicate(&self, lit: impl Fn(&str) -> String, col: &str) -> String {
         if self.nulls {
             return format!("{col} IS NULL");
         }
@@ -331,80 +186,34 @@ pub fn split_ranges(
         .collect()
 }
 
-/// The key at `row` as a literal the database parses back to the same value. Timestamps are
-/// written with microseconds; `utc_suffix` appends `+00` to zoned ones (PostgreSQL), MySQL
-/// sessions run in UTC and take them bare.
-pub fn key_literal(
-    a: &dyn arrow::array::Array,
-    row: usize,
-    utc_suffix: bool,
-) -> dativo_core::Result<String> {
-    use arrow::array::AsArray;
-    use arrow::datatypes::{DataType, TimestampMicrosecondType};
-    if let DataType::Timestamp(_, tz) = a.data_type() {
-        let v = a.as_primitive::<TimestampMicrosecondType>().value(row);
-        let t = chrono::DateTime::from_timestamp_micros(v)
-            .ok_or_else(|| dativo_core::Error::data("timestamp out of range"))?;
-        let s = t.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
-        return Ok(if tz.is_some() && utc_suffix {
-            format!("{s}+00")
-        } else {
-            s
-        });
-    }
-    let f = arrow::util::display::ArrayFormatter::try_new(a, &Default::default())?;
-    Ok(f.value(row).to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn lit(v: &str) -> String {
+        format!("'{v}'")
+    }
+
     #[test]
     fn predicates() {
-        let d = Dialect::Postgres;
         let r = split_ranges(Some("1".into()), true, Some("100".into()), &["50".into()]);
         assert_eq!(r.len(), 2);
         assert_eq!(
-            r[0].predicate(d, "\"id\""),
+            r[0].predicate(lit, "\"id\""),
             "\"id\" >= '1' AND \"id\" <= '50'"
         );
         assert_eq!(
-            r[1].predicate(d, "\"id\""),
+            r[1].predicate(lit, "\"id\""),
             "\"id\" > '50' AND \"id\" <= '100'"
         );
         let mut r2 = r[1].clone();
         r2.after = Some("70".into());
         assert_eq!(
-            r2.predicate(d, "\"id\""),
+            r2.predicate(lit, "\"id\""),
             "\"id\" > '70' AND \"id\" <= '100'"
         );
         let open = split_ranges(None, false, None, &[]);
-        assert_eq!(open[0].predicate(d, "c"), "c IS NOT NULL");
-        assert_eq!(d.table_ref("public.orders"), "\"public\".\"orders\"");
-        assert_eq!(d.lit("it's"), "'it''s'");
-        assert_eq!(Dialect::MySql.lit(r"a\b'c"), r"'a\\b''c'");
-        assert_eq!(Dialect::MySql.ident("my`col"), "`my``col`");
-    }
-
-    #[test]
-    fn batch_bounds() {
-        let b = BatchBound {
-            rows: 100,
-            bytes: 1000,
-        };
-        assert!(!b.full(99, 999));
-        assert!(b.full(100, 0));
-        assert!(b.full(1, 1000));
-        assert!(check_batch_bytes(DEFAULT_BATCH_BYTES).is_ok());
-        assert!(check_batch_bytes(0).is_err());
-        assert!(check_batch_bytes(MAX_BATCH_BYTES + 1).is_err());
-        // An Arrow string/binary array takes up to i32::MAX bytes; past that, an error (not
-        // Arrow's "byte array offset overflow" panic).
-        assert!(check_array_room(MAX_ARRAY_BYTES - 10, 10).is_ok());
-        let e = check_array_room(MAX_ARRAY_BYTES - 10, 11).unwrap_err();
-        assert!(e.contains("2 GiB") && e.contains("batch_bytes"), "{e}");
-        assert!(check_array_room(usize::MAX, 1).is_err());
+        assert_eq!(open[0].predicate(lit, "c"), "c IS NOT NULL");
     }
 
     /// The `lookback` hashes a batch carries are recorded in the plan with its progress, so a
@@ -421,7 +230,7 @@ mod tests {
         )
         .unwrap();
         let mut plan = Plan {
-            mode: "incremental".into(),
+            mode: ReadMode::Incremental,
             column: Some("id".into()),
             upper: Some("9".into()),
             ranges: split_ranges(Some("0".into()), false, Some("9".into()), &[]),
@@ -448,5 +257,31 @@ mod tests {
         let old: Plan =
             serde_json::from_str(r#"{"mode":"incremental","column":"id","ranges":[]}"#).unwrap();
         assert!(old.seen_above.is_none() && old.seen.is_empty());
+    }
+
+    /// The stored state's JSON is exactly what earlier versions wrote and read.
+    #[test]
+    fn state_json_is_unchanged() {
+        let stored = serde_json::json!({
+            "cursor": "2026-01-01 02:46:40+00",
+            "seen": ["a", "b"],
+            "plan": {
+                "mode": "full_refresh",
+                "column": "id",
+                "ranges": [
+                    {"lo": "1", "lo_inclusive": true, "hi": "50", "nulls": false, "after": "7", "finished": false},
+                    {"lo_inclusive": false, "nulls": true, "finished": true}
+                ],
+                "delivered": 7
+            },
+            "last_full_refresh": "run-1"
+        });
+        let s: KeysetState = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(s.plan.as_ref().unwrap().mode, ReadMode::FullRefresh);
+        assert_eq!(serde_json::to_value(&s).unwrap(), stored);
+        assert!(
+            serde_json::from_str::<Plan>(r#"{"mode":"sometimes","column":null,"ranges":[]}"#)
+                .is_err()
+        );
     }
 }

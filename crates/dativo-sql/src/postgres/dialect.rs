@@ -1,0 +1,284 @@
+//! PostgreSQL as a [`Dialect`]: one exported snapshot, catalog queries on `pg_catalog`, and
+//! partition readers that import the snapshot and stream `COPY … (FORMAT binary)` into Arrow.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use tokio_postgres::Client;
+
+use dativo_core::{Error, Result, Shard};
+use dativo_pg::{connect, map_error, runtime, PgConnection};
+
+use super::config::{pg_connection, NumericConfig, PgOptions, SpecialValues};
+use super::copy::CopyParser;
+use super::types::{field_for, kind_for, ColKind, Decoder};
+use crate::keyset::{
+    Column, Described, Dialect, Emitter, KeyType, ReadSpec, SqlConfig, Syntax, Unsupported,
+};
+
+/// The PostgreSQL dialect: the planning connection, holding the run's snapshot open.
+pub struct Postgres {
+    connection: PgConnection,
+    numeric: NumericConfig,
+    special_null: bool,
+    client: Client,
+    /// The exported snapshot every partition reader imports.
+    snapshot: String,
+}
+
+impl Dialect for Postgres {
+    type Options = PgOptions;
+    type Kind = ColKind;
+
+    const SQL: Syntax = Syntax::new(
+        "postgres",
+        &["postgres://", "postgresql://"],
+        "postgres://user@host:5432/db",
+    )
+    .utc_suffix("+00")
+    .orderable("an integer, numeric(p,s), date, timestamp, text or uuid");
+    const TEXT: ColKind = ColKind::Text;
+
+    fn check(options: &PgOptions) -> Result<()> {
+        options.check()
+    }
+
+    fn open(config: &SqlConfig<PgOptions>) -> Result<Self> {
+        let connection = pg_connection(&config.connection);
+        let client = runtime().block_on(connect(&connection))?;
+        runtime()
+            .block_on(client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+            .map_err(|e| map_error(e, "starting the snapshot transaction"))?;
+        let row = runtime()
+            .block_on(client.query_one("SELECT pg_export_snapshot()", &[]))
+            .map_err(|e| map_error(e, "exporting the snapshot"))?;
+        let snapshot: String = row
+            .try_get(0)
+            .map_err(|e| map_error(e, "exporting the snapshot"))?;
+        Ok(Postgres {
+            connection,
+            numeric: config.own.numeric.clone(),
+            special_null: config.own.special_values == SpecialValues::Null,
+            client,
+            snapshot,
+        })
+    }
+
+    fn rows(&mut self, sql: &str, doing: &str) -> Result<Vec<Vec<Option<String>>>> {
+        let rows = runtime()
+            .block_on(self.client.query(sql, &[]))
+            .map_err(|e| map_error(e, doing))?;
+        rows.iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.try_get::<_, Option<String>>(i))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| Error::internal(format!("{doing}: {e}")).with_source(e))
+            })
+            .collect()
+    }
+
+    fn describe(&mut self, sql: &str, what: &str) -> Result<Vec<Described<ColKind>>> {
+        let stmt = runtime()
+            .block_on(self.client.prepare(sql))
+            .map_err(|e| map_error(e, &format!("reading the columns of {what}")))?;
+        // Privileges are checked when a statement runs, not when it is prepared.
+        runtime()
+            .block_on(self.client.query(&stmt, &[]))
+            .map_err(|e| map_error(e, &format!("reading {what}")))?;
+        let numeric = &self.numeric;
+        Ok(stmt
+            .columns()
+            .iter()
+            .map(|c| {
+                let (name, ty) = (c.name(), c.type_());
+                kind_for(ty, c.type_modifier(), numeric)
+                    .map(|kind| column(name, ty.name(), kind))
+                    .map_err(|type_name| Unsupported {
+                        type_name,
+                        as_text: Box::new(Column {
+                            select: format!("{0}::text AS {0}", Self::ident(name)),
+                            ..column(name, "text", ColKind::Text)
+                        }),
+                    })
+            })
+            .collect())
+    }
+
+    fn as_text(expr: &str) -> String {
+        format!("({expr})::text")
+    }
+
+    fn not_null_sql(table: &str, column: &str) -> String {
+        format!(
+            "SELECT 'yes' FROM pg_attribute WHERE attrelid = {}::regclass AND attname = {} \
+             AND NOT attisdropped AND attnotnull",
+            Self::lit(&Self::table_ref(table)),
+            Self::lit(column)
+        )
+    }
+
+    fn primary_key_sql(table: &str) -> String {
+        format!(
+            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = {}::regclass AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)",
+            Self::lit(&Self::table_ref(table))
+        )
+    }
+
+    fn row_hash(pk: &[String], cursor: &str) -> String {
+        let keys: Vec<String> = pk.iter().map(|k| Self::ident(k)).collect();
+        format!(
+            "md5(ROW({})::text || '|' || {}::text)",
+            keys.join(", "),
+            Self::ident(cursor)
+        )
+    }
+
+    fn hash_shard(keys: &[String], shard: Shard) -> String {
+        let (n, i) = (shard.count, shard.index);
+        let text = keys.join(" || '|' || ");
+        format!("((hashtextextended({text}, 0) % {n}) + {n}) % {n} = {i}")
+    }
+
+    fn read(&mut self, reads: Vec<(usize, String)>, spec: Arc<ReadSpec<ColKind>>) -> Result<()> {
+        for (range, sql) in reads {
+            let task = PartitionTask {
+                connection: self.connection.clone(),
+                snapshot: self.snapshot.clone(),
+                sql,
+                special_null: self.special_null,
+                range,
+            };
+            let name = format!("dativo-pg-{range}");
+            spec.spawn(name, move |spec| runtime().block_on(task.run(spec)))?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        runtime()
+            .block_on(self.client.batch_execute("COMMIT"))
+            .map_err(|e| map_error(e, "ending the snapshot transaction"))
+    }
+}
+
+/// A column of kind `kind`: how it computes and orders as a key. Batches are cut where the
+/// key's bytes change, so SQL equality must mean byte equality: citext is compared as text,
+/// and types where equal values can differ in bytes (floats, unconstrained numerics read as
+/// text) or that have no faithful literal (bytea) cannot order a read.
+fn column(name: &str, type_name: &str, kind: ColKind) -> Column<ColKind> {
+    let quoted = Postgres::ident(name);
+    let key = match &kind {
+        ColKind::I16 | ColKind::I32 | ColKind::I64 | ColKind::Oid => KeyType::Int,
+        ColKind::Decimal(_, s) => KeyType::Decimal(*s as u8),
+        ColKind::F32 | ColKind::F64 => KeyType::Float,
+        ColKind::Date => KeyType::Date,
+        ColKind::Timestamp => KeyType::Timestamp { zoned: false },
+        ColKind::TimestampTz => KeyType::Timestamp { zoned: true },
+        _ => KeyType::Other,
+    };
+    let order = match &kind {
+        ColKind::F32 | ColKind::F64 | ColKind::Bytea | ColKind::NumericText => None,
+        _ if type_name == "citext" => Some(format!("{quoted}::text")),
+        _ => Some(quoted.clone()),
+    };
+    Column {
+        field: field_for(name, &kind),
+        select: quoted,
+        name: name.to_string(),
+        type_name: type_name.to_string(),
+        kind,
+        key,
+        order,
+    }
+}
+
+/// One range, read over its own connection in the exported snapshot.
+struct PartitionTask {
+    connection: PgConnection,
+    snapshot: String,
+    sql: String,
+    special_null: bool,
+    range: usize,
+}
+
+impl PartitionTask {
+    async fn run(&self, spec: &ReadSpec<ColKind>) -> Result<()> {
+        let client = connect(&self.connection).await?;
+        let begin = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {};",
+            Postgres::lit(&self.snapshot)
+        );
+        client
+            .batch_execute(&begin)
+            .await
+            .map_err(|e| map_error(e, "starting the snapshot transaction"))?;
+        let copy = format!("COPY ({}) TO STDOUT (FORMAT binary)", self.sql);
+        let stream = client
+            .copy_out(copy.as_str())
+            .await
+            .map_err(|e| map_error(e, "starting COPY"))?;
+        futures_util::pin_mut!(stream);
+        let ncols = spec.kinds.len();
+        let mut decoders: Vec<Decoder> = spec
+            .kinds
+            .iter()
+            .map(|k| Decoder::new(k, spec.bound.rows, self.special_null))
+            .collect();
+        let mut em = Emitter::new(spec, self.range);
+        let mut parser = CopyParser::default();
+        let mut fields = Vec::with_capacity(ncols);
+        // The key of the previous row: its bytes, or NULL.
+        let mut last_key: Vec<u8> = Vec::new();
+        let mut last_null = false;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| map_error(e, "reading COPY data"))?;
+            parser.push(&chunk);
+            while parser
+                .next_row(&mut fields)
+                .map_err(|m| Error::data(format!("COPY stream: {m}")))?
+            {
+                if fields.len() != ncols {
+                    return Err(Error::data(format!(
+                        "COPY row has {} fields, expected {ncols}",
+                        fields.len()
+                    )));
+                }
+                let key = spec.key.map(|k| fields[k]);
+                em.cut(&mut decoders, || match key {
+                    Some(None) => !last_null,
+                    Some(Some(r)) => last_null || parser.field(r) != last_key.as_slice(),
+                    None => true,
+                })?;
+                match key {
+                    Some(None) => last_null = true,
+                    Some(Some(r)) => {
+                        last_null = false;
+                        last_key.clear();
+                        last_key.extend_from_slice(parser.field(r));
+                    }
+                    None => {}
+                }
+                let mut bytes = 0;
+                for (i, f) in fields.iter().enumerate() {
+                    decoders[i]
+                        .append(f.map(|r| parser.field(r)))
+                        .map_err(|m| em.value_error(i, &m))?;
+                    // The value's bytes plus a length word, as on the wire.
+                    bytes += 4 + f.map_or(0, |(a, b)| b - a);
+                }
+                em.row(bytes);
+            }
+            if em.stopped() {
+                return Ok(());
+            }
+        }
+        if !parser.finished {
+            return Err(Error::transient("the COPY stream ended early"));
+        }
+        em.end(&mut decoders)?;
+        let _ = client.batch_execute("COMMIT").await;
+        Ok(())
+    }
+}
