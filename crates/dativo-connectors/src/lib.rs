@@ -4,9 +4,9 @@
 //! a pure `validate` (no I/O, used by `dativo validate`) and `open`, which returns a reader or
 //! writer ready to use.
 
-use dativo_core::{
-    open_reader, open_writer, OpenReader, OpenWriter, ReaderContext, Result, WriterContext,
-};
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+use dativo_core::open_reader;
+use dativo_core::{OpenReader, OpenWriter, ReaderContext, Result, WriterContext};
 use serde_json::Value;
 
 #[cfg(feature = "adbc")]
@@ -26,6 +26,23 @@ pub mod parquet;
 use dativo_sql::mysql;
 #[cfg(feature = "postgres")]
 use dativo_sql::postgres;
+
+/// A boxed error kept as an error's cause (`Error::with_source` takes a sized error; the
+/// parquet crate and arrow hand over `Box<dyn Error>`). Displays and chains as the inner one.
+#[derive(Debug)]
+pub struct Cause(pub Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
 
 /// A built-in reader.
 pub struct BuiltinReader {
@@ -104,7 +121,7 @@ pub fn writers() -> Vec<BuiltinWriter> {
             name: "parquet",
             summary: "Parquet files in a directory, committed atomically with the reader's state",
             validate: parquet::ParquetWriter::validate,
-            open: |c, ctx| open_writer(Box::new(parquet::ParquetWriter::new()), c, ctx),
+            open: |c, ctx| Ok(Box::new(parquet::ParquetWriter::open(c, ctx)?)),
             encrypted_dataset: Some(crypto_tools::Dataset::parquet),
         },
         #[cfg(feature = "iceberg")]
@@ -112,7 +129,7 @@ pub fn writers() -> Vec<BuiltinWriter> {
             name: "iceberg",
             summary: "Apache Iceberg tables (SQL catalog on SQLite or PostgreSQL); the state rides in each snapshot",
             validate: iceberg::IcebergWriter::validate,
-            open: |c, ctx| open_writer(Box::new(iceberg::IcebergWriter::new()), c, ctx),
+            open: |c, ctx| Ok(Box::new(iceberg::IcebergWriter::open(c, ctx)?)),
             encrypted_dataset: Some(iceberg::encrypted_dataset),
         },
         #[cfg(feature = "adbc")]

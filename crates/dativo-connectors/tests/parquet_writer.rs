@@ -6,8 +6,8 @@ use dativo_connectors::parquet::{
     commit_log::{Layout, STAGING},
     ParquetWriter,
 };
-use dativo_core::conformance::{check_writer, sample_batch};
-use dativo_core::{Commit, Shard, Writer, WriterContext};
+use dativo_core::conformance::{check_open_writer, sample_batch};
+use dativo_core::{Commit, OpenWriter, Shard, WriterContext};
 use dativo_storage::Location;
 use serde_json::json;
 
@@ -35,7 +35,7 @@ fn data_files(dir: &std::path::Path) -> Vec<String> {
 fn passes_conformance() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = json!({"path": dir.path().join("out").display().to_string(), "compression": "zstd"});
-    let report = check_writer(&mut || Ok(Box::new(ParquetWriter::new())), &cfg);
+    let report = check_open_writer(|c, ctx| Ok(Box::new(ParquetWriter::open(c, ctx)?)), &cfg);
     assert!(report.passed(), "{report:?}");
     assert_eq!(data_files(&dir.path().join("out")).len(), 1);
 }
@@ -44,17 +44,16 @@ fn passes_conformance() {
 fn uncommitted_files_are_invisible_and_removed_on_restart() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = json!({"path": dir.path().display().to_string()});
-    let mut w = ParquetWriter::new();
-    w.initialize(&cfg, &ctx()).unwrap();
-    w.write_batch(&sample_batch()).unwrap();
+    let mut w = ParquetWriter::open(&cfg, &ctx()).unwrap();
+    w.write(&sample_batch()).unwrap();
     let commit = |seq| Commit {
         state: Some(json!({"n": seq})),
         run_id: "r1".into(),
         sequence: seq,
     };
-    w.finalize(&commit(1)).unwrap();
-    w.write_batch(&sample_batch()).unwrap();
-    w.write_batch(&sample_batch()).unwrap();
+    w.commit(&commit(1)).unwrap();
+    w.write(&sample_batch()).unwrap();
+    w.write(&sample_batch()).unwrap();
     let _layout = Layout::new(Location::Local(dir.path().to_path_buf()));
     let staging = dir.path().join(STAGING);
     // Written but not finalized: staged, not where tools look.
@@ -62,14 +61,13 @@ fn uncommitted_files_are_invisible_and_removed_on_restart() {
     assert_eq!(fs::read_dir(&staging).unwrap().count(), 1);
     w.abort().unwrap();
     assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
-    w.close().unwrap();
-    let mut w = ParquetWriter::new();
-    w.initialize(&cfg, &ctx()).unwrap();
+    Box::new(w).close().unwrap();
+    let mut w = ParquetWriter::open(&cfg, &ctx()).unwrap();
     assert_eq!(
         w.committed_state().unwrap().unwrap().state,
         Some(json!({"n": 1}))
     );
-    w.close().unwrap();
+    Box::new(w).close().unwrap();
     assert_eq!(data_files(dir.path()).len(), 1);
 }
 
@@ -77,16 +75,15 @@ fn uncommitted_files_are_invisible_and_removed_on_restart() {
 fn roll_forward_after_crash_between_manifest_and_rename() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = json!({"path": dir.path().display().to_string()});
-    let mut w = ParquetWriter::new();
-    w.initialize(&cfg, &ctx()).unwrap();
-    w.write_batch(&sample_batch()).unwrap();
-    w.finalize(&Commit {
+    let mut w = ParquetWriter::open(&cfg, &ctx()).unwrap();
+    w.write(&sample_batch()).unwrap();
+    w.commit(&Commit {
         state: Some(json!({"n": 1})),
         run_id: "r1".into(),
         sequence: 1,
     })
     .unwrap();
-    w.close().unwrap();
+    Box::new(w).close().unwrap();
     // Move the published file back to staging, as if the process died right after the commit.
     let layout = Layout::new(Location::Local(dir.path().to_path_buf()));
     let staging = dir.path().join(STAGING);
@@ -99,27 +96,58 @@ fn roll_forward_after_crash_between_manifest_and_rename() {
     fs::write(staging.join("orphan.parquet.inprogress"), b"junk").unwrap();
     assert!(data_files(dir.path()).is_empty());
 
-    let mut w = ParquetWriter::new();
-    w.initialize(&cfg, &ctx()).unwrap();
+    let mut w = ParquetWriter::open(&cfg, &ctx()).unwrap();
     assert_eq!(data_files(dir.path()), vec![name]);
     assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
     let st = w.committed_state().unwrap().unwrap();
     assert_eq!(st.state, Some(json!({"n": 1})));
-    w.close().unwrap();
+    Box::new(w).close().unwrap();
 }
 
 #[test]
 fn second_writer_on_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = json!({"path": dir.path().display().to_string()});
-    let mut a = ParquetWriter::new();
-    a.initialize(&cfg, &ctx()).unwrap();
-    let mut b = ParquetWriter::new();
-    let e = b.initialize(&cfg, &ctx()).unwrap_err();
+    let a = ParquetWriter::open(&cfg, &ctx()).unwrap();
+    let e = ParquetWriter::open(&cfg, &ctx()).err().expect("refused");
     assert!(e.to_string().contains("another dativo writer"), "{e}");
-    a.close().unwrap();
-    b.initialize(&cfg, &ctx()).unwrap();
-    b.close().unwrap();
+    Box::new(a).close().unwrap();
+    let b = ParquetWriter::open(&cfg, &ctx()).unwrap();
+    Box::new(b).close().unwrap();
+}
+
+#[test]
+fn dropping_a_writer_discards_uncommitted_files_and_frees_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = json!({"path": dir.path().display().to_string()});
+    let mut w = ParquetWriter::open(&cfg, &ctx()).unwrap();
+    w.write(&sample_batch()).unwrap();
+    let staging = dir.path().join(STAGING);
+    assert_eq!(fs::read_dir(&staging).unwrap().count(), 1);
+    // An error path: no abort, no close.
+    drop(w);
+    assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
+    assert!(data_files(dir.path()).is_empty());
+    // The lock went with it.
+    let w = ParquetWriter::open(&cfg, &ctx()).unwrap();
+    Box::new(w).close().unwrap();
+}
+
+#[test]
+fn compression_is_checked_when_the_config_is_read() {
+    for good in ["snappy", "ZSTD", "zstd(3)", "lz4", "none", "uncompressed"] {
+        ParquetWriter::validate(&json!({"path": "out", "compression": good})).unwrap();
+    }
+    for bad in ["brotli9", "zstd(99)", "zstd(x)", ""] {
+        let e = ParquetWriter::validate(&json!({"path": "out", "compression": bad})).unwrap_err();
+        assert_eq!(e.key_path(), Some("compression"), "{bad}: {e}");
+        assert_eq!(e.kind(), dativo_core::ErrorKind::Config);
+    }
+    let e = ParquetWriter::validate(&json!({"path": "out", "compression": "brotli9"})).unwrap_err();
+    assert!(
+        e.to_string().contains("unknown compression `brotli9`"),
+        "{e}"
+    );
 }
 
 fn ctx_for(job: &str) -> WriterContext {
@@ -131,16 +159,15 @@ fn ctx_for(job: &str) -> WriterContext {
 
 fn commit_one(dir: &std::path::Path, job: &str, state: serde_json::Value) {
     let cfg = json!({"path": dir.display().to_string()});
-    let mut w = ParquetWriter::new();
-    w.initialize(&cfg, &ctx_for(job)).unwrap();
-    w.write_batch(&sample_batch()).unwrap();
-    w.finalize(&Commit {
+    let mut w = ParquetWriter::open(&cfg, &ctx_for(job)).unwrap();
+    w.write(&sample_batch()).unwrap();
+    w.commit(&Commit {
         state: Some(state),
         run_id: format!("run-{job}"),
         sequence: 1,
     })
     .unwrap();
-    w.close().unwrap();
+    Box::new(w).close().unwrap();
 }
 
 #[test]
@@ -149,17 +176,15 @@ fn committed_state_is_the_jobs_own_when_jobs_share_a_directory() {
     commit_one(dir.path(), "a", json!({"a": 1}));
     commit_one(dir.path(), "b", json!({"b": 1}));
     let cfg = json!({"path": dir.path().display().to_string()});
-    let mut w = ParquetWriter::new();
-    w.initialize(&cfg, &ctx_for("a")).unwrap();
+    let mut w = ParquetWriter::open(&cfg, &ctx_for("a")).unwrap();
     assert_eq!(
         w.committed_state().unwrap().unwrap().state,
         Some(json!({"a": 1}))
     );
-    w.close().unwrap();
-    let mut w = ParquetWriter::new();
-    w.initialize(&cfg, &ctx_for("c")).unwrap();
+    Box::new(w).close().unwrap();
+    let mut w = ParquetWriter::open(&cfg, &ctx_for("c")).unwrap();
     assert_eq!(w.committed_state().unwrap().unwrap().state, None);
-    w.close().unwrap();
+    Box::new(w).close().unwrap();
 }
 
 #[test]
@@ -177,9 +202,8 @@ fn restart_rolls_forward_every_commit_whose_files_are_still_staged() {
     )
     .unwrap();
     let cfg = json!({"path": dir.path().display().to_string()});
-    let mut w = ParquetWriter::new();
-    w.initialize(&cfg, &ctx_for("a")).unwrap();
-    w.close().unwrap();
+    let w = ParquetWriter::open(&cfg, &ctx_for("a")).unwrap();
+    Box::new(w).close().unwrap();
     assert_eq!(data_files(dir.path()).len(), 2);
     assert!(data_files(dir.path()).contains(&first));
 }

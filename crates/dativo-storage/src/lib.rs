@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use dativo_core::{secrets, Error, Result, ResultExt};
+use dativo_core::secrets::{self, Secret};
+use dativo_core::{Error, Result, ResultExt};
 
 use dativo_core::rt::runtime;
 
@@ -31,10 +32,10 @@ pub struct S3Config {
     pub access_key_id: Option<String>,
     /// Secret access key; use `${env:…}`.
     #[serde(default)]
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     /// Session token.
     #[serde(default)]
-    pub session_token: Option<String>,
+    pub session_token: Option<Secret>,
     /// Path-style addressing (`http://host/bucket/key`), needed by most local servers.
     #[serde(default)]
     pub path_style: bool,
@@ -61,10 +62,10 @@ pub struct AzureConfig {
     pub account_name: Option<String>,
     /// Storage account key; use `${env:…}`.
     #[serde(default)]
-    pub account_key: Option<String>,
+    pub account_key: Option<Secret>,
     /// SAS token instead of a key.
     #[serde(default)]
-    pub sas_token: Option<String>,
+    pub sas_token: Option<Secret>,
     /// Endpoint (default `https://<account>.blob.core.windows.net`).
     #[serde(default)]
     pub endpoint: Option<String>,
@@ -108,13 +109,14 @@ pub fn precondition_failed(e: &opendal::Error) -> bool {
 /// A dativo error for an opendal failure while `doing` something (kind from the failure).
 pub fn od(e: opendal::Error, doing: &str) -> Error {
     let msg = format!("{doing}: {}", secrets::scrub(&e.to_string()));
-    match e.kind() {
+    let err = match e.kind() {
         opendal::ErrorKind::PermissionDenied => Error::auth(msg),
         opendal::ErrorKind::ConfigInvalid => Error::config(msg),
         opendal::ErrorKind::RateLimited => Error::transient(msg),
         _ if e.is_temporary() => Error::transient(msg),
         _ => Error::io(msg),
-    }
+    };
+    err.with_source(e)
 }
 
 /// Whether `path` names an object store.
@@ -147,12 +149,10 @@ impl Location {
                 b = b.access_key_id(k);
             }
             if let Some(s) = &cfg.secret_access_key {
-                secrets::register(s);
-                b = b.secret_access_key(s);
+                b = b.secret_access_key(s.expose());
             }
             if let Some(t) = &cfg.session_token {
-                secrets::register(t);
-                b = b.session_token(t);
+                b = b.session_token(t.expose());
             }
             if !cfg.path_style && cfg.endpoint.is_none() {
                 b = b.enable_virtual_host_style();
@@ -212,12 +212,10 @@ impl Location {
                 b = b.account_name(n);
             }
             if let Some(k) = &cfg.account_key {
-                secrets::register(k);
-                b = b.account_key(k);
+                b = b.account_key(k.expose());
             }
             if let Some(t) = &cfg.sas_token {
-                secrets::register(t);
-                b = b.sas_token(t);
+                b = b.sas_token(t.expose());
             }
             let op = opendal::Operator::new(b)
                 .map_err(|e| od(e, "configuring Azure Blob Storage"))?
@@ -475,7 +473,7 @@ impl Location {
                     .block_on(async { op.writer_with(rel).chunk(PART_SIZE).await })
                     .map_err(|e| od(e, &format!("creating {}", self.display(rel))))?;
                 Ok(Box::new(ObjectSink {
-                    writer: Some(w),
+                    writer: w,
                     buf: Vec::with_capacity(PART_SIZE),
                     name: self.display(rel),
                 }))
@@ -623,7 +621,7 @@ impl Sink for LocalSink {
         let f = self
             .inner
             .into_inner()
-            .map_err(|e| Error::io(e.error().to_string()))
+            .map_err(|e| Error::from(e.into_error()))
             .with_context(|| format!("writing {path}"))?;
         f.sync_all().with_context(|| format!("syncing {path}"))?;
         Ok(f.metadata()?.len())
@@ -631,7 +629,7 @@ impl Sink for LocalSink {
 }
 
 struct ObjectSink {
-    writer: Option<opendal::Writer>,
+    writer: opendal::Writer,
     buf: Vec<u8>,
     name: String,
 }
@@ -642,10 +640,10 @@ impl ObjectSink {
             return Ok(());
         }
         let part = std::mem::replace(&mut self.buf, Vec::with_capacity(PART_SIZE));
-        let w = self.writer.as_mut().expect("open");
+        // The opendal error stays inside (sinks scrub messages before they leave the process).
         runtime()
-            .block_on(w.write(part))
-            .map_err(|e| std::io::Error::other(secrets::scrub(&e.to_string())))
+            .block_on(self.writer.write(part))
+            .map_err(std::io::Error::other)
     }
 }
 
@@ -666,9 +664,8 @@ impl Sink for ObjectSink {
     fn finish(mut self: Box<Self>) -> Result<u64> {
         let name = self.name.clone();
         self.ship().with_context(|| format!("uploading {name}"))?;
-        let mut w = self.writer.take().expect("open");
         let meta = runtime()
-            .block_on(w.close())
+            .block_on(self.writer.close())
             .map_err(|e| od(e, &format!("completing the upload of {name}")))?;
         Ok(meta.content_length())
     }

@@ -2,9 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
+use crate::parquet::Codec;
 use dativo_core::config::ByteSize;
+use dativo_core::secrets::Secret;
 use dativo_core::{Error, Result};
 
 /// `target.config` of `writer: iceberg`.
@@ -26,9 +28,9 @@ pub struct IcebergWriterConfig {
     /// `append` (default). `overwrite` is refused: iceberg-rust 0.10 cannot commit it atomically.
     #[serde(default)]
     pub mode: WriteMode,
-    /// Parquet compression: `zstd` (default), `snappy`, `lz4`, `none`.
+    /// Parquet compression: `zstd` (default), `zstd(LEVEL)`, `snappy`, `lz4`, `none`.
     #[serde(default = "default_compression")]
-    pub compression: String,
+    pub compression: Codec,
     /// Rows per Parquet row group; each open data file buffers one row group, so this bounds
     /// the writer's memory (iceberg-rust flushes by rows only).
     #[serde(default = "default_row_group_size")]
@@ -64,18 +66,18 @@ pub enum WriteMode {
 #[serde(deny_unknown_fields)]
 pub struct CatalogConfig {
     /// `sql` (SQLite or PostgreSQL, the default) or `rest` (an Iceberg REST catalog).
-    #[serde(rename = "type", default = "default_catalog_type")]
-    pub kind: String,
+    #[serde(rename = "type", default)]
+    pub kind: CatalogKind,
     /// `sql`: `sqlite://path/catalog.db` (default `sqlite://.dativo/catalog.db`) or
     /// `postgres://user:pw@host/db`. `rest`: the catalog's base URL (`https://host/catalog`).
     #[serde(default)]
-    pub uri: Option<String>,
+    pub uri: Option<CatalogUri>,
     /// `rest`: a bearer token (use `${env:…}`).
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// `rest`: OAuth2 client credentials `client_id:client_secret` (use `${env:…}`).
     #[serde(default)]
-    pub credential: Option<String>,
+    pub credential: Option<Secret>,
     /// The catalog name, stored in every catalog row: readers (pyiceberg, Spark) must use the
     /// same name.
     #[serde(default = "default_catalog_name")]
@@ -85,7 +87,7 @@ pub struct CatalogConfig {
 impl Default for CatalogConfig {
     fn default() -> Self {
         CatalogConfig {
-            kind: default_catalog_type(),
+            kind: CatalogKind::Sql,
             uri: None,
             token: None,
             credential: None,
@@ -94,14 +96,77 @@ impl Default for CatalogConfig {
     }
 }
 
-fn default_catalog_type() -> String {
-    "sql".into()
+/// The kind of Iceberg catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CatalogKind {
+    /// iceberg-rust's SQL catalog, on SQLite or PostgreSQL.
+    #[default]
+    Sql,
+    /// An Iceberg REST catalog.
+    Rest,
 }
+
+impl<'de> Deserialize<'de> for CatalogKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "sql" => Ok(CatalogKind::Sql),
+            "rest" => Ok(CatalogKind::Rest),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown catalog type `{other}`: use `sql` or `rest`"
+            ))),
+        }
+    }
+}
+
+/// A catalog URI, by scheme. A PostgreSQL URI may carry a password, so it is a [`Secret`];
+/// a SQLite path and a REST base URL are shown in messages as they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogUri {
+    /// `sqlite:path` or `sqlite://path`.
+    Sqlite(String),
+    /// `postgres://…` or `postgresql://…`.
+    Postgres(Secret),
+    /// `http://…` or `https://…` (a REST catalog).
+    Http(String),
+    /// Anything else (refused by [`IcebergWriterConfig::check`]).
+    Other(String),
+}
+
+impl CatalogUri {
+    /// Classify `s` by its scheme.
+    pub fn parse(s: &str) -> CatalogUri {
+        if s.starts_with("sqlite:") {
+            CatalogUri::Sqlite(s.to_string())
+        } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            CatalogUri::Postgres(Secret::new(s))
+        } else if s.starts_with("http://") || s.starts_with("https://") {
+            CatalogUri::Http(s.to_string())
+        } else {
+            CatalogUri::Other(s.to_string())
+        }
+    }
+
+    /// The URI, to hand to the catalog (never log a `Postgres` one: it may hold a password).
+    pub fn expose(&self) -> &str {
+        match self {
+            CatalogUri::Sqlite(s) | CatalogUri::Http(s) | CatalogUri::Other(s) => s,
+            CatalogUri::Postgres(s) => s.expose(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CatalogUri {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d).map(|s| CatalogUri::parse(&s))
+    }
+}
+
 fn default_catalog_name() -> String {
     "dativo".into()
 }
-fn default_compression() -> String {
-    "zstd".into()
+fn default_compression() -> Codec {
+    Codec::Zstd(None)
 }
 fn default_row_group_size() -> usize {
     131_072
@@ -126,30 +191,19 @@ impl IcebergWriterConfig {
                 "`overwrite` is not supported yet: iceberg-rust 0.10 has no atomic overwrite; use `append`".into(),
             );
         }
-        match (self.catalog.kind.as_str(), &self.catalog.uri) {
-            ("sql", Some(u))
-                if !(u.starts_with("sqlite:")
-                    || u.starts_with("postgres://")
-                    || u.starts_with("postgresql://")) =>
-            {
+        match (self.catalog.kind, &self.catalog.uri) {
+            (CatalogKind::Sql, Some(CatalogUri::Http(_) | CatalogUri::Other(_))) => {
                 return key(
                     "catalog.uri",
                     "use sqlite://path/catalog.db or postgres://…".into(),
                 );
             }
-            ("sql", _) => {}
-            ("rest", Some(u)) if u.starts_with("http://") || u.starts_with("https://") => {}
-            ("rest", _) => {
+            (CatalogKind::Sql, _) | (CatalogKind::Rest, Some(CatalogUri::Http(_))) => {}
+            (CatalogKind::Rest, _) => {
                 return key(
                     "catalog.uri",
                     "a REST catalog needs `uri: https://…`".into(),
                 );
-            }
-            (other, _) => {
-                return key(
-                    "catalog.type",
-                    format!("unknown catalog type `{other}`: use `sql` or `rest`"),
-                )
             }
         }
         if let Some(enc) = &self.encryption {
@@ -167,8 +221,6 @@ impl IcebergWriterConfig {
                 );
             }
         }
-        crate::parquet::parse_compression(&self.compression)
-            .map_err(|e| Error::config(e.message().to_string()).with_key_path("compression"))?;
         for (i, p) in self.partition_by.iter().enumerate() {
             super::writer::parse_partition(p)
                 .map_err(|m| Error::config(m).with_key_path(format!("partition_by[{i}]")))?;

@@ -20,6 +20,9 @@ pub mod counting;
 mod encrypted;
 mod writer;
 
-pub use config::{CatalogConfig, IcebergWriterConfig, WriteMode};
+pub use config::{CatalogConfig, CatalogKind, CatalogUri, IcebergWriterConfig, WriteMode};
 pub use encrypted::{encrypted_dataset, ENCRYPTION_KEY};
 pub use writer::IcebergWriter;
+
+#[cfg(test)]
+mod tests;

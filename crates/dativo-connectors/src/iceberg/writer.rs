@@ -34,17 +34,15 @@ use serde_json::Value;
 
 use dativo_core::config::from_config;
 use dativo_core::{
-    secrets, Commit, CommitReport, CommittedState, Error, Result, Writer, WriterContext,
+    secrets, Commit, CommitReport, CommittedState, Error, ErrorKind, OpenWriter, Result,
+    WriterContext,
 };
 
-use super::config::IcebergWriterConfig;
+use super::config::{CatalogKind, CatalogUri, IcebergWriterConfig};
 use super::counting::{job_latest, CountingCatalog, JobGuard};
 use super::encrypted::{audit_files, FileBuilder, ENCRYPTION_KEY};
 use dativo_core::rt::runtime;
 use dativo_encryption::{EncFormat, Encryptor, FileKeys};
-
-/// How a run that met another run of its job says so (as the state store's job lock does).
-const BUSY: &str = "is already running";
 
 /// Snapshot summary keys written with every commit.
 pub const STATE_KEY: &str = "dativo.state";
@@ -63,21 +61,23 @@ enum Active {
     Fanout(FanoutWriter<Builder>, RecordBatchPartitionSplitter),
 }
 
-/// Writes into an Iceberg table; each finalize is one atomic commit carrying the state.
-#[derive(Default)]
+/// Writes into an Iceberg table; each commit is one atomic snapshot carrying the state.
+/// Opened ready by [`IcebergWriter::open`]; dropping it deletes data files written since the
+/// last commit (as `abort` does).
 pub struct IcebergWriter {
-    cfg: Option<IcebergWriterConfig>,
-    catalog: Option<Arc<CountingCatalog>>,
-    table: Option<Table>,
+    cfg: IcebergWriterConfig,
+    catalog: Arc<CountingCatalog>,
+    table: Table,
     /// This job's latest snapshot in the table as of the run's start or its last commit: a
     /// commit is only made on top of it (see [`super::counting`]).
     job_snapshot: Option<i64>,
-    ident: Option<TableIdent>,
-    target: Option<ArrowSchemaRef>,
+    ident: TableIdent,
+    /// The table's schema in Arrow form: batches are conformed to it.
+    target: ArrowSchemaRef,
     job: String,
+    /// The data file writer since the last commit, once a batch arrived.
     active: Option<Active>,
     rows: u64,
-    run_id: String,
     /// Client-side encryption (Parquet Modular Encryption), when configured.
     enc: Option<Arc<Encryptor>>,
     /// Keys issued to data files not committed yet.
@@ -86,42 +86,113 @@ pub struct IcebergWriter {
 
 /// Open the catalog of `cfg` and load its (existing) table.
 pub(crate) async fn load_existing(cfg: &IcebergWriterConfig) -> Result<Table> {
-    let catalog = IcebergWriter::open_catalog(cfg).await?;
-    let parts: Vec<&str> = cfg.table.split('.').collect();
-    let (ns_parts, name) = parts.split_at(parts.len() - 1);
-    let ns =
-        NamespaceIdent::from_strs(ns_parts.iter().copied()).map_err(|e| ice(e, "namespace"))?;
-    let ident = TableIdent::new(ns, name[0].to_string());
+    let catalog = open_catalog(cfg).await?;
+    let (_, ident) = table_ident(&cfg.table)?;
     catalog
         .load_table(&ident)
         .await
         .map_err(|e| ice(e, &format!("loading the table {}", cfg.table)))
 }
 
-fn ice(e: iceberg::Error, doing: &str) -> Error {
+/// `namespace.table` → (namespace, table identifier).
+fn table_ident(table: &str) -> Result<(NamespaceIdent, TableIdent)> {
+    let parts: Vec<&str> = table.split('.').collect();
+    let (ns_parts, name) = parts.split_at(parts.len().saturating_sub(1));
+    let ns =
+        NamespaceIdent::from_strs(ns_parts.iter().copied()).map_err(|e| ice(e, "namespace"))?;
+    let name = name.first().copied().unwrap_or_default().to_string();
+    Ok((ns.clone(), TableIdent::new(ns, name)))
+}
+
+/// A dativo error for an iceberg-rust failure while `doing` something. The kind comes from
+/// iceberg's [`iceberg::ErrorKind`] and, for its catch-all kinds, from the causes it carries
+/// (a connection that failed, a timeout), never from message text; the failure stays the
+/// cause.
+pub(crate) fn ice(e: iceberg::Error, doing: &str) -> Error {
     let msg = format!("{doing}: {}", secrets::scrub(&e.to_string()));
-    match e.kind() {
-        iceberg::ErrorKind::CatalogCommitConflicts => Error::transient(msg),
+    let kind = match e.kind() {
+        iceberg::ErrorKind::CatalogCommitConflicts => ErrorKind::Conflict,
         iceberg::ErrorKind::DataInvalid | iceberg::ErrorKind::FeatureUnsupported => {
-            Error::schema(msg)
+            ErrorKind::Schema
         }
         iceberg::ErrorKind::NamespaceNotFound | iceberg::ErrorKind::TableNotFound => {
-            Error::config(msg)
+            ErrorKind::Config
         }
-        _ if e.retryable() => Error::transient(msg),
-        _ => {
-            let lower = msg.to_lowercase();
-            if lower.contains("connect")
-                || lower.contains("timed out")
-                || lower.contains("dns")
-                || lower.contains("error sending request")
-            {
-                Error::connect(msg)
-            } else {
-                Error::io(msg)
+        _ if e.retryable() => ErrorKind::Transient,
+        _ => match cause_kind(&e) {
+            Some(k) => k,
+            None => ErrorKind::Io,
+        },
+    };
+    Error::new(kind, msg).with_source(e)
+}
+
+/// What the causes of `e` say about it: a service that could not be reached
+/// ([`ErrorKind::Connect`]), storage that refused or throttled, or nothing known.
+fn cause_kind(e: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
+    use std::io::ErrorKind as Io;
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        // iceberg-rust's REST client and object storage (opendal) speak HTTP with reqwest.
+        if let Some(r) = c.downcast_ref::<reqwest_iceberg::Error>() {
+            if r.is_connect() || r.is_timeout() {
+                return Some(ErrorKind::Connect);
             }
         }
+        if let Some(r) = c.downcast_ref::<reqwest::Error>() {
+            if r.is_connect() || r.is_timeout() {
+                return Some(ErrorKind::Connect);
+            }
+        }
+        if let Some(s) = c.downcast_ref::<sqlx::Error>() {
+            if matches!(
+                s,
+                sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut
+            ) {
+                return Some(ErrorKind::Connect);
+            }
+        }
+        if let Some(o) = c.downcast_ref::<opendal::Error>() {
+            match o.kind() {
+                opendal::ErrorKind::PermissionDenied => return Some(ErrorKind::Auth),
+                opendal::ErrorKind::RateLimited => return Some(ErrorKind::Transient),
+                _ if o.is_temporary() => return Some(ErrorKind::Transient),
+                _ => {}
+            }
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                Io::ConnectionRefused
+                    | Io::ConnectionReset
+                    | Io::ConnectionAborted
+                    | Io::NotConnected
+                    | Io::TimedOut
+                    | Io::HostUnreachable
+                    | Io::NetworkUnreachable
+                    | Io::AddrNotAvailable
+            ) {
+                return Some(ErrorKind::Connect);
+            }
+        }
+        cur = c.source();
     }
+    None
+}
+
+/// Whether `e` is a catalog database's refusal of a row or table that another process just
+/// created (a unique-key violation, or PostgreSQL's `duplicate_table`): the SQL catalog
+/// creates its own tables on first use, and shards starting together on a fresh database race.
+fn is_duplicate(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(sqlx::Error::Database(db)) = c.downcast_ref::<sqlx::Error>() {
+            // 42P07: duplicate_table; 23505 (unique_violation) is `is_unique_violation`.
+            return db.is_unique_violation() || db.code().as_deref() == Some("42P07");
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// Parse `col`, `day(col)`, `bucket(16, col)`, `truncate(4, col)` into (column, transform).
@@ -222,331 +293,377 @@ fn absolute(p: &str) -> Result<String> {
     Ok(abs.display().to_string().trim_end_matches('/').to_string())
 }
 
-impl IcebergWriter {
-    /// A new, uninitialized writer.
-    pub fn new() -> Self {
-        Self::default()
+/// Open the catalog `cfg` names (creating a local warehouse directory and SQLite file).
+async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<CountingCatalog>> {
+    let warehouse = cfg.warehouse.clone().unwrap_or_else(|| "warehouse".into());
+    let (warehouse, storage): (String, Arc<dyn StorageFactory>) = if warehouse.starts_with("s3://")
+        || warehouse.starts_with("s3a://")
+    {
+        (
+            warehouse,
+            Arc::new(OpenDalStorageFactory::S3 {
+                customized_credential_load: None,
+            }),
+        )
+    } else {
+        let w = absolute(warehouse.trim_start_matches("file://"))?;
+        std::fs::create_dir_all(&w)
+            .map_err(|e| Error::io(format!("creating the warehouse {w}: {e}")).with_source(e))?;
+        (w, Arc::new(LocalFsStorageFactory))
+    };
+    let mut s3_props: HashMap<String, String> = HashMap::new();
+    if let Some(s3) = &cfg.s3 {
+        let mut set = |k: &str, v: Option<&str>| {
+            if let Some(v) = v {
+                s3_props.insert(k.to_string(), v.to_string());
+            }
+        };
+        set(S3_ENDPOINT, s3.endpoint.as_deref());
+        set(S3_REGION, s3.region.as_deref());
+        set(S3_ACCESS_KEY_ID, s3.access_key_id.as_deref());
+        set(
+            S3_SECRET_ACCESS_KEY,
+            s3.secret_access_key.as_ref().map(|s| s.expose()),
+        );
+        set(
+            S3_SESSION_TOKEN,
+            s3.session_token.as_ref().map(|s| s.expose()),
+        );
+        if s3.path_style {
+            s3_props.insert(S3_PATH_STYLE_ACCESS.to_string(), "true".to_string());
+        }
     }
+    if cfg.catalog.kind == CatalogKind::Rest {
+        let uri = cfg
+            .catalog
+            .uri
+            .as_ref()
+            .map(|u| u.expose().to_string())
+            .unwrap_or_default();
+        let mut props = s3_props;
+        props.insert("uri".into(), uri.clone());
+        if cfg.warehouse.is_some() {
+            props.insert("warehouse".into(), warehouse.clone());
+        }
+        for (k, v) in [
+            ("token", &cfg.catalog.token),
+            ("credential", &cfg.catalog.credential),
+        ] {
+            if let Some(v) = v {
+                props.insert(k.into(), v.expose().to_string());
+            }
+        }
+        let catalog = RestCatalogBuilder::default()
+            .with_storage_factory(storage)
+            .load(cfg.catalog.name.clone(), props)
+            .await
+            .map_err(|e| {
+                ice(
+                    e,
+                    &format!(
+                        "opening the Iceberg REST catalog at {}",
+                        secrets::scrub(&uri)
+                    ),
+                )
+            })?;
+        return Ok(Arc::new(CountingCatalog::new(Arc::new(catalog))));
+    }
+    let uri = match &cfg.catalog.uri {
+        Some(CatalogUri::Sqlite(u)) => {
+            let path = u
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            let (path, _) = path.split_once('?').unwrap_or((path, ""));
+            let abs = absolute(path)?;
+            if let Some(parent) = Path::new(&abs).parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            format!("sqlite://{abs}?mode=rwc")
+        }
+        Some(u) => u.expose().to_string(),
+        None => {
+            let abs = absolute(".dativo/catalog.db")?;
+            std::fs::create_dir_all(absolute(".dativo")?)?;
+            format!("sqlite://{abs}?mode=rwc")
+        }
+    };
+    let sqlite = uri.starts_with("sqlite:");
+    let make = || {
+        let style = if sqlite {
+            SqlBindStyle::QMark
+        } else {
+            SqlBindStyle::DollarNumeric
+        };
+        let mut b = SqlCatalogBuilder::default()
+            .uri(uri.clone())
+            .warehouse_location(warehouse.clone())
+            .sql_bind_style(style);
+        for (k, v) in &s3_props {
+            b = b.prop(k.clone(), v.clone());
+        }
+        b.with_storage_factory(storage.clone())
+    };
+    // The catalog creates its tables on first use; several shards starting together on a
+    // fresh database race to create them (a duplicate-key error): the losers try again.
+    let mut attempt = 0;
+    let catalog = loop {
+        attempt += 1;
+        match make().load(cfg.catalog.name.clone(), HashMap::new()).await {
+            Ok(c) => break c,
+            Err(e) if attempt < 5 && is_duplicate(&e) => {
+                let ms = 50 + rand::random::<u64>() % 250;
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            Err(e) => {
+                let what = secrets::scrub(&uri);
+                return Err(ice(e, &format!("opening the Iceberg catalog at {what}")));
+            }
+        }
+    };
+    Ok(Arc::new(CountingCatalog::new(Arc::new(catalog))))
+}
 
+/// The table a writer writes, loaded (or created) and evolved.
+struct Opened {
+    table: Table,
+    ident: TableIdent,
+    /// The table's schema in Arrow form.
+    target: ArrowSchemaRef,
+}
+
+/// Load or create the table; evolve its schema to take the source's new columns.
+async fn open_table(
+    cfg: &IcebergWriterConfig,
+    catalog: &CountingCatalog,
+    source: &ArrowSchema,
+    encrypted: bool,
+) -> Result<Opened> {
+    let (ns, ident) = table_ident(&cfg.table)?;
+    if !catalog
+        .namespace_exists(&ns)
+        .await
+        .map_err(|e| ice(e, "checking the namespace"))?
+    {
+        if let Err(e) = catalog.create_namespace(&ns, HashMap::new()).await {
+            // Another job may have created it meanwhile (the SQL catalog then reports a
+            // unique-constraint violation rather than "already exists").
+            if !catalog.namespace_exists(&ns).await.unwrap_or(false) {
+                return Err(ice(e, "creating the namespace"));
+            }
+        }
+    }
+    let compatible = iceberg_compatible(source)?;
+    let table = if catalog
+        .table_exists(&ident)
+        .await
+        .map_err(|e| ice(e, "checking the table"))?
+    {
+        catalog
+            .load_table(&ident)
+            .await
+            .map_err(|e| ice(e, "loading the table"))?
+    } else {
+        let schema = arrow_schema_to_schema_auto_assign_ids(&compatible)
+            .map_err(|e| ice(e, "mapping the source schema to Iceberg"))?;
+        let mut spec = PartitionSpec::builder(schema.clone());
+        for (i, p) in cfg.partition_by.iter().enumerate() {
+            let (col, t) = parse_partition(p)
+                .map_err(|m| Error::config(m).with_key_path(format!("partition_by[{i}]")))?;
+            let pname = match t {
+                Transform::Identity => col.clone(),
+                Transform::Bucket(n) => format!("{col}_bucket_{n}"),
+                Transform::Truncate(w) => format!("{col}_trunc_{w}"),
+                other => format!("{col}_{}", other.to_string().to_lowercase()),
+            };
+            spec = spec
+                .add_partition_field(col.as_str(), pname, t)
+                .map_err(|e| ice(e, &format!("partition field `{p}`")))?;
+        }
+        let spec = spec.build().map_err(|e| ice(e, "partition spec"))?;
+        let mut props: HashMap<String, String> = HashMap::from([
+            ("commit.retry.num-retries".into(), "20".into()),
+            ("commit.retry.min-wait-ms".into(), "50".into()),
+            ("commit.retry.max-wait-ms".into(), "5000".into()),
+            (
+                "write.parquet.compression-codec".into(),
+                cfg.compression.iceberg_codec().into(),
+            ),
+        ]);
+        if let Some(level) = cfg.compression.level() {
+            props.insert("write.parquet.compression-level".into(), level.to_string());
+        }
+        props.extend(cfg.properties.clone());
+        let creation = TableCreation::builder()
+            .name(ident.name().to_string())
+            .schema(schema)
+            .partition_spec(spec)
+            .properties(props)
+            .build();
+        match catalog.create_table(&ns, creation).await {
+            Ok(t) => {
+                tracing::info!(table = %cfg.table, "created the Iceberg table");
+                t
+            }
+            // Another job may have created it meanwhile: use theirs.
+            Err(e) => match catalog.load_table(&ident).await {
+                Ok(t) => t,
+                Err(_) => return Err(ice(e, "creating the table")),
+            },
+        }
+    };
+    if encrypted && !table.metadata().default_partition_spec().is_unpartitioned() {
+        return Err(Error::config(format!(
+            "table {} is partitioned: partition values become plaintext directory names, so dativo does not encrypt into it; use an unpartitioned table",
+            cfg.table
+        ))
+        .with_key_path("encryption"));
+    }
+    let table = evolve(catalog, table, &compatible).await?;
+    let target = schema_to_arrow_schema(table.metadata().current_schema())
+        .map_err(|e| ice(e, "reading the table schema"))?;
+    Ok(Opened {
+        table,
+        ident,
+        target: Arc::new(target),
+    })
+}
+
+/// Add the source's new nullable columns; refuse incompatible changes, naming the column.
+async fn evolve(catalog: &CountingCatalog, table: Table, source: &ArrowSchema) -> Result<Table> {
+    let current = table.metadata().current_schema().clone();
+    let mut added = Vec::new();
+    for f in source.fields() {
+        match current.field_by_name(f.name()) {
+            Some(existing) => {
+                let want = arrow_type_to_type(f.data_type()).ok();
+                let have = existing.field_type.as_ref();
+                let ok = match (&want, have) {
+                    (None, _) => true, // nested: checked by the cast when writing
+                    (Some(w), h) if w == h => true,
+                    (
+                        Some(Type::Primitive(PrimitiveType::Int)),
+                        Type::Primitive(PrimitiveType::Long),
+                    ) => true,
+                    (
+                        Some(Type::Primitive(PrimitiveType::Float)),
+                        Type::Primitive(PrimitiveType::Double),
+                    ) => true,
+                    _ => false,
+                };
+                if !ok {
+                    return Err(Error::schema(format!(
+                        "column `{}` is {} in the Iceberg table but {} in the source: an incompatible type change",
+                        f.name(),
+                        have,
+                        want.map(|t| t.to_string()).unwrap_or_else(|| f.data_type().to_string())
+                    )));
+                }
+            }
+            None => {
+                if !f.is_nullable() {
+                    return Err(Error::schema(format!(
+                        "the source has a new required column `{}`; only nullable columns can be added to an Iceberg table",
+                        f.name()
+                    )));
+                }
+                let t = arrow_type_to_type(f.data_type()).map_err(|e| {
+                    ice(
+                        e,
+                        &format!(
+                            "new column `{}` (only primitive columns can be added)",
+                            f.name()
+                        ),
+                    )
+                })?;
+                added.push((f.name().clone(), t));
+            }
+        }
+    }
+    for field in current.as_struct().fields() {
+        if field.required && source.field_with_name(&field.name).is_err() {
+            return Err(Error::schema(format!(
+                "the table's required column `{}` is missing from the source",
+                field.name
+            )));
+        }
+    }
+    if added.is_empty() {
+        return Ok(table);
+    }
+    let names: Vec<String> = added.iter().map(|(n, _)| n.clone()).collect();
+    let tx = Transaction::new(&table);
+    let mut update = tx.update_schema();
+    for (name, t) in added {
+        update = update.add_column(AddColumn::optional(name, t));
+    }
+    let tx = update.apply(tx).map_err(|e| ice(e, "adding columns"))?;
+    let table = tx
+        .commit(catalog)
+        .await
+        .map_err(|e| ice(e, "committing the schema update"))?;
+    tracing::info!(columns = ?names, "added columns to the Iceberg table");
+    Ok(table)
+}
+
+impl IcebergWriter {
     /// Validate a config without connecting.
     pub fn validate(config: &Value) -> Result<()> {
         from_config::<IcebergWriterConfig>(config)?.check()
     }
 
-    fn cfg(&self) -> &IcebergWriterConfig {
-        self.cfg.as_ref().expect("initialized")
+    /// Open the catalog, load the table (creating its namespace and the table from
+    /// `ctx.schema` when missing, adding the source's new nullable columns), and note this
+    /// job's latest snapshot: commits are made only on top of it.
+    pub fn open(config: &Value, ctx: &WriterContext) -> Result<Self> {
+        let cfg: IcebergWriterConfig = from_config(config)?;
+        cfg.check()?;
+        let enc = match &cfg.encryption {
+            Some(e) => {
+                let enc = Encryptor::open(e, EncFormat::Parquet)?;
+                enc.check_columns(&ctx.schema)?;
+                Some(Arc::new(enc))
+            }
+            None => None,
+        };
+        let (catalog, opened) = runtime().block_on(async {
+            let catalog = open_catalog(&cfg).await?;
+            let opened = open_table(&cfg, &catalog, &ctx.schema, enc.is_some()).await?;
+            Ok::<_, Error>((catalog, opened))
+        })?;
+        let job_snapshot = job_latest(opened.table.metadata(), &ctx.job).map(|s| s.snapshot_id());
+        Ok(IcebergWriter {
+            cfg,
+            catalog,
+            table: opened.table,
+            job_snapshot,
+            ident: opened.ident,
+            target: opened.target,
+            job: ctx.job.clone(),
+            active: None,
+            rows: 0,
+            enc,
+            issued: Default::default(),
+        })
     }
 
-    fn table(&self) -> &Table {
-        self.table.as_ref().expect("initialized")
-    }
-
-    async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<CountingCatalog>> {
-        let warehouse = cfg.warehouse.clone().unwrap_or_else(|| "warehouse".into());
-        let (warehouse, storage): (String, Arc<dyn StorageFactory>) =
-            if warehouse.starts_with("s3://") || warehouse.starts_with("s3a://") {
-                (
-                    warehouse,
-                    Arc::new(OpenDalStorageFactory::S3 {
-                        customized_credential_load: None,
-                    }),
-                )
-            } else {
-                let w = absolute(warehouse.trim_start_matches("file://"))?;
-                std::fs::create_dir_all(&w)
-                    .map_err(|e| Error::io(format!("creating the warehouse {w}: {e}")))?;
-                (w, Arc::new(LocalFsStorageFactory))
-            };
-        let mut s3_props: HashMap<String, String> = HashMap::new();
-        if let Some(s3) = &cfg.s3 {
-            let mut set = |k: &str, v: &Option<String>| {
-                if let Some(v) = v {
-                    s3_props.insert(k.to_string(), v.clone());
-                }
-            };
-            set(S3_ENDPOINT, &s3.endpoint);
-            set(S3_REGION, &s3.region);
-            set(S3_ACCESS_KEY_ID, &s3.access_key_id);
-            set(S3_SECRET_ACCESS_KEY, &s3.secret_access_key);
-            set(S3_SESSION_TOKEN, &s3.session_token);
-            if let Some(s) = &s3.secret_access_key {
-                secrets::register(s);
-            }
-            if s3.path_style {
-                s3_props.insert(S3_PATH_STYLE_ACCESS.to_string(), "true".to_string());
-            }
+    /// Close the open data files and delete them, forget their keys: nothing since the last
+    /// commit remains. Reports the first failure to close.
+    fn discard(&mut self) -> Result<()> {
+        let closed = runtime().block_on(self.close_writer());
+        if let Ok(files) = &closed {
+            runtime().block_on(self.delete_files(files));
         }
-        if cfg.catalog.kind == "rest" {
-            let uri = cfg.catalog.uri.clone().unwrap_or_default();
-            let mut props = s3_props;
-            props.insert("uri".into(), uri.clone());
-            if cfg.warehouse.is_some() {
-                props.insert("warehouse".into(), warehouse.clone());
-            }
-            for (k, v) in [
-                ("token", &cfg.catalog.token),
-                ("credential", &cfg.catalog.credential),
-            ] {
-                if let Some(v) = v {
-                    secrets::register(v);
-                    props.insert(k.into(), v.clone());
-                }
-            }
-            let catalog = RestCatalogBuilder::default()
-                .with_storage_factory(storage)
-                .load(cfg.catalog.name.clone(), props)
-                .await
-                .map_err(|e| {
-                    ice(
-                        e,
-                        &format!(
-                            "opening the Iceberg REST catalog at {}",
-                            secrets::scrub(&uri)
-                        ),
-                    )
-                })?;
-            return Ok(Arc::new(CountingCatalog::new(Arc::new(catalog))));
-        }
-        let uri = match &cfg.catalog.uri {
-            Some(u) if u.starts_with("sqlite:") => {
-                let path = u
-                    .trim_start_matches("sqlite://")
-                    .trim_start_matches("sqlite:");
-                let (path, _) = path.split_once('?').unwrap_or((path, ""));
-                let abs = absolute(path)?;
-                if let Some(parent) = Path::new(&abs).parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                format!("sqlite://{abs}?mode=rwc")
-            }
-            Some(u) => {
-                secrets::register(u);
-                u.clone()
-            }
-            None => {
-                let abs = absolute(".dativo/catalog.db")?;
-                std::fs::create_dir_all(absolute(".dativo")?)?;
-                format!("sqlite://{abs}?mode=rwc")
-            }
-        };
-        let sqlite = uri.starts_with("sqlite:");
-        let make = || {
-            let style = if sqlite {
-                SqlBindStyle::QMark
-            } else {
-                SqlBindStyle::DollarNumeric
-            };
-            let mut b = SqlCatalogBuilder::default()
-                .uri(uri.clone())
-                .warehouse_location(warehouse.clone())
-                .sql_bind_style(style);
-            for (k, v) in &s3_props {
-                b = b.prop(k.clone(), v.clone());
-            }
-            b.with_storage_factory(storage.clone())
-        };
-        // The catalog creates its tables on first use; several shards starting together on a
-        // fresh database race to create them (a duplicate-key error): the losers try again.
-        let mut attempt = 0;
-        let catalog = loop {
-            attempt += 1;
-            match make().load(cfg.catalog.name.clone(), HashMap::new()).await {
-                Ok(c) => break c,
-                Err(e)
-                    if attempt < 5 && {
-                        let m = e.to_string();
-                        m.contains("duplicate key") || m.contains("already exists")
-                    } =>
-                {
-                    let ms = 50 + rand::random::<u64>() % 250;
-                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-                }
-                Err(e) => {
-                    let what = secrets::scrub(&uri);
-                    return Err(ice(e, &format!("opening the Iceberg catalog at {what}")));
-                }
-            }
-        };
-        Ok(Arc::new(CountingCatalog::new(Arc::new(catalog))))
-    }
-
-    /// Load or create the table; evolve its schema to take the source's new columns.
-    async fn open_table(&mut self, source: &ArrowSchema) -> Result<()> {
-        let cfg = self.cfg().clone();
-        let catalog = self.catalog.clone().expect("catalog");
-        let parts: Vec<&str> = cfg.table.split('.').collect();
-        let (ns_parts, name) = parts.split_at(parts.len() - 1);
-        let ns =
-            NamespaceIdent::from_strs(ns_parts.iter().copied()).map_err(|e| ice(e, "namespace"))?;
-        let ident = TableIdent::new(ns.clone(), name[0].to_string());
-        if !catalog
-            .namespace_exists(&ns)
-            .await
-            .map_err(|e| ice(e, "checking the namespace"))?
-        {
-            if let Err(e) = catalog.create_namespace(&ns, HashMap::new()).await {
-                // Another job may have created it meanwhile (the SQL catalog then reports a
-                // unique-constraint violation rather than "already exists").
-                if !catalog.namespace_exists(&ns).await.unwrap_or(false) {
-                    return Err(ice(e, "creating the namespace"));
-                }
-            }
-        }
-        let compatible = iceberg_compatible(source)?;
-        let table = if catalog
-            .table_exists(&ident)
-            .await
-            .map_err(|e| ice(e, "checking the table"))?
-        {
-            catalog
-                .load_table(&ident)
-                .await
-                .map_err(|e| ice(e, "loading the table"))?
-        } else {
-            let schema = arrow_schema_to_schema_auto_assign_ids(&compatible)
-                .map_err(|e| ice(e, "mapping the source schema to Iceberg"))?;
-            let mut spec = PartitionSpec::builder(schema.clone());
-            for p in &cfg.partition_by {
-                let (col, t) = parse_partition(p).map_err(Error::config)?;
-                let pname = match t {
-                    Transform::Identity => col.clone(),
-                    Transform::Bucket(n) => format!("{col}_bucket_{n}"),
-                    Transform::Truncate(w) => format!("{col}_trunc_{w}"),
-                    other => format!("{col}_{}", other.to_string().to_lowercase()),
-                };
-                spec = spec
-                    .add_partition_field(col.as_str(), pname, t)
-                    .map_err(|e| ice(e, &format!("partition field `{p}`")))?;
-            }
-            let spec = spec.build().map_err(|e| ice(e, "partition spec"))?;
-            let mut props: HashMap<String, String> = HashMap::from([
-                ("commit.retry.num-retries".into(), "20".into()),
-                ("commit.retry.min-wait-ms".into(), "50".into()),
-                ("commit.retry.max-wait-ms".into(), "5000".into()),
-                (
-                    "write.parquet.compression-codec".into(),
-                    cfg.compression.clone(),
-                ),
-            ]);
-            props.extend(cfg.properties.clone());
-            let creation = TableCreation::builder()
-                .name(ident.name().to_string())
-                .schema(schema)
-                .partition_spec(spec)
-                .properties(props)
-                .build();
-            match catalog.create_table(&ns, creation).await {
-                Ok(t) => {
-                    tracing::info!(table = %cfg.table, "created the Iceberg table");
-                    t
-                }
-                // Another job may have created it meanwhile: use theirs.
-                Err(e) => match catalog.load_table(&ident).await {
-                    Ok(t) => t,
-                    Err(_) => return Err(ice(e, "creating the table")),
-                },
-            }
-        };
-        if self.enc.is_some() && !table.metadata().default_partition_spec().is_unpartitioned() {
-            return Err(Error::config(format!(
-                "table {} is partitioned: partition values become plaintext directory names, so dativo does not encrypt into it; use an unpartitioned table",
-                cfg.table
-            ))
-            .with_key_path("encryption"));
-        }
-        let table = self.evolve(table, &compatible).await?;
-        let target = schema_to_arrow_schema(table.metadata().current_schema())
-            .map_err(|e| ice(e, "reading the table schema"))?;
-        self.target = Some(Arc::new(target));
-        self.table = Some(table);
-        self.ident = Some(ident);
-        Ok(())
-    }
-
-    /// Add the source's new nullable columns; refuse incompatible changes, naming the column.
-    async fn evolve(&self, table: Table, source: &ArrowSchema) -> Result<Table> {
-        let current = table.metadata().current_schema().clone();
-        let mut added = Vec::new();
-        for f in source.fields() {
-            match current.field_by_name(f.name()) {
-                Some(existing) => {
-                    let want = arrow_type_to_type(f.data_type()).ok();
-                    let have = existing.field_type.as_ref();
-                    let ok = match (&want, have) {
-                        (None, _) => true, // nested: checked by the cast when writing
-                        (Some(w), h) if w == h => true,
-                        (
-                            Some(Type::Primitive(PrimitiveType::Int)),
-                            Type::Primitive(PrimitiveType::Long),
-                        ) => true,
-                        (
-                            Some(Type::Primitive(PrimitiveType::Float)),
-                            Type::Primitive(PrimitiveType::Double),
-                        ) => true,
-                        _ => false,
-                    };
-                    if !ok {
-                        return Err(Error::schema(format!(
-                            "column `{}` is {} in the Iceberg table but {} in the source: an incompatible type change",
-                            f.name(),
-                            have,
-                            want.map(|t| t.to_string()).unwrap_or_else(|| f.data_type().to_string())
-                        )));
-                    }
-                }
-                None => {
-                    if !f.is_nullable() {
-                        return Err(Error::schema(format!(
-                            "the source has a new required column `{}`; only nullable columns can be added to an Iceberg table",
-                            f.name()
-                        )));
-                    }
-                    let t = arrow_type_to_type(f.data_type()).map_err(|e| {
-                        ice(
-                            e,
-                            &format!(
-                                "new column `{}` (only primitive columns can be added)",
-                                f.name()
-                            ),
-                        )
-                    })?;
-                    added.push((f.name().clone(), t));
-                }
-            }
-        }
-        for field in current.as_struct().fields() {
-            if field.required && source.field_with_name(&field.name).is_err() {
-                return Err(Error::schema(format!(
-                    "the table's required column `{}` is missing from the source",
-                    field.name
-                )));
-            }
-        }
-        if added.is_empty() {
-            return Ok(table);
-        }
-        let names: Vec<String> = added.iter().map(|(n, _)| n.clone()).collect();
-        let tx = Transaction::new(&table);
-        let mut update = tx.update_schema();
-        for (name, t) in added {
-            update = update.add_column(AddColumn::optional(name, t));
-        }
-        let tx = update.apply(tx).map_err(|e| ice(e, "adding columns"))?;
-        let catalog = self.catalog.clone().expect("catalog");
-        let table = tx
-            .commit(catalog.as_ref())
-            .await
-            .map_err(|e| ice(e, "committing the schema update"))?;
-        tracing::info!(columns = ?names, "added columns to the Iceberg table");
-        Ok(table)
+        self.issued.lock().expect("not poisoned").clear();
+        self.rows = 0;
+        closed.map(|_| ())
     }
 
     async fn start_writer(&self) -> Result<Active> {
-        let table = self.table();
+        let table = &self.table;
         let md = table.metadata();
         let props = WriterProperties::builder()
-            .set_compression(crate::parquet::parse_compression(&self.cfg().compression)?)
-            .set_max_row_group_row_count(Some(self.cfg().row_group_size.max(1)))
+            .set_compression(self.cfg.compression.compression())
+            .set_max_row_group_row_count(Some(self.cfg.row_group_size.max(1)))
             .set_created_by(format!("dativo {}", env!("CARGO_PKG_VERSION")))
             .build();
         let pq = FileBuilder::new(
@@ -558,7 +675,7 @@ impl IcebergWriter {
         )?;
         let rolling = RollingFileWriterBuilder::new(
             pq,
-            self.cfg().target_file_size.0 as usize,
+            self.cfg.target_file_size.0 as usize,
             table.file_io().clone(),
             DefaultLocationGenerator::new(md).map_err(|e| ice(e, "data location"))?,
             // Unique per writer: the generator's counter restarts with every instance.
@@ -596,7 +713,7 @@ impl IcebergWriter {
     }
 
     async fn delete_files(&self, files: &[DataFile]) {
-        let io = self.table().file_io().clone();
+        let io = self.table.file_io().clone();
         for f in files {
             if let Err(e) = io.delete(f.file_path()).await {
                 tracing::warn!(file = f.file_path(), error = %e, "could not delete an uncommitted data file");
@@ -605,39 +722,18 @@ impl IcebergWriter {
     }
 }
 
-impl Writer for IcebergWriter {
-    fn initialize(&mut self, config: &Value, ctx: &WriterContext) -> Result<()> {
-        let cfg: IcebergWriterConfig = from_config(config)?;
-        cfg.check()?;
-        self.enc = match &cfg.encryption {
-            Some(e) => {
-                let enc = Encryptor::open(e, EncFormat::Parquet)?;
-                enc.check_columns(&ctx.schema)?;
-                Some(Arc::new(enc))
-            }
-            None => None,
-        };
-        let catalog = runtime().block_on(Self::open_catalog(&cfg))?;
-        self.catalog = Some(catalog);
-        self.cfg = Some(cfg);
-        self.job = ctx.job.clone();
-        self.run_id = ctx.run_id.clone();
-        let schema = ctx.schema.clone();
-        runtime().block_on(self.open_table(&schema))?;
-        self.job_snapshot = job_latest(self.table().metadata(), &self.job).map(|s| s.snapshot_id());
-        Ok(())
-    }
-
-    fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+impl OpenWriter for IcebergWriter {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let conformed = conform(batch, self.target.as_ref().expect("initialized"))?;
+        let conformed = conform(batch, &self.target)?;
         runtime().block_on(async {
-            if self.active.is_none() {
-                self.active = Some(self.start_writer().await?);
-            }
-            match self.active.as_mut().expect("started") {
+            let active = match self.active.take() {
+                Some(a) => a,
+                None => self.start_writer().await?,
+            };
+            match self.active.insert(active) {
                 Active::Plain(w) => w.write(conformed).await.map_err(|e| ice(e, "writing")),
                 Active::Fanout(w, splitter) => {
                     let parts = splitter
@@ -654,7 +750,7 @@ impl Writer for IcebergWriter {
         Ok(())
     }
 
-    fn finalize(&mut self, commit: &Commit) -> Result<CommitReport> {
+    fn commit(&mut self, commit: &Commit) -> Result<CommitReport> {
         let state = commit
             .state
             .as_ref()
@@ -662,8 +758,8 @@ impl Writer for IcebergWriter {
             .unwrap_or_else(|| "null".into());
         let job = self.job.clone();
         let run = commit.run_id.clone();
-        let ident = self.ident.clone().expect("initialized");
-        let catalog = self.catalog.clone().expect("catalog");
+        let ident = self.ident.clone();
+        let catalog = self.catalog.clone();
         let enc = self.enc.clone();
         let issued = self.issued.clone();
         let expected = self.job_snapshot;
@@ -675,8 +771,8 @@ impl Writer for IcebergWriter {
                 (RUN_KEY.to_string(), run.clone()),
             ]);
             if let Some(enc) = &enc {
-                let io = self.table().file_io().clone();
-                let root = self.table().metadata().location().to_string();
+                let io = self.table.file_io().clone();
+                let root = self.table.metadata().location().to_string();
                 let audits = audit_files(enc, &io, &root, &files, &issued, &job, &run).await?;
                 // Before the commit: a committed file always has its audit line.
                 enc.audit.append(&root, &audits)?;
@@ -720,13 +816,12 @@ impl Writer for IcebergWriter {
                         (sid, Some(run)) => format!("run {run} committed snapshot {sid}"),
                         (sid, None) => format!("snapshot {sid} was committed"),
                     };
-                    Err(Error::transient(format!(
-                        "job `{job}` {BUSY} elsewhere: since this run started, {by} to {ident}. \
-                         Two runs of one job must not write one table at once (each would load \
-                         the same rows): this run's commit was abandoned and its files deleted; \
-                         the next run resumes from the table's state"
-                    ))
-                    .with_retryable(false))
+                    Err(Error::busy(format!(
+                        "job `{job}` is already running elsewhere: since this run started, {by} \
+                         to {ident}. Two runs of one job must not write one table at once (each \
+                         would load the same rows): this run's commit was abandoned and its \
+                         files deleted; the next run resumes from the table's state"
+                    )))
                 }
                 Err(e) => {
                     // The commit may still have landed (e.g. a lost response): the runner
@@ -737,7 +832,7 @@ impl Writer for IcebergWriter {
         })?;
         self.job_snapshot = table.metadata().current_snapshot().map(|s| s.snapshot_id());
         let snapshot = table.metadata().current_snapshot().map(|s| s.snapshot_id());
-        self.table = Some(table);
+        self.table = table;
         self.rows = 0;
         Ok(CommitReport {
             files: files.iter().map(|f| f.file_path().to_string()).collect(),
@@ -748,28 +843,18 @@ impl Writer for IcebergWriter {
     }
 
     fn abort(&mut self) -> Result<()> {
-        if self.table.is_none() {
-            return Ok(());
-        }
-        let files = runtime().block_on(self.close_writer()).unwrap_or_default();
-        runtime().block_on(self.delete_files(&files));
-        self.issued.lock().expect("not poisoned").clear();
-        self.rows = 0;
+        // Files that cannot even be closed are incomplete: nothing to keep, nothing to report.
+        let _ = self.discard();
         Ok(())
     }
 
-    fn close(&mut self) -> Result<()> {
-        self.abort()?;
-        self.table = None;
-        self.catalog = None;
-        Ok(())
+    fn close(mut self: Box<Self>) -> Result<()> {
+        self.discard()
     }
 
     fn committed_state(&mut self) -> Result<Option<CommittedState>> {
-        let ident = self.ident.clone().expect("initialized");
-        let catalog = self.catalog.clone().expect("catalog");
         let table = runtime()
-            .block_on(catalog.load_table(&ident))
+            .block_on(self.catalog.load_table(&self.ident))
             .map_err(|e| ice(e, "loading the table"))?;
         if let Some(s) = job_latest(table.metadata(), &self.job) {
             self.job_snapshot = Some(s.snapshot_id());
@@ -780,6 +865,7 @@ impl Writer for IcebergWriter {
                         "snapshot {} has an unreadable dativo.state: {e}",
                         s.snapshot_id()
                     ))
+                    .with_source(e)
                 })?,
                 None => Value::Null,
             };
@@ -793,5 +879,20 @@ impl Writer for IcebergWriter {
             state: None,
             run_id: None,
         }))
+    }
+}
+
+impl Drop for IcebergWriter {
+    fn drop(&mut self) {
+        // Data files written since the last commit are not in the table: delete them.
+        if self.active.is_some() {
+            if let Err(e) = self.discard() {
+                tracing::warn!(
+                    table = %self.ident,
+                    error = %secrets::scrub(&e.to_string()),
+                    "discarding uncommitted data files failed"
+                );
+            }
+        }
     }
 }

@@ -182,6 +182,7 @@ impl Layout {
                 "commit manifest {} is corrupt: {e}",
                 self.loc.display(&rel)
             ))
+            .with_source(e)
         })
     }
 
@@ -283,17 +284,20 @@ impl Layout {
     /// The manifest is created only if its sequence number is free (a conditional PUT on
     /// object stores): two writers can never both commit sequence N, and a writer fenced off by
     /// a run that took over its lease cannot commit at all.
+    ///
+    /// A taken sequence is [`ErrorKind::Busy`](dativo_core::ErrorKind::Busy), not a race to
+    /// retry: writers of one layout are serialized by its lock or lease, so another writer's
+    /// commit here means another run holds the directory now (it fenced this one off).
     pub fn write(&self, m: &Manifest) -> Result<()> {
         let rel = format!("{}/{:020}.json", self.commits(), m.sequence);
         if !self.loc.put_new(&rel, &serde_json::to_vec_pretty(m)?)? {
-            return Err(Error::transient(format!(
+            return Err(Error::busy(format!(
                 "commit {} already exists in {}: another run of job `{}` committed to this \
                  directory concurrently; this commit was not made",
                 m.sequence,
                 self.loc.display(&self.commits()),
                 m.job
-            ))
-            .with_retryable(false));
+            )));
         }
         Ok(())
     }
@@ -333,10 +337,9 @@ impl Layout {
                 return Ok(m.sequence);
             }
         }
-        Err(Error::transient(format!(
+        Err(Error::busy(format!(
             "could not fence {}: commits keep landing from another run",
             self.loc.display(&self.commits())
-        ))
-        .with_retryable(false))
+        )))
     }
 }

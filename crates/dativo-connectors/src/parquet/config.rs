@@ -1,7 +1,9 @@
 //! `parquet` writer configuration.
 
+use std::fmt;
+
 use parquet::basic::{Compression, ZstdLevel};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use dativo_core::config::{ByteSize, DurationValue};
 use dativo_core::{Error, Result};
@@ -14,7 +16,7 @@ pub struct ParquetWriterConfig {
     pub path: String,
     /// `snappy` (default), `zstd`, `zstd(LEVEL)`, `lz4` or `none`.
     #[serde(default = "default_compression")]
-    pub compression: String,
+    pub compression: Codec,
     /// Maximum rows per row group.
     #[serde(default = "default_row_group_size")]
     pub row_group_size: usize,
@@ -55,8 +57,8 @@ fn default_lease_ttl() -> DurationValue {
     DurationValue(std::time::Duration::from_secs(60))
 }
 
-fn default_compression() -> String {
-    "snappy".into()
+fn default_compression() -> Codec {
+    Codec::Snappy
 }
 fn default_row_group_size() -> usize {
     1 << 20
@@ -71,33 +73,95 @@ fn default_prefix() -> String {
     "part".into()
 }
 
-/// Parse a compression name.
-pub fn parse_compression(s: &str) -> Result<Compression> {
-    let l = s.trim().to_ascii_lowercase();
-    let c = match l.as_str() {
-        "none" | "uncompressed" => Compression::UNCOMPRESSED,
-        "snappy" => Compression::SNAPPY,
-        "lz4" => Compression::LZ4_RAW,
-        "zstd" => Compression::ZSTD(ZstdLevel::default()),
-        _ => match l.strip_prefix("zstd(").and_then(|r| r.strip_suffix(')')) {
-            Some(level) => {
-                let n: i32 = level
-                    .trim()
-                    .parse()
-                    .map_err(|_| Error::config(format!("invalid zstd level in `{s}`")))?;
-                Compression::ZSTD(
-                    ZstdLevel::try_new(n)
-                        .map_err(|e| Error::config(format!("invalid zstd level in `{s}`: {e}")))?,
-                )
-            }
-            None => {
-                return Err(Error::config(format!(
-                    "unknown compression `{s}`: use snappy, zstd, zstd(1..22), lz4 or none"
-                )))
-            }
-        },
-    };
-    Ok(c)
+/// A Parquet compression codec, as written in a config: `snappy`, `zstd`, `zstd(LEVEL)`
+/// (1–22), `lz4` or `none` (`uncompressed`), in any case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// No compression.
+    None,
+    /// Snappy.
+    Snappy,
+    /// LZ4 (the raw LZ4 codec).
+    Lz4,
+    /// Zstandard at the given level, or the default level.
+    Zstd(Option<ZstdLevel>),
+}
+
+impl Codec {
+    /// Parse a codec name; the message says what is accepted.
+    pub fn parse(s: &str) -> std::result::Result<Codec, String> {
+        let l = s.trim().to_ascii_lowercase();
+        Ok(match l.as_str() {
+            "none" | "uncompressed" => Codec::None,
+            "snappy" => Codec::Snappy,
+            "lz4" => Codec::Lz4,
+            "zstd" => Codec::Zstd(None),
+            _ => match l.strip_prefix("zstd(").and_then(|r| r.strip_suffix(')')) {
+                Some(level) => {
+                    let n: i32 = level
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("invalid zstd level in `{s}`"))?;
+                    Codec::Zstd(Some(
+                        ZstdLevel::try_new(n)
+                            .map_err(|e| format!("invalid zstd level in `{s}`: {e}"))?,
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "unknown compression `{s}`: use snappy, zstd, zstd(1..22), lz4 or none"
+                    ))
+                }
+            },
+        })
+    }
+
+    /// The parquet crate's compression setting.
+    pub fn compression(self) -> Compression {
+        match self {
+            Codec::None => Compression::UNCOMPRESSED,
+            Codec::Snappy => Compression::SNAPPY,
+            Codec::Lz4 => Compression::LZ4_RAW,
+            Codec::Zstd(level) => Compression::ZSTD(level.unwrap_or_default()),
+        }
+    }
+
+    /// The codec's name as Iceberg's `write.parquet.compression-codec` property spells it.
+    pub fn iceberg_codec(self) -> &'static str {
+        match self {
+            Codec::None => "uncompressed",
+            Codec::Snappy => "snappy",
+            Codec::Lz4 => "lz4",
+            Codec::Zstd(_) => "zstd",
+        }
+    }
+
+    /// The zstd level, when one was given.
+    pub fn level(self) -> Option<i32> {
+        match self {
+            Codec::Zstd(Some(l)) => Some(l.compression_level()),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.level() {
+            Some(l) => write!(f, "zstd({l})"),
+            None => f.write_str(match self {
+                Codec::None => "none",
+                _ => self.iceberg_codec(),
+            }),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Codec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Codec::parse(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 impl ParquetWriterConfig {
@@ -112,10 +176,6 @@ impl ParquetWriterConfig {
 
     /// Checks that need no I/O.
     pub fn check(&self) -> Result<()> {
-        parse_compression(&self.compression).map_err(|e| {
-            let m = e.message().to_string();
-            Error::config(m).with_key_path("compression")
-        })?;
         if self.row_group_size == 0 {
             return Err(Error::config("must be at least 1").with_key_path("row_group_size"));
         }

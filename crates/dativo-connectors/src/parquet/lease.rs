@@ -179,10 +179,9 @@ fn read_lease(
             Err(e) => return Err(od(e, &format!("reading the lease {shown}"))),
         }
     }
-    Err(Error::transient(format!(
+    Err(Error::busy(format!(
         "the lease {shown} keeps changing: another run is starting at the same time"
-    ))
-    .with_retryable(false))
+    )))
 }
 
 impl Shared {
@@ -241,13 +240,12 @@ impl Shared {
 
     fn lost_error(&self) -> Error {
         let rec = self.record.lock().expect("not poisoned");
-        Error::transient(format!(
+        Error::busy(format!(
             "job `{}` lost its lease on {} (it expired while this run was paused or cut off, and \
              another run took it over): this run's uncommitted files are discarded; nothing it \
              committed before is affected",
             rec.job, self.display
         ))
-        .with_retryable(false)
     }
 }
 
@@ -316,17 +314,15 @@ impl Lease {
                     (dead, dead)
                 }
             };
-            if !takeover {
-                let h = holder.expect("an unreadable lease is taken over");
+            if let (false, Some(h)) = (takeover, &holder) {
                 let left = h.expires_at_ms.saturating_sub(now_ms()) / 1000;
-                return Err(Error::transient(format!(
+                return Err(Error::busy(format!(
                     "job `{job}` is already running: another run (run {}, job `{}`, host {}, \
                      pid {}) holds the lease {shown}; it expires in {left}s unless renewed. \
                      Wait for that run to end; a run killed on another machine blocks the \
                      prefix until its lease expires (`lease_ttl`)",
                     h.run_id, h.job, h.host, h.pid
-                ))
-                .with_retryable(false));
+                )));
             }
             let r = runtime().block_on(
                 op.write_with(key, body.clone())
@@ -354,11 +350,10 @@ impl Lease {
             }
         }
         let Some(etag) = etag else {
-            return Err(Error::transient(format!(
+            return Err(Error::busy(format!(
                 "job `{job}`: the lease {shown} keeps changing hands: another run is starting \
                  at the same time"
-            ))
-            .with_retryable(false));
+            )));
         };
         let etag = match etag {
             Some(t) => t,
@@ -397,7 +392,7 @@ impl Lease {
                     tracing::warn!(lease = %hb.display, "renewing the lease failed: {e}");
                 }
             })
-            .map_err(|e| Error::internal(format!("starting the lease heartbeat: {e}")))?;
+            .map_err(|e| Error::internal("starting the lease heartbeat").with_source(e))?;
         Ok(Lease {
             shared,
             stop: Some(stop),

@@ -17,5 +17,5 @@ mod config;
 pub mod lease;
 mod writer;
 
-pub use config::{parse_compression, ParquetWriterConfig};
+pub use config::{Codec, ParquetWriterConfig};
 pub use writer::ParquetWriter;

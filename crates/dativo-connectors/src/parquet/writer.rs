@@ -16,11 +16,11 @@ use serde_json::Value;
 
 use dativo_core::config::from_config;
 use dativo_core::{
-    Commit, CommitReport, CommittedState, Error, Result, ResultExt, Writer, WriterContext,
+    Commit, CommitReport, CommittedState, Error, OpenWriter, Result, ResultExt, WriterContext,
 };
 
 use super::commit_log::{ColumnSpec, Layout, Manifest, ManifestFile, FORMAT};
-use super::config::{parse_compression, ParquetWriterConfig};
+use super::config::ParquetWriterConfig;
 use super::lease::{self, Lease};
 use dativo_encryption::stream::{EncryptingSink, SUFFIX};
 use dativo_encryption::{pme, EncFormat, Encryptor, FileAudit, FileKeys};
@@ -41,17 +41,21 @@ struct Staged {
     audit: Option<FileAudit>,
 }
 
-/// Writes Parquet files into a local directory, committed atomically with a manifest.
-#[derive(Default)]
+/// Writes Parquet files into a directory or object-store prefix, committed atomically with a
+/// manifest; opened ready by [`ParquetWriter::open`].
+///
+/// Dropping it does what [`OpenWriter::close`] does: uncommitted files are deleted, a durable
+/// commit not yet fully published is published, and the lock or lease is released.
 pub struct ParquetWriter {
-    cfg: Option<ParquetWriterConfig>,
-    layout: Option<Layout>,
-    schema: Option<SchemaRef>,
-    props: Option<WriterProperties>,
+    cfg: ParquetWriterConfig,
+    layout: Layout,
+    props: WriterProperties,
     job: String,
     run_id: String,
+    /// The OS lock on a local directory (`None` on object stores).
     lock: Option<File>,
-    /// The lease on an object-store prefix (see [`super::lease`]).
+    /// The lease on an object-store prefix (see [`super::lease`]); `None` locally, and on
+    /// stores that do not enforce conditional writes.
     lease: Option<Lease>,
     last_sequence: u64,
     /// A durable commit whose files could not all be published yet (storage failed after the
@@ -61,12 +65,14 @@ pub struct ParquetWriter {
     open: BTreeMap<String, OpenFile>,
     /// Indices of the partition columns, and the schema of the data files (without them).
     partition_cols: Vec<usize>,
-    file_schema: Option<SchemaRef>,
+    file_schema: SchemaRef,
     staged: Vec<Staged>,
     /// Whether some column is converted to a type Parquet can annotate (see [`parquet_native`]).
     coerced: bool,
     /// Client-side encryption, when configured.
     enc: Option<Encryptor>,
+    /// Whether [`ParquetWriter::shutdown`] ran (by `close` or on drop).
+    closed: bool,
 }
 
 /// The type a column is written as: second-precision timestamps and times have no Parquet
@@ -158,30 +164,170 @@ fn check_schema_change(layout: &Layout, path: &str, schema: &Schema) -> Result<(
 
 fn pq_err(e: parquet::errors::ParquetError) -> Error {
     match e {
-        parquet::errors::ParquetError::External(inner) => Error::io(inner.to_string()),
-        other => Error::data(other.to_string()),
+        // Our sink's own failure (storage): keep it as the cause.
+        parquet::errors::ParquetError::External(inner) => {
+            Error::io(inner.to_string()).with_source(crate::Cause(inner))
+        }
+        other => Error::data(other.to_string()).with_source(other),
     }
 }
 
 impl ParquetWriter {
-    /// A new, uninitialized writer.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Validate a config without touching the file system.
     pub fn validate(config: &Value) -> Result<()> {
         from_config::<ParquetWriterConfig>(config)?.check()
     }
 
-    fn layout(&self) -> Result<&Layout> {
-        self.layout
-            .as_ref()
-            .ok_or_else(|| Error::internal("parquet writer used before initialize"))
+    /// Check the config, take the directory's lock (or the prefix's lease), recover what an
+    /// earlier run left (roll committed files forward, delete uncommitted ones), and get ready
+    /// for batches of `ctx.schema`. A second writer on the same directory is refused here.
+    pub fn open(config: &Value, ctx: &WriterContext) -> Result<Self> {
+        let cfg: ParquetWriterConfig = from_config(config)?;
+        cfg.check()?;
+        let layout =
+            Layout::for_shard(Location::parse(&cfg.path, &cfg.store_options())?, ctx.shard);
+        layout.create()?;
+        let lock = match layout.lock_file() {
+            Some(lock_path) => {
+                let lock = File::options()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .with_context(|| format!("opening {}", lock_path.display()))?;
+                match lock.try_lock() {
+                    Ok(()) => {}
+                    Err(fs::TryLockError::WouldBlock) => {
+                        return Err(Error::transient(format!(
+                            "another dativo writer is writing to {} (lock {} is held)",
+                            cfg.path,
+                            lock_path.display()
+                        )));
+                    }
+                    Err(fs::TryLockError::Error(e)) => {
+                        return Err(
+                            Error::from(e).context(format!("locking {}", lock_path.display()))
+                        )
+                    }
+                }
+                Some(lock)
+            }
+            None => None,
+        };
+        let lease = match layout.loc.operator() {
+            Some(op) if lease::supported(op, &layout.lease_key())? => {
+                let lease = Lease::acquire(
+                    op,
+                    &layout.lease_key(),
+                    layout.loc.display(&layout.lease_key()),
+                    &ctx.job,
+                    &ctx.run_id,
+                    cfg.lease_ttl.0,
+                )?;
+                if lease.took_over {
+                    layout.fence(&ctx.job, &ctx.run_id)?;
+                }
+                Some(lease)
+            }
+            Some(_) => {
+                tracing::warn!(
+                    path = %cfg.path,
+                    "this object store does not enforce conditional writes: two runs of one job \
+                     at once are not detected here; make sure only one runs"
+                );
+                None
+            }
+            None => None,
+        };
+        let latest = layout.recover()?;
+        let last_sequence = latest.map(|m| m.sequence).unwrap_or(0);
+        let props = WriterProperties::builder()
+            .set_compression(cfg.compression.compression())
+            .set_max_row_group_row_count(Some(cfg.row_group_size))
+            .set_created_by(format!("dativo {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        let enc = match &cfg.encryption {
+            Some(e) => Some(Encryptor::open(e, EncFormat::Stream)?),
+            None => None,
+        };
+        let mut partition_cols = Vec::new();
+        for (i, name) in cfg.partition_by.iter().enumerate() {
+            let idx = ctx.schema.index_of(name).map_err(|_| {
+                Error::config(format!("`{name}` is not a column of the source"))
+                    .with_key_path(format!("partition_by[{i}]"))
+            })?;
+            partition_cols.push(idx);
+        }
+        let keep: Vec<_> = ctx
+            .schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !partition_cols.contains(i))
+            .map(|(_, f)| parquet_native(f))
+            .collect();
+        let coerced = keep
+            .iter()
+            .zip(ctx.schema.fields().iter().filter(|f| {
+                !partition_cols
+                    .iter()
+                    .any(|i| ctx.schema.field(*i).name() == f.name())
+            }))
+            .any(|(a, b)| a.data_type() != b.data_type());
+        if keep.is_empty() {
+            return Err(Error::config(
+                "every column is a partition column: nothing would be left in the files",
+            )
+            .with_key_path("partition_by"));
+        }
+        let file_schema = Arc::new(Schema::new_with_metadata(
+            keep,
+            ctx.schema.metadata().clone(),
+        ));
+        if let Some(enc) = &enc {
+            enc.check_columns(&file_schema)?;
+        }
+        check_schema_change(&layout, &cfg.path, &file_schema)?;
+        Ok(ParquetWriter {
+            props,
+            job: ctx.job.clone(),
+            run_id: ctx.run_id.clone(),
+            lock,
+            lease,
+            last_sequence,
+            unpublished: None,
+            open: BTreeMap::new(),
+            partition_cols,
+            file_schema,
+            staged: Vec::new(),
+            coerced,
+            enc,
+            closed: false,
+            layout,
+            cfg,
+        })
+    }
+
+    /// Delete uncommitted files, publish a durable commit whose publication failed, release
+    /// the lock or lease. Runs once (by `close` or on drop); later calls do nothing.
+    fn shutdown(&mut self) -> Result<()> {
+        if std::mem::replace(&mut self.closed, true) {
+            return Ok(());
+        }
+        let discarded = self.discard();
+        let published = self.publish_pending();
+        if let Some(lock) = self.lock.take() {
+            let _ = lock.unlock();
+        }
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+        let _ = self.layout.loc.sync("");
+        discarded.and(published)
     }
 
     fn start_file(&mut self, dir: &str) -> Result<()> {
-        let cfg = self.cfg.as_ref().expect("initialized");
+        let cfg = &self.cfg;
         let stream = self.enc.as_ref().map(|e| e.format) == Some(EncFormat::Stream);
         let name = format!(
             "{}-{}.parquet{}",
@@ -194,10 +340,10 @@ impl ParquetWriter {
         } else {
             format!("{dir}/{name}")
         };
-        let layout = self.layout()?;
+        let layout = &self.layout;
         let staged = layout.staged(&rel);
-        let schema = self.file_schema.clone().expect("initialized");
-        let mut props = self.props.clone().expect("initialized");
+        let schema = self.file_schema.clone();
+        let mut props = self.props.clone();
         let (sink, keys): (Box<dyn Sink>, Option<FileKeys>) = match &self.enc {
             None => (layout.loc.create(&staged)?, None),
             Some(enc) if enc.format == EncFormat::Stream => {
@@ -247,7 +393,7 @@ impl ParquetWriter {
         let Some(open) = self.open.remove(dir) else {
             return Ok(());
         };
-        let path = self.layout()?.loc.display(&open.staged);
+        let path = self.layout.loc.display(&open.staged);
         let sink = open
             .writer
             .into_inner()
@@ -293,14 +439,13 @@ impl ParquetWriter {
         if !self.open.contains_key(dir) {
             self.start_file(dir)?;
         }
-        let (target, rg_bytes) = {
-            let cfg = self.cfg.as_ref().expect("initialized");
-            (
-                cfg.target_file_size.0 as usize,
-                cfg.row_group_bytes.0 as usize,
-            )
+        let target = self.cfg.target_file_size.0 as usize;
+        let rg_bytes = self.cfg.row_group_bytes.0 as usize;
+        let Some(open) = self.open.get_mut(dir) else {
+            return Err(Error::internal(format!(
+                "no open file for partition `{dir}`"
+            )));
         };
-        let open = self.open.get_mut(dir).expect("open");
         let path = open.staged.clone();
         open.writer
             .write(batch)
@@ -332,7 +477,7 @@ impl ParquetWriter {
         let keep: Vec<usize> = (0..batch.num_columns())
             .filter(|i| !self.partition_cols.contains(i))
             .collect();
-        let target = self.file_schema.clone().expect("initialized");
+        let target = self.file_schema.clone();
         let project = |b: &RecordBatch| -> Result<RecordBatch> {
             let mut cols = Vec::with_capacity(keep.len());
             for (i, f) in keep.iter().zip(target.fields()) {
@@ -401,8 +546,8 @@ impl ParquetWriter {
         let Some(m) = self.unpublished.take() else {
             return Ok(());
         };
-        let layout = self.layout()?.clone();
-        if let Err(e) = publish_with_retries(&layout, &m) {
+        let layout = &self.layout;
+        if let Err(e) = publish_with_retries(layout, &m) {
             let err = Error::transient(format!(
                 "commit {:020} in {} is durable (its {} rows and the state are committed) but \
                  not all of its {} files could be published; a plain reader of the directory \
@@ -420,7 +565,7 @@ impl ParquetWriter {
     }
 
     fn discard(&mut self) -> Result<()> {
-        let layout = self.layout()?.clone();
+        let layout = &self.layout;
         for (_, open) in std::mem::take(&mut self.open) {
             drop(open.writer);
             let _ = layout.loc.delete(&open.staged);
@@ -432,131 +577,8 @@ impl ParquetWriter {
     }
 }
 
-impl Writer for ParquetWriter {
-    fn initialize(&mut self, config: &Value, ctx: &WriterContext) -> Result<()> {
-        let cfg: ParquetWriterConfig = from_config(config)?;
-        cfg.check()?;
-        let layout =
-            Layout::for_shard(Location::parse(&cfg.path, &cfg.store_options())?, ctx.shard);
-        layout.create()?;
-        let lock = match layout.lock_file() {
-            Some(lock_path) => {
-                let lock = File::options()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&lock_path)
-                    .with_context(|| format!("opening {}", lock_path.display()))?;
-                match lock.try_lock() {
-                    Ok(()) => {}
-                    Err(fs::TryLockError::WouldBlock) => {
-                        return Err(Error::transient(format!(
-                            "another dativo writer is writing to {} (lock {} is held)",
-                            cfg.path,
-                            lock_path.display()
-                        )))
-                    }
-                    Err(fs::TryLockError::Error(e)) => {
-                        return Err(
-                            Error::from(e).context(format!("locking {}", lock_path.display()))
-                        )
-                    }
-                }
-                Some(lock)
-            }
-            None => None,
-        };
-        let lease = match layout.loc.operator() {
-            Some(op) if lease::supported(op, &layout.lease_key())? => {
-                let lease = Lease::acquire(
-                    op,
-                    &layout.lease_key(),
-                    layout.loc.display(&layout.lease_key()),
-                    &ctx.job,
-                    &ctx.run_id,
-                    cfg.lease_ttl.0,
-                )?;
-                if lease.took_over {
-                    layout.fence(&ctx.job, &ctx.run_id)?;
-                }
-                Some(lease)
-            }
-            Some(_) => {
-                tracing::warn!(
-                    path = %cfg.path,
-                    "this object store does not enforce conditional writes: two runs of one job \
-                     at once are not detected here; make sure only one runs"
-                );
-                None
-            }
-            None => None,
-        };
-        let latest = layout.recover()?;
-        self.last_sequence = latest.map(|m| m.sequence).unwrap_or(0);
-        let props = WriterProperties::builder()
-            .set_compression(parse_compression(&cfg.compression)?)
-            .set_max_row_group_row_count(Some(cfg.row_group_size))
-            .set_created_by(format!("dativo {}", env!("CARGO_PKG_VERSION")))
-            .build();
-        self.props = Some(props);
-        self.enc = match &cfg.encryption {
-            Some(e) => Some(Encryptor::open(e, EncFormat::Stream)?),
-            None => None,
-        };
-        let mut partition_cols = Vec::new();
-        for (i, name) in cfg.partition_by.iter().enumerate() {
-            let idx = ctx.schema.index_of(name).map_err(|_| {
-                Error::config(format!("`{name}` is not a column of the source"))
-                    .with_key_path(format!("partition_by[{i}]"))
-            })?;
-            partition_cols.push(idx);
-        }
-        let keep: Vec<_> = ctx
-            .schema
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !partition_cols.contains(i))
-            .map(|(_, f)| parquet_native(f))
-            .collect();
-        self.coerced = keep
-            .iter()
-            .zip(ctx.schema.fields().iter().filter(|f| {
-                !partition_cols
-                    .iter()
-                    .any(|i| ctx.schema.field(*i).name() == f.name())
-            }))
-            .any(|(a, b)| a.data_type() != b.data_type());
-        if keep.is_empty() {
-            return Err(Error::config(
-                "every column is a partition column: nothing would be left in the files",
-            )
-            .with_key_path("partition_by"));
-        }
-        self.file_schema = Some(Arc::new(Schema::new_with_metadata(
-            keep,
-            ctx.schema.metadata().clone(),
-        )));
-        if let Some(enc) = &self.enc {
-            enc.check_columns(self.file_schema.as_ref().expect("set above"))?;
-        }
-        check_schema_change(
-            &layout,
-            &cfg.path,
-            self.file_schema.as_ref().expect("set above"),
-        )?;
-        self.partition_cols = partition_cols;
-        self.schema = Some(ctx.schema.clone());
-        self.job = ctx.job.clone();
-        self.run_id = ctx.run_id.clone();
-        self.lock = lock;
-        self.lease = lease;
-        self.layout = Some(layout);
-        self.cfg = Some(cfg);
-        Ok(())
-    }
-
-    fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+impl OpenWriter for ParquetWriter {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         if let Some(lease) = &self.lease {
             if lease.is_lost() {
                 return lease.check();
@@ -568,9 +590,9 @@ impl Writer for ParquetWriter {
         Ok(())
     }
 
-    fn finalize(&mut self, commit: &Commit) -> Result<CommitReport> {
+    fn commit(&mut self, commit: &Commit) -> Result<CommitReport> {
         self.close_all()?;
-        let layout = self.layout()?.clone();
+        let layout = self.layout.clone();
         self.publish_pending()?;
         let manifest = Manifest {
             format: FORMAT.into(),
@@ -579,7 +601,7 @@ impl Writer for ParquetWriter {
             run_id: commit.run_id.clone(),
             committed_at: dativo_encryption::now(),
             state: commit.state.clone(),
-            schema: self.file_schema.as_deref().map(ColumnSpec::of),
+            schema: Some(ColumnSpec::of(&self.file_schema)),
             files: self
                 .staged
                 .iter()
@@ -641,37 +663,32 @@ impl Writer for ParquetWriter {
     }
 
     fn abort(&mut self) -> Result<()> {
-        if self.layout.is_none() {
-            return Ok(());
-        }
         self.discard()
     }
 
-    fn close(&mut self) -> Result<()> {
-        let r = if self.layout.is_some() {
-            self.discard().and(self.publish_pending())
-        } else {
-            Ok(())
-        };
-        if let Some(lock) = self.lock.take() {
-            let _ = lock.unlock();
-        }
-        if let Some(lease) = self.lease.take() {
-            lease.release();
-        }
-        if let Some(l) = &self.layout {
-            let _ = l.loc.sync("");
-        }
-        r
+    fn close(mut self: Box<Self>) -> Result<()> {
+        self.shutdown()
     }
 
     fn committed_state(&mut self) -> Result<Option<CommittedState>> {
         // This job's latest commit: several jobs may take turns writing one directory.
-        let job = self.job.clone();
-        let latest = self.layout()?.latest_for(&job)?;
+        let latest = self.layout.latest_for(&self.job)?;
         Ok(Some(CommittedState {
             state: latest.as_ref().and_then(|m| m.state.clone()),
             run_id: latest.map(|m| m.run_id),
         }))
+    }
+}
+
+impl Drop for ParquetWriter {
+    fn drop(&mut self) {
+        // Dropped without `close` (an error path, a cancellation): the same clean-up.
+        if let Err(e) = self.shutdown() {
+            tracing::warn!(
+                path = %self.layout.loc.display(""),
+                error = %dativo_core::secrets::scrub(&e.to_string()),
+                "closing the parquet writer failed"
+            );
+        }
     }
 }
