@@ -22,7 +22,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use dativo_core::{secrets, Error, Result};
+use dativo_core::secrets::{self, Secret};
+use dativo_core::{Error, Result};
 
 use super::{hex, WrappedKey};
 
@@ -65,10 +66,10 @@ pub enum KeyProviderConfig {
         access_key_id: Option<String>,
         /// Secret access key (default `AWS_SECRET_ACCESS_KEY`); use `${env:…}`.
         #[serde(default)]
-        secret_access_key: Option<String>,
+        secret_access_key: Option<Secret>,
         /// Session token (default `AWS_SESSION_TOKEN`).
         #[serde(default)]
-        session_token: Option<String>,
+        session_token: Option<Secret>,
     },
     /// An external program that wraps and unwraps keys (an HSM client, Vault transit, …):
     /// `COMMAND… wrap` and `COMMAND… unwrap`, JSON on stdin and stdout.
@@ -190,6 +191,8 @@ impl KeyProviderConfig {
                     ))
                     .with_key_path("encryption.key_provider.var")
                 })?);
+                // Key material read here, not a config string (so not a `Secret`, which would
+                // keep an unzeroized copy): registered for redaction directly.
                 secrets::register(&text);
                 let kek = parse_key(text.as_bytes())
                     .map_err(|m| Error::config(format!("environment variable `{var}` {m}")))?;

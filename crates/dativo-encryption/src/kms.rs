@@ -7,7 +7,8 @@ use ring::hmac;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use dativo_core::{secrets, Error, Result};
+use dativo_core::secrets::{self, Secret};
+use dativo_core::{Error, Result};
 
 use super::keys::{DataKey, KeyProvider, KEY_LEN};
 use super::{hex, WrappedKey};
@@ -21,9 +22,27 @@ pub(crate) struct AwsKms {
     host: String,
     access_key_id: String,
     secret_access_key: Zeroizing<String>,
-    session_token: Option<String>,
+    session_token: Option<Secret>,
     client: reqwest::Client,
 }
+
+/// AWS error codes that mean "slow down" (the AWS SDKs' throttling set): retried.
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "RequestThrottled",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "TransactionInProgressException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "LimitExceededException",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "EC2ThrottledException",
+];
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -35,8 +54,8 @@ impl AwsKms {
         region: Option<String>,
         endpoint: Option<String>,
         access_key_id: Option<String>,
-        secret_access_key: Option<String>,
-        session_token: Option<String>,
+        secret_access_key: Option<Secret>,
+        session_token: Option<Secret>,
     ) -> Result<Self> {
         let region = region
             .or_else(|| env("AWS_REGION"))
@@ -66,21 +85,18 @@ impl AwsKms {
             Error::config("no AWS credentials: set `access_key_id`/`secret_access_key` or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
                 .with_key_path(format!("{p}.access_key_id"))
         })?;
+        // From the environment: Secrets too (registered for redaction like configured ones).
         let secret = secret_access_key
-            .or_else(|| env("AWS_SECRET_ACCESS_KEY"))
+            .or_else(|| env("AWS_SECRET_ACCESS_KEY").map(Secret::new))
             .ok_or_else(|| {
                 Error::config("no AWS secret access key: set `secret_access_key` (use ${env:…}) or AWS_SECRET_ACCESS_KEY")
                     .with_key_path(format!("{p}.secret_access_key"))
             })?;
-        secrets::register(&secret);
-        let session_token = session_token.or_else(|| env("AWS_SESSION_TOKEN"));
-        if let Some(t) = &session_token {
-            secrets::register(t);
-        }
+        let session_token = session_token.or_else(|| env("AWS_SESSION_TOKEN").map(Secret::new));
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()
-            .map_err(|e| Error::internal(format!("building an HTTP client: {e}")))?;
+            .map_err(|e| Error::internal("building an HTTP client").with_source(e))?;
         Ok(AwsKms {
             key_id,
             region,
@@ -88,7 +104,7 @@ impl AwsKms {
             path,
             host,
             access_key_id,
-            secret_access_key: Zeroizing::new(secret),
+            secret_access_key: Zeroizing::new(secret.expose().to_string()),
             session_token,
             client,
         })
@@ -107,7 +123,7 @@ impl AwsKms {
             ("x-amz-date", amz_date.clone()),
         ];
         if let Some(t) = &self.session_token {
-            headers.push(("x-amz-security-token", t.clone()));
+            headers.push(("x-amz-security-token", t.expose().to_string()));
         }
         headers.push(("x-amz-target", full_target.clone()));
         let signed: Vec<&str> = headers.iter().map(|(k, _)| *k).collect();
@@ -166,11 +182,12 @@ impl AwsKms {
         })
         .map_err(|e| {
             let m = format!("{what}: {}", secrets::scrub(&e.to_string()));
-            if e.is_timeout() || e.is_connect() || e.is_request() {
+            let err = if e.is_timeout() || e.is_connect() || e.is_request() {
                 Error::transient(m)
             } else {
                 Error::io(m)
-            }
+            };
+            err.with_source(e)
         })?;
         let v: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
         if status.is_success() {
@@ -198,29 +215,33 @@ impl AwsKms {
             .or_else(|| xml("Message"))
             .unwrap_or_default();
         let m = secrets::scrub(&format!("{what} failed: {} {kind}: {msg}", status.as_u16()));
-        Err(match kind.as_str() {
-            "InvalidCiphertextException" | "IncorrectKeyException" => Error::auth(format!(
-                "{m} — wrong key: the data key was not wrapped by this KMS key, or was modified"
-            )),
-            "AccessDeniedException"
-            | "UnrecognizedClientException"
-            | "InvalidSignatureException"
-            | "ExpiredTokenException"
-            | "SignatureDoesNotMatch"
-            | "InvalidClientTokenId"
-            | "AccessDenied" => Error::auth(m),
-            _ if matches!(status.as_u16(), 401 | 403) => Error::auth(m),
-            "NotFoundException"
-            | "DisabledException"
-            | "KMSInvalidStateException"
-            | "ValidationException" => {
-                Error::config(m).with_key_path("encryption.key_provider.key_id")
-            }
-            _ if status.is_server_error() || kind.contains("Throttl") || status.as_u16() == 429 => {
-                Error::transient(m)
-            }
-            _ => Error::io(m),
-        })
+        Err(classify(status.as_u16(), &kind, m))
+    }
+}
+
+/// The error for a KMS answer with HTTP `status` and AWS error code `code` (exact codes, as
+/// KMS and the AWS SDKs name them; `m` is the message).
+fn classify(status: u16, code: &str, m: String) -> Error {
+    match code {
+        "InvalidCiphertextException" | "IncorrectKeyException" => Error::auth(format!(
+            "{m} — wrong key: the data key was not wrapped by this KMS key, or was modified"
+        )),
+        "AccessDeniedException"
+        | "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "ExpiredTokenException"
+        | "SignatureDoesNotMatch"
+        | "InvalidClientTokenId"
+        | "AccessDenied" => Error::auth(m),
+        _ if matches!(status, 401 | 403) => Error::auth(m),
+        "NotFoundException"
+        | "DisabledException"
+        | "KMSInvalidStateException"
+        | "ValidationException" => Error::config(m).with_key_path("encryption.key_provider.key_id"),
+        _ if status >= 500 || status == 429 || THROTTLING_CODES.contains(&code) => {
+            Error::transient(m)
+        }
+        _ => Error::io(m),
     }
 }
 
@@ -280,5 +301,26 @@ impl KeyProvider for AwsKms {
             ));
         }
         Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dativo_core::ErrorKind;
+
+    #[test]
+    fn throttling_is_recognized_by_its_exact_code() {
+        let kind = |status, code| classify(status, code, "m".into()).kind();
+        assert_eq!(kind(400, "ThrottlingException"), ErrorKind::Transient);
+        assert_eq!(kind(400, "RequestLimitExceeded"), ErrorKind::Transient);
+        assert_eq!(kind(400, "SlowDown"), ErrorKind::Transient);
+        // A code that merely contains the word is not throttling.
+        assert_eq!(kind(400, "NotThrottlingReallyException"), ErrorKind::Io);
+        assert_eq!(kind(429, ""), ErrorKind::Transient);
+        assert_eq!(kind(503, "KMSInternalException"), ErrorKind::Transient);
+        assert_eq!(kind(400, "AccessDeniedException"), ErrorKind::Auth);
+        assert_eq!(kind(403, "Whatever"), ErrorKind::Auth);
+        assert_eq!(kind(400, "NotFoundException"), ErrorKind::Config);
     }
 }
