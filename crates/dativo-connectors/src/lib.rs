@@ -4,8 +4,6 @@
 //! a pure `validate` (no I/O, used by `dativo validate`) and `open`, which returns a reader or
 //! writer ready to use.
 
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-use dativo_core::open_reader;
 use dativo_core::{OpenReader, OpenWriter, ReaderContext, Result, WriterContext};
 use serde_json::Value;
 
