@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use dativo_core::rt::runtime;
 use dativo_core::{Commit, ErrorKind, OpenWriter, Shard, WriterContext};
 
-use super::writer::{ice, load_existing};
+use super::writer::{ice, is_duplicate, load_existing};
 use super::{IcebergWriter, IcebergWriterConfig};
 
 fn schema() -> SchemaRef {
@@ -313,4 +313,70 @@ fn catalog_credentials_are_secrets_but_paths_are_not() {
         dativo_core::secrets::scrub("http://cat.example/api"),
         "http://cat.example/api"
     );
+}
+
+/// A database error as sqlx reports one, with a SQLSTATE.
+#[derive(Debug)]
+struct DbError {
+    code: &'static str,
+    unique: bool,
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "database error {}", self.code)
+    }
+}
+
+impl std::error::Error for DbError {}
+
+impl sqlx::error::DatabaseError for DbError {
+    fn message(&self) -> &str {
+        "a message that says nothing useful"
+    }
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some(self.code.into())
+    }
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        if self.unique {
+            sqlx::error::ErrorKind::UniqueViolation
+        } else {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+}
+
+#[test]
+fn the_catalog_creation_race_is_recognized_by_database_codes() {
+    let wrapped = |code, unique| {
+        let db = sqlx::Error::Database(Box::new(DbError { code, unique }));
+        iceberg::Error::new(iceberg::ErrorKind::Unexpected, "operation failed").with_source(db)
+    };
+    assert!(is_duplicate(&wrapped(
+        "23505",
+        sqlx::error::ErrorKind::UniqueViolation
+    )));
+    assert!(is_duplicate(&wrapped(
+        "42P07",
+        sqlx::error::ErrorKind::Other
+    )));
+    assert!(!is_duplicate(&wrapped(
+        "42501",
+        sqlx::error::ErrorKind::Other
+    )));
+    // The words alone are not the race.
+    let text = iceberg::Error::new(
+        iceberg::ErrorKind::Unexpected,
+        "duplicate key value violates unique constraint; relation already exists",
+    );
+    assert!(!is_duplicate(&text));
 }

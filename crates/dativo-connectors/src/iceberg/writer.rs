@@ -183,7 +183,7 @@ fn cause_kind(e: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
 /// Whether `e` is a catalog database's refusal of a row or table that another process just
 /// created (a unique-key violation, or PostgreSQL's `duplicate_table`): the SQL catalog
 /// creates its own tables on first use, and shards starting together on a fresh database race.
-fn is_duplicate(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_duplicate(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(c) = cur {
         if let Some(sqlx::Error::Database(db)) = c.downcast_ref::<sqlx::Error>() {
