@@ -361,18 +361,9 @@ fn the_catalog_creation_race_is_recognized_by_database_codes() {
         let db = sqlx::Error::Database(Box::new(DbError { code, unique }));
         iceberg::Error::new(iceberg::ErrorKind::Unexpected, "operation failed").with_source(db)
     };
-    assert!(is_duplicate(&wrapped(
-        "23505",
-        sqlx::error::ErrorKind::UniqueViolation
-    )));
-    assert!(is_duplicate(&wrapped(
-        "42P07",
-        sqlx::error::ErrorKind::Other
-    )));
-    assert!(!is_duplicate(&wrapped(
-        "42501",
-        sqlx::error::ErrorKind::Other
-    )));
+    assert!(is_duplicate(&wrapped("23505", true)));
+    assert!(is_duplicate(&wrapped("42P07", false)));
+    assert!(!is_duplicate(&wrapped("42501", false)));
     // The words alone are not the race.
     let text = iceberg::Error::new(
         iceberg::ErrorKind::Unexpected,
