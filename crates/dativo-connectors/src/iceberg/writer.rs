@@ -799,10 +799,9 @@ impl OpenWriter for IcebergWriter {
             let r = tx.commit(catalog.as_ref()).await;
             let moved = catalog.moved();
             catalog.set_guard(None);
-            match r {
-                Ok(t) => Ok((t, files)),
-                Err(_) if moved.is_some() => {
-                    let (sid, other) = moved.expect("checked");
+            match (r, moved) {
+                (Ok(t), _) => Ok((t, files)),
+                (Err(guarded), Some((sid, other))) => {
                     // Not committed by this attempt: the files are ours alone — unless the
                     // snapshot that moved is this very run's (an earlier attempt of this commit
                     // that landed after all), whose files must stay.
@@ -821,9 +820,10 @@ impl OpenWriter for IcebergWriter {
                          to {ident}. Two runs of one job must not write one table at once (each \
                          would load the same rows): this run's commit was abandoned and its \
                          files deleted; the next run resumes from the table's state"
-                    )))
+                    ))
+                    .with_source(guarded))
                 }
-                Err(e) => {
+                (Err(e), None) => {
                     // The commit may still have landed (e.g. a lost response): the runner
                     // recovers from committed_state(); the files are left for that case.
                     Err(ice(e, "committing to the Iceberg table"))
