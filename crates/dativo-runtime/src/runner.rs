@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use crossbeam_channel::{after, bounded, never, select, Receiver, RecvTimeoutError, Sender};
-use rand::Rng;
 use serde_json::Value;
 
 use dativo_core::conformance::check_batch_schema;
@@ -296,12 +295,9 @@ pub fn run(job: &Job, store: &StateStore, opts: &RunOptions<'_>) -> Result<RunSu
     })
 }
 
-/// Exponential backoff with "equal jitter": half the delay fixed, half random.
+/// Exponential backoff with "equal jitter" ([`dativo_core::backoff`], the engine's one formula).
 pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1u32 << (attempt - 1).min(20));
-    let cap = exp.min(max);
-    let half = cap / 2;
-    half + rand::rng().random_range(Duration::ZERO..=half)
+    dativo_core::backoff::backoff(base, max, attempt, rand::random::<f64>())
 }
 
 struct Attempt<'a> {
