@@ -3,15 +3,14 @@
 //! repository's `.venv`; without it the tests say so and pass.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use arrow::array::{Array, Int64Array, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{Array, Int64Array};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use serde_json::json;
 
 use dativo_connectors::adbc::{AdbcReader, AdbcWriter};
-use dativo_core::{Commit, OpenReader, OpenWriter, ReaderContext, Shard, WriterContext};
+use dativo_core::{Commit, OpenReader, OpenWriter, ReaderContext, WriterContext};
 
 fn driver() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("DATIVO_TEST_ADBC_SQLITE") {
@@ -29,42 +28,19 @@ fn driver() -> Option<PathBuf> {
 }
 
 fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, true),
-        Field::new("name", DataType::Utf8, true),
-    ]))
+    dativo_core::conformance::id_name_schema()
 }
 
 fn batch(ids: &[i64]) -> RecordBatch {
-    let names: Vec<String> = ids.iter().map(|i| format!("n{i}")).collect();
-    RecordBatch::try_new(
-        schema(),
-        vec![
-            Arc::new(Int64Array::from(ids.to_vec())),
-            Arc::new(StringArray::from(names)),
-        ],
-    )
-    .unwrap()
+    dativo_core::conformance::id_name_batch(ids)
 }
 
 fn wctx(run: &str) -> WriterContext {
-    WriterContext {
-        job: "j".into(),
-        stream: "j".into(),
-        run_id: run.into(),
-        schema: schema(),
-        shard: Shard::default(),
-    }
+    WriterContext::new("j", run, schema())
 }
 
 fn rctx(state: Option<serde_json::Value>) -> ReaderContext {
-    ReaderContext {
-        job: "j".into(),
-        stream: "j".into(),
-        run_id: "r".into(),
-        state,
-        shard: Shard::default(),
-    }
+    ReaderContext::new("j", "r", state)
 }
 
 /// Every id the reader returns, and its final state.

@@ -7,18 +7,12 @@ use dativo_connectors::parquet::{
     ParquetWriter,
 };
 use dativo_core::conformance::{check_open_writer, sample_batch};
-use dativo_core::{Commit, OpenWriter, Shard, WriterContext};
+use dativo_core::{Commit, OpenWriter, WriterContext};
 use dativo_storage::Location;
 use serde_json::json;
 
 fn ctx() -> WriterContext {
-    WriterContext {
-        job: "t".into(),
-        stream: "t".into(),
-        run_id: "r1".into(),
-        schema: sample_batch().schema(),
-        shard: Shard::default(),
-    }
+    WriterContext::new("t", "r1", sample_batch().schema())
 }
 
 fn data_files(dir: &std::path::Path) -> Vec<String> {

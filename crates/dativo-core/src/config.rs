@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::secrets::Secret;
 
 /// Deserialize a connector's typed config. Errors are [`crate::ErrorKind::Config`] with the key
 /// path relative to `value` (see [`Error::key_path`]); the job loader adds file and line.
@@ -170,6 +171,69 @@ impl<'de> Deserialize<'de> for DurationValue {
 impl Serialize for DurationValue {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+/// TLS mode, with libpq's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// PostgreSQL: TLS if the server offers it, unverified (the default). MySQL: no TLS.
+    Prefer,
+    /// TLS required; the certificate is not verified.
+    Require,
+    /// TLS required; the certificate must chain to a trusted root (`sslrootcert`, else the
+    /// bundled Mozilla roots).
+    VerifyCa,
+    /// As `verify-ca`, and the host name must match the certificate.
+    VerifyFull,
+}
+
+/// The connection keys of a SQL reader's `source.config`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ConnectionOptions {
+    /// `scheme://user:password@host:port/database`; the keys below override its parts.
+    pub url: Option<Secret>,
+    /// Host (default 127.0.0.1).
+    pub host: Option<String>,
+    /// Port (default: the database's).
+    pub port: Option<u16>,
+    /// User.
+    pub user: Option<String>,
+    /// Password; use `${env:…}` or `${file:…}`.
+    pub password: Option<Secret>,
+    /// Database.
+    pub database: Option<String>,
+    /// TLS mode (PostgreSQL: overrides the URL's `sslmode`).
+    pub sslmode: Option<SslMode>,
+    /// PEM file of trusted roots for `verify-ca` / `verify-full`.
+    pub sslrootcert: Option<String>,
+    /// Connection timeout (default 30s).
+    pub connect_timeout: Option<DurationValue>,
+}
+
+impl ConnectionOptions {
+    /// Checks that need no I/O: something says where to connect, and a URL has one of
+    /// `schemes` (`postgres://`); `example` shows a URL in messages.
+    pub fn check(&self, schemes: &[&str], example: &str) -> Result<()> {
+        if self.url.is_none() && self.host.is_none() && self.database.is_none() {
+            return Err(
+                Error::config(format!("set `url` ({example}) or `host` and `database`"))
+                    .with_key_path("url"),
+            );
+        }
+        if let Some(u) = &self.url {
+            if !schemes.iter().any(|s| u.expose().starts_with(s)) {
+                return Err(
+                    Error::config(format!("must start with {}", schemes.join(" or ")))
+                        .with_key_path("url"),
+                );
+            }
+        }
+        Ok(())
     }
 }
 

@@ -86,13 +86,7 @@ impl Report {
 }
 
 fn ctx_reader(state: Option<Value>) -> ReaderContext {
-    ReaderContext {
-        job: "conformance".into(),
-        stream: "conformance".into(),
-        run_id: "conformance-run".into(),
-        state,
-        shard: Shard::default(),
-    }
+    ReaderContext::new("conformance", "conformance-run", state)
 }
 
 /// Check that `batch` has exactly `schema` (names, types, nullability of every field).
@@ -318,13 +312,7 @@ fn check_errors_surface(
 pub fn check_writer(make: &mut dyn FnMut() -> Result<Box<dyn Writer>>, config: &Value) -> Report {
     let mut report = Report::default();
     let batch = sample_batch();
-    let ctx = WriterContext {
-        job: "conformance".into(),
-        stream: "conformance".into(),
-        run_id: "conformance-run".into(),
-        schema: batch.schema(),
-        shard: Shard::default(),
-    };
+    let ctx = WriterContext::new("conformance", "conformance-run", batch.schema());
     let Some(mut w) = report.record("create", make()) else {
         return report;
     };
@@ -516,6 +504,27 @@ impl Writer for OpenedWriter {
             .as_mut()
             .map_or(Ok(None), |w| w.committed_state())
     }
+}
+
+/// A two-column schema (`id` Int64, `name` Utf8, both nullable) for tests of writers.
+pub fn id_name_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("name", DataType::Utf8, true),
+    ]))
+}
+
+/// A batch of [`id_name_schema`]: the given ids, each named `n<id>`.
+pub fn id_name_batch(ids: &[i64]) -> RecordBatch {
+    let names: Vec<String> = ids.iter().map(|i| format!("n{i}")).collect();
+    RecordBatch::try_new(
+        id_name_schema(),
+        vec![
+            Arc::new(Int64Array::from(ids.to_vec())),
+            Arc::new(StringArray::from(names)),
+        ],
+    )
+    .expect("columns match the schema")
 }
 
 /// The Arrow types every built-in connector supports end to end.

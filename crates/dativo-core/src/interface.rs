@@ -106,6 +106,20 @@ pub struct ReaderContext {
     pub shard: Shard,
 }
 
+impl ReaderContext {
+    /// A context for stream `job` of job `job` (one stream), the whole stream (no shard).
+    pub fn new(job: impl Into<String>, run_id: impl Into<String>, state: Option<Value>) -> Self {
+        let job = job.into();
+        ReaderContext {
+            stream: job.clone(),
+            job,
+            run_id: run_id.into(),
+            state,
+            shard: Shard::default(),
+        }
+    }
+}
+
 /// What a writer is told about the run it is part of.
 #[derive(Debug, Clone)]
 pub struct WriterContext {
@@ -119,6 +133,20 @@ pub struct WriterContext {
     pub schema: SchemaRef,
     /// The slice of the stream this writer receives.
     pub shard: Shard,
+}
+
+impl WriterContext {
+    /// A context for stream `job` of job `job` (one stream), the whole stream (no shard).
+    pub fn new(job: impl Into<String>, run_id: impl Into<String>, schema: SchemaRef) -> Self {
+        let job = job.into();
+        WriterContext {
+            stream: job.clone(),
+            job,
+            run_id: run_id.into(),
+            schema,
+            shard: Shard::default(),
+        }
+    }
 }
 
 /// What [`Writer::finalize`] commits.
@@ -511,23 +539,11 @@ mod tests {
     }
 
     fn rctx() -> ReaderContext {
-        ReaderContext {
-            job: "j".into(),
-            stream: "j".into(),
-            run_id: "r".into(),
-            state: None,
-            shard: Shard::default(),
-        }
+        ReaderContext::new("j", "r", None)
     }
 
     fn wctx() -> WriterContext {
-        WriterContext {
-            job: "j".into(),
-            stream: "j".into(),
-            run_id: "r".into(),
-            schema: schema(),
-            shard: Shard::default(),
-        }
+        WriterContext::new("j", "r", schema())
     }
 
     #[test]

@@ -15,49 +15,10 @@ use dativo_core::{Error, Result};
 
 pub use dativo_core::rt::runtime;
 
-/// TLS mode, as in libpq.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    /// Never TLS.
-    Disable,
-    /// TLS if the server offers it, without verifying the certificate (libpq's default).
-    #[default]
-    Prefer,
-    /// TLS required; the certificate is not verified.
-    Require,
-    /// TLS required; the certificate must chain to a trusted root (`sslrootcert` or the
-    /// bundled Mozilla roots).
-    VerifyCa,
-    /// As `verify-ca`, and the host name must match the certificate.
-    VerifyFull,
-}
-
-/// Where and how to connect: the connection keys of the `postgres` reader's config.
-#[derive(Debug, Clone, Default)]
-pub struct PgConnection {
-    /// `postgres://user:password@host:port/db?sslmode=…`; the other keys override its parts.
-    pub url: Option<Secret>,
-    /// Host name or address (default 127.0.0.1).
-    pub host: Option<String>,
-    /// Port (default 5432).
-    pub port: Option<u16>,
-    /// User name (default `$USER`).
-    pub user: Option<String>,
-    /// Password.
-    pub password: Option<Secret>,
-    /// Database name.
-    pub database: Option<String>,
-    /// TLS mode (default: the URL's, else `prefer`).
-    pub sslmode: Option<SslMode>,
-    /// PEM file of trusted roots for `verify-ca` / `verify-full`.
-    pub sslrootcert: Option<String>,
-    /// Connect timeout (default 30 s).
-    pub connect_timeout: Option<Duration>,
-}
+pub use dativo_core::config::{ConnectionOptions, SslMode};
 
 /// Build the driver config from ours.
-pub fn pg_config(cfg: &PgConnection) -> Result<(tokio_postgres::Config, SslMode)> {
+pub fn pg_config(cfg: &ConnectionOptions) -> Result<(tokio_postgres::Config, SslMode)> {
     let mut c = match &cfg.url {
         Some(u) => u.expose().parse::<tokio_postgres::Config>().map_err(|e| {
             Error::config(format!(
@@ -91,7 +52,11 @@ pub fn pg_config(cfg: &PgConnection) -> Result<(tokio_postgres::Config, SslMode)
         c.dbname(d);
     }
     c.application_name("dativo");
-    c.connect_timeout(cfg.connect_timeout.unwrap_or(Duration::from_secs(30)));
+    c.connect_timeout(
+        cfg.connect_timeout
+            .as_ref()
+            .map_or(Duration::from_secs(30), |d| d.0),
+    );
     let mode = cfg.sslmode.unwrap_or(match c.get_ssl_mode() {
         tokio_postgres::config::SslMode::Disable => SslMode::Disable,
         tokio_postgres::config::SslMode::Require => SslMode::Require,
@@ -190,7 +155,7 @@ fn tls_config(mode: SslMode, rootcert: Option<&str>) -> Result<rustls::ClientCon
 }
 
 /// Connect; the connection task runs on [`runtime`].
-pub async fn connect(cfg: &PgConnection) -> Result<Client> {
+pub async fn connect(cfg: &ConnectionOptions) -> Result<Client> {
     let (pg, mode) = pg_config(cfg)?;
     let what = describe(&pg);
     let result = if mode == SslMode::Disable {
@@ -222,9 +187,9 @@ pub async fn connect(cfg: &PgConnection) -> Result<Client> {
 /// Connect to `url` (`postgres://user:password@host:port/db?sslmode=…`) with the reader's
 /// TLS handling; used by the PostgreSQL state store.
 pub async fn connect_url(url: &str) -> Result<Client> {
-    connect(&PgConnection {
+    connect(&ConnectionOptions {
         url: Some(Secret::new(url)),
-        ..PgConnection::default()
+        ..ConnectionOptions::default()
     })
     .await
 }
@@ -415,10 +380,10 @@ mod tests {
     fn server_errors_are_classified_by_sqlstate() {
         // A role that does not exist (trust auth still checks the role): 28000.
         let e = runtime()
-            .block_on(connect(&PgConnection {
+            .block_on(connect(&ConnectionOptions {
                 url: Some(Secret::new(pg_url())),
                 user: Some("no_such_role_dativo_test".into()),
-                ..PgConnection::default()
+                ..ConnectionOptions::default()
             }))
             .unwrap_err();
         assert_eq!(e.kind(), dativo_core::ErrorKind::Auth, "{e}");

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use dativo_core::{
-    conformance, open_reader, open_writer, Commit, ErrorKind, ReaderContext, Shard, WriterContext,
+    conformance, open_reader, open_writer, Commit, ErrorKind, ReaderContext, WriterContext,
 };
 use dativo_plugins::native::NativeLibrary;
 use dativo_plugins::{resolve, Side};
@@ -42,13 +42,7 @@ fn library() -> Option<PathBuf> {
 }
 
 fn rctx(state: Option<Value>) -> ReaderContext {
-    ReaderContext {
-        job: "j".into(),
-        stream: "j".into(),
-        run_id: "r".into(),
-        state,
-        shard: Shard::default(),
-    }
+    ReaderContext::new("j", "r", state)
 }
 
 fn implementation(lib: &std::path::Path, name: &str) -> String {
@@ -143,13 +137,7 @@ fn writer_failures_keep_their_kind() {
     )
     .unwrap();
     let batch = conformance::sample_batch();
-    let ctx = WriterContext {
-        job: "j".into(),
-        stream: "j".into(),
-        run_id: "r".into(),
-        schema: batch.schema(),
-        shard: Shard::default(),
-    };
+    let ctx = WriterContext::new("j", "r", batch.schema());
     let mut opened = open_writer(w.writer(), &json!({}), &ctx).unwrap();
     opened.write(&batch).unwrap();
     let e = opened

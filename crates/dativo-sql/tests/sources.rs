@@ -10,7 +10,7 @@ use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use serde_json::{json, Value};
 
-use dativo_core::{ErrorKind, OpenReader, ReaderContext, Result, Shard};
+use dativo_core::{ErrorKind, OpenReader, ReaderContext, Result};
 use dativo_sql::mysql::MySqlReader;
 use dativo_sql::postgres::PostgresReader;
 
@@ -140,13 +140,7 @@ impl<D: Db> Drop for Table<D> {
 }
 
 fn ctx(state: Option<Value>) -> ReaderContext {
-    ReaderContext {
-        job: "sql_test".into(),
-        stream: "sql_test".into(),
-        run_id: "run-1".into(),
-        state,
-        shard: Shard::default(),
-    }
+    ReaderContext::new("sql_test", "run-1", state)
 }
 
 /// The `id` values of up to `max` batches (all with `None`; NULL as `i64::MIN`), and the

@@ -3,18 +3,12 @@ use std::io::Write;
 use serde_json::json;
 
 use dativo_core::conformance::check_open_reader;
-use dativo_core::{OpenReader, ReaderContext, Shard};
+use dativo_core::{OpenReader, ReaderContext};
 
 use super::*;
 
 fn ctx(state: Option<serde_json::Value>) -> ReaderContext {
-    ReaderContext {
-        job: "t".into(),
-        stream: "t".into(),
-        run_id: "r".into(),
-        state,
-        shard: Shard::default(),
-    }
+    ReaderContext::new("t", "r", state)
 }
 
 fn write_csvs(dir: &std::path::Path, files: usize, rows: usize) {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
-use dativo_core::{ErrorKind, OpenReader, ReaderContext, Shard};
+use dativo_core::{ErrorKind, OpenReader, ReaderContext};
 
 use super::HttpReader;
 
@@ -86,13 +86,7 @@ fn serve(handler: Box<Handler>) -> (String, Arc<Mutex<Vec<Seen>>>) {
 }
 
 fn ctx(state: Option<Value>) -> ReaderContext {
-    ReaderContext {
-        job: "t".into(),
-        stream: "t".into(),
-        run_id: "r".into(),
-        state,
-        shard: Shard::default(),
-    }
+    ReaderContext::new("t", "r", state)
 }
 
 /// Every row's `id`, and the final state.

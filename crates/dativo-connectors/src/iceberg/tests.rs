@@ -1,47 +1,28 @@
 //! The iceberg writer against iceberg-rust's SQL catalog on SQLite in a temporary directory;
 //! what it commits is read back with iceberg-rust's own scan.
 
-use std::sync::Arc;
-
-use arrow::array::{Array, Int64Array, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{Array, Int64Array};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use futures_util::TryStreamExt;
 use serde_json::{json, Value};
 
 use dativo_core::rt::runtime;
-use dativo_core::{Commit, ErrorKind, OpenWriter, Shard, WriterContext};
+use dativo_core::{Commit, ErrorKind, OpenWriter, WriterContext};
 
 use super::writer::{ice, is_duplicate, load_existing};
 use super::{IcebergWriter, IcebergWriterConfig};
 
 fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, true),
-        Field::new("name", DataType::Utf8, true),
-    ]))
+    dativo_core::conformance::id_name_schema()
 }
 
 fn batch(ids: &[i64]) -> RecordBatch {
-    let names: Vec<String> = ids.iter().map(|i| format!("n{i}")).collect();
-    RecordBatch::try_new(
-        schema(),
-        vec![
-            Arc::new(Int64Array::from(ids.to_vec())),
-            Arc::new(StringArray::from(names)),
-        ],
-    )
-    .unwrap()
+    dativo_core::conformance::id_name_batch(ids)
 }
 
 fn ctx(job: &str, run: &str) -> WriterContext {
-    WriterContext {
-        job: job.into(),
-        stream: job.into(),
-        run_id: run.into(),
-        schema: schema(),
-        shard: Shard::default(),
-    }
+    WriterContext::new(job, run, schema())
 }
 
 fn commit(run: &str, seq: u64, state: Value) -> Commit {

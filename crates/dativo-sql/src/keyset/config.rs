@@ -1,6 +1,7 @@
 //! The configuration keys every SQL reader shares ([`SqlOptions`]), and [`load`], which reads
 //! them together with a dialect's own keys while refusing keys neither knows.
 
+pub use dativo_core::config::{ConnectionOptions, SslMode};
 use std::fmt;
 use std::time::Duration;
 
@@ -8,8 +9,7 @@ use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use dativo_core::config::{from_config, ByteSize, DurationValue};
-use dativo_core::secrets::Secret;
+use dativo_core::config::{from_config, ByteSize};
 use dativo_core::{Error, Result};
 
 use super::batch::{check_batch_bytes, DEFAULT_BATCH_BYTES};
@@ -31,23 +31,6 @@ impl fmt::Display for ReadMode {
             ReadMode::FullRefresh => "full_refresh",
         })
     }
-}
-
-/// TLS mode, with libpq's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    /// Never TLS.
-    Disable,
-    /// PostgreSQL: TLS if the server offers it, unverified (the default). MySQL: no TLS.
-    Prefer,
-    /// TLS required; the certificate is not verified.
-    Require,
-    /// TLS required; the certificate must chain to a trusted root (`sslrootcert`, else the
-    /// bundled Mozilla roots).
-    VerifyCa,
-    /// As `verify-ca`, and the host name must match the certificate.
-    VerifyFull,
 }
 
 /// `lookback`: how far below the committed cursor a run re-reads.
@@ -202,52 +185,6 @@ impl Default for SqlOptions {
             upper_bound: None,
             cast_unsupported_to_text: false,
         }
-    }
-}
-
-/// The connection keys of a SQL reader's `source.config`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct ConnectionOptions {
-    /// `scheme://user:password@host:port/database`; the keys below override its parts.
-    pub url: Option<Secret>,
-    /// Host (default 127.0.0.1).
-    pub host: Option<String>,
-    /// Port (default: the database's).
-    pub port: Option<u16>,
-    /// User.
-    pub user: Option<String>,
-    /// Password; use `${env:…}` or `${file:…}`.
-    pub password: Option<Secret>,
-    /// Database.
-    pub database: Option<String>,
-    /// TLS mode (PostgreSQL: overrides the URL's `sslmode`).
-    pub sslmode: Option<SslMode>,
-    /// PEM file of trusted roots for `verify-ca` / `verify-full`.
-    pub sslrootcert: Option<String>,
-    /// Connection timeout (default 30s).
-    pub connect_timeout: Option<DurationValue>,
-}
-
-impl ConnectionOptions {
-    /// Checks that need no I/O: something says where to connect, and a URL has one of
-    /// `schemes` (`postgres://`); `example` shows a URL in messages.
-    pub fn check(&self, schemes: &[&str], example: &str) -> Result<()> {
-        if self.url.is_none() && self.host.is_none() && self.database.is_none() {
-            return Err(config_error(
-                "url",
-                format!("set `url` ({example}) or `host` and `database`"),
-            ));
-        }
-        if let Some(u) = &self.url {
-            if !schemes.iter().any(|s| u.expose().starts_with(s)) {
-                return Err(config_error(
-                    "url",
-                    format!("must start with {}", schemes.join(" or ")),
-                ));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -416,7 +353,13 @@ mod tests {
                 .unwrap();
         assert_eq!(c.shared.where_clause.as_deref(), Some("a > 1"));
         assert_eq!(c.own.flavour.as_deref(), Some("f"));
-        assert_eq!(c.connection.url.as_ref().map(Secret::expose), Some("x://"));
+        assert_eq!(
+            c.connection
+                .url
+                .as_ref()
+                .map(dativo_core::secrets::Secret::expose),
+            Some("x://")
+        );
         let e = load::<Own>(&json!({"url": "x", "tabel": "t"})).unwrap_err();
         assert_eq!(e.key_path(), Some("tabel"));
         assert!(

@@ -5,8 +5,6 @@ use serde::Deserialize;
 
 use dativo_core::{Error, Result};
 
-use crate::keyset::{ConnectionOptions, SslMode};
-
 /// How an unconstrained `numeric` column (no precision/scale) is read.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,26 +73,5 @@ impl PgOptions {
             );
         }
         Ok(())
-    }
-}
-
-/// The connection keys, for [`dativo_pg::connect`].
-pub fn pg_connection(c: &ConnectionOptions) -> dativo_pg::PgConnection {
-    dativo_pg::PgConnection {
-        url: c.url.clone(),
-        host: c.host.clone(),
-        port: c.port,
-        user: c.user.clone(),
-        password: c.password.clone(),
-        database: c.database.clone(),
-        sslmode: c.sslmode.map(|m| match m {
-            SslMode::Disable => dativo_pg::SslMode::Disable,
-            SslMode::Prefer => dativo_pg::SslMode::Prefer,
-            SslMode::Require => dativo_pg::SslMode::Require,
-            SslMode::VerifyCa => dativo_pg::SslMode::VerifyCa,
-            SslMode::VerifyFull => dativo_pg::SslMode::VerifyFull,
-        }),
-        sslrootcert: c.sslrootcert.clone(),
-        connect_timeout: c.connect_timeout.as_ref().map(|d| d.0),
     }
 }

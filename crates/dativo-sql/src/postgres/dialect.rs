@@ -7,9 +7,9 @@ use futures_util::StreamExt;
 use tokio_postgres::Client;
 
 use dativo_core::{Error, Result, Shard};
-use dativo_pg::{connect, map_error, runtime, PgConnection};
+use dativo_pg::{connect, map_error, runtime, ConnectionOptions};
 
-use super::config::{pg_connection, NumericConfig, PgOptions, SpecialValues};
+use super::config::{NumericConfig, PgOptions, SpecialValues};
 use super::copy::CopyParser;
 use super::types::{field_for, kind_for, ColKind, Decoder};
 use crate::keyset::{
@@ -18,7 +18,7 @@ use crate::keyset::{
 
 /// The PostgreSQL dialect: the planning connection, holding the run's snapshot open.
 pub struct Postgres {
-    connection: PgConnection,
+    connection: ConnectionOptions,
     numeric: NumericConfig,
     special_null: bool,
     client: Client,
@@ -44,7 +44,7 @@ impl Dialect for Postgres {
     }
 
     fn open(config: &SqlConfig<PgOptions>) -> Result<Self> {
-        let connection = pg_connection(&config.connection);
+        let connection = config.connection.clone();
         let client = runtime().block_on(connect(&connection))?;
         runtime()
             .block_on(client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
@@ -196,7 +196,7 @@ fn column(name: &str, type_name: &str, kind: ColKind) -> Column<ColKind> {
 
 /// One range, read over its own connection in the exported snapshot.
 struct PartitionTask {
-    connection: PgConnection,
+    connection: ConnectionOptions,
     snapshot: String,
     sql: String,
     special_null: bool,

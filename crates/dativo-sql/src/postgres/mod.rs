@@ -22,7 +22,7 @@ mod copy;
 mod dialect;
 pub mod types;
 
-pub use config::{pg_connection, NumericConfig, PgOptions, SpecialValues};
+pub use config::{NumericConfig, PgOptions, SpecialValues};
 pub use dialect::Postgres;
 
 /// Reads a table or query from PostgreSQL: [`SqlSource::open`](crate::keyset::SqlSource::open)
