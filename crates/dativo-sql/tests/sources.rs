@@ -190,7 +190,8 @@ fn big_keys_split_exactly<D: Db>() {
     )
     .unwrap();
     let tops = range_tops(&r.state().unwrap().unwrap());
-    let point = |k: i64| Some((top - 990 + 990 * k / 4).to_string());
+    // 990·k/4 rounded half up (as PostgreSQL rounds its numeric cast): 248, 495, 743.
+    let point = |k: i64| Some((top - 990 + (990 * k + 2) / 4).to_string());
     assert_eq!(
         tops,
         [point(1), point(2), point(3), None],
@@ -385,6 +386,10 @@ fn error_kinds<D: Db>(bad_user: &str) {
     // A lookback that does not fit the cursor's type (found once there is a cursor to shift).
     let (k, msg) = kind(t.config(json!({"cursor": "id", "lookback": "1h"}))).expect("misfit");
     assert_eq!(k, ErrorKind::Config, "{msg}");
+    assert!(
+        msg.contains("lookback") && msg.contains("does not fit cursor `id`"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -442,4 +447,57 @@ fn pg_error_kinds() {
 #[test]
 fn mysql_error_kinds() {
     error_kinds::<My>("no_such_user_dativo");
+}
+
+/// Process shards of a MySQL source split by CRC32 of the primary key even when
+/// `partition_column` has bounds (as before the readers shared a core: existing jobs keep each
+/// row in the shard whose cursor covers it); PostgreSQL uses ranges of the bounds.
+fn shards_of<D: Db>(t: &Table<D>, n: u32) -> Vec<Vec<i64>> {
+    (0..n)
+        .map(|i| {
+            let mut c = ctx(None);
+            c.shard = dativo_core::Shard { index: i, count: n };
+            let cfg =
+                t.config(json!({"partition_column": "id", "lower_bound": 1, "upper_bound": 40}));
+            let mut r = D::open(&cfg, &c).unwrap();
+            let (mut ids, _) = read(r.as_mut(), None);
+            ids.sort();
+            ids
+        })
+        .collect()
+}
+
+#[test]
+fn mysql_process_shards_stay_hashed_with_bounds() {
+    let mut t = Table::<My>::new("id BIGINT PRIMARY KEY, v INT");
+    t.insert((1..=40).map(|k| format!("{k}, {k}")));
+    let shards = shards_of(&t, 2);
+    // What MariaDB's own CRC32 says shard 0 holds.
+    use mysql::prelude::Queryable;
+    let want: Vec<i64> =
+        t.db.0
+            .query(format!(
+                "SELECT id FROM {} WHERE CRC32(id) % 2 = 0 ORDER BY id",
+                t.name
+            ))
+            .unwrap();
+    assert!(!want.is_empty() && want.len() < 40, "{want:?}");
+    assert_eq!(shards[0], want, "shard 0 = CRC32(id) mod 2 = 0");
+    let mut all: Vec<i64> = shards.concat();
+    all.sort();
+    assert_eq!(
+        all,
+        (1..=40).collect::<Vec<_>>(),
+        "every row in exactly one shard"
+    );
+}
+
+#[test]
+fn pg_process_shards_split_the_bounds_into_ranges() {
+    let mut t = Table::<Pg>::new("id BIGINT PRIMARY KEY, v INT");
+    t.insert((1..=40).map(|k| format!("{k}, {k}")));
+    let shards = shards_of(&t, 2);
+    // Bounds 1..40 split at 1 + 39/2 = 20.5 → 21 (rounded as PostgreSQL did): [1, 21) and [21, …).
+    assert_eq!(shards[0], (1..=20).collect::<Vec<_>>());
+    assert_eq!(shards[1], (21..=40).collect::<Vec<_>>());
 }

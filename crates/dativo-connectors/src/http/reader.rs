@@ -687,7 +687,15 @@ impl Pager {
                 Err(e) => (None, format!("request to {} failed", shown(&url)), Some(e)),
             };
             if attempt > cfg.max_retries {
-                let e = Error::transient(format!("{why}; gave up after {attempt} attempts"));
+                // Never reached the server (refused, DNS, TLS, connect timeout): a connection
+                // error, as the database readers report it; anything later is transient.
+                let unreachable = cause.as_ref().is_some_and(|c| c.is_connect());
+                let why = format!("{why}; gave up after {attempt} attempts");
+                let e = if unreachable {
+                    Error::connect(why)
+                } else {
+                    Error::transient(why)
+                };
                 return Err(match cause {
                     Some(c) => e.with_source(c),
                     None => e,

@@ -195,7 +195,7 @@ fn a_server_error_is_retried_then_gives_up_as_transient() {
 }
 
 #[test]
-fn an_unreachable_server_keeps_the_transport_error_as_the_cause() {
+fn an_unreachable_server_is_a_connect_error_keeping_the_transport_error_as_the_cause() {
     // A port nothing listens on: bind one, learn it, close it.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -214,6 +214,7 @@ fn an_unreachable_server_keeps_the_transport_error_as_the_cause() {
         .downcast_ref::<reqwest::Error>()
         .expect("reqwest's error");
     assert!(req.is_connect(), "{e}");
+    assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
 }
 
 #[test]

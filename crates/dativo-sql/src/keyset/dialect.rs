@@ -57,6 +57,7 @@ pub struct Syntax {
     backslash_escapes: bool,
     utc_suffix: &'static str,
     orderable: &'static str,
+    hash_shards_only: bool,
 }
 
 impl Syntax {
@@ -74,7 +75,22 @@ impl Syntax {
             backslash_escapes: false,
             utc_suffix: "",
             orderable: "an integer, decimal, date, timestamp or text",
+            hash_shards_only: false,
         }
+    }
+
+    /// Process shards (`--shard I/N`) always split by a hash of the primary key, even when
+    /// `partition_column` has bounds. MySQL sharded that way before the readers shared a core:
+    /// each shard keeps its own cursor, so changing how rows map to shards would skip or repeat
+    /// rows of existing incremental jobs.
+    pub const fn hash_shards_only(mut self) -> Syntax {
+        self.hash_shards_only = true;
+        self
+    }
+
+    /// Whether process shards split only by hash (see [`Syntax::hash_shards_only`]).
+    pub fn shards_by_hash_only(&self) -> bool {
+        self.hash_shards_only
     }
 
     /// Identifiers are quoted with `q` (`` ` `` for MySQL).

@@ -107,11 +107,20 @@ impl KeyType {
             (Num::Exact(a), Num::Exact(b)) if a <= b => {
                 let width = b.abs_diff(a);
                 let n = n as u128;
+                // Integers and decimals round a + width·k/n half away from zero, as PostgreSQL's
+                // cast of the numeric expression the readers used before did (shard boundaries
+                // of existing jobs stay where they were); dates and timestamps round down.
+                let round = matches!(self, KeyType::Int | KeyType::Decimal(_));
                 (1..n)
                     .map(|k| {
                         // a + ⌊width·k/n⌋ without overflow: width·k/n = (width/n)·k + (width%n)·k/n.
                         let step = width / n * k + width % n * k / n;
-                        Num::Exact(a.wrapping_add_unsigned(step))
+                        let mut p = a.wrapping_add_unsigned(step);
+                        let rem = width % n * k % n;
+                        if round && (2 * rem > n || (2 * rem == n && p >= 0)) {
+                            p += 1;
+                        }
+                        Num::Exact(p)
                     })
                     .collect()
             }
@@ -298,6 +307,23 @@ mod tests {
         assert_eq!(format_decimal(-5, 3), "-0.005");
         assert_eq!(format_decimal(12345, 2), "123.45");
         assert_eq!(format_decimal(-7, 0), "-7");
+    }
+
+    /// Integer and decimal points round half away from zero, as PostgreSQL's numeric cast (the
+    /// values were checked against PostgreSQL: `(lo::numeric + (hi-lo)*k/n)::bigint`).
+    #[test]
+    fn integer_and_decimal_points_round_as_postgresql_did() {
+        assert_eq!(split(KeyType::Int, "0", "10", 4), ["3", "5", "8"]);
+        assert_eq!(split(KeyType::Int, "-10", "0", 4), ["-8", "-5", "-3"]);
+        assert_eq!(
+            split(KeyType::Decimal(1), "1", "2", 4),
+            ["1.3", "1.5", "1.8"]
+        );
+        // Dates round down (PostgreSQL's integer division of days).
+        assert_eq!(
+            split(KeyType::Date, "2026-01-01", "2026-01-11", 4),
+            ["2026-01-03", "2026-01-06", "2026-01-08"]
+        );
     }
 
     /// BIGINT keys near 2^63: every point exact (f64 would round them to multiples of 1024).

@@ -399,7 +399,7 @@ impl<D: Dialect> Snapshot<D> {
             self.opts.upper_bound.clone(),
         );
         let pred = match bounds {
-            (Some(col), Some(lo), Some(hi)) => {
+            (Some(col), Some(lo), Some(hi)) if !D::SQL.shards_by_hash_only() => {
                 let ci = self.index(&col, "partition_column")?;
                 let points = self.split_points(ci, &lo.0, &hi.0, n, false)?;
                 if points.len() + 1 != n as usize {

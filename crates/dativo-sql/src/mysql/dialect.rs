@@ -36,6 +36,7 @@ impl Dialect for MySql {
     )
     .backslash_escapes()
     .ident_quote('`')
+    .hash_shards_only()
     .orderable("an integer, decimal, date, datetime or string");
     const TEXT: MyKind = MyKind::Text;
     type Options = MySqlOptions;
