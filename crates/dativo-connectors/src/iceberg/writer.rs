@@ -129,7 +129,7 @@ pub(crate) fn ice(e: iceberg::Error, doing: &str) -> Error {
 
 /// What the causes of `e` say about it: a service that could not be reached
 /// ([`ErrorKind::Connect`]), storage that refused or throttled, or nothing known.
-fn cause_kind(e: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
+pub(crate) fn cause_kind(e: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
     use std::io::ErrorKind as Io;
     let mut cur = Some(e);
     while let Some(c) = cur {
@@ -293,8 +293,33 @@ fn absolute(p: &str) -> Result<String> {
     Ok(abs.display().to_string().trim_end_matches('/').to_string())
 }
 
+/// The database URI of `cfg`'s SQL catalog, as the catalog (and [`super::commit::SqlSwap`])
+/// opens it: a SQLite path made absolute (its directory created) with `mode=rwc`, or the
+/// PostgreSQL URI as given.
+pub(crate) fn sql_catalog_uri(cfg: &IcebergWriterConfig) -> Result<String> {
+    Ok(match &cfg.catalog.uri {
+        Some(CatalogUri::Sqlite(u)) => {
+            let path = u
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            let (path, _) = path.split_once('?').unwrap_or((path, ""));
+            let abs = absolute(path)?;
+            if let Some(parent) = Path::new(&abs).parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            format!("sqlite://{abs}?mode=rwc")
+        }
+        Some(u) => u.expose().to_string(),
+        None => {
+            let abs = absolute(".dativo/catalog.db")?;
+            std::fs::create_dir_all(absolute(".dativo")?)?;
+            format!("sqlite://{abs}?mode=rwc")
+        }
+    })
+}
+
 /// Open the catalog `cfg` names (creating a local warehouse directory and SQLite file).
-async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<CountingCatalog>> {
+pub(crate) async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<CountingCatalog>> {
     let warehouse = cfg.warehouse.clone().unwrap_or_else(|| "warehouse".into());
     let (warehouse, storage): (String, Arc<dyn StorageFactory>) = if warehouse.starts_with("s3://")
         || warehouse.starts_with("s3a://")
@@ -368,25 +393,7 @@ async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<CountingCatalog>>
             })?;
         return Ok(Arc::new(CountingCatalog::new(Arc::new(catalog))));
     }
-    let uri = match &cfg.catalog.uri {
-        Some(CatalogUri::Sqlite(u)) => {
-            let path = u
-                .trim_start_matches("sqlite://")
-                .trim_start_matches("sqlite:");
-            let (path, _) = path.split_once('?').unwrap_or((path, ""));
-            let abs = absolute(path)?;
-            if let Some(parent) = Path::new(&abs).parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            format!("sqlite://{abs}?mode=rwc")
-        }
-        Some(u) => u.expose().to_string(),
-        None => {
-            let abs = absolute(".dativo/catalog.db")?;
-            std::fs::create_dir_all(absolute(".dativo")?)?;
-            format!("sqlite://{abs}?mode=rwc")
-        }
-    };
+    let uri = sql_catalog_uri(cfg)?;
     let sqlite = uri.starts_with("sqlite:");
     let make = || {
         let style = if sqlite {

@@ -1,0 +1,412 @@
+//! Builds one snapshot that removes live files and adds new data files: its manifests, its
+//! manifest list, its summary, and the catalog requirements and updates that commit it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use iceberg::io::FileIO;
+use iceberg::spec::{
+    DataFile, DataFileFormat, FormatVersion, ManifestContentType, ManifestFile, ManifestListWriter,
+    ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention,
+    SnapshotSummaryCollector, Summary, TableProperties, MAIN_BRANCH,
+};
+use iceberg::table::Table;
+use iceberg::{TableRequirement, TableUpdate};
+use uuid::Uuid;
+
+use dativo_core::{Error, Result};
+
+use super::live::LiveFiles;
+use crate::iceberg::writer::ice;
+
+/// What one snapshot changes in a table.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    /// Paths of live files (data or delete files) the snapshot removes. Each must still be
+    /// live in the snapshot it is built on, or the commit is a conflict to re-plan.
+    pub remove: BTreeSet<String>,
+    /// New data files (written under the table's default partition spec).
+    pub add: Vec<DataFile>,
+    /// Summary properties besides the computed metrics (`dativo.state`, `dativo.job`, …).
+    pub properties: HashMap<String, String>,
+    /// Refuse to commit on top of files added since the plan's base snapshot: an overwrite
+    /// must not silently keep (or drop) rows another writer added meanwhile.
+    pub no_new_files: bool,
+}
+
+impl Change {
+    /// Replace every live file of `base` by `add`.
+    pub fn overwrite_all(base: &LiveFiles, add: Vec<DataFile>) -> Change {
+        Change {
+            remove: base.paths().map(str::to_string).collect(),
+            add,
+            properties: HashMap::new(),
+            no_new_files: true,
+        }
+    }
+
+    /// The snapshot operation: `append` when nothing is removed, `delete` when nothing is
+    /// added, `overwrite` otherwise.
+    pub fn operation(&self) -> Operation {
+        match (self.remove.is_empty(), self.add.is_empty()) {
+            (true, _) => Operation::Append,
+            (false, true) => Operation::Delete,
+            (false, false) => Operation::Overwrite,
+        }
+    }
+}
+
+/// A snapshot ready to commit: what the catalog must check and apply.
+#[derive(Debug, Clone)]
+pub struct Produced {
+    /// The new snapshot's id.
+    pub snapshot_id: i64,
+    /// `[UuidMatch, RefSnapshotIdMatch(main, base)]`.
+    pub requirements: Vec<TableRequirement>,
+    /// `[AddSnapshot, SetSnapshotRef(main)]`.
+    pub updates: Vec<TableUpdate>,
+}
+
+/// Builds the snapshot of one [`Change`], attempt after attempt: the snapshot id and the
+/// added-data manifest stay the same across attempts (the manifest's sequence numbers are
+/// inherited, so it is valid on any base); rewritten manifests and the list are per attempt.
+pub struct SnapshotProducer {
+    change: Change,
+    snapshot_id: i64,
+    commit_uuid: Uuid,
+    attempt: u32,
+    manifests: u64,
+    /// The added-data manifest (shared by all attempts) and its path.
+    added_manifest: Option<(ManifestFile, String)>,
+    /// Rewritten manifests and the manifest list of the latest attempt.
+    attempt_files: Vec<String>,
+}
+
+/// Summary totals: (total, added, removed).
+const TOTALS: [(&str, &str, &str); 6] = [
+    ("total-data-files", "added-data-files", "deleted-data-files"),
+    (
+        "total-delete-files",
+        "added-delete-files",
+        "removed-delete-files",
+    ),
+    ("total-records", "added-records", "deleted-records"),
+    ("total-files-size", "added-files-size", "removed-files-size"),
+    (
+        "total-position-deletes",
+        "added-position-deletes",
+        "removed-position-deletes",
+    ),
+    (
+        "total-equality-deletes",
+        "added-equality-deletes",
+        "removed-equality-deletes",
+    ),
+];
+
+/// Previous total + added − removed for each total, as Iceberg's Java and Rust writers do;
+/// a total the previous snapshot lacks (or cannot parse) is left out rather than restarted.
+pub(crate) fn update_totals(props: &mut HashMap<String, String>, previous: Option<&Summary>) {
+    for (total, added, removed) in TOTALS {
+        let prev = match previous {
+            None => Some(0),
+            Some(s) => s
+                .additional_properties
+                .get(total)
+                .and_then(|v| v.parse::<u64>().ok()),
+        };
+        let delta = |k: &str| match props.get(k) {
+            None => Some(0),
+            Some(v) => v.parse::<u64>().ok(),
+        };
+        let new = match (prev, delta(added), delta(removed)) {
+            (Some(p), Some(a), Some(r)) => (p + a).checked_sub(r),
+            _ => None,
+        };
+        match new {
+            Some(n) => {
+                props.insert(total.to_string(), n.to_string());
+            }
+            None => {
+                props.remove(total);
+            }
+        }
+    }
+}
+
+fn random_snapshot_id(table: &Table) -> i64 {
+    loop {
+        let (a, b) = Uuid::new_v4().as_u64_pair();
+        let id = ((a ^ b) & (i64::MAX as u64)) as i64;
+        if id != 0 && table.metadata().snapshot_by_id(id).is_none() {
+            return id;
+        }
+    }
+}
+
+impl SnapshotProducer {
+    /// A producer for `change`, planned on `base`.
+    pub fn new(base: &Table, change: Change) -> SnapshotProducer {
+        SnapshotProducer {
+            change,
+            snapshot_id: random_snapshot_id(base),
+            commit_uuid: Uuid::now_v7(),
+            attempt: 0,
+            manifests: 0,
+            added_manifest: None,
+            attempt_files: Vec::new(),
+        }
+    }
+
+    /// The snapshot id every attempt uses.
+    pub fn snapshot_id(&self) -> i64 {
+        self.snapshot_id
+    }
+
+    /// The change this producer commits.
+    pub fn change(&self) -> &Change {
+        &self.change
+    }
+
+    fn manifest_path(&mut self, table: &Table) -> String {
+        let n = self.manifests;
+        self.manifests += 1;
+        format!(
+            "{}/metadata/{}-m{n}.{}",
+            table.metadata().location(),
+            self.commit_uuid,
+            DataFileFormat::Avro
+        )
+    }
+
+    /// Check `table` (the state to build on, described by `live`) against the change:
+    /// every file to remove is still live; with `no_new_files`, no data or delete file was
+    /// added since `base`. A failure is a [`dativo_core::ErrorKind::Conflict`]: the caller
+    /// must plan again on the new table state.
+    pub fn validate(&self, base: &LiveFiles, live: &LiveFiles) -> Result<()> {
+        let gone: Vec<&str> = self
+            .change
+            .remove
+            .iter()
+            .filter(|p| !live.contains(p))
+            .map(String::as_str)
+            .collect();
+        if let Some(first) = gone.first() {
+            return Err(Error::conflict(format!(
+                "another commit removed {} of the files this commit replaces (e.g. {first}) \
+                 since it was planned on snapshot {}: the commit must be planned again on \
+                 the table's new state",
+                gone.len(),
+                base.snapshot_id
+                    .map_or_else(|| "none".into(), |s| s.to_string()),
+            )));
+        }
+        if self.change.no_new_files {
+            let new: Vec<&str> = live.paths().filter(|p| !base.contains(p)).collect();
+            if let Some(first) = new.first() {
+                return Err(Error::conflict(format!(
+                    "another commit added {} files (e.g. {first}) since this overwrite was \
+                     planned on snapshot {}: the overwrite must be planned again on the \
+                     table's new state",
+                    new.len(),
+                    base.snapshot_id
+                        .map_or_else(|| "none".into(), |s| s.to_string()),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Write this attempt's manifests and manifest list on top of `table` (whose live files
+    /// are `live`), and return the snapshot's requirements and updates.
+    pub async fn produce(&mut self, table: &Table, live: &LiveFiles) -> Result<Produced> {
+        let md = table.metadata();
+        if md.format_version() != FormatVersion::V2 {
+            return Err(Error::config(format!(
+                "table {} is Iceberg format v{}: dativo's overwrite/delete commits support \
+                 format v2 tables only",
+                table.identifier(),
+                md.format_version() as u8
+            )));
+        }
+        if live.snapshot_id != md.current_snapshot_id() {
+            return Err(Error::internal(
+                "the live files were not read from the snapshot the commit is built on",
+            ));
+        }
+        let io = table.file_io().clone();
+        let schema = md.current_schema().clone();
+        let spec = md.default_partition_spec().clone();
+        let limit = md
+            .properties()
+            .get(TableProperties::PROPERTY_WRITE_PARTITION_SUMMARY_LIMIT)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(TableProperties::PROPERTY_WRITE_PARTITION_SUMMARY_LIMIT_DEFAULT);
+        let mut collector = SnapshotSummaryCollector::default();
+        collector.set_partition_summary_limit(limit);
+
+        let mut manifests: Vec<ManifestFile> = Vec::new();
+        if !self.change.add.is_empty() {
+            for f in &self.change.add {
+                collector.add_file(f, schema.clone(), spec.clone());
+            }
+            if self.added_manifest.is_none() {
+                let path = self.manifest_path(table);
+                let out = io
+                    .new_output(&path)
+                    .map_err(|e| ice(e, "creating a manifest"))?;
+                let mut w = ManifestWriterBuilder::new(
+                    out,
+                    Some(self.snapshot_id),
+                    schema.clone(),
+                    spec.as_ref().clone(),
+                )
+                .build_v2_data();
+                for f in &self.change.add {
+                    // -1: the data sequence number is inherited from the list at commit.
+                    w.add_file(f.clone(), -1)
+                        .map_err(|e| ice(e, "adding a data file to the manifest"))?;
+                }
+                let mf = w
+                    .write_manifest_file()
+                    .await
+                    .map_err(|e| ice(e, "writing the manifest of added files"))?;
+                self.added_manifest = Some((mf, path));
+            }
+            manifests.extend(self.added_manifest.as_ref().map(|(m, _)| m.clone()));
+        }
+
+        // Manifests holding a removed file are rewritten (EXISTING / DELETED entries with
+        // their original sequence numbers); the others are carried over unchanged.
+        for (idx, m) in live.manifests.iter().enumerate() {
+            let entries: Vec<_> = live.files.iter().filter(|f| f.manifest == idx).collect();
+            if !entries
+                .iter()
+                .any(|f| self.change.remove.contains(f.path()))
+            {
+                // A manifest with no live file left (only the DELETED entries of the commit
+                // that wrote it) is dropped, as Java's writers do.
+                if !entries.is_empty() {
+                    manifests.push(m.file.clone());
+                }
+                continue;
+            }
+            let path = self.manifest_path(table);
+            let out = io
+                .new_output(&path)
+                .map_err(|e| ice(e, "creating a manifest"))?;
+            let builder = ManifestWriterBuilder::new(
+                out,
+                Some(self.snapshot_id),
+                m.metadata.schema.clone(),
+                m.metadata.partition_spec.clone(),
+            );
+            let mut w = match m.metadata.content {
+                ManifestContentType::Data => builder.build_v2_data(),
+                ManifestContentType::Deletes => builder.build_v2_deletes(),
+            };
+            let file_spec = Arc::new(m.metadata.partition_spec.clone());
+            for f in entries {
+                let file_seq = Some(f.file_sequence_number.unwrap_or(f.sequence_number));
+                let r = if self.change.remove.contains(f.path()) {
+                    collector.remove_file(&f.file, m.metadata.schema.clone(), file_spec.clone());
+                    w.add_delete_file(f.file.clone(), f.sequence_number, file_seq)
+                } else {
+                    w.add_existing_file(f.file.clone(), f.snapshot_id, f.sequence_number, file_seq)
+                };
+                r.map_err(|e| ice(e, "rewriting a manifest"))?;
+            }
+            self.attempt_files.push(path);
+            manifests.push(
+                w.write_manifest_file()
+                    .await
+                    .map_err(|e| ice(e, "writing a rewritten manifest"))?,
+            );
+        }
+
+        let seq = md.next_sequence_number();
+        let parent = md.current_snapshot_id();
+        let list_path = format!(
+            "{}/metadata/snap-{}-{}-{}.{}",
+            md.location(),
+            self.snapshot_id,
+            self.attempt,
+            self.commit_uuid,
+            DataFileFormat::Avro
+        );
+        self.attempt += 1;
+        let out = io
+            .new_output(&list_path)
+            .map_err(|e| ice(e, "creating the manifest list"))?
+            .writer()
+            .await
+            .map_err(|e| ice(e, "creating the manifest list"))?;
+        let mut list = ManifestListWriter::v2(out, self.snapshot_id, parent, seq);
+        list.add_manifests(manifests.into_iter())
+            .map_err(|e| ice(e, "listing the manifests"))?;
+        self.attempt_files.push(list_path.clone());
+        list.close()
+            .await
+            .map_err(|e| ice(e, "writing the manifest list"))?;
+
+        // User properties first, computed metrics last (they must not be shadowed).
+        let mut props = self.change.properties.clone();
+        props.extend(collector.build());
+        update_totals(&mut props, md.current_snapshot().map(|s| s.summary()));
+        let snapshot = Snapshot::builder()
+            .with_snapshot_id(self.snapshot_id)
+            .with_parent_snapshot_id(parent)
+            .with_sequence_number(seq)
+            .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+            .with_manifest_list(list_path)
+            .with_summary(Summary {
+                operation: self.change.operation(),
+                additional_properties: props,
+            })
+            .with_schema_id(md.current_schema_id())
+            .build();
+        Ok(Produced {
+            snapshot_id: self.snapshot_id,
+            requirements: vec![
+                TableRequirement::UuidMatch { uuid: md.uuid() },
+                TableRequirement::RefSnapshotIdMatch {
+                    r#ref: MAIN_BRANCH.to_string(),
+                    snapshot_id: parent,
+                },
+            ],
+            updates: vec![
+                TableUpdate::AddSnapshot { snapshot },
+                TableUpdate::SetSnapshotRef {
+                    ref_name: MAIN_BRANCH.to_string(),
+                    reference: SnapshotReference::new(
+                        self.snapshot_id,
+                        SnapshotRetention::branch(None, None, None),
+                    ),
+                },
+            ],
+        })
+    }
+
+    /// Delete the rewritten manifests and the list of the latest attempt: after it lost
+    /// the race for certain (nothing references them).
+    pub async fn discard_attempt(&mut self, io: &FileIO) {
+        for p in std::mem::take(&mut self.attempt_files) {
+            delete(io, &p).await;
+        }
+    }
+
+    /// Delete every manifest and list this producer wrote: only after the commit failed for
+    /// certain (a landed snapshot references them). The data files stay the caller's.
+    pub async fn discard(&mut self, io: &FileIO) {
+        self.discard_attempt(io).await;
+        if let Some((_, p)) = self.added_manifest.take() {
+            delete(io, &p).await;
+        }
+    }
+}
+
+async fn delete(io: &FileIO, path: &str) {
+    if let Err(e) = io.delete(path).await {
+        tracing::warn!(file = %path, error = %e, "could not delete an uncommitted manifest");
+    }
+}

@@ -1,0 +1,519 @@
+//! dativo's own commit path on iceberg-rust's SQL catalog (SQLite in a temporary directory):
+//! appends with the `iceberg` writer, overwrites and deletes through [`Committer`], read back
+//! by iceberg-rust's scan, pyiceberg and DuckDB's Iceberg extension.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, Int64Array, RecordBatch};
+use futures_util::TryStreamExt;
+use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::spec::{DataFile, DataFileFormat, Operation};
+use iceberg::table::Table;
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::{IcebergWriter as _, IcebergWriterBuilder};
+use iceberg::Catalog;
+use parquet::file::properties::WriterProperties;
+use serde_json::{json, Value};
+
+use dativo_core::rt::runtime;
+use dativo_core::{Commit, ErrorKind, OpenWriter, WriterContext};
+
+use super::{Change, Committer, LiveFiles, SnapshotProducer, SqlSwap, Swap};
+use crate::iceberg::counting::CountingCatalog;
+use crate::iceberg::writer::{open_catalog, sql_catalog_uri, JOB_KEY, RUN_KEY, STATE_KEY};
+use crate::iceberg::{IcebergWriter, IcebergWriterConfig};
+
+struct Lake {
+    dir: tempfile::TempDir,
+}
+
+impl Lake {
+    fn new() -> Lake {
+        Lake {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("catalog.db")
+    }
+
+    fn warehouse(&self) -> PathBuf {
+        self.dir.path().join("wh")
+    }
+
+    fn config(&self) -> Value {
+        json!({
+            "table": "ns.events",
+            "catalog": {"uri": format!("sqlite://{}", self.db().display())},
+            "warehouse": self.warehouse().display().to_string(),
+        })
+    }
+
+    fn cfg(&self) -> IcebergWriterConfig {
+        serde_json::from_value(self.config()).unwrap()
+    }
+
+    /// Append `ids` with the `iceberg` writer (a fast append), as job `j`.
+    fn append(&self, ids: &[i64], state: Value) {
+        let ctx = WriterContext::new("j", "r-append", dativo_core::conformance::id_name_schema());
+        let mut w = IcebergWriter::open(&self.config(), &ctx).unwrap();
+        w.write(&dativo_core::conformance::id_name_batch(ids))
+            .unwrap();
+        w.commit(&Commit {
+            state: Some(state),
+            run_id: "r-append".into(),
+            sequence: 1,
+        })
+        .unwrap();
+        Box::new(w).close().unwrap();
+    }
+
+    async fn catalog(&self) -> Arc<CountingCatalog> {
+        open_catalog(&self.cfg()).await.unwrap()
+    }
+
+    async fn table(&self, catalog: &CountingCatalog) -> Table {
+        let ident = iceberg::TableIdent::from_strs(["ns", "events"]).unwrap();
+        catalog.load_table(&ident).await.unwrap()
+    }
+
+    fn swap(&self) -> SqlSwap {
+        SqlSwap::new(&sql_catalog_uri(&self.cfg()).unwrap(), "dativo")
+    }
+
+    /// The table's row in the catalog: (metadata_location, previous_metadata_location).
+    async fn row(&self) -> (String, Option<String>) {
+        use sqlx::Connection;
+        let uri = sql_catalog_uri(&self.cfg()).unwrap();
+        let mut c = sqlx::SqliteConnection::connect(&uri).await.unwrap();
+        sqlx::query_as(
+            "SELECT metadata_location, previous_metadata_location FROM iceberg_tables \
+             WHERE catalog_name = 'dativo' AND table_namespace = 'ns' AND table_name = 'events'",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+    }
+
+    fn metadata_files(&self) -> usize {
+        let dir = self.warehouse().join("ns/events/metadata");
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".metadata.json"))
+            .count()
+    }
+}
+
+/// Every `id` of the table's current snapshot, sorted, as iceberg-rust's scan reads it.
+async fn ids(table: &Table) -> Vec<i64> {
+    let batches: Vec<RecordBatch> = table
+        .scan()
+        .select_all()
+        .build()
+        .unwrap()
+        .to_arrow()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut out: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| {
+            let c = b.column(b.schema().index_of("id").unwrap()).clone();
+            let c = c.as_any().downcast_ref::<Int64Array>().unwrap().clone();
+            (0..c.len()).map(move |i| c.value(i)).collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// New data files holding `ids`, written under the table's `data/` as the writer does.
+async fn write_files(table: &Table, ids: &[i64]) -> Vec<DataFile> {
+    let md = table.metadata();
+    let schema = Arc::new(schema_to_arrow_schema(md.current_schema()).unwrap());
+    let b = dativo_core::conformance::id_name_batch(ids);
+    let batch = RecordBatch::try_new(schema, b.columns().to_vec()).unwrap();
+    let pq = ParquetWriterBuilder::new(WriterProperties::default(), md.current_schema().clone());
+    let rolling = RollingFileWriterBuilder::new_with_default_file_size(
+        pq,
+        table.file_io().clone(),
+        DefaultLocationGenerator::new(md).unwrap(),
+        DefaultFileNameGenerator::new(
+            format!("test-{}", uuid::Uuid::now_v7()),
+            None,
+            DataFileFormat::Parquet,
+        ),
+    );
+    let mut w = DataFileWriterBuilder::new(rolling)
+        .build(None)
+        .await
+        .unwrap();
+    w.write(batch).await.unwrap();
+    w.close().await.unwrap()
+}
+
+fn props(state: Value) -> HashMap<String, String> {
+    HashMap::from([
+        (STATE_KEY.to_string(), state.to_string()),
+        (JOB_KEY.to_string(), "j".to_string()),
+        (RUN_KEY.to_string(), "r-over".to_string()),
+    ])
+}
+
+fn summary(table: &Table) -> (Operation, HashMap<String, String>) {
+    let s = table.metadata().current_snapshot().unwrap().summary();
+    (s.operation.clone(), s.additional_properties.clone())
+}
+
+#[test]
+fn overwrite_replaces_every_row_with_the_state_then_appends_and_deletes_build_on_it() {
+    let lake = Lake::new();
+    lake.append(&[1, 2, 3], json!({"cursor": 3}));
+    lake.append(&[4], json!({"cursor": 4}));
+    runtime().block_on(async {
+        let catalog = lake.catalog().await;
+        let swap = lake.swap();
+        let base = lake.table(&catalog).await;
+        let live = LiveFiles::load(&base).await.unwrap();
+        assert_eq!(live.files.len(), 2);
+        assert_eq!(live.manifests.len(), 2);
+        assert_eq!(live.data_records(), 4);
+        let (before, _) = lake.row().await;
+        assert_eq!(Some(before.as_str()), base.metadata_location());
+
+        let files = write_files(&base, &[10, 11]).await;
+        let mut change = Change::overwrite_all(&live, files);
+        change.properties = props(json!({"cursor": 11}));
+        let t = Committer::new(catalog.as_ref(), &swap)
+            .commit(&base, SnapshotProducer::new(&base, change), None)
+            .await
+            .unwrap();
+        assert_eq!(ids(&t).await, vec![10, 11]);
+        assert_eq!(ids(&lake.table(&catalog).await).await, vec![10, 11]);
+
+        let (op, p) = summary(&t);
+        assert_eq!(op, Operation::Overwrite);
+        assert_eq!(p[STATE_KEY], r#"{"cursor":11}"#);
+        assert_eq!(p[RUN_KEY], "r-over");
+        assert_eq!(p["added-records"], "2");
+        assert_eq!(p["deleted-records"], "4");
+        assert_eq!(p["added-data-files"], "1");
+        assert_eq!(p["deleted-data-files"], "2");
+        assert_eq!(p["total-records"], "2");
+        assert_eq!(p["total-data-files"], "1");
+        assert_eq!(p["total-delete-files"], "0");
+        let size: u64 = p["added-files-size"].parse().unwrap();
+        assert_eq!(p["total-files-size"], size.to_string());
+        let snap = t.metadata().current_snapshot().unwrap();
+        assert_eq!(
+            snap.parent_snapshot_id(),
+            base.metadata().current_snapshot_id()
+        );
+        assert_eq!(
+            snap.sequence_number(),
+            base.metadata().next_sequence_number()
+        );
+
+        // The catalog row moved by compare-and-swap, remembering where it came from.
+        let (now, prev) = lake.row().await;
+        assert_eq!(Some(now.as_str()), t.metadata_location());
+        assert_eq!(prev.as_deref(), Some(before.as_str()));
+        assert!(now.contains("/metadata/00003-"), "{now}");
+        // The new metadata records the old one in its log.
+        assert_eq!(
+            t.metadata().metadata_log().last().unwrap().metadata_file,
+            before
+        );
+    });
+
+    // The job's state is the overwrite's (exactly once carries on through it).
+    let ctx = WriterContext::new("j", "r3", dativo_core::conformance::id_name_schema());
+    let mut w = IcebergWriter::open(&lake.config(), &ctx).unwrap();
+    let st = w.committed_state().unwrap().unwrap();
+    assert_eq!(st.state, Some(json!({"cursor": 11})));
+    assert_eq!(st.run_id.as_deref(), Some("r-over"));
+    drop(w);
+
+    // iceberg-rust's fast append builds on the snapshot; then one file is removed: only
+    // its manifest is rewritten.
+    lake.append(&[12], json!({"cursor": 12}));
+    runtime().block_on(async {
+        let catalog = lake.catalog().await;
+        let base = lake.table(&catalog).await;
+        assert_eq!(ids(&base).await, vec![10, 11, 12]);
+        let live = LiveFiles::load(&base).await.unwrap();
+        // The overwrite's two manifests of deleted entries, carried along by iceberg-rust's
+        // append, its added files, and the append's.
+        assert_eq!(live.manifests.len(), 4);
+        let newest = base.metadata().current_snapshot_id().unwrap();
+        let gone = live.files.iter().find(|f| f.snapshot_id == newest).unwrap();
+        let kept = live.files.iter().find(|f| f.snapshot_id != newest).unwrap();
+        let kept_manifest = live.manifests[kept.manifest].file.manifest_path.clone();
+        let change = Change {
+            remove: BTreeSet::from([gone.path().to_string()]),
+            properties: props(json!({"cursor": 13})),
+            ..Default::default()
+        };
+        let t = Committer::new(catalog.as_ref(), &lake.swap())
+            .commit(&base, SnapshotProducer::new(&base, change), None)
+            .await
+            .unwrap();
+        assert_eq!(ids(&t).await, vec![10, 11]);
+        let (op, p) = summary(&t);
+        assert_eq!(op, Operation::Delete);
+        assert_eq!(p["deleted-records"], "1");
+        assert_eq!(p["total-records"], "2");
+        assert!(!p.contains_key("added-records"), "{p:?}");
+        let after = LiveFiles::load(&t).await.unwrap();
+        assert_eq!(after.files.len(), 1);
+        // The untouched manifest is carried over as it is, the one holding the removed
+        // file rewritten, manifests with no live file dropped.
+        assert_eq!(after.manifests.len(), 2);
+        assert!(
+            after
+                .manifests
+                .iter()
+                .any(|m| m.file.manifest_path == kept_manifest),
+            "the untouched manifest is carried over as it is"
+        );
+        // The file kept its original sequence numbers.
+        let f = &after.files[0];
+        let before = live.get(f.path()).unwrap();
+        assert_eq!(f.sequence_number, before.sequence_number);
+        assert_eq!(f.snapshot_id, before.snapshot_id);
+    });
+    readers_agree(&lake, &[10, 11]);
+}
+
+#[test]
+fn two_commits_on_one_base_the_second_is_a_conflict_and_the_table_stays_intact() {
+    let lake = Lake::new();
+    lake.append(&[1, 2], json!(1));
+    runtime().block_on(async {
+        let catalog = lake.catalog().await;
+        let swap = lake.swap();
+        let base = lake.table(&catalog).await;
+        let live = LiveFiles::load(&base).await.unwrap();
+
+        let mut a = SnapshotProducer::new(
+            &base,
+            Change::overwrite_all(&live, write_files(&base, &[5]).await),
+        );
+        let mut b = SnapshotProducer::new(
+            &base,
+            Change::overwrite_all(&live, write_files(&base, &[6]).await),
+        );
+        let pa = a.produce(&base, &live).await.unwrap();
+        let pb = b.produce(&base, &live).await.unwrap();
+        let files = lake.metadata_files();
+        let t = swap.swap(&base, pa.requirements, pa.updates).await.unwrap();
+        let (after_a, _) = lake.row().await;
+        let e = swap
+            .swap(&base, pb.requirements, pb.updates)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        assert!(e.is_retryable());
+        // Intact: A's rows, A's metadata, B's metadata file deleted.
+        assert_eq!(lake.row().await.0, after_a);
+        assert_eq!(lake.metadata_files(), files + 1);
+        assert_eq!(ids(&lake.table(&catalog).await).await, vec![5]);
+        assert_eq!(
+            t.metadata().current_snapshot_id(),
+            Some(pa.snapshot_id),
+            "{:?}",
+            t.metadata_location()
+        );
+
+        // Through the committer, B (planned on the old base) cannot be rebuilt: the files
+        // it replaces are gone. A conflict to plan again, nothing changed.
+        let c = SnapshotProducer::new(
+            &base,
+            Change::overwrite_all(&live, write_files(&base, &[7]).await),
+        );
+        let e = Committer::new(catalog.as_ref(), &swap)
+            .commit(&base, c, None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        assert!(e.to_string().contains("planned again"), "{e}");
+        assert_eq!(lake.row().await.0, after_a);
+        assert_eq!(ids(&lake.table(&catalog).await).await, vec![5]);
+    });
+    // An overwrite planned on A's snapshot refuses files appended since.
+    let head = runtime().block_on(async { lake.table(&*lake.catalog().await).await });
+    lake.append(&[8], json!(2));
+    runtime().block_on(async {
+        let catalog = lake.catalog().await;
+        let swap = lake.swap();
+        let head_live = LiveFiles::load(&head).await.unwrap();
+        let over = SnapshotProducer::new(
+            &head,
+            Change::overwrite_all(&head_live, write_files(&head, &[9]).await),
+        );
+        let e = Committer::new(catalog.as_ref(), &swap)
+            .commit(&head, over, None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        assert!(e.to_string().contains("added 1 files"), "{e}");
+        let (now, prev) = lake.row().await;
+        assert_eq!(
+            prev.as_deref(),
+            head.metadata_location(),
+            "only the append moved it"
+        );
+        assert_ne!(Some(now.as_str()), head.metadata_location());
+        assert_eq!(ids(&lake.table(&catalog).await).await, vec![5, 8]);
+
+        // A change that removes nothing is rebuilt on the new state and lands.
+        let add = SnapshotProducer::new(
+            &head,
+            Change {
+                add: write_files(&head, &[20]).await,
+                ..Default::default()
+            },
+        );
+        let t = Committer::new(catalog.as_ref(), &swap)
+            .commit(&head, add, None)
+            .await
+            .unwrap();
+        assert_eq!(ids(&t).await, vec![5, 8, 20]);
+        let (op, p) = summary(&t);
+        assert_eq!(op, Operation::Append);
+        assert_eq!(p["total-records"], "3");
+    });
+}
+
+#[test]
+fn a_check_that_fails_stops_the_commit_and_its_manifests_are_deleted() {
+    let lake = Lake::new();
+    lake.append(&[1], json!(1));
+    runtime().block_on(async {
+        let catalog = lake.catalog().await;
+        let base = lake.table(&catalog).await;
+        let live = LiveFiles::load(&base).await.unwrap();
+        let avro = || {
+            std::fs::read_dir(lake.warehouse().join("ns/events/metadata"))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".avro"))
+                .count()
+        };
+        let n = avro();
+        let p = SnapshotProducer::new(
+            &base,
+            Change::overwrite_all(&live, write_files(&base, &[2]).await),
+        );
+        let refuse = |_: &Table| Err(dativo_core::Error::busy("another run of the job"));
+        let e = Committer::new(catalog.as_ref(), &lake.swap())
+            .commit(&base, p, Some(&refuse))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy);
+        assert_eq!(avro(), n);
+        assert_eq!(ids(&lake.table(&catalog).await).await, vec![1]);
+    });
+}
+
+/// pyiceberg and DuckDB's Iceberg extension, from the project's venv, read `expect`.
+fn readers_agree(lake: &Lake, expect: &[i64]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root.join(".venv/bin/python");
+    let duck = std::env::var_os("DATIVO_DUCKDB_ICEBERG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv/duckdb-iceberg"));
+    if !python.is_file() || !duck.is_dir() {
+        let msg = format!(
+            "SKIPPED: pyiceberg/DuckDB check: {} or {} is missing (./scripts/test installs them)",
+            python.display(),
+            duck.display()
+        );
+        assert!(
+            std::env::var_os("DATIVO_REQUIRE_PLUGINS").is_none(),
+            "{msg} (DATIVO_REQUIRE_PLUGINS is set)"
+        );
+        let _ = writeln!(std::io::stderr(), "{msg}");
+        return;
+    }
+    let script = r#"
+import json, sys
+from pyiceberg.catalog.sql import SqlCatalog
+cat = SqlCatalog("dativo", uri="sqlite:///" + sys.argv[1], warehouse="file://" + sys.argv[2])
+t = cat.load_table("ns.events")
+ids = sorted(t.scan().to_arrow().column("id").to_pylist())
+snaps = [t.snapshot_by_id(h.snapshot_id) for h in t.history()]
+ops = [s.summary.operation.value for s in snaps]
+over = next(s for s in snaps if s.summary.operation.value == "overwrite")
+at = sorted(t.scan(snapshot_id=over.snapshot_id).to_arrow().column("id").to_pylist())
+state = over.summary["dativo.state"]
+print(json.dumps({"ids": ids, "ops": ops, "at_overwrite": at, "state": state, "metadata": t.metadata_location}))
+"#;
+    let out = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(lake.db())
+        .arg(lake.warehouse())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyiceberg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["ids"], json!(expect), "pyiceberg");
+    assert_eq!(
+        got["ops"],
+        json!(["append", "append", "overwrite", "append", "delete"]),
+        "pyiceberg sees each snapshot's operation"
+    );
+    assert_eq!(
+        got["at_overwrite"],
+        json!([10, 11]),
+        "pyiceberg, the overwrite's snapshot"
+    );
+    assert_eq!(
+        got["state"],
+        json!(r#"{"cursor":11}"#),
+        "pyiceberg, the overwrite's state"
+    );
+    let metadata = got["metadata"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("file://")
+        .to_string();
+    let out = std::process::Command::new(&python)
+        .arg(root.join("tests/e2e/duckdb_iceberg.py"))
+        .arg("SELECT id FROM iceberg_scan('{metadata}') ORDER BY id")
+        .arg(&metadata)
+        .env("PYTHONPATH", &duck)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let duck_ids: Vec<i64> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_i64().unwrap())
+        .collect();
+    assert_eq!(duck_ids, expect, "DuckDB");
+    eprintln!("pyiceberg read {got}; DuckDB read {rows}");
+}
