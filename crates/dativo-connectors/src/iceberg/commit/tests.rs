@@ -517,3 +517,32 @@ print(json.dumps({"ids": ids, "ops": ops, "at_overwrite": at, "state": state, "m
     assert_eq!(duck_ids, expect, "DuckDB");
     eprintln!("pyiceberg read {got}; DuckDB read {rows}");
 }
+
+#[test]
+fn totals_add_and_subtract_and_a_missing_previous_total_is_left_out() {
+    use iceberg::spec::Summary;
+    let prev = Summary {
+        operation: Operation::Append,
+        additional_properties: HashMap::from([
+            ("total-records".to_string(), "10".to_string()),
+            ("total-data-files".to_string(), "3".to_string()),
+            ("total-files-size".to_string(), "not a number".to_string()),
+        ]),
+    };
+    let mut p = HashMap::from([
+        ("added-records".to_string(), "4".to_string()),
+        ("deleted-records".to_string(), "6".to_string()),
+        ("deleted-data-files".to_string(), "3".to_string()),
+        ("added-files-size".to_string(), "100".to_string()),
+    ]);
+    super::produce::update_totals(&mut p, Some(&prev));
+    assert_eq!(p["total-records"], "8");
+    assert_eq!(p["total-data-files"], "0");
+    assert!(!p.contains_key("total-files-size"), "unparsable: left out");
+    assert!(!p.contains_key("total-delete-files"), "missing: left out");
+    // No previous snapshot: totals start at 0.
+    let mut p = HashMap::from([("added-records".to_string(), "2".to_string())]);
+    super::produce::update_totals(&mut p, None);
+    assert_eq!(p["total-records"], "2");
+    assert_eq!(p["total-equality-deletes"], "0");
+}
