@@ -1,4 +1,5 @@
-//! dativo's own commit path on iceberg-rust's SQL catalog (SQLite in a temporary directory):
+//! dativo's own commit path on iceberg-rust's SQL catalog (SQLite in a temporary directory,
+//! and PostgreSQL at `DATIVO_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/test`):
 //! appends with the `iceberg` writer, overwrites and deletes through [`Committer`], read back
 //! by iceberg-rust's scan, pyiceberg and DuckDB's Iceberg extension.
 
@@ -31,14 +32,40 @@ use crate::iceberg::counting::CountingCatalog;
 use crate::iceberg::writer::{open_catalog, sql_catalog_uri, JOB_KEY, RUN_KEY, STATE_KEY};
 use crate::iceberg::{IcebergWriter, IcebergWriterConfig};
 
+/// A table `ns.name` of the catalog `catalog`, its warehouse in a temporary directory.
 struct Lake {
     dir: tempfile::TempDir,
+    /// The PostgreSQL catalog database; `None`: SQLite, in `dir`.
+    pg: Option<String>,
+    catalog: String,
+    ns: String,
+    name: String,
 }
 
 impl Lake {
+    /// `ns.events` of the catalog `dativo` in a SQLite database of its own.
     fn new() -> Lake {
         Lake {
             dir: tempfile::tempdir().unwrap(),
+            pg: None,
+            catalog: "dativo".into(),
+            ns: "ns".into(),
+            name: "events".into(),
+        }
+    }
+
+    /// A table in the shared PostgreSQL catalog database, under catalog and namespace names
+    /// no other run uses; its catalog rows are deleted when it is dropped.
+    fn postgres() -> Lake {
+        let url = std::env::var("DATIVO_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let unique = uuid::Uuid::now_v7().simple().to_string();
+        Lake {
+            dir: tempfile::tempdir().unwrap(),
+            pg: Some(url),
+            catalog: format!("dativo_test_{unique}"),
+            ns: format!("ns_{unique}"),
+            name: "events".into(),
         }
     }
 
@@ -51,9 +78,13 @@ impl Lake {
     }
 
     fn config(&self) -> Value {
+        let uri = match &self.pg {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.db().display()),
+        };
         json!({
-            "table": "ns.events",
-            "catalog": {"uri": format!("sqlite://{}", self.db().display())},
+            "table": format!("{}.{}", self.ns, self.name),
+            "catalog": {"uri": uri, "name": self.catalog},
             "warehouse": self.warehouse().display().to_string(),
         })
     }
@@ -82,35 +113,80 @@ impl Lake {
     }
 
     async fn table(&self, catalog: &CountingCatalog) -> Table {
-        let ident = iceberg::TableIdent::from_strs(["ns", "events"]).unwrap();
+        let ident = iceberg::TableIdent::from_strs([&self.ns, &self.name]).unwrap();
         catalog.load_table(&ident).await.unwrap()
     }
 
     fn swap(&self) -> SqlSwap {
-        SqlSwap::new(&sql_catalog_uri(&self.cfg()).unwrap(), "dativo")
+        SqlSwap::new(&sql_catalog_uri(&self.cfg()).unwrap(), &self.catalog)
     }
 
     /// The table's row in the catalog: (metadata_location, previous_metadata_location).
     async fn row(&self) -> (String, Option<String>) {
         use sqlx::Connection;
         let uri = sql_catalog_uri(&self.cfg()).unwrap();
-        let mut c = sqlx::SqliteConnection::connect(&uri).await.unwrap();
-        sqlx::query_as(
-            "SELECT metadata_location, previous_metadata_location FROM iceberg_tables \
-             WHERE catalog_name = 'dativo' AND table_namespace = 'ns' AND table_name = 'events'",
-        )
-        .fetch_one(&mut c)
-        .await
-        .unwrap()
+        let select = |p: [&str; 3]| {
+            format!(
+                "SELECT metadata_location, previous_metadata_location FROM iceberg_tables \
+                 WHERE catalog_name = {} AND table_namespace = {} AND table_name = {}",
+                p[0], p[1], p[2]
+            )
+        };
+        if self.pg.is_some() {
+            let mut c = sqlx::PgConnection::connect(&uri).await.unwrap();
+            sqlx::query_as(&select(["$1", "$2", "$3"]))
+                .bind(&self.catalog)
+                .bind(&self.ns)
+                .bind(&self.name)
+                .fetch_one(&mut c)
+                .await
+                .unwrap()
+        } else {
+            let mut c = sqlx::SqliteConnection::connect(&uri).await.unwrap();
+            sqlx::query_as(&select(["?", "?", "?"]))
+                .bind(&self.catalog)
+                .bind(&self.ns)
+                .bind(&self.name)
+                .fetch_one(&mut c)
+                .await
+                .unwrap()
+        }
     }
 
     fn metadata_files(&self) -> usize {
-        let dir = self.warehouse().join("ns/events/metadata");
+        let dir = self
+            .warehouse()
+            .join(format!("{}/{}/metadata", self.ns, self.name));
         std::fs::read_dir(dir)
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".metadata.json"))
             .count()
+    }
+}
+
+/// A PostgreSQL lake's catalog rows are shared with other runs: they are deleted.
+impl Drop for Lake {
+    fn drop(&mut self) {
+        use sqlx::Connection;
+        let Some(url) = &self.pg else { return };
+        let cleanup = async {
+            let mut c = sqlx::PgConnection::connect(url).await?;
+            for table in ["iceberg_tables", "iceberg_namespace_properties"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE catalog_name = $1"))
+                    .bind(&self.catalog)
+                    .execute(&mut c)
+                    .await?;
+            }
+            c.close().await
+        };
+        if let Err(e) = runtime().block_on(cleanup) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "could not delete the catalog rows of {}: {e}",
+                self.catalog
+            );
+        }
     }
 }
 
@@ -180,6 +256,18 @@ fn summary(table: &Table) -> (Operation, HashMap<String, String>) {
 #[test]
 fn overwrite_replaces_every_row_with_the_state_then_appends_and_deletes_build_on_it() {
     let lake = Lake::new();
+    overwrite_then_append_and_delete(&lake);
+    readers_agree(&lake, &[10, 11]);
+}
+
+#[test]
+fn on_postgres_overwrite_replaces_every_row_then_appends_and_deletes_build_on_it() {
+    overwrite_then_append_and_delete(&Lake::postgres());
+}
+
+/// Two appends, an overwrite through [`Committer`] (its rows, summary and catalog row
+/// checked), an append and a delete; the table then holds 10 and 11.
+fn overwrite_then_append_and_delete(lake: &Lake) {
     lake.append(&[1, 2, 3], json!({"cursor": 3}));
     lake.append(&[4], json!({"cursor": 4}));
     runtime().block_on(async {
@@ -294,12 +382,21 @@ fn overwrite_replaces_every_row_with_the_state_then_appends_and_deletes_build_on
         assert_eq!(f.sequence_number, before.sequence_number);
         assert_eq!(f.snapshot_id, before.snapshot_id);
     });
-    readers_agree(&lake, &[10, 11]);
 }
 
 #[test]
 fn two_commits_on_one_base_the_second_is_a_conflict_and_the_table_stays_intact() {
-    let lake = Lake::new();
+    two_commits_on_one_base(&Lake::new());
+}
+
+#[test]
+fn on_postgres_two_commits_on_one_base_the_second_is_a_conflict_and_the_table_stays_intact() {
+    two_commits_on_one_base(&Lake::postgres());
+}
+
+/// Two swaps on one base: the second is a conflict, nothing changed; the committer cannot
+/// rebuild an overwrite on a moved table, but rebuilds and lands an append.
+fn two_commits_on_one_base(lake: &Lake) {
     lake.append(&[1, 2], json!(1));
     runtime().block_on(async {
         let catalog = lake.catalog().await;
