@@ -528,7 +528,11 @@ fn a_check_that_fails_stops_the_commit_and_its_manifests_are_deleted() {
 /// pyiceberg and DuckDB's Iceberg extension, from the project's venv, read `expect`.
 fn readers_agree(lake: &Lake, expect: &[i64]) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let python = root.join(".venv/bin/python");
+    // The test virtualenv: `DATIVO_VENV` (as ./scripts/test uses it), else the repository's.
+    let venv = std::env::var_os("DATIVO_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv"));
+    let python = venv.join("bin/python");
     let duck = std::env::var_os("DATIVO_DUCKDB_ICEBERG")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join(".venv/duckdb-iceberg"));
