@@ -428,9 +428,10 @@ impl Lease {
             return;
         }
         let s = &self.shared;
-        let _one = s.renewing.lock().expect("not poisoned");
-        let etag = s.etag.lock().expect("not poisoned").clone();
-        let mut rec = s.record.lock().expect("not poisoned").clone();
+        // Also on a panic path (drop while unwinding): a poisoned lock still holds valid data.
+        let _one = s.renewing.lock().unwrap_or_else(|p| p.into_inner());
+        let etag = s.etag.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut rec = s.record.lock().unwrap_or_else(|p| p.into_inner()).clone();
         rec.released = true;
         rec.expires_at_ms = now_ms();
         // Conditional on what we wrote last: a lease taken over meanwhile stays untouched.
@@ -438,11 +439,18 @@ impl Lease {
             Ok(b) => b,
             Err(_) => return,
         };
-        let r = runtime().block_on(s.op.write_with(&s.key, body).if_match(&etag).into_future());
-        if let Err(e) = r {
-            if !precondition_failed(&e) {
-                tracing::warn!(lease = %s.display, "releasing the lease failed: {e}");
-            }
+        // Bounded: a store that does not answer must not hang the writer's close or drop; an
+        // unreleased lease only makes the next run wait for it to expire.
+        let write = s.op.write_with(&s.key, body).if_match(&etag).into_future();
+        match runtime().block_on(async { tokio::time::timeout(RELEASE_TIMEOUT, write).await }) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if precondition_failed(&e) => {}
+            Ok(Err(e)) => tracing::warn!(lease = %s.display, "releasing the lease failed: {e}"),
+            Err(_) => tracing::warn!(
+                lease = %s.display,
+                "releasing the lease timed out after {} s; it expires on its own",
+                RELEASE_TIMEOUT.as_secs()
+            ),
         }
     }
 
@@ -453,6 +461,9 @@ impl Lease {
         }
     }
 }
+
+/// How long releasing a lease may take before it is left to expire.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Drop for Lease {
     fn drop(&mut self) {
