@@ -57,32 +57,10 @@ impl Lake {
     /// Every `id` in the table, sorted, as iceberg-rust's scan reads it.
     fn ids(&self) -> Vec<i64> {
         let cfg: IcebergWriterConfig = serde_json::from_value(self.config()).unwrap();
-        let mut ids: Vec<i64> = runtime().block_on(async {
+        runtime().block_on(async {
             let table = load_existing(&cfg).await.unwrap();
-            let batches: Vec<RecordBatch> = table
-                .scan()
-                .select_all()
-                .build()
-                .unwrap()
-                .to_arrow()
-                .await
-                .unwrap()
-                .try_collect()
-                .await
-                .unwrap();
-            batches
-                .iter()
-                .flat_map(|b| {
-                    let col = b.column(b.schema().index_of("id").unwrap()).clone();
-                    let ids = col.as_any().downcast_ref::<Int64Array>().unwrap().clone();
-                    (0..ids.len())
-                        .map(move |i| ids.value(i))
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        });
-        ids.sort_unstable();
-        ids
+            super::commit::tests::ids(&table).await
+        })
     }
 
     /// Data files in the warehouse (committed or not).

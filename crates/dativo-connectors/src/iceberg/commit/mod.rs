@@ -149,4 +149,4 @@ impl<'a> Committer<'a> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

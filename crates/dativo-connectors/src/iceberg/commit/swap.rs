@@ -77,38 +77,32 @@ impl SqlSwap {
             let mut conn = sqlx::SqliteConnection::connect_with(&opts)
                 .await
                 .map_err(failed)?;
-            let r = sqlx::query(
-                "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
-                 WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? \
-                 AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = ?",
-            )
-            .bind(to)
-            .bind(from)
-            .bind(&self.catalog)
-            .bind(&ns)
-            .bind(ident.name())
-            .bind(from)
-            .execute(&mut conn)
-            .await
-            .map_err(failed)?;
+            let sql = cas_statement(|_| "?".into());
+            let r = sqlx::query(&sql)
+                .bind(to)
+                .bind(from)
+                .bind(&self.catalog)
+                .bind(&ns)
+                .bind(ident.name())
+                .bind(from)
+                .execute(&mut conn)
+                .await
+                .map_err(failed)?;
             let _ = conn.close().await;
             r.rows_affected()
         } else {
             let mut conn = sqlx::PgConnection::connect(uri).await.map_err(failed)?;
-            let r = sqlx::query(
-                "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
-                 WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 \
-                 AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = $6",
-            )
-            .bind(to)
-            .bind(from)
-            .bind(&self.catalog)
-            .bind(&ns)
-            .bind(ident.name())
-            .bind(from)
-            .execute(&mut conn)
-            .await
-            .map_err(failed)?;
+            let sql = cas_statement(|n| format!("${n}"));
+            let r = sqlx::query(&sql)
+                .bind(to)
+                .bind(from)
+                .bind(&self.catalog)
+                .bind(&ns)
+                .bind(ident.name())
+                .bind(from)
+                .execute(&mut conn)
+                .await
+                .map_err(failed)?;
             let _ = conn.close().await;
             r.rows_affected()
         };
@@ -195,4 +189,16 @@ impl Swap for RestSwap {
         ))
         .with_key_path("catalog.type"))
     }
+}
+
+/// The compare-and-swap of the catalog row (pyiceberg's and JdbcCatalog's statement), with the
+/// database's placeholders: `placeholder(n)` for the n-th (1-based) bound value.
+fn cas_statement(placeholder: impl Fn(usize) -> String) -> String {
+    let p: Vec<String> = (1..=6).map(placeholder).collect();
+    format!(
+        "UPDATE iceberg_tables SET metadata_location = {}, previous_metadata_location = {} \
+         WHERE catalog_name = {} AND table_namespace = {} AND table_name = {} \
+         AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = {}",
+        p[0], p[1], p[2], p[3], p[4], p[5]
+    )
 }

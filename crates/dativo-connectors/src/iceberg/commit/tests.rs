@@ -191,7 +191,7 @@ impl Drop for Lake {
 }
 
 /// Every `id` of the table's current snapshot, sorted, as iceberg-rust's scan reads it.
-async fn ids(table: &Table) -> Vec<i64> {
+pub(in crate::iceberg) async fn ids(table: &Table) -> Vec<i64> {
     let batches: Vec<RecordBatch> = table
         .scan()
         .select_all()
