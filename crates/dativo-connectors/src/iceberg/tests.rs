@@ -1,10 +1,8 @@
 //! The iceberg writer against iceberg-rust's SQL catalog on SQLite in a temporary directory;
 //! what it commits is read back with iceberg-rust's own scan.
 
-use arrow::array::{Array, Int64Array};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use futures_util::TryStreamExt;
 use serde_json::{json, Value};
 
 use dativo_core::rt::runtime;
