@@ -133,6 +133,39 @@ pub struct WriterContext {
     pub schema: SchemaRef,
     /// The slice of the stream this writer receives.
     pub shard: Shard,
+    /// What the reader knows about the stream (its primary key, whether this run delivers
+    /// all of it); empty when it knows nothing.
+    pub source: StreamInfo,
+}
+
+/// What a reader knows about the stream it delivers: hints for the writer (a merge key, a
+/// full refresh to replace the target with, columns a table may declare required). Every
+/// field may be empty; writers must not rely on a hint being present.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    /// The source's primary key columns, in key order (empty: none or unknown).
+    #[serde(default)]
+    pub primary_key: Vec<String>,
+    /// Columns the source declares NOT NULL.
+    #[serde(default)]
+    pub not_null: Vec<String>,
+    /// What this run delivers.
+    #[serde(default)]
+    pub delivery: Delivery,
+}
+
+/// What one run of a reader delivers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Not known (plugins, readers that do not say).
+    #[default]
+    Unknown,
+    /// Every row of the source, as of this run (a full refresh): the target should end up
+    /// equal to it, not hold it twice.
+    Full,
+    /// Only rows new or changed since the committed state (a cursor, new files).
+    Incremental,
 }
 
 impl WriterContext {
@@ -145,6 +178,7 @@ impl WriterContext {
             run_id: run_id.into(),
             schema,
             shard: Shard::default(),
+            source: StreamInfo::default(),
         }
     }
 }
@@ -279,6 +313,11 @@ pub trait OpenReader: Send {
     /// JSON state covering every batch returned so far; `None` if not incremental.
     fn state(&mut self) -> Result<Option<Value>>;
 
+    /// What the reader knows about the stream (see [`StreamInfo`]); nothing by default.
+    fn info(&self) -> StreamInfo {
+        StreamInfo::default()
+    }
+
     /// Release resources now and report a failure to do so.
     fn close(self: Box<Self>) -> Result<()> {
         Ok(())
@@ -305,6 +344,14 @@ pub trait OpenWriter: Send {
     /// [`Writer::committed_state`]).
     fn committed_state(&mut self) -> Result<Option<CommittedState>> {
         Ok(None)
+    }
+
+    /// This writer replaces the target's contents with one run's rows (an overwrite): the
+    /// runner then commits once, at end of stream — also when the run delivered no rows (the
+    /// target becomes empty) — and never at a checkpoint, so a run that stops midway leaves
+    /// the old contents. `false` by default.
+    fn commits_once(&self) -> bool {
+        false
     }
 
     /// Release resources now and report a failure to do so.

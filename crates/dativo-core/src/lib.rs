@@ -19,6 +19,6 @@ pub mod yaml;
 
 pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use interface::{
-    open_reader, open_writer, Commit, CommitReport, CommittedState, OpenReader, OpenWriter, Reader,
-    ReaderContext, Shard, Writer, WriterContext,
+    open_reader, open_writer, Commit, CommitReport, CommittedState, Delivery, OpenReader,
+    OpenWriter, Reader, ReaderContext, Shard, StreamInfo, Writer, WriterContext,
 };

@@ -407,6 +407,10 @@ unsafe extern "C" fn writer_initialize(
             run_id: str_of(&ctx, "run_id"),
             schema,
             shard: shard_of(&ctx),
+            source: ctx
+                .get("source")
+                .and_then(|s| serde_json::from_value(s.clone()).ok())
+                .unwrap_or_default(),
         };
         w.inner.initialize(&config, &wctx)
     })

@@ -514,7 +514,7 @@ impl Writer for FlightWriter {
         self.schema = Some(ctx.schema.clone());
         let body = json!({
             "session": self.session, "config": config,
-            "context": {"job": ctx.job, "stream": ctx.stream, "run_id": ctx.run_id, "shard": ctx.shard},
+            "context": {"job": ctx.job, "stream": ctx.stream, "run_id": ctx.run_id, "shard": ctx.shard, "source": ctx.source},
         });
         action(self.client()?, "initialize", &body)?;
         Ok(())

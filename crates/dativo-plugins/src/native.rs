@@ -760,7 +760,7 @@ impl Writer for NativeWriter {
         )?;
         let config = c_json(config)?;
         let context = c_json(&json!({
-            "job": ctx.job, "stream": ctx.stream, "run_id": ctx.run_id, "shard": ctx.shard,
+            "job": ctx.job, "stream": ctx.stream, "run_id": ctx.run_id, "shard": ctx.shard, "source": ctx.source,
         }))?;
         let mut schema = FFI_ArrowSchema::try_from(ctx.schema.as_ref()).map_err(|e| {
             Error::schema(format!(

@@ -33,7 +33,7 @@ impl PyWriter {
 impl Writer for PyWriter {
     fn initialize(&mut self, config: &Value, ctx: &WriterContext) -> Result<()> {
         let context = json!({
-            "job": ctx.job, "stream": ctx.stream, "run_id": ctx.run_id, "shard": ctx.shard,
+            "job": ctx.job, "stream": ctx.stream, "run_id": ctx.run_id, "shard": ctx.shard, "source": ctx.source,
         });
         Python::attach(|py| {
             let c = convert::to_py(py, config).map_err(|e| convert::error(py, &e, "config"))?;

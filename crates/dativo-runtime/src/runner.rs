@@ -26,7 +26,7 @@ use dativo_core::conformance::check_batch_schema;
 use dativo_core::job::Job;
 use dativo_core::{
     secrets, Commit, CommitReport, Error, ErrorKind, OpenReader, OpenWriter, ReaderContext, Result,
-    Shard, WriterContext,
+    Shard, StreamInfo, WriterContext,
 };
 
 use crate::implementations::{self, ReaderFactory, WriterFactory};
@@ -369,14 +369,15 @@ impl Attempt<'_> {
             &reader_ctx(job, self.run_id, stored.clone(), shard),
         )?;
         // Writers keep their commits per shard: `job` is the shard's key (`job#I/N`).
-        let wctx = |schema: &SchemaRef| WriterContext {
+        let wctx = |schema: &SchemaRef, source: StreamInfo| WriterContext {
             job: name.to_string(),
             stream: job.name().to_string(),
             run_id: self.run_id.to_string(),
             schema: schema.clone(),
             shard,
+            source,
         };
-        let mut writer = open_writer(self.wf, wcfg, &wctx(&schema))?;
+        let mut writer = open_writer(self.wf, wcfg, &wctx(&schema, reader.info()))?;
         // Recovery: the target's own record of what it committed wins over the state store.
         let mut start_state = stored.clone();
         let recovered = match writer
@@ -410,7 +411,7 @@ impl Attempt<'_> {
                 // is released before the new one opens.
                 drop(writer);
                 schema = s;
-                writer = open_writer(self.wf, wcfg, &wctx(&schema))?;
+                writer = open_writer(self.wf, wcfg, &wctx(&schema, reader.info()))?;
                 // The target may have moved while the writer was closed (another run of the
                 // job committed): resuming from the old state would load its rows again. The
                 // next attempt starts over from the new state.
@@ -526,9 +527,22 @@ impl Attempt<'_> {
         start_state: Option<Value>,
     ) -> Result<()> {
         let cp = &self.job.config.checkpoint;
-        let max_rows = cp.rows.unwrap_or(u64::MAX);
-        let max_bytes = cp.bytes.map(|b| b.0).unwrap_or(u64::MAX);
-        let max_age = cp.seconds.map(|d| d.0).unwrap_or(Duration::MAX);
+        // A writer that replaces the target commits once, at end of stream: a checkpoint
+        // would show readers part of the new contents.
+        let once = writer.commits_once();
+        if once && (cp.rows.is_some() || cp.bytes.is_some() || cp.seconds.is_some()) {
+            tracing::debug!(
+                "{} replaces the target in one commit at end of stream: `checkpoint` does not apply",
+                self.wf.label
+            );
+        }
+        let max_rows = cp.rows.filter(|_| !once).unwrap_or(u64::MAX);
+        let max_bytes = cp.bytes.filter(|_| !once).map(|b| b.0).unwrap_or(u64::MAX);
+        let max_age = cp
+            .seconds
+            .filter(|_| !once)
+            .map(|d| d.0)
+            .unwrap_or(Duration::MAX);
         let opts = self.opts;
         let cancel = &opts.cancel;
         let cancelled = || Error::cancelled("cancelled; uncommitted batches were discarded");
@@ -594,7 +608,7 @@ impl Attempt<'_> {
                     if state.is_some() {
                         latest = state;
                     }
-                    if rows > 0 || latest != committed {
+                    if rows > 0 || latest != committed || once {
                         self.commit(writer, &latest)?;
                     }
                     return Ok(());

@@ -25,9 +25,23 @@ pub struct IcebergWriterConfig {
     /// `bucket(16, id)`, `truncate(4, sku)`. Used when the table is created.
     #[serde(default)]
     pub partition_by: Vec<String>,
-    /// `append` (default). `overwrite` is refused: iceberg-rust 0.10 cannot commit it atomically.
+    /// `append`, `overwrite` or `merge`. Unset: `overwrite` when the reader delivers the
+    /// whole source in each run (a full refresh), else `append`.
     #[serde(default)]
-    pub mode: WriteMode,
+    pub mode: Option<WriteMode>,
+    /// With `mode: overwrite`: `table` (default) replaces every row; `partitions` replaces
+    /// only the partitions this run wrote rows into.
+    #[serde(default)]
+    pub overwrite: OverwriteScope,
+    /// With `mode: merge`: the key a row is identified by. Default: the source's primary key.
+    #[serde(default)]
+    pub primary_key: Option<Vec<String>>,
+    /// With `mode: merge`: source rows to treat as deletions (soft deletes): a boolean column
+    /// (`is_deleted`), `column IS NOT NULL` (`deleted_at IS NOT NULL`), or `column = literal`
+    /// / `column != literal` (`status = 'deleted'`). Matching rows delete their key and are
+    /// not written.
+    #[serde(default)]
+    pub delete_when: Option<String>,
     /// Parquet compression: `zstd` (default), `zstd(LEVEL)`, `snappy`, `lz4`, `none`.
     #[serde(default = "default_compression")]
     pub compression: Codec,
@@ -51,14 +65,36 @@ pub struct IcebergWriterConfig {
 }
 
 /// How batches land in the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WriteMode {
     /// Add the new rows.
-    #[default]
     Append,
-    /// Replace the table's rows (not supported yet).
+    /// Replace the table's rows (or partitions) with the run's, atomically, in one commit.
     Overwrite,
+    /// Upsert by key: a row whose key exists replaces it; deletions remove their key.
+    Merge,
+}
+
+impl std::fmt::Display for WriteMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WriteMode::Append => "append",
+            WriteMode::Overwrite => "overwrite",
+            WriteMode::Merge => "merge",
+        })
+    }
+}
+
+/// What `mode: overwrite` replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OverwriteScope {
+    /// Every row of the table.
+    #[default]
+    Table,
+    /// The partitions the run wrote rows into.
+    Partitions,
 }
 
 /// `catalog:`.
@@ -185,10 +221,46 @@ impl IcebergWriterConfig {
                 format!("`{}`: write it as namespace.table", self.table),
             );
         }
-        if self.mode == WriteMode::Overwrite {
+        if self.overwrite == OverwriteScope::Partitions && self.mode != Some(WriteMode::Overwrite) {
+            return key(
+                "overwrite",
+                "`overwrite: partitions` applies to `mode: overwrite` only".into(),
+            );
+        }
+        if self.mode != Some(WriteMode::Merge) {
+            if self.primary_key.is_some() {
+                return key(
+                    "primary_key",
+                    "`primary_key` applies to `mode: merge` only".into(),
+                );
+            }
+            if self.delete_when.is_some() {
+                return key(
+                    "delete_when",
+                    "`delete_when` applies to `mode: merge` only".into(),
+                );
+            }
+        }
+        if let Some(pk) = &self.primary_key {
+            if pk.is_empty() || pk.iter().any(|c| c.trim().is_empty()) {
+                return key("primary_key", "list the key columns, e.g. `[id]`".into());
+            }
+        }
+        if let Some(w) = &self.delete_when {
+            super::modes::DeleteWhen::parse(w)
+                .map_err(|m| Error::config(m).with_key_path("delete_when"))?;
+        }
+        if matches!(self.mode, Some(WriteMode::Overwrite | WriteMode::Merge))
+            && self.catalog.kind == CatalogKind::Rest
+        {
             return key(
                 "mode",
-                "`overwrite` is not supported yet: iceberg-rust 0.10 has no atomic overwrite; use `append`".into(),
+                format!(
+                    "`mode: {}` commits through dativo's own commit path, which supports the SQL \
+                     catalog only so far (the REST catalog's commit endpoint is not implemented); \
+                     use `catalog: {{type: sql}}` or `mode: append`",
+                    self.mode.expect("checked")
+                ),
             );
         }
         match (self.catalog.kind, &self.catalog.uri) {

@@ -19,9 +19,13 @@ pub mod commit;
 mod config;
 pub mod counting;
 mod encrypted;
+mod merge;
+mod modes;
 mod writer;
 
-pub use config::{CatalogConfig, CatalogKind, CatalogUri, IcebergWriterConfig, WriteMode};
+pub use config::{
+    CatalogConfig, CatalogKind, CatalogUri, IcebergWriterConfig, OverwriteScope, WriteMode,
+};
 pub use encrypted::{encrypted_dataset, ENCRYPTION_KEY};
 pub use writer::IcebergWriter;
 

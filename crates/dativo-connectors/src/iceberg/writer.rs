@@ -38,9 +38,12 @@ use dativo_core::{
     WriterContext,
 };
 
-use super::config::{CatalogKind, CatalogUri, IcebergWriterConfig};
+use super::commit::{Change, Committer, LiveFiles, SnapshotProducer, SqlSwap};
+use super::config::{CatalogKind, CatalogUri, IcebergWriterConfig, OverwriteScope, WriteMode};
 use super::counting::{job_latest, CountingCatalog, JobGuard};
 use super::encrypted::{audit_files, FileBuilder, ENCRYPTION_KEY};
+use super::merge::{delete_paths, Merge, MergeStats};
+use super::modes::{self, DeleteWhen, OP_COLUMN};
 use dativo_core::rt::runtime;
 use dativo_encryption::{EncFormat, Encryptor, FileKeys};
 
@@ -58,7 +61,7 @@ type Builder =
 #[allow(clippy::large_enum_variant)]
 enum Active {
     Plain(Box<DataFileWriter<FileBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>>),
-    Fanout(FanoutWriter<Builder>, RecordBatchPartitionSplitter),
+    Fanout(FanoutWriter<Builder>),
 }
 
 /// Writes into an Iceberg table; each commit is one atomic snapshot carrying the state.
@@ -82,6 +85,12 @@ pub struct IcebergWriter {
     enc: Option<Arc<Encryptor>>,
     /// Keys issued to data files not committed yet.
     issued: Arc<std::sync::Mutex<std::collections::BTreeMap<String, FileKeys>>>,
+    /// The mode of this run (`mode`, or what the reader's delivery implies).
+    mode: WriteMode,
+    /// Splits batches by the table's partition spec (`None`: unpartitioned).
+    splitter: Option<RecordBatchPartitionSplitter>,
+    /// `mode: merge`: the keys of the commit in progress.
+    merge: Option<Merge>,
 }
 
 /// Open the catalog of `cfg` and load its (existing) table.
@@ -444,6 +453,7 @@ async fn open_table(
     catalog: &CountingCatalog,
     source: &ArrowSchema,
     encrypted: bool,
+    shape: &TableShape,
 ) -> Result<Opened> {
     let (ns, ident) = table_ident(&cfg.table)?;
     if !catalog
@@ -470,8 +480,31 @@ async fn open_table(
             .await
             .map_err(|e| ice(e, "loading the table"))?
     } else {
-        let schema = arrow_schema_to_schema_auto_assign_ids(&compatible)
+        // Key and NOT NULL columns become required fields; the key, identifier fields.
+        let required: Vec<_> = compatible
+            .fields()
+            .iter()
+            .map(|f| {
+                let req = shape.key.contains(f.name()) || shape.not_null.contains(f.name());
+                Arc::new(f.as_ref().clone().with_nullable(f.is_nullable() && !req))
+            })
+            .collect();
+        let schema = arrow_schema_to_schema_auto_assign_ids(&ArrowSchema::new(required))
             .map_err(|e| ice(e, "mapping the source schema to Iceberg"))?;
+        let ids: Vec<i32> = shape
+            .key
+            .iter()
+            .filter_map(|k| schema.field_by_name(k).map(|f| f.id))
+            .collect();
+        let schema = if ids.is_empty() {
+            schema
+        } else {
+            schema
+                .into_builder()
+                .with_identifier_field_ids(ids)
+                .build()
+                .map_err(|e| ice(e, "setting the table's identifier fields"))?
+        };
         let mut spec = PartitionSpec::builder(schema.clone());
         for (i, p) in cfg.partition_by.iter().enumerate() {
             let (col, t) = parse_partition(p)
@@ -632,12 +665,71 @@ impl IcebergWriter {
             }
             None => None,
         };
+        let mode = modes::resolve(&cfg, ctx)?;
+        let (key, delete_when) = match mode {
+            WriteMode::Merge => {
+                let key = modes::merge_key(&cfg, ctx)?;
+                let dw = match &cfg.delete_when {
+                    Some(w) => {
+                        let dw = DeleteWhen::parse(w)
+                            .map_err(|m| Error::config(m).with_key_path("delete_when"))?;
+                        dw.check(&ctx.schema)?;
+                        Some(dw)
+                    }
+                    None => None,
+                };
+                (key, dw)
+            }
+            _ => (Vec::new(), None),
+        };
+        // The row operation column steers the merge; it is not a column of the table.
+        let source = strip_op_column(&ctx.schema, mode)?;
+        let shape = TableShape {
+            key: key.clone(),
+            not_null: ctx.source.not_null.clone(),
+        };
         let (catalog, opened) = runtime().block_on(async {
             let catalog = open_catalog(&cfg).await?;
-            let opened = open_table(&cfg, &catalog, &ctx.schema, enc.is_some()).await?;
+            let opened = open_table(&cfg, &catalog, &source, enc.is_some(), &shape).await?;
             Ok::<_, Error>((catalog, opened))
         })?;
         let job_snapshot = job_latest(opened.table.metadata(), &ctx.job).map(|s| s.snapshot_id());
+        let md = opened.table.metadata();
+        let spec = md.default_partition_spec().clone();
+        let splitter = if spec.is_unpartitioned() {
+            None
+        } else {
+            Some(
+                RecordBatchPartitionSplitter::try_new_with_computed_values(
+                    md.current_schema().clone(),
+                    spec,
+                )
+                .map_err(|e| ice(e, "partitioning"))?,
+            )
+        };
+        let merge = if mode == WriteMode::Merge {
+            let first = md
+                .current_schema()
+                .field_by_name(&key[0])
+                .ok_or_else(|| {
+                    Error::config(format!(
+                        "merge key column `{}` is not a column of table {}",
+                        key[0], cfg.table
+                    ))
+                    .with_key_path("primary_key")
+                })?
+                .id;
+            Some(Merge::new(key, &opened.target, first, delete_when)?)
+        } else {
+            None
+        };
+        if mode != WriteMode::Append && cfg.catalog.kind == CatalogKind::Rest {
+            return Err(Error::config(format!(
+                "`mode: {mode}` needs the SQL catalog (dativo's own commit path); the REST \
+                 catalog's commit endpoint is not implemented yet"
+            ))
+            .with_key_path("mode"));
+        }
         Ok(IcebergWriter {
             cfg,
             catalog,
@@ -650,6 +742,9 @@ impl IcebergWriter {
             rows: 0,
             enc,
             issued: Default::default(),
+            mode,
+            splitter,
+            merge,
         })
     }
 
@@ -662,17 +757,32 @@ impl IcebergWriter {
         }
         self.issued.lock().expect("not poisoned").clear();
         self.rows = 0;
+        if let Some(m) = &mut self.merge {
+            m.reset();
+        }
         closed.map(|_| ())
+    }
+
+    /// Parquet properties of data files: bloom filters on the merge key's first column, so
+    /// a merge skips the row groups that cannot hold a key it changes.
+    fn data_properties(&self) -> WriterProperties {
+        let mut b = WriterProperties::builder()
+            .set_compression(self.cfg.compression.compression())
+            .set_max_row_group_row_count(Some(self.cfg.row_group_size.max(1)))
+            .set_created_by(format!("dativo {}", env!("CARGO_PKG_VERSION")));
+        if let Some(m) = &self.merge {
+            b = b.set_column_bloom_filter_enabled(
+                parquet::schema::types::ColumnPath::from(m.key()[0].as_str()),
+                true,
+            );
+        }
+        b.build()
     }
 
     async fn start_writer(&self) -> Result<Active> {
         let table = &self.table;
         let md = table.metadata();
-        let props = WriterProperties::builder()
-            .set_compression(self.cfg.compression.compression())
-            .set_max_row_group_row_count(Some(self.cfg.row_group_size.max(1)))
-            .set_created_by(format!("dativo {}", env!("CARGO_PKG_VERSION")))
-            .build();
+        let props = self.data_properties();
         let pq = FileBuilder::new(
             props,
             md.current_schema().clone(),
@@ -693,8 +803,7 @@ impl IcebergWriter {
             ),
         );
         let builder = DataFileWriterBuilder::new(rolling);
-        let spec = md.default_partition_spec().clone();
-        if spec.is_unpartitioned() {
+        if self.splitter.is_none() {
             Ok(Active::Plain(Box::new(
                 builder
                     .build(None)
@@ -702,12 +811,7 @@ impl IcebergWriter {
                     .map_err(|e| ice(e, "starting a data file"))?,
             )))
         } else {
-            let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
-                md.current_schema().clone(),
-                spec,
-            )
-            .map_err(|e| ice(e, "partitioning"))?;
-            Ok(Active::Fanout(FanoutWriter::new(builder), splitter))
+            Ok(Active::Fanout(FanoutWriter::new(builder)))
         }
     }
 
@@ -715,7 +819,7 @@ impl IcebergWriter {
         match self.active.take() {
             None => Ok(Vec::new()),
             Some(Active::Plain(mut w)) => w.close().await.map_err(|e| ice(e, "closing data files")),
-            Some(Active::Fanout(w, _)) => w.close().await.map_err(|e| ice(e, "closing data files")),
+            Some(Active::Fanout(w)) => w.close().await.map_err(|e| ice(e, "closing data files")),
         }
     }
 
@@ -729,35 +833,298 @@ impl IcebergWriter {
     }
 }
 
+/// What a table dativo creates declares beyond the columns: the merge key (identifier
+/// fields, required) and the source's NOT NULL columns (required).
+#[derive(Debug, Default)]
+struct TableShape {
+    key: Vec<String>,
+    not_null: Vec<String>,
+}
+
+/// The source schema as the table takes it: without the row operation column in a merge.
+fn strip_op_column(schema: &ArrowSchemaRef, mode: WriteMode) -> Result<ArrowSchemaRef> {
+    if mode != WriteMode::Merge || schema.field_with_name(OP_COLUMN).is_err() {
+        return Ok(schema.clone());
+    }
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .filter(|f| f.name() != OP_COLUMN)
+        .cloned()
+        .collect();
+    Ok(Arc::new(ArrowSchema::new(fields)))
+}
+
+impl IcebergWriter {
+    /// The change an overwrite makes: every live file, or those of the partitions `add`
+    /// writes into, replaced by `add`.
+    fn overwrite_change(&self, live: &LiveFiles, add: Vec<DataFile>) -> Result<Change> {
+        if self.cfg.overwrite == OverwriteScope::Table {
+            return Ok(Change::overwrite_all(live, add));
+        }
+        let spec = self.table.metadata().default_partition_spec_id();
+        if let Some(old) = live.files.iter().find(|f| f.spec_id != spec) {
+            return Err(Error::config(format!(
+                "table {}: file {} belongs to partition spec {} but the table's spec is now \
+                 {spec}; `overwrite: partitions` replaces partitions of the current spec only",
+                self.ident,
+                old.path(),
+                old.spec_id
+            ))
+            .with_key_path("overwrite"));
+        }
+        let parts: std::collections::HashSet<&iceberg::spec::Struct> =
+            add.iter().map(|f| f.partition()).collect();
+        let remove = live
+            .files
+            .iter()
+            .filter(|f| parts.contains(f.file.partition()))
+            .map(|f| f.path().to_string())
+            .collect();
+        Ok(Change {
+            remove,
+            add,
+            no_new_files: true,
+            ..Default::default()
+        })
+    }
+
+    /// An overwrite or merge commit, through dativo's own commit path: plan the change on
+    /// the table's current state, commit it with the state; when another commit lands first
+    /// and the change no longer applies, plan again (a merge looks its keys up again).
+    fn commit_rows(&mut self, commit: &Commit) -> Result<CommitReport> {
+        let state = commit
+            .state
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "null".into());
+        let job = self.job.clone();
+        let run = commit.run_id.clone();
+        let ident = self.ident.clone();
+        let expected = self.job_snapshot;
+        let swap = SqlSwap::new(&sql_catalog_uri(&self.cfg)?, &self.cfg.catalog.name);
+        let delete_props = WriterProperties::builder()
+            .set_compression(self.cfg.compression.compression())
+            .set_created_by(format!("dativo {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        let files = runtime().block_on(self.close_writer())?;
+        let mut merge = self.merge.take();
+        let outcome = runtime().block_on(async {
+            let mut summary = HashMap::from([
+                (STATE_KEY.to_string(), state),
+                (JOB_KEY.to_string(), job.clone()),
+                (RUN_KEY.to_string(), run.clone()),
+            ]);
+            let io = self.table.file_io().clone();
+            if let Some(enc) = &self.enc {
+                let root = self.table.metadata().location().to_string();
+                let audits = audit_files(enc, &io, &root, &files, &self.issued, &job, &run)
+                    .await
+                    .map_err(|e| (e, true))?;
+                enc.audit.append(&root, &audits).map_err(|e| (e, true))?;
+                let text = serde_json::to_string(&audits).map_err(|e| (e.into(), true))?;
+                summary.insert(ENCRYPTION_KEY.to_string(), text);
+            }
+            let guard_job = job.clone();
+            let guard_ident = ident.clone();
+            let guard = move |t: &Table| -> Result<()> {
+                let latest = job_latest(t.metadata(), &guard_job);
+                if latest.as_ref().map(|s| s.snapshot_id()) == expected {
+                    return Ok(());
+                }
+                let by = match latest {
+                    Some(s) => format!(
+                        "run {} committed snapshot {}",
+                        s.summary()
+                            .additional_properties
+                            .get(RUN_KEY)
+                            .map_or("?", String::as_str),
+                        s.snapshot_id()
+                    ),
+                    None => "its latest snapshot is no longer in the table's history".into(),
+                };
+                Err(Error::busy(format!(
+                    "job `{guard_job}` is already running elsewhere: since this run started, \
+                     {by} to {guard_ident}. Two runs of one job must not write one table at \
+                     once: this run's commit was abandoned and its files deleted; the next \
+                     run resumes from the table's state"
+                )))
+            };
+            let mut attempt = 0u32;
+            loop {
+                let planned = async {
+                    let table = self
+                        .catalog
+                        .load_table(&ident)
+                        .await
+                        .map_err(|e| ice(e, "loading the table"))?;
+                    guard(&table)?;
+                    let live = LiveFiles::load(&table).await?;
+                    let mut change = match &mut merge {
+                        None => self.overwrite_change(&live, files.clone())?,
+                        Some(m) => {
+                            let p = m.plan(&table, &live, &files, &delete_props).await?;
+                            Change {
+                                add: files.clone(),
+                                add_deletes: p.deletes,
+                                referenced: p.referenced,
+                                no_new_files: true,
+                                ..Default::default()
+                            }
+                        }
+                    };
+                    change.properties = summary.clone();
+                    if let Some(st) = merge.as_ref().map(|m| m.stats()) {
+                        change.properties.extend(merge_summary(st));
+                    }
+                    Ok::<_, Error>((table, change))
+                }
+                .await;
+                let (table, change) = match planned {
+                    Ok(p) => p,
+                    Err(e) => break Err((e, true)),
+                };
+                let deletes: Vec<String> = change
+                    .add_deletes
+                    .iter()
+                    .map(|f| f.file_path().to_string())
+                    .collect();
+                let removed = change.remove.len();
+                let r = Committer::new(self.catalog.as_ref(), &swap)
+                    .commit(&table, SnapshotProducer::new(&table, change.clone()), Some(&guard))
+                    .await;
+                match r {
+                    Ok(t) => break Ok((t, change, removed)),
+                    Err(e) => {
+                        let certain = matches!(e.kind(), ErrorKind::Conflict | ErrorKind::Busy)
+                            || e.kind() == ErrorKind::Config;
+                        if certain {
+                            delete_paths(&io, &deletes).await;
+                        }
+                        if e.kind() == ErrorKind::Conflict && attempt < 10 {
+                            attempt += 1;
+                            tracing::info!(table = %ident, attempt, "the table changed under the commit; planning it again");
+                            continue;
+                        }
+                        break Err((e, certain));
+                    }
+                }
+            }
+        });
+        let result = match outcome {
+            Ok(ok) => Ok(ok),
+            Err((e, certain)) => {
+                // Not committed for certain: this run's data files are its own to delete.
+                if certain {
+                    runtime().block_on(self.delete_files(&files));
+                }
+                Err(e)
+            }
+        };
+        let stats = merge.as_mut().map(|m| m.reset());
+        self.merge = merge;
+        let (table, change, removed) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.rows = 0;
+                self.issued.lock().expect("not poisoned").clear();
+                return Err(e);
+            }
+        };
+        let snapshot = table.metadata().current_snapshot().map(|s| s.snapshot_id());
+        if let Some(st) = &stats {
+            tracing::info!(
+                table = %self.ident,
+                upserts = st.upserts,
+                deletes = st.deletes,
+                position_deletes = st.position_deletes,
+                files_read = st.files_read,
+                files_live = st.files_live,
+                rows_read = st.rows_read,
+                bytes_read = st.bytes_read,
+                table_bytes = st.table_bytes,
+                "merged"
+            );
+        } else {
+            tracing::info!(table = %self.ident, removed_files = removed, "overwrote");
+        }
+        self.job_snapshot = snapshot;
+        self.table = table;
+        self.rows = 0;
+        let mut paths: Vec<String> = files.iter().map(|f| f.file_path().to_string()).collect();
+        paths.extend(change.add_deletes.iter().map(|f| f.file_path().to_string()));
+        Ok(CommitReport {
+            files: paths,
+            rows: files.iter().map(|f| f.record_count()).sum(),
+            bytes: files
+                .iter()
+                .chain(&change.add_deletes)
+                .map(|f| f.file_size_in_bytes())
+                .sum(),
+            commit_id: snapshot.map(|s| s.to_string()),
+        })
+    }
+}
+
+/// Snapshot summary properties of a merge: what it read to find previous versions.
+fn merge_summary(st: &MergeStats) -> HashMap<String, String> {
+    HashMap::from([
+        ("dativo.merge.upserts".into(), st.upserts.to_string()),
+        ("dativo.merge.deletes".into(), st.deletes.to_string()),
+        ("dativo.merge.files-read".into(), st.files_read.to_string()),
+        ("dativo.merge.rows-read".into(), st.rows_read.to_string()),
+        ("dativo.merge.bytes-read".into(), st.bytes_read.to_string()),
+    ])
+}
+
 impl OpenWriter for IcebergWriter {
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        if let Some(m) = &self.merge {
+            m.check_keys(batch)?;
+        }
         let conformed = conform(batch, &self.target)?;
+        let parts = match (&mut self.merge, &self.splitter) {
+            (Some(m), splitter) => m.prepare(batch, conformed, splitter.as_ref())?,
+            (None, None) => vec![(None, conformed)],
+            (None, Some(splitter)) => splitter
+                .split(&conformed)
+                .map_err(|e| ice(e, "partitioning"))?
+                .into_iter()
+                .map(|(k, b)| (Some(k), b))
+                .collect(),
+        };
         runtime().block_on(async {
+            if parts.is_empty() {
+                return Ok(());
+            }
             let active = match self.active.take() {
                 Some(a) => a,
                 None => self.start_writer().await?,
             };
-            match self.active.insert(active) {
-                Active::Plain(w) => w.write(conformed).await.map_err(|e| ice(e, "writing")),
-                Active::Fanout(w, splitter) => {
-                    let parts = splitter
-                        .split(&conformed)
-                        .map_err(|e| ice(e, "partitioning"))?;
-                    for (key, part) in parts {
-                        w.write(key, part).await.map_err(|e| ice(e, "writing"))?;
+            let active = self.active.insert(active);
+            for (key, part) in parts {
+                match (&mut *active, key) {
+                    (Active::Plain(w), _) => w.write(part).await,
+                    (Active::Fanout(w), Some(key)) => w.write(key, part).await,
+                    (Active::Fanout(_), None) => {
+                        return Err(Error::internal("a partitioned write without its partition"))
                     }
-                    Ok(())
                 }
+                .map_err(|e| ice(e, "writing"))?;
             }
+            Ok(())
         })?;
         self.rows += batch.num_rows() as u64;
         Ok(())
     }
 
     fn commit(&mut self, commit: &Commit) -> Result<CommitReport> {
+        if self.mode != WriteMode::Append {
+            return self.commit_rows(commit);
+        }
         let state = commit
             .state
             .as_ref()
@@ -847,6 +1214,10 @@ impl OpenWriter for IcebergWriter {
             bytes: files.iter().map(|f| f.file_size_in_bytes()).sum(),
             commit_id: snapshot.map(|s| s.to_string()),
         })
+    }
+
+    fn commits_once(&self) -> bool {
+        self.mode == WriteMode::Overwrite
     }
 
     fn abort(&mut self) -> Result<()> {

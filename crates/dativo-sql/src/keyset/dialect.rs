@@ -203,6 +203,9 @@ pub trait Dialect: Sized + Send + 'static {
     /// A query returning a row when `column` of `table` is declared NOT NULL.
     fn not_null_sql(table: &str, column: &str) -> String;
 
+    /// A query returning the names of the columns of `table` declared NOT NULL.
+    fn not_null_columns_sql(table: &str) -> String;
+
     /// A query returning the primary key columns of `table`, in order.
     fn primary_key_sql(table: &str) -> String;
 

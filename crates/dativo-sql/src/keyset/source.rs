@@ -9,7 +9,7 @@ use arrow::record_batch::RecordBatch;
 use crossbeam_channel::{bounded, Receiver};
 use serde_json::Value;
 
-use dativo_core::{Error, OpenReader, ReaderContext, Result, Shard};
+use dativo_core::{Delivery, Error, OpenReader, ReaderContext, Result, Shard, StreamInfo};
 
 use super::batch::{BatchBound, PartMsg, ReadSpec};
 use super::config::{config_error, load, ReadMode, SqlConfig, SqlOptions};
@@ -30,6 +30,7 @@ pub struct SqlSource<D: Dialect> {
     state: KeysetState,
     progress: Progress,
     stop: Arc<AtomicBool>,
+    info: StreamInfo,
 }
 
 enum Progress {
@@ -80,6 +81,7 @@ impl<D: Dialect> SqlSource<D> {
         };
         let db = D::open(&config)?;
         let mut snap = Snapshot::discover(db, config.shared)?;
+        let info = snap.stream_info()?;
         if ctx.shard.count > 1 {
             snap.apply_shard(ctx.shard)?;
         }
@@ -108,6 +110,7 @@ impl<D: Dialect> SqlSource<D> {
             state,
             progress: Progress::Reading { plan, rx },
             stop,
+            info,
         })
     }
 }
@@ -139,6 +142,10 @@ impl<D: Dialect> OpenReader for SqlSource<D> {
             s.plan = Some(plan.clone());
         }
         Ok(Some(serde_json::to_value(s)?))
+    }
+
+    fn info(&self) -> StreamInfo {
+        self.info.clone()
     }
 
     fn close(mut self: Box<Self>) -> Result<()> {
@@ -275,6 +282,33 @@ impl<D: Dialect> Snapshot<D> {
                     D::SQL.orderable_types()
                 ),
             )
+        })
+    }
+
+    /// What the writer may know: the primary key, the selected columns declared NOT NULL
+    /// (a `query` declares none), and whether the run reads the whole source.
+    fn stream_info(&mut self) -> Result<StreamInfo> {
+        let primary_key = self.primary_key()?;
+        let not_null = match self.opts.table.clone() {
+            Some(t) => {
+                let declared =
+                    self.texts(&D::not_null_columns_sql(&t), "finding NOT NULL columns")?;
+                self.columns
+                    .iter()
+                    .filter(|c| c.select == D::ident(&c.name) && declared.contains(&c.name))
+                    .map(|c| c.name.clone())
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let delivery = match self.opts.mode() {
+            ReadMode::FullRefresh => Delivery::Full,
+            ReadMode::Incremental => Delivery::Incremental,
+        };
+        Ok(StreamInfo {
+            primary_key,
+            not_null,
+            delivery,
         })
     }
 

@@ -138,6 +138,14 @@ impl Dialect for MySql {
         )
     }
 
+    fn not_null_columns_sql(table: &str) -> String {
+        format!(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE {} AND IS_NULLABLE = 'NO' \
+             ORDER BY ORDINAL_POSITION",
+            table_filter(table)
+        )
+    }
+
     fn primary_key_sql(table: &str) -> String {
         format!(
             "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE WHERE {} \

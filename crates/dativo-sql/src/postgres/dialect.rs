@@ -118,6 +118,14 @@ impl Dialect for Postgres {
         )
     }
 
+    fn not_null_columns_sql(table: &str) -> String {
+        format!(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = {}::regclass AND attnum > 0 \
+             AND NOT attisdropped AND attnotnull ORDER BY attnum",
+            Self::lit(&Self::table_ref(table))
+        )
+    }
+
     fn primary_key_sql(table: &str) -> String {
         format!(
             "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \

@@ -27,6 +27,12 @@ pub struct Change {
     pub remove: BTreeSet<String>,
     /// New data files (written under the table's default partition spec).
     pub add: Vec<DataFile>,
+    /// New position delete files (under the table's default partition spec, each in the
+    /// partition of the data files it deletes from).
+    pub add_deletes: Vec<DataFile>,
+    /// Live data files the new delete files point into: each must still be live in the
+    /// snapshot the commit is built on (another commit may have rewritten or removed it).
+    pub referenced: BTreeSet<String>,
     /// Summary properties besides the computed metrics (`dativo.state`, `dativo.job`, …).
     pub properties: HashMap<String, String>,
     /// Refuse to commit on top of files added since the plan's base snapshot: an overwrite
@@ -40,18 +46,19 @@ impl Change {
         Change {
             remove: base.paths().map(str::to_string).collect(),
             add,
-            properties: HashMap::new(),
             no_new_files: true,
+            ..Default::default()
         }
     }
 
-    /// The snapshot operation: `append` when nothing is removed, `delete` when nothing is
-    /// added, `overwrite` otherwise.
+    /// The snapshot operation (as Java's writers choose it): `append` when it only adds
+    /// data files, `delete` when it adds no data file, `overwrite` otherwise.
     pub fn operation(&self) -> Operation {
-        match (self.remove.is_empty(), self.add.is_empty()) {
-            (true, _) => Operation::Append,
-            (false, true) => Operation::Delete,
-            (false, false) => Operation::Overwrite,
+        let removes = !self.remove.is_empty() || !self.add_deletes.is_empty();
+        match (removes, self.add.is_empty()) {
+            (false, _) => Operation::Append,
+            (true, true) => Operation::Delete,
+            (true, false) => Operation::Overwrite,
         }
     }
 }
@@ -78,6 +85,8 @@ pub struct SnapshotProducer {
     manifests: u64,
     /// The added-data manifest (shared by all attempts) and its path.
     added_manifest: Option<(ManifestFile, String)>,
+    /// The added-deletes manifest (shared by all attempts) and its path.
+    added_deletes_manifest: Option<(ManifestFile, String)>,
     /// Rewritten manifests and the manifest list of the latest attempt.
     attempt_files: Vec<String>,
 }
@@ -154,6 +163,7 @@ impl SnapshotProducer {
             attempt: 0,
             manifests: 0,
             added_manifest: None,
+            added_deletes_manifest: None,
             attempt_files: Vec::new(),
         }
     }
@@ -191,6 +201,23 @@ impl SnapshotProducer {
             .filter(|p| !live.contains(p))
             .map(String::as_str)
             .collect();
+        let unreferenced: Vec<&str> = self
+            .change
+            .referenced
+            .iter()
+            .filter(|p| !live.contains(p))
+            .map(String::as_str)
+            .collect();
+        if let Some(first) = unreferenced.first() {
+            return Err(Error::conflict(format!(
+                "another commit removed {} of the data files this commit deletes rows from \
+                 (e.g. {first}) since it was planned on snapshot {}: the deletes must be \
+                 planned again on the table's new state",
+                unreferenced.len(),
+                base.snapshot_id
+                    .map_or_else(|| "none".into(), |s| s.to_string()),
+            )));
+        }
         if let Some(first) = gone.first() {
             return Err(Error::conflict(format!(
                 "another commit removed {} of the files this commit replaces (e.g. {first}) \
@@ -274,6 +301,34 @@ impl SnapshotProducer {
                 self.added_manifest = Some((mf, path));
             }
             manifests.extend(self.added_manifest.as_ref().map(|(m, _)| m.clone()));
+        }
+        if !self.change.add_deletes.is_empty() {
+            for f in &self.change.add_deletes {
+                collector.add_file(f, schema.clone(), spec.clone());
+            }
+            if self.added_deletes_manifest.is_none() {
+                let path = self.manifest_path(table);
+                let out = io
+                    .new_output(&path)
+                    .map_err(|e| ice(e, "creating a manifest"))?;
+                let mut w = ManifestWriterBuilder::new(
+                    out,
+                    Some(self.snapshot_id),
+                    schema.clone(),
+                    spec.as_ref().clone(),
+                )
+                .build_v2_deletes();
+                for f in &self.change.add_deletes {
+                    w.add_file(f.clone(), -1)
+                        .map_err(|e| ice(e, "adding a delete file to the manifest"))?;
+                }
+                let mf = w
+                    .write_manifest_file()
+                    .await
+                    .map_err(|e| ice(e, "writing the manifest of added delete files"))?;
+                self.added_deletes_manifest = Some((mf, path));
+            }
+            manifests.extend(self.added_deletes_manifest.as_ref().map(|(m, _)| m.clone()));
         }
 
         // Manifests holding a removed file are rewritten (EXISTING / DELETED entries with
@@ -399,7 +454,13 @@ impl SnapshotProducer {
     /// certain (a landed snapshot references them). The data files stay the caller's.
     pub async fn discard(&mut self, io: &FileIO) {
         self.discard_attempt(io).await;
-        if let Some((_, p)) = self.added_manifest.take() {
+        for (_, p) in [
+            self.added_manifest.take(),
+            self.added_deletes_manifest.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             delete(io, &p).await;
         }
     }
