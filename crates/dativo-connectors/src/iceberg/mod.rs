@@ -30,4 +30,6 @@ pub use encrypted::{encrypted_dataset, ENCRYPTION_KEY};
 pub use writer::IcebergWriter;
 
 #[cfg(test)]
+mod rows_tests;
+#[cfg(test)]
 mod tests;
