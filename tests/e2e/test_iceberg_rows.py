@@ -687,3 +687,34 @@ target:
         p = dativo.run(cmd, job)
         assert p.returncode == 2, (cmd, p.returncode, p.stdout, p.stderr)
         assert "iceberg" in p.stderr.lower() and "merge" in p.stderr, (cmd, p.stderr)
+
+
+def test_merge_by_a_uuid_key_keeps_uuid_and_not_null_types(dativo, tmp_path, pg, table):
+    """A PostgreSQL `uuid` primary key becomes an Iceberg `uuid` identifier field, NOT NULL
+    columns required fields; merging by the uuid key replaces rows (both readers)."""
+    sql(pg, f"CREATE TABLE {table} (id uuid PRIMARY KEY, v text NOT NULL, n int)")
+    sql(pg, f"INSERT INTO {table} SELECT gen_random_uuid(), 'v' || i, i FROM generate_series(1, 500) i")
+    job = write_job(tmp_path / "uuid.yaml", f"""name: uuidmerge
+source:
+  reader: postgres
+  config: {{url: "{PG_URL}", table: {table}}}
+target:
+  writer: iceberg
+  config: {{table: lake.uuids, mode: merge}}
+""")
+    dativo.run("run", job, "--no-progress", check=0)
+    sql(pg, f"UPDATE {table} SET v = 'upd' WHERE n % 7 = 0")
+    sql(pg, f"INSERT INTO {table} SELECT gen_random_uuid(), 'new', 1000 + i FROM generate_series(1, 20) i")
+    dativo.run("run", job, "--no-progress", check=0)
+    t = load(tmp_path, "lake.uuids")
+    types = {f.name: (str(f.field_type), f.required) for f in t.schema().fields}
+    assert types == {"id": ("uuid", True), "v": ("string", True), "n": ("int", False)}, types
+    assert [t.schema().find_field(i).name for i in t.schema().identifier_field_ids] == ["id"]
+    want = sorted((str(i), v, n) for i, v, n in sql(pg, f"SELECT id, v, n FROM {table}"))
+    a = t.scan().to_arrow()
+    got_py = sorted(zip((str(u) for u in a.column("id").to_pylist()),
+                        a.column("v").to_pylist(), a.column("n").to_pylist()))
+    assert got_py == want
+    got_duck = sorted(tuple(r) for r in duckdb_iceberg_query(
+        "SELECT id::varchar, v, n FROM iceberg_scan('{metadata}')", t.metadata_location))
+    assert got_duck == want

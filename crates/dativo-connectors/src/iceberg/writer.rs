@@ -38,7 +38,7 @@ use dativo_core::{
     WriterContext,
 };
 
-use super::commit::{Change, Committer, LiveFiles, SnapshotProducer, SqlSwap};
+use super::commit::{swap_for, Change, Committer, LiveFiles, SnapshotProducer};
 use super::config::{CatalogKind, CatalogUri, IcebergWriterConfig, OverwriteScope, WriteMode};
 use super::counting::{job_latest, CountingCatalog, JobGuard};
 use super::encrypted::{audit_files, FileBuilder, ENCRYPTION_KEY};
@@ -258,11 +258,17 @@ fn iceberg_compatible(schema: &ArrowSchema) -> Result<ArrowSchema> {
                 DataType::Time32(_) => DataType::Time64(arrow::datatypes::TimeUnit::Microsecond),
                 other => other.clone(),
             };
+            // Only the UUID extension survives: it makes the column an Iceberg `uuid`.
+            let metadata = if is_uuid(f) {
+                f.metadata().clone()
+            } else {
+                HashMap::new()
+            };
             Arc::new(
                 f.as_ref()
                     .clone()
                     .with_data_type(dt)
-                    .with_metadata(HashMap::new()),
+                    .with_metadata(metadata),
             )
         })
         .collect::<Vec<_>>();
@@ -491,6 +497,7 @@ async fn open_table(
             .collect();
         let schema = arrow_schema_to_schema_auto_assign_ids(&ArrowSchema::new(required))
             .map_err(|e| ice(e, "mapping the source schema to Iceberg"))?;
+        let schema = with_uuids(schema, &compatible)?;
         let ids: Vec<i32> = shape
             .key
             .iter()
@@ -568,6 +575,48 @@ async fn open_table(
     })
 }
 
+/// Whether an Arrow field is a UUID (`FixedSizeBinary(16)` with the `arrow.uuid` extension, as
+/// the PostgreSQL reader gives `uuid` columns).
+fn is_uuid(f: &arrow::datatypes::Field) -> bool {
+    f.data_type() == &DataType::FixedSizeBinary(16)
+        && f.metadata().get("ARROW:extension:name").map(String::as_str) == Some("arrow.uuid")
+}
+
+/// `schema` (mapped from `source`) with the source's UUID columns typed `uuid`, not
+/// `fixed[16]`.
+fn with_uuids(
+    schema: iceberg::spec::Schema,
+    source: &ArrowSchema,
+) -> Result<iceberg::spec::Schema> {
+    if !source.fields().iter().any(|f| is_uuid(f)) {
+        return Ok(schema);
+    }
+    let fields: Vec<_> = schema
+        .as_struct()
+        .fields()
+        .iter()
+        .map(|f| {
+            let uuid = source
+                .field_with_name(&f.name)
+                .map(|a| is_uuid(a))
+                .unwrap_or(false);
+            if uuid {
+                let mut f = f.as_ref().clone();
+                f.field_type = Box::new(Type::Primitive(PrimitiveType::Uuid));
+                Arc::new(f)
+            } else {
+                f.clone()
+            }
+        })
+        .collect();
+    iceberg::spec::Schema::builder()
+        .with_schema_id(schema.schema_id())
+        .with_identifier_field_ids(schema.identifier_field_ids())
+        .with_fields(fields)
+        .build()
+        .map_err(|e| ice(e, "typing UUID columns"))
+}
+
 /// Add the source's new nullable columns; refuse incompatible changes, naming the column.
 async fn evolve(catalog: &CountingCatalog, table: Table, source: &ArrowSchema) -> Result<Table> {
     let current = table.metadata().current_schema().clone();
@@ -580,6 +629,10 @@ async fn evolve(catalog: &CountingCatalog, table: Table, source: &ArrowSchema) -
                 let ok = match (&want, have) {
                     (None, _) => true, // nested: checked by the cast when writing
                     (Some(w), h) if w == h => true,
+                    (
+                        Some(Type::Primitive(PrimitiveType::Fixed(16))),
+                        Type::Primitive(PrimitiveType::Uuid),
+                    ) => true,
                     (
                         Some(Type::Primitive(PrimitiveType::Int)),
                         Type::Primitive(PrimitiveType::Long),
@@ -606,7 +659,12 @@ async fn evolve(catalog: &CountingCatalog, table: Table, source: &ArrowSchema) -
                         f.name()
                     )));
                 }
-                let t = arrow_type_to_type(f.data_type()).map_err(|e| {
+                let t = if is_uuid(f) {
+                    Ok(Type::Primitive(PrimitiveType::Uuid))
+                } else {
+                    arrow_type_to_type(f.data_type())
+                }
+                .map_err(|e| {
                     ice(
                         e,
                         &format!(
@@ -902,7 +960,7 @@ impl IcebergWriter {
         let run = commit.run_id.clone();
         let ident = self.ident.clone();
         let expected = self.job_snapshot;
-        let swap = SqlSwap::new(&sql_catalog_uri(&self.cfg)?, &self.cfg.catalog.name);
+        let swap = swap_for(&self.cfg)?;
         let delete_props = WriterProperties::builder()
             .set_compression(self.cfg.compression.compression())
             .set_created_by(format!("dativo {}", env!("CARGO_PKG_VERSION")))
@@ -990,7 +1048,7 @@ impl IcebergWriter {
                     .map(|f| f.file_path().to_string())
                     .collect();
                 let removed = change.remove.len();
-                let r = Committer::new(self.catalog.as_ref(), &swap)
+                let r = Committer::new(self.catalog.as_ref(), swap.as_ref())
                     .commit(&table, SnapshotProducer::new(&table, change.clone()), Some(&guard))
                     .await;
                 match r {
