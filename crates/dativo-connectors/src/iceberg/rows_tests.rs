@@ -316,7 +316,7 @@ fn merge_refuses_a_null_key_and_a_missing_key_naming_them() {
         nulls.column(2).clone(),
     ];
     nulls = RecordBatch::try_new(schema(), cols).unwrap();
-    let e = w.write(&nulls).err().expect("a NULL key");
+    let e = w.write(&nulls).expect_err("a NULL key");
     assert_eq!(e.kind(), ErrorKind::Data);
     assert!(e.to_string().contains("`id`"), "{e}");
     w.abort().unwrap();

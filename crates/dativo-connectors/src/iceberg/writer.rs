@@ -598,7 +598,7 @@ fn with_uuids(
         .map(|f| {
             let uuid = source
                 .field_with_name(&f.name)
-                .map(|a| is_uuid(a))
+                .map(is_uuid)
                 .unwrap_or(false);
             if uuid {
                 let mut f = f.as_ref().clone();
@@ -781,13 +781,6 @@ impl IcebergWriter {
         } else {
             None
         };
-        if mode != WriteMode::Append && cfg.catalog.kind == CatalogKind::Rest {
-            return Err(Error::config(format!(
-                "`mode: {mode}` needs the SQL catalog (dativo's own commit path); the REST \
-                 catalog's commit endpoint is not implemented yet"
-            ))
-            .with_key_path("mode"));
-        }
         Ok(IcebergWriter {
             cfg,
             catalog,
