@@ -578,7 +578,9 @@ impl Touched {
         let all = arrow::compute::concat(&arrays)?;
         let idx = arrow::compute::sort_to_indices(&all, None, None)?;
         let values = arrow::compute::take(&all, &idx, None)?;
-        let rows = m.first_converter.convert_columns(std::slice::from_ref(&values))?;
+        let rows = m
+            .first_converter
+            .convert_columns(std::slice::from_ref(&values))?;
         Ok(Touched {
             rows: rows.iter().map(|r| r.as_ref().to_vec()).collect(),
             values,
