@@ -18,6 +18,7 @@
 pub mod commit;
 mod config;
 pub mod counting;
+pub mod maintain;
 mod encrypted;
 mod merge;
 mod modes;

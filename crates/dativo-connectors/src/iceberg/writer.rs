@@ -104,7 +104,7 @@ pub(crate) async fn load_existing(cfg: &IcebergWriterConfig) -> Result<Table> {
 }
 
 /// `namespace.table` → (namespace, table identifier).
-fn table_ident(table: &str) -> Result<(NamespaceIdent, TableIdent)> {
+pub(crate) fn table_ident(table: &str) -> Result<(NamespaceIdent, TableIdent)> {
     let parts: Vec<&str> = table.split('.').collect();
     let (ns_parts, name) = parts.split_at(parts.len().saturating_sub(1));
     let ns =
