@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use dativo_core::config::from_config;
@@ -35,7 +35,8 @@ use super::counting::CountingCatalog;
 use super::writer::{ice, open_catalog, sql_catalog_uri, table_ident};
 
 /// What one maintenance operation did (or, with `dry_run`, would do).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MaintenanceReport {
     /// `compact`, `expire-snapshots`, `remove-orphans`, `rewrite-manifests`.
     pub operation: String,
