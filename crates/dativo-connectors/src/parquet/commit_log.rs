@@ -4,12 +4,21 @@
 //! 1. data files are written to `_dativo/staging/<name>.inprogress` and fsynced;
 //! 2. a manifest naming them and carrying the reader's state is written to a temporary name,
 //!    fsynced and renamed to the next sequence number — **the commit point**;
-//! 3. the staged files are renamed to their final names in the directory.
+//! 3. the staged files are renamed to their final names in the directory;
+//! 4. for an overwrite (a manifest with `replaces: N`), the files of the commits it replaces
+//!    — the live files of commits up to N — are deleted.
 //!
 //! On start, the latest manifest is rolled forward (files it names that are still staged are
-//! renamed into place) and everything else in staging is deleted: it was never committed.
+//! renamed into place, and for an overwrite the replaced files still there are deleted) and
+//! everything else in staging is deleted: it was never committed.
 //! Tools that read the directory (DuckDB, pyarrow, Spark) see only committed, whole files:
-//! `_dativo` starts with `_`, and staged names do not end in `.parquet`.
+//! `_dativo` starts with `_`, and staged names do not end in `.parquet`. They do not see an
+//! overwrite atomically: between steps 3 and 4 both the old and the new files are there.
+//!
+//! The live files are those of the latest overwrite and of every commit after it (of every
+//! commit when there was none): [`Layout::live`]. A new commit is written only once the
+//! previous one is fully rolled forward, so the files an overwrite replaces are the live files
+//! of the commits from the overwrite before it on.
 
 use std::path::PathBuf;
 
@@ -44,6 +53,18 @@ pub struct Manifest {
     /// schema its readers could not combine with these files. Absent in older manifests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<Vec<ColumnSpec>>,
+    /// An overwrite: this commit's files replace those of every commit up to this sequence
+    /// (`sequence - 1`), which are deleted once this commit's files are published. Absent for
+    /// an append.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<u64>,
+}
+
+impl Manifest {
+    /// Whether this commit replaces everything committed before it.
+    pub fn is_overwrite(&self) -> bool {
+        self.replaces.is_some()
+    }
 }
 
 /// A column of the data files, as recorded in a manifest.
@@ -186,11 +207,28 @@ impl Layout {
         })
     }
 
-    /// Every manifest, oldest first.
+    /// Every manifest, oldest first — including commits an overwrite replaced, whose files
+    /// are gone; [`Layout::live`] lists the ones whose files make up the directory.
     pub fn all(&self) -> Result<Vec<Manifest>> {
         let mut seqs = self.sequences()?;
         seqs.reverse();
         seqs.into_iter().map(|s| self.read_manifest(s)).collect()
+    }
+
+    /// The manifests whose files make up the directory, oldest first: the latest overwrite
+    /// and every commit after it, or every commit when there was no overwrite.
+    pub fn live(&self) -> Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for seq in self.sequences()? {
+            let m = self.read_manifest(seq)?;
+            let overwrite = m.is_overwrite();
+            out.push(m);
+            if overwrite {
+                break;
+            }
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// The latest manifest, if any.
@@ -201,40 +239,54 @@ impl Layout {
         }
     }
 
-    /// The file columns recorded by the most recent manifest that has them (fences and older
-    /// manifests have none; at most `limit` manifests are read).
+    /// The file columns recorded by the most recent live manifest that has them (fences and
+    /// older manifests have none; at most `limit` manifests are read). An overwrite that
+    /// committed no files leaves none: the directory holds no data then.
     pub fn latest_schema(&self, limit: usize) -> Result<Option<Vec<ColumnSpec>>> {
         for seq in self.sequences()?.into_iter().take(limit) {
-            if let Some(schema) = self.read_manifest(seq)?.schema {
+            let m = self.read_manifest(seq)?;
+            if m.is_overwrite() && m.files.is_empty() {
+                return Ok(None);
+            }
+            if let Some(schema) = m.schema {
                 return Ok(Some(schema));
+            }
+            if m.is_overwrite() {
+                return Ok(None);
             }
         }
         Ok(None)
     }
 
-    /// The latest manifest written by `job`, if any.
+    /// The latest live manifest written by `job`, if any: a job's commits before another
+    /// job's overwrite no longer have rows in the directory, so they do not count.
     pub fn latest_for(&self, job: &str) -> Result<Option<Manifest>> {
         for seq in self.sequences()? {
             let m = self.read_manifest(seq)?;
             if m.job == job {
                 return Ok(Some(m));
             }
+            if m.is_overwrite() {
+                break;
+            }
         }
         Ok(None)
     }
 
-    /// Finish the publication of the latest commit and delete everything uncommitted.
+    /// Finish the latest commit (publication, and the deletions of an overwrite) and delete
+    /// everything uncommitted.
     pub fn recover(&self) -> Result<Option<Manifest>> {
         let latest = self.latest()?;
         if let Some(m) = &latest {
-            self.publish(m)?;
+            self.roll_forward(m)?;
         }
         let leftovers = self.loc.list(&self.staging())?;
         if !leftovers.is_empty() {
-            // Files still staged may belong to any committed manifest (a publication lost to a
-            // crash before a later commit): roll every manifest forward before deleting.
-            for seq in self.sequences()?.into_iter().skip(1) {
-                self.publish(&self.read_manifest(seq)?)?;
+            // Files still staged may belong to any live commit (a publication lost to a crash
+            // before a later commit): roll them all forward before deleting. The files of
+            // commits an overwrite replaced are not published again.
+            for m in self.live()?.iter().rev().skip(1) {
+                self.roll_forward(m)?;
             }
         }
         for name in self.loc.list(&self.staging())? {
@@ -247,6 +299,90 @@ impl Layout {
             }
         }
         Ok(latest)
+    }
+
+    /// Finish commit `m` after its commit point (idempotent): move its files into place, then,
+    /// for an overwrite, delete the files it replaces that are still there.
+    pub fn roll_forward(&self, m: &Manifest) -> Result<()> {
+        self.publish(m)?;
+        if m.is_overwrite() {
+            let removed = self.remove_replaced(m)?;
+            if removed > 0 {
+                tracing::info!(
+                    sequence = m.sequence,
+                    files = removed,
+                    dir = %self.loc.display(""),
+                    "removed the files the overwrite replaced"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The files overwrite `m` replaces: the live files of the commits up to `m.replaces`,
+    /// i.e. of the commits from the overwrite before it on (that overwrite removed the older
+    /// ones before any later commit was made).
+    pub fn replaced_files(&self, m: &Manifest) -> Result<Vec<String>> {
+        let Some(upto) = m.replaces else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for seq in self.sequences()?.into_iter().filter(|s| *s <= upto) {
+            let old = self.read_manifest(seq)?;
+            let overwrite = old.is_overwrite();
+            out.extend(
+                old.files
+                    .into_iter()
+                    .map(|f| f.path)
+                    .filter(|p| !m.files.iter().any(|f| &f.path == p)),
+            );
+            if overwrite {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete the files overwrite `m` replaces that are still there; returns how many.
+    fn remove_replaced(&self, m: &Manifest) -> Result<usize> {
+        let mut removed = 0;
+        let mut dirs: Vec<String> = Vec::new();
+        for path in self.replaced_files(m)? {
+            if !self.loc.exists(&path)? {
+                continue;
+            }
+            self.loc.delete(&path)?;
+            removed += 1;
+            let dir = path
+                .rsplit_once('/')
+                .map(|(d, _)| d.to_string())
+                .unwrap_or_default();
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        // Deepest first, so that a parent emptied by its children's removal goes too.
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+        for dir in &dirs {
+            if let Location::Local(root) = &self.loc {
+                if !root.join(dir).is_dir() {
+                    continue; // removed with an emptied child
+                }
+            }
+            self.loc.sync(dir)?;
+            if let Location::Local(root) = &self.loc {
+                // A hive partition left without files: remove its directory (and emptied
+                // parents), as a reader listing partitions would otherwise see an empty one.
+                let mut rel = dir.as_str();
+                while !rel.is_empty() && std::fs::remove_dir(root.join(rel)).is_ok() {
+                    rel = rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+                }
+            }
+        }
+        if !dirs.is_empty() {
+            self.loc.sync("")?;
+        }
+        Ok(removed)
     }
 
     /// Move the files of `m` from staging into place (idempotent).
@@ -315,7 +451,7 @@ impl Layout {
         for _ in 0..100 {
             let latest = self.latest()?;
             if let Some(m) = &latest {
-                self.publish(m)?;
+                self.roll_forward(m)?;
             }
             let previous = self.latest_for(job)?;
             let m = Manifest {
@@ -330,6 +466,7 @@ impl Layout {
                 state: previous.and_then(|p| p.state),
                 files: Vec::new(),
                 schema: None,
+                replaces: None,
             };
             let rel = format!("{}/{:020}.json", self.commits(), m.sequence);
             if self.loc.put_new(&rel, &serde_json::to_vec_pretty(&m)?)? {

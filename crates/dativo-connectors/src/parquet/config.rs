@@ -51,6 +51,110 @@ pub struct ParquetWriterConfig {
     /// the job for at most this long. Default 60s.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl: DurationValue,
+    /// `append` (each run adds its rows) or `overwrite` (a run's rows replace everything
+    /// committed to the directory before, in one commit at end of stream). Unset: `overwrite`
+    /// when the source delivers all of its rows in every run (a full refresh) and the job is
+    /// not split into shards, else `append` (see [`ParquetWriteMode::resolve`]).
+    #[serde(default)]
+    pub mode: Option<ParquetWriteMode>,
+}
+
+/// How a run's rows land in the directory (`mode:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParquetWriteMode {
+    /// Each run adds its files beside the ones committed before.
+    Append,
+    /// A run's files replace every file committed before, in one commit at end of stream.
+    Overwrite,
+}
+
+impl ParquetWriteMode {
+    /// Parse a mode name; the message says what is accepted, and where a merge can be had.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "append" => Ok(Self::Append),
+            "overwrite" => Ok(Self::Overwrite),
+            "merge" | "upsert" => Err(format!(
+                "`mode: {s}` needs row-level deletes, which Parquet files in a directory cannot \
+                 express: use `writer: iceberg` with `mode: merge` (see docs/iceberg.md)"
+            )),
+            _ => Err(format!("unknown mode `{s}`: use `append` or `overwrite`")),
+        }
+    }
+
+    /// The mode a run uses: the configured one, checked against the job, or the default.
+    ///
+    /// The default is `overwrite` for a full refresh of an unsplit job (the directory should
+    /// end up equal to the source, not hold it once per run), else `append`. An explicit
+    /// `overwrite` is refused for a split job: each shard's writer would replace the rows the
+    /// other shards committed.
+    pub fn resolve(
+        configured: Option<Self>,
+        ctx: &dativo_core::WriterContext,
+        path: &str,
+    ) -> Result<Self> {
+        use dativo_core::Delivery;
+        let full = ctx.source.delivery == Delivery::Full;
+        let split = ctx.shard.count > 1;
+        let mode = match configured {
+            Some(Self::Overwrite) if split => {
+                return Err(Error::config(format!(
+                    "`overwrite` cannot be used by a job split into {} shards: each shard's \
+                     writer would replace the rows the others committed; use `append`, or run \
+                     the job unsplit",
+                    ctx.shard.count
+                ))
+                .with_key_path("mode"))
+            }
+            Some(mode) => mode,
+            None if full && !split => {
+                tracing::info!(
+                    path,
+                    "the source delivers all of its rows in every run (a full refresh): they \
+                     replace the previous contents of the directory (mode: overwrite; set \
+                     `mode: append` to keep them)"
+                );
+                Self::Overwrite
+            }
+            None => Self::Append,
+        };
+        if mode == Self::Overwrite && ctx.source.delivery == Delivery::Incremental {
+            tracing::warn!(
+                path,
+                "the source delivers only rows new since the last run and the writer \
+                 overwrites: the directory keeps only each run's new rows"
+            );
+        }
+        if mode == Self::Append && full {
+            tracing::warn!(
+                path,
+                "the source delivers all of its rows in every run (a full refresh) and the \
+                 writer appends: every run adds another full copy of them{}",
+                if split {
+                    " (a split job cannot overwrite)"
+                } else {
+                    "; leave `mode` out or set `mode: overwrite` to replace them instead"
+                }
+            );
+        }
+        Ok(mode)
+    }
+}
+
+impl fmt::Display for ParquetWriteMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Append => "append",
+            Self::Overwrite => "overwrite",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ParquetWriteMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 fn default_lease_ttl() -> DurationValue {

@@ -8,6 +8,11 @@
 //!   manifest (`_dativo/commits/<sequence>.json`) that also carries the reader's state; see
 //!   [`commit_log`] for the protocol. A crash at any point leaves only whole, committed files
 //!   where DuckDB, pyarrow and Spark look, and the next run finishes or discards the rest.
+//! * `mode: append` adds each run's files; `mode: overwrite` (the default for a full refresh of
+//!   an unsplit job) replaces the directory's contents in one commit at end of stream: its
+//!   manifest says `replaces: N`, and once its files are published the files of the commits it
+//!   replaces are deleted (a plain glob reader briefly sees both; the manifests never do).
+//!   `merge` is refused: Parquet files in a directory cannot express row-level deletes.
 //! * `committed_state()` reads the state back from the latest manifest.
 //! * One writer per directory: an OS lock locally, a lease object with conditional writes on
 //!   object stores ([`lease`]); a second run of the job fails at once, never corrupts.
@@ -17,5 +22,5 @@ mod config;
 pub mod lease;
 mod writer;
 
-pub use config::{Codec, ParquetWriterConfig};
+pub use config::{Codec, ParquetWriteMode, ParquetWriterConfig};
 pub use writer::ParquetWriter;

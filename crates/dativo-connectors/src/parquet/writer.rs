@@ -20,7 +20,7 @@ use dativo_core::{
 };
 
 use super::commit_log::{ColumnSpec, Layout, Manifest, ManifestFile, FORMAT};
-use super::config::ParquetWriterConfig;
+use super::config::{ParquetWriteMode, ParquetWriterConfig};
 use super::lease::{self, Lease};
 use dativo_encryption::stream::{EncryptingSink, SUFFIX};
 use dativo_encryption::{pme, EncFormat, Encryptor, FileAudit, FileKeys};
@@ -58,8 +58,14 @@ pub struct ParquetWriter {
     /// stores that do not enforce conditional writes.
     lease: Option<Lease>,
     last_sequence: u64,
-    /// A durable commit whose files could not all be published yet (storage failed after the
-    /// commit point): published before the next commit, and again at close.
+    /// `append` or `overwrite`, as resolved for this run.
+    mode: ParquetWriteMode,
+    /// An overwrite whose commit is still to come: the next commit replaces everything
+    /// committed before (cleared by it; the runner commits an overwrite once).
+    replace_next: bool,
+    /// A durable commit not yet fully rolled forward (storage failed after the commit point:
+    /// files not all published, or the files an overwrite replaces not all deleted): finished
+    /// before the next commit, and again at close.
     unpublished: Option<Manifest>,
     /// Open files by partition directory (`""` when unpartitioned).
     open: BTreeMap<String, OpenFile>,
@@ -103,14 +109,15 @@ fn hive_escape(v: &str) -> String {
     out
 }
 
-/// [`Layout::publish`], retried with backoff: an object-store hiccup or a failed rename midway
-/// must not leave a commit half visible for longer than it takes to recover.
-fn publish_with_retries(layout: &Layout, m: &Manifest) -> Result<()> {
+/// [`Layout::roll_forward`], retried with backoff: an object-store hiccup or a failed rename
+/// midway must not leave a commit half visible (or an overwrite's old files beside its new
+/// ones) for longer than it takes to recover.
+fn roll_forward_with_retries(layout: &Layout, m: &Manifest) -> Result<()> {
     let mut delay = std::time::Duration::from_millis(200);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match layout.publish(m) {
+        match layout.roll_forward(m) {
             Ok(()) => return Ok(()),
             Err(e) if attempt >= 5 => return Err(e),
             Err(e) => {
@@ -118,7 +125,7 @@ fn publish_with_retries(layout: &Layout, m: &Manifest) -> Result<()> {
                     sequence = m.sequence,
                     attempt,
                     error = %dativo_core::secrets::scrub(&e.to_string()),
-                    "publishing a committed file failed; retrying"
+                    "publishing a committed file (or removing a replaced one) failed; retrying"
                 );
                 std::thread::sleep(delay);
                 delay *= 2;
@@ -162,6 +169,24 @@ fn check_schema_change(layout: &Layout, path: &str, schema: &Schema) -> Result<(
     Ok(())
 }
 
+/// An overwrite replaces the files of the directory's unsharded commit log; files committed by
+/// the shards of a split job (each with a commit log of its own) would stay beside the new
+/// rows, so an overwrite is refused while there are any.
+fn refuse_overwrite_beside_shards(layout: &Layout, path: &str) -> Result<()> {
+    for shard in Layout::all_under(&layout.loc)?.iter().skip(1) {
+        if shard.live()?.iter().any(|m| !m.files.is_empty()) {
+            return Err(Error::config(format!(
+                "{path} holds files committed by the shards of a split job (in {}): an \
+                 overwrite replaces only the files of unsplit runs and would leave theirs \
+                 beside the new rows. Write to a new path, or set `mode: append`",
+                shard.loc.display(super::commit_log::SHARDS)
+            ))
+            .with_key_path("mode"));
+        }
+    }
+    Ok(())
+}
+
 fn pq_err(e: parquet::errors::ParquetError) -> Error {
     match e {
         // Our sink's own failure (storage): keep it as the cause.
@@ -184,6 +209,7 @@ impl ParquetWriter {
     pub fn open(config: &Value, ctx: &WriterContext) -> Result<Self> {
         let cfg: ParquetWriterConfig = from_config(config)?;
         cfg.check()?;
+        let mode = ParquetWriteMode::resolve(cfg.mode, ctx, &cfg.path)?;
         let layout =
             Layout::for_shard(Location::parse(&cfg.path, &cfg.store_options())?, ctx.shard);
         layout.create()?;
@@ -241,6 +267,9 @@ impl ParquetWriter {
         };
         let latest = layout.recover()?;
         let last_sequence = latest.map(|m| m.sequence).unwrap_or(0);
+        if mode == ParquetWriteMode::Overwrite {
+            refuse_overwrite_beside_shards(&layout, &cfg.path)?;
+        }
         let props = WriterProperties::builder()
             .set_compression(cfg.compression.compression())
             .set_max_row_group_row_count(Some(cfg.row_group_size))
@@ -287,7 +316,10 @@ impl ParquetWriter {
         if let Some(enc) = &enc {
             enc.check_columns(&file_schema)?;
         }
-        check_schema_change(&layout, &cfg.path, &file_schema)?;
+        if mode == ParquetWriteMode::Append {
+            // An overwrite replaces every committed file: no old file to be combined with.
+            check_schema_change(&layout, &cfg.path, &file_schema)?;
+        }
         Ok(ParquetWriter {
             props,
             job: ctx.job.clone(),
@@ -295,6 +327,8 @@ impl ParquetWriter {
             lock,
             lease,
             last_sequence,
+            mode,
+            replace_next: mode == ParquetWriteMode::Overwrite,
             unpublished: None,
             open: BTreeMap::new(),
             partition_cols,
@@ -541,23 +575,37 @@ impl ParquetWriter {
         Ok(out)
     }
 
-    /// Publish a durable commit whose publication failed earlier.
+    /// Finish a durable commit whose roll-forward failed earlier.
     fn publish_pending(&mut self) -> Result<()> {
         let Some(m) = self.unpublished.take() else {
             return Ok(());
         };
         let layout = &self.layout;
-        if let Err(e) = publish_with_retries(layout, &m) {
-            let err = Error::transient(format!(
-                "commit {:020} in {} is durable (its {} rows and the state are committed) but \
-                 not all of its {} files could be published; a plain reader of the directory \
-                 sees only some of them until the next attempt or run publishes the rest",
-                m.sequence,
-                layout.loc.display(""),
-                m.files.iter().map(|f| f.rows).sum::<u64>(),
-                m.files.len()
-            ))
-            .with_source(e);
+        if let Err(e) = roll_forward_with_retries(layout, &m) {
+            let rows = m.files.iter().map(|f| f.rows).sum::<u64>();
+            let msg = if m.is_overwrite() {
+                format!(
+                    "commit {:020} in {} is durable (an overwrite: its {rows} rows replace the \
+                     directory's previous contents, and the state is committed) but its {} \
+                     files could not all be published or the files it replaces not all \
+                     removed; a plain reader of the directory sees some of the new files, or \
+                     old files beside them, until the next attempt or run finishes it",
+                    m.sequence,
+                    layout.loc.display(""),
+                    m.files.len()
+                )
+            } else {
+                format!(
+                    "commit {:020} in {} is durable (its {rows} rows and the state are \
+                     committed) but not all of its {} files could be published; a plain reader \
+                     of the directory sees only some of them until the next attempt or run \
+                     publishes the rest",
+                    m.sequence,
+                    layout.loc.display(""),
+                    m.files.len()
+                )
+            };
+            let err = Error::transient(msg).with_source(e);
             self.unpublished = Some(m);
             return Err(err);
         }
@@ -602,6 +650,7 @@ impl OpenWriter for ParquetWriter {
             committed_at: dativo_encryption::now(),
             state: commit.state.clone(),
             schema: Some(ColumnSpec::of(&self.file_schema)),
+            replaces: self.replace_next.then_some(self.last_sequence),
             files: self
                 .staged
                 .iter()
@@ -637,16 +686,18 @@ impl OpenWriter for ParquetWriter {
             return Err(e);
         }
         self.last_sequence = manifest.sequence;
+        self.replace_next = false;
         self.staged.clear();
         // The commit is durable from here: its rows and state count whatever happens next.
         // Publication failing now (an outage midway) leaves part of the commit visible to a
         // plain directory reader; it is retried, then again before the next commit and at
         // close, which fails the run if it still cannot publish (the next start finishes it).
-        if let Err(e) = publish_with_retries(&layout, &manifest) {
+        // An overwrite's old files are deleted only once its new ones are all published.
+        if let Err(e) = roll_forward_with_retries(&layout, &manifest) {
             tracing::error!(
                 sequence = manifest.sequence,
                 error = %dativo_core::secrets::scrub(&e.to_string()),
-                "commit is durable but its files are not all published yet; retrying later"
+                "commit is durable but not fully rolled forward yet (files to publish, or replaced files to remove); retrying later"
             );
             self.unpublished = Some(manifest.clone());
         }
@@ -664,6 +715,10 @@ impl OpenWriter for ParquetWriter {
 
     fn abort(&mut self) -> Result<()> {
         self.discard()
+    }
+
+    fn commits_once(&self) -> bool {
+        self.mode == ParquetWriteMode::Overwrite
     }
 
     fn close(mut self: Box<Self>) -> Result<()> {
