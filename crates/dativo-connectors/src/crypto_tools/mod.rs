@@ -79,7 +79,7 @@ impl Dataset {
         let mut committed = Vec::new();
         // The unsharded commit log and every shard's.
         for layout in crate::parquet::commit_log::Layout::all_under(&loc)? {
-            for m in layout.all()? {
+            for m in layout.live()? {
                 for f in m.files {
                     committed.push(Committed {
                         file: f.path,
