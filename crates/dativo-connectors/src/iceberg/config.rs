@@ -250,19 +250,6 @@ impl IcebergWriterConfig {
             super::modes::DeleteWhen::parse(w)
                 .map_err(|m| Error::config(m).with_key_path("delete_when"))?;
         }
-        if matches!(self.mode, Some(WriteMode::Overwrite | WriteMode::Merge))
-            && self.catalog.kind == CatalogKind::Rest
-        {
-            return key(
-                "mode",
-                format!(
-                    "`mode: {}` commits through dativo's own commit path, which supports the SQL \
-                     catalog only so far (the REST catalog's commit endpoint is not implemented); \
-                     use `catalog: {{type: sql}}` or `mode: append`",
-                    self.mode.expect("checked")
-                ),
-            );
-        }
         match (self.catalog.kind, &self.catalog.uri) {
             (CatalogKind::Sql, Some(CatalogUri::Http(_) | CatalogUri::Other(_))) => {
                 return key(

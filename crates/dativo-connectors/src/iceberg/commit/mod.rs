@@ -7,8 +7,8 @@
 //!   carried over) and its manifest list, and builds the snapshot with its summary.
 //! * [`Swap`] is the catalog's atomic commit point: [`SqlSwap`] writes the next
 //!   `metadata.json` and compare-and-swaps the table's metadata location in the SQL catalog's
-//!   `iceberg_tables` row (the protocol pyiceberg and Java's JdbcCatalog use). The REST
-//!   catalog ([`RestSwap`]) is refused for now.
+//!   `iceberg_tables` row (the protocol pyiceberg and Java's JdbcCatalog use); [`RestSwap`]
+//!   posts the requirements and updates to the REST catalog's commit endpoint.
 //! * [`Committer`] retries a lost race on the table's new state after checking that the
 //!   commit still applies there (every file it removes is still live; for an overwrite, no
 //!   file was added since it was planned): otherwise it fails with a conflict, and the
@@ -28,7 +28,7 @@ use dativo_core::{Error, ErrorKind, Result};
 
 pub use live::{LiveFile, LiveFiles, LoadedManifest};
 pub use produce::{Change, Produced, SnapshotProducer};
-pub use swap::{RestSwap, SqlSwap, Swap};
+pub use swap::{swap_for, RestAuth, RestSwap, SqlSwap, Swap};
 
 use super::counting::COMMIT_CONFLICTS;
 use super::writer::ice;

@@ -647,3 +647,244 @@ fn totals_add_and_subtract_and_a_missing_previous_total_is_left_out() {
     assert_eq!(p["total-records"], "2");
     assert_eq!(p["total-equality-deletes"], "0");
 }
+
+// ----------------------------------------------------------------------------- REST swap
+
+/// A request the stub REST catalog received.
+#[derive(Debug, Clone)]
+struct Received {
+    method: String,
+    /// The path and query, as sent (percent-encoded).
+    target: String,
+    /// `Authorization`, if sent.
+    authorization: Option<String>,
+    body: String,
+}
+
+type Answer = dyn Fn(&Received) -> (u16, String) + Send + Sync;
+
+/// A stub HTTP server on a loopback port answering each request with `answer`; its base URL
+/// and what it received.
+fn stub_catalog(answer: Box<Answer>) -> (String, Arc<std::sync::Mutex<Vec<Received>>>) {
+    use std::io::{BufRead, BufReader, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/catalog", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let mut words = line.split_whitespace();
+            let (method, target) = (
+                words.next().unwrap_or("").to_string(),
+                words.next().unwrap_or("").to_string(),
+            );
+            let (mut len, mut authorization) = (0usize, None);
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                let h = h.trim_end();
+                if h.is_empty() {
+                    break;
+                }
+                let (k, v) = h.split_once(':').unwrap();
+                match k.to_ascii_lowercase().as_str() {
+                    "content-length" => len = v.trim().parse().unwrap(),
+                    "authorization" => authorization = Some(v.trim().to_string()),
+                    _ => {}
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let req = Received {
+                method,
+                target,
+                authorization,
+                body: String::from_utf8(body).unwrap(),
+            };
+            let (code, text) = answer(&req);
+            log.lock().unwrap().push(req);
+            let head = format!(
+                "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n",
+                text.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(text.as_bytes());
+        }
+    });
+    (url, seen)
+}
+
+/// The lake's table (one append), under the two-level namespace `a.b`.
+async fn rest_base(lake: &Lake) -> Table {
+    let catalog = lake.catalog().await;
+    let t = lake.table(&catalog).await;
+    Table::builder()
+        .identifier(iceberg::TableIdent::from_strs(["a", "b", "events"]).unwrap())
+        .metadata_location(t.metadata_location().unwrap())
+        .metadata(t.metadata_ref())
+        .file_io(t.file_io().clone())
+        .runtime(iceberg::Runtime::try_current().unwrap())
+        .build()
+        .unwrap()
+}
+
+const COMMIT_PATH: &str = "/catalog/v1/wh%2F1/namespaces/a%1Fb/tables/events";
+
+/// The stub's config answer: the prefix `wh/1` (one segment, encoded) from `overrides`.
+fn config_answer() -> (u16, String) {
+    let prefix = json!({"defaults": {"prefix": "not-this"}, "overrides": {"prefix": "wh%2F1"}});
+    (200, prefix.to_string())
+}
+
+#[test]
+fn a_rest_commit_answered_409_is_a_conflict_and_goes_to_the_prefixed_table_path() {
+    use super::{RestAuth, RestSwap};
+    let lake = Lake::new();
+    lake.append(&[1], json!(1));
+    let (url, seen) = stub_catalog(Box::new(|r| match (r.method.as_str(), r.target.as_str()) {
+        ("GET", t) if t.starts_with("/catalog/v1/config") => config_answer(),
+        ("POST", COMMIT_PATH) => (
+            409,
+            json!({"error": {"message": "Requirement failed: branch main has changed",
+                   "type": "CommitFailedException", "code": 409}})
+            .to_string(),
+        ),
+        _ => (404, String::new()),
+    }));
+    let e = runtime().block_on(async {
+        let base = rest_base(&lake).await;
+        let swap = RestSwap::new(
+            &url,
+            Some("/w h".into()),
+            RestAuth::Token(dativo_core::secrets::Secret::new("tok-123456")),
+        )
+        .unwrap();
+        let uuid = base.metadata().uuid();
+        swap.swap(
+            &base,
+            vec![iceberg::TableRequirement::UuidMatch { uuid }],
+            vec![],
+        )
+        .await
+        .unwrap_err()
+    });
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert!(e.message().contains("branch main has changed"), "{e}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].target, "/catalog/v1/config?warehouse=%2Fw+h");
+    assert_eq!(
+        (seen[1].method.as_str(), seen[1].target.as_str()),
+        ("POST", COMMIT_PATH)
+    );
+    for r in &seen {
+        assert_eq!(r.authorization.as_deref(), Some("Bearer tok-123456"));
+    }
+    let body: Value = serde_json::from_str(&seen[1].body).unwrap();
+    assert_eq!(
+        body["identifier"],
+        json!({"namespace": ["a", "b"], "name": "events"})
+    );
+    assert_eq!(body["requirements"][0]["type"], "assert-table-uuid");
+    assert_eq!(body["updates"], json!([]));
+}
+
+#[test]
+fn rest_commit_outcomes_committed_unknown_refused_and_unreachable() {
+    use super::{RestAuth, RestSwap};
+    use dativo_core::secrets::Secret;
+    let lake = Lake::new();
+    lake.append(&[1], json!(1));
+    let metadata = runtime()
+        .block_on(async { serde_json::to_value(rest_base(&lake).await.metadata()).unwrap() });
+    // The commit's answer, by test case: its status; 200 returns the table's metadata.
+    let status = Arc::new(std::sync::atomic::AtomicU16::new(0));
+    let s = status.clone();
+    let answered = metadata.clone();
+    let (url, seen) = stub_catalog(Box::new(move |r| {
+        match (r.method.as_str(), r.target.as_str()) {
+        ("POST", "/catalog/v1/oauth/tokens") => {
+            (200, json!({"access_token": "issued-tok-789", "token_type": "bearer"}).to_string())
+        }
+        ("GET", "/catalog/v1/config") => config_answer(),
+        ("POST", COMMIT_PATH) => match s.load(std::sync::atomic::Ordering::SeqCst) {
+            200 => (
+                200,
+                json!({"metadata-location": "file:///wh/a/b/events/metadata/00009-x.metadata.json",
+                       "metadata": answered})
+                .to_string(),
+            ),
+            401 => (
+                401,
+                json!({"error": {"message": "token issued-tok-789 expired", "type": "NotAuthorizedException", "code": 401}})
+                    .to_string(),
+            ),
+            code => (code, "<html>upstream failed</html>".into()),
+        },
+        _ => (404, String::new()),
+    }
+    }));
+    let credential = Secret::new("me:cl13nt-s3cret");
+    let swap = RestSwap::new(&url, None, RestAuth::Credential(credential)).unwrap();
+    let outcome = |code: u16| {
+        status.store(code, std::sync::atomic::Ordering::SeqCst);
+        runtime().block_on(async { swap.swap(&rest_base(&lake).await, vec![], vec![]).await })
+    };
+    let t = outcome(200).unwrap();
+    assert_eq!(
+        t.metadata_location(),
+        Some("file:///wh/a/b/events/metadata/00009-x.metadata.json")
+    );
+    assert_eq!(t.identifier().to_string(), "a.b.events");
+    assert_eq!(serde_json::to_value(t.metadata()).unwrap(), metadata);
+    // The outcome is unknown: a non-conflict error (the committer reads the table).
+    for code in [500, 502, 503, 504] {
+        let e = outcome(code).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Transient, "{code}: {e}");
+        assert!(e.message().contains("outcome is unknown"), "{e}");
+    }
+    let e = outcome(401).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
+    assert!(
+        e.message().contains("expired") && !e.message().contains("issued-tok-789"),
+        "{e}"
+    );
+    let e = outcome(400).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    assert!(e.message().contains("upstream failed"), "{e}");
+    // The credential was exchanged once; the token it gave authorizes everything else.
+    let seen = seen.lock().unwrap().clone();
+    let token: Vec<_> = seen
+        .iter()
+        .filter(|r| r.target.ends_with("/oauth/tokens"))
+        .collect();
+    assert_eq!(token.len(), 1, "{seen:?}");
+    assert_eq!(
+        token[0].body,
+        "grant_type=client_credentials&client_id=me&client_secret=cl13nt-s3cret&scope=catalog"
+    );
+    assert_eq!(token[0].authorization, None);
+    for r in seen.iter().filter(|r| !r.target.ends_with("/oauth/tokens")) {
+        assert_eq!(
+            r.authorization.as_deref(),
+            Some("Bearer issued-tok-789"),
+            "{r:?}"
+        );
+    }
+    // Nobody listening: unreachable, not a conflict.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gone = RestSwap::new(&format!("http://127.0.0.1:{port}"), None, RestAuth::None).unwrap();
+    let e = runtime()
+        .block_on(async { gone.swap(&rest_base(&lake).await, vec![], vec![]).await })
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
+}
