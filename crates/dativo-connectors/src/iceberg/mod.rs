@@ -18,8 +18,8 @@
 pub mod commit;
 mod config;
 pub mod counting;
-pub mod maintain;
 mod encrypted;
+pub mod maintain;
 mod merge;
 mod modes;
 mod writer;
