@@ -84,7 +84,8 @@ def count(path):
 
 
 def slow_job(path, name, lake):
-    """A manual job that takes ~30 s (PostgreSQL sleeps 10 ms a row) and commits every 20 rows."""
+    """A manual job that takes ~30 s (PostgreSQL sleeps 10 ms a row) and commits every 20 rows
+    (`mode: append`: a full refresh would otherwise overwrite, in one commit at the end)."""
     path.write_text(f"""name: {name}
 source:
   reader: postgres
@@ -92,7 +93,7 @@ source:
     url: {PG_URL}
     query: "SELECT i AS id, length(pg_sleep(0.01)::text) AS s FROM generate_series(1, 3000) i"
     batch_size: 20
-target: {{writer: parquet, config: {{path: "{lake}"}}}}
+target: {{writer: parquet, config: {{path: "{lake}", mode: append}}}}
 checkpoint: {{rows: 20}}
 """)
 
