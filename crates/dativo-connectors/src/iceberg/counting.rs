@@ -68,11 +68,56 @@ impl CountingCatalog {
     }
 }
 
-/// The latest snapshot committed by `job`, walking back from the current snapshot.
+/// Table property prefix: `dativo.job-state.<job>` holds a job's last commit (JSON of
+/// [`JobCommit`]) once snapshot expiry removed the snapshot that carried it.
+pub const JOB_STATE_PREFIX: &str = "dativo.job-state.";
+
+/// A job's latest commit to a table: what its snapshot summary says, or — after snapshot
+/// expiry removed that snapshot — what expiry kept in the `dativo.job-state.<job>` property.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct JobCommit {
+    /// The snapshot the job committed (it may no longer be in the table).
+    pub snapshot_id: i64,
+    /// The raw `dativo.state` text (`None`: the snapshot had none).
+    #[serde(default)]
+    pub state: Option<String>,
+    /// The run that committed it.
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// The snapshot's sequence number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence_number: Option<i64>,
+}
+
+impl JobCommit {
+    /// What `snapshot`'s summary records.
+    pub fn of_snapshot(snapshot: &iceberg::spec::Snapshot) -> JobCommit {
+        let props = &snapshot.summary().additional_properties;
+        JobCommit {
+            snapshot_id: snapshot.snapshot_id(),
+            state: props.get(super::writer::STATE_KEY).cloned(),
+            run_id: props.get(super::writer::RUN_KEY).cloned(),
+            sequence_number: Some(snapshot.sequence_number()),
+        }
+    }
+
+    /// The table property that keeps `job`'s commit across snapshot expiry.
+    pub fn property(job: &str) -> String {
+        format!("{JOB_STATE_PREFIX}{job}")
+    }
+}
+
+/// The latest commit of `job`: walking back from the current snapshot through its parents to
+/// the first snapshot whose summary names the job; when the walk ends first (the table's
+/// first snapshot, or a parent that expiry removed), the `dativo.job-state.<job>` property.
+/// A snapshot of the job reached by the walk always wins over the property.
+///
+/// Errors: the property is not readable.
 pub fn job_latest(
     md: &iceberg::spec::TableMetadata,
     job: &str,
-) -> Option<iceberg::spec::SnapshotRef> {
+) -> dativo_core::Result<Option<JobCommit>> {
     let mut cur = md.current_snapshot().cloned();
     while let Some(s) = cur {
         if s.summary()
@@ -81,14 +126,25 @@ pub fn job_latest(
             .map(String::as_str)
             == Some(job)
         {
-            return Some(s);
+            return Ok(Some(JobCommit::of_snapshot(&s)));
         }
+        // A parent that is not in the table was expired: the walk ends there.
         cur = s
             .parent_snapshot_id()
             .and_then(|id| md.snapshot_by_id(id))
             .cloned();
     }
-    None
+    let key = JobCommit::property(job);
+    match md.properties().get(&key) {
+        None => Ok(None),
+        Some(text) => serde_json::from_str(text).map(Some).map_err(|e| {
+            dativo_core::Error::data(format!(
+                "the table property {key} (job `{job}`'s state, kept by snapshot expiry) is \
+                 not readable: {e}"
+            ))
+            .with_source(e)
+        }),
+    }
 }
 
 #[async_trait]
@@ -136,19 +192,14 @@ impl Catalog for CountingCatalog {
         let t = self.inner.load_table(table).await?;
         let guard = self.guard.lock().expect("not poisoned").clone();
         if let Some(g) = guard {
-            let latest = job_latest(t.metadata(), &g.job);
-            let id = latest.as_ref().map(|s| s.snapshot_id());
+            let latest = job_latest(t.metadata(), &g.job)
+                .map_err(|e| iceberg::Error::new(ErrorKind::DataInvalid, e.to_string()))?;
+            let id = latest.as_ref().map(|c| c.snapshot_id);
             if id != g.expected {
                 // `None`: the job's snapshot left the table's history (rolled back or
                 // replaced) — just as unsafe to commit on top of.
-                let (sid, run) = match &latest {
-                    Some(s) => (
-                        s.snapshot_id(),
-                        s.summary()
-                            .additional_properties
-                            .get(super::writer::RUN_KEY)
-                            .cloned(),
-                    ),
+                let (sid, run) = match latest {
+                    Some(c) => (c.snapshot_id, c.run_id),
                     None => (-1, None),
                 };
                 *self.moved.lock().expect("not poisoned") = Some((sid, run));

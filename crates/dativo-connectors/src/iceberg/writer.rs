@@ -751,7 +751,7 @@ impl IcebergWriter {
             let opened = open_table(&cfg, &catalog, &source, enc.is_some(), &shape).await?;
             Ok::<_, Error>((catalog, opened))
         })?;
-        let job_snapshot = job_latest(opened.table.metadata(), &ctx.job).map(|s| s.snapshot_id());
+        let job_snapshot = job_latest(opened.table.metadata(), &ctx.job)?.map(|c| c.snapshot_id);
         let md = opened.table.metadata();
         let spec = md.default_partition_spec().clone();
         let splitter = if spec.is_unpartitioned() {
@@ -979,18 +979,15 @@ impl IcebergWriter {
             let guard_job = job.clone();
             let guard_ident = ident.clone();
             let guard = move |t: &Table| -> Result<()> {
-                let latest = job_latest(t.metadata(), &guard_job);
-                if latest.as_ref().map(|s| s.snapshot_id()) == expected {
+                let latest = job_latest(t.metadata(), &guard_job)?;
+                if latest.as_ref().map(|c| c.snapshot_id) == expected {
                     return Ok(());
                 }
                 let by = match latest {
-                    Some(s) => format!(
+                    Some(c) => format!(
                         "run {} committed snapshot {}",
-                        s.summary()
-                            .additional_properties
-                            .get(RUN_KEY)
-                            .map_or("?", String::as_str),
-                        s.snapshot_id()
+                        c.run_id.as_deref().unwrap_or("?"),
+                        c.snapshot_id
                     ),
                     None => "its latest snapshot is no longer in the table's history".into(),
                 };
@@ -1285,14 +1282,13 @@ impl OpenWriter for IcebergWriter {
         let table = runtime()
             .block_on(self.catalog.load_table(&self.ident))
             .map_err(|e| ice(e, "loading the table"))?;
-        if let Some(s) = job_latest(table.metadata(), &self.job) {
-            self.job_snapshot = Some(s.snapshot_id());
-            let props = &s.summary().additional_properties;
-            let state = match props.get(STATE_KEY) {
+        if let Some(c) = job_latest(table.metadata(), &self.job)? {
+            self.job_snapshot = Some(c.snapshot_id);
+            let state = match &c.state {
                 Some(text) => serde_json::from_str::<Value>(text).map_err(|e| {
                     Error::data(format!(
                         "snapshot {} has an unreadable dativo.state: {e}",
-                        s.snapshot_id()
+                        c.snapshot_id
                     ))
                     .with_source(e)
                 })?,
@@ -1300,7 +1296,7 @@ impl OpenWriter for IcebergWriter {
             };
             return Ok(Some(CommittedState {
                 state: (!state.is_null()).then_some(state),
-                run_id: props.get(RUN_KEY).cloned(),
+                run_id: c.run_id,
             }));
         }
         self.job_snapshot = None;

@@ -13,6 +13,8 @@
 mod compact;
 mod expire;
 mod orphans;
+#[cfg(test)]
+mod expire_tests;
 
 use std::sync::Arc;
 
