@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use iceberg::io::FileIO;
 use iceberg::spec::{
-    DataFile, DataFileFormat, FormatVersion, ManifestContentType, ManifestFile, ManifestListWriter,
-    ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention,
-    SnapshotSummaryCollector, Summary, TableProperties, MAIN_BRANCH,
+    DataContentType, DataFile, DataFileFormat, Datum, FormatVersion, ManifestContentType,
+    ManifestFile, ManifestListWriter, ManifestWriterBuilder, Operation, PrimitiveLiteral, Snapshot,
+    SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Summary, TableProperties,
+    MAIN_BRANCH,
 };
 use iceberg::table::Table;
 use iceberg::{TableRequirement, TableUpdate};
@@ -16,7 +17,7 @@ use uuid::Uuid;
 
 use dativo_core::{Error, Result};
 
-use super::live::LiveFiles;
+use super::live::{LiveFile, LiveFiles};
 use crate::iceberg::writer::ice;
 
 /// What one snapshot changes in a table.
@@ -38,6 +39,18 @@ pub struct Change {
     /// Refuse to commit on top of files added since the plan's base snapshot: an overwrite
     /// must not silently keep (or drop) rows another writer added meanwhile.
     pub no_new_files: bool,
+    /// The snapshot operation, when not the one the files imply ([`Change::operation`]):
+    /// compaction commits `replace` (the same rows, in other files).
+    pub operation: Option<Operation>,
+    /// Data files whose rows the commit rewrites as they were when planned: a delete file
+    /// added since then that points into one of them (or may: a delete without a known
+    /// target in their partition) is a conflict — another commit deleted rows from them
+    /// meanwhile, and committing would resurrect those rows.
+    pub no_new_deletes_for: BTreeSet<String>,
+    /// Write every live entry again into one data manifest and one delete manifest per
+    /// partition spec (EXISTING entries keeping their snapshot ids and sequence numbers),
+    /// instead of carrying the snapshot's manifests over.
+    pub rewrite_manifests: bool,
 }
 
 impl Change {
@@ -51,9 +64,34 @@ impl Change {
         }
     }
 
-    /// The snapshot operation (as Java's writers choose it): `append` when it only adds
-    /// data files, `delete` when it adds no data file, `overwrite` otherwise.
+    /// The data file a delete file deletes from, when it names exactly one: its
+    /// `referenced_data_file`, or equal lower and upper bounds of its `file_path` column (as
+    /// Java's writers leave them). `None` for equality deletes and position deletes into several
+    /// (or unknown) files.
+    pub fn delete_target(delete: &DataFile) -> Option<String> {
+        if delete.content_type() != DataContentType::PositionDeletes {
+            return None;
+        }
+        if let Some(p) = delete.referenced_data_file() {
+            return Some(p);
+        }
+        let bound = |m: &HashMap<i32, Datum>| match m.get(&FILE_PATH_FIELD_ID).map(Datum::literal) {
+            Some(PrimitiveLiteral::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        match (bound(delete.lower_bounds()), bound(delete.upper_bounds())) {
+            (Some(lo), Some(hi)) if lo == hi => Some(lo),
+            _ => None,
+        }
+    }
+
+    /// The snapshot operation: [`Change::operation`]'s override, else as Java's writers
+    /// choose it: `append` when it only adds data files, `delete` when it adds no data
+    /// file, `overwrite` otherwise.
     pub fn operation(&self) -> Operation {
+        if let Some(op) = &self.operation {
+            return op.clone();
+        }
         let removes = !self.remove.is_empty() || !self.add_deletes.is_empty();
         match (removes, self.add.is_empty()) {
             (false, _) => Operation::Append,
@@ -62,6 +100,9 @@ impl Change {
         }
     }
 }
+
+/// Iceberg's reserved field id of a position delete file's `file_path` column.
+const FILE_PATH_FIELD_ID: i32 = 2_147_483_546;
 
 /// A snapshot ready to commit: what the catalog must check and apply.
 #[derive(Debug, Clone)]
@@ -228,6 +269,15 @@ impl SnapshotProducer {
                     .map_or_else(|| "none".into(), |s| s.to_string()),
             )));
         }
+        if let Some(d) = self.new_delete_into_rewritten(base, live) {
+            return Err(Error::conflict(format!(
+                "another commit added the delete file {d} since this rewrite was planned on \
+                 snapshot {}: it deletes rows from files this commit rewrites, which would \
+                 bring them back; the rewrite must be planned again on the table's new state",
+                base.snapshot_id
+                    .map_or_else(|| "none".into(), |s| s.to_string()),
+            )));
+        }
         if self.change.no_new_files {
             let new: Vec<&str> = live.paths().filter(|p| !base.contains(p)).collect();
             if let Some(first) = new.first() {
@@ -242,6 +292,32 @@ impl SnapshotProducer {
             }
         }
         Ok(())
+    }
+
+    /// The first delete file live in `live` but not in `base` that points into (or, with no
+    /// known target, may apply to) a file of [`Change::no_new_deletes_for`].
+    fn new_delete_into_rewritten<'l>(
+        &self,
+        base: &LiveFiles,
+        live: &'l LiveFiles,
+    ) -> Option<&'l str> {
+        let rewritten = &self.change.no_new_deletes_for;
+        if rewritten.is_empty() {
+            return None;
+        }
+        live.files
+            .iter()
+            .filter(|d| !d.is_data() && !base.contains(d.path()))
+            .find(|d| match Change::delete_target(&d.file) {
+                Some(target) => rewritten.contains(&target),
+                // Equality deletes, and position deletes into unknown files, apply to the
+                // files of their partition (all files, from an unpartitioned spec).
+                None => rewritten.iter().filter_map(|p| base.get(p)).any(|f| {
+                    d.file.partition().fields().is_empty()
+                        || (d.spec_id == f.spec_id && d.file.partition() == f.file.partition())
+                }),
+            })
+            .map(|d| d.path())
     }
 
     /// Write this attempt's manifests and manifest list on top of `table` (whose live files
@@ -332,20 +408,46 @@ impl SnapshotProducer {
         }
 
         // Manifests holding a removed file are rewritten (EXISTING / DELETED entries with
-        // their original sequence numbers); the others are carried over unchanged.
+        // their original sequence numbers); the others are carried over unchanged. With
+        // `rewrite_manifests`, every manifest is rewritten, merged into one per spec and
+        // content.
+        let mut units: Vec<Vec<usize>> = Vec::new();
+        let mut by_kind: HashMap<(i32, bool), usize> = HashMap::new();
+        let mut entries: Vec<Vec<&LiveFile>> = vec![Vec::new(); live.manifests.len()];
+        for f in &live.files {
+            entries[f.manifest].push(f);
+        }
         for (idx, m) in live.manifests.iter().enumerate() {
-            let entries: Vec<_> = live.files.iter().filter(|f| f.manifest == idx).collect();
-            if !entries
+            let any = !entries[idx].is_empty();
+            let removes = entries[idx]
                 .iter()
-                .any(|f| self.change.remove.contains(f.path()))
-            {
-                // A manifest with no live file left (only the DELETED entries of the commit
-                // that wrote it) is dropped, as Java's writers do.
-                if !entries.is_empty() {
-                    manifests.push(m.file.clone());
-                }
-                continue;
+                .any(|f| self.change.remove.contains(f.path()));
+            if self.change.rewrite_manifests && any {
+                let kind = (
+                    m.file.partition_spec_id,
+                    m.metadata.content == ManifestContentType::Data,
+                );
+                let unit = *by_kind.entry(kind).or_insert_with(|| {
+                    units.push(Vec::new());
+                    units.len() - 1
+                });
+                units[unit].push(idx);
+            } else if removes {
+                units.push(vec![idx]);
+            } else if any {
+                manifests.push(m.file.clone());
             }
+            // A manifest with no live file left (only the DELETED entries of the commit
+            // that wrote it) is dropped, as Java's writers do.
+        }
+        let (replaced, created) = (units.iter().map(Vec::len).sum::<usize>(), units.len());
+        for unit in units {
+            // The newest schema among the merged manifests (they share the partition spec).
+            let m = unit
+                .iter()
+                .map(|&i| &live.manifests[i])
+                .max_by_key(|m| m.metadata.schema.schema_id())
+                .expect("a unit holds a manifest");
             let path = self.manifest_path(table);
             let out = io
                 .new_output(&path)
@@ -361,7 +463,7 @@ impl SnapshotProducer {
                 ManifestContentType::Deletes => builder.build_v2_deletes(),
             };
             let file_spec = Arc::new(m.metadata.partition_spec.clone());
-            for f in entries {
+            for f in unit.iter().flat_map(|&i| &entries[i]) {
                 let file_seq = Some(f.file_sequence_number.unwrap_or(f.sequence_number));
                 let r = if self.change.remove.contains(f.path()) {
                     collector.remove_file(&f.file, m.metadata.schema.clone(), file_spec.clone());
@@ -379,6 +481,7 @@ impl SnapshotProducer {
             );
         }
 
+        let manifests_kept = manifests.len().saturating_sub(created);
         let seq = md.next_sequence_number();
         let parent = md.current_snapshot_id();
         let list_path = format!(
@@ -407,6 +510,16 @@ impl SnapshotProducer {
         // User properties first, computed metrics last (they must not be shadowed).
         let mut props = self.change.properties.clone();
         props.extend(collector.build());
+        if self.change.rewrite_manifests {
+            let kept = manifests_kept;
+            for (k, n) in [
+                ("manifests-created", created),
+                ("manifests-replaced", replaced),
+                ("manifests-kept", kept),
+            ] {
+                props.insert(k.to_string(), n.to_string());
+            }
+        }
         update_totals(&mut props, md.current_snapshot().map(|s| s.summary()));
         let snapshot = Snapshot::builder()
             .with_snapshot_id(self.snapshot_id)

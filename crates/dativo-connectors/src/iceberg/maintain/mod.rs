@@ -14,6 +14,8 @@ mod compact;
 mod expire;
 mod orphans;
 #[cfg(test)]
+mod compact_tests;
+#[cfg(test)]
 mod expire_tests;
 
 use std::sync::Arc;
@@ -27,7 +29,7 @@ use dativo_core::config::from_config;
 use dativo_core::rt::runtime;
 use dativo_core::{Error, Result};
 
-pub use compact::{compact, CompactOptions};
+pub use compact::{compact, rewrite_manifests, CompactOptions, MAINTENANCE_KEY};
 pub use expire::{expire_snapshots, ExpireOptions};
 pub use orphans::{remove_orphans, OrphanOptions};
 
