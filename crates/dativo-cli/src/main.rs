@@ -185,6 +185,45 @@ that is not a usable dativo plugin — as `dativo run` would exit).")]
         /// The job file.
         job: PathBuf,
     },
+    /// Keep a job's Iceberg table healthy: compact small files (applying deletes), rewrite
+    /// manifests, expire old snapshots, remove orphan files. Safe while the job runs.
+    #[command(after_help = "Examples:
+  dativo maintain jobs/orders.yaml                    what the job's `maintenance:` block says
+                                                      (without one: compact, expire, orphans)
+  dativo maintain jobs/orders.yaml --compact          only compaction
+  dativo maintain jobs/orders.yaml --expire-snapshots --remove-orphans --dry-run
+
+Defaults (override in the job file's `maintenance:` block, see docs/iceberg.md):
+  compact            partitions with >= 5 small files (< 75% of the target size) or deletes,
+                     rewritten into files of the table's target size, deletes applied
+  expire-snapshots   snapshots older than 7 days, keeping the newest 10 whatever their age
+  remove-orphans     unreferenced files older than 3 days (never less than 1 hour)
+
+Ingestion never waits: maintenance and runs of the job commit to the table concurrently, and
+a compaction that loses a race to a merge re-validates instead of resurrecting rows. The job's
+incremental state survives every operation. Each maintenance run is recorded: `dativo runs`.")]
+    Maintain {
+        /// The job file (its target must be `writer: iceberg`).
+        job: PathBuf,
+        /// Bin-pack small data files per partition, applying position deletes.
+        #[arg(long)]
+        compact: bool,
+        /// Rewrite the current snapshot's manifests into few.
+        #[arg(long)]
+        rewrite_manifests: bool,
+        /// Remove old snapshots, then the files only they referenced.
+        #[arg(long)]
+        expire_snapshots: bool,
+        /// Delete files under the table location that no metadata references.
+        #[arg(long)]
+        remove_orphans: bool,
+        /// Report what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the reports as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show or reset a job's committed incremental state.
     #[command(subcommand)]
     State(StateCommand),
@@ -584,6 +623,44 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
                 println!("reset the state of job `{name}`: the next run reads from the beginning (what the target holds stays; an appending writer appends everything again)");
             } else {
                 println!("job `{name}` had no committed state");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Maintain {
+            job,
+            compact,
+            rewrite_manifests,
+            expire_snapshots,
+            remove_orphans,
+            dry_run,
+            json,
+        } => {
+            let job = load(job)?;
+            let mut req = dativo_runtime::maintain::MaintainRequest::resolve(
+                &job,
+                *compact,
+                *rewrite_manifests,
+                *expire_snapshots,
+                *remove_orphans,
+            );
+            req.dry_run = *dry_run;
+            if req.is_empty() {
+                return Err(job.error_at(
+                    "maintenance",
+                    "the `maintenance:` block enables no operation: add `compact: {}`, \
+                     `expire_snapshots: {}` or `remove_orphans: {}`, or pass a flag",
+                ));
+            }
+            let store =
+                StateStore::open_with(&state_dir(cli, Some(&job)), cli.state_url.as_deref())?;
+            let summary = dativo_runtime::maintain::maintain(&job, &req, &store)?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&summary.reports).expect("serializable")
+                );
+            } else {
+                output::print_maintenance(&job, &summary);
             }
             Ok(ExitCode::SUCCESS)
         }

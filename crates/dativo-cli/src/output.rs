@@ -403,6 +403,77 @@ pub fn print_schema(schema: &Schema) {
     }
 }
 
+/// What `dativo maintain` did, one line per operation.
+pub fn print_maintenance(
+    job: &dativo_core::job::Job,
+    s: &dativo_runtime::maintain::MaintainSummary,
+) {
+    let dry = s.reports.first().is_some_and(|r| r.dry_run);
+    println!(
+        "maintained the table of job `{}`{} (run {})",
+        job.name(),
+        if dry {
+            " — dry run, nothing changed"
+        } else {
+            ""
+        },
+        s.run_id
+    );
+    for r in &s.reports {
+        println!("  {:<18} {}", r.operation, maintenance_line(r));
+    }
+}
+
+/// A maintenance run's reports (as stored) in words.
+fn details_line(d: &serde_json::Value) -> String {
+    let reports: Vec<dativo_runtime::maintain::MaintenanceReport> =
+        serde_json::from_value(d.clone()).unwrap_or_default();
+    reports
+        .iter()
+        .map(|r| format!("{}: {}", r.operation, maintenance_line(r)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// One maintenance report in words.
+fn maintenance_line(r: &dativo_runtime::maintain::MaintenanceReport) -> String {
+    let mut parts = Vec::new();
+    if r.data_files_before != r.data_files_after || r.delete_files_before != r.delete_files_after {
+        parts.push(format!(
+            "data files {} → {}, delete files {} → {}",
+            group(r.data_files_before),
+            group(r.data_files_after),
+            group(r.delete_files_before),
+            group(r.delete_files_after)
+        ));
+    }
+    if r.rows_rewritten > 0 {
+        parts.push(format!(
+            "{} rows ({}) rewritten",
+            group(r.rows_rewritten),
+            mb(r.bytes_rewritten)
+        ));
+    }
+    if r.snapshots_expired > 0 {
+        parts.push(format!("{} snapshots expired", group(r.snapshots_expired)));
+    }
+    if r.files_deleted > 0 {
+        parts.push(format!(
+            "{} files ({}) deleted",
+            group(r.files_deleted),
+            mb(r.bytes_deleted)
+        ));
+    }
+    if r.conflicts > 0 {
+        parts.push(format!("{} conflicts re-planned or skipped", r.conflicts));
+    }
+    if parts.is_empty() {
+        "nothing to do".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
 /// The run history table.
 pub fn print_runs(job: &str, runs: &[RunRecord]) {
     if runs.is_empty() {
@@ -422,10 +493,11 @@ pub fn print_runs(job: &str, runs: &[RunRecord]) {
             r.status.as_str(),
             group(r.rows),
             mb(r.bytes),
-            r.error
-                .as_deref()
-                .map(|e| abbreviate(e, 120))
-                .unwrap_or_default()
+            match (&r.error, &r.details) {
+                (Some(e), _) => abbreviate(e, 120),
+                (None, Some(d)) => abbreviate(&format!("maintain: {}", details_line(d)), 120),
+                (None, None) => String::new(),
+            }
         );
     }
 }

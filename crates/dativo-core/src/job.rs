@@ -60,6 +60,76 @@ pub struct JobConfig {
     /// `python:` — settings for Python readers and writers (`implementation: pkg.module.Class`).
     #[serde(default)]
     pub python: PythonConfig,
+    /// `maintenance:` — keeping the job's Iceberg table healthy (`dativo maintain`, and
+    /// `dativo serve` on `maintenance.schedule`).
+    #[serde(default)]
+    pub maintenance: Option<MaintenanceConfig>,
+}
+
+/// `maintenance:` — what `dativo maintain JOB` does without flags, and when `serve` does it.
+/// Each operation runs when its key is present (an empty map takes its defaults).
+///
+/// ```yaml
+/// maintenance:
+///   schedule: "0 3 * * *"                               # serve: nightly
+///   compact: {min_input_files: 5}                       # bin-pack small files
+///   expire_snapshots: {older_than: 7d, retain_last: 10}
+///   remove_orphans: {older_than: 3d}
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// When `dativo serve` runs the maintenance (cron, as `schedule:`).
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
+    /// Compaction of small data files (and of the delete files applying to them).
+    #[serde(default)]
+    pub compact: Option<CompactConfig>,
+    /// Expiry of old snapshots and of the files only they reference.
+    #[serde(default)]
+    pub expire_snapshots: Option<ExpireConfig>,
+    /// Removal of files no metadata references.
+    #[serde(default)]
+    pub remove_orphans: Option<OrphansConfig>,
+    /// Rewriting the manifests of the current snapshot into few.
+    #[serde(default)]
+    pub rewrite_manifests: Option<bool>,
+}
+
+/// `maintenance.compact`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactConfig {
+    /// Compacted files' size (default: the table's `write.target-file-size-bytes`, else the
+    /// writer's `target_file_size`).
+    #[serde(default)]
+    pub target_file_size: Option<ByteSize>,
+    /// A partition is compacted when it has at least this many small files (default 5), or a
+    /// file with deletes.
+    #[serde(default)]
+    pub min_input_files: Option<usize>,
+}
+
+/// `maintenance.expire_snapshots`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpireConfig {
+    /// Snapshots older than this may go (default 7 days).
+    #[serde(default)]
+    pub older_than: Option<DurationValue>,
+    /// The newest snapshots always kept, whatever their age (default 10).
+    #[serde(default)]
+    pub retain_last: Option<usize>,
+}
+
+/// `maintenance.remove_orphans`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrphansConfig {
+    /// Unreferenced files older than this are deleted (default 3 days; at least 1 hour, so a
+    /// commit in flight never loses its files).
+    #[serde(default)]
+    pub older_than: Option<DurationValue>,
 }
 
 fn default_channel_depth() -> usize {
@@ -425,6 +495,28 @@ impl Job {
         }
         if job.config.retry.attempts == 0 {
             return Err(job.error_at("retry.attempts", "must be at least 1"));
+        }
+        if let Some(m) = &job.config.maintenance {
+            if job.config.target.writer != Implementation::Builtin("iceberg".into()) {
+                return Err(job.error_at(
+                    "maintenance",
+                    "table maintenance applies to `writer: iceberg` targets only",
+                ));
+            }
+            if let Some(o) = m.remove_orphans.as_ref().and_then(|o| o.older_than) {
+                if o.0 < Duration::from_secs(3600) {
+                    return Err(job.error_at(
+                        "maintenance.remove_orphans.older_than",
+                        "must be at least 1h: younger files may belong to a commit in flight",
+                    ));
+                }
+            }
+            if m.expire_snapshots.as_ref().and_then(|e| e.retain_last) == Some(0) {
+                return Err(job.error_at(
+                    "maintenance.expire_snapshots.retain_last",
+                    "must be at least 1 (the current snapshot is always kept)",
+                ));
+            }
         }
         Ok(job)
     }

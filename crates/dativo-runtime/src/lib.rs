@@ -3,6 +3,7 @@
 //! and the [`state_store`] keeps committed state, run history and per-job locks.
 
 pub mod implementations;
+pub mod maintain;
 mod pg_store;
 pub mod runner;
 pub mod state_store;

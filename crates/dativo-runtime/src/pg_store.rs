@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS dativo_runs (
     commits BIGINT NOT NULL DEFAULT 0,
     error TEXT
 );
+ALTER TABLE dativo_runs ADD COLUMN IF NOT EXISTS details TEXT;
 CREATE INDEX IF NOT EXISTS dativo_runs_by_job ON dativo_runs(job, started_at);";
 
 /// Serializes schema creation across processes (CREATE … IF NOT EXISTS can still collide).
@@ -245,11 +246,40 @@ impl PgStore {
         Ok(())
     }
 
+    pub(crate) fn finish_maintenance(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        error: Option<&str>,
+        counts: (i64, i64, i64),
+        details: &str,
+    ) -> Result<()> {
+        block(self.client.execute(
+            "UPDATE dativo_runs SET status = $2, ended_at = $3, error = $4, rows = $5, bytes = $6,
+                 commits = $7, details = $8 WHERE run_id = $1",
+            &[
+                &run_id,
+                &status.as_str(),
+                &now(),
+                &error,
+                &counts.0,
+                &counts.1,
+                &counts.2,
+                &details,
+            ],
+        ))
+        .map_err(err)?;
+        Ok(())
+    }
+
     pub(crate) fn runs(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
+        let maintain = format!("{job}{}", crate::state_store::MAINTAIN_SUFFIX);
         let rows = block(self.client.query(
-            "SELECT run_id, job, started_at, ended_at, status, attempts, rows, bytes, commits, error
-             FROM dativo_runs WHERE job = $1 ORDER BY started_at DESC, run_id DESC LIMIT $2",
-            &[&job, &(limit as i64)],
+            "SELECT run_id, job, started_at, ended_at, status, attempts, rows, bytes, commits, error,
+                    details
+             FROM dativo_runs WHERE job = $1 OR job = $3
+             ORDER BY started_at DESC, run_id DESC LIMIT $2",
+            &[&job, &(limit as i64), &maintain],
         ))
         .map_err(err)?;
         Ok(rows
@@ -265,6 +295,9 @@ impl PgStore {
                 bytes: r.get::<_, i64>(7) as u64,
                 commits: r.get::<_, i64>(8) as u64,
                 error: r.get(9),
+                details: r
+                    .get::<_, Option<String>>(10)
+                    .and_then(|d| serde_json::from_str(&d).ok()),
             })
             .collect())
     }

@@ -95,7 +95,14 @@ pub struct RunRecord {
     pub commits: u64,
     /// The error that ended the run, redacted.
     pub error: Option<String>,
+    /// What a maintenance run did (`dativo maintain`: one report per operation); `None` for
+    /// job runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
+
+/// The suffix of the key maintenance runs of a job are recorded under (`orders#maintain`).
+pub const MAINTAIN_SUFFIX: &str = "#maintain";
 
 /// The state store: SQLite in a directory, or PostgreSQL.
 pub struct StateStore {
@@ -175,7 +182,8 @@ const SCHEMA: &str = "PRAGMA journal_mode=WAL;
                  rows INTEGER NOT NULL DEFAULT 0,
                  bytes INTEGER NOT NULL DEFAULT 0,
                  commits INTEGER NOT NULL DEFAULT 0,
-                 error TEXT
+                 error TEXT,
+                 details TEXT
              );
              CREATE INDEX IF NOT EXISTS runs_by_job ON runs(job, started_at);";
 
@@ -214,6 +222,20 @@ impl StateStore {
                 Err(e) => {
                     return Err(db_err(e))
                         .with_context(|| format!("initializing {}", path.display()))
+                }
+            }
+        }
+        // Stores made before maintenance runs were recorded lack `details`.
+        let has_details = |conn: &Connection| {
+            conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'details'")
+                .and_then(|mut st| st.exists([]))
+                .map_err(db_err)
+        };
+        if !has_details(&conn)? {
+            if let Err(e) = conn.execute_batch("ALTER TABLE runs ADD COLUMN details TEXT") {
+                // Another process may have added it meanwhile.
+                if !has_details(&conn)? {
+                    return Err(db_err(e));
                 }
             }
         }
@@ -464,7 +486,49 @@ impl StateStore {
         Ok(())
     }
 
-    /// The job's runs, newest first.
+    /// Record the end of a maintenance run with its counts and reports. `error` must already
+    /// be redacted.
+    pub fn finish_maintenance(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        error: Option<&str>,
+        counts: (u64, u64, u64),
+        details: &serde_json::Value,
+    ) -> Result<()> {
+        let details = details.to_string();
+        let (rows, bytes, commits) = (counts.0 as i64, counts.1 as i64, counts.2 as i64);
+        let conn = match &self.inner {
+            Inner::Postgres(pg) => {
+                return pg.finish_maintenance(
+                    run_id,
+                    status,
+                    error,
+                    (rows, bytes, commits),
+                    &details,
+                )
+            }
+            Inner::Sqlite { conn, .. } => conn,
+        };
+        conn.execute(
+            "UPDATE runs SET status = ?2, ended_at = ?3, error = ?4, rows = ?5, bytes = ?6,
+                 commits = ?7, details = ?8 WHERE run_id = ?1",
+            params![
+                run_id,
+                status.as_str(),
+                now(),
+                error,
+                rows,
+                bytes,
+                commits,
+                details
+            ],
+        )
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// The job's runs and maintenance runs (`job#maintain`), newest first.
     pub fn runs(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
         let conn = match &self.inner {
             Inner::Postgres(pg) => return pg.runs(job, limit),
@@ -472,12 +536,15 @@ impl StateStore {
         };
         let mut stmt = conn
             .prepare(
-                "SELECT run_id, job, started_at, ended_at, status, attempts, rows, bytes, commits, error
-                 FROM runs WHERE job = ?1 ORDER BY started_at DESC, run_id DESC LIMIT ?2",
+                "SELECT run_id, job, started_at, ended_at, status, attempts, rows, bytes, commits, error,
+                        details
+                 FROM runs WHERE job = ?1 OR job = ?3
+                 ORDER BY started_at DESC, run_id DESC LIMIT ?2",
             )
             .map_err(db_err)?;
+        let maintain = format!("{job}{MAINTAIN_SUFFIX}");
         let rows = stmt
-            .query_map(params![job, limit as i64], |r| {
+            .query_map(params![job, limit as i64, maintain], |r| {
                 Ok(RunRecord {
                     run_id: r.get(0)?,
                     job: r.get(1)?,
@@ -489,6 +556,9 @@ impl StateStore {
                     bytes: r.get::<_, i64>(7)? as u64,
                     commits: r.get::<_, i64>(8)? as u64,
                     error: r.get(9)?,
+                    details: r
+                        .get::<_, Option<String>>(10)?
+                        .and_then(|d| serde_json::from_str(&d).ok()),
                 })
             })
             .map_err(db_err)?;

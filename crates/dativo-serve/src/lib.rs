@@ -103,6 +103,10 @@ struct JobEntry {
     last: Option<LastRun>,
     reader: String,
     writer: String,
+    /// `maintenance.schedule`, its next time, and whether a maintenance run is in progress.
+    maint_cron: Option<(croner::Cron, chrono_tz::Tz)>,
+    maint_next: Option<DateTime<Utc>>,
+    maintaining: bool,
 }
 
 /// The end of a run, for the API and the page.
@@ -232,6 +236,7 @@ impl Server {
                         entry.running = old.running;
                         entry.last = old.last;
                         entry.pending = old.pending;
+                        entry.maintaining = old.maintaining;
                     }
                     tracing::info!(job = %name, file = %path.display(), next = ?entry.next, "job loaded");
                     jobs.insert(name, entry);
@@ -302,10 +307,23 @@ impl Server {
         }
         let now = Utc::now();
         let mut to_start = Vec::new();
+        let mut to_maintain = Vec::new();
         {
             let mut jobs = self.jobs.lock().expect("not poisoned");
             let mut running = jobs.values().filter(|j| j.running.is_some()).count();
             for (name, j) in jobs.iter_mut() {
+                // Maintenance runs beside the job's runs (ingestion never waits for it), one
+                // at a time per job; a time missed while one is still going is skipped.
+                if let Some(next) = j.maint_next.filter(|n| now >= *n) {
+                    let _ = next;
+                    j.maint_next = next_time(&j.maint_cron);
+                    if j.maintaining {
+                        tracing::info!(job = %name, "scheduled maintenance skipped: the previous one is still running");
+                    } else {
+                        j.maintaining = true;
+                        to_maintain.push((name.clone(), j.job.clone()));
+                    }
+                }
                 if let (Some(next), Some((cron, tz))) = (j.next, &j.cron) {
                     if now >= next {
                         j.next = cron
@@ -335,6 +353,45 @@ impl Server {
         }
         for (name, run_id) in to_start {
             self.start(&name, run_id);
+        }
+        for (name, job) in to_maintain {
+            self.maintain(name, job);
+        }
+    }
+
+    /// Run the job's scheduled maintenance on its own thread.
+    fn maintain(self: &Arc<Self>, name: String, job: Arc<Job>) {
+        let server = self.clone();
+        let thread_name = name.clone();
+        let spawned = std::thread::Builder::new()
+            .name("dativo-maintain".into())
+            .spawn(move || {
+                let req = dativo_runtime::maintain::MaintainRequest::resolve(
+                    &job, false, false, false, false,
+                );
+                let started = Instant::now();
+                let result = server
+                    .store()
+                    .and_then(|store| dativo_runtime::maintain::maintain(&job, &req, &store));
+                match &result {
+                    Ok(s) => {
+                        tracing::info!(job = %thread_name, run = %s.run_id, "maintenance finished");
+                        server.metrics.maintained(&thread_name, &s.reports, true, started.elapsed());
+                    }
+                    Err(e) => {
+                        tracing::error!(job = %thread_name, error = %secrets::scrub(&e.to_string()), "maintenance failed");
+                        server.metrics.maintained(&thread_name, &[], false, started.elapsed());
+                    }
+                }
+                if let Some(j) = server.jobs.lock().expect("not poisoned").get_mut(&thread_name) {
+                    j.maintaining = false;
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a maintenance thread");
+            if let Some(j) = self.jobs.lock().expect("not poisoned").get_mut(&name) {
+                j.maintaining = false;
+            }
         }
     }
 
@@ -531,7 +588,8 @@ impl Server {
             .lock()
             .expect("not poisoned")
             .values()
-            .filter_map(|j| j.next)
+            .flat_map(|j| [j.next, j.maint_next])
+            .flatten()
             .min()
             // Rounded up to the millisecond: waking a hair early would only find nothing due.
             .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(1))
@@ -579,30 +637,49 @@ pub(crate) enum TriggerError {
     ShuttingDown,
 }
 
-fn load_entry(path: &Path, stamp: (SystemTime, u64)) -> Result<JobEntry> {
-    let job = Job::load(path)?;
-    dativo_runtime::implementations::validate_without_loading(&job)?;
-    let cron = match &job.config.schedule {
-        Some(s) => {
-            let cron = croner::Cron::new(&s.cron)
-                .with_seconds_optional()
-                .parse()
-                .map_err(|e| job.error_at("schedule", &format!("invalid cron expression: {e}")))?;
-            let tz: chrono_tz::Tz = s
-                .timezone
-                .as_deref()
-                .unwrap_or("UTC")
-                .parse()
-                .map_err(|_| job.error_at("schedule.timezone", "unknown time zone"))?;
-            Some((cron, tz))
-        }
-        None => None,
-    };
-    let next = cron.as_ref().and_then(|(c, tz)| {
+/// A `schedule:` parsed (errors at `key`).
+fn parse_schedule(
+    job: &Job,
+    s: Option<&dativo_core::job::Schedule>,
+    key: &str,
+) -> Result<Option<(croner::Cron, chrono_tz::Tz)>> {
+    let Some(s) = s else { return Ok(None) };
+    let cron = croner::Cron::new(&s.cron)
+        .with_seconds_optional()
+        .parse()
+        .map_err(|e| job.error_at(key, &format!("invalid cron expression: {e}")))?;
+    let tz: chrono_tz::Tz = s
+        .timezone
+        .as_deref()
+        .unwrap_or("UTC")
+        .parse()
+        .map_err(|_| job.error_at(&format!("{key}.timezone"), "unknown time zone"))?;
+    Ok(Some((cron, tz)))
+}
+
+/// The next time of a parsed schedule after now.
+fn next_time(cron: &Option<(croner::Cron, chrono_tz::Tz)>) -> Option<DateTime<Utc>> {
+    cron.as_ref().and_then(|(c, tz)| {
         c.find_next_occurrence(&Utc::now().with_timezone(tz), false)
             .ok()
             .map(|t| t.with_timezone(&Utc))
-    });
+    })
+}
+
+fn load_entry(path: &Path, stamp: (SystemTime, u64)) -> Result<JobEntry> {
+    let job = Job::load(path)?;
+    dativo_runtime::implementations::validate_without_loading(&job)?;
+    let cron = parse_schedule(&job, job.config.schedule.as_ref(), "schedule")?;
+    let next = next_time(&cron);
+    let maint_cron = parse_schedule(
+        &job,
+        job.config
+            .maintenance
+            .as_ref()
+            .and_then(|m| m.schedule.as_ref()),
+        "maintenance.schedule",
+    )?;
+    let maint_next = next_time(&maint_cron);
     Ok(JobEntry {
         reader: job.config.source.reader.display_name().to_string(),
         writer: job.config.target.writer.display_name().to_string(),
@@ -614,6 +691,9 @@ fn load_entry(path: &Path, stamp: (SystemTime, u64)) -> Result<JobEntry> {
         pending: false,
         running: None,
         last: None,
+        maint_cron,
+        maint_next,
+        maintaining: false,
     })
 }
 

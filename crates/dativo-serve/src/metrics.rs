@@ -54,10 +54,23 @@ struct JobMetrics {
     last_success: Option<f64>,
 }
 
+/// Maintenance counters of one job.
+#[derive(Default, Clone)]
+struct MaintMetrics {
+    runs_ok: u64,
+    runs_failed: u64,
+    files_rewritten: u64,
+    bytes_rewritten: u64,
+    snapshots_expired: u64,
+    files_deleted: u64,
+    seconds: f64,
+}
+
 /// Counters per job.
 #[derive(Default)]
 pub struct Metrics {
     jobs: Mutex<BTreeMap<Labels, JobMetrics>>,
+    maintenance: Mutex<BTreeMap<String, MaintMetrics>>,
 }
 
 impl Metrics {
@@ -117,6 +130,30 @@ impl Metrics {
         })
     }
 
+    /// A maintenance run of `job` ended with `reports` (empty when it failed).
+    pub fn maintained(
+        &self,
+        job: &str,
+        reports: &[dativo_runtime::maintain::MaintenanceReport],
+        ok: bool,
+        elapsed: Duration,
+    ) {
+        let mut all = self.maintenance.lock().expect("not poisoned");
+        let m = all.entry(job.to_string()).or_default();
+        if ok {
+            m.runs_ok += 1;
+        } else {
+            m.runs_failed += 1;
+        }
+        for r in reports {
+            m.files_rewritten += r.data_files_before.saturating_sub(r.data_files_after);
+            m.bytes_rewritten += r.bytes_rewritten;
+            m.snapshots_expired += r.snapshots_expired;
+            m.files_deleted += r.files_deleted;
+        }
+        m.seconds += elapsed.as_secs_f64();
+    }
+
     /// The exposition text; `running` and `jobs` are gauges the caller knows.
     pub fn render(&self, running: &BTreeMap<Labels, bool>, valid: usize, invalid: usize) -> String {
         let jobs = self.jobs.lock().expect("not poisoned").clone();
@@ -166,6 +203,56 @@ impl Metrics {
                     o,
                     "dativo_runs_total{{{},status=\"{status}\"}} {n}",
                     l.render()
+                );
+            }
+        }
+        let maint = self.maintenance.lock().expect("not poisoned").clone();
+        type Get = fn(&MaintMetrics) -> String;
+        let series: [(&str, &str, Get); 6] = [
+            (
+                "dativo_maintenance_data_files_removed_total",
+                "Data files compaction replaced, net of the files it wrote.",
+                |m| m.files_rewritten.to_string(),
+            ),
+            (
+                "dativo_maintenance_bytes_rewritten_total",
+                "Bytes of data files compaction rewrote.",
+                |m| m.bytes_rewritten.to_string(),
+            ),
+            (
+                "dativo_maintenance_snapshots_expired_total",
+                "Snapshots removed by expiry.",
+                |m| m.snapshots_expired.to_string(),
+            ),
+            (
+                "dativo_maintenance_files_deleted_total",
+                "Files deleted from storage by expiry and orphan removal.",
+                |m| m.files_deleted.to_string(),
+            ),
+            (
+                "dativo_maintenance_seconds_total",
+                "Wall time spent in maintenance.",
+                |m| m.seconds.to_string(),
+            ),
+            (
+                "dativo_maintenance_failures_total",
+                "Maintenance runs that failed.",
+                |m| m.runs_failed.to_string(),
+            ),
+        ];
+        for (name, help, get) in series {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (job, m) in &maint {
+                let _ = writeln!(o, "{name}{{job=\"{}\"}} {}", esc(job), get(m));
+            }
+        }
+        let _ = writeln!(o, "# HELP dativo_maintenance_runs_total Maintenance runs ended, by status.\n# TYPE dativo_maintenance_runs_total counter");
+        for (job, m) in &maint {
+            for (status, n) in [("succeeded", m.runs_ok), ("failed", m.runs_failed)] {
+                let _ = writeln!(
+                    o,
+                    "dativo_maintenance_runs_total{{job=\"{}\",status=\"{status}\"}} {n}",
+                    esc(job)
                 );
             }
         }

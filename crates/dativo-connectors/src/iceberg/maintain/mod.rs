@@ -11,12 +11,12 @@
 //!   and that are older than a threshold.
 
 mod compact;
-mod expire;
-mod orphans;
 #[cfg(test)]
 mod compact_tests;
+mod expire;
 #[cfg(test)]
 mod expire_tests;
+mod orphans;
 
 use std::sync::Arc;
 
@@ -33,10 +33,10 @@ pub use compact::{compact, rewrite_manifests, CompactOptions, MAINTENANCE_KEY};
 pub use expire::{expire_snapshots, ExpireOptions};
 pub use orphans::{remove_orphans, OrphanOptions};
 
-use super::commit::{SqlSwap, Swap};
+use super::commit::{swap_for, Swap};
 use super::config::IcebergWriterConfig;
 use super::counting::CountingCatalog;
-use super::writer::{ice, open_catalog, sql_catalog_uri, table_ident};
+use super::writer::{ice, open_catalog, table_ident};
 
 /// What one maintenance operation did (or, with `dry_run`, would do).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,9 +115,6 @@ impl TableHandle {
 
     /// The catalog's atomic swap for commits of this table.
     pub fn swap(&self) -> Result<Box<dyn Swap>> {
-        Ok(Box::new(SqlSwap::new(
-            &sql_catalog_uri(&self.cfg)?,
-            &self.cfg.catalog.name,
-        )))
+        swap_for(&self.cfg)
     }
 }
