@@ -477,13 +477,32 @@ impl Merge {
         for (g, rg) in md.row_groups().iter().enumerate() {
             offsets.push(start);
             start += rg.num_rows();
-            let hit = match builder
-                .get_row_group_column_bloom_filter(g, leaves[0])
-                .await
-                .map_err(failed)?
-            {
-                Some(sbbf) => touched.any_in_bloom(&sbbf),
-                None => true,
+            // Integer keys: the row group's min/max narrow the candidates (often to none).
+            let candidates = touched.ints_within(rg.column(leaves[0]).statistics());
+            if candidates.as_ref().is_some_and(|c| c.is_empty()) {
+                *skipped += 1;
+                continue;
+            }
+            // A bloom filter is worth its bytes only when few keys could be in the group: with
+            // many, it answers "maybe" anyway.
+            let few = match &candidates {
+                Some(c) => c.len() <= BLOOM_CANDIDATES,
+                None => touched.rows.len() <= BLOOM_CANDIDATES,
+            };
+            let hit = if !few {
+                true
+            } else {
+                match builder
+                    .get_row_group_column_bloom_filter(g, leaves[0])
+                    .await
+                    .map_err(failed)?
+                {
+                    Some(sbbf) => match &candidates {
+                        Some(c) => touched.ints_in_bloom(&sbbf, c),
+                        None => touched.any_in_bloom(&sbbf),
+                    },
+                    None => true,
+                }
             };
             if hit {
                 groups.push(g);
@@ -520,10 +539,27 @@ impl Merge {
                     })
                     .collect::<Result<_>>()?;
                 let cols = self.cast_to_key_types(cols)?;
-                let keys = self.converter.convert_columns(&cols)?;
-                for (j, r) in keys.iter().enumerate() {
-                    if self.latest.contains_key(&key_hash(r.as_ref())) {
-                        found.push(pos + j as i64);
+                match (&touched.int_set, cols.as_slice()) {
+                    // One integer key column: look the values up directly.
+                    (Some(set), [col]) => {
+                        let col = arrow::compute::cast(col, &DataType::Int64)?;
+                        let col = col
+                            .as_any()
+                            .downcast_ref::<Int64Array>()
+                            .ok_or_else(|| Error::internal("merge: an integer key column"))?;
+                        for (j, v) in col.values().iter().enumerate() {
+                            if set.contains(v) {
+                                found.push(pos + j as i64);
+                            }
+                        }
+                    }
+                    _ => {
+                        let keys = self.converter.convert_columns(&cols)?;
+                        for (j, r) in keys.iter().enumerate() {
+                            if self.latest.contains_key(&key_hash(r.as_ref())) {
+                                found.push(pos + j as i64);
+                            }
+                        }
                     }
                 }
                 rows += batch.num_rows() as u64;
@@ -558,12 +594,19 @@ pub struct Planned {
     pub referenced: std::collections::BTreeSet<String>,
 }
 
+/// Row groups with more candidate keys than this are read without asking their bloom filter.
+const BLOOM_CANDIDATES: usize = 16;
+
 /// The touched keys' first column, sorted, for pruning.
 struct Touched {
     /// Row-encoded (order-preserving) values, sorted.
     rows: Vec<Vec<u8>>,
     /// The same values in the same order.
     values: ArrayRef,
+    /// An integer first key column: its values, sorted and unique.
+    ints: Option<Vec<i64>>,
+    /// A single integer key column: the keys (looked up without hashing rows).
+    int_set: Option<HashSet<i64>>,
 }
 
 impl Touched {
@@ -572,6 +615,8 @@ impl Touched {
             return Ok(Touched {
                 rows: Vec::new(),
                 values: Arc::new(Int64Array::from(Vec::<i64>::new())),
+                ints: None,
+                int_set: None,
             });
         }
         let arrays: Vec<&dyn Array> = m.touched.iter().map(|a| a.as_ref()).collect();
@@ -581,10 +626,55 @@ impl Touched {
         let rows = m
             .first_converter
             .convert_columns(std::slice::from_ref(&values))?;
+        let ints = match values.data_type() {
+            DataType::Int64 | DataType::Int32 => {
+                let v = arrow::compute::cast(&values, &DataType::Int64)?;
+                let v = v
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .ok_or_else(|| Error::internal("merge: integer keys"))?;
+                let mut v: Vec<i64> = v.values().to_vec();
+                v.dedup();
+                Some(v)
+            }
+            _ => None,
+        };
+        let int_set = match (&ints, m.key.len()) {
+            (Some(v), 1) => Some(v.iter().copied().collect()),
+            _ => None,
+        };
         Ok(Touched {
             rows: rows.iter().map(|r| r.as_ref().to_vec()).collect(),
             values,
+            ints,
+            int_set,
         })
+    }
+
+    /// Integer keys within a row group's min/max statistics; `None` when either is unknown.
+    fn ints_within(
+        &self,
+        stats: Option<&parquet::file::statistics::Statistics>,
+    ) -> Option<Vec<i64>> {
+        use parquet::file::statistics::Statistics as S;
+        let ints = self.ints.as_ref()?;
+        let (lo, hi) = match stats? {
+            S::Int64(s) => (*s.min_opt()?, *s.max_opt()?),
+            S::Int32(s) => (*s.min_opt()? as i64, *s.max_opt()? as i64),
+            _ => return None,
+        };
+        let a = ints.partition_point(|v| *v < lo);
+        let b = ints.partition_point(|v| *v <= hi);
+        Some(ints[a..b.max(a)].to_vec())
+    }
+
+    /// Whether the bloom filter may hold any of `candidates` (integer keys, encoded as the
+    /// column's physical type).
+    fn ints_in_bloom(&self, sbbf: &parquet::bloom_filter::Sbbf, candidates: &[i64]) -> bool {
+        match self.values.data_type() {
+            DataType::Int32 => candidates.iter().any(|v| sbbf.check(&(*v as i32))),
+            _ => candidates.iter().any(|v| sbbf.check(v)),
+        }
     }
 
     fn is_empty(&self) -> bool {

@@ -822,10 +822,17 @@ impl IcebergWriter {
             .set_max_row_group_row_count(Some(self.cfg.row_group_size.max(1)))
             .set_created_by(format!("dativo {}", env!("CARGO_PKG_VERSION")));
         if let Some(m) = &self.merge {
-            b = b.set_column_bloom_filter_enabled(
-                parquet::schema::types::ColumnPath::from(m.key()[0].as_str()),
-                true,
-            );
+            let first = parquet::schema::types::ColumnPath::from(m.key()[0].as_str());
+            b = b.set_column_bloom_filter_enabled(first.clone(), true);
+            // Integer keys delta-encoded: a merge reads the key column of every candidate
+            // file, and ascending ids shrink to a few bits a row.
+            if let Ok(f) = self.target.field_with_name(&m.key()[0]) {
+                if matches!(f.data_type(), DataType::Int64 | DataType::Int32) {
+                    b = b
+                        .set_column_dictionary_enabled(first.clone(), false)
+                        .set_column_encoding(first, parquet::basic::Encoding::DELTA_BINARY_PACKED);
+                }
+            }
         }
         b.build()
     }
