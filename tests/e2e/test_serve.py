@@ -294,3 +294,50 @@ schedule: "* * * * * *"
             b.stop()
         with pg.cursor() as c:
             c.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def test_serve_runs_scheduled_table_maintenance(tmp_path):
+    """`maintenance.schedule`: serve compacts the job's Iceberg table beside its runs, records
+    the maintenance run (`dativo runs`) and exports dativo_maintenance_* counters."""
+    from pyiceberg.catalog.sql import SqlCatalog
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    data = tmp_path / "data"
+    write_csvs(data, 6, 50)
+    # A job that appends each file as its own commit, then nothing; maintenance every second.
+    (jobs / "m.yaml").write_text(f"""name: maintained
+source: {{reader: file, config: {{path: "{data}/*.csv", batch_size: 10}}}}
+target:
+  writer: iceberg
+  config: {{table: lake.maintained, catalog: {{uri: "sqlite://{tmp_path}/catalog.db"}}, warehouse: "{tmp_path}/wh"}}
+checkpoint: {{rows: 10}}
+maintenance:
+  schedule: "* * * * * *"
+  compact: {{min_input_files: 2}}
+""")
+    run = subprocess.run([BIN, "run", str(jobs / "m.yaml"), "--no-progress"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    cat = SqlCatalog("dativo", uri=f"sqlite:///{tmp_path}/catalog.db", warehouse=f"file://{tmp_path}/wh")
+    before = cat.load_table("lake.maintained")
+    rows_before = sorted(tuple(r.values()) for r in before.scan().to_arrow().to_pylist())
+    files_before = len(before.inspect.files())
+    assert files_before >= 20, files_before
+    s = Serve(tmp_path, jobs)
+    try:
+        wait_until(lambda: (s.metric("dativo_maintenance_runs_total", "maintained") or 0) >= 1,
+                   timeout=60, what="a scheduled maintenance run")
+        assert (s.metric("dativo_maintenance_data_files_removed_total", "maintained") or 0) > 0
+        assert s.metric("dativo_maintenance_failures_total", "maintained") == 0
+    finally:
+        assert s.stop() == 0
+    after = cat.load_table("lake.maintained")
+    assert len(after.inspect.files()) < files_before
+    rows_after = sorted(tuple(r.values()) for r in after.scan().to_arrow().to_pylist())
+    assert rows_after == rows_before and len(rows_after) == 300
+    runs = subprocess.run([BIN, "runs", str(jobs / "m.yaml"), "--json"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert runs.returncode == 0, runs.stderr
+    maint = [r for r in json.loads(runs.stdout) if r["job"] == "maintained#maintain"]
+    assert maint and maint[0]["status"] == "succeeded", runs.stdout
+    assert maint[0]["details"][0]["operation"] == "compact", maint[0]
