@@ -947,17 +947,48 @@ impl IcebergWriter {
         })
     }
 
-    /// An overwrite or merge commit, through dativo's own commit path: plan the change on
-    /// the table's current state, commit it with the state; when another commit lands first
-    /// and the change no longer applies, plan again (a merge looks its keys up again).
-    fn commit_rows(&mut self, commit: &Commit) -> Result<CommitReport> {
+    /// The snapshot summary properties of a commit of `files`: the state, job and run, and
+    /// (encrypted tables) the files' audit records — appended to the audit log first, so a
+    /// committed file always has its audit line.
+    async fn commit_summary(
+        &self,
+        commit: &Commit,
+        files: &[DataFile],
+    ) -> Result<HashMap<String, String>> {
         let state = commit
             .state
             .as_ref()
             .map(|s| s.to_string())
             .unwrap_or_else(|| "null".into());
+        let mut summary = HashMap::from([
+            (STATE_KEY.to_string(), state),
+            (JOB_KEY.to_string(), self.job.clone()),
+            (RUN_KEY.to_string(), commit.run_id.clone()),
+        ]);
+        if let Some(enc) = &self.enc {
+            let io = self.table.file_io().clone();
+            let root = self.table.metadata().location().to_string();
+            let audits = audit_files(
+                enc,
+                &io,
+                &root,
+                files,
+                &self.issued,
+                &self.job,
+                &commit.run_id,
+            )
+            .await?;
+            enc.audit.append(&root, &audits)?;
+            summary.insert(ENCRYPTION_KEY.to_string(), serde_json::to_string(&audits)?);
+        }
+        Ok(summary)
+    }
+
+    /// An overwrite or merge commit, through dativo's own commit path: plan the change on
+    /// the table's current state, commit it with the state; when another commit lands first
+    /// and the change no longer applies, plan again (a merge looks its keys up again).
+    fn commit_rows(&mut self, commit: &Commit) -> Result<CommitReport> {
         let job = self.job.clone();
-        let run = commit.run_id.clone();
         let ident = self.ident.clone();
         let expected = self.job_snapshot;
         let swap = swap_for(&self.cfg)?;
@@ -968,21 +999,11 @@ impl IcebergWriter {
         let files = runtime().block_on(self.close_writer())?;
         let mut merge = self.merge.take();
         let outcome = runtime().block_on(async {
-            let mut summary = HashMap::from([
-                (STATE_KEY.to_string(), state),
-                (JOB_KEY.to_string(), job.clone()),
-                (RUN_KEY.to_string(), run.clone()),
-            ]);
             let io = self.table.file_io().clone();
-            if let Some(enc) = &self.enc {
-                let root = self.table.metadata().location().to_string();
-                let audits = audit_files(enc, &io, &root, &files, &self.issued, &job, &run)
-                    .await
-                    .map_err(|e| (e, true))?;
-                enc.audit.append(&root, &audits).map_err(|e| (e, true))?;
-                let text = serde_json::to_string(&audits).map_err(|e| (e.into(), true))?;
-                summary.insert(ENCRYPTION_KEY.to_string(), text);
-            }
+            let summary = self
+                .commit_summary(commit, &files)
+                .await
+                .map_err(|e| (e, true))?;
             let guard_job = job.clone();
             let guard_ident = ident.clone();
             let guard = move |t: &Table| -> Result<()> {
@@ -1180,33 +1201,14 @@ impl OpenWriter for IcebergWriter {
         if self.mode != WriteMode::Append {
             return self.commit_rows(commit);
         }
-        let state = commit
-            .state
-            .as_ref()
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| "null".into());
         let job = self.job.clone();
         let run = commit.run_id.clone();
         let ident = self.ident.clone();
         let catalog = self.catalog.clone();
-        let enc = self.enc.clone();
-        let issued = self.issued.clone();
         let expected = self.job_snapshot;
         let (table, files) = runtime().block_on(async {
             let files = self.close_writer().await?;
-            let mut summary = HashMap::from([
-                (STATE_KEY.to_string(), state),
-                (JOB_KEY.to_string(), job.clone()),
-                (RUN_KEY.to_string(), run.clone()),
-            ]);
-            if let Some(enc) = &enc {
-                let io = self.table.file_io().clone();
-                let root = self.table.metadata().location().to_string();
-                let audits = audit_files(enc, &io, &root, &files, &issued, &job, &run).await?;
-                // Before the commit: a committed file always has its audit line.
-                enc.audit.append(&root, &audits)?;
-                summary.insert(ENCRYPTION_KEY.to_string(), serde_json::to_string(&audits)?);
-            }
+            let summary = self.commit_summary(commit, &files).await?;
             // Reload: another job may have committed to the table since.
             let table = catalog
                 .load_table(&ident)

@@ -349,62 +349,55 @@ impl SnapshotProducer {
         collector.set_partition_summary_limit(limit);
 
         let mut manifests: Vec<ManifestFile> = Vec::new();
-        if !self.change.add.is_empty() {
-            for f in &self.change.add {
+        for content in [ManifestContentType::Data, ManifestContentType::Deletes] {
+            let files = match content {
+                ManifestContentType::Data => self.change.add.clone(),
+                ManifestContentType::Deletes => self.change.add_deletes.clone(),
+            };
+            if files.is_empty() {
+                continue;
+            }
+            for f in &files {
                 collector.add_file(f, schema.clone(), spec.clone());
             }
-            if self.added_manifest.is_none() {
+            let cached = match content {
+                ManifestContentType::Data => self.added_manifest.is_some(),
+                ManifestContentType::Deletes => self.added_deletes_manifest.is_some(),
+            };
+            if !cached {
                 let path = self.manifest_path(table);
                 let out = io
                     .new_output(&path)
                     .map_err(|e| ice(e, "creating a manifest"))?;
-                let mut w = ManifestWriterBuilder::new(
+                let builder = ManifestWriterBuilder::new(
                     out,
                     Some(self.snapshot_id),
                     schema.clone(),
                     spec.as_ref().clone(),
-                )
-                .build_v2_data();
-                for f in &self.change.add {
+                );
+                let mut w = match content {
+                    ManifestContentType::Data => builder.build_v2_data(),
+                    ManifestContentType::Deletes => builder.build_v2_deletes(),
+                };
+                for f in files {
                     // -1: the data sequence number is inherited from the list at commit.
-                    w.add_file(f.clone(), -1)
-                        .map_err(|e| ice(e, "adding a data file to the manifest"))?;
+                    w.add_file(f, -1)
+                        .map_err(|e| ice(e, "adding a file to the manifest of added files"))?;
                 }
                 let mf = w
                     .write_manifest_file()
                     .await
                     .map_err(|e| ice(e, "writing the manifest of added files"))?;
-                self.added_manifest = Some((mf, path));
-            }
-            manifests.extend(self.added_manifest.as_ref().map(|(m, _)| m.clone()));
-        }
-        if !self.change.add_deletes.is_empty() {
-            for f in &self.change.add_deletes {
-                collector.add_file(f, schema.clone(), spec.clone());
-            }
-            if self.added_deletes_manifest.is_none() {
-                let path = self.manifest_path(table);
-                let out = io
-                    .new_output(&path)
-                    .map_err(|e| ice(e, "creating a manifest"))?;
-                let mut w = ManifestWriterBuilder::new(
-                    out,
-                    Some(self.snapshot_id),
-                    schema.clone(),
-                    spec.as_ref().clone(),
-                )
-                .build_v2_deletes();
-                for f in &self.change.add_deletes {
-                    w.add_file(f.clone(), -1)
-                        .map_err(|e| ice(e, "adding a delete file to the manifest"))?;
+                match content {
+                    ManifestContentType::Data => self.added_manifest = Some((mf, path)),
+                    ManifestContentType::Deletes => self.added_deletes_manifest = Some((mf, path)),
                 }
-                let mf = w
-                    .write_manifest_file()
-                    .await
-                    .map_err(|e| ice(e, "writing the manifest of added delete files"))?;
-                self.added_deletes_manifest = Some((mf, path));
             }
-            manifests.extend(self.added_deletes_manifest.as_ref().map(|(m, _)| m.clone()));
+            let added = match content {
+                ManifestContentType::Data => &self.added_manifest,
+                ManifestContentType::Deletes => &self.added_deletes_manifest,
+            };
+            manifests.extend(added.as_ref().map(|(m, _)| m.clone()));
         }
 
         // Manifests holding a removed file are rewritten (EXISTING / DELETED entries with
