@@ -1217,6 +1217,10 @@ impl OpenWriter for IcebergWriter {
             let tx = Transaction::new(&table);
             let tx = tx
                 .fast_append()
+                // The files' names are fresh UUIDs: checking them against every manifest of
+                // the table (iceberg-rust's default) makes each commit cost grow with the
+                // table's history.
+                .with_check_duplicate(false)
                 .set_snapshot_properties(summary)
                 .add_data_files(files.clone())
                 .apply(tx)
