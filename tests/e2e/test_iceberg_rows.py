@@ -23,6 +23,7 @@ import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
 from conftest import PG_URL, duckdb_iceberg_query, write_job
+from lakecheck import Lake, arrow_canon, diff, pg_canon, sql
 
 # The merge tests' source table and its columns, by kind (how both sides are made comparable).
 MERGE_COLS = [("id", "int"), ("k", "text"), ("v", "dec"), ("d", "date"),
@@ -31,116 +32,25 @@ MERGE_COLS = [("id", "int"), ("k", "text"), ("v", "dec"), ("d", "date"),
 
 # ----------------------------------------------------------------------------- helpers
 
-def sql(pg, text, *args):
-    with pg.cursor() as c:
-        c.execute(text, args or None)
-        return c.fetchall() if c.description else None
-
-
 def catalog(tmp_path):
-    return SqlCatalog("dativo", uri=f"sqlite:///{tmp_path}/.dativo/catalog.db",
-                      warehouse=f"file://{tmp_path}/warehouse")
+    return Lake(tmp_path).catalog()
 
 
 def load(tmp_path, ident):
-    return catalog(tmp_path).load_table(ident)
-
-
-_PG_EXPR = {
-    "int": "{c}::bigint",
-    "text": "{c}::text",
-    "dec": "{c}::numeric(38,2)::text",
-    "date": "({c} - date '1970-01-01')",
-    "ts": "(extract(epoch FROM {c}) * 1000000)::bigint",
-    "bool": "{c}::text",
-}
-_ARROW_TYPE = {"int": pa.int64(), "text": pa.string(), "dec": pa.string(), "date": pa.int32(),
-               "ts": pa.int64(), "bool": pa.string()}
-
-
-def _schema(cols):
-    return pa.schema([(c, _ARROW_TYPE[k]) for c, k in cols])
-
-
-def pg_canon(pg, cols, from_where):
-    """The rows of `SELECT cols FROM_WHERE` in PostgreSQL, canonical, sorted by the first column."""
-    exprs = ", ".join(_PG_EXPR[k].format(c=c) + f" AS {c}" for c, k in cols)
-    buf = io.BytesIO()
-    with pg.cursor() as cur:
-        cur.copy_expert(f"COPY (SELECT {exprs} {from_where} ORDER BY 1) TO STDOUT WITH (FORMAT csv, HEADER)",
-                        buf)
-    buf.seek(0)
-    schema = _schema(cols)
-    t = pacsv.read_csv(buf, convert_options=pacsv.ConvertOptions(
-        column_types=schema, strings_can_be_null=True, quoted_strings_can_be_null=False))
-    if t.num_rows == 0:
-        return schema.empty_table()
-    return t.select([c for c, _ in cols]).cast(schema).combine_chunks()
-
-
-def arrow_canon(t, cols):
-    """An Arrow table as read from the lake, canonical, sorted by the first column."""
-    missing = [c for c, _ in cols if c not in t.column_names]
-    extra = [c for c in t.column_names if c not in dict(cols)]
-    assert not missing and not extra, f"table columns {t.column_names}: missing {missing}, extra {extra}"
-    out = []
-    for c, k in cols:
-        a = t[c]
-        if k == "int":
-            a = a.cast(pa.int64())
-        elif k in ("text", "bool"):
-            a = a.cast(pa.string())
-        elif k == "dec":
-            a = a.cast(pa.decimal128(38, 2)).cast(pa.string())
-        elif k == "date":
-            a = a.cast(pa.date32()).cast(pa.int32())
-        elif k == "ts":
-            tz = "UTC" if a.type.tz is not None else None
-            a = a.cast(pa.timestamp("us", tz=tz)).cast(pa.int64())
-        out.append(a)
-    r = pa.table(out, schema=_schema(cols))
-    return r.sort_by(cols[0][0]).combine_chunks()
+    return Lake(tmp_path).load(ident)
 
 
 def read_pyiceberg(tmp_path, ident, cols):
-    return arrow_canon(load(tmp_path, ident).scan().to_arrow(), cols)
+    return Lake(tmp_path).read_pyiceberg(ident, cols)
 
 
 def read_duckdb(tmp_path, ident, cols):
-    meta = load(tmp_path, ident).metadata_location
-    out = tmp_path / f"duck-{uuid.uuid4().hex[:8]}.parquet"
-    duckdb_iceberg_query(f"COPY (SELECT * FROM iceberg_scan('{{metadata}}')) TO '{out}' (FORMAT parquet)", meta)
-    t = pq.read_table(out)
-    out.unlink()
-    return arrow_canon(t, cols)
-
-
-def diff(want, got, key="id", limit=5):
-    """A short description of how two canonical tables differ."""
-    w = {r[key]: r for r in want.to_pylist()}
-    g_rows = got.to_pylist()
-    g = {}
-    dups = set()
-    for r in g_rows:
-        if r[key] in g:
-            dups.add(r[key])
-        g[r[key]] = r
-    missing = sorted(set(w) - set(g))
-    extra = sorted(set(g) - set(w))
-    changed = sorted(i for i in set(w) & set(g) if w[i] != g[i])
-    return (f"rows want {want.num_rows} got {got.num_rows}; duplicate keys {len(dups)} {sorted(dups)[:limit]}; "
-            f"missing {len(missing)} {missing[:limit]}; extra {len(extra)} {extra[:limit]}; "
-            f"changed {len(changed)} " + "; ".join(f"want {w[i]} got {g[i]}" for i in changed[:limit]))
+    return Lake(tmp_path).read_duckdb(ident, cols)
 
 
 def assert_lake(tmp_path, ident, cols, want, what=""):
-    """Both readers see exactly `want` (a canonical table)."""
-    for name, read in (("pyiceberg", read_pyiceberg), ("duckdb", read_duckdb)):
-        got = read(tmp_path, ident, cols)
-        if not got.equals(want):
-            raise AssertionError(f"{what}: {name} reads a table that differs from the source: {diff(want, got)}")
-        ids = got[cols[0][0]]
-        assert len(pc.unique(ids)) == len(ids), f"{what}: {name}: duplicate keys"
+    """Both readers see exactly `want` (a canonical table), without duplicate keys."""
+    Lake(tmp_path).assert_rows(ident, cols, want, what)
 
 
 def make_merge_source(pg, name, rows):

@@ -143,6 +143,7 @@ fn run_operations(
         if let Some(n) = c.min_input_files {
             o.min_input_files = n;
         }
+        o.max_group_size = c.max_group_size.map(|b| b.0);
         reports.push(rt.block_on(maintain::compact(h, &o))?);
     }
     if req.rewrite_manifests {

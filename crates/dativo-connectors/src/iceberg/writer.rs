@@ -91,6 +91,9 @@ pub struct IcebergWriter {
     splitter: Option<RecordBatchPartitionSplitter>,
     /// `mode: merge`: the keys of the commit in progress.
     merge: Option<Merge>,
+    /// The live files the last overwrite or merge commit was planned on: the next plan reads
+    /// only the manifests added since.
+    live: Option<LiveFiles>,
 }
 
 /// Open the catalog of `cfg` and load its (existing) table.
@@ -796,6 +799,7 @@ impl IcebergWriter {
             mode,
             splitter,
             merge,
+            live: None,
         })
     }
 
@@ -998,6 +1002,7 @@ impl IcebergWriter {
             .build();
         let files = runtime().block_on(self.close_writer())?;
         let mut merge = self.merge.take();
+        let mut cache = self.live.take();
         let outcome = runtime().block_on(async {
             let io = self.table.file_io().clone();
             let summary = self
@@ -1035,7 +1040,8 @@ impl IcebergWriter {
                         .await
                         .map_err(|e| ice(e, "loading the table"))?;
                     guard(&table)?;
-                    let live = LiveFiles::load(&table).await?;
+                    let live = LiveFiles::load_reusing(&table, cache.as_ref()).await?;
+                    cache = None;
                     let mut change = match &mut merge {
                         None => self.overwrite_change(&live, files.clone())?,
                         Some(m) => {
@@ -1053,10 +1059,10 @@ impl IcebergWriter {
                     if let Some(st) = merge.as_ref().map(|m| m.stats()) {
                         change.properties.extend(merge_summary(st));
                     }
-                    Ok::<_, Error>((table, change))
+                    Ok::<_, Error>((table, live, change))
                 }
                 .await;
-                let (table, change) = match planned {
+                let (table, live, change) = match planned {
                     Ok(p) => p,
                     Err(e) => break Err((e, true)),
                 };
@@ -1067,10 +1073,18 @@ impl IcebergWriter {
                     .collect();
                 let removed = change.remove.len();
                 let r = Committer::new(self.catalog.as_ref(), swap.as_ref())
-                    .commit(&table, SnapshotProducer::new(&table, change.clone()), Some(&guard))
+                    .commit(
+                        &table,
+                        &live,
+                        SnapshotProducer::new(&table, change.clone()),
+                        Some(&guard),
+                    )
                     .await;
                 match r {
-                    Ok(t) => break Ok((t, change, removed)),
+                    Ok(t) => {
+                        cache = Some(live);
+                        break Ok((t, change, removed));
+                    }
                     Err(e) => {
                         let certain = matches!(e.kind(), ErrorKind::Conflict | ErrorKind::Busy)
                             || e.kind() == ErrorKind::Config;
@@ -1079,6 +1093,7 @@ impl IcebergWriter {
                         }
                         if e.kind() == ErrorKind::Conflict && attempt < 10 {
                             attempt += 1;
+                            cache = Some(live);
                             tracing::info!(table = %ident, attempt, "the table changed under the commit; planning it again");
                             continue;
                         }
@@ -1099,6 +1114,7 @@ impl IcebergWriter {
         };
         let stats = merge.as_mut().map(|m| m.reset());
         self.merge = merge;
+        self.live = cache;
         let (table, change, removed) = match result {
             Ok(r) => r,
             Err(e) => {

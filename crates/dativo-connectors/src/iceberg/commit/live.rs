@@ -64,6 +64,13 @@ pub struct LiveFiles {
 impl LiveFiles {
     /// Read the manifest list and every manifest of `table`'s current snapshot.
     pub async fn load(table: &Table) -> Result<LiveFiles> {
+        LiveFiles::load_reusing(table, None).await
+    }
+
+    /// [`LiveFiles::load`], taking the entries of manifests `prev` already read from it
+    /// instead of reading them again (a manifest file never changes once written): after a
+    /// lost race or between the commits of one run, only the manifests added since are read.
+    pub async fn load_reusing(table: &Table, prev: Option<&LiveFiles>) -> Result<LiveFiles> {
         let md = table.metadata();
         let Some(snapshot) = md.current_snapshot() else {
             return Ok(LiveFiles::default());
@@ -77,7 +84,37 @@ impl LiveFiles {
             snapshot_id: Some(snapshot.snapshot_id()),
             ..Default::default()
         };
+        let known: HashMap<&str, usize> = prev
+            .map(|p| {
+                p.manifests
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (m.file.manifest_path.as_str(), i))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut prev_entries: Vec<Vec<usize>> = Vec::new();
+        if let Some(p) = prev.filter(|_| !known.is_empty()) {
+            prev_entries = vec![Vec::new(); p.manifests.len()];
+            for (i, f) in p.files.iter().enumerate() {
+                prev_entries[f.manifest].push(i);
+            }
+        }
         for mf in list.consume_entries() {
+            if let (Some(p), Some(&j)) = (prev, known.get(mf.manifest_path.as_str())) {
+                let idx = out.manifests.len();
+                for &i in &prev_entries[j] {
+                    let mut f = p.files[i].clone();
+                    f.manifest = idx;
+                    out.by_path.insert(f.path().to_string(), out.files.len());
+                    out.files.push(f);
+                }
+                out.manifests.push(LoadedManifest {
+                    file: mf,
+                    metadata: p.manifests[j].metadata.clone(),
+                });
+                continue;
+            }
             // `load_manifest` applies the inheritance of snapshot id and sequence numbers.
             let manifest = mf
                 .load_manifest(table.file_io())

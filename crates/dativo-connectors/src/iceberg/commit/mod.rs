@@ -50,7 +50,7 @@ impl<'a> Committer<'a> {
         Committer { catalog, swap }
     }
 
-    /// Commit `producer`'s change, planned on `base`: build the snapshot on `base`, swap;
+    /// Commit `producer`'s change, planned on `base` (whose live files are `planned`): build the snapshot on `base`, swap;
     /// on a conflict reload, validate the change against the new state and build again, up
     /// to the table's `commit.retry.num-retries`. Returns the table as committed.
     ///
@@ -62,6 +62,7 @@ impl<'a> Committer<'a> {
     pub async fn commit(
         &self,
         base: &Table,
+        planned: &LiveFiles,
         mut producer: SnapshotProducer,
         check: Option<Check<'_>>,
     ) -> Result<Table> {
@@ -79,7 +80,6 @@ impl<'a> Committer<'a> {
                 rand::random(),
             )
         };
-        let planned = LiveFiles::load(base).await?;
         let mut table = base.clone();
         let mut live = planned.clone();
         let mut attempt = 0u32;
@@ -88,7 +88,7 @@ impl<'a> Committer<'a> {
                 if let Some(check) = check {
                     check(&table)?;
                 }
-                producer.validate(&planned, &live)?;
+                producer.validate(planned, &live)?;
                 producer.produce(&table, &live).await
             }
             .await;
@@ -122,7 +122,7 @@ impl<'a> Committer<'a> {
                             .load_table(base.identifier())
                             .await
                             .map_err(|e| ice(e, "reloading the table"))?;
-                        let l = LiveFiles::load(&t).await?;
+                        let l = LiveFiles::load_reusing(&t, Some(&live)).await?;
                         Ok::<_, Error>((t, l))
                     }
                     .await;

@@ -130,6 +130,11 @@ pub struct SnapshotProducer {
     added_deletes_manifest: Option<(ManifestFile, String)>,
     /// Rewritten manifests and the manifest list of the latest attempt.
     attempt_files: Vec<String>,
+    /// With [`Change::rewrite_manifests`]: the manifests an attempt merged (paths) and the
+    /// manifests it wrote (with their paths). A later attempt whose base still has every one
+    /// of them reuses the merged manifests and carries the manifests added since unchanged,
+    /// as Java's `RewriteManifests` does: a busy appender cannot starve the rewrite.
+    merged: Option<(BTreeSet<String>, Vec<(ManifestFile, String)>)>,
 }
 
 /// Summary totals: (total, added, removed).
@@ -206,6 +211,7 @@ impl SnapshotProducer {
             added_manifest: None,
             added_deletes_manifest: None,
             attempt_files: Vec::new(),
+            merged: None,
         }
     }
 
@@ -404,76 +410,41 @@ impl SnapshotProducer {
         // their original sequence numbers); the others are carried over unchanged. With
         // `rewrite_manifests`, every manifest is rewritten, merged into one per spec and
         // content.
-        let mut units: Vec<Vec<usize>> = Vec::new();
-        let mut by_kind: HashMap<(i32, bool), usize> = HashMap::new();
-        let mut entries: Vec<Vec<&LiveFile>> = vec![Vec::new(); live.manifests.len()];
-        for f in &live.files {
-            entries[f.manifest].push(f);
-        }
-        for (idx, m) in live.manifests.iter().enumerate() {
-            let any = !entries[idx].is_empty();
-            let removes = entries[idx]
-                .iter()
-                .any(|f| self.change.remove.contains(f.path()));
-            if self.change.rewrite_manifests && any {
-                let kind = (
-                    m.file.partition_spec_id,
-                    m.metadata.content == ManifestContentType::Data,
-                );
-                let unit = *by_kind.entry(kind).or_insert_with(|| {
-                    units.push(Vec::new());
-                    units.len() - 1
-                });
-                units[unit].push(idx);
-            } else if removes {
-                units.push(vec![idx]);
-            } else if any {
-                manifests.push(m.file.clone());
+        let reuse = match &self.merged {
+            Some((sources, _)) if self.change.remove.is_empty() => {
+                let present: BTreeSet<&str> = live
+                    .manifests
+                    .iter()
+                    .map(|m| m.file.manifest_path.as_str())
+                    .collect();
+                sources.iter().all(|p| present.contains(p.as_str()))
             }
-            // A manifest with no live file left (only the DELETED entries of the commit
-            // that wrote it) is dropped, as Java's writers do.
-        }
-        let (replaced, created) = (units.iter().map(Vec::len).sum::<usize>(), units.len());
-        for unit in units {
-            // The newest schema among the merged manifests (they share the partition spec).
-            let m = unit
-                .iter()
-                .map(|&i| &live.manifests[i])
-                .max_by_key(|m| m.metadata.schema.schema_id())
-                .expect("a unit holds a manifest");
-            let path = self.manifest_path(table);
-            let out = io
-                .new_output(&path)
-                .map_err(|e| ice(e, "creating a manifest"))?;
-            let builder = ManifestWriterBuilder::new(
-                out,
-                Some(self.snapshot_id),
-                m.metadata.schema.clone(),
-                m.metadata.partition_spec.clone(),
-            );
-            let mut w = match m.metadata.content {
-                ManifestContentType::Data => builder.build_v2_data(),
-                ManifestContentType::Deletes => builder.build_v2_deletes(),
-            };
-            let file_spec = Arc::new(m.metadata.partition_spec.clone());
-            for f in unit.iter().flat_map(|&i| &entries[i]) {
-                let file_seq = Some(f.file_sequence_number.unwrap_or(f.sequence_number));
-                let r = if self.change.remove.contains(f.path()) {
-                    collector.remove_file(&f.file, m.metadata.schema.clone(), file_spec.clone());
-                    w.add_delete_file(f.file.clone(), f.sequence_number, file_seq)
-                } else {
-                    w.add_existing_file(f.file.clone(), f.snapshot_id, f.sequence_number, file_seq)
-                };
-                r.map_err(|e| ice(e, "rewriting a manifest"))?;
+            _ => false,
+        };
+        if !reuse {
+            if let Some((_, written)) = self.merged.take() {
+                for (_, p) in written {
+                    delete(&io, &p).await;
+                }
             }
-            self.attempt_files.push(path);
-            manifests.push(
-                w.write_manifest_file()
-                    .await
-                    .map_err(|e| ice(e, "writing a rewritten manifest"))?,
-            );
         }
-
+        let (replaced, created) = if reuse {
+            let (sources, written) = self.merged.as_ref().expect("checked above");
+            let mut has_live = vec![false; live.manifests.len()];
+            for f in &live.files {
+                has_live[f.manifest] = true;
+            }
+            for (idx, m) in live.manifests.iter().enumerate() {
+                if has_live[idx] && !sources.contains(&m.file.manifest_path) {
+                    manifests.push(m.file.clone());
+                }
+            }
+            manifests.extend(written.iter().map(|(m, _)| m.clone()));
+            (sources.len(), written.len())
+        } else {
+            self.write_units(table, live, &mut manifests, &mut collector)
+                .await?
+        };
         let manifests_kept = manifests.len().saturating_sub(created);
         let seq = md.next_sequence_number();
         let parent = md.current_snapshot_id();
@@ -548,6 +519,101 @@ impl SnapshotProducer {
         })
     }
 
+    /// Rewrite the manifests of `live` that hold a removed file (or, with
+    /// [`Change::rewrite_manifests`], merge all of them per spec and content) into
+    /// `manifests`, carrying the others over; returns (manifests replaced, written).
+    async fn write_units(
+        &mut self,
+        table: &Table,
+        live: &LiveFiles,
+        manifests: &mut Vec<ManifestFile>,
+        collector: &mut SnapshotSummaryCollector,
+    ) -> Result<(usize, usize)> {
+        let io = table.file_io().clone();
+        let mut units: Vec<Vec<usize>> = Vec::new();
+        let mut by_kind: HashMap<(i32, bool), usize> = HashMap::new();
+        let mut entries: Vec<Vec<&LiveFile>> = vec![Vec::new(); live.manifests.len()];
+        for f in &live.files {
+            entries[f.manifest].push(f);
+        }
+        for (idx, m) in live.manifests.iter().enumerate() {
+            let any = !entries[idx].is_empty();
+            let removes = entries[idx]
+                .iter()
+                .any(|f| self.change.remove.contains(f.path()));
+            if self.change.rewrite_manifests && any {
+                let kind = (
+                    m.file.partition_spec_id,
+                    m.metadata.content == ManifestContentType::Data,
+                );
+                let unit = *by_kind.entry(kind).or_insert_with(|| {
+                    units.push(Vec::new());
+                    units.len() - 1
+                });
+                units[unit].push(idx);
+            } else if removes {
+                units.push(vec![idx]);
+            } else if any {
+                manifests.push(m.file.clone());
+            }
+            // A manifest with no live file left (only the DELETED entries of the commit
+            // that wrote it) is dropped, as Java's writers do.
+        }
+        let (replaced, created) = (units.iter().map(Vec::len).sum::<usize>(), units.len());
+        let mut merged = (BTreeSet::new(), Vec::new());
+        for unit in units {
+            // The newest schema among the merged manifests (they share the partition spec).
+            let m = unit
+                .iter()
+                .map(|&i| &live.manifests[i])
+                .max_by_key(|m| m.metadata.schema.schema_id())
+                .expect("a unit holds a manifest");
+            let path = self.manifest_path(table);
+            let out = io
+                .new_output(&path)
+                .map_err(|e| ice(e, "creating a manifest"))?;
+            let builder = ManifestWriterBuilder::new(
+                out,
+                Some(self.snapshot_id),
+                m.metadata.schema.clone(),
+                m.metadata.partition_spec.clone(),
+            );
+            let mut w = match m.metadata.content {
+                ManifestContentType::Data => builder.build_v2_data(),
+                ManifestContentType::Deletes => builder.build_v2_deletes(),
+            };
+            let file_spec = Arc::new(m.metadata.partition_spec.clone());
+            for f in unit.iter().flat_map(|&i| &entries[i]) {
+                let file_seq = Some(f.file_sequence_number.unwrap_or(f.sequence_number));
+                let r = if self.change.remove.contains(f.path()) {
+                    collector.remove_file(&f.file, m.metadata.schema.clone(), file_spec.clone());
+                    w.add_delete_file(f.file.clone(), f.sequence_number, file_seq)
+                } else {
+                    w.add_existing_file(f.file.clone(), f.snapshot_id, f.sequence_number, file_seq)
+                };
+                r.map_err(|e| ice(e, "rewriting a manifest"))?;
+            }
+            let mf = w
+                .write_manifest_file()
+                .await
+                .map_err(|e| ice(e, "writing a rewritten manifest"))?;
+            if self.change.rewrite_manifests && self.change.remove.is_empty() {
+                merged.0.extend(
+                    unit.iter()
+                        .map(|&i| live.manifests[i].file.manifest_path.clone()),
+                );
+                merged.1.push((mf.clone(), path));
+            } else {
+                self.attempt_files.push(path);
+            }
+            manifests.push(mf);
+        }
+        if !merged.1.is_empty() {
+            self.merged = Some(merged);
+        }
+        Ok((replaced, created))
+    }
+
     /// Delete the rewritten manifests and the list of the latest attempt: after it lost
     /// the race for certain (nothing references them).
     pub async fn discard_attempt(&mut self, io: &FileIO) {
@@ -560,6 +626,9 @@ impl SnapshotProducer {
     /// certain (a landed snapshot references them). The data files stay the caller's.
     pub async fn discard(&mut self, io: &FileIO) {
         self.discard_attempt(io).await;
+        for (_, p) in self.merged.take().map(|(_, w)| w).unwrap_or_default() {
+            delete(io, &p).await;
+        }
         for (_, p) in [
             self.added_manifest.take(),
             self.added_deletes_manifest.take(),

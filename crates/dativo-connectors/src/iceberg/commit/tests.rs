@@ -285,7 +285,12 @@ fn overwrite_then_append_and_delete(lake: &Lake) {
         let mut change = Change::overwrite_all(&live, files);
         change.properties = props(json!({"cursor": 11}));
         let t = Committer::new(catalog.as_ref(), &swap)
-            .commit(&base, SnapshotProducer::new(&base, change), None)
+            .commit(
+                &base,
+                &LiveFiles::load(&base).await.unwrap(),
+                SnapshotProducer::new(&base, change),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(ids(&t).await, vec![10, 11]);
@@ -355,7 +360,12 @@ fn overwrite_then_append_and_delete(lake: &Lake) {
             ..Default::default()
         };
         let t = Committer::new(catalog.as_ref(), &lake.swap())
-            .commit(&base, SnapshotProducer::new(&base, change), None)
+            .commit(
+                &base,
+                &LiveFiles::load(&base).await.unwrap(),
+                SnapshotProducer::new(&base, change),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(ids(&t).await, vec![10, 11]);
@@ -441,7 +451,7 @@ fn two_commits_on_one_base(lake: &Lake) {
             Change::overwrite_all(&live, write_files(&base, &[7]).await),
         );
         let e = Committer::new(catalog.as_ref(), &swap)
-            .commit(&base, c, None)
+            .commit(&base, &LiveFiles::load(&base).await.unwrap(), c, None)
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
@@ -461,7 +471,7 @@ fn two_commits_on_one_base(lake: &Lake) {
             Change::overwrite_all(&head_live, write_files(&head, &[9]).await),
         );
         let e = Committer::new(catalog.as_ref(), &swap)
-            .commit(&head, over, None)
+            .commit(&head, &LiveFiles::load(&head).await.unwrap(), over, None)
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
@@ -484,7 +494,7 @@ fn two_commits_on_one_base(lake: &Lake) {
             },
         );
         let t = Committer::new(catalog.as_ref(), &swap)
-            .commit(&head, add, None)
+            .commit(&head, &LiveFiles::load(&head).await.unwrap(), add, None)
             .await
             .unwrap();
         assert_eq!(ids(&t).await, vec![5, 8, 20]);
@@ -516,7 +526,12 @@ fn a_check_that_fails_stops_the_commit_and_its_manifests_are_deleted() {
         );
         let refuse = |_: &Table| Err(dativo_core::Error::busy("another run of the job"));
         let e = Committer::new(catalog.as_ref(), &lake.swap())
-            .commit(&base, p, Some(&refuse))
+            .commit(
+                &base,
+                &LiveFiles::load(&base).await.unwrap(),
+                p,
+                Some(&refuse),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Busy);
@@ -887,4 +902,91 @@ fn rest_commit_outcomes_committed_unknown_refused_and_unreachable() {
         .block_on(async { gone.swap(&rest_base(&lake).await, vec![], vec![]).await })
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
+}
+
+/// A manifest rewrite that loses the race to an append keeps what it wrote: the next
+/// attempt carries the append's manifest over, reuses the merged manifest and writes only a
+/// manifest list; `load_reusing` reads the same live files as a fresh load.
+#[test]
+fn a_manifest_rewrite_that_loses_to_an_append_reuses_its_merged_manifest() {
+    let lake = Lake::new();
+    for id in 1..=4 {
+        lake.append(&[id], json!(id));
+    }
+    runtime().block_on(async {
+        let catalog = lake.catalog().await;
+        let base = lake.table(&catalog).await;
+        let live = LiveFiles::load(&base).await.unwrap();
+        assert_eq!(live.manifests.len(), 4);
+        let avro = || {
+            std::fs::read_dir(lake.warehouse().join("ns/events/metadata"))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".avro"))
+                .count()
+        };
+        let mut p = SnapshotProducer::new(
+            &base,
+            Change {
+                rewrite_manifests: true,
+                operation: Some(Operation::Replace),
+                ..Default::default()
+            },
+        );
+        let first = p.produce(&base, &live).await.unwrap();
+        // Another writer commits first: the first attempt's swap would fail.
+        lake.append(&[5], json!(5));
+        let head = lake.table(&catalog).await;
+        let e = lake
+            .swap()
+            .swap(&base, first.requirements, first.updates)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        p.discard_attempt(head.file_io()).await;
+
+        let reused = LiveFiles::load_reusing(&head, Some(&live)).await.unwrap();
+        let fresh = LiveFiles::load(&head).await.unwrap();
+        let entries = |l: &LiveFiles| {
+            let mut v: Vec<(String, i64, i64, String)> = l
+                .files
+                .iter()
+                .map(|f| {
+                    (
+                        f.path().to_string(),
+                        f.snapshot_id,
+                        f.sequence_number,
+                        l.manifests[f.manifest].file.manifest_path.clone(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(entries(&reused), entries(&fresh));
+        assert_eq!(reused.manifests.len(), 5);
+
+        p.validate(&live, &reused).unwrap();
+        let before = avro();
+        let second = p.produce(&head, &reused).await.unwrap();
+        assert_eq!(avro(), before + 1, "only a manifest list is written again");
+        let t = lake
+            .swap()
+            .swap(&head, second.requirements, second.updates)
+            .await
+            .unwrap();
+        let after = LiveFiles::load(&t).await.unwrap();
+        assert_eq!(
+            after.manifests.len(),
+            2,
+            "the merged manifest and the append's"
+        );
+        let (op, s) = summary(&t);
+        assert_eq!(op, Operation::Replace);
+        assert_eq!(s["manifests-replaced"], "4");
+        assert_eq!(s["manifests-created"], "1");
+        assert_eq!(s["manifests-kept"], "1");
+        assert_eq!(ids(&t).await, vec![1, 2, 3, 4, 5]);
+    });
+    readers_agree(&lake, &[1, 2, 3, 4, 5]);
 }

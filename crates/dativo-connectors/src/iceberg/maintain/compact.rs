@@ -54,6 +54,10 @@ const TARGET_SIZE_PROPERTY: &str = "write.target-file-size-bytes";
 /// Times a group that lost to a concurrent delete is planned again before it is skipped.
 const REDOS: u32 = 3;
 
+/// The default largest group, in target file sizes of input: files of a partition are
+/// rewritten (and committed) in groups of at most this many bytes.
+const GROUP_TARGETS: u64 = 16;
+
 /// How to compact.
 #[derive(Debug, Clone)]
 pub struct CompactOptions {
@@ -63,6 +67,9 @@ pub struct CompactOptions {
     /// A partition is compacted when it has at least this many small files, or any file
     /// with deletes (default 5).
     pub min_input_files: usize,
+    /// The most input bytes rewritten in one commit (`None`: 16 × the target size). Larger
+    /// groups leave fewer files below the target; smaller ones lose less work to a race.
+    pub max_group_size: Option<u64>,
     /// Report what would be rewritten; change nothing.
     pub dry_run: bool,
 }
@@ -72,6 +79,7 @@ impl Default for CompactOptions {
         CompactOptions {
             target_file_size: None,
             min_input_files: 5,
+            max_group_size: None,
             dry_run: false,
         }
     }
@@ -199,13 +207,15 @@ pub(super) fn bin_pack(sizes: &[u64], target: u64) -> Vec<Vec<usize>> {
 }
 
 /// The groups to rewrite in `live` (the table `md` describes): per partition of the default
-/// spec, the small files and the files with deletes, bin-packed up to `target` bytes; a
-/// partition only when it has `min_input` such files or a file with deletes; a group of one
-/// file only when that file has deletes.
+/// spec, the small files (below 75% of `target`) and the files with deletes, bin-packed up
+/// to `max_group` input bytes; a partition only when it has `min_input` such files or a
+/// file with deletes; a group of one file only when that file has deletes. Groups of one
+/// partition are consecutive.
 pub(super) fn plan(
     md: &TableMetadata,
     live: &LiveFiles,
     target: u64,
+    max_group: u64,
     min_input: usize,
 ) -> Vec<Group> {
     let spec = md.default_partition_spec_id();
@@ -227,7 +237,7 @@ pub(super) fn plan(
             continue;
         }
         let sizes: Vec<u64> = files.iter().map(|f| f.file.file_size_in_bytes()).collect();
-        for bin in bin_pack(&sizes, target) {
+        for bin in bin_pack(&sizes, max_group.max(target)) {
             let members: Vec<&LiveFile> = bin.iter().map(|&i| files[i]).collect();
             if members.len() == 1 && !index.has_deletes(members[0].path()) {
                 continue;
@@ -235,7 +245,7 @@ pub(super) fn plan(
             groups.push(group_of(partition.clone(), &members, &index));
         }
     }
-    groups.sort_by(|a, b| a.files.cmp(&b.files));
+    groups.sort_by_cached_key(|g| (format!("{:?}", g.partition), g.files.clone()));
     groups
 }
 
@@ -289,10 +299,10 @@ fn target_size(opts: &CompactOptions, md: &TableMetadata, cfg: &IcebergWriterCon
 
 /// Parquet properties of rewritten files: the writer's (compression, row group size), and
 /// bloom filters on the table's identifier fields — the merge key, which merges look up.
-fn write_properties(cfg: &IcebergWriterConfig, schema: &Schema) -> WriterProperties {
+fn write_properties(cfg: &IcebergWriterConfig, schema: &Schema, rows: usize) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(cfg.compression.compression())
-        .set_max_row_group_row_count(Some(cfg.row_group_size.max(1)))
+        .set_max_row_group_row_count(Some(rows.max(1)))
         .set_created_by(format!("dativo {}", env!("CARGO_PKG_VERSION")));
     for id in schema.identifier_field_ids() {
         if let Some(name) = schema.name_by_field_id(id) {
@@ -360,13 +370,25 @@ fn conform(batch: RecordBatch, target: &ArrowSchemaRef) -> Result<RecordBatch> {
     .map_err(|e| Error::schema(format!("rewritten rows do not fit the table: {e}")))
 }
 
+/// Rows per row group of compacted files with rows of `bytes_per_row` (in memory): at
+/// most an eighth of `target` each, and at most the writer's `row_group_size`. Parquet's
+/// writer estimates the row group in progress before compression, so a file closes once
+/// its flushed bytes and that estimate exceed the target: with small row groups a closed
+/// file holds at least 7/8 of the target, and is not small for the next compaction.
+fn rows_per_group(target: u64, bytes_per_row: u64, max_rows: usize) -> usize {
+    let rows = (target / 8) / bytes_per_row.max(1);
+    usize::try_from(rows)
+        .unwrap_or(usize::MAX)
+        .clamp(1, max_rows.max(1))
+}
+
 /// Read `tasks` (deletes applied) and write their rows into new data files of `partition`,
 /// rolling at `target` bytes. On failure the files written are deleted.
 async fn rewrite(
     table: &Table,
     tasks: Vec<FileScanTask>,
     partition: &Struct,
-    props: &WriterProperties,
+    cfg: &IcebergWriterConfig,
     target: u64,
 ) -> Result<Vec<DataFile>> {
     let md = table.metadata();
@@ -378,30 +400,11 @@ async fn rewrite(
     let spec = md.default_partition_spec();
     let key = (!spec.is_unpartitioned())
         .then(|| PartitionKey::new(spec.as_ref().clone(), schema.clone(), partition.clone()));
-    let files = FileBuilder::new(
-        props.clone(),
-        schema,
-        None,
-        md.location().to_string(),
-        Default::default(),
-    )?;
-    let rolling = RollingFileWriterBuilder::new(
-        files,
-        usize::try_from(target).unwrap_or(usize::MAX),
-        table.file_io().clone(),
-        DefaultLocationGenerator::new(md).map_err(|e| ice(e, "data location"))?,
-        DefaultFileNameGenerator::new(
-            format!("dativo-compact-{}", uuid::Uuid::now_v7()),
-            None,
-            DataFileFormat::Parquet,
-        ),
-    );
-    let mut writer = DataFileWriterBuilder::new(rolling)
-        .build(key)
-        .await
-        .map_err(|e| ice(e, "starting a data file"))?;
-    // One file at a time: a row group in memory at most.
+    let prefix = format!("dativo-compact-{}", uuid::Uuid::now_v7());
+    // Started at the first batch: its width sizes the row groups.
+    let mut writer = None;
     let written = async {
+        // One file at a time: a row group in memory at most.
         let mut rows = table
             .reader_builder()
             .with_data_file_concurrency_limit(1)
@@ -414,20 +417,54 @@ async fn rewrite(
             .await
             .map_err(|e| ice(e, "reading the files to compact"))?
         {
-            if batch.num_rows() > 0 {
-                writer
-                    .write(conform(batch, &arrow_schema)?)
-                    .await
-                    .map_err(|e| ice(e, "writing a compacted file"))?;
+            if batch.num_rows() == 0 {
+                continue;
             }
+            let batch = conform(batch, &arrow_schema)?;
+            if writer.is_none() {
+                let width = (batch.get_array_memory_size() / batch.num_rows()) as u64;
+                let props = write_properties(
+                    cfg,
+                    &schema,
+                    rows_per_group(target, width, cfg.row_group_size),
+                );
+                let files = FileBuilder::new(
+                    props,
+                    schema.clone(),
+                    None,
+                    md.location().to_string(),
+                    Default::default(),
+                )?;
+                let rolling = RollingFileWriterBuilder::new(
+                    files,
+                    usize::try_from(target).unwrap_or(usize::MAX),
+                    table.file_io().clone(),
+                    DefaultLocationGenerator::new(md).map_err(|e| ice(e, "data location"))?,
+                    DefaultFileNameGenerator::new(prefix.clone(), None, DataFileFormat::Parquet),
+                );
+                writer = Some(
+                    DataFileWriterBuilder::new(rolling)
+                        .build(key.clone())
+                        .await
+                        .map_err(|e| ice(e, "starting a data file"))?,
+                );
+            }
+            let w = writer.as_mut().expect("started above");
+            w.write(batch)
+                .await
+                .map_err(|e| ice(e, "writing a compacted file"))?;
         }
         Ok::<_, Error>(())
     }
     .await;
-    let closed = writer
-        .close()
-        .await
-        .map_err(|e| ice(e, "closing a compacted file"));
+    let closed = match writer {
+        Some(mut w) => w
+            .close()
+            .await
+            .map_err(|e| ice(e, "closing a compacted file")),
+        // Every row of the group was deleted: the group is replaced by nothing.
+        None => Ok(Vec::new()),
+    };
     match (written, closed) {
         (Ok(()), Ok(files)) => Ok(files),
         (Err(e), Ok(files)) => {
@@ -482,7 +519,10 @@ pub(super) async fn compact_with(
     let md = table.metadata();
     let target = target_size(opts, md, &h.cfg);
     let live = LiveFiles::load(&table).await?;
-    let groups = plan(md, &live, target, opts.min_input_files);
+    let max_group = opts
+        .max_group_size
+        .unwrap_or_else(|| target.saturating_mul(GROUP_TARGETS));
+    let groups = plan(md, &live, target, max_group, opts.min_input_files);
     let (data_before, deletes_before) = counts(&live);
     let mut report = MaintenanceReport {
         operation: "compact".into(),
@@ -491,16 +531,25 @@ pub(super) async fn compact_with(
         delete_files_before: deletes_before,
         data_files_after: data_before,
         delete_files_after: deletes_before,
+        manifests_before: live.manifests.len() as u64,
+        manifests_after: live.manifests.len() as u64,
         ..Default::default()
     };
     if opts.dry_run {
+        // Per partition: its groups' bytes in target-sized files (an estimate: rewritten
+        // files are usually smaller than the small files they replace).
+        let mut parts: HashMap<&Struct, u64> = HashMap::new();
         for g in &groups {
-            let out = g.bytes.div_ceil(target).max(1);
-            report.data_files_after = (report.data_files_after + out) - g.files.len() as u64;
+            *parts.entry(&g.partition).or_default() += g.bytes;
+            report.data_files_after -= g.files.len() as u64;
             report.delete_files_after -= g.deletes.len() as u64;
             report.rows_rewritten += g.rows.saturating_sub(g.deleted);
             report.bytes_rewritten += g.bytes;
         }
+        report.data_files_after += parts
+            .values()
+            .map(|b| b.div_ceil(target).max(1))
+            .sum::<u64>();
         log(h, &report, groups.len(), target);
         return Ok(report);
     }
@@ -512,7 +561,6 @@ pub(super) async fn compact_with(
     let swap = h.swap()?;
     let committer = Committer::new(h.catalog.as_ref(), swap.as_ref());
     let io = table.file_io().clone();
-    let props = write_properties(&h.cfg, md.current_schema());
     let wanted: HashSet<&str> = groups
         .iter()
         .flat_map(|g| g.files.iter().map(String::as_str))
@@ -520,13 +568,48 @@ pub(super) async fn compact_with(
     let tasks = scan_tasks(&table, &wanted).await?;
     drop(wanted);
     let planned = (table.clone(), live.clone(), tasks);
+    // Groups left per partition, and the small last file of a partition's committed group:
+    // rewritten with its next group, so a partition ends with one file below the target.
+    let mut left: HashMap<Struct, usize> = HashMap::new();
+    for g in &groups {
+        *left.entry(g.partition.clone()).or_default() += 1;
+    }
+    let mut carry: HashMap<Struct, Vec<DataFile>> = HashMap::new();
     // The state the next commit is built on: the plan's, then each group's commit.
     let mut current = (table.clone(), live);
     let mut committed = 0usize;
     for group in groups {
         let mut group = group;
+        let n = left.get_mut(&group.partition).expect("counted above");
+        *n -= 1;
+        let last_of_partition = *n == 0;
+        let carried = carry.remove(&group.partition).unwrap_or_default();
+        let (carried_rows, carried_bytes) = carried.iter().fold((0, 0), |(r, b), f| {
+            (r + f.record_count(), b + f.file_size_in_bytes())
+        });
         let mut state: Cow<'_, (Table, LiveFiles, HashMap<String, Vec<FileScanTask>>)> =
             Cow::Borrowed(&planned);
+        if !carried.is_empty() {
+            let members: Option<Vec<&LiveFile>> = group
+                .files
+                .iter()
+                .map(String::as_str)
+                .chain(carried.iter().map(|f| f.file_path()))
+                .map(|p| current.1.get(p).filter(|f| f.is_data()))
+                .collect();
+            // A file gone meanwhile (another compaction): the group is planned again below.
+            if let Some(members) = members {
+                group = group_of(
+                    group.partition.clone(),
+                    &members,
+                    &DeleteIndex::new(&current.1),
+                );
+                // Files written since the plan: read on the current state.
+                let wanted: HashSet<&str> = group.files.iter().map(String::as_str).collect();
+                let tasks = scan_tasks(&current.0, &wanted).await?;
+                state = Cow::Owned((current.0.clone(), current.1.clone(), tasks));
+            }
+        }
         let mut redo = 0u32;
         loop {
             let (read_table, read_live, read_tasks) = state.as_ref();
@@ -542,7 +625,7 @@ pub(super) async fn compact_with(
                     }
                 }
             }
-            let files = rewrite(read_table, group_tasks, &group.partition, &props, target).await?;
+            let files = rewrite(read_table, group_tasks, &group.partition, &h.cfg, target).await?;
             let mut remove: BTreeSet<String> = group.files.iter().cloned().collect();
             remove.extend(group.deletes.iter().cloned());
             let change = Change {
@@ -554,24 +637,34 @@ pub(super) async fn compact_with(
                 ..Default::default()
             };
             let producer = SnapshotProducer::new(&current.0, change);
-            // The rows were read on the plan's state; the Committer checks for deletes added
+            // The rows were read on `read_live`; the Committer checks for deletes added
             // since `current`: those between the two (while this compaction committed other
             // groups) are checked here.
             let result = match producer.validate(read_live, &current.1) {
                 Ok(()) => {
                     before_commit();
-                    committer.commit(&current.0, producer, None).await
+                    committer
+                        .commit(&current.0, &current.1, producer, None)
+                        .await
                 }
                 Err(e) => Err(e),
             };
             match result {
                 Ok(t) => {
-                    report.rows_rewritten += files.iter().map(|f| f.record_count()).sum::<u64>();
-                    report.bytes_rewritten += group.bytes;
+                    let rows: u64 = files.iter().map(|f| f.record_count()).sum();
+                    report.rows_rewritten += rows.saturating_sub(carried_rows);
+                    report.bytes_rewritten += group.bytes.saturating_sub(carried_bytes);
                     report.commit_id = t.metadata().current_snapshot_id().map(|s| s.to_string());
-                    let l = LiveFiles::load(&t).await?;
+                    let l = LiveFiles::load_reusing(&t, Some(&current.1)).await?;
                     current = (t, l);
                     committed += 1;
+                    if !last_of_partition {
+                        let small: Vec<DataFile> = files
+                            .into_iter()
+                            .filter(|f| is_small(f.file_size_in_bytes(), target))
+                            .collect();
+                        carry.insert(group.partition.clone(), small);
+                    }
                     break;
                 }
                 Err(e) if e.kind() == ErrorKind::Conflict => {
@@ -579,7 +672,7 @@ pub(super) async fn compact_with(
                     report.conflicts += 1;
                     redo += 1;
                     let t = h.load().await?;
-                    let l = LiveFiles::load(&t).await?;
+                    let l = LiveFiles::load_reusing(&t, Some(&current.1)).await?;
                     let again = (redo <= REDOS).then(|| replan(&l, &group)).flatten();
                     let Some(g) = again else {
                         tracing::warn!(
@@ -614,6 +707,7 @@ pub(super) async fn compact_with(
     let (data_after, deletes_after) = counts(&current.1);
     report.data_files_after = data_after;
     report.delete_files_after = deletes_after;
+    report.manifests_after = current.1.manifests.len() as u64;
     log(h, &report, committed, target);
     Ok(report)
 }
@@ -645,6 +739,12 @@ pub async fn rewrite_manifests(h: &TableHandle, dry_run: bool) -> Result<Mainten
     check_table(h, &table)?;
     let live = LiveFiles::load(&table).await?;
     let (data, deletes) = counts(&live);
+    let kinds: HashSet<(i32, bool)> = live
+        .files
+        .iter()
+        .map(|f| (f.spec_id, f.is_data()))
+        .collect();
+    let before = live.manifests.len() as u64;
     let mut report = MaintenanceReport {
         operation: "rewrite-manifests".into(),
         dry_run,
@@ -652,16 +752,16 @@ pub async fn rewrite_manifests(h: &TableHandle, dry_run: bool) -> Result<Mainten
         data_files_after: data,
         delete_files_before: deletes,
         delete_files_after: deletes,
+        manifests_before: before,
+        manifests_after: before,
         ..Default::default()
     };
-    let kinds: HashSet<(i32, bool)> = live
-        .files
-        .iter()
-        .map(|f| (f.spec_id, f.is_data()))
-        .collect();
-    let before = live.manifests.len();
-    if live.snapshot_id.is_none() || before <= kinds.len() || dry_run {
-        tracing::info!(table = %h.cfg.table, dry_run, manifests_before = before, manifests_after = kinds.len(), "rewrote manifests");
+    let nothing = live.snapshot_id.is_none() || before <= kinds.len() as u64;
+    if nothing || dry_run {
+        if !nothing {
+            report.manifests_after = kinds.len() as u64;
+        }
+        tracing::info!(table = %h.cfg.table, dry_run, manifests_before = before, manifests_after = report.manifests_after, "rewrote manifests");
         return Ok(report);
     }
     let swap = h.swap()?;
@@ -672,15 +772,16 @@ pub async fn rewrite_manifests(h: &TableHandle, dry_run: bool) -> Result<Mainten
         ..Default::default()
     };
     let t = Committer::new(h.catalog.as_ref(), swap.as_ref())
-        .commit(&table, SnapshotProducer::new(&table, change), None)
+        .commit(&table, &live, SnapshotProducer::new(&table, change), None)
         .await?;
     report.commit_id = t.metadata().current_snapshot_id().map(|s| s.to_string());
-    let after = LiveFiles::load(&t).await?;
+    let after = LiveFiles::load_reusing(&t, Some(&live)).await?;
     (report.data_files_after, report.delete_files_after) = counts(&after);
+    report.manifests_after = after.manifests.len() as u64;
     tracing::info!(
         table = %h.cfg.table,
         manifests_before = before,
-        manifests_after = after.manifests.len(),
+        manifests_after = report.manifests_after,
         commit = report.commit_id.as_deref().unwrap_or("none"),
         "rewrote manifests"
     );

@@ -64,6 +64,10 @@ pub struct MaintenanceReport {
     pub files_deleted: u64,
     /// Bytes deleted from storage.
     pub bytes_deleted: u64,
+    /// Manifests of the current snapshot before the operation (compaction, manifest rewrite).
+    pub manifests_before: u64,
+    /// Manifests of the current snapshot after it.
+    pub manifests_after: u64,
     /// Commits that lost a race and were planned again (or groups skipped).
     pub conflicts: u64,
     /// The snapshot (or metadata) the operation committed, if any.
