@@ -70,6 +70,11 @@ struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     allow_plugin_path: Vec<PathBuf>,
 
+    /// Read `NAME=value` lines from FILE for `${env:NAME}` in job files (repeatable; the
+    /// process environment wins; `#` comments, blank lines, `export ` and quotes allowed).
+    #[arg(long, global = true, value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -184,6 +189,23 @@ that is not a usable dativo plugin — as `dativo run` would exit).")]
     Check {
         /// The job file.
         job: PathBuf,
+    },
+    /// The streams a job with `tables:` would load: each selected table with the catalog's
+    /// estimated rows and bytes, its key, cursor and mode, and its rendered target.
+    #[command(after_help = "Examples:
+  dativo discover examples/jobs/postgres_schema_to_iceberg.yaml
+  dativo discover jobs/db.yaml --json
+
+Per table: the cursor is the stream's `cursor`, else the first of the source's `cursor:` list the
+table has, else a NOT NULL time or integer column named updated_at, modified_at, last_modified,
+last_updated, updated or modified; without one the table is read in full every run (into
+Iceberg: an overwrite). Keyed incremental streams into Iceberg are merged on their key.")]
+    Discover {
+        /// The job file (its source has `tables:`).
+        job: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Keep a job's Iceberg table healthy: compact small files (applying deletes), rewrite
     /// manifests, expire old snapshots, remove orphan files. Safe while the job runs.
@@ -391,6 +413,9 @@ enum StateCommand {
     Show {
         /// A job file, or a job name.
         job: String,
+        /// One stream (`schema.table`) of a job with `tables:`; without it, every stream's.
+        #[arg(long, value_name = "STREAM")]
+        stream: Option<String>,
     },
     /// Forget the committed state: the next run reads from the beginning. Data already written
     /// is not touched (and a writer that stores state with its data, like `parquet`, keeps
@@ -399,6 +424,10 @@ enum StateCommand {
     Reset {
         /// A job file, or a job name.
         job: String,
+        /// Reset one stream (`schema.table`) of a job with `tables:`; without it, the job
+        /// and every stream of it.
+        #[arg(long, value_name = "STREAM")]
+        stream: Option<String>,
     },
 }
 
@@ -426,6 +455,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     output::init_logging(cli.log_format == LogFormat::Json, cli.verbose);
     dativo_plugins::native::allow_plugin_dirs(cli.allow_plugin_path.iter().cloned());
+    let mut env_values = Vec::new();
+    for f in &cli.env_file {
+        match read_env_file(f) {
+            Ok(v) => env_values.extend(v),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(e.kind().exit_code() as u8);
+            }
+        }
+    }
+    let _ = ENV_FILE.set(env_values);
     match dispatch(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -448,7 +488,54 @@ fn main() -> ExitCode {
 }
 
 fn load(job: &Path) -> Result<Job, Error> {
-    Job::load(job)
+    let files = ENV_FILE.get().map(Vec::as_slice).unwrap_or_default();
+    if files.is_empty() {
+        return Job::load(job);
+    }
+    Job::load_with_env(job, &|k| {
+        std::env::var(k)
+            .ok()
+            .or_else(|| files.iter().find_map(|(n, v)| (n == k).then(|| v.clone())))
+    })
+}
+
+/// `--env-file` values, read once at start.
+static ENV_FILE: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Parse an env file: `NAME=value` lines, `export ` prefixes, `#` comments, quoted values.
+fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::config(format!("--env-file {}: {e}", path.display())).with_source(e))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
+        let Some((name, value)) = line.split_once('=') else {
+            return Err(Error::config(format!(
+                "{}:{}: expected NAME=value",
+                path.display(),
+                i + 1
+            )));
+        };
+        let name = name.trim();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(Error::config(format!(
+                "{}:{}: `{name}` is not a variable name",
+                path.display(),
+                i + 1
+            )));
+        }
+        let v = value.trim();
+        let v = match (v.chars().next(), v.chars().last()) {
+            (Some(q @ ('"' | '\'')), Some(e)) if v.len() >= 2 && q == e => &v[1..v.len() - 1],
+            _ => v,
+        };
+        out.push((name.to_string(), v.to_string()));
+    }
+    Ok(out)
 }
 
 /// The state directory for a job: `--state-dir`, else the job's `state.dir`, else `.dativo`.
@@ -539,8 +626,30 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
                 Some(kind) => ExitCode::from(kind.exit_code() as u8),
             })
         }
+        Command::Discover { job, json } => {
+            let job = load(job)?;
+            if !dativo_core::streams::is_multi(&job) {
+                return Err(job.error_at(
+                    "source.config",
+                    "this job reads one stream: `dativo discover` lists the tables a job with `tables: [\"schema.*\"]` selects (`dativo check` shows this job's schema)",
+                ));
+            }
+            let plans = dativo_runtime::streams::discover(&job)?;
+            let dir = state_dir(cli, Some(&job));
+            let states = StateStore::open_with(&dir, cli.state_url.as_deref())
+                .and_then(|s| s.stream_states(job.name()))
+                .unwrap_or_default();
+            output::print_streams(&job, &plans, &states, *json);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { job } => {
             let job = load(job)?;
+            if dativo_core::streams::is_multi(&job) {
+                let plans = dativo_runtime::streams::discover(&job)?;
+                println!("ok: job `{}` — {} streams:", job.name(), plans.len());
+                output::print_streams(&job, &plans, &[], false);
+                return Ok(ExitCode::SUCCESS);
+            }
             let store =
                 StateStore::open_with(&state_dir(cli, Some(&job)), cli.state_url.as_deref())?;
             let schema = dativo_runtime::runner::check(&job, &store)?;
@@ -573,6 +682,34 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
                 && cli.log_format == LogFormat::Text
                 && std::io::stderr().is_terminal();
             let observer = output::Progress::new(show_bar);
+            if dativo_core::streams::is_multi(&job) {
+                let dir = state_dir(cli, Some(&job));
+                let url = cli.state_url.clone();
+                let summary = dativo_runtime::streams::run_streams(
+                    &job,
+                    &store,
+                    &|| StateStore::open_with(&dir, url.as_deref()),
+                    &RunOptions {
+                        cancel,
+                        observer: &observer,
+                        run_id: None,
+                        shard,
+                    },
+                )?;
+                observer.finish();
+                output::print_job_summary(
+                    &job,
+                    &summary,
+                    cli.log_format == LogFormat::Json,
+                    cli.verbose > 0,
+                );
+                return Ok(match (&summary.status, &summary.error) {
+                    (RunStatus::Succeeded, _) => ExitCode::SUCCESS,
+                    (RunStatus::Cancelled, _) => ExitCode::from(130),
+                    (_, Some(e)) => ExitCode::from(e.kind().exit_code() as u8),
+                    _ => ExitCode::FAILURE,
+                });
+            }
             let summary = dativo_runtime::run(
                 &job,
                 &store,
@@ -596,9 +733,38 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
                 _ => ExitCode::FAILURE,
             })
         }
-        Command::State(StateCommand::Show { job }) => {
-            let (name, dir) = job_ref(cli, job)?;
+        Command::State(StateCommand::Show { job, stream }) => {
+            let (job_name, dir) = job_ref(cli, job)?;
             let store = open_store_existing(cli, &dir)?;
+            let name = match stream {
+                Some(s) => dativo_core::streams::stream_key(&job_name, s),
+                None => job_name.clone(),
+            };
+            let streams = if stream.is_none() {
+                store.stream_states(&job_name)?
+            } else {
+                Vec::new()
+            };
+            if !streams.is_empty() {
+                let v: Vec<serde_json::Value> = streams
+                    .iter()
+                    .map(|(s, st)| {
+                        let reset = st.run_id == dativo_runtime::state_store::RESET_RUN_ID;
+                        serde_json::json!({
+                            "stream": s, "state": st.state, "run_id": st.run_id,
+                            "updated_at": st.updated_at, "reset": reset,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"job": job_name, "streams": v})
+                    )
+                    .expect("serializable")
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             match store.load_state(&name)? {
                 Some(s) if s.run_id == dativo_runtime::state_store::RESET_RUN_ID => println!(
                     "job `{name}` has no committed state (reset at {}): the next run reads from the beginning",
@@ -615,10 +781,30 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::State(StateCommand::Reset { job }) => {
+        Command::State(StateCommand::Reset { job, stream }) => {
             let (name, dir) = job_ref(cli, job)?;
             let store = open_store_existing(cli, &dir)?;
+            // The job's lock: no run of the job (or of any stream of it) is going on.
             let _lock = store.lock(&name)?;
+            if let Some(s) = stream {
+                let key = dativo_core::streams::stream_key(&name, s);
+                if store.reset_state(&key)? {
+                    println!("reset the state of stream `{s}` of job `{name}`: its next run reads the table from the beginning");
+                } else {
+                    println!("stream `{s}` of job `{name}` had no committed state");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let streams = store.stream_states(&name)?;
+            for (s, _) in &streams {
+                store.reset_state(&dativo_core::streams::stream_key(&name, s))?;
+            }
+            if !streams.is_empty() {
+                println!(
+                    "reset the state of {} streams of job `{name}`: the next run reads every table from the beginning",
+                    streams.len()
+                );
+            }
             if store.reset_state(&name)? {
                 println!("reset the state of job `{name}`: the next run reads from the beginning (what the target holds stays; an appending writer appends everything again)");
             } else {

@@ -454,6 +454,13 @@ fn maintenance_line(r: &dativo_runtime::maintain::MaintenanceReport) -> String {
             mb(r.bytes_rewritten)
         ));
     }
+    if r.manifests_before != r.manifests_after {
+        parts.push(format!(
+            "manifests {} → {}",
+            group(r.manifests_before),
+            group(r.manifests_after)
+        ));
+    }
     if r.snapshots_expired > 0 {
         parts.push(format!("{} snapshots expired", group(r.snapshots_expired)));
     }
@@ -498,6 +505,237 @@ pub fn print_runs(job: &str, runs: &[RunRecord]) {
                 (None, Some(d)) => abbreviate(&format!("maintain: {}", details_line(d)), 120),
                 (None, None) => String::new(),
             }
+        );
+    }
+}
+
+/// `n` in a short human form (`1.2M`, `34k`), `?` when unknown.
+fn approx(n: Option<u64>) -> String {
+    match n {
+        None => "?".into(),
+        Some(n) if n >= 10_000_000_000 => format!("{}G", n / 1_000_000_000),
+        Some(n) if n >= 1_000_000_000 => format!("{:.1}G", n as f64 / 1e9),
+        Some(n) if n >= 10_000_000 => format!("{}M", n / 1_000_000),
+        Some(n) if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        Some(n) if n >= 10_000 => format!("{}k", n / 1_000),
+        Some(n) => n.to_string(),
+    }
+}
+
+/// `dativo discover`: the streams of a job with `tables:`.
+pub fn print_streams(
+    job: &Job,
+    plans: &[dativo_core::streams::StreamPlan],
+    states: &[(String, dativo_runtime::StoredState)],
+    json: bool,
+) {
+    let committed = |s: &str| {
+        states
+            .iter()
+            .any(|(n, st)| n == s && st.run_id != dativo_runtime::state_store::RESET_RUN_ID)
+    };
+    if json {
+        let v: Vec<serde_json::Value> = plans
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "stream": p.stream,
+                    "schema": p.table.schema,
+                    "table": p.table.name,
+                    "estimated_rows": p.table.rows,
+                    "estimated_bytes": p.table.bytes,
+                    "primary_key": p.primary_key,
+                    "cursor": p.cursor,
+                    "mode": if p.cursor.is_some() { "incremental" } else { "full_refresh" },
+                    "partitions": p.partitions,
+                    "target": p.target,
+                    "target_mode": p.target_mode,
+                    "committed_state": committed(&p.stream),
+                    "job": p.job.name(),
+                    "notes": p.notes,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"job": job.name(), "streams": v}))
+                .expect("serializable")
+        );
+        return;
+    }
+    if plans.is_empty() {
+        println!(
+            "job `{}` selects no table: check `tables:` (patterns are `schema.table` globs)",
+            job.name()
+        );
+        return;
+    }
+    let w = plans
+        .iter()
+        .map(|p| p.stream.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let tw = plans
+        .iter()
+        .map(|p| p.target.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    println!(
+        "{:<w$}  {:>8}  {:>8}  {:<16}  {:<16}  {:<12}  {:<tw$}  notes",
+        "stream", "rows~", "bytes~", "key", "cursor", "mode", "target"
+    );
+    for p in plans {
+        let mode = match (&p.cursor, p.target_mode.as_deref()) {
+            (Some(_), Some(m)) => format!("incr. {m}"),
+            (Some(_), None) => "incremental".to_string(),
+            (None, Some(m)) => format!("full {m}"),
+            (None, None) => "full refresh".to_string(),
+        };
+        let mut notes = p.notes.clone();
+        if !committed(&p.stream) {
+            notes.insert(0, "new".into());
+        }
+        println!(
+            "{:<w$}  {:>8}  {:>8}  {:<16}  {:<16}  {:<12}  {:<tw$}  {}",
+            p.stream,
+            approx(p.table.rows),
+            approx(p.table.bytes).replace('?', "?")
+                + if p.table.bytes.is_some() { "B" } else { "" },
+            abbreviate(
+                &if p.primary_key.is_empty() {
+                    "-".into()
+                } else {
+                    p.primary_key.join(",")
+                },
+                16
+            ),
+            abbreviate(p.cursor.as_deref().unwrap_or("-"), 16),
+            mode,
+            p.target,
+            notes.join("; ")
+        );
+    }
+    let rows: u64 = plans.iter().filter_map(|p| p.table.rows).sum();
+    let bytes: u64 = plans.iter().filter_map(|p| p.table.bytes).sum();
+    println!(
+        "{} streams, about {} rows and {}B (catalog estimates); at most {} at a time",
+        plans.len(),
+        approx(Some(rows)),
+        approx(Some(bytes)),
+        job.config.max_parallel_streams
+    );
+}
+
+/// The end of a run of a job with `tables:`: one line per stream, then the totals.
+pub fn print_job_summary(
+    job: &Job,
+    s: &dativo_runtime::streams::JobSummary,
+    json: bool,
+    verbose: bool,
+) {
+    if json {
+        for o in &s.streams {
+            let (status, rows, bytes, secs, run) = match &o.result {
+                Ok(r) => (
+                    r.status.as_str(),
+                    r.rows,
+                    r.bytes,
+                    r.elapsed.as_secs_f64(),
+                    Some(r.run_id.clone()),
+                ),
+                Err(_) => ("not started", 0, 0, 0.0, None),
+            };
+            println!(
+                "{}",
+                serde_json::json!({
+                    "job": job.name(), "stream": o.stream, "target": o.target, "status": status,
+                    "rows": rows, "bytes": bytes, "elapsed_seconds": secs, "run_id": run,
+                    "error": o.error().map(|e| secrets::scrub(&e.to_string())),
+                    "error_kind": o.error().map(|e| e.kind().as_str()),
+                })
+            );
+        }
+        println!(
+            "{}",
+            serde_json::json!({
+                "job": job.name(), "run_id": s.run_id, "status": s.status.as_str(),
+                "streams": s.streams.len(),
+                "streams_failed": s.streams.iter().filter(|o| !o.succeeded()).count(),
+                "rows": s.rows(), "bytes": s.bytes(),
+                "elapsed_seconds": s.elapsed.as_secs_f64(),
+                "gone": s.gone, "other_shards": s.other_shards,
+                "error": s.error.as_ref().map(|e| secrets::scrub(&e.to_string())),
+                "error_kind": s.error.as_ref().map(|e| e.kind().as_str()),
+            })
+        );
+        return;
+    }
+    let w = s
+        .streams
+        .iter()
+        .map(|o| o.stream.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    if !s.streams.is_empty() {
+        println!(
+            "{:<w$}  {:<11}  {:>12}  {:>10}  {:>8}  error",
+            "stream", "status", "rows", "bytes", "seconds"
+        );
+    }
+    for o in &s.streams {
+        let (status, rows, bytes, secs) = match &o.result {
+            Ok(r) => (r.status.as_str(), r.rows, r.bytes, r.elapsed.as_secs_f64()),
+            Err(_) => ("not started", 0, 0, 0.0),
+        };
+        println!(
+            "{:<w$}  {:<11}  {:>12}  {:>10}  {:>8.1}  {}",
+            o.stream,
+            status,
+            group(rows),
+            mb(bytes),
+            secs,
+            o.error()
+                .map(|e| abbreviate(&secrets::scrub(&e.to_string()), 100))
+                .unwrap_or_default()
+        );
+    }
+    let failed = s.streams.iter().filter(|o| !o.succeeded()).count();
+    let mark = if s.status == RunStatus::Succeeded {
+        "✔"
+    } else {
+        "✘"
+    };
+    println!(
+        "{mark} job `{}` {} in {:.2}s (run {}): {} streams, {} failed; {} rows, {} committed",
+        job.name(),
+        s.status.as_str(),
+        s.elapsed.as_secs_f64(),
+        s.run_id,
+        s.streams.len(),
+        failed,
+        group(s.rows()),
+        mb(s.bytes())
+    );
+    if s.other_shards > 0 {
+        println!(
+            "  shards   {} streams belong to other shards",
+            s.other_shards
+        );
+    }
+    if !s.gone.is_empty() {
+        println!(
+            "  warning  {} streams with committed state are no longer in the source (or the selection): {} — skipped; their state and data stay",
+            s.gone.len(),
+            abbreviate(&s.gone.join(", "), 200)
+        );
+    }
+    if let Some(e) = &s.error {
+        println!(
+            "  error    {}",
+            error_text(e, verbose).replace('\n', "\n           ")
         );
     }
 }

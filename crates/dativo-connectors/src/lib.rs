@@ -52,6 +52,8 @@ pub struct BuiltinReader {
     pub validate: fn(&Value) -> Result<()>,
     /// Open a reader for `config` (the job's `source.config`) in a run.
     pub open: fn(&Value, &ReaderContext) -> Result<Box<dyn OpenReader>>,
+    /// The tables a `tables:` config can select (`None`: the reader reads one stream).
+    pub discover: Option<fn(&Value) -> Result<Vec<dativo_core::streams::SourceTable>>>,
 }
 
 /// A built-in writer.
@@ -79,6 +81,7 @@ pub fn readers() -> Vec<BuiltinReader> {
             summary: "CSV, JSON Lines and Parquet files from a path or glob; incremental by file",
             validate: file::FileReader::validate,
             open: |c, ctx| Ok(Box::new(file::FileReader::open(c, ctx)?)),
+            discover: None,
         },
         #[cfg(feature = "postgres")]
         BuiltinReader {
@@ -86,6 +89,7 @@ pub fn readers() -> Vec<BuiltinReader> {
             summary: "PostgreSQL tables or queries via binary COPY; parallel snapshot reads; cursor incremental",
             validate: postgres::PostgresReader::validate,
             open: |c, ctx| Ok(Box::new(postgres::PostgresReader::open(c, ctx)?)),
+            discover: Some(postgres::PostgresReader::discover),
         },
         #[cfg(feature = "mysql")]
         BuiltinReader {
@@ -93,6 +97,7 @@ pub fn readers() -> Vec<BuiltinReader> {
             summary: "MySQL / MariaDB tables or queries; parallel snapshot reads; cursor incremental",
             validate: mysql::MySqlReader::validate,
             open: |c, ctx| Ok(Box::new(mysql::MySqlReader::open(c, ctx)?)),
+            discover: Some(mysql::MySqlReader::discover),
         },
         #[cfg(feature = "http")]
         BuiltinReader {
@@ -100,6 +105,7 @@ pub fn readers() -> Vec<BuiltinReader> {
             summary: "JSON REST APIs: auth, JSONPath records, five pagination styles, incremental by a cursor field, retries and rate limits",
             validate: http::HttpReader::validate,
             open: |c, ctx| Ok(Box::new(http::HttpReader::open(c, ctx)?)),
+            discover: None,
         },
         #[cfg(feature = "adbc")]
         BuiltinReader {
@@ -107,6 +113,7 @@ pub fn readers() -> Vec<BuiltinReader> {
             summary: "any ADBC driver library (PostgreSQL, SQLite, FlightSQL, Snowflake…): a query's Arrow stream; cursor incremental",
             validate: adbc::AdbcReader::validate,
             open: |c, ctx| Ok(Box::new(adbc::AdbcReader::open(c, ctx)?)),
+            discover: None,
         },
     ]
 }

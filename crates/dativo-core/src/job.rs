@@ -64,6 +64,18 @@ pub struct JobConfig {
     /// `dativo serve` on `maintenance.schedule`).
     #[serde(default)]
     pub maintenance: Option<MaintenanceConfig>,
+    /// A job with `tables:`: streams (tables) read at the same time (1 to 64, default 4).
+    /// Each holds `channel_depth` batches and its reader's `partitions` connections.
+    #[serde(default = "default_parallel_streams")]
+    pub max_parallel_streams: usize,
+    /// A job with `tables:`: source connections its streams may hold at once (each stream
+    /// takes its reader's `partitions` + 1); unset: no limit beyond `max_parallel_streams`.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+}
+
+fn default_parallel_streams() -> usize {
+    4
 }
 
 /// `maintenance:` — what `dativo maintain JOB` does without flags, and when `serve` does it.
@@ -108,6 +120,11 @@ pub struct CompactConfig {
     /// file with deletes.
     #[serde(default)]
     pub min_input_files: Option<usize>,
+    /// The most input bytes rewritten in one commit (default 16 × the target size): larger
+    /// groups leave fewer files below the target, smaller ones lose less work when a merge
+    /// deletes rows from their files meanwhile.
+    #[serde(default)]
+    pub max_group_size: Option<ByteSize>,
 }
 
 /// `maintenance.expire_snapshots`.
@@ -466,12 +483,14 @@ impl Job {
     /// Parse job text; `path` is used in messages and for `${file:…}` resolution.
     pub fn parse(text: &str, path: &Path, subst: &Substitution<'_>) -> Result<Job> {
         let origin = path.display().to_string();
-        let document = Document::parse(text, &origin, subst)?;
-        if !document.value.is_object() {
+        let mut document = Document::parse(text, &origin, subst)?;
+        let Some(root) = document.value.as_object_mut() else {
             return Err(Error::config(format!(
                 "{origin}:1: a job file is a mapping with `name`, `source` and `target`"
             )));
-        }
+        };
+        // `x-…` keys hold YAML anchors for the rest of the file (as in Compose files).
+        root.retain(|k, _| !k.starts_with("x-"));
         let config: JobConfig = from_config(&document.value).map_err(|e| {
             let msg = e.message().to_string();
             Self::locate_in(&document, &origin, e.key_path().unwrap_or(""), &msg)
@@ -490,6 +509,15 @@ impl Job {
                     CHANNEL_DEPTH_RANGE.start(),
                     CHANNEL_DEPTH_RANGE.end(),
                     job.config.channel_depth
+                ),
+            ));
+        }
+        if !(1..=64).contains(&job.config.max_parallel_streams) {
+            return Err(job.error_at(
+                "max_parallel_streams",
+                &format!(
+                    "must be between 1 and 64 (tables read at the same time), got {}",
+                    job.config.max_parallel_streams
                 ),
             ));
         }
@@ -617,6 +645,16 @@ mod tests {
             j.config.checkpoint.seconds,
             Some(DurationValue(Duration::from_secs(300)))
         );
+    }
+
+    #[test]
+    fn x_keys_hold_anchors_and_are_ignored() {
+        let text = format!(
+            "x-retry: &retry {{attempts: 2, backoff: 1s}}\n{}",
+            GOOD.replace("retry:", "retry: *retry\nx-unused:")
+        );
+        let j = parse(&text).unwrap();
+        assert_eq!(j.config.retry.attempts, 2);
     }
 
     #[test]

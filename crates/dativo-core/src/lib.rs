@@ -15,6 +15,7 @@ pub mod job;
 pub mod rt;
 pub mod schema_spec;
 pub mod secrets;
+pub mod streams;
 pub mod yaml;
 
 pub use error::{Error, ErrorKind, Result, ResultExt};

@@ -130,6 +130,8 @@ impl Document {
 enum Frame {
     Map {
         map: Map<String, Value>,
+        /// Entries of `<<` merge keys: the mapping's own keys win over them.
+        merged: Map<String, Value>,
         key: Option<String>,
         path: String,
         anchor: usize,
@@ -222,7 +224,13 @@ impl Builder<'_, '_> {
                 self.lines.entry(p).or_insert(line);
                 items.push(value);
             }
-            Some(Frame::Map { map, key, path, .. }) => match key.take() {
+            Some(Frame::Map {
+                map,
+                merged,
+                key,
+                path,
+                ..
+            }) => match key.take() {
                 None => {
                     // This value is a key.
                     let k = match value {
@@ -238,6 +246,33 @@ impl Builder<'_, '_> {
                         self.fail(line, full.clone(), msg);
                     }
                     self.lines.insert(full, line);
+                }
+                Some(k) if k == "<<" => {
+                    // A merge key: `<<: *defaults` or `<<: [*a, *b]` (earlier ones win).
+                    let maps = match value {
+                        Value::Object(m) => vec![m],
+                        Value::Array(items) if items.iter().all(Value::is_object) => items
+                            .into_iter()
+                            .filter_map(|v| match v {
+                                Value::Object(m) => Some(m),
+                                _ => None,
+                            })
+                            .collect(),
+                        _ => {
+                            let at = join(path, "<<");
+                            self.fail(
+                                line,
+                                at,
+                                "`<<` merges a mapping into this one: `<<: *defaults` (or a list of them)".into(),
+                            );
+                            return;
+                        }
+                    };
+                    for m in maps {
+                        for (k, v) in m {
+                            merged.entry(k).or_insert(v);
+                        }
+                    }
                 }
                 Some(k) => {
                     map.insert(k, value);
@@ -319,6 +354,7 @@ impl MarkedEventReceiver for Builder<'_, '_> {
                 self.stack.push(if matches!(ev, Event::MappingStart(..)) {
                     Frame::Map {
                         map: Map::new(),
+                        merged: Map::new(),
                         key: None,
                         path,
                         anchor,
@@ -336,8 +372,17 @@ impl MarkedEventReceiver for Builder<'_, '_> {
             Event::MappingEnd | Event::SequenceEnd => {
                 let (value, anchor, start) = match self.stack.pop() {
                     Some(Frame::Map {
-                        map, anchor, start, ..
-                    }) => (Value::Object(map), anchor, start),
+                        mut map,
+                        merged,
+                        anchor,
+                        start,
+                        ..
+                    }) => {
+                        for (k, v) in merged {
+                            map.entry(k).or_insert(v);
+                        }
+                        (Value::Object(map), anchor, start)
+                    }
                     Some(Frame::Seq {
                         items,
                         anchor,
@@ -471,6 +516,22 @@ mod tests {
 
     fn parse(text: &str) -> Result<Document> {
         parse_with(text, &|_| None)
+    }
+
+    #[test]
+    fn merge_keys_merge_anchored_mappings_and_own_keys_win() {
+        let doc = parse(
+            "x-pg: &pg {url: 'postgres://h', batch_size: 10}\nx-big: &big {batch_size: 99, partitions: 4}\na:\n  <<: *pg\n  batch_size: 20\nb:\n  batch_size: 5\n  <<: [*big, *pg]\n",
+        )
+        .unwrap();
+        assert_eq!(doc.value["a"]["url"], "postgres://h");
+        assert_eq!(doc.value["a"]["batch_size"], 20);
+        assert_eq!(doc.value["b"]["batch_size"], 5);
+        assert_eq!(doc.value["b"]["partitions"], 4);
+        assert_eq!(doc.value["b"]["url"], "postgres://h");
+        assert!(doc.value["a"].get("<<").is_none());
+        let e = parse("a:\n  <<: 3\n").unwrap_err().to_string();
+        assert!(e.contains("`<<` merges a mapping"), "{e}");
     }
 
     #[test]

@@ -187,13 +187,31 @@ pub fn reader_for(job: &Job) -> Result<ReaderFactory> {
                     }
                 };
             };
-            (b.validate)(&src.config).map_err(|e| job.locate("source.config", e))?;
+            if dativo_core::streams::is_multi(job) {
+                if b.discover.is_none() {
+                    return Err(job.error_at(
+                        "source.config.tables",
+                        &format!(
+                            "reader '{name}' reads one stream: `tables` applies to the SQL readers (postgres, mysql)"
+                        ),
+                    ));
+                }
+                dativo_core::streams::Selection::of(job)?;
+                (b.validate)(&dativo_core::streams::validation_config(job))
+                    .map_err(|e| job.locate("source.config", e))?;
+            } else {
+                (b.validate)(&src.config).map_err(|e| job.locate("source.config", e))?;
+            }
             check_batch_size(job)?;
             Ok(ReaderFactory {
                 label: format!("reader '{name}'"),
                 open: Box::new(b.open),
             })
         }
+        Implementation::Custom(_) if dativo_core::streams::is_multi(job) => Err(job.error_at(
+            "source.config.tables",
+            "`tables` applies to the built-in SQL readers (postgres, mysql)",
+        )),
         Implementation::Custom(i) => {
             let r = custom(job, i, Side::Reader, "source.reader.implementation")?;
             Ok(ReaderFactory {

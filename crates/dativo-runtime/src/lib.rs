@@ -7,6 +7,7 @@ pub mod maintain;
 mod pg_store;
 pub mod runner;
 pub mod state_store;
+pub mod streams;
 
 pub use runner::{run, CancelToken, NoObserver, Observer, RunEvent, RunOptions, RunSummary};
 pub use state_store::{RunRecord, RunStatus, StateStore, StoredState};

@@ -163,6 +163,37 @@ impl PgStore {
         .transpose()
     }
 
+    pub(crate) fn stream_states(&self, job: &str) -> Result<Vec<(String, StoredState)>> {
+        let rows = block(self.client.query(
+            "SELECT job, state, run_id, updated_at FROM dativo_job_state
+             WHERE left(job, length($1) + 1) = $1 || '/' ORDER BY job",
+            &[&job],
+        ))
+        .map_err(err)?;
+        rows.iter()
+            .map(|r| {
+                let key: String = r.get(0);
+                let state = r
+                    .get::<_, Option<String>>(1)
+                    .map(|s| serde_json::from_str(&s))
+                    .transpose()
+                    .map_err(|e| {
+                        Error::data(format!("stored state of `{key}` is corrupt: {e}"))
+                            .with_source(e)
+                    })?;
+                let stream = key[job.len() + 1..].to_string();
+                Ok((
+                    stream,
+                    StoredState {
+                        state,
+                        run_id: r.get(2),
+                        updated_at: r.get(3),
+                    },
+                ))
+            })
+            .collect()
+    }
+
     pub(crate) fn save_commit(
         &self,
         job: &str,
@@ -277,7 +308,7 @@ impl PgStore {
         let rows = block(self.client.query(
             "SELECT run_id, job, started_at, ended_at, status, attempts, rows, bytes, commits, error,
                     details
-             FROM dativo_runs WHERE job = $1 OR job = $3
+             FROM dativo_runs WHERE job = $1 OR job = $3 OR left(job, length($1) + 1) = $1 || '/'
              ORDER BY started_at DESC, run_id DESC LIMIT $2",
             &[&job, &(limit as i64), &maintain],
         ))

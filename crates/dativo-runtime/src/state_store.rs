@@ -271,14 +271,15 @@ impl StateStore {
         }
     }
 
-    /// Take the job's lock without waiting. Runs of the job that are still marked running were
+    /// Take the job's lock without waiting. A stream of a job with `tables:` (`job/STREAM`)
+    /// has a lock of its own; the job's run holds the job's lock besides. Runs of the job that are still marked running were
     /// ended by a dead process: they are marked interrupted.
     pub fn lock(&self, job: &str) -> Result<JobLock> {
         let (conn, dir) = match &self.inner {
             Inner::Postgres(pg) => return pg.lock(job),
             Inner::Sqlite { conn, dir } => (conn, dir),
         };
-        // A shard (`job#I/N`) holds the job's lock shared and its own (`job#I-of-N.lock`)
+        // A shard (`job#I/N`) holds the job's lock shared and its own (`job#I%2FN.lock`)
         // exclusively: shards run side by side, but never next to an unsharded run of the job
         // (which would read the same rows again).
         let (base, sharded) = match job.split_once('#') {
@@ -288,7 +289,7 @@ impl StateStore {
         let open = |name: &str| -> Result<(File, PathBuf)> {
             let path = dir
                 .join("locks")
-                .join(format!("{}.lock", name.replace('/', "-of-")));
+                .join(format!("{}.lock", lock_file_name(name)));
             let f = File::options()
                 .create(true)
                 .truncate(false)
@@ -528,7 +529,35 @@ impl StateStore {
         Ok(())
     }
 
-    /// The job's runs and maintenance runs (`job#maintain`), newest first.
+    /// The committed states of the streams of a job with `tables:` (keys `job/STREAM`), by
+    /// stream name.
+    pub fn stream_states(&self, job: &str) -> Result<Vec<(String, StoredState)>> {
+        let conn = match &self.inner {
+            Inner::Postgres(pg) => return pg.stream_states(job),
+            Inner::Sqlite { conn, .. } => conn,
+        };
+        let mut stmt = conn
+            .prepare(
+                "SELECT job FROM job_state WHERE substr(job, 1, length(?1) + 1) = ?1 || '/'
+                 ORDER BY job",
+            )
+            .map_err(db_err)?;
+        let keys = stmt
+            .query_map(params![job], |r| r.get::<_, String>(0))
+            .map_err(db_err)?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(s) = self.load_state(&k)? {
+                out.push((k[job.len() + 1..].to_string(), s));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The job's runs, its streams' runs (`job/STREAM`) and maintenance runs (`job#maintain`),
+    /// newest first.
     pub fn runs(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
         let conn = match &self.inner {
             Inner::Postgres(pg) => return pg.runs(job, limit),
@@ -538,7 +567,7 @@ impl StateStore {
             .prepare(
                 "SELECT run_id, job, started_at, ended_at, status, attempts, rows, bytes, commits, error,
                         details
-                 FROM runs WHERE job = ?1 OR job = ?3
+                 FROM runs WHERE job = ?1 OR job = ?3 OR substr(job, 1, length(?1) + 1) = ?1 || '/'
                  ORDER BY started_at DESC, run_id DESC LIMIT ?2",
             )
             .map_err(db_err)?;
@@ -565,6 +594,12 @@ impl StateStore {
         rows.collect::<std::result::Result<Vec<_>, _>>()
             .map_err(db_err)
     }
+}
+
+/// A lock file's name for key `name` (`job`, `job#I/N`, `job/STREAM`): `%` and `/`
+/// percent-encoded, so distinct keys never share a file.
+fn lock_file_name(name: &str) -> String {
+    name.replace('%', "%25").replace('/', "%2F")
 }
 
 #[cfg(test)]

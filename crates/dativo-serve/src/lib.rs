@@ -437,16 +437,23 @@ impl Server {
                 // A panic (a bug, in a plugin or here) must not leave the job marked running.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     me.store().and_then(|store| {
-                        dativo_runtime::run(
-                            &job,
-                            &store,
-                            &RunOptions {
-                                cancel,
-                                observer: &observer,
-                                run_id: Some(run_id.clone()),
-                                shard: Default::default(),
-                            },
-                        )
+                        let opts = RunOptions {
+                            cancel,
+                            observer: &observer,
+                            run_id: Some(run_id.clone()),
+                            shard: Default::default(),
+                        };
+                        if dativo_core::streams::is_multi(&job) {
+                            dativo_runtime::streams::run_streams(
+                                &job,
+                                &store,
+                                &|| me.store(),
+                                &opts,
+                            )
+                            .map(dativo_runtime::streams::JobSummary::into_run_summary)
+                        } else {
+                            dativo_runtime::run(&job, &store, &opts)
+                        }
                     })
                 }))
                 .unwrap_or_else(|p| {

@@ -209,6 +209,16 @@ pub trait Dialect: Sized + Send + 'static {
     /// A query returning the primary key columns of `table`, in order.
     fn primary_key_sql(table: &str) -> String;
 
+    /// A query listing the tables a `tables:` selection can pick from (the user's base
+    /// tables; system schemas left out): schema, name, estimated rows, estimated bytes —
+    /// each as text, the estimates NULL when unknown.
+    fn tables_sql() -> String;
+
+    /// A query listing the columns of those tables: schema, table, column, type name,
+    /// `t` when NOT NULL, the column's position in the primary key (1-based) or NULL — each
+    /// as text, ordered by schema, table and column position.
+    fn columns_sql() -> String;
+
     /// The `lookback` identity of a row: a text hash of its primary key and cursor. Stored in
     /// states: it must never change.
     fn row_hash(pk: &[String], cursor: &str) -> String;

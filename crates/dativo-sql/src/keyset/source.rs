@@ -9,6 +9,7 @@ use arrow::record_batch::RecordBatch;
 use crossbeam_channel::{bounded, Receiver};
 use serde_json::Value;
 
+use dativo_core::streams::{SourceColumn, SourceTable};
 use dativo_core::{Delivery, Error, OpenReader, ReaderContext, Result, Shard, StreamInfo};
 
 use super::batch::{BatchBound, PartMsg, ReadSpec};
@@ -62,6 +63,90 @@ impl<D: Dialect> SqlSource<D> {
             .check(D::SQL.url_schemes(), D::SQL.url_example())?;
         D::check(&c.own)?;
         Ok(c)
+    }
+
+    /// The tables `config` (a `tables:` config: its connection keys count) can select, with
+    /// their catalog's estimates, primary keys and columns.
+    pub fn discover(config: &Value) -> Result<Vec<SourceTable>> {
+        let mut c = config.clone();
+        if let Value::Object(m) = &mut c {
+            // Only the connection is used: one planning connection, no locks.
+            const PER_TABLE: [&str; 9] = [
+                "tables",
+                "streams",
+                "cursor",
+                "mode",
+                "lookback",
+                "primary_key",
+                "partition_column",
+                "lower_bound",
+                "upper_bound",
+            ];
+            m.retain(|k, _| !PER_TABLE.contains(&k.as_str()));
+            m.insert("table".into(), Value::String("dativo_discover.t".into()));
+            m.insert("partitions".into(), Value::from(1));
+        }
+        let config = Self::load(&c)?;
+        let mut db = D::open(&config)?;
+        let listed = (|| {
+            let tables = db.rows(&D::tables_sql(), "listing the tables")?;
+            let columns = db.rows(&D::columns_sql(), "listing the tables' columns")?;
+            Ok::<_, Error>((tables, columns))
+        })();
+        let closed = db.close();
+        let (tables, columns) = listed?;
+        closed?;
+        let num = |v: &Option<String>| {
+            v.as_deref()
+                .and_then(|s| s.trim().parse::<f64>().ok())
+                .filter(|n| *n >= 0.0)
+                .map(|n| n as u64)
+        };
+        let text = |v: Option<&Option<String>>| v.cloned().flatten().unwrap_or_default();
+        let mut out: Vec<SourceTable> = Vec::with_capacity(tables.len());
+        let mut index = std::collections::HashMap::new();
+        for r in &tables {
+            let (schema, name) = (text(r.first()), text(r.get(1)));
+            let plain = |s: &str| {
+                !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_alphanumeric() || c == '_' || c == '$')
+            };
+            let reference = if plain(&schema) && plain(&name) {
+                format!("{schema}.{name}")
+            } else {
+                format!("{}.{}", D::ident(&schema), D::ident(&name))
+            };
+            index.insert((schema.clone(), name.clone()), out.len());
+            out.push(SourceTable {
+                schema,
+                name,
+                reference,
+                rows: r.get(2).and_then(num),
+                bytes: r.get(3).and_then(num),
+                ..Default::default()
+            });
+        }
+        let mut keys: Vec<Vec<(u64, String)>> = vec![Vec::new(); out.len()];
+        for r in &columns {
+            let Some(&i) = index.get(&(text(r.first()), text(r.get(1)))) else {
+                continue;
+            };
+            let name = text(r.get(2));
+            if let Some(pos) = r.get(5).and_then(num) {
+                keys[i].push((pos, name.clone()));
+            }
+            out[i].columns.push(SourceColumn {
+                name,
+                type_name: text(r.get(3)),
+                not_null: text(r.get(4)) == "t",
+            });
+        }
+        for (t, mut k) in out.iter_mut().zip(keys) {
+            k.sort();
+            t.primary_key = k.into_iter().map(|(_, n)| n).collect();
+        }
+        Ok(out)
     }
 
     /// Open the source for a run: connect, take the snapshot, plan the read (or resume the
@@ -569,15 +654,23 @@ impl<D: Dialect> Snapshot<D> {
                 let order = match &self.opts.partition_column {
                     Some(p) => Some(p.clone()),
                     None => {
+                        // The single-column key; with `partitions`, a composite key's
+                        // leading column (one reading of one value is never split, so a
+                        // low-cardinality leading column makes long batches: name another
+                        // `partition_column` then).
                         let pk = self.primary_key()?;
-                        (pk.len() == 1).then(|| pk[0].clone())
+                        match pk.len() {
+                            1 => Some(pk[0].clone()),
+                            2.. if n > 1 => Some(pk[0].clone()),
+                            _ => None,
+                        }
                     }
                 };
                 let Some(order) = order else {
                     if n > 1 {
                         return Err(config_error(
                             "partition_column",
-                            "`partitions` needs `partition_column` (no single-column primary key was found)",
+                            "`partitions` needs `partition_column`: the table has no primary key to split on",
                         ));
                     }
                     return Ok(Plan {

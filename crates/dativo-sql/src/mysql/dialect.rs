@@ -28,6 +28,10 @@ pub struct MySql {
     workers: Vec<Conn>,
 }
 
+/// Schemas (databases) of the user's tables: the system ones left out.
+const MY_USER_SCHEMAS: &str =
+    "TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')";
+
 impl Dialect for MySql {
     const SQL: Syntax = Syntax::new(
         "mysql",
@@ -143,6 +147,29 @@ impl Dialect for MySql {
             "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE {} AND IS_NULLABLE = 'NO' \
              ORDER BY ORDINAL_POSITION",
             table_filter(table)
+        )
+    }
+
+    fn tables_sql() -> String {
+        format!(
+            "SELECT TABLE_SCHEMA, TABLE_NAME, CAST(TABLE_ROWS AS CHAR), \
+             CAST(DATA_LENGTH + INDEX_LENGTH AS CHAR) FROM information_schema.TABLES \
+             WHERE TABLE_TYPE = 'BASE TABLE' AND {MY_USER_SCHEMAS} ORDER BY 1, 2"
+        )
+    }
+
+    fn columns_sql() -> String {
+        format!(
+            "SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.COLUMN_TYPE, \
+             CASE WHEN c.IS_NULLABLE = 'NO' THEN 't' ELSE 'f' END, CAST(k.ORDINAL_POSITION AS CHAR) \
+             FROM information_schema.COLUMNS c \
+             JOIN information_schema.TABLES t ON t.TABLE_SCHEMA = c.TABLE_SCHEMA \
+               AND t.TABLE_NAME = c.TABLE_NAME AND t.TABLE_TYPE = 'BASE TABLE' \
+             LEFT JOIN information_schema.KEY_COLUMN_USAGE k ON k.TABLE_SCHEMA = c.TABLE_SCHEMA \
+               AND k.TABLE_NAME = c.TABLE_NAME AND k.COLUMN_NAME = c.COLUMN_NAME \
+               AND k.CONSTRAINT_NAME = 'PRIMARY' \
+             WHERE {} ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION",
+            MY_USER_SCHEMAS.replace("TABLE_SCHEMA", "c.TABLE_SCHEMA")
         )
     }
 

@@ -26,6 +26,13 @@ pub struct Postgres {
     snapshot: String,
 }
 
+/// Ordinary and partitioned tables (not the partitions) outside the system schemas that the
+/// user may read.
+const PG_USER_TABLES: &str = "c.relkind IN ('r', 'p') AND NOT c.relispartition \
+     AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+     AND has_table_privilege(c.oid, 'SELECT')";
+
 impl Dialect for Postgres {
     type Options = PgOptions;
     type Kind = ColKind;
@@ -123,6 +130,33 @@ impl Dialect for Postgres {
             "SELECT attname::text FROM pg_attribute WHERE attrelid = {}::regclass AND attnum > 0 \
              AND NOT attisdropped AND attnotnull ORDER BY attnum",
             Self::lit(&Self::table_ref(table))
+        )
+    }
+
+    // From the catalog only (statistics of the last ANALYZE/VACUUM): size functions would
+    // wait for a table another session has locked.
+    fn tables_sql() -> String {
+        format!(
+            "SELECT n.nspname::text, c.relname::text, \
+             CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint::text END, \
+             ((c.relpages::bigint + coalesce(t.relpages, 0)) \
+               * current_setting('block_size')::bigint)::text \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             LEFT JOIN pg_class t ON t.oid = c.reltoastrelid \
+             WHERE {PG_USER_TABLES} ORDER BY 1, 2"
+        )
+    }
+
+    fn columns_sql() -> String {
+        format!(
+            "SELECT n.nspname::text, c.relname::text, a.attname::text, \
+             format_type(a.atttypid, a.atttypmod), CASE WHEN a.attnotnull THEN 't' ELSE 'f' END, \
+             (SELECT array_position(i.indkey::int2[], a.attnum)::text FROM pg_index i \
+              WHERE i.indrelid = c.oid AND i.indisprimary) \
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE a.attnum > 0 AND NOT a.attisdropped AND {PG_USER_TABLES} \
+             ORDER BY n.nspname, c.relname, a.attnum"
         )
     }
 
