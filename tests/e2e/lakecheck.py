@@ -6,6 +6,7 @@ Rows are compared in a canonical Arrow form: integers as int64, numerics as text
 decimals, dates as days, timestamps as microseconds, booleans as `true`/`false` text.
 """
 import glob
+import json
 import os
 import pathlib
 import signal

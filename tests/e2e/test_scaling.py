@@ -199,3 +199,41 @@ def test_kubernetes_manifests_validate(dativo, tmp_path):
     secs.write_text(job.read_text() + 'schedule: "*/5 * * * * *"\n')
     p = dativo.run("deploy", "kubernetes", secs, "--image", "x", "--secret", "s")
     assert p.returncode == 2 and "once a minute" in p.stderr
+
+
+def test_kubernetes_manifests_for_a_directory_of_jobs(dativo, tmp_path):
+    """`deploy kubernetes DIR --serve`: one ConfigMap with every job file and ONE serve
+    Deployment (not one per job); without --serve, each job's manifests."""
+    import shutil
+    import yaml
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    for f in ("postgres_to_iceberg.yaml", "postgres_schema_to_iceberg.yaml", "postgres_to_iceberg_merge.yaml"):
+        shutil.copy(ROOT / "examples/jobs" / f, jobs / f)
+    out = dativo.run("deploy", "kubernetes", jobs, "--image", "registry/dativo:0.1", "--secret", "etl-env",
+                     "--serve", "--state-url-secret", "dativo-state/url", check=0).stdout
+    log = validate(out, tmp_path)
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["ConfigMap", "Deployment", "Service"], (kinds, log)
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert sorted(cm["data"]) == sorted(p.name for p in jobs.iterdir())
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][:3] == ["serve", "--jobs", "/etc/dativo"]
+    assert {"name": "PG_URL", "valueFrom": {"secretKeyRef": {"name": "etl-env", "key": "PG_URL"}}} in c["env"]
+    # Without --serve: one Job (and ConfigMap) per job file.
+    out = dativo.run("deploy", "kubernetes", jobs, "--image", "registry/dativo:0.1", "--secret", "etl-env",
+                     check=0).stdout
+    validate(out, tmp_path)
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    assert sum(d["kind"] == "Job" for d in docs) == 3 and sum(d["kind"] == "ConfigMap" for d in docs) == 3
+    # An empty directory, or two files with one job name, are explained.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    p = dativo.run("deploy", "kubernetes", empty, "--image", "x")
+    assert p.returncode == 2 and "no job files" in p.stderr
+    shutil.copy(jobs / "postgres_to_iceberg.yaml", jobs / "copy.yaml")
+    p = dativo.run("deploy", "kubernetes", jobs, "--image", "x", "--secret", "s", "--serve",
+                   "--state-url-secret", "a/b")
+    assert p.returncode == 2 and "must be unique" in p.stderr, p.stderr

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import MY_URL, PG_URL, my_params, write_job
-from lakecheck import Lake, dativo, pg_canon, run_json, run_or_kill, sql
+from lakecheck import Lake, dativo, pg_canon, run_or_kill, sql
 
 TABLES = int(os.environ.get("DATIVO_TEST_STREAMS_TABLES", "200"))
 BIG_ROWS = int(os.environ.get("DATIVO_TEST_STREAMS_BIG_ROWS", "1000000"))
@@ -362,7 +362,7 @@ def test_a_mariadb_database_into_parquet(tmp_path):
                     values.append(f"({r}, 'n{r}', {(r * 37) % 100000 / 100.0}, '2021-01-01' + INTERVAL {r % 900} DAY, {r % 2}{ts})")
             for c0 in range(0, len(values), 1000):
                 my_exec(conn, f"INSERT INTO {db}.{name} VALUES " + ",".join(values[c0:c0 + 1000]))
-        my_exec(conn, f"ANALYZE TABLE " + ", ".join(f"{db}.{n}" for n in names))
+        my_exec(conn, "ANALYZE TABLE " + ", ".join(f"{db}.{n}" for n in names))
         url = MY_URL.rsplit("/", 1)[0] + f"/{db}"
         job = write_job(tmp_path / "my.yaml", f"""name: mydb
 max_parallel_streams: 3
@@ -446,3 +446,25 @@ target:
                               "--log-format", "json"))
     assert total["status"] == "succeeded" and per[f"{schema}.full_000"]["rows"] == 42, total
     assert pq.ParquetDataset(tmp_path / "lake/full_000").read().num_rows == 42
+
+
+def test_shards_split_the_streams(tmp_path, pg, pg_schema):
+    """`--shard I/N` on a multi-table job runs the streams shard I owns: together the shards
+    load every table once, and each stream is loaded whole by one shard."""
+    schema = pg_schema
+    names = [f"{k}_{i:03d}" for i, k in enumerate(["inc", "full", "nokey", "comp", "inc", "full", "inc", "full"])]
+    for n in names:
+        create_table(pg, schema, n, 300)
+    job = pg_job(tmp_path / "db.yaml", "sharded", schema)
+    seen = {}
+    for i in range(2):
+        p = dativo(tmp_path, "run", job, "--shard", f"{i}/2", "--no-progress", "--log-format", "json")
+        per, total = lines(p)
+        assert total["status"] == "succeeded", total
+        assert total["streams"] + total["other_shards"] == len(names), total
+        for s in per:
+            assert s not in seen, f"{s} loaded by shards {seen[s]} and {i}"
+            seen[s] = i
+    assert set(seen) == {f"{schema}.{n}" for n in names}
+    assert len(set(seen.values())) == 2, "one shard got every stream"
+    assert_tables(pg, Lake(tmp_path), schema, names)

@@ -11,8 +11,9 @@ use dativo_core::job::Job;
 use dativo_core::{Error, Result};
 
 /// What to generate.
+#[derive(Clone, Copy)]
 pub struct DeployOptions<'a> {
-    /// The job file.
+    /// The job file, or a directory of job files.
     pub job: &'a Path,
     /// Shards (parallel pods).
     pub shards: u32,
@@ -71,8 +72,14 @@ pub fn memory_mib(job: &Job) -> u64 {
         .get("batch_size")
         .and_then(Value::as_u64)
         .unwrap_or(65_536);
-    let in_flight = (job.config.channel_depth as u64 + 2) * batch_rows * 1024;
-    let writer = 48u64 << 20;
+    // A job with `tables:` reads `max_parallel_streams` tables at once.
+    let streams = if dativo_core::streams::is_multi(job) {
+        job.config.max_parallel_streams as u64
+    } else {
+        1
+    };
+    let in_flight = (job.config.channel_depth as u64 + 2) * batch_rows * 1024 * streams;
+    let writer = (48u64 << 20) * streams;
     let base = 96u64 << 20;
     (in_flight + writer + base).div_ceil(1 << 20)
 }
@@ -111,6 +118,9 @@ fn env_list(names: &BTreeSet<String>, opts: &DeployOptions<'_>) -> Result<Vec<Va
 
 /// The manifests, as YAML documents.
 pub fn kubernetes(opts: &DeployOptions<'_>) -> Result<String> {
+    if opts.job.is_dir() {
+        return kubernetes_dir(opts);
+    }
     let text = std::fs::read_to_string(opts.job)
         .map_err(|e| Error::config(format!("cannot read {}: {e}", opts.job.display())))?;
     let job = Job::load_with_env(opts.job, &|_| Some("placeholder".into()))?;
@@ -220,12 +230,51 @@ pub fn kubernetes(opts: &DeployOptions<'_>) -> Result<String> {
         })),
     }
     if opts.serve {
+        let env = env_list(&env_names(&text), opts)?;
+        docs.extend(serve_docs(&name, env, mib, &volumes, &mounts, opts)?);
+    }
+    let mut out = String::new();
+    for w in shared_target_warnings(&job) {
+        eprintln!("warning: {w}");
+        let _ = writeln!(out, "# WARNING: {w}");
+    }
+    let _ = writeln!(
+        out,
+        "# dativo deploy kubernetes {} --shards {} --image {}\n# memory per shard: {mib}Mi requested (see docs/scaling.md for the formula)",
+        opts.job.display(),
+        opts.shards,
+        opts.image
+    );
+    for d in docs {
+        out.push_str("---\n");
+        out.push_str(&to_yaml(&d)?);
+    }
+    Ok(out)
+}
+
+/// The `dativo serve` Deployment (and its Service) running the jobs mounted at /etc/dativo.
+fn serve_docs(
+    name: &str,
+    env: Vec<Value>,
+    mib: u64,
+    volumes: &Value,
+    mounts: &Value,
+    opts: &DeployOptions<'_>,
+) -> Result<Vec<Value>> {
+    let meta = |n: &str| {
+        let mut m = json!({"name": n, "labels": {"app.kubernetes.io/name": "dativo", "dativo.dev/job": name}});
+        if let Some(ns) = opts.namespace {
+            m["namespace"] = json!(ns);
+        }
+        m
+    };
+    {
         if opts.state_url_secret.is_none() {
             return Err(Error::config(
                 "--serve runs several replicas: they share state through PostgreSQL, so give --state-url-secret SECRET/KEY",
             ));
         }
-        let mut senv = env_list(&env_names(&text), opts)?;
+        let mut senv = env;
         if let Some(secret) = opts.secret {
             senv.push(json!({"name": "DATIVO_API_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "DATIVO_API_TOKEN", "optional": true}}}));
         }
@@ -233,7 +282,7 @@ pub fn kubernetes(opts: &DeployOptions<'_>) -> Result<String> {
         let labels = json!({"app.kubernetes.io/name": "dativo-serve", "dativo.dev/job": name});
         let mut dmeta = meta(&serve);
         dmeta["labels"] = labels.clone();
-        docs.push(json!({
+        let mut docs = vec![json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": dmeta,
@@ -265,7 +314,7 @@ pub fn kubernetes(opts: &DeployOptions<'_>) -> Result<String> {
                     }
                 }
             }
-        }));
+        })];
         let mut smeta = meta(&serve);
         smeta["labels"] = labels.clone();
         docs.push(json!({
@@ -274,18 +323,97 @@ pub fn kubernetes(opts: &DeployOptions<'_>) -> Result<String> {
             "metadata": smeta,
             "spec": {"selector": labels, "ports": [{"name": "http", "port": 8080, "targetPort": "http"}]},
         }));
+        Ok(docs)
     }
-    let mut out = String::new();
-    for w in shared_target_warnings(&job) {
-        eprintln!("warning: {w}");
-        let _ = writeln!(out, "# WARNING: {w}");
+}
+
+/// `deploy kubernetes DIR`: every job file of DIR (`*.yaml`, `*.yml`). With `--serve`, ONE
+/// ConfigMap holding them all and one `dativo serve` Deployment running each on its schedule;
+/// otherwise each job's manifests in turn.
+fn kubernetes_dir(opts: &DeployOptions<'_>) -> Result<String> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(opts.job)
+        .map_err(|e| Error::config(format!("cannot read {}: {e}", opts.job.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::config(format!(
+            "{} holds no job files (*.yaml, *.yml)",
+            opts.job.display()
+        )));
     }
-    let _ = writeln!(
-        out,
-        "# dativo deploy kubernetes {} --shards {} --image {}\n# memory per shard: {mib}Mi requested (see docs/scaling.md for the formula)",
+    if !opts.serve {
+        let mut out = String::new();
+        for f in &files {
+            out.push_str(&kubernetes(&DeployOptions { job: f, ..*opts })?);
+        }
+        return Ok(out);
+    }
+    if opts.shards > 1 {
+        return Err(Error::config(
+            "--serve runs the jobs (unsharded) on their schedules inside `dativo serve`; for N shards deploy a job file with --shards",
+        ));
+    }
+    let dir_name = opts
+        .job
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "jobs".into());
+    let name = k8s_name(&dir_name);
+    let mut data = serde_json::Map::new();
+    let mut names = BTreeSet::new();
+    let mut mib = 0;
+    let mut jobs = BTreeSet::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| Error::config(format!("cannot read {}: {e}", f.display())))?;
+        let job = Job::load_with_env(f, &|_| Some("placeholder".into()))?;
+        if !jobs.insert(job.name().to_string()) {
+            return Err(Error::config(format!(
+                "two job files in {} are named `{}`: job names must be unique",
+                opts.job.display(),
+                job.name()
+            )));
+        }
+        mib = mib.max(memory_mib(&job));
+        names.extend(env_names(&text));
+        let key = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        data.insert(key, Value::String(text));
+    }
+    let mut cm_meta = json!({"name": format!("{name}-jobs"), "labels": {"app.kubernetes.io/name": "dativo", "dativo.dev/job": name}});
+    if let Some(ns) = opts.namespace {
+        cm_meta["namespace"] = json!(ns);
+    }
+    let mut docs = vec![json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": cm_meta,
+        "data": data,
+    })];
+    let volumes = json!([
+        {"name": "job", "configMap": {"name": format!("{name}-jobs")}},
+        {"name": "work", "emptyDir": {}}
+    ]);
+    let mounts = json!([
+        {"name": "job", "mountPath": "/etc/dativo", "readOnly": true},
+        {"name": "work", "mountPath": "/work"}
+    ]);
+    let env = env_list(&names, opts)?;
+    docs.extend(serve_docs(&name, env, mib, &volumes, &mounts, opts)?);
+    let mut out = format!(
+        "# dativo deploy kubernetes {} --serve --image {}: {} jobs in one serve Deployment\n# memory: {}Mi requested (the largest job's need + 64Mi)\n",
         opts.job.display(),
-        opts.shards,
-        opts.image
+        opts.image,
+        files.len(),
+        mib + 64
     );
     for d in docs {
         out.push_str("---\n");

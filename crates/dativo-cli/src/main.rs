@@ -93,7 +93,8 @@ The pods run `dativo run /etc/dativo/job.yaml --shards N`; each takes its shard 
 JOB_COMPLETION_INDEX. A failed index is retried on its own (backoffLimitPerIndex) and resumes
 from its last commit. See docs/scaling.md.")]
     Kubernetes {
-        /// The job file.
+        /// The job file, or a directory of job files (with --serve: one Deployment runs them
+        /// all; without: each job's manifests in turn).
         job: PathBuf,
         /// Shards: parallel pods, each reading its slice of the source.
         #[arg(long, default_value_t = 1)]
@@ -839,14 +840,30 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
             }
             let store =
                 StateStore::open_with(&state_dir(cli, Some(&job)), cli.state_url.as_deref())?;
-            let summary = dativo_runtime::maintain::maintain(&job, &req, &store)?;
+            let all = dativo_runtime::maintain::maintain_all(&job, &req, &store)?;
             if *json {
+                // One list of reports (a job with `tables:`: each names its stream).
+                let mut reports = Vec::new();
+                for (stream, s) in &all {
+                    for r in &s.reports {
+                        let mut v = serde_json::to_value(r).expect("serializable");
+                        if let Some(st) = stream {
+                            v["stream"] = serde_json::Value::from(st.clone());
+                        }
+                        reports.push(v);
+                    }
+                }
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&summary.reports).expect("serializable")
+                    serde_json::to_string_pretty(&reports).expect("serializable")
                 );
             } else {
-                output::print_maintenance(&job, &summary);
+                for (stream, s) in &all {
+                    if let Some(st) = stream {
+                        println!("stream {st}:");
+                    }
+                    output::print_maintenance(&job, s);
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

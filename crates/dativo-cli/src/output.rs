@@ -487,26 +487,59 @@ pub fn print_runs(job: &str, runs: &[RunRecord]) {
         println!("job `{job}` has no runs yet");
         return;
     }
+    // A job with `tables:` has the job's runs and each stream's (`job/STREAM`).
+    let what = |r: &RunRecord| match r.job.strip_prefix(job) {
+        Some(rest) if rest.starts_with('/') => rest[1..].to_string(),
+        Some("#maintain") => "(maintenance)".to_string(),
+        _ => "(job)".to_string(),
+    };
+    let streams = runs.iter().any(|r| r.job.starts_with(&format!("{job}/")));
+    let w = if streams {
+        runs.iter().map(|r| what(r).len()).max().unwrap_or(5).max(6) + 2
+    } else {
+        0
+    };
     println!(
-        "{:<36}  {:<24}  {:<24}  {:<11}  {:>12}  {:>10}  error",
-        "run", "started", "ended", "status", "rows", "bytes"
+        "{:<36}  {:<w$}{:<24}  {:<24}  {:<11}  {:>12}  {:>10}  error",
+        "run",
+        if streams { "stream" } else { "" },
+        "started",
+        "ended",
+        "status",
+        "rows",
+        "bytes"
     );
     for r in runs {
+        let details = match (&r.error, &r.details) {
+            (Some(e), _) => abbreviate(e, 120),
+            (None, Some(d)) if d.get("streams").is_some() => streams_line(d),
+            (None, Some(d)) => abbreviate(&format!("maintain: {}", details_line(d)), 120),
+            (None, None) => String::new(),
+        };
         println!(
-            "{:<36}  {:<24}  {:<24}  {:<11}  {:>12}  {:>10}  {}",
+            "{:<36}  {:<w$}{:<24}  {:<24}  {:<11}  {:>12}  {:>10}  {}",
             r.run_id,
+            if streams { what(r) } else { String::new() },
             r.started_at,
             r.ended_at.as_deref().unwrap_or("-"),
             r.status.as_str(),
             group(r.rows),
             mb(r.bytes),
-            match (&r.error, &r.details) {
-                (Some(e), _) => abbreviate(e, 120),
-                (None, Some(d)) => abbreviate(&format!("maintain: {}", details_line(d)), 120),
-                (None, None) => String::new(),
-            }
+            details
         );
     }
+}
+
+/// A multi-table job run's details in words: streams by status.
+fn streams_line(d: &serde_json::Value) -> String {
+    let list = d["streams"].as_array().cloned().unwrap_or_default();
+    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+    for s in &list {
+        *by.entry(s["status"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
+    }
+    let parts: Vec<String> = by.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    format!("{} streams: {}", list.len(), parts.join(", "))
 }
 
 /// `n` in a short human form (`1.2M`, `34k`), `?` when unknown.
@@ -601,8 +634,7 @@ pub fn print_streams(
             "{:<w$}  {:>8}  {:>8}  {:<16}  {:<16}  {:<12}  {:<tw$}  {}",
             p.stream,
             approx(p.table.rows),
-            approx(p.table.bytes).replace('?', "?")
-                + if p.table.bytes.is_some() { "B" } else { "" },
+            approx(p.table.bytes) + if p.table.bytes.is_some() { "B" } else { "" },
             abbreviate(
                 &if p.primary_key.is_empty() {
                     "-".into()

@@ -42,6 +42,9 @@ impl std::error::Error for Cause {
     }
 }
 
+/// Lists the tables a `tables:` config can select (see [`BuiltinReader::discover`]).
+pub type Discover = fn(&Value) -> Result<Vec<dativo_core::streams::SourceTable>>;
+
 /// A built-in reader.
 pub struct BuiltinReader {
     /// The name used in job files (`reader: file`).
@@ -53,7 +56,7 @@ pub struct BuiltinReader {
     /// Open a reader for `config` (the job's `source.config`) in a run.
     pub open: fn(&Value, &ReaderContext) -> Result<Box<dyn OpenReader>>,
     /// The tables a `tables:` config can select (`None`: the reader reads one stream).
-    pub discover: Option<fn(&Value) -> Result<Vec<dativo_core::streams::SourceTable>>>,
+    pub discover: Option<Discover>,
 }
 
 /// A built-in writer.

@@ -179,3 +179,31 @@ fn run_operations(
     }
     Ok(())
 }
+
+/// [`maintain`] for any job: a job with `tables:` maintains each of its streams' tables (the
+/// streams it would load now), each recorded as `JOB/STREAM#maintain`; one stream failing
+/// does not stop the others, and the first failure is returned after all ran.
+pub fn maintain_all(
+    job: &Job,
+    req: &MaintainRequest,
+    store: &StateStore,
+) -> Result<Vec<(Option<String>, MaintainSummary)>> {
+    if !dativo_core::streams::is_multi(job) {
+        return Ok(vec![(None, maintain(job, req, store)?)]);
+    }
+    let mut out = Vec::new();
+    let mut first: Option<dativo_core::Error> = None;
+    for p in crate::streams::discover(job)? {
+        match maintain(&p.job, req, store) {
+            Ok(s) => out.push((Some(p.stream), s)),
+            Err(e) => {
+                tracing::warn!(job = job.name(), stream = %p.stream, error = %dativo_core::secrets::scrub(&e.to_string()), "maintenance of a stream failed");
+                first.get_or_insert(e.context(format!("stream `{}`", p.stream)));
+            }
+        }
+    }
+    match first {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}

@@ -44,6 +44,24 @@ pub fn discover(job: &Job) -> Result<Vec<StreamPlan>> {
     plan_streams(job, tables)
 }
 
+/// Whether `shard` runs stream `stream`: FNV-1a of the name, mixed (splitmix64's finalizer:
+/// FNV's low bits alone follow the parity of the name's bytes, so names alike would land
+/// on one shard), modulo the shard count.
+fn owns_stream(shard: Shard, stream: &str) -> bool {
+    if shard.count <= 1 {
+        return true;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in stream.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    h % shard.count as u64 == shard.index as u64
+}
+
 /// How one stream ended.
 #[derive(Debug)]
 pub struct StreamOutcome {
@@ -196,7 +214,7 @@ pub fn run_streams(
     let total = plans.len();
     let plans: Vec<StreamPlan> = plans
         .into_iter()
-        .filter(|p| opts.shard.owns(&p.stream))
+        .filter(|p| owns_stream(opts.shard, &p.stream))
         .collect();
     let other_shards = total - plans.len();
     tracing::info!(
@@ -363,4 +381,31 @@ pub fn run_streams(
         elapsed: started.elapsed(),
         error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_spread_over_shards_and_each_has_one_owner() {
+        let names: Vec<String> = (0..40)
+            .map(|i| format!("s_48209797f4.{}_{i:03}", ["inc", "full"][i % 2]))
+            .collect();
+        for count in [2u32, 3, 4] {
+            let mut per = vec![0; count as usize];
+            for n in &names {
+                let owners: Vec<u32> = (0..count)
+                    .filter(|&index| owns_stream(Shard { index, count }, n))
+                    .collect();
+                assert_eq!(owners.len(), 1, "{n}: owners {owners:?}");
+                per[owners[0] as usize] += 1;
+            }
+            assert!(
+                per.iter().all(|&k| k >= 40 / count as usize / 3),
+                "{count} shards: {per:?}"
+            );
+        }
+        assert!(owns_stream(Shard::default(), "anything"));
+    }
 }

@@ -372,11 +372,14 @@ impl Server {
                 let started = Instant::now();
                 let result = server
                     .store()
-                    .and_then(|store| dativo_runtime::maintain::maintain(&job, &req, &store));
+                    .and_then(|store| dativo_runtime::maintain::maintain_all(&job, &req, &store));
                 match &result {
-                    Ok(s) => {
-                        tracing::info!(job = %thread_name, run = %s.run_id, "maintenance finished");
-                        server.metrics.maintained(&thread_name, &s.reports, true, started.elapsed());
+                    Ok(all) => {
+                        let reports: Vec<_> =
+                            all.iter().flat_map(|(_, s)| s.reports.iter().cloned()).collect();
+                        let runs: Vec<&str> = all.iter().map(|(_, s)| s.run_id.as_str()).collect();
+                        tracing::info!(job = %thread_name, runs = ?runs, "maintenance finished");
+                        server.metrics.maintained(&thread_name, &reports, true, started.elapsed());
                     }
                     Err(e) => {
                         tracing::error!(job = %thread_name, error = %secrets::scrub(&e.to_string()), "maintenance failed");

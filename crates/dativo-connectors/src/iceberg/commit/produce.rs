@@ -115,6 +115,9 @@ pub struct Produced {
     pub updates: Vec<TableUpdate>,
 }
 
+/// Manifests a rewrite merged (their paths) and the manifests it wrote (with their paths).
+type Merged = (BTreeSet<String>, Vec<(ManifestFile, String)>);
+
 /// Builds the snapshot of one [`Change`], attempt after attempt: the snapshot id and the
 /// added-data manifest stay the same across attempts (the manifest's sequence numbers are
 /// inherited, so it is valid on any base); rewritten manifests and the list are per attempt.
@@ -134,7 +137,7 @@ pub struct SnapshotProducer {
     /// manifests it wrote (with their paths). A later attempt whose base still has every one
     /// of them reuses the merged manifests and carries the manifests added since unchanged,
     /// as Java's `RewriteManifests` does: a busy appender cannot starve the rewrite.
-    merged: Option<(BTreeSet<String>, Vec<(ManifestFile, String)>)>,
+    merged: Option<Merged>,
 }
 
 /// Summary totals: (total, added, removed).

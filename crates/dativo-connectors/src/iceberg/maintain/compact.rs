@@ -297,12 +297,16 @@ fn target_size(opts: &CompactOptions, md: &TableMetadata, cfg: &IcebergWriterCon
         .max(1)
 }
 
-/// Parquet properties of rewritten files: the writer's (compression, row group size), and
+/// Parquet properties of rewritten files: the writer's compression and row group size (rows), row
+/// groups of at most an eighth of `target` bytes, and
 /// bloom filters on the table's identifier fields — the merge key, which merges look up.
-fn write_properties(cfg: &IcebergWriterConfig, schema: &Schema, rows: usize) -> WriterProperties {
+fn write_properties(cfg: &IcebergWriterConfig, schema: &Schema, target: u64) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(cfg.compression.compression())
-        .set_max_row_group_row_count(Some(rows.max(1)))
+        .set_max_row_group_row_count(Some(cfg.row_group_size.max(1)))
+        .set_max_row_group_bytes(Some(
+            usize::try_from(target / 8).unwrap_or(usize::MAX).max(1),
+        ))
         .set_created_by(format!("dativo {}", env!("CARGO_PKG_VERSION")));
     for id in schema.identifier_field_ids() {
         if let Some(name) = schema.name_by_field_id(id) {
@@ -370,11 +374,11 @@ fn conform(batch: RecordBatch, target: &ArrowSchemaRef) -> Result<RecordBatch> {
     .map_err(|e| Error::schema(format!("rewritten rows do not fit the table: {e}")))
 }
 
-/// Rows per row group of compacted files with rows of `bytes_per_row` (in memory): at
-/// most an eighth of `target` each, and at most the writer's `row_group_size`. Parquet's
-/// writer estimates the row group in progress before compression, so a file closes once
-/// its flushed bytes and that estimate exceed the target: with small row groups a closed
-/// file holds at least 7/8 of the target, and is not small for the next compaction.
+/// Rows handed to the writer at a time for rows of `bytes_per_row` (in memory): an eighth
+/// of `target`, at most the writer's `row_group_size`. The rolling writer decides between
+/// writes whether a file is full, and row groups close at an eighth of the target
+/// (`max_row_group_bytes`), so a closed file holds about the target — at least 7/8 of it,
+/// not small for the next compaction.
 fn rows_per_group(target: u64, bytes_per_row: u64, max_rows: usize) -> usize {
     let rows = (target / 8) / bytes_per_row.max(1);
     usize::try_from(rows)
@@ -403,6 +407,8 @@ async fn rewrite(
     let prefix = format!("dativo-compact-{}", uuid::Uuid::now_v7());
     // Started at the first batch: its width sizes the row groups.
     let mut writer = None;
+    let mut chunk = 1usize;
+    let mut seen = (0u64, 0u64);
     let written = async {
         // One file at a time: a row group in memory at most.
         let mut rows = table
@@ -421,13 +427,13 @@ async fn rewrite(
                 continue;
             }
             let batch = conform(batch, &arrow_schema)?;
+            // The rows' width in memory, averaged over every batch so far (a small batch's
+            // buffers overstate it): how many rows to hand the writer at a time.
+            seen.0 += batch.get_array_memory_size() as u64;
+            seen.1 += batch.num_rows() as u64;
+            chunk = rows_per_group(target, seen.0 / seen.1.max(1), cfg.row_group_size);
             if writer.is_none() {
-                let width = (batch.get_array_memory_size() / batch.num_rows()) as u64;
-                let props = write_properties(
-                    cfg,
-                    &schema,
-                    rows_per_group(target, width, cfg.row_group_size),
-                );
+                let props = write_properties(cfg, &schema, target);
                 let files = FileBuilder::new(
                     props,
                     schema.clone(),
@@ -450,9 +456,16 @@ async fn rewrite(
                 );
             }
             let w = writer.as_mut().expect("started above");
-            w.write(batch)
-                .await
-                .map_err(|e| ice(e, "writing a compacted file"))?;
+            // A row group at a time: the rolling writer decides between writes, so a batch
+            // larger than a row group would overshoot the target.
+            let mut off = 0;
+            while off < batch.num_rows() {
+                let len = chunk.min(batch.num_rows() - off);
+                w.write(batch.slice(off, len))
+                    .await
+                    .map_err(|e| ice(e, "writing a compacted file"))?;
+                off += len;
+            }
         }
         Ok::<_, Error>(())
     }
