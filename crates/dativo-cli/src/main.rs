@@ -683,6 +683,12 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
                 && cli.log_format == LogFormat::Text
                 && std::io::stderr().is_terminal();
             let observer = output::Progress::new(show_bar);
+            let opts = RunOptions {
+                cancel,
+                observer: &observer,
+                run_id: None,
+                shard,
+            };
             if dativo_core::streams::is_multi(&job) {
                 let dir = state_dir(cli, Some(&job));
                 let url = cli.state_url.clone();
@@ -690,12 +696,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
                     &job,
                     &store,
                     &|| StateStore::open_with(&dir, url.as_deref()),
-                    &RunOptions {
-                        cancel,
-                        observer: &observer,
-                        run_id: None,
-                        shard,
-                    },
+                    &opts,
                 )?;
                 observer.finish();
                 output::print_job_summary(
@@ -711,16 +712,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
                     _ => ExitCode::FAILURE,
                 });
             }
-            let summary = dativo_runtime::run(
-                &job,
-                &store,
-                &RunOptions {
-                    cancel,
-                    observer: &observer,
-                    run_id: None,
-                    shard,
-                },
-            )?;
+            let summary = dativo_runtime::run(&job, &store, &opts)?;
             observer.finish();
             output::print_summary(
                 &job,

@@ -153,6 +153,18 @@ impl Lake {
         }
     }
 
+    /// Avro files (manifests, manifest lists) in the table's metadata directory.
+    fn avro_files(&self) -> usize {
+        std::fs::read_dir(
+            self.warehouse()
+                .join(format!("{}/{}/metadata", self.ns, self.name)),
+        )
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".avro"))
+        .count()
+    }
+
     fn metadata_files(&self) -> usize {
         let dir = self
             .warehouse()
@@ -512,13 +524,7 @@ fn a_check_that_fails_stops_the_commit_and_its_manifests_are_deleted() {
         let catalog = lake.catalog().await;
         let base = lake.table(&catalog).await;
         let live = LiveFiles::load(&base).await.unwrap();
-        let avro = || {
-            std::fs::read_dir(lake.warehouse().join("ns/events/metadata"))
-                .unwrap()
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".avro"))
-                .count()
-        };
+        let avro = || lake.avro_files();
         let n = avro();
         let p = SnapshotProducer::new(
             &base,
@@ -933,13 +939,7 @@ fn a_manifest_rewrite_that_loses_to_an_append_reuses_its_merged_manifest() {
     let (catalog, base, live, mut p, first) = staged;
     lake.append(&[5], json!(5));
     runtime().block_on(async {
-        let avro = || {
-            std::fs::read_dir(lake.warehouse().join("ns/events/metadata"))
-                .unwrap()
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".avro"))
-                .count()
-        };
+        let avro = || lake.avro_files();
         let head = lake.table(&catalog).await;
         let e = lake
             .swap()
