@@ -228,6 +228,27 @@ impl SnapshotProducer {
         &self.change
     }
 
+    /// A new v2 manifest of `content` written by this snapshot, and its path.
+    fn new_manifest(
+        &mut self,
+        table: &Table,
+        schema: iceberg::spec::SchemaRef,
+        spec: iceberg::spec::PartitionSpec,
+        content: ManifestContentType,
+    ) -> Result<(iceberg::spec::ManifestWriter, String)> {
+        let path = self.manifest_path(table);
+        let out = table
+            .file_io()
+            .new_output(&path)
+            .map_err(|e| ice(e, "creating a manifest"))?;
+        let builder = ManifestWriterBuilder::new(out, Some(self.snapshot_id), schema, spec);
+        let w = match content {
+            ManifestContentType::Data => builder.build_v2_data(),
+            ManifestContentType::Deletes => builder.build_v2_deletes(),
+        };
+        Ok((w, path))
+    }
+
     fn manifest_path(&mut self, table: &Table) -> String {
         let n = self.manifests;
         self.manifests += 1;
@@ -374,20 +395,8 @@ impl SnapshotProducer {
                 ManifestContentType::Deletes => self.added_deletes_manifest.is_some(),
             };
             if !cached {
-                let path = self.manifest_path(table);
-                let out = io
-                    .new_output(&path)
-                    .map_err(|e| ice(e, "creating a manifest"))?;
-                let builder = ManifestWriterBuilder::new(
-                    out,
-                    Some(self.snapshot_id),
-                    schema.clone(),
-                    spec.as_ref().clone(),
-                );
-                let mut w = match content {
-                    ManifestContentType::Data => builder.build_v2_data(),
-                    ManifestContentType::Deletes => builder.build_v2_deletes(),
-                };
+                let (mut w, path) =
+                    self.new_manifest(table, schema.clone(), spec.as_ref().clone(), content)?;
                 for f in files {
                     // -1: the data sequence number is inherited from the list at commit.
                     w.add_file(f, -1)
@@ -532,7 +541,6 @@ impl SnapshotProducer {
         manifests: &mut Vec<ManifestFile>,
         collector: &mut SnapshotSummaryCollector,
     ) -> Result<(usize, usize)> {
-        let io = table.file_io().clone();
         let mut units: Vec<Vec<usize>> = Vec::new();
         let mut by_kind: HashMap<(i32, bool), usize> = HashMap::new();
         let mut entries: Vec<Vec<&LiveFile>> = vec![Vec::new(); live.manifests.len()];
@@ -571,20 +579,12 @@ impl SnapshotProducer {
                 .map(|&i| &live.manifests[i])
                 .max_by_key(|m| m.metadata.schema.schema_id())
                 .expect("a unit holds a manifest");
-            let path = self.manifest_path(table);
-            let out = io
-                .new_output(&path)
-                .map_err(|e| ice(e, "creating a manifest"))?;
-            let builder = ManifestWriterBuilder::new(
-                out,
-                Some(self.snapshot_id),
+            let (mut w, path) = self.new_manifest(
+                table,
                 m.metadata.schema.clone(),
                 m.metadata.partition_spec.clone(),
-            );
-            let mut w = match m.metadata.content {
-                ManifestContentType::Data => builder.build_v2_data(),
-                ManifestContentType::Deletes => builder.build_v2_deletes(),
-            };
+                m.metadata.content,
+            )?;
             let file_spec = Arc::new(m.metadata.partition_spec.clone());
             for f in unit.iter().flat_map(|&i| &entries[i]) {
                 let file_seq = Some(f.file_sequence_number.unwrap_or(f.sequence_number));

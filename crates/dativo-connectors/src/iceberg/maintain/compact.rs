@@ -297,16 +297,23 @@ fn target_size(opts: &CompactOptions, md: &TableMetadata, cfg: &IcebergWriterCon
         .max(1)
 }
 
+/// Row groups of compacted files: an eighth of the target, at most 16 MiB (encoded, before
+/// compression) — the row group in progress is what compaction holds in memory, so memory
+/// does not grow with the target.
+fn row_group_bytes(target: u64) -> usize {
+    usize::try_from((target / 8).min(16 << 20))
+        .unwrap_or(16 << 20)
+        .max(1)
+}
+
 /// Parquet properties of rewritten files: the writer's compression and row group size (rows), row
-/// groups of at most an eighth of `target` bytes, and
+/// groups of [`row_group_bytes`], and
 /// bloom filters on the table's identifier fields — the merge key, which merges look up.
 fn write_properties(cfg: &IcebergWriterConfig, schema: &Schema, target: u64) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(cfg.compression.compression())
         .set_max_row_group_row_count(Some(cfg.row_group_size.max(1)))
-        .set_max_row_group_bytes(Some(
-            usize::try_from(target / 8).unwrap_or(usize::MAX).max(1),
-        ))
+        .set_max_row_group_bytes(Some(row_group_bytes(target)))
         .set_created_by(format!("dativo {}", env!("CARGO_PKG_VERSION")));
     for id in schema.identifier_field_ids() {
         if let Some(name) = schema.name_by_field_id(id) {
@@ -376,8 +383,8 @@ fn conform(batch: RecordBatch, target: &ArrowSchemaRef) -> Result<RecordBatch> {
 
 /// Rows handed to the writer at a time for rows of `bytes_per_row` (in memory): an eighth
 /// of `target`, at most the writer's `row_group_size`. The rolling writer decides between
-/// writes whether a file is full, and row groups close at an eighth of the target
-/// (`max_row_group_bytes`), so a closed file holds about the target — at least 7/8 of it,
+/// writes whether a file is full, and row groups close at [`row_group_bytes`] (at most an
+/// eighth of the target), so a closed file holds about the target — at least 7/8 of it,
 /// not small for the next compaction.
 fn rows_per_group(target: u64, bytes_per_row: u64, max_rows: usize) -> usize {
     let rows = (target / 8) / bytes_per_row.max(1);
