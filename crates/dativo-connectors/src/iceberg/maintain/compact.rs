@@ -297,12 +297,13 @@ fn target_size(opts: &CompactOptions, md: &TableMetadata, cfg: &IcebergWriterCon
         .max(1)
 }
 
-/// Row groups of compacted files: an eighth of the target, at most 16 MiB (encoded, before
-/// compression) — the row group in progress is what compaction holds in memory, so memory
-/// does not grow with the target.
+/// Row groups of compacted files: an eighth of the target, at most 64 MiB (encoded, before
+/// compression; Java's writers default to 128 MB). The cap bounds the row group in progress
+/// whatever the target; 16 MiB cost 30% more CPU at a 512 MB target and changed peak RSS by
+/// nothing measurable (bench/run maintain).
 fn row_group_bytes(target: u64) -> usize {
-    usize::try_from((target / 8).min(16 << 20))
-        .unwrap_or(16 << 20)
+    usize::try_from((target / 8).min(64 << 20))
+        .unwrap_or(64 << 20)
         .max(1)
 }
 
