@@ -242,3 +242,36 @@ def maintain_json(cwd, job, *flags, env=None, check=0):
 def runs_json(cwd, job, env=None, limit=50):
     p = dativo(cwd, "runs", job, "--json", "--limit", limit, env=env)
     return json.loads(p.stdout)
+
+
+# The merge source of the row-level tests: a table, a tombstone table filled by a trigger,
+# and a view of both.
+MERGE_COLS = [("id", "int"), ("k", "text"), ("v", "dec"), ("d", "date"),
+              ("updated_at", "ts"), ("deleted_at", "ts")]
+
+
+def make_merge_source(pg, name, rows):
+    """Table `name` with `rows` rows, a tombstone table filled by an AFTER DELETE trigger and a
+    view `name`_v unioning live rows (`_dativo_op` U) with tombstones (D)."""
+    sql(pg, f"""CREATE TABLE {name} (id bigint PRIMARY KEY, k text, v numeric(12,2), d date,
+        updated_at timestamptz NOT NULL DEFAULT now(), deleted_at timestamptz)""")
+    # Distinct cursor values, all in the past: every later change (clock_timestamp()) is newer.
+    sql(pg, f"""INSERT INTO {name} SELECT i,
+        CASE WHEN i % 97 = 0 THEN NULL ELSE 'k-' || i END,
+        CASE WHEN i % 89 = 0 THEN NULL ELSE ((i::bigint * 7919) % 2000000 - 1000000) / 100.0 END,
+        date '2020-01-01' + (i % 3000),
+        now() - interval '2 days' + i * interval '10 microseconds', NULL
+        FROM generate_series(1, {rows}) i""")
+    sql(pg, f"CREATE INDEX ON {name} (updated_at)")
+    sql(pg, f"CREATE TABLE {name}_tomb (id bigint NOT NULL, deleted timestamptz NOT NULL)")
+    sql(pg, f"CREATE INDEX ON {name}_tomb (deleted)")
+    sql(pg, f"""CREATE FUNCTION {name}_del() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO {name}_tomb VALUES (OLD.id, clock_timestamp()); RETURN OLD; END $$""")
+    sql(pg, f"""CREATE TRIGGER {name}_trg AFTER DELETE ON {name} FOR EACH ROW
+        EXECUTE FUNCTION {name}_del()""")
+    sql(pg, f"""CREATE VIEW {name}_v AS
+        SELECT id, k, v, d, updated_at, deleted_at, 'U'::text AS _dativo_op FROM {name}
+        UNION ALL
+        SELECT id, NULL::text, NULL::numeric(12,2), NULL::date, deleted, NULL::timestamptz, 'D'::text
+        FROM {name}_tomb""")
+    sql(pg, f"ANALYZE {name}")

@@ -47,7 +47,7 @@ import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
 from conftest import BIN, DUCKDB_ICEBERG, PG_URL, duckdb_iceberg_query, free_port, write_job
-from lakecheck import (sql, _schema, pg_canon, arrow_canon, diff, httpfs_extension, Lake, live_files, dativo, run_or_kill, run_json, maintain_json, runs_json)
+from lakecheck import (MERGE_COLS, make_merge_source, sql, _schema, pg_canon, arrow_canon, diff, httpfs_extension, Lake, live_files, dativo, run_or_kill, run_json, maintain_json, runs_json)
 
 TESTS = pathlib.Path(__file__).resolve().parent
 APPENDS = int(os.environ.get("DATIVO_TEST_MAINTAIN_APPENDS", "1800"))
@@ -56,37 +56,7 @@ RACE_SECONDS = float(os.environ.get("DATIVO_TEST_MAINTAIN_RACE_SECONDS", "60"))
 
 
 # ----------------------------------------------------------------------------- helpers
-# (make_merge_source, random_round: as in test_iceberg_rows.py; the rest in lakecheck.py)
-
-
-def make_merge_source(pg, name, rows):
-    """Table `name` with `rows` rows, a tombstone table filled by an AFTER DELETE trigger and a
-    view `name`_v unioning live rows with tombstones (`_dativo_op` D)."""
-    sql(pg, f"""CREATE TABLE {name} (id bigint PRIMARY KEY, k text, v numeric(12,2), d date,
-        updated_at timestamptz NOT NULL DEFAULT now(), deleted_at timestamptz)""")
-    sql(pg, f"""INSERT INTO {name} SELECT i,
-        CASE WHEN i % 97 = 0 THEN NULL ELSE 'k-' || i END,
-        CASE WHEN i % 89 = 0 THEN NULL ELSE ((i::bigint * 7919) % 2000000 - 1000000) / 100.0 END,
-        date '2020-01-01' + (i % 3000),
-        now() - interval '2 days' + i * interval '10 microseconds', NULL
-        FROM generate_series(1, {rows}) i""")
-    sql(pg, f"CREATE INDEX ON {name} (updated_at)")
-    sql(pg, f"CREATE TABLE {name}_tomb (id bigint NOT NULL, deleted timestamptz NOT NULL)")
-    sql(pg, f"CREATE INDEX ON {name}_tomb (deleted)")
-    sql(pg, f"""CREATE FUNCTION {name}_del() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN INSERT INTO {name}_tomb VALUES (OLD.id, clock_timestamp()); RETURN OLD; END $$""")
-    sql(pg, f"""CREATE TRIGGER {name}_trg AFTER DELETE ON {name} FOR EACH ROW
-        EXECUTE FUNCTION {name}_del()""")
-    sql(pg, f"""CREATE VIEW {name}_v AS
-        SELECT id, k, v, d, updated_at, deleted_at, 'U'::text AS _dativo_op FROM {name}
-        UNION ALL
-        SELECT id, NULL::text, NULL::numeric(12,2), NULL::date, deleted, NULL::timestamptz, 'D'::text
-        FROM {name}_tomb""")
-    sql(pg, f"ANALYZE {name}")
-
-
-MERGE_COLS = [("id", "int"), ("k", "text"), ("v", "dec"), ("d", "date"),
-              ("updated_at", "ts"), ("deleted_at", "ts")]
+# (random_round: as in test_iceberg_rows.py; the rest in lakecheck.py)
 
 
 def live(pg, name, cols=MERGE_COLS):
@@ -139,15 +109,6 @@ retry:
   attempts: 1
 {extra}
 """)
-
-
-@pytest.fixture
-def pg():
-    import psycopg2
-    conn = psycopg2.connect(PG_URL)
-    conn.autocommit = True
-    yield conn
-    conn.close()
 
 
 @pytest.fixture
