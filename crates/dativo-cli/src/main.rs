@@ -632,7 +632,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
             if !dativo_core::streams::is_multi(&job) {
                 return Err(job.error_at(
                     "source.config",
-                    "this job reads one stream: `dativo discover` lists the tables a job with `tables: [\"schema.*\"]` selects (`dativo check` shows this job's schema)",
+                    "this job reads one stream: `dativo discover` lists the streams of a job with `tables: [\"schema.*\"]` or `streams: {NAME: {…}}` (`dativo check` shows this job's schema)",
                 ));
             }
             let plans = dativo_runtime::streams::discover(&job)?;

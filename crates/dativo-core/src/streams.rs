@@ -29,6 +29,9 @@ use crate::job::{Implementation, Job};
 pub const TABLES_KEY: &str = "tables";
 /// The `source.config` key of per-table overrides.
 pub const STREAMS_KEY: &str = "streams";
+/// The `source.config` key naming the `http` reader's resources: named streams, like
+/// `streams:` without `tables:`.
+pub const RESOURCES_KEY: &str = "resources";
 /// The key of a stream override holding target settings.
 pub const TARGET_OVERRIDE_KEY: &str = "target";
 /// Column names taken as a cursor when a table has one (NOT NULL, a time or integer type)
@@ -110,9 +113,19 @@ pub struct StreamPlan {
     pub job: Job,
 }
 
-/// Whether `job` reads several tables (`tables:` in its source config).
+/// Whether `job` runs several streams: `tables:` (tables the source's catalog offers), or
+/// named streams (`streams:` without `tables:`, or the `http` reader's `resources:`).
 pub fn is_multi(job: &Job) -> bool {
-    job.config.source.config.get(TABLES_KEY).is_some()
+    let src = &job.config.source.config;
+    [TABLES_KEY, STREAMS_KEY, RESOURCES_KEY]
+        .iter()
+        .any(|k| src.get(*k).is_some())
+}
+
+/// Whether `job` names its streams itself (`streams:` without `tables:`, or `resources:`):
+/// each stream is the source config with the stream's settings merged in, no discovery.
+pub fn is_named(job: &Job) -> bool {
+    is_multi(job) && job.config.source.config.get(TABLES_KEY).is_none()
 }
 
 /// The key of stream `stream` of job `job`: `job/stream`.
@@ -318,27 +331,31 @@ fn name_part(s: &str) -> String {
         .collect()
 }
 
-/// Replace `{schema}`, `{table}` and `{stream}` in every string of `v`; whether any was.
-fn render(v: &mut Value, t: &SourceTable) -> bool {
+/// Replace `{schema}`, `{table}` and `{stream}` in every string of `v`.
+fn render(v: &mut Value, t: &SourceTable) {
+    let stream = if t.schema.is_empty() {
+        name_part(&t.name)
+    } else {
+        format!("{}_{}", name_part(&t.schema), name_part(&t.name))
+    };
+    render_with(v, &name_part(&t.schema), &name_part(&t.name), &stream)
+}
+
+fn render_with(v: &mut Value, schema: &str, table: &str, stream: &str) {
     match v {
-        Value::String(s) => {
-            if !s.contains('{') {
-                return false;
-            }
-            let r = s
-                .replace("{schema}", &name_part(&t.schema))
-                .replace("{table}", &name_part(&t.name))
-                .replace(
-                    "{stream}",
-                    &format!("{}_{}", name_part(&t.schema), name_part(&t.name)),
-                );
-            let changed = r != *s;
-            *s = r;
-            changed
+        Value::String(s) if s.contains('{') => {
+            *s = s
+                .replace("{schema}", schema)
+                .replace("{table}", table)
+                .replace("{stream}", stream);
         }
-        Value::Array(a) => a.iter_mut().fold(false, |acc, x| render(x, t) | acc),
-        Value::Object(o) => o.values_mut().fold(false, |acc, x| render(x, t) | acc),
-        _ => false,
+        Value::Array(a) => a
+            .iter_mut()
+            .for_each(|x| render_with(x, schema, table, stream)),
+        Value::Object(o) => o
+            .values_mut()
+            .for_each(|x| render_with(x, schema, table, stream)),
+        _ => {}
     }
 }
 
@@ -371,6 +388,9 @@ pub fn validation_config(job: &Job) -> Value {
 /// chosen, targets rendered; largest first. Errors when two streams would write one target,
 /// or when a job of several streams names its target without `{table}`.
 pub fn plan_streams(job: &Job, offered: Vec<SourceTable>) -> Result<Vec<StreamPlan>> {
+    if is_named(job) {
+        return plan_named_streams(job);
+    }
     let sel = Selection::of(job)?;
     let src = job
         .config
@@ -380,6 +400,10 @@ pub fn plan_streams(job: &Job, offered: Vec<SourceTable>) -> Result<Vec<StreamPl
         .cloned()
         .unwrap_or_default();
     let writer = match &job.config.target.writer {
+        Implementation::Builtin(n) => n.as_str(),
+        _ => "",
+    };
+    let reader = match &job.config.source.reader {
         Implementation::Builtin(n) => n.as_str(),
         _ => "",
     };
@@ -464,6 +488,10 @@ pub fn plan_streams(job: &Job, offered: Vec<SourceTable>) -> Result<Vec<StreamPl
         if partitions > 1 && cursor.is_none() && !s.contains_key("partition_column") {
             match primary_key.as_slice() {
                 [_] => {}
+                [] if reader == "postgres" => notes.push(
+                    "no primary key: split by physical location (ctid ranges on one snapshot; an interrupted read starts over)"
+                        .into(),
+                ),
                 [] => {
                     partitions = 1;
                     s.insert("partitions".into(), Value::from(1));
@@ -531,12 +559,19 @@ pub fn plan_streams(job: &Job, offered: Vec<SourceTable>) -> Result<Vec<StreamPl
             job: sj,
         });
     }
-    // Two streams into one target would overwrite (or mix) each other's rows.
+    check_targets(job, &plans)?;
+    Ok(plans)
+}
+
+/// Refuse two streams writing one target: they would overwrite (or mix) each other's rows.
+fn check_targets(job: &Job, plans: &[StreamPlan]) -> Result<()> {
     let mut seen: std::collections::HashMap<String, &str> = Default::default();
-    for p in &plans {
+    for p in plans {
         let key = p.job.config.target.config.to_string();
         if let Some(other) = seen.insert(key, &p.stream) {
-            let hint = if plans.len() > 1 && p.target == plans[0].target {
+            let hint = if is_named(job) && plans.len() > 1 && p.target == plans[0].target {
+                " — name it per stream with `{stream}` (e.g. `table: \"raw.{stream}\"`, `path: \"lake/{stream}\"`)"
+            } else if plans.len() > 1 && p.target == plans[0].target {
                 " — name it per table with `{schema}` and `{table}` (e.g. `table: \"raw.{schema}_{table}\"`, `path: \"lake/{schema}/{table}\"`)"
             } else {
                 " — give one of them its own `streams.<table>.target`"
@@ -550,6 +585,166 @@ pub fn plan_streams(job: &Job, offered: Vec<SourceTable>) -> Result<Vec<StreamPl
             ));
         }
     }
+    Ok(())
+}
+
+/// The streams of a job that names them (`streams:` without `tables:`, or `resources:`),
+/// in name order: each stream's source config is the job's with the stream's settings
+/// merged in (deep; `target: {…}` goes to the target), and `{stream}` / `{table}` /
+/// `{schema}` rendered in both (`orders` → `{stream}` = `{table}` = `orders`;
+/// `sales.orders` → `{schema}` = `sales`, `{table}` = `orders`, `{stream}` = `sales_orders`).
+/// No I/O.
+pub fn plan_named_streams(job: &Job) -> Result<Vec<StreamPlan>> {
+    let src = job
+        .config
+        .source
+        .config
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let key = match (src.get(STREAMS_KEY), src.get(RESOURCES_KEY)) {
+        (Some(_), Some(_)) => {
+            return Err(job.error_at(
+                "source.config.resources",
+                "`resources` and `streams` name the same thing: keep one",
+            ))
+        }
+        (_, Some(_)) => RESOURCES_KEY,
+        _ => STREAMS_KEY,
+    };
+    let err = |k: &str, m: &str| job.error_at(&format!("source.config.{k}"), m);
+    let entries = match src.get(key) {
+        Some(Value::Object(m)) if !m.is_empty() => m,
+        _ => {
+            return Err(err(
+                key,
+                &format!(
+                    "must be a non-empty mapping from a stream name to its settings, e.g. `{key}: {{orders: {{…}}, customers: {{…}}}}`"
+                ),
+            ))
+        }
+    };
+    let writer = match &job.config.target.writer {
+        Implementation::Builtin(n) => n.as_str(),
+        _ => "",
+    };
+    let mut base = src.clone();
+    base.remove(key);
+    let mut plans = Vec::with_capacity(entries.len());
+    for (name, v) in entries {
+        let at = format!("{key}.{name}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            || name.starts_with('.')
+            || name.ends_with('.')
+        {
+            return Err(err(
+                &at,
+                "a stream name is letters, digits, `_`, `-` and `.` (`orders`, `sales.orders`)",
+            ));
+        }
+        let mut o = match v {
+            Value::Object(o) => o.clone(),
+            Value::Null => Map::new(),
+            _ => return Err(err(
+                &at,
+                "must be a mapping of the reader's settings for this stream (and `target: {…}`)",
+            )),
+        };
+        for k in [TABLES_KEY, STREAMS_KEY, RESOURCES_KEY] {
+            if o.contains_key(k) {
+                return Err(err(&format!("{at}.{k}"), "cannot be set per stream"));
+            }
+        }
+        let target_over = match o.remove(TARGET_OVERRIDE_KEY) {
+            None => Map::new(),
+            Some(Value::Object(m)) => m,
+            Some(_) => {
+                return Err(err(
+                    &format!("{at}.{TARGET_OVERRIDE_KEY}"),
+                    "must be a mapping of target settings",
+                ))
+            }
+        };
+        let (schema, table) = match name.rsplit_once('.') {
+            Some((s, t)) => (s.to_string(), t.to_string()),
+            None => (String::new(), name.clone()),
+        };
+        let t = SourceTable {
+            schema,
+            name: table,
+            reference: name.clone(),
+            ..SourceTable::default()
+        };
+        let mut s = base.clone();
+        merge_into(&mut s, &o);
+        let mut s = Value::Object(s);
+        let stream_part = name_part(&name.replace('.', "_"));
+        render_with(
+            &mut s,
+            &name_part(&t.schema),
+            &name_part(&t.name),
+            &stream_part,
+        );
+        let mut target = job.config.target.config.clone();
+        if let Value::Object(m) = &mut target {
+            merge_into(m, &target_over);
+        }
+        render_with(
+            &mut target,
+            &name_part(&t.schema),
+            &name_part(&t.name),
+            &stream_part,
+        );
+        let cursor = match (s.get("cursor"), s.get("incremental")) {
+            (Some(Value::String(c)), _) => Some(c.clone()),
+            (_, Some(Value::Object(i))) => i
+                .get("cursor_field")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            (_, Some(Value::Bool(true))) => Some("(new objects)".to_string()),
+            _ => None,
+        };
+        let primary_key: Vec<String> = match s.get("primary_key") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            Some(Value::String(k)) => vec![k.clone()],
+            _ => Vec::new(),
+        };
+        let partitions = s.get("partitions").and_then(Value::as_u64).unwrap_or(1);
+        let target_mode = target
+            .get("mode")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let shown = match writer {
+            "iceberg" => target.get("table"),
+            "parquet" => target.get("path"),
+            _ => None,
+        }
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| target.to_string());
+        let mut sj = job.clone();
+        sj.config.name = stream_key(job.name(), name);
+        sj.config.source.config = s;
+        sj.config.target.config = target;
+        plans.push(StreamPlan {
+            stream: name.clone(),
+            table: t,
+            cursor,
+            primary_key,
+            target: shown,
+            target_mode,
+            partitions,
+            notes: Vec::new(),
+            job: sj,
+        });
+    }
+    check_targets(job, &plans)?;
     Ok(plans)
 }
 
@@ -648,6 +843,7 @@ mod tests {
             ),
             table("sales", "orders", &["id"], &[("id", "bigint", true)], 5),
             table("sales", "other", &["id"], &[("id", "bigint", true)], 5),
+            table("public", "heap", &[], &[("v", "integer", false)], 20),
         ];
         let sel = Selection::of(&j).unwrap();
         assert_eq!(
@@ -662,6 +858,7 @@ mod tests {
             [
                 "public.events",
                 "public.pairs",
+                "public.heap",
                 "public.users",
                 "sales.orders"
             ]
@@ -682,11 +879,16 @@ mod tests {
         assert_eq!(p.cursor, None);
         assert_eq!(p.job.config.source.config["partition_column"], "a");
         assert_eq!(p.partitions, 4);
+        // Keyless full refresh from PostgreSQL: split by physical location.
         let p = &plans[2];
+        assert_eq!(p.partitions, 4);
+        assert!(p.job.config.source.config.get("partition_column").is_none());
+        assert!(p.notes.iter().any(|n| n.contains("ctid")), "{:?}", p.notes);
+        let p = &plans[3];
         assert_eq!(p.cursor.as_deref(), Some("updated_at"));
         assert_eq!(p.target_mode.as_deref(), Some("merge"));
         assert_eq!(p.job.config.target.config["mode"], "merge");
-        let p = &plans[3];
+        let p = &plans[4];
         assert_eq!(p.cursor, None);
         assert!(p.job.config.source.config.get("tables").is_none());
         assert!(p.job.config.source.config.get("streams").is_none());
@@ -748,5 +950,100 @@ mod tests {
             .unwrap()
             .iter()
             .all(|p| p.cursor.is_none()));
+    }
+
+    fn any_job(reader: &str, src: &str, writer: &str, target: &str) -> Job {
+        let text = format!(
+            "name: lake\nsource:\n  reader: {reader}\n  config:\n{src}\ntarget:\n  writer: {writer}\n  config:\n{target}\n"
+        );
+        Job::parse(
+            &text,
+            Path::new("lake.yaml"),
+            &Substitution {
+                base_dir: Path::new("."),
+                env: &|_| None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn named_streams_merge_and_render_source_and_target() {
+        let j = any_job(
+            "file",
+            "    path: \"landing/{stream}/*.csv\"\n    csv: {delimiter: \";\"}\n    streams:\n      orders: {}\n      customers: {format: jsonl, path: \"crm/*.jsonl\", csv: {header: false}}\n      sales.refunds: {target: {path: \"other/{schema}/{table}\"}}",
+            "parquet",
+            "    path: \"lake/{stream}\"",
+        );
+        assert!(is_multi(&j) && is_named(&j));
+        let p = plan_streams(&j, Vec::new()).unwrap();
+        let names: Vec<&str> = p.iter().map(|p| p.stream.as_str()).collect();
+        assert_eq!(
+            names,
+            ["customers", "orders", "sales.refunds"],
+            "name order"
+        );
+        let src = |i: usize| &p[i].job.config.source.config;
+        assert_eq!(src(1)["path"], "landing/orders/*.csv");
+        assert_eq!(src(1)["csv"]["delimiter"], ";");
+        assert!(src(1).get("streams").is_none());
+        assert_eq!(src(0)["path"], "crm/*.jsonl");
+        assert_eq!(src(0)["format"], "jsonl");
+        assert_eq!(src(0)["csv"]["delimiter"], ";", "nested settings merge");
+        assert_eq!(src(0)["csv"]["header"], false);
+        assert_eq!(src(2)["path"], "landing/sales_refunds/*.csv");
+        assert_eq!(p[1].target, "lake/orders");
+        assert_eq!(p[0].target, "lake/customers");
+        assert_eq!(p[2].target, "other/sales/refunds");
+        assert_eq!(p[0].job.name(), "lake/customers");
+        assert_eq!(p[2].job.name(), "lake/sales.refunds");
+    }
+
+    #[test]
+    fn http_resources_and_their_mistakes() {
+        let j = any_job(
+            "http",
+            "    base_url: http://api\n    resources:\n      users: {path: /users}\n      orders: {path: /orders, incremental: {cursor_field: updated_at, param: since}}",
+            "iceberg",
+            "    table: \"api.{stream}\"",
+        );
+        let p = plan_named_streams(&j).unwrap();
+        assert_eq!(p[1].job.config.source.config["path"], "/users");
+        assert_eq!(p[1].job.config.source.config["base_url"], "http://api");
+        assert!(p[1].job.config.source.config.get("resources").is_none());
+        assert_eq!(p[0].cursor.as_deref(), Some("updated_at"));
+        assert_eq!(p[0].target, "api.orders");
+
+        let same = any_job(
+            "http",
+            "    base_url: http://api\n    resources:\n      users: {path: /users}\n      orders: {path: /orders}",
+            "iceberg",
+            "    table: api.all",
+        );
+        let e = plan_named_streams(&same).unwrap_err().to_string();
+        assert!(e.contains("`{stream}`") && e.contains("api.all"), "{e}");
+        let both = any_job(
+            "http",
+            "    base_url: http://api\n    resources: {a: {path: /a}}\n    streams: {b: {path: /b}}",
+            "iceberg",
+            "    table: \"api.{stream}\"",
+        );
+        let e = plan_named_streams(&both).unwrap_err().to_string();
+        assert!(e.contains("keep one"), "{e}");
+        let bad = any_job(
+            "http",
+            "    base_url: http://api\n    resources: {\"a/b\": {path: /a}}",
+            "iceberg",
+            "    table: \"api.{stream}\"",
+        );
+        let e = plan_named_streams(&bad).unwrap_err().to_string();
+        assert!(e.contains("resources.a/b"), "{e}");
+        let empty = any_job(
+            "http",
+            "    base_url: http://api\n    resources: {}",
+            "iceberg",
+            "    table: \"api.{stream}\"",
+        );
+        assert!(plan_named_streams(&empty).is_err());
     }
 }

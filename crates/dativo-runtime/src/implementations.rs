@@ -187,12 +187,19 @@ pub fn reader_for(job: &Job) -> Result<ReaderFactory> {
                     }
                 };
             };
-            if dativo_core::streams::is_multi(job) {
+            if dativo_core::streams::is_named(job) {
+                for p in dativo_core::streams::plan_named_streams(job)? {
+                    (b.validate)(&p.job.config.source.config).map_err(|e| {
+                        job.locate("source.config", e)
+                            .context(format!("in stream `{}`", p.stream))
+                    })?;
+                }
+            } else if dativo_core::streams::is_multi(job) {
                 if b.discover.is_none() {
                     return Err(job.error_at(
                         "source.config.tables",
                         &format!(
-                            "reader '{name}' reads one stream: `tables` applies to the SQL readers (postgres, mysql)"
+                            "reader '{name}' cannot list tables: `tables` applies to the SQL readers (postgres, mysql); name this reader's streams with `streams: {{NAME: {{…settings}}}}`"
                         ),
                     ));
                 }
@@ -208,10 +215,14 @@ pub fn reader_for(job: &Job) -> Result<ReaderFactory> {
                 open: Box::new(b.open),
             })
         }
-        Implementation::Custom(_) if dativo_core::streams::is_multi(job) => Err(job.error_at(
-            "source.config.tables",
-            "`tables` applies to the built-in SQL readers (postgres, mysql)",
-        )),
+        Implementation::Custom(_)
+            if dativo_core::streams::is_multi(job) && !dativo_core::streams::is_named(job) =>
+        {
+            Err(job.error_at(
+                "source.config.tables",
+                "`tables` applies to the built-in SQL readers (postgres, mysql); name a plugin's streams with `streams: {NAME: {…settings}}`",
+            ))
+        }
         Implementation::Custom(i) => {
             let r = custom(job, i, Side::Reader, "source.reader.implementation")?;
             Ok(ReaderFactory {

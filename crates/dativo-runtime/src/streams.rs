@@ -25,6 +25,9 @@ use crate::state_store::{RunStatus, StateStore};
 /// the selection and overrides apply. Connects to the source.
 pub fn discover(job: &Job) -> Result<Vec<StreamPlan>> {
     crate::implementations::reader_for(job)?;
+    if dativo_core::streams::is_named(job) {
+        return dativo_core::streams::plan_named_streams(job);
+    }
     let Implementation::Builtin(name) = &job.config.source.reader else {
         return Err(job.error_at(
             "source.config.tables",

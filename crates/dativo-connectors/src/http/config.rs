@@ -15,8 +15,16 @@ use dativo_core::{Error, Result};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpReaderConfig {
-    /// The endpoint (`https://api.example.com/v1/orders`).
+    /// The endpoint (`https://api.example.com/v1/orders`); or `base_url` and `path`.
+    #[serde(default)]
     pub url: String,
+    /// With `path`, instead of `url`: `base_url` + `/` + `path`. Resources of one API
+    /// (`resources: {orders: {path: /orders}, …}`) share `base_url`, auth and pagination.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The endpoint under `base_url` (`/v1/orders`).
+    #[serde(default)]
+    pub path: Option<String>,
     /// `GET` (default) or `POST` (any case).
     #[serde(default)]
     pub method: Method,
@@ -260,6 +268,35 @@ pub struct Incremental {
 }
 
 impl HttpReaderConfig {
+    /// Read `config` and resolve the endpoint (`url`, or `base_url` + `path`).
+    pub fn parse(config: &Value) -> Result<Self> {
+        let mut c: HttpReaderConfig = dativo_core::config::from_config(config)?;
+        let k = |p: &str, m: &str| Err(Error::config(m.to_string()).with_key_path(p));
+        match (c.url.is_empty(), &c.base_url, &c.path) {
+            (false, None, None) => {}
+            (false, _, _) => {
+                return k(
+                    "url",
+                    "set either `url`, or `base_url` and `path` (a resource's endpoint under a shared base)",
+                )
+            }
+            (true, Some(b), Some(p)) => {
+                c.url = format!("{}/{}", b.trim_end_matches('/'), p.trim_start_matches('/'));
+            }
+            (true, Some(_), None) => return k("path", "`base_url` needs `path` (`/v1/orders`)"),
+            (true, None, Some(_)) => {
+                return k("base_url", "`path` needs `base_url` (`https://api.example.com`)")
+            }
+            (true, None, None) => {
+                return k(
+                    "url",
+                    "missing: the endpoint (`url: https://api.example.com/v1/orders`, or `base_url` and `path`)",
+                )
+            }
+        }
+        Ok(c)
+    }
+
     /// Checks that need no I/O.
     pub fn check(&self) -> Result<()> {
         let k = |p: &str, m: &str| Err(Error::config(m.to_string()).with_key_path(p));

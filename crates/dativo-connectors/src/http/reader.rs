@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use dativo_core::backoff::backoff;
-use dativo_core::config::from_config;
 use dativo_core::schema_spec::{to_schema, ColumnSpec};
 use dativo_core::secrets::{self, Secret};
 use dativo_core::{Error, OpenReader, ReaderContext, Result};
@@ -209,13 +208,13 @@ fn first(cfg: &HttpReaderConfig) -> Next {
 impl HttpReader {
     /// Validate a config without network access.
     pub fn validate(config: &Value) -> Result<()> {
-        from_config::<HttpReaderConfig>(config)?.check()
+        HttpReaderConfig::parse(config)?.check()
     }
 
     /// Check the config, resume from `ctx.state`, and know the schema: declared, or inferred
     /// from the first page that has records (those pages are kept for reading).
     pub fn open(config: &Value, ctx: &ReaderContext) -> Result<Self> {
-        let cfg: HttpReaderConfig = from_config(config)?;
+        let cfg = HttpReaderConfig::parse(config)?;
         cfg.check()?;
         if ctx.shard.count > 1 {
             return Err(Error::config(

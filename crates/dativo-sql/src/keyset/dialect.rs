@@ -227,6 +227,20 @@ pub trait Dialect: Sized + Send + 'static {
     /// as text (`''` for NULL).
     fn hash_shard(keys: &[String], shard: Shard) -> String;
 
+    /// A query returning (as text) how many storage blocks `table` has — its largest
+    /// partition's when it is partitioned — when the database can read a table in ranges of
+    /// its physical storage, without an ordering key ([`Dialect::block_range`]); `None`: it
+    /// cannot.
+    fn blocks_sql(_table: &str) -> Option<String> {
+        None
+    }
+
+    /// The predicate on the table itself selecting the rows stored in blocks `lo..hi`
+    /// (`None`: unbounded), for a dialect with [`Dialect::blocks_sql`].
+    fn block_range(_lo: Option<u64>, _hi: Option<u64>) -> String {
+        "TRUE".into()
+    }
+
     /// Start reading: each `(range, sql)` into batches, as `spec` says.
     fn read(&mut self, reads: Vec<(usize, String)>, spec: Arc<ReadSpec<Self::Kind>>) -> Result<()>;
 

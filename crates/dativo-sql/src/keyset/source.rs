@@ -47,6 +47,9 @@ struct Snapshot<D: Dialect> {
     opts: SqlOptions,
     /// The source's query (the table's select, or `query`; restricted to a shard).
     base: String,
+    /// A table's select without its `WHERE`, and its `where:` filter: physical ranges add
+    /// their predicate on the table itself.
+    table_select: Option<(String, Option<String>)>,
     columns: Vec<Column<D::Kind>>,
 }
 
@@ -171,6 +174,9 @@ impl<D: Dialect> SqlSource<D> {
             snap.apply_shard(ctx.shard)?;
         }
         let plan = match state.plan.take() {
+            // An unordered read that delivered nothing yet starts over on this snapshot (a
+            // physical split's blocks are those of the table now).
+            Some(p) if p.column.is_none() && p.delivered == 0 => snap.new_plan(&state)?,
             Some(p) => {
                 let want = snap.opts.mode();
                 if p.mode != want {
@@ -251,18 +257,21 @@ impl<D: Dialect> Drop for SqlSource<D> {
 impl<D: Dialect> Snapshot<D> {
     /// Find the source's columns and how to select them.
     fn discover(mut db: D, opts: SqlOptions) -> Result<Self> {
+        let mut table_select = None;
         let base = match (&opts.table, &opts.query) {
             (Some(t), _) => {
                 let cols = match &opts.columns {
                     Some(c) => c.iter().map(|c| D::ident(c)).collect::<Vec<_>>().join(", "),
                     None => "*".into(),
                 };
+                let select = format!("SELECT {cols} FROM {}", D::table_ref(t));
                 let filter = opts
                     .where_clause
                     .as_ref()
                     .map(|w| format!(" WHERE ({w})"))
                     .unwrap_or_default();
-                format!("SELECT {cols} FROM {}{filter}", D::table_ref(t))
+                table_select = Some((select.clone(), opts.where_clause.clone()));
+                format!("{select}{filter}")
             }
             (None, Some(query)) => query.trim().trim_end_matches(';').to_string(),
             (None, None) => return Err(config_error("table", "set `table` or `query`")),
@@ -302,6 +311,7 @@ impl<D: Dialect> Snapshot<D> {
             db,
             opts,
             base,
+            table_select,
             columns,
         })
     }
@@ -644,6 +654,7 @@ impl<D: Dialect> Snapshot<D> {
                     mode: ReadMode::Incremental,
                     column: Some(name),
                     upper,
+                    physical: false,
                     ranges,
                     delivered: 0,
                     seen_above,
@@ -667,7 +678,12 @@ impl<D: Dialect> Snapshot<D> {
                     }
                 };
                 let Some(order) = order else {
-                    if n > 1 {
+                    let physical = if n > 1 {
+                        self.physical_ranges(n)?
+                    } else {
+                        None
+                    };
+                    if n > 1 && physical.is_none() {
                         return Err(config_error(
                             "partition_column",
                             "`partitions` needs `partition_column`: the table has no primary key to split on",
@@ -677,7 +693,8 @@ impl<D: Dialect> Snapshot<D> {
                         mode: ReadMode::FullRefresh,
                         column: None,
                         upper: None,
-                        ranges: split_ranges(None, false, None, &[]),
+                        physical: physical.is_some(),
+                        ranges: physical.unwrap_or_else(|| split_ranges(None, false, None, &[])),
                         delivered: 0,
                         seen_above: None,
                         seen: Vec::new(),
@@ -724,6 +741,7 @@ impl<D: Dialect> Snapshot<D> {
                     mode: ReadMode::FullRefresh,
                     column: Some(order),
                     upper: None,
+                    physical: false,
                     ranges,
                     delivered: 0,
                     seen_above: None,
@@ -731,6 +749,44 @@ impl<D: Dialect> Snapshot<D> {
                 })
             }
         }
+    }
+
+    /// A table without an ordering key split into up to `n` ranges of its storage blocks
+    /// (the dialect's [`Dialect::blocks_sql`]), or `None` when the source is a query, the
+    /// dialect cannot, or the table is empty.
+    fn physical_ranges(&mut self, n: u32) -> Result<Option<Vec<KeyRange>>> {
+        let (Some(table), Some(_)) = (self.opts.table.clone(), &self.table_select) else {
+            return Ok(None);
+        };
+        let Some(sql) = D::blocks_sql(&table) else {
+            return Ok(None);
+        };
+        let blocks: u64 = self
+            .scalar(&sql, "measuring the table for `partitions`")?
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(0);
+        if blocks == 0 {
+            return Ok(None);
+        }
+        let k = (n as u64).min(blocks);
+        tracing::info!(
+            ranges = k,
+            blocks,
+            "no ordering key: reading ranges of the table's storage (ctid) on one snapshot"
+        );
+        let bound = |i: u64| (blocks * i / k).to_string();
+        Ok(Some(
+            (0..k)
+                .map(|i| KeyRange {
+                    lo: (i > 0).then(|| bound(i)),
+                    lo_inclusive: true,
+                    hi: (i + 1 < k).then(|| bound(i + 1)),
+                    nulls: false,
+                    after: None,
+                    finished: false,
+                })
+                .collect(),
+        ))
     }
 
     /// Rows delivered by an earlier run whose cursor a `lookback` brings back into this run's
@@ -790,15 +846,23 @@ impl<D: Dialect> Snapshot<D> {
             .enumerate()
             .filter(|(_, r)| !r.finished)
             .map(|(i, range)| {
-                let sql = match &order {
-                    Some(c) => {
+                let sql = match (&order, &self.table_select) {
+                    (None, Some((from, filter))) if plan.physical => {
+                        let block = |b: &Option<String>| b.as_ref().and_then(|v| v.parse().ok());
+                        let mut pred = D::block_range(block(&range.lo), block(&range.hi));
+                        if let Some(w) = filter {
+                            pred = format!("{pred} AND ({w})");
+                        }
+                        format!("SELECT {select} FROM ({from} WHERE {pred}) AS dativo_src")
+                    }
+                    (Some(c), _) => {
                         let mut pred = range.predicate(D::lit, c);
                         if let Some(ex) = &exclude {
                             pred = format!("({pred}) AND {ex}");
                         }
                         format!("SELECT {select} {} ORDER BY {c}", self.source_where(&pred))
                     }
-                    None => format!("SELECT {select} {}", self.source_where("TRUE")),
+                    (None, _) => format!("SELECT {select} {}", self.source_where("TRUE")),
                 };
                 (i, sql)
             })

@@ -36,8 +36,13 @@ pub struct Plan {
     /// Incremental: the highest cursor in the snapshot the run started from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upper: Option<String>,
-    /// The key ranges, one per partition (plus one for NULL keys in a full refresh).
+    /// The key ranges, one per partition (plus one for NULL keys in a full refresh). In a
+    /// [`Plan::physical`] plan, `lo` and `hi` are block numbers (from `lo`, below `hi`).
     pub ranges: Vec<KeyRange>,
+    /// An unordered full refresh split by physical location (PostgreSQL: `ctid` ranges of
+    /// blocks), all ranges read on one snapshot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub physical: bool,
     /// Rows delivered by an unordered plan (which cannot resume).
     #[serde(default)]
     pub delivered: u64,
@@ -127,6 +132,15 @@ impl Plan {
     /// An interrupted plan can resume exactly only if it has an ordering column (or delivered
     /// nothing yet).
     pub fn check_resumable(&self) -> dativo_core::Result<()> {
+        if self.column.is_none() && self.delivered > 0 && self.physical {
+            return Err(dativo_core::Error::data(format!(
+                "the previous full refresh, split by physical location (the table has no primary key), was interrupted after committing {} rows; \
+                 rows move between blocks when they are updated, so it cannot resume exactly: \
+                 `dativo state reset` and clear the target (a target written in one commit — Iceberg's overwrite — never leaves this), \
+                 or set `partition_column` to a column that orders the table",
+                self.delivered
+            )));
+        }
         if self.column.is_none() && self.delivered > 0 {
             return Err(dativo_core::Error::data(format!(
                 "the previous full refresh was interrupted after committing {} rows and cannot resume exactly without an ordering column; \
@@ -234,6 +248,7 @@ mod tests {
             column: Some("id".into()),
             upper: Some("9".into()),
             ranges: split_ranges(Some("0".into()), false, Some("9".into()), &[]),
+            physical: false,
             delivered: 0,
             seen_above: Some("0".into()),
             seen: vec!["carried".into()],

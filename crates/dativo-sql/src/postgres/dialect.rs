@@ -160,6 +160,26 @@ impl Dialect for Postgres {
         )
     }
 
+    // PostgreSQL 14+ reads `ctid` ranges with a TID range scan (older servers scan the
+    // table once per range). A partitioned table's ranges apply to each partition.
+    fn blocks_sql(table: &str) -> Option<String> {
+        Some(format!(
+            "SELECT (greatest(pg_relation_size(r), (SELECT coalesce(max(pg_relation_size(relid)), 0) \
+             FROM pg_partition_tree(r) WHERE isleaf)) / current_setting('block_size')::bigint)::text \
+             FROM (SELECT {}::regclass AS r) AS t",
+            Self::lit(&Self::table_ref(table))
+        ))
+    }
+
+    fn block_range(lo: Option<u64>, hi: Option<u64>) -> String {
+        match (lo, hi) {
+            (None, None) => "TRUE".into(),
+            (Some(l), None) => format!("ctid >= '({l},0)'::tid"),
+            (None, Some(h)) => format!("ctid < '({h},0)'::tid"),
+            (Some(l), Some(h)) => format!("ctid >= '({l},0)'::tid AND ctid < '({h},0)'::tid"),
+        }
+    }
+
     fn primary_key_sql(table: &str) -> String {
         format!(
             "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
