@@ -63,8 +63,10 @@ def pg_canon(pg, cols, from_where):
     return t.select([c for c, _ in cols]).cast(schema).combine_chunks()
 
 
-def arrow_canon(t, cols):
-    """An Arrow table as read from the lake, canonical, sorted by the first column."""
+def arrow_canon(t, cols, ignore=()):
+    """An Arrow table as read from the lake, canonical, sorted by the first column; columns
+    named in `ignore` are dropped first (any other column not in `cols` is an error)."""
+    t = t.drop_columns([c for c in ignore if c in t.column_names])
     missing = [c for c, _ in cols if c not in t.column_names]
     extra = [c for c in t.column_names if c not in dict(cols)]
     assert not missing and not extra, f"table columns {t.column_names}: missing {missing}, extra {extra}"
@@ -139,8 +141,8 @@ class Lake:
     def load(self, ident):
         return self.catalog().load_table(ident)
 
-    def read_pyiceberg(self, ident, cols):
-        return arrow_canon(self.load(ident).scan().to_arrow(), cols)
+    def read_pyiceberg(self, ident, cols, ignore=()):
+        return arrow_canon(self.load(ident).scan().to_arrow(), cols, ignore)
 
     def duckdb_prelude(self):
         """Statements before an iceberg_scan of this lake (S3: httpfs and a secret), or None when
@@ -154,16 +156,16 @@ class Lake:
         return (f"LOAD '{ext}'; CREATE SECRET s (TYPE s3, KEY_ID 'testing', SECRET 'testing', "
                 f"REGION 'us-east-1', ENDPOINT '{host}', URL_STYLE 'path', USE_SSL false); ")
 
-    def read_duckdb(self, ident, cols):
+    def read_duckdb(self, ident, cols, ignore=()):
         meta = self.load(ident).metadata_location
         out = self.cwd / f"duck-{uuid.uuid4().hex[:8]}.parquet"
         duckdb_iceberg_query(self.duckdb_prelude() +
                              f"COPY (SELECT * FROM iceberg_scan('{{metadata}}')) TO '{out}' (FORMAT parquet)", meta)
         t = pq.read_table(out)
         out.unlink()
-        return arrow_canon(t, cols)
+        return arrow_canon(t, cols, ignore)
 
-    def assert_rows(self, ident, cols, want, what=""):
+    def assert_rows(self, ident, cols, want, what="", ignore=()):
         """Both readers see exactly `want` (a canonical table), without duplicate keys."""
         readers = [("pyiceberg", self.read_pyiceberg)]
         if self.duckdb_prelude() is not None:
@@ -171,7 +173,7 @@ class Lake:
         else:
             print(f"{what}: DuckDB cannot read s3:// here (no httpfs extension): pyiceberg only")
         for name, read in readers:
-            got = read(ident, cols)
+            got = read(ident, cols, ignore)
             if not got.equals(want):
                 raise AssertionError(f"{what}: {name} reads a table that differs from the source: {diff(want, got)}")
             ids = got[cols[0][0]]

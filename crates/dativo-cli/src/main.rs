@@ -163,6 +163,10 @@ run cleanly: nothing uncommitted becomes visible, and the exit code is 130.")]
         /// Job) or DATIVO_SHARD_INDEX.
         #[arg(long, env = "DATIVO_SHARDS", value_name = "N")]
         shards: Option<u32>,
+        /// Change data capture (`mode: cdc`): read what the log holds now, commit it and
+        /// exit, instead of following it until stopped (SIGINT/SIGTERM commit and exit 0).
+        #[arg(long)]
+        once: bool,
     },
     /// Check job files without connecting to anything: syntax, keys, types, references, and
     /// each built-in connector's own configuration. Native plugin libraries are not loaded
@@ -663,9 +667,17 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
             no_progress,
             shard,
             shards,
+            once,
         } => {
             let shard = resolve_shard(shard.as_deref(), *shards)?;
-            let job = load(job)?;
+            let mut job = load(job)?;
+            if *once {
+                if let Some(m) = job.config.source.config.as_object_mut() {
+                    if m.get("mode").and_then(serde_json::Value::as_str) == Some("cdc") {
+                        m.insert("follow".into(), serde_json::Value::Bool(false));
+                    }
+                }
+            }
             let store =
                 StateStore::open_with(&state_dir(cli, Some(&job)), cli.state_url.as_deref())?;
             let cancel = CancelToken::new();
@@ -675,7 +687,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
                     eprintln!("second interrupt: exiting now");
                     std::process::exit(130);
                 }
-                eprintln!("interrupted: stopping; uncommitted data will be discarded (press again to exit at once)");
+                eprintln!("interrupted: stopping; uncommitted data will be discarded, except by change data capture jobs, which commit what they read (press again to exit at once)");
                 c.cancel();
             })
             .map_err(|e| Error::internal(format!("cannot install the signal handler: {e}")))?;

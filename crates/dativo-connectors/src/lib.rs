@@ -89,9 +89,21 @@ pub fn readers() -> Vec<BuiltinReader> {
         #[cfg(feature = "postgres")]
         BuiltinReader {
             name: "postgres",
-            summary: "PostgreSQL tables or queries via binary COPY; parallel snapshot reads; cursor incremental",
-            validate: postgres::PostgresReader::validate,
-            open: |c, ctx| Ok(Box::new(postgres::PostgresReader::open(c, ctx)?)),
+            summary: "PostgreSQL tables or queries via binary COPY; parallel snapshot reads; cursor incremental; change data capture (`mode: cdc`)",
+            validate: |c| {
+                if postgres::cdc::is_cdc(c) {
+                    postgres::cdc::PgCdcReader::validate(c)
+                } else {
+                    postgres::PostgresReader::validate(c)
+                }
+            },
+            open: |c, ctx| {
+                if postgres::cdc::is_cdc(c) {
+                    Ok(Box::new(postgres::cdc::PgCdcReader::open(c, ctx)?))
+                } else {
+                    Ok(Box::new(postgres::PostgresReader::open(c, ctx)?))
+                }
+            },
             discover: Some(postgres::PostgresReader::discover),
         },
         #[cfg(feature = "mysql")]

@@ -23,6 +23,8 @@
 //! Each side runs on its own thread; methods are blocking. An implementation that needs async
 //! I/O keeps its own runtime handle and blocks on it.
 
+use std::sync::Arc;
+
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
@@ -322,6 +324,25 @@ pub trait OpenReader: Send {
     fn close(self: Box<Self>) -> Result<()> {
         Ok(())
     }
+
+    /// A handle through which the runtime tells a reader what the writer committed and asks
+    /// it to stop; taken before the reader moves to its thread. `None` (the default): the
+    /// reader needs neither — its source keeps no position and it ends on its own.
+    fn control(&self) -> Option<Arc<dyn ReaderControl>> {
+        None
+    }
+}
+
+/// What the runtime tells a reader while it runs (see [`OpenReader::control`]): readers whose
+/// source keeps a position for them (a replication slot) and that run until stopped.
+pub trait ReaderControl: Send + Sync {
+    /// The writer durably committed `state` (one this reader returned): the source may
+    /// release what it covers. Called on the writer's thread; must not block.
+    fn committed(&self, state: &Value);
+
+    /// End the stream soon, at a point the state can describe: the runtime keeps taking
+    /// batches until `next_batch` returns `None`, commits, and the run succeeds.
+    fn stop(&self);
 }
 
 /// A writer that is open: its target reachable and ready for batches of one schema.

@@ -21,5 +21,5 @@ pub mod yaml;
 pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use interface::{
     open_reader, open_writer, Commit, CommitReport, CommittedState, Delivery, OpenReader,
-    OpenWriter, Reader, ReaderContext, Shard, StreamInfo, Writer, WriterContext,
+    OpenWriter, Reader, ReaderContext, ReaderControl, Shard, StreamInfo, Writer, WriterContext,
 };

@@ -15,6 +15,9 @@ use dativo_core::{Error, Result};
 
 pub use dativo_core::rt::runtime;
 
+pub mod pgoutput;
+pub mod replication;
+
 pub use dativo_core::config::{ConnectionOptions, SslMode};
 
 /// Build the driver config from ours.
@@ -117,7 +120,7 @@ impl ServerCertVerifier for NoVerify {
     }
 }
 
-fn tls_config(mode: SslMode, rootcert: Option<&str>) -> Result<rustls::ClientConfig> {
+pub(crate) fn tls_config(mode: SslMode, rootcert: Option<&str>) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

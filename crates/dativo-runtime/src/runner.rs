@@ -25,8 +25,8 @@ use serde_json::Value;
 use dativo_core::conformance::check_batch_schema;
 use dativo_core::job::Job;
 use dativo_core::{
-    secrets, Commit, CommitReport, Error, ErrorKind, OpenReader, OpenWriter, ReaderContext, Result,
-    Shard, StreamInfo, WriterContext,
+    secrets, Commit, CommitReport, Error, ErrorKind, OpenReader, OpenWriter, ReaderContext,
+    ReaderControl, Result, Shard, StreamInfo, WriterContext,
 };
 
 use crate::implementations::{self, ReaderFactory, WriterFactory};
@@ -441,6 +441,10 @@ impl Attempt<'_> {
         start_state: Option<Value>,
     ) -> Result<()> {
         let (tx, rx) = bounded::<Msg>(self.job.config.channel_depth);
+        // A reader that runs until stopped ends its stream itself when cancelled: what it
+        // delivered is committed and the run succeeds.
+        let control = reader.control();
+        let graceful = control.is_some();
         // The reader thread's last word: how closing the reader went. Disconnected without a
         // word: it panicked while closing.
         let (closed_tx, closed_rx) = bounded::<Result<()>>(1);
@@ -450,7 +454,7 @@ impl Attempt<'_> {
             .spawn(move || {
                 let produced = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<()> {
                     loop {
-                        if cancel.is_cancelled() {
+                        if cancel.is_cancelled() && !graceful {
                             return Ok(());
                         }
                         match reader.next_batch()? {
@@ -481,7 +485,7 @@ impl Attempt<'_> {
             })
             .map_err(|e| Error::internal(format!("cannot start the reader thread: {e}")))?;
 
-        let mut result = self.consume(&rx, &mut *writer, &schema, start_state);
+        let mut result = self.consume(&rx, &mut *writer, &schema, start_state, control);
         drop(rx);
         match &result {
             // After a successful attempt a failed close is the run's failure (e.g. committed
@@ -525,6 +529,7 @@ impl Attempt<'_> {
         writer: &mut dyn OpenWriter,
         schema: &SchemaRef,
         start_state: Option<Value>,
+        control: Option<Arc<dyn ReaderControl>>,
     ) -> Result<()> {
         let cp = &self.job.config.checkpoint;
         // A writer that replaces the target commits once, at end of stream: a checkpoint
@@ -550,8 +555,23 @@ impl Attempt<'_> {
         let mut committed = start_state;
         let (mut rows, mut bytes) = (0u64, 0u64);
         let mut since = Instant::now();
+        // Cancelled with a reader that stops on request: it was asked to, and its last
+        // batches and end are taken as usual.
+        let mut stopping = false;
+        let stop = |stopping: &mut bool| {
+            if let Some(c) = &control {
+                if !*stopping {
+                    tracing::info!("stopping: committing what was read, then exiting");
+                    c.stop();
+                }
+                *stopping = true;
+                true
+            } else {
+                false
+            }
+        };
         loop {
-            if cancel.is_cancelled() {
+            if cancel.is_cancelled() && !stop(&mut stopping) {
                 return Err(cancelled());
             }
             // With rows pending and `checkpoint.seconds` set, a quiet source still commits
@@ -559,6 +579,11 @@ impl Attempt<'_> {
             let age_due = match (rows > 0, since.checked_add(max_age)) {
                 (true, Some(due)) => after(due.saturating_duration_since(Instant::now())),
                 _ => never(),
+            };
+            let cancel_rx = if stopping {
+                never()
+            } else {
+                cancel.receiver().clone()
             };
             let msg = select! {
                 recv(rx) -> m => match m {
@@ -572,9 +597,15 @@ impl Attempt<'_> {
                         )))
                     }
                 },
-                recv(cancel.receiver()) -> _ => return Err(cancelled()),
+                recv(cancel_rx) -> _ => {
+                    if stop(&mut stopping) {
+                        continue;
+                    }
+                    return Err(cancelled());
+                }
                 recv(age_due) -> _ => {
                     self.commit(writer, &latest)?;
+                    acknowledge(&control, &latest);
                     committed = latest.clone();
                     (rows, bytes, since) = (0, 0, Instant::now());
                     continue;
@@ -600,6 +631,7 @@ impl Attempt<'_> {
                         .on_event(&RunEvent::Batch { rows: n, bytes: b });
                     if rows >= max_rows || bytes >= max_bytes || since.elapsed() >= max_age {
                         self.commit(writer, &latest)?;
+                        acknowledge(&control, &latest);
                         committed = latest.clone();
                         (rows, bytes, since) = (0, 0, Instant::now());
                     }
@@ -610,6 +642,7 @@ impl Attempt<'_> {
                     }
                     if rows > 0 || latest != committed || once {
                         self.commit(writer, &latest)?;
+                        acknowledge(&control, &latest);
                     }
                     return Ok(());
                 }
@@ -653,6 +686,13 @@ impl Attempt<'_> {
             state: state.as_ref(),
         });
         Ok(())
+    }
+}
+
+/// Tell a reader with a control what the writer committed.
+fn acknowledge(control: &Option<Arc<dyn ReaderControl>>, state: &Option<Value>) {
+    if let (Some(c), Some(s)) = (control, state) {
+        c.committed(s);
     }
 }
 

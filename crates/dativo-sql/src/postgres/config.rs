@@ -60,6 +60,11 @@ pub struct PgOptions {
     /// `error` (default: the run fails naming the column) or `as_null`.
     #[serde(default)]
     pub special_values: SpecialValues,
+    /// Read in a snapshot another session exported (`pg_export_snapshot()`, a replication
+    /// slot's `EXPORT_SNAPSHOT`) instead of taking one; that session must stay open. The
+    /// `cdc` mode sets it for its initial snapshot.
+    #[serde(default)]
+    pub snapshot: Option<String>,
 }
 
 impl PgOptions {

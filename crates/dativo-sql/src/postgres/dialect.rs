@@ -53,15 +53,30 @@ impl Dialect for Postgres {
     fn open(config: &SqlConfig<PgOptions>) -> Result<Self> {
         let connection = config.connection.clone();
         let client = runtime().block_on(connect(&connection))?;
-        runtime()
-            .block_on(client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
-            .map_err(|e| map_error(e, "starting the snapshot transaction"))?;
-        let row = runtime()
-            .block_on(client.query_one("SELECT pg_export_snapshot()", &[]))
-            .map_err(|e| map_error(e, "exporting the snapshot"))?;
-        let snapshot: String = row
-            .try_get(0)
-            .map_err(|e| map_error(e, "exporting the snapshot"))?;
+        let snapshot: String = match &config.own.snapshot {
+            Some(s) => {
+                let begin = format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {};",
+                    Postgres::lit(s)
+                );
+                runtime()
+                    .block_on(client.batch_execute(&begin))
+                    .map_err(|e| map_error(e, "importing the exported snapshot"))?;
+                s.clone()
+            }
+            None => {
+                runtime()
+                    .block_on(
+                        client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+                    )
+                    .map_err(|e| map_error(e, "starting the snapshot transaction"))?;
+                let row = runtime()
+                    .block_on(client.query_one("SELECT pg_export_snapshot()", &[]))
+                    .map_err(|e| map_error(e, "exporting the snapshot"))?;
+                row.try_get(0)
+                    .map_err(|e| map_error(e, "exporting the snapshot"))?
+            }
+        };
         Ok(Postgres {
             connection,
             numeric: config.own.numeric.clone(),

@@ -17,6 +17,7 @@
 //! Planning, the state and the shared keys are [`crate::keyset`]'s; this module is the
 //! PostgreSQL [`Dialect`](crate::keyset::Dialect).
 
+pub mod cdc;
 mod config;
 mod copy;
 mod dialect;

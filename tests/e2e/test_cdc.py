@@ -1,0 +1,305 @@
+"""Change data capture from PostgreSQL (`mode: cdc`) into Iceberg, on a private PostgreSQL with
+`wal_level=logical` started by this module (the shared instance has `replica`).
+
+1. A workload of inserts, updates (some leaving a large TOASTed column unchanged) and deletes
+   on three tables runs while three CDC jobs follow the log; the jobs are SIGKILLed at random
+   moments (during the snapshot and while streaming) and their replication connections are
+   terminated from the server. After the workload stops and `--once` runs catch up, every
+   table in the lake equals its source, column by column, for pyiceberg and DuckDB; no key
+   appears twice; each slot's confirmed position is not ahead of the LSN in the lake's state.
+2. A changelog (`mode: append`): each change exactly once, in source order per key, with
+   kills in between.
+3. SIGTERM commits what was read and exits 0.
+4. Mistakes: wal_level not logical, a table without a key, a slot that exists without state.
+"""
+import json
+import os
+import pathlib
+import random
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+import psycopg2
+import pyarrow.compute as pc
+import pytest
+
+from conftest import PG_URL, free_port, write_job
+from lakecheck import BIN, Lake, dativo, pg_canon
+
+COLS = [("id", "int"), ("name", "text"), ("amount", "dec"), ("day", "date"), ("ts", "ts"),
+        ("flag", "bool"), ("big", "text")]
+
+
+def pg_bin():
+    found = sorted(pathlib.Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    assert found, "PostgreSQL server binaries (initdb) are missing"
+    return found[-1].parent
+
+
+@pytest.fixture(scope="module")
+def logical_pg():
+    """A private PostgreSQL with wal_level=logical: (url, dsn). Runs as user postgres."""
+    d = pathlib.Path(tempfile.mkdtemp(prefix="dativo-pgcdc-"))
+    port = free_port()
+    b = pg_bin()
+    as_pg = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
+    if as_pg:
+        shutil.chown(d, "postgres")
+    subprocess.run(as_pg + [str(b / "initdb"), "-D", str(d / "data"), "-U", "postgres", "--auth=trust"],
+                   check=True, capture_output=True)
+    opts = (f"-p {port} -k {d} -c listen_addresses=127.0.0.1 -c wal_level=logical "
+            "-c max_replication_slots=20 -c max_wal_senders=20 -c wal_sender_timeout=10s")
+    subprocess.run(as_pg + [str(b / "pg_ctl"), "-D", str(d / "data"), "-l", str(d / "log"), "-o", opts,
+                            "-w", "start"], check=True, capture_output=True)
+    dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+    c = psycopg2.connect(dsn)
+    c.autocommit = True
+    c.cursor().execute("CREATE DATABASE cdc")
+    c.close()
+    yield f"postgres://postgres@127.0.0.1:{port}/cdc", f"host=127.0.0.1 port={port} user=postgres dbname=cdc"
+    subprocess.run(as_pg + [str(b / "pg_ctl"), "-D", str(d / "data"), "-m", "immediate", "stop"],
+                   capture_output=True)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def connect(dsn):
+    c = psycopg2.connect(dsn)
+    c.autocommit = True
+    return c
+
+
+def q(c, sql, *args):
+    with c.cursor() as cur:
+        cur.execute(sql, args or None)
+        return cur.fetchall() if cur.description else None
+
+
+def create(c, name, rows):
+    q(c, f"""CREATE TABLE {name} (id bigint PRIMARY KEY, name text, amount numeric(12,2), day date,
+             ts timestamptz, flag boolean, big text)""")
+    q(c, f"ALTER TABLE {name} REPLICA IDENTITY FULL")
+    q(c, f"""INSERT INTO {name} SELECT i, 'n' || i, (i % 1000) / 4.0, date '2024-01-01' + i % 300,
+             timestamptz '2024-01-01 00:00+00' + i * interval '1 minute', i % 2 = 0,
+             CASE WHEN i % 50 = 0 THEN repeat(md5(i::text), 300) END
+             FROM generate_series(1, {rows}) i""")
+
+
+def job(path, name, url, table, extra="", target_mode="merge"):
+    return write_job(path / f"{name}.yaml", f"""name: {name}
+source:
+  reader: postgres
+  config:
+    url: {url}
+    table: public.{table}
+    mode: cdc
+    partitions: 2
+    batch_size: 2000
+{extra}
+target:
+  writer: iceberg
+  config:
+    table: lake.{table}
+    mode: {target_mode}
+checkpoint: {{rows: 3000, seconds: 1}}
+retry: {{attempts: 6, backoff: 500ms}}
+""")
+
+
+def workload(dsn, tables, stop, seed):
+    """Random single-row and multi-row changes until `stop` is set; ids grow past the initial
+    rows for inserts."""
+    rnd = random.Random(seed)
+    c = connect(dsn)
+    nxt = {t: 100_000 for t in tables}
+    while not stop.is_set():
+        t = rnd.choice(tables)
+        k = rnd.random()
+        try:
+            if k < 0.35:
+                n = rnd.randint(1, 30)
+                q(c, f"""INSERT INTO {t} SELECT i, 'ins' || i, 1.25, date '2025-01-01', now(), true,
+                         CASE WHEN i % 3 = 0 THEN repeat('y', 5000) END
+                         FROM generate_series({nxt[t]}, {nxt[t] + n - 1}) i""")
+                nxt[t] += n
+            elif k < 0.6:
+                # Leaves `big` (TOASTed where set) unchanged.
+                lo = rnd.randint(1, 5000)
+                q(c, f"UPDATE {t} SET amount = amount + 1, name = name || '+' WHERE id BETWEEN {lo} AND {lo + 20}")
+            elif k < 0.7:
+                lo = rnd.randint(1, 5000)
+                q(c, f"UPDATE {t} SET big = repeat('z', 3000 + {lo}) WHERE id = {lo}")
+            elif k < 0.85:
+                lo = rnd.randint(1, 5000)
+                q(c, f"DELETE FROM {t} WHERE id BETWEEN {lo} AND {lo + 5}")
+            else:
+                # One transaction of many changes (batches cut inside it).
+                lo = rnd.randint(1, 4000)
+                q(c, f"BEGIN; UPDATE {t} SET flag = NOT flag WHERE id BETWEEN {lo} AND {lo + 3000}; "
+                     f"DELETE FROM {t} WHERE id = {lo + 7}; COMMIT")
+        except psycopg2.Error:
+            pass
+        time.sleep(rnd.uniform(0, 0.01))
+    c.close()
+
+
+def lake_lsn(lake, table):
+    snap = lake.load(f"lake.{table}").current_snapshot()
+    state = json.loads(snap.summary["dativo.state"])
+    return state["cdc"]["lsn"]
+
+
+def lsn_int(s):
+    hi, lo = s.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def check_mirror(c, lake, table):
+    """The lake's table equals the source's, for pyiceberg and DuckDB (the mirror's own
+    columns, each row's last change position and time, set aside)."""
+    want = pg_canon(c, COLS, f"FROM {table}")
+    lake.assert_rows(f"lake.{table}", COLS, want, table, ignore=("_dativo_lsn", "_dativo_commit_time"))
+
+
+def start(cwd, j):
+    e = dict(os.environ)
+    e.pop("DATIVO_STATE_DIR", None)
+    log = open(cwd / f"{j.stem}.log", "a")
+    return subprocess.Popen([BIN, "run", str(j), "--no-progress"], cwd=cwd, env=e, stdout=log, stderr=log)
+
+
+def test_mirror_three_tables_through_kills_and_dropped_connections(tmp_path, logical_pg):
+    url, dsn = logical_pg
+    c = connect(dsn)
+    tables = ["orders", "customers", "events"]
+    for i, t in enumerate(tables):
+        create(c, t, [200_000, 30_000, 40_000][i])
+    jobs = [job(tmp_path, f"cdc_{t}", url, t) for t in tables]
+    stop = threading.Event()
+    w = threading.Thread(target=workload, args=(dsn, tables, stop, 7))
+    w.start()
+    rnd = random.Random(11)
+    try:
+        procs = {j: start(tmp_path, j) for j in jobs}
+        # The first kill lands in the initial snapshot of the big table (checkpoints every
+        # 3,000 rows): the next run resumes it on a new snapshot.
+        time.sleep(0.8)
+        procs[jobs[0]].send_signal(signal.SIGKILL)
+        procs[jobs[0]].wait()
+        procs[jobs[0]] = start(tmp_path, jobs[0])
+        deadline = time.monotonic() + 40
+        kills, terminations = 1, 0
+        while time.monotonic() < deadline:
+            time.sleep(rnd.uniform(1.5, 4.0))
+            if kills < 5:
+                j = rnd.choice(jobs)
+                procs[j].send_signal(signal.SIGKILL)
+                procs[j].wait()
+                kills += 1
+                procs[j] = start(tmp_path, j)
+            elif terminations < 2:
+                n = q(c, "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE active")[0][0]
+                terminations += n > 0
+        assert kills == 5 and terminations == 2, (kills, terminations)
+        assert "resuming an interrupted initial snapshot" in (tmp_path / "cdc_orders.log").read_text()
+    finally:
+        stop.set()
+        w.join()
+    # Followers that lost their connection fail (exit non-zero, retried by `serve`); the
+    # rest are stopped with SIGTERM, which commits and exits 0.
+    for j, p in procs.items():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(60) == 0, (tmp_path / f"{j.stem}.log").read_text()[-3000:]
+    lake = Lake(tmp_path)
+    for t, j in zip(tables, jobs):
+        dativo(tmp_path, "run", j, "--once", "--no-progress")
+        check_mirror(c, lake, t)
+        slot = q(c, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                 f"dativo_cdc_{t}")[0][0]
+        assert lsn_int(slot) <= lsn_int(lake_lsn(lake, t)), (t, slot, lake_lsn(lake, t))
+    # A run with nothing new moves each slot to the lake's position.
+    for t, j in zip(tables, jobs):
+        dativo(tmp_path, "run", j, "--once", "--no-progress")
+        slot = q(c, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                 f"dativo_cdc_{t}")[0][0]
+        assert slot == lake_lsn(lake, t), (t, slot, lake_lsn(lake, t))
+
+
+def test_changelog_holds_each_change_once_in_order(tmp_path, logical_pg):
+    url, dsn = logical_pg
+    c = connect(dsn)
+    create(c, "log_src", 2_000)
+    j = job(tmp_path, "cdc_log", url, "log_src", target_mode="append")
+    dativo(tmp_path, "run", j, "--once", "--no-progress")
+    # A known sequence: each key's versions are numbered in `amount`.
+    for rnd_round in range(6):
+        q(c, f"UPDATE log_src SET amount = {rnd_round + 1} WHERE id % 7 = {rnd_round}")
+        q(c, f"DELETE FROM log_src WHERE id % 97 = {rnd_round}")
+        q(c, f"INSERT INTO log_src SELECT i, 'new', 0, NULL, NULL, NULL, NULL FROM generate_series({5000 + rnd_round * 10}, {5009 + rnd_round * 10}) i")
+        # Kill a run mid-way; the next one resumes.
+        p = start(tmp_path, j)
+        time.sleep(random.uniform(0.2, 0.8))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    dativo(tmp_path, "run", j, "--once", "--no-progress")
+    t = Lake(tmp_path).load("lake.log_src").scan().to_arrow()
+    changes = t.filter(pc.not_equal(t["_dativo_op"], "R"))
+    # Expected: per round, one U per updated key, one D per deleted key, one I per new key.
+    want = 0
+    alive = set(range(1, 2001))
+    for r in range(6):
+        upd = {k for k in alive if k % 7 == r}
+        dele = {k for k in alive if k % 97 == r}
+        want += len(upd) + len(dele) + 10
+        alive -= dele
+        alive |= set(range(5000 + r * 10, 5010 + r * 10))
+    assert changes.num_rows == want, (changes.num_rows, want)
+    keyed = {}
+    for op, k, lsn in zip(changes["_dativo_op"].to_pylist(), changes["id"].to_pylist(),
+                          changes["_dativo_lsn"].to_pylist()):
+        keyed.setdefault(k, []).append((lsn, op))
+    dup = [(k, v) for k, v in keyed.items() if len(set(v)) != len(v)]
+    assert not dup, dup[:5]
+    snapshot_rows = t.num_rows - changes.num_rows
+    assert snapshot_rows == 2_000
+
+
+def test_sigterm_commits_and_exits_zero(tmp_path, logical_pg):
+    url, dsn = logical_pg
+    c = connect(dsn)
+    create(c, "term_src", 1_000)
+    j = job(tmp_path, "cdc_term", url, "term_src")
+    p = start(tmp_path, j)
+    time.sleep(3)
+    q(c, "UPDATE term_src SET name = 'after' WHERE id <= 100")
+    time.sleep(1.5)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(60) == 0, (tmp_path / "cdc_term.log").read_text()[-3000:]
+    check_mirror(c, Lake(tmp_path), "term_src")
+
+
+def test_mistakes_are_named(tmp_path, logical_pg):
+    url, dsn = logical_pg
+    c = connect(dsn)
+    # The shared PostgreSQL has wal_level=replica.
+    shared = connect(PG_URL)
+    q(shared, "DROP TABLE IF EXISTS cdc_wal; CREATE TABLE cdc_wal (id int primary key)")
+    j = job(tmp_path, "cdc_wal", PG_URL, "cdc_wal")
+    p = dativo(tmp_path, "run", j, "--once", "--no-progress", check=2)
+    assert "wal_level" in p.stdout + p.stderr and "logical" in p.stdout + p.stderr
+    q(shared, "DROP TABLE cdc_wal")
+    q(c, "CREATE TABLE nokey (v int, w text)")
+    j = job(tmp_path, "cdc_nokey", url, "nokey")
+    p = dativo(tmp_path, "run", j, "--once", "--no-progress", check=2)
+    assert "primary key" in p.stdout + p.stderr and "REPLICA IDENTITY FULL" in p.stdout + p.stderr
+    # A slot of that name exists but the job has no state: refused, the slot is untouched.
+    create(c, "taken", 10)
+    q(c, "SELECT pg_create_logical_replication_slot('dativo_cdc_taken', 'pgoutput')")
+    j = job(tmp_path, "cdc_taken", url, "taken")
+    p = dativo(tmp_path, "run", j, "--once", "--no-progress", check=2)
+    assert "dativo_cdc_taken" in p.stdout + p.stderr and "pg_drop_replication_slot" in p.stdout + p.stderr
+    q(c, "SELECT pg_drop_replication_slot('dativo_cdc_taken')")
