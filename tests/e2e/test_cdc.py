@@ -303,3 +303,43 @@ def test_mistakes_are_named(tmp_path, logical_pg):
     p = dativo(tmp_path, "run", j, "--once", "--no-progress", check=2)
     assert "dativo_cdc_taken" in p.stdout + p.stderr and "pg_drop_replication_slot" in p.stdout + p.stderr
     q(c, "SELECT pg_drop_replication_slot('dativo_cdc_taken')")
+
+
+def test_an_idle_table_does_not_pin_wal(tmp_path, logical_pg):
+    """The job's table is idle while another published table takes writes: heartbeats move the
+    committed state, and with it the slot, to the server's WAL position. Bound: the slot's
+    confirmed position trails by what the server writes in one heartbeat interval plus a
+    status period; its restart_lsn (the WAL kept) by about 15 s more of WAL (PostgreSQL's
+    running-transactions interval)."""
+    url, dsn = logical_pg
+    c = connect(dsn)
+    create(c, "idle_src", 100)
+    q(c, "CREATE TABLE busy (id bigserial primary key, pad text)")
+    q(c, "CREATE PUBLICATION other_pub FOR TABLE busy")
+    j = job(tmp_path, "cdc_idle", url, "idle_src", extra="    heartbeat: 2s")
+    p = start(tmp_path, j)
+    try:
+        time.sleep(3)
+        start_lsn = q(c, "SELECT pg_current_wal_lsn()::text")[0][0]
+        for _ in range(10):
+            q(c, "INSERT INTO busy (pad) SELECT repeat('w', 200) FROM generate_series(1, 30000)")
+            time.sleep(0.5)
+        written = q(c, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", start_lsn)[0][0]
+        # Then light traffic: the slot's restart_lsn (what the server keeps on disk) follows
+        # the confirmed position at the next running-transactions record, which PostgreSQL
+        # logs every 15 s while there is activity.
+        until = time.monotonic() + 20
+        while time.monotonic() < until:
+            q(c, "INSERT INTO busy (pad) VALUES ('light')")
+            time.sleep(0.2)
+        retained = q(c, """SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn),
+                                  pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)
+                           FROM pg_replication_slots WHERE slot_name = 'dativo_cdc_idle'""")[0]
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(60) == 0, (tmp_path / "cdc_idle.log").read_text()[-3000:]
+    print(f"WAL written while idle: {written / 2**20:.1f} MiB; retained by the slot: {retained[0] / 2**20:.2f} MiB from restart_lsn, {retained[1] / 2**20:.2f} MiB from confirmed_flush_lsn")
+    assert written > 40 * 2**20, written
+    assert retained[0] < 8 * 2**20 and retained[1] < 4 * 2**20, (retained, written)
+    # The heartbeats' commits keep the lake exact.
+    check_mirror(c, Lake(tmp_path), "idle_src")

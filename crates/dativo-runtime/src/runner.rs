@@ -629,7 +629,15 @@ impl Attempt<'_> {
                     self.opts
                         .observer
                         .on_event(&RunEvent::Batch { rows: n, bytes: b });
-                    if rows >= max_rows || bytes >= max_bytes || since.elapsed() >= max_age {
+                    // An empty batch from a reader the source keeps a position for (a
+                    // heartbeat) moves only the state: committed at once, so the source
+                    // can release what it covers.
+                    let heartbeat = n == 0 && control.is_some() && latest != committed;
+                    if heartbeat
+                        || rows >= max_rows
+                        || bytes >= max_bytes
+                        || since.elapsed() >= max_age
+                    {
                         self.commit(writer, &latest)?;
                         acknowledge(&control, &latest);
                         committed = latest.clone();

@@ -55,7 +55,7 @@ pub const LSN_COLUMN: &str = "_dativo_lsn";
 pub const COMMIT_TIME_COLUMN: &str = "_dativo_commit_time";
 
 /// The `cdc` keys beside the reader's usual ones.
-const CDC_KEYS: &[&str] = &["publication", "slot", "follow", "create"];
+const CDC_KEYS: &[&str] = &["publication", "slot", "follow", "create", "heartbeat"];
 
 /// `mode: cdc` settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +74,15 @@ struct CdcOptions {
     /// Create the publication and slot when missing (default); `false`: they must exist.
     #[serde(default = "yes")]
     create: bool,
+    /// With no change to the table for this long, the state moves to the server's WAL
+    /// position and is committed, so the slot stops retaining WAL the table does not need
+    /// (default 1m).
+    #[serde(default = "default_heartbeat")]
+    heartbeat: dativo_core::config::DurationValue,
+}
+
+fn default_heartbeat() -> dativo_core::config::DurationValue {
+    dativo_core::config::DurationValue(Duration::from_secs(60))
 }
 
 fn yes() -> bool {
@@ -620,6 +629,9 @@ impl PgCdcReader {
                 .unwrap_or_else(Instant::now),
             sent_confirmed: 0,
             schema_changed: false,
+            heartbeat: opts.heartbeat.0,
+            idle_end: 0,
+            last_heartbeat: Instant::now(),
         })
     }
 
@@ -671,6 +683,10 @@ struct Streamer {
     last_status: Instant,
     sent_confirmed: Lsn,
     schema_changed: bool,
+    heartbeat: Duration,
+    /// The server's WAL end as last reported between transactions.
+    idle_end: Lsn,
+    last_heartbeat: Instant,
 }
 
 /// Microseconds between 1970-01-01 and 2000-01-01.
@@ -810,6 +826,24 @@ impl PgCdcReader {
                 self.stream_state();
                 return Ok(Some(b));
             }
+            // Heartbeat: nothing for the table for a while, but the server's WAL moved on
+            // (other tables, other databases). Moving the state there, committed by the
+            // runtime as an empty batch, lets the slot release that WAL.
+            if s.rows == 0 && between && s.last_heartbeat.elapsed() >= s.heartbeat {
+                if s.idle_end > s.last_end {
+                    s.last_end = s.idle_end;
+                    s.last_heartbeat = Instant::now();
+                    tracing::debug!(lsn = %lsn_text(s.last_end), "heartbeat");
+                    self.stream_state();
+                    return Ok(Some(RecordBatch::new_empty(self.schema.clone())));
+                }
+                // Ask for a keepalive: it reports the server's WAL end.
+                runtime().block_on(s.conn.send_status(confirmed, confirmed, true))?;
+                s.last_status = Instant::now();
+                s.last_heartbeat = Instant::now()
+                    .checked_sub(s.heartbeat.saturating_sub(Duration::from_secs(1)))
+                    .unwrap_or_else(Instant::now);
+            }
             if (s.caught_up || stopping || s.schema_changed) && s.rows == 0 {
                 // The last batch's state, or the position reached with nothing to deliver.
                 self.stream_state();
@@ -828,8 +862,11 @@ impl PgCdcReader {
                     if reply {
                         s.status(confirmed, true)?;
                     }
-                    if s.target.is_some_and(|t| wal_end >= t) && s.txn.is_none() {
-                        s.caught_up = true;
+                    if s.txn.is_none() {
+                        s.idle_end = s.idle_end.max(wal_end);
+                        if s.target.is_some_and(|t| wal_end >= t) {
+                            s.caught_up = true;
+                        }
                     }
                 }
                 Some(ReplicationMessage::XLogData { wal_end, data, .. }) => {
@@ -848,6 +885,7 @@ impl PgCdcReader {
                         PgMsg::Commit { end_lsn, .. } => {
                             s.txn = None;
                             s.last_end = end_lsn;
+                            s.last_heartbeat = Instant::now();
                             if s.skip.is_some_and(|(l, _)| l < end_lsn) {
                                 s.skip = None;
                             }
