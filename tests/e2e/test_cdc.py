@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pytest
 
 from conftest import PG_URL, free_port, write_job
-from lakecheck import BIN, Lake, dativo, pg_canon
+from lakecheck import BIN, Lake, dativo, pg_canon, runs_json
 
 COLS = [("id", "int"), ("name", "text"), ("amount", "dec"), ("day", "date"), ("ts", "ts"),
         ("flag", "bool"), ("big", "text")]
@@ -343,3 +343,41 @@ def test_an_idle_table_does_not_pin_wal(tmp_path, logical_pg):
     assert retained[0] < 8 * 2**20 and retained[1] < 4 * 2**20, (retained, written)
     # The heartbeats' commits keep the lake exact.
     check_mirror(c, Lake(tmp_path), "idle_src")
+
+
+def test_serve_keeps_a_cdc_job_running(tmp_path, logical_pg):
+    """`dativo serve` starts a CDC job without a schedule, starts it again after its
+    replication connection is terminated, reports the lag, and stops it cleanly."""
+    from test_serve import Serve, wait_until
+    url, dsn = logical_pg
+    c = connect(dsn)
+    create(c, "served", 5_000)
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    j = job(jobs, "cdc_served", url, "served")
+    j.write_text(j.read_text().replace("retry: {attempts: 6, backoff: 500ms}", "retry: {attempts: 1}"))
+    s = Serve(tmp_path, jobs)
+    try:
+        lake = Lake(tmp_path)
+
+        def lake_rows():
+            try:
+                return lake.load("lake.served").scan().to_arrow().num_rows
+            except Exception:
+                return 0
+        wait_until(lambda: lake_rows() == 5_000, 60, "the initial snapshot")
+        q(c, "UPDATE served SET name = 'one' WHERE id <= 100")
+        q(c, "INSERT INTO served SELECT i, 'two', 1, NULL, NULL, NULL, NULL FROM generate_series(5001, 5100) i")
+        wait_until(lambda: lake_rows() == 5_100, 60, "the first changes")
+        assert s.metric("dativo_cdc_lag_seconds", "cdc_served") is not None
+        # The server ends the replication connection: the run fails, serve starts it again.
+        wait_until(lambda: q(c, "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots "
+                                "WHERE slot_name = 'dativo_cdc_served' AND active")[0][0] > 0, 30, "an active slot")
+        q(c, "DELETE FROM served WHERE id > 5050")
+        wait_until(lambda: lake_rows() == 5_050, 60, "changes after the restart")
+    finally:
+        assert s.stop() == 0
+    runs = runs_json(tmp_path, "cdc_served")
+    assert len(runs) >= 2 and any(r["status"] == "failed" for r in runs), runs
+    dativo(tmp_path, "run", j, "--once", "--no-progress")
+    check_mirror(c, Lake(tmp_path), "served")

@@ -107,6 +107,20 @@ struct JobEntry {
     maint_cron: Option<(croner::Cron, chrono_tz::Tz)>,
     maint_next: Option<DateTime<Utc>>,
     maintaining: bool,
+    /// A job that runs until stopped (change data capture following the log): started when
+    /// `serve` starts and again after each run ends, after a backoff when it failed.
+    continuous: bool,
+    /// When a continuous job starts again (`None`: now).
+    restart_at: Option<DateTime<Utc>>,
+    /// Failed runs of a continuous job in a row.
+    failures: u32,
+}
+
+/// Whether `job` follows its source until stopped (`mode: cdc` without `follow: false`).
+fn is_continuous(job: &Job) -> bool {
+    let c = &job.config.source.config;
+    c.get("mode").and_then(serde_json::Value::as_str) == Some("cdc")
+        && c.get("follow").and_then(serde_json::Value::as_bool) != Some(false)
 }
 
 /// The end of a run, for the API and the page.
@@ -236,6 +250,8 @@ impl Server {
                         entry.running = old.running;
                         entry.last = old.last;
                         entry.pending = old.pending;
+                        entry.restart_at = old.restart_at;
+                        entry.failures = old.failures;
                         entry.maintaining = old.maintaining;
                     }
                     tracing::info!(job = %name, file = %path.display(), next = ?entry.next, "job loaded");
@@ -341,6 +357,9 @@ impl Server {
                             j.pending = true;
                         }
                     }
+                }
+                if j.continuous && j.running.is_none() && j.restart_at.is_none_or(|t| now >= t) {
+                    j.pending = true;
                 }
                 if j.pending && j.running.is_none() && running < self.opts.max_concurrent {
                     j.pending = false;
@@ -563,6 +582,21 @@ impl Server {
             .find(|j| j.running.as_deref() == Some(run_id));
         if let Some(j) = entry {
             j.running = None;
+            if j.continuous {
+                // Followed again at once after a clean end (a schema change ends a run);
+                // after a failure, after 1 s, 2 s, 4 s … at most a minute.
+                let failed = last.as_ref().is_some_and(|l| l.status == RunStatus::Failed);
+                j.failures = if failed { j.failures + 1 } else { 0 };
+                let wait = if failed {
+                    1u64 << j.failures.min(6).saturating_sub(1)
+                } else {
+                    0
+                };
+                j.restart_at = Some(Utc::now() + chrono::Duration::seconds(wait.min(60) as i64));
+                if failed {
+                    tracing::warn!(job = %j.job.name(), restart_in_s = wait.min(60), "a continuous job's run failed: starting it again");
+                }
+            }
             if last.is_some() {
                 j.last = last;
             }
@@ -598,7 +632,13 @@ impl Server {
             .lock()
             .expect("not poisoned")
             .values()
-            .flat_map(|j| [j.next, j.maint_next])
+            .flat_map(|j| {
+                let restart = match (j.continuous, &j.running) {
+                    (true, None) => Some(j.restart_at.unwrap_or(now)),
+                    _ => None,
+                };
+                [j.next, j.maint_next, restart]
+            })
             .flatten()
             .min()
             // Rounded up to the millisecond: waking a hair early would only find nothing due.
@@ -693,7 +733,6 @@ fn load_entry(path: &Path, stamp: (SystemTime, u64)) -> Result<JobEntry> {
     Ok(JobEntry {
         reader: job.config.source.reader.display_name().to_string(),
         writer: job.config.target.writer.display_name().to_string(),
-        job: Arc::new(job),
         file: path.to_path_buf(),
         stamp,
         cron,
@@ -704,6 +743,10 @@ fn load_entry(path: &Path, stamp: (SystemTime, u64)) -> Result<JobEntry> {
         maint_cron,
         maint_next,
         maintaining: false,
+        continuous: is_continuous(&job),
+        restart_at: None,
+        failures: 0,
+        job: Arc::new(job),
     })
 }
 
@@ -720,6 +763,20 @@ impl Observer for RunObserver<'_> {
             RunEvent::Committed { report, state } => {
                 self.metrics
                     .committed(self.labels, report.rows, report.bytes);
+                if let Some(cdc) = state.and_then(|s| s.get("cdc")) {
+                    let lag = cdc
+                        .get("source_commit_us")
+                        .and_then(serde_json::Value::as_i64)
+                        .map(|us| {
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_micros() as i64)
+                                .unwrap_or(0);
+                            ((now - us) as f64 / 1e6).max(0.0)
+                        })
+                        .unwrap_or(0.0);
+                    self.metrics.cdc_lag(self.labels, lag);
+                }
                 self.log.lock().expect("not poisoned").push(format!(
                     "{} committed {} rows ({} files, {} bytes); state {}",
                     now_rfc3339(),

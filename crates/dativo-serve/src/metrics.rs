@@ -52,6 +52,9 @@ struct JobMetrics {
     duration_sum: f64,
     duration_count: u64,
     last_success: Option<f64>,
+    /// Change data capture: seconds from the source commit of the last change in the last
+    /// commit to that commit (0 when the stream was idle).
+    cdc_lag: Option<f64>,
 }
 
 /// Maintenance counters of one job.
@@ -102,6 +105,11 @@ impl Metrics {
             m.bytes += bytes;
             m.commits += 1;
         })
+    }
+
+    /// A change data capture commit: the lag from its last change's source commit.
+    pub fn cdc_lag(&self, l: &Labels, seconds: f64) {
+        self.with(l, |m| m.cdc_lag = Some(seconds))
     }
 
     /// A run ended.
@@ -293,6 +301,12 @@ impl Metrics {
                     "dativo_last_success_timestamp_seconds{{{}}} {t:.3}",
                     l.render()
                 );
+            }
+        }
+        let _ = writeln!(o, "# HELP dativo_cdc_lag_seconds Change data capture: from the source commit of the last change in the job's last commit to that commit (0: the source was idle).\n# TYPE dativo_cdc_lag_seconds gauge");
+        for (l, m) in &all {
+            if let Some(t) = m.cdc_lag {
+                let _ = writeln!(o, "dativo_cdc_lag_seconds{{{}}} {t:.3}", l.render());
             }
         }
         let _ = writeln!(o, "# HELP dativo_job_running Whether the job is running on this instance.\n# TYPE dativo_job_running gauge");

@@ -159,6 +159,10 @@ struct CdcState {
     /// A transaction cut by a batch: its commit LSN and the changes of it delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     partial: Option<(String, u64)>,
+    /// The source commit time (µs since 1970) of the last change delivered, while the table
+    /// has changes in flight; unset once the stream is idle. Monitoring reads the lag from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source_commit_us: Option<i64>,
 }
 
 impl CdcState {
@@ -630,6 +634,7 @@ impl PgCdcReader {
             sent_confirmed: 0,
             schema_changed: false,
             heartbeat: opts.heartbeat.0,
+            last_commit_us: None,
             idle_end: 0,
             last_heartbeat: Instant::now(),
         })
@@ -684,6 +689,9 @@ struct Streamer {
     sent_confirmed: Lsn,
     schema_changed: bool,
     heartbeat: Duration,
+    /// The source commit time of the last change in the batch being built (µs since 1970);
+    /// `None` after a heartbeat.
+    last_commit_us: Option<i64>,
     /// The server's WAL end as last reported between transactions.
     idle_end: Lsn,
     last_heartbeat: Instant,
@@ -769,6 +777,7 @@ impl Streamer {
         self.ops.append_value(op);
         self.lsns.append_value(final_lsn as i64);
         self.times.append_value(commit_time + PG_EPOCH_MICROS);
+        self.last_commit_us = Some(commit_time + PG_EPOCH_MICROS);
         self.rows += 1;
         self.first_row.get_or_insert_with(Instant::now);
         Ok(())
@@ -800,6 +809,7 @@ impl PgCdcReader {
     fn stream_state(&mut self) {
         if let Phase::Stream(s) = &self.phase {
             self.state.lsn = Some(lsn_text(s.last_end));
+            self.state.source_commit_us = s.last_commit_us;
             self.state.partial = s
                 .txn
                 .as_ref()
@@ -833,6 +843,7 @@ impl PgCdcReader {
                 if s.idle_end > s.last_end {
                     s.last_end = s.idle_end;
                     s.last_heartbeat = Instant::now();
+                    s.last_commit_us = None;
                     tracing::debug!(lsn = %lsn_text(s.last_end), "heartbeat");
                     self.stream_state();
                     return Ok(Some(RecordBatch::new_empty(self.schema.clone())));
