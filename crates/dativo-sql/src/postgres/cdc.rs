@@ -122,6 +122,25 @@ fn split(config: &Value) -> Result<(CdcOptions, Value)> {
     Ok((opts, Value::Object(rest)))
 }
 
+/// An unknown-key error lists the reader's keys; with `mode: cdc` these are valid too.
+fn with_cdc_keys(e: Error) -> Error {
+    if !e.message().contains("unknown field") {
+        return e;
+    }
+    let mut out = Error::new(
+        e.kind(),
+        format!(
+            "{}, and with `mode: cdc` `{}`",
+            e.message(),
+            CDC_KEYS.join("`, `")
+        ),
+    );
+    if let Some(k) = e.key_path() {
+        out = out.with_key_path(k.to_string());
+    }
+    out
+}
+
 /// A job's default object name: `dativo_` and the job name's letters and digits.
 fn default_name(job: &str) -> String {
     let s: String = job
@@ -257,12 +276,13 @@ impl PgCdcReader {
     /// Check a `mode: cdc` config without I/O.
     pub fn validate(config: &Value) -> Result<()> {
         let (_, rest) = split(config)?;
-        SqlSource::<Postgres>::validate(&rest)
+        SqlSource::<Postgres>::validate(&rest).map_err(with_cdc_keys)
     }
 
     /// Connect: start (publication, slot, snapshot) or resume from `ctx.state`.
     pub fn open(config: &Value, ctx: &ReaderContext) -> Result<PgCdcReader> {
         let (opts, rest) = split(config)?;
+        SqlSource::<Postgres>::validate(&rest).map_err(with_cdc_keys)?;
         if ctx.shard.count > 1 {
             return Err(Error::config(
                 "`mode: cdc` cannot be sharded: one slot delivers the table's changes in order",
