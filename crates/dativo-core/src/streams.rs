@@ -428,6 +428,12 @@ pub fn plan_streams(job: &Job, offered: Vec<SourceTable>) -> Result<Vec<StreamPl
             ))
         }
     };
+    if src.get("mode").and_then(Value::as_str) == Some("cdc") {
+        return Err(job.error_at(
+            "source.config.mode",
+            "`mode: cdc` reads one table per job for now (each job has its own replication slot):              write one job per table, with `table:`",
+        ));
+    }
     let full_refresh = src.get("mode").and_then(Value::as_str) == Some("full_refresh");
     let mut tables: Vec<SourceTable> = offered.into_iter().filter(|t| sel.selects(t)).collect();
     tables.sort_by(|a, b| {
@@ -1045,5 +1051,17 @@ mod tests {
             "    table: \"api.{stream}\"",
         );
         assert!(plan_named_streams(&empty).is_err());
+    }
+
+    #[test]
+    fn change_data_capture_is_one_table_per_job() {
+        let j = job(
+            "    url: postgres://x\n    tables: [\"public.*\"]\n    mode: cdc",
+            "    table: \"raw.{table}\"",
+        );
+        let e = plan_streams(&j, vec![table("public", "t", &["id"], &[], 1)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one table per job"), "{e}");
     }
 }
