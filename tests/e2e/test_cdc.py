@@ -2,7 +2,7 @@
 `wal_level=logical` started by this module (the shared instance has `replica`).
 
 1. A workload of inserts, updates (some leaving a large TOASTed column unchanged) and deletes
-   on three tables runs while three CDC jobs follow the log; the jobs are SIGKILLed at random
+   on three tables runs for 60 s (DATIVO_TEST_CDC_SECONDS) while three CDC jobs follow the log; the jobs are SIGKILLed at random
    moments (during the snapshot and while streaming) and their replication connections are
    terminated from the server. After the workload stops and `--once` runs catch up, every
    table in the lake equals its source, column by column, for pyiceberg and DuckDB; no key
@@ -29,6 +29,9 @@ import pytest
 
 from conftest import PG_URL, free_port, write_job
 from lakecheck import BIN, Lake, dativo, pg_canon, runs_json
+
+# How long the workload of the mirror test runs (the acceptance: 60 s).
+WORKLOAD_SECONDS = float(os.environ.get("DATIVO_TEST_CDC_SECONDS", "60"))
 
 COLS = [("id", "int"), ("name", "text"), ("amount", "dec"), ("day", "date"), ("ts", "ts"),
         ("flag", "bool"), ("big", "text")]
@@ -190,7 +193,7 @@ def test_mirror_three_tables_through_kills_and_dropped_connections(tmp_path, log
         procs[jobs[0]].send_signal(signal.SIGKILL)
         procs[jobs[0]].wait()
         procs[jobs[0]] = start(tmp_path, jobs[0])
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + WORKLOAD_SECONDS - 0.8
         kills, terminations = 1, 0
         while time.monotonic() < deadline:
             time.sleep(rnd.uniform(1.5, 4.0))
