@@ -277,3 +277,23 @@ def make_merge_source(pg, name, rows):
         SELECT id, NULL::text, NULL::numeric(12,2), NULL::date, deleted, NULL::timestamptz, 'D'::text
         FROM {name}_tomb""")
     sql(pg, f"ANALYZE {name}")
+
+
+def assert_pg_row(got, src):
+    """A row of the every-type table (tests/e2e/test_postgres.py) read from the lake (`got`,
+    pyarrow's Python values) equals the source's (`src`, psycopg2's): each column as the
+    reader's type mapping defines it."""
+    import pytest
+    for k in ["b", "i2", "i4", "f8", "n", "t", "vc", "c", "nm", "d", "tm", "ts", "ai", "at",
+              "ip", "cid", "mac", "m", "o"]:
+        if k in src:
+            assert got[k] == src[k], (src["id"], k, got[k], src[k])
+    assert got["f4"] == pytest.approx(src["f4"])
+    assert got["nu"] == src["nu"]
+    assert bytes(got["by"]) == bytes(src["by"])
+    assert got["tstz"] == src["tstz"]
+    assert str(got["u"]) == src["u"]
+    assert json.loads(got["j"]) == src["j"] and json.loads(got["jb"]) == src["jb"]
+    iv = src["iv"]
+    assert got["iv"]["days"] * 86400 + got["iv"]["microseconds"] / 1e6 + \
+        got["iv"]["months"] * 30 * 86400 == iv.total_seconds(), (src["id"], got["iv"], iv)

@@ -1020,37 +1020,31 @@ mod tests {
         assert_eq!(p[0].cursor.as_deref(), Some("updated_at"));
         assert_eq!(p[0].target, "api.orders");
 
-        let same = any_job(
-            "http",
-            "    base_url: http://api\n    resources:\n      users: {path: /users}\n      orders: {path: /orders}",
-            "iceberg",
+        // The planning error of an http job with these source lines into `table`.
+        let error = |src: &str, table: &str| {
+            let j = any_job(
+                "http",
+                &format!("    base_url: http://api\n{src}"),
+                "iceberg",
+                table,
+            );
+            plan_named_streams(&j).unwrap_err().to_string()
+        };
+        let e = error(
+            "    resources:\n      users: {path: /users}\n      orders: {path: /orders}",
             "    table: api.all",
         );
-        let e = plan_named_streams(&same).unwrap_err().to_string();
         assert!(e.contains("`{stream}`") && e.contains("api.all"), "{e}");
-        let both = any_job(
-            "http",
-            "    base_url: http://api\n    resources: {a: {path: /a}}\n    streams: {b: {path: /b}}",
-            "iceberg",
-            "    table: \"api.{stream}\"",
+        let per_stream = "    table: \"api.{stream}\"";
+        let e = error(
+            "    resources: {a: {path: /a}}\n    streams: {b: {path: /b}}",
+            per_stream,
         );
-        let e = plan_named_streams(&both).unwrap_err().to_string();
         assert!(e.contains("keep one"), "{e}");
-        let bad = any_job(
-            "http",
-            "    base_url: http://api\n    resources: {\"a/b\": {path: /a}}",
-            "iceberg",
-            "    table: \"api.{stream}\"",
-        );
-        let e = plan_named_streams(&bad).unwrap_err().to_string();
+        let e = error("    resources: {\"a/b\": {path: /a}}", per_stream);
         assert!(e.contains("resources.a/b"), "{e}");
-        let empty = any_job(
-            "http",
-            "    base_url: http://api\n    resources: {}",
-            "iceberg",
-            "    table: \"api.{stream}\"",
-        );
-        assert!(plan_named_streams(&empty).is_err());
+        let e = error("    resources: {}", per_stream);
+        assert!(e.contains("non-empty mapping"), "{e}");
     }
 
     #[test]
