@@ -760,19 +760,9 @@ mod tests {
     use crate::yaml::Substitution;
     use std::path::Path;
 
+    /// Job `db`: postgres into iceberg with these config lines.
     fn job(src: &str, target: &str) -> Job {
-        let text = format!(
-            "name: db\nsource:\n  reader: postgres\n  config:\n{src}\ntarget:\n  writer: iceberg\n  config:\n{target}\n"
-        );
-        Job::parse(
-            &text,
-            Path::new("db.yaml"),
-            &Substitution {
-                base_dir: Path::new("."),
-                env: &|_| None,
-            },
-        )
-        .unwrap()
+        any_job("postgres", src, "iceberg", target)
     }
 
     fn table(
@@ -958,13 +948,14 @@ mod tests {
             .all(|p| p.cursor.is_none()));
     }
 
+    /// Job `db` with these reader, writer and config lines.
     fn any_job(reader: &str, src: &str, writer: &str, target: &str) -> Job {
         let text = format!(
-            "name: lake\nsource:\n  reader: {reader}\n  config:\n{src}\ntarget:\n  writer: {writer}\n  config:\n{target}\n"
+            "name: db\nsource:\n  reader: {reader}\n  config:\n{src}\ntarget:\n  writer: {writer}\n  config:\n{target}\n"
         );
         Job::parse(
             &text,
-            Path::new("lake.yaml"),
+            Path::new("db.yaml"),
             &Substitution {
                 base_dir: Path::new("."),
                 env: &|_| None,
@@ -1001,8 +992,8 @@ mod tests {
         assert_eq!(p[1].target, "lake/orders");
         assert_eq!(p[0].target, "lake/customers");
         assert_eq!(p[2].target, "other/sales/refunds");
-        assert_eq!(p[0].job.name(), "lake/customers");
-        assert_eq!(p[2].job.name(), "lake/sales.refunds");
+        assert_eq!(p[0].job.name(), "db/customers");
+        assert_eq!(p[2].job.name(), "db/sales.refunds");
     }
 
     #[test]
