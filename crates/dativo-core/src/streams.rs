@@ -392,13 +392,7 @@ pub fn plan_streams(job: &Job, offered: Vec<SourceTable>) -> Result<Vec<StreamPl
         return plan_named_streams(job);
     }
     let sel = Selection::of(job)?;
-    let src = job
-        .config
-        .source
-        .config
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
+    let src = source_map(job);
     let writer = match &job.config.target.writer {
         Implementation::Builtin(n) => n.as_str(),
         _ => "",
@@ -540,14 +534,7 @@ pub fn plan_streams(job: &Job, offered: Vec<SourceTable>) -> Result<Vec<StreamPl
                     .push("keyed and incremental: merged on the key (updates replace rows)".into());
             }
         }
-        let shown = match writer {
-            "iceberg" => target.get("table"),
-            "parquet" => target.get("path"),
-            _ => None,
-        }
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| target.to_string());
+        let shown = shown_target(writer, &target);
 
         let mut sj = job.clone();
         sj.config.name = stream_key(job.name(), &stream);
@@ -567,6 +554,29 @@ pub fn plan_streams(job: &Job, offered: Vec<SourceTable>) -> Result<Vec<StreamPl
     }
     check_targets(job, &plans)?;
     Ok(plans)
+}
+
+/// The job's source config as a mapping (empty when it is not one).
+fn source_map(job: &Job) -> Map<String, Value> {
+    job.config
+        .source
+        .config
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// How a stream's target is shown: the iceberg writer's `table`, the parquet writer's
+/// `path`, else the whole target config.
+fn shown_target(writer: &str, target: &Value) -> String {
+    match writer {
+        "iceberg" => target.get("table"),
+        "parquet" => target.get("path"),
+        _ => None,
+    }
+    .and_then(Value::as_str)
+    .map(str::to_string)
+    .unwrap_or_else(|| target.to_string())
 }
 
 /// Refuse two streams writing one target: they would overwrite (or mix) each other's rows.
@@ -601,13 +611,7 @@ fn check_targets(job: &Job, plans: &[StreamPlan]) -> Result<()> {
 /// `sales.orders` → `{schema}` = `sales`, `{table}` = `orders`, `{stream}` = `sales_orders`).
 /// No I/O.
 pub fn plan_named_streams(job: &Job) -> Result<Vec<StreamPlan>> {
-    let src = job
-        .config
-        .source
-        .config
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
+    let src = source_map(job);
     let key = match (src.get(STREAMS_KEY), src.get(RESOURCES_KEY)) {
         (Some(_), Some(_)) => {
             return Err(job.error_at(
@@ -726,14 +730,7 @@ pub fn plan_named_streams(job: &Job) -> Result<Vec<StreamPlan>> {
             .get("mode")
             .and_then(Value::as_str)
             .map(str::to_string);
-        let shown = match writer {
-            "iceberg" => target.get("table"),
-            "parquet" => target.get("path"),
-            _ => None,
-        }
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| target.to_string());
+        let shown = shown_target(writer, &target);
         let mut sj = job.clone();
         sj.config.name = stream_key(job.name(), name);
         sj.config.source.config = s;
