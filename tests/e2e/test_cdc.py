@@ -330,10 +330,15 @@ def test_an_idle_table_does_not_pin_wal(tmp_path, logical_pg):
         written = q(c, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", start_lsn)[0][0]
         # Then light traffic: the slot's restart_lsn (what the server keeps on disk) follows
         # the confirmed position at the next running-transactions record, which PostgreSQL
-        # logs every 15 s while there is activity.
-        until = time.monotonic() + 20
-        while time.monotonic() < until:
+        # logs every 15 s while there is activity, and at each checkpoint. Two checkpoints,
+        # each followed by more than a heartbeat, make the test independent of that timer.
+        started = time.monotonic()
+        checkpoints = [started + 4, started + 11]
+        while time.monotonic() < started + 18:
             q(c, "INSERT INTO busy (pad) VALUES ('light')")
+            if checkpoints and time.monotonic() >= checkpoints[0]:
+                q(c, "CHECKPOINT")
+                checkpoints.pop(0)
             time.sleep(0.2)
         retained = q(c, """SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn),
                                   pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)
