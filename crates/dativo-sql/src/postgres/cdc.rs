@@ -264,14 +264,6 @@ enum Phase {
     Done,
 }
 
-fn qi(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 impl PgCdcReader {
     /// Check a `mode: cdc` config without I/O.
     pub fn validate(config: &Value) -> Result<()> {
@@ -321,7 +313,7 @@ impl PgCdcReader {
                   FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
                   WHERE i.indrelid = c.oid AND i.indisprimary) \
                  FROM pg_class c WHERE c.oid = {}::regclass",
-                lit(&table_ref)
+                Postgres::lit(&table_ref)
             ),
             &format!("reading table {table}"),
         )?;
@@ -394,7 +386,7 @@ impl PgCdcReader {
                 let exists = q(
                     &format!(
                         "SELECT 1 FROM pg_publication WHERE pubname = {}",
-                        lit(&publication)
+                        Postgres::lit(&publication)
                     ),
                     "looking up the publication",
                 )?;
@@ -403,14 +395,14 @@ impl PgCdcReader {
                         return Err(Error::config(format!(
                             "publication `{publication}` does not exist (and `create: false`): \
                              CREATE PUBLICATION {} FOR TABLE {table_ref}",
-                            qi(&publication)
+                            Postgres::ident(&publication)
                         ))
                         .with_key_path("publication"));
                     }
                     runtime()
                         .block_on(client.batch_execute(&format!(
                             "CREATE PUBLICATION {} FOR TABLE {table_ref}",
-                            qi(&publication)
+                            Postgres::ident(&publication)
                         )))
                         .map_err(|e| {
                             map_error(e, &format!("creating publication `{publication}`"))
@@ -419,7 +411,7 @@ impl PgCdcReader {
                 let taken = q(
                     &format!(
                         "SELECT 1 FROM pg_replication_slots WHERE slot_name = {}",
-                        lit(&slot)
+                        Postgres::lit(&slot)
                     ),
                     "looking up the replication slot",
                 )?;
@@ -442,7 +434,7 @@ impl PgCdcReader {
                 let rows = runtime().block_on(rc.simple_query(
                     &format!(
                         "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
-                        qi(&slot)
+                        Postgres::ident(&slot)
                     ),
                     &format!("creating replication slot `{slot}`"),
                 ))?;
@@ -478,7 +470,7 @@ impl PgCdcReader {
                 let exists = q(
                     &format!(
                         "SELECT active_pid FROM pg_replication_slots WHERE slot_name = {}",
-                        lit(&slot)
+                        Postgres::lit(&slot)
                     ),
                     "looking up the replication slot",
                 )?;
@@ -598,7 +590,7 @@ impl PgCdcReader {
                 start,
                 &[
                     ("proto_version", "1"),
-                    ("publication_names", &qi(publication)),
+                    ("publication_names", &Postgres::ident(publication)),
                     ("binary", "true"),
                 ],
             ))
