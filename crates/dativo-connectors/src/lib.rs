@@ -109,9 +109,21 @@ pub fn readers() -> Vec<BuiltinReader> {
         #[cfg(feature = "mysql")]
         BuiltinReader {
             name: "mysql",
-            summary: "MySQL / MariaDB tables or queries; parallel snapshot reads; cursor incremental",
-            validate: mysql::MySqlReader::validate,
-            open: |c, ctx| Ok(Box::new(mysql::MySqlReader::open(c, ctx)?)),
+            summary: "MySQL / MariaDB tables or queries; parallel snapshot reads; cursor incremental; change data capture from the binlog (`mode: cdc`)",
+            validate: |c| {
+                if mysql::cdc::is_cdc(c) {
+                    mysql::cdc::MyCdcReader::validate(c)
+                } else {
+                    mysql::MySqlReader::validate(c)
+                }
+            },
+            open: |c, ctx| {
+                if mysql::cdc::is_cdc(c) {
+                    Ok(Box::new(mysql::cdc::MyCdcReader::open(c, ctx)?))
+                } else {
+                    Ok(Box::new(mysql::MySqlReader::open(c, ctx)?))
+                }
+            },
             discover: Some(mysql::MySqlReader::discover),
         },
         #[cfg(feature = "http")]

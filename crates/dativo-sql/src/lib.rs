@@ -7,6 +7,8 @@
 //! [`keyset::Dialect`] trait that each database implements.
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
+pub mod cdc;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod keyset;
 #[cfg(feature = "mysql")]
 pub mod mysql;

@@ -319,7 +319,7 @@ fn read_range(spec: &ReadSpec<MyKind>, conn: &mut Conn, range: usize, sql: &str)
 
 /// The driver's options from the connection keys, and `host:port/db` for messages. The
 /// session runs in UTC, with utf8mb4.
-fn driver_opts(c: &ConnectionOptions) -> Result<(Opts, String)> {
+pub(crate) fn driver_opts(c: &ConnectionOptions) -> Result<(Opts, String)> {
     let mut b = match &c.url {
         Some(u) => {
             let u = u.expose().replacen("mariadb://", "mysql://", 1);

@@ -9,6 +9,7 @@
 //! interrupted at any point resumes after its last committed batch (see [`crate::keyset`],
 //! which plans; this module is the MySQL [`Dialect`](crate::keyset::Dialect)).
 
+pub mod cdc;
 mod dialect;
 pub mod types;
 

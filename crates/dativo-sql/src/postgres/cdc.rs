@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 use arrow::array::{
     ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use dativo_core::{
     Delivery, Error, ErrorKind, OpenReader, ReaderContext, ReaderControl, Result, StreamInfo,
@@ -46,13 +46,8 @@ use super::dialect::Postgres;
 use super::types::{field_for, kind_for, ColKind, Decoder};
 use crate::keyset::{load, Dialect, SqlSource};
 
-/// The column holding each row's operation: `R` (initial snapshot), `I`, `U`, `D`.
-pub const OP_COLUMN: &str = "_dativo_op";
-/// The column holding each row's position: its transaction's commit LSN (the slot's
-/// consistent point for snapshot rows), as a number.
-pub const LSN_COLUMN: &str = "_dativo_lsn";
-/// The column holding each row's source commit time (NULL for snapshot rows).
-pub const COMMIT_TIME_COLUMN: &str = "_dativo_commit_time";
+pub use crate::cdc::{is_cdc, COMMIT_TIME_COLUMN, LSN_COLUMN, OP_COLUMN};
+use crate::cdc::{default_heartbeat, default_name, yes, FLUSH};
 
 /// The `cdc` keys beside the reader's usual ones.
 const CDC_KEYS: &[&str] = &["publication", "slot", "follow", "create", "heartbeat"];
@@ -81,81 +76,17 @@ struct CdcOptions {
     heartbeat: dativo_core::config::DurationValue,
 }
 
-fn default_heartbeat() -> dativo_core::config::DurationValue {
-    dativo_core::config::DurationValue(Duration::from_secs(60))
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Whether `config` asks for change data capture.
-pub fn is_cdc(config: &Value) -> bool {
-    config.get("mode").and_then(Value::as_str) == Some("cdc")
-}
-
 /// Split a `mode: cdc` config into its cdc settings and the snapshot reader's config
 /// (`mode: full_refresh`).
 fn split(config: &Value) -> Result<(CdcOptions, Value)> {
-    let mut rest = config.as_object().cloned().unwrap_or_default();
-    let mut cdc = Map::new();
-    for k in CDC_KEYS {
-        if let Some(v) = rest.remove(*k) {
-            cdc.insert(k.to_string(), v);
-        }
-    }
-    rest.insert("mode".into(), Value::String("full_refresh".into()));
-    for k in ["cursor", "lookback", "query"] {
-        if rest.contains_key(k) {
-            return Err(Error::config(format!(
-                "`{k}` does not apply to `mode: cdc` (changes come from the log, for `table`)"
-            ))
-            .with_key_path(k));
-        }
-    }
-    if !rest.contains_key("table") {
-        return Err(
-            Error::config("`mode: cdc` needs `table` (schema.table)").with_key_path("table")
-        );
-    }
-    let opts: CdcOptions = dativo_core::config::from_config(&Value::Object(cdc))?;
-    Ok((opts, Value::Object(rest)))
+    let (cdc, rest) = crate::cdc::split(config, CDC_KEYS)?;
+    let opts: CdcOptions = dativo_core::config::from_config(&cdc)?;
+    Ok((opts, rest))
 }
 
 /// An unknown-key error lists the reader's keys; with `mode: cdc` these are valid too.
 fn with_cdc_keys(e: Error) -> Error {
-    if !e.message().contains("unknown field") {
-        return e;
-    }
-    let mut out = Error::new(
-        e.kind(),
-        format!(
-            "{}, and with `mode: cdc` `{}`",
-            e.message(),
-            CDC_KEYS.join("`, `")
-        ),
-    );
-    if let Some(k) = e.key_path() {
-        out = out.with_key_path(k.to_string());
-    }
-    out
-}
-
-/// A job's default object name: `dativo_` and the job name's letters and digits.
-fn default_name(job: &str) -> String {
-    let s: String = job
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let mut n = format!("dativo_{s}");
-    n.truncate(63);
-    n
+    crate::cdc::with_cdc_keys(e, CDC_KEYS)
 }
 
 /// The state of a CDC stream.
@@ -245,6 +176,8 @@ struct Col {
 pub struct PgCdcReader {
     schema: SchemaRef,
     cols: Vec<Col>,
+    /// The primary key's columns among `cols`.
+    key: Vec<usize>,
     info: StreamInfo,
     state: CdcState,
     control: Arc<Control>,
@@ -354,13 +287,7 @@ impl PgCdcReader {
             cols.retain(|c| sel.contains(&c.name));
         }
         let mut fields: Vec<Field> = cols.iter().map(|c| field_for(&c.name, &c.kind)).collect();
-        fields.push(Field::new(OP_COLUMN, DataType::Utf8, false));
-        fields.push(Field::new(LSN_COLUMN, DataType::Int64, false));
-        fields.push(Field::new(
-            COMMIT_TIME_COLUMN,
-            DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
-            true,
-        ));
+        fields.extend(crate::cdc::change_fields());
         let schema = Arc::new(Schema::new(fields));
         let info = StreamInfo {
             primary_key: primary_key.clone(),
@@ -368,9 +295,14 @@ impl PgCdcReader {
             delivery: Delivery::Incremental,
         };
         let control = Arc::new(Control::default());
+        let key = primary_key
+            .iter()
+            .filter_map(|k| cols.iter().position(|c| &c.name == k))
+            .collect();
         let mut reader = PgCdcReader {
             schema,
             cols,
+            key,
             info,
             state: CdcState::default(),
             control: control.clone(),
@@ -712,8 +644,6 @@ struct Streamer {
 /// Microseconds between 1970-01-01 and 2000-01-01.
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-/// A batch waits at most this long for more changes once it has one.
-const FLUSH: Duration = Duration::from_millis(500);
 /// Standby status updates at least this often.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
@@ -733,6 +663,16 @@ impl Streamer {
         }
         self.oid = Some(r.oid);
         self.mapping = mapping;
+    }
+
+    /// Whether an update moved the row to another key: the old tuple (the replica
+    /// identity's key, or the whole old row) holds a key value the new one does not.
+    fn key_changed(&self, old: &[PgVal], new: &[PgVal], key: &[usize]) -> bool {
+        old.iter().zip(new).enumerate().any(|(ri, (o, n))| {
+            matches!(self.mapping.get(ri), Some(Some(ci)) if key.contains(ci))
+                && matches!(o, PgVal::Binary(_) | PgVal::Null)
+                && o != n
+        })
     }
 
     /// One change to the table: appended unless an earlier run delivered it.
@@ -921,6 +861,10 @@ impl PgCdcReader {
                             s.change("I", Some(new), None, &self.cols)?
                         }
                         PgMsg::Update { oid, old, new } if Some(oid) == s.oid => {
+                            // A changed key: the old key is deleted, then the new row lands.
+                            if let Some(o) = old.as_ref().filter(|o| s.key_changed(o, &new, &self.key)) {
+                                s.change("D", None, Some(o.clone()), &self.cols)?;
+                            }
                             s.change("U", Some(new), old, &self.cols)?
                         }
                         PgMsg::Delete { oid, old } if Some(oid) == s.oid => {

@@ -1,0 +1,115 @@
+//! What the `mode: cdc` readers share: the change columns, the config split and names.
+//!
+//! Both `postgres` (logical replication) and `mysql` (row-based binlog) deliver the table's
+//! columns plus three of their own: [`OP_COLUMN`], [`LSN_COLUMN`] and [`COMMIT_TIME_COLUMN`].
+
+use std::time::Duration;
+
+use arrow::datatypes::{DataType, Field, TimeUnit};
+use serde_json::{Map, Value};
+
+use dativo_core::config::DurationValue;
+use dativo_core::{Error, Result};
+
+/// The column holding each row's operation: `R` (initial snapshot), `I`, `U`, `D`.
+pub const OP_COLUMN: &str = "_dativo_op";
+/// The column holding each row's source position as a number that grows with the log:
+/// PostgreSQL: the transaction's commit LSN; MySQL: the binlog file's number × 2³² + the
+/// position where the transaction starts. Snapshot rows carry the position the stream
+/// starts at.
+pub const LSN_COLUMN: &str = "_dativo_lsn";
+/// The column holding each row's source commit time (NULL for snapshot rows).
+pub const COMMIT_TIME_COLUMN: &str = "_dativo_commit_time";
+
+/// The three change columns, appended after the table's.
+pub fn change_fields() -> [Field; 3] {
+    [
+        Field::new(OP_COLUMN, DataType::Utf8, false),
+        Field::new(LSN_COLUMN, DataType::Int64, false),
+        Field::new(
+            COMMIT_TIME_COLUMN,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+            true,
+        ),
+    ]
+}
+
+/// Whether `config` asks for change data capture.
+pub fn is_cdc(config: &Value) -> bool {
+    config.get("mode").and_then(Value::as_str) == Some("cdc")
+}
+
+/// Split a `mode: cdc` config into its cdc settings (`keys`) and the snapshot reader's
+/// config (`mode: full_refresh`), refusing the keys that do not apply.
+pub(crate) fn split(config: &Value, keys: &[&str]) -> Result<(Value, Value)> {
+    let mut rest = config.as_object().cloned().unwrap_or_default();
+    let mut cdc = Map::new();
+    for k in keys {
+        if let Some(v) = rest.remove(*k) {
+            cdc.insert(k.to_string(), v);
+        }
+    }
+    rest.insert("mode".into(), Value::String("full_refresh".into()));
+    for k in ["cursor", "lookback", "query"] {
+        if rest.contains_key(k) {
+            return Err(Error::config(format!(
+                "`{k}` does not apply to `mode: cdc` (changes come from the log, for `table`)"
+            ))
+            .with_key_path(k));
+        }
+    }
+    if !rest.contains_key("table") {
+        return Err(
+            Error::config("`mode: cdc` needs `table` (schema.table)").with_key_path("table")
+        );
+    }
+    Ok((Value::Object(cdc), Value::Object(rest)))
+}
+
+/// An unknown-key error lists the reader's keys; with `mode: cdc` `keys` are valid too.
+pub(crate) fn with_cdc_keys(e: Error, keys: &[&str]) -> Error {
+    if !e.message().contains("unknown field") {
+        return e;
+    }
+    let mut out = Error::new(
+        e.kind(),
+        format!(
+            "{}, and with `mode: cdc` `{}`",
+            e.message(),
+            keys.join("`, `")
+        ),
+    );
+    if let Some(k) = e.key_path() {
+        out = out.with_key_path(k.to_string());
+    }
+    out
+}
+
+/// A job's default object name: `dativo_` and the job name's letters and digits.
+pub(crate) fn default_name(job: &str) -> String {
+    let s: String = job
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut n = format!("dativo_{s}");
+    n.truncate(63);
+    n
+}
+
+/// The default `heartbeat`: one minute.
+pub(crate) fn default_heartbeat() -> DurationValue {
+    DurationValue(Duration::from_secs(60))
+}
+
+pub(crate) fn yes() -> bool {
+    true
+}
+
+/// A batch waits at most this long for more changes once it has one.
+pub(crate) const FLUSH: Duration = Duration::from_millis(500);
