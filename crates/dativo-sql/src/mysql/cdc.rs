@@ -26,7 +26,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::array::{
+    ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use mysql::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
 use mysql::binlog::value::BinlogValue;
@@ -76,9 +78,9 @@ fn split(config: &Json) -> Result<(CdcOptions, Json)> {
 /// servers' own ids rarely are.
 fn default_server_id(job: &str) -> u32 {
     // FNV-1a: stable across builds and platforms.
-    let h = job
-        .bytes()
-        .fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193));
+    let h = job.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
     0x8000_0000 | (h & 0x7fff_ffff)
 }
 
@@ -422,7 +424,10 @@ impl MyCdcReader {
             let cat = catalog.iter().find(|r| r.0 == cname);
             let charset = cat.and_then(|r| r.2.as_deref());
             if let Some(cs) = charset {
-                if !matches!(cs, "utf8" | "utf8mb3" | "utf8mb4" | "ascii" | "binary" | "latin1") {
+                if !matches!(
+                    cs,
+                    "utf8" | "utf8mb3" | "utf8mb4" | "ascii" | "binary" | "latin1"
+                ) {
                     return Err(Error::schema(format!(
                         "column `{cname}` of {table} is stored as {cs}, and `mode: cdc` reads text \
                          from the binlog as UTF-8 (or latin1): convert the column (`ALTER TABLE … CONVERT TO \
@@ -456,7 +461,9 @@ impl MyCdcReader {
         let mut fields: Vec<Field> = cols.iter().map(|c| field_for(&c.name, c.kind)).collect();
         fields.extend(crate::cdc::change_fields());
         let schema = Arc::new(Schema::new(fields));
-        let server_id = opts.server_id.unwrap_or_else(|| default_server_id(&ctx.job));
+        let server_id = opts
+            .server_id
+            .unwrap_or_else(|| default_server_id(&ctx.job));
         let mut reader = MyCdcReader {
             schema,
             all,
@@ -753,20 +760,19 @@ fn to_value(
     ty: Option<ColumnType>,
     v: BinlogValue<'_>,
 ) -> std::result::Result<Value, String> {
-    let v = match v {
-        BinlogValue::Value(v) => v,
-        BinlogValue::Jsonb(j) => {
-            let j = serde_json::Value::try_from(j).map_err(|e| e.to_string())?;
-            return Ok(Value::Bytes(j.to_string().into_bytes()));
-        }
-        BinlogValue::JsonDiff(_) => {
-            return Err(
+    let v =
+        match v {
+            BinlogValue::Value(v) => v,
+            BinlogValue::Jsonb(j) => {
+                let j = serde_json::Value::try_from(j).map_err(|e| e.to_string())?;
+                return Ok(Value::Bytes(j.to_string().into_bytes()));
+            }
+            BinlogValue::JsonDiff(_) => return Err(
                 "a partial JSON update is in the binlog: set binlog_row_value_options='' so the \
                  whole value is logged"
                     .into(),
-            )
-        }
-    };
+            ),
+        };
     Ok(match (v, ty) {
         (Value::NULL, _) => Value::NULL,
         // Without signedness in the table map an unsigned column arrives as signed.
@@ -784,12 +790,15 @@ fn to_value(
             Value::UInt((i as u64) & 0xff_ffff)
         }
         // The parser does not sign-extend 24-bit values.
-        (Value::Int(i), Some(ColumnType::MYSQL_TYPE_INT24)) if i >= 1 << 23 => Value::Int(i - (1 << 24)),
+        (Value::Int(i), Some(ColumnType::MYSQL_TYPE_INT24)) if i >= 1 << 23 => {
+            Value::Int(i - (1 << 24))
+        }
         (Value::Int(i), Some(ColumnType::MYSQL_TYPE_TIMESTAMP)) => epoch_to_date(&i.to_string())?,
         (Value::Bytes(b), Some(ColumnType::MYSQL_TYPE_TIMESTAMP2)) => {
             epoch_to_date(std::str::from_utf8(&b).map_err(|e| e.to_string())?)?
         }
-        (Value::Int(i), Some(ColumnType::MYSQL_TYPE_ENUM)) | (Value::Int(i), Some(ColumnType::MYSQL_TYPE_STRING))
+        (Value::Int(i), Some(ColumnType::MYSQL_TYPE_ENUM))
+        | (Value::Int(i), Some(ColumnType::MYSQL_TYPE_STRING))
             if col.members.as_ref().is_some_and(|m| !m.0) =>
         {
             let m = &col.members.as_ref().expect("checked").1;
@@ -805,10 +814,7 @@ fn to_value(
         }
         (Value::Bytes(bits), _) if col.members.as_ref().is_some_and(|m| m.0) => {
             let m = &col.members.as_ref().expect("checked").1;
-            let mask = bits
-                .iter()
-                .rev()
-                .fold(0u64, |a, b| (a << 8) | *b as u64);
+            let mask = bits.iter().rev().fold(0u64, |a, b| (a << 8) | *b as u64);
             let chosen: Vec<&str> = m
                 .iter()
                 .enumerate()
@@ -881,22 +887,31 @@ impl Streamer {
         key: &[usize],
     ) -> Result<bool> {
         let n = tme.columns_count() as usize;
-        let types: Vec<Option<ColumnType>> =
-            (0..n).map(|i| tme.get_column_type(i).ok().flatten()).collect();
+        let types: Vec<Option<ColumnType>> = (0..n)
+            .map(|i| tme.get_column_type(i).ok().flatten())
+            .collect();
         // Which of our columns each binlog column is.
         let mut mapping: Vec<Option<usize>> = Vec::with_capacity(n);
         let mut named = false;
         let mut rows = Vec::new();
         for row in r.rows(tme) {
             let (before, after) = row.map_err(|e| {
-                Error::data(format!("reading a rows event of {}.{}: {e}", self.db, self.table))
-                    .with_source(e)
+                Error::data(format!(
+                    "reading a rows event of {}.{}: {e}",
+                    self.db, self.table
+                ))
+                .with_source(e)
             })?;
             if mapping.is_empty() && n > 0 {
                 let names: Vec<String> = before
                     .as_ref()
                     .or(after.as_ref())
-                    .map(|r| r.columns_ref().iter().map(|c| c.name_str().into_owned()).collect())
+                    .map(|r| {
+                        r.columns_ref()
+                            .iter()
+                            .map(|c| c.name_str().into_owned())
+                            .collect()
+                    })
                     .unwrap_or_default();
                 named = names.first().is_some_and(|s| !s.starts_with('@'));
                 for (i, nm) in names.iter().enumerate() {

@@ -46,8 +46,8 @@ use super::dialect::Postgres;
 use super::types::{field_for, kind_for, ColKind, Decoder};
 use crate::keyset::{load, Dialect, SqlSource};
 
-pub use crate::cdc::{is_cdc, COMMIT_TIME_COLUMN, LSN_COLUMN, OP_COLUMN};
 use crate::cdc::{default_heartbeat, default_name, yes, FLUSH};
+pub use crate::cdc::{is_cdc, COMMIT_TIME_COLUMN, LSN_COLUMN, OP_COLUMN};
 
 /// The `cdc` keys beside the reader's usual ones.
 const CDC_KEYS: &[&str] = &["publication", "slot", "follow", "create", "heartbeat"];
@@ -862,7 +862,9 @@ impl PgCdcReader {
                         }
                         PgMsg::Update { oid, old, new } if Some(oid) == s.oid => {
                             // A changed key: the old key is deleted, then the new row lands.
-                            if let Some(o) = old.as_ref().filter(|o| s.key_changed(o, &new, &self.key)) {
+                            if let Some(o) =
+                                old.as_ref().filter(|o| s.key_changed(o, &new, &self.key))
+                            {
                                 s.change("D", None, Some(o.clone()), &self.cols)?;
                             }
                             s.change("U", Some(new), old, &self.cols)?
