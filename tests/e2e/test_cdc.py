@@ -1,7 +1,8 @@
 """Change data capture from PostgreSQL (`mode: cdc`) into Iceberg, on a private PostgreSQL with
 `wal_level=logical` started by this module (the shared instance has `replica`).
 
-1. A workload of inserts, updates (some leaving a large TOASTed column unchanged) and deletes
+1. A workload of inserts, updates (some leaving a large TOASTed column unchanged, some of the
+   primary key) and deletes
    on three tables runs for 60 s (DATIVO_TEST_CDC_SECONDS) while three CDC jobs follow the log; the jobs are SIGKILLed at random
    moments (during the snapshot and while streaming) and their replication connections are
    terminated from the server. After the workload stops and `--once` runs catch up, every
@@ -135,6 +136,10 @@ def workload(dsn, tables, stop, seed):
             elif k < 0.7:
                 lo = rnd.randint(1, 5000)
                 q(c, f"UPDATE {t} SET big = repeat('z', 3000 + {lo}) WHERE id = {lo}")
+            elif k < 0.74:
+                # The key changes: the old row goes, the new one lands.
+                lo = rnd.randint(1, 5000)
+                q(c, f"UPDATE {t} SET id = id + 1000000 WHERE id = {lo}")
             elif k < 0.85:
                 lo = rnd.randint(1, 5000)
                 q(c, f"DELETE FROM {t} WHERE id BETWEEN {lo} AND {lo + 5}")
