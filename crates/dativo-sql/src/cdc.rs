@@ -3,9 +3,14 @@
 //! Both `postgres` (logical replication) and `mysql` (row-based binlog) deliver the table's
 //! columns plus three of their own: [`OP_COLUMN`], [`LSN_COLUMN`] and [`COMMIT_TIME_COLUMN`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::datatypes::{DataType, Field, TimeUnit};
+use arrow::array::{
+    ArrayRef, Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use serde_json::{Map, Value};
 
 use dativo_core::config::DurationValue;
@@ -113,3 +118,96 @@ pub(crate) fn yes() -> bool {
 
 /// A batch waits at most this long for more changes once it has one.
 pub(crate) const FLUSH: Duration = Duration::from_millis(500);
+
+/// A CDC state as stored: `{"cdc": …}`.
+pub(crate) fn state_value<T: serde::Serialize>(s: &T) -> Value {
+    serde_json::json!({ "cdc": s })
+}
+
+/// A stored CDC state read back; a state of another mode or reader is refused with the fix.
+pub(crate) fn state_from<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T> {
+    let inner = v.get("cdc").ok_or_else(|| {
+        Error::data(
+            "the stored state is not a `mode: cdc` state (the job ran in another mode): `dativo state reset` and clear the target to start over",
+        )
+    })?;
+    serde_json::from_value(inner.clone()).map_err(|e| {
+        Error::data(format!(
+            "the stored cdc state is unreadable ({e}); `dativo state reset`"
+        ))
+    })
+}
+
+/// The snapshot reader must deliver the table's columns (the first `n` of `schema`) as the
+/// log decodes them.
+pub(crate) fn check_snapshot_schema(schema: &SchemaRef, n: usize, got: &SchemaRef) -> Result<()> {
+    let want: Vec<&Field> = schema.fields().iter().take(n).map(|f| f.as_ref()).collect();
+    let have: Vec<&Field> = got.fields().iter().map(|f| f.as_ref()).collect();
+    if want != have {
+        let list = |fs: &[&Field]| {
+            fs.iter()
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(Error::schema(format!(
+            "the snapshot reader's columns ({}) differ from the log's ({})",
+            list(&have),
+            list(&want)
+        )));
+    }
+    Ok(())
+}
+
+/// A snapshot batch with the change columns added: op `R`, the position streaming starts at,
+/// no commit time.
+pub(crate) fn snapshot_batch(
+    schema: &SchemaRef,
+    b: RecordBatch,
+    start: i64,
+) -> Result<RecordBatch> {
+    let n = b.num_rows();
+    let mut cols: Vec<ArrayRef> = b.columns().to_vec();
+    cols.push(Arc::new(StringArray::from(vec!["R"; n])));
+    cols.push(Arc::new(Int64Array::from(vec![start; n])));
+    cols.push(Arc::new(
+        TimestampMicrosecondArray::from(vec![None; n]).with_timezone("+00:00"),
+    ));
+    RecordBatch::try_new(schema.clone(), cols).map_err(Error::from)
+}
+
+/// The builders of the three change columns of a batch being built.
+pub(crate) struct ChangeColumns {
+    ops: StringBuilder,
+    positions: Int64Builder,
+    times: TimestampMicrosecondBuilder,
+}
+
+impl ChangeColumns {
+    pub(crate) fn new() -> Self {
+        ChangeColumns {
+            ops: StringBuilder::new(),
+            positions: Int64Builder::new(),
+            times: TimestampMicrosecondBuilder::new().with_timezone("+00:00"),
+        }
+    }
+
+    /// One change: its operation, position and source commit time (µs since 1970).
+    pub(crate) fn append(&mut self, op: &str, position: i64, commit_us: i64) {
+        self.ops.append_value(op);
+        self.positions.append_value(position);
+        self.times.append_value(commit_us);
+    }
+
+    /// The three columns, after the table's `cols`, as a batch of `schema`.
+    pub(crate) fn finish(
+        &mut self,
+        schema: &SchemaRef,
+        mut cols: Vec<ArrayRef>,
+    ) -> Result<RecordBatch> {
+        cols.push(Arc::new(self.ops.finish()));
+        cols.push(Arc::new(self.positions.finish()));
+        cols.push(Arc::new(self.times.finish()));
+        RecordBatch::try_new(schema.clone(), cols).map_err(Error::from)
+    }
+}

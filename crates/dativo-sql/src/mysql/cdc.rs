@@ -26,9 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{
-    ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
-};
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use mysql::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
 use mysql::binlog::value::BinlogValue;
@@ -36,14 +34,14 @@ use mysql::consts::{ColumnFlags, ColumnType};
 use mysql::prelude::Queryable;
 use mysql::{BinlogRequest, BinlogStream, Conn, Opts, Value};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 
 use dativo_core::{Delivery, Error, OpenReader, ReaderContext, ReaderControl, Result, StreamInfo};
 
 use super::dialect::{driver_opts, map_error, MySql, MySqlOptions};
 use super::types::{field_for, kind_for, MyDecoder, MyKind};
 pub use crate::cdc::is_cdc;
-use crate::cdc::{default_heartbeat, yes, FLUSH};
+use crate::cdc::{default_heartbeat, yes, ChangeColumns, FLUSH};
 use crate::keyset::{load, Dialect, SqlSource};
 
 /// The `cdc` keys beside the reader's usual ones.
@@ -163,20 +161,11 @@ struct CdcState {
 
 impl CdcState {
     fn to_value(&self) -> Json {
-        json!({ "cdc": self })
+        crate::cdc::state_value(self)
     }
 
     fn from_value(v: &Json) -> Result<CdcState> {
-        let inner = v.get("cdc").ok_or_else(|| {
-            Error::data(
-                "the stored state is not a `mode: cdc` state (the job ran in another mode): `dativo state reset` and clear the target to start over",
-            )
-        })?;
-        serde_json::from_value(inner.clone()).map_err(|e| {
-            Error::data(format!(
-                "the stored cdc state is unreadable ({e}); `dativo state reset`"
-            ))
-        })
+        crate::cdc::state_from(v)
     }
 
     /// Where streaming resumes.
@@ -552,29 +541,7 @@ impl MyCdcReader {
 
     /// The snapshot reader must deliver the table's columns as the stream decodes them.
     fn check_schema(&self, src: &SqlSource<MySql>) -> Result<()> {
-        let s = src.schema();
-        let want: Vec<&Field> = self
-            .schema
-            .fields()
-            .iter()
-            .take(self.cols.len())
-            .map(|f| f.as_ref())
-            .collect();
-        let got: Vec<&Field> = s.fields().iter().map(|f| f.as_ref()).collect();
-        if want != got {
-            return Err(Error::schema(format!(
-                "the snapshot reader's columns ({}) differ from the binlog's ({})",
-                got.iter()
-                    .map(|f| format!("{} {}", f.name(), f.data_type()))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                want.iter()
-                    .map(|f| format!("{} {}", f.name(), f.data_type()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        Ok(())
+        crate::cdc::check_snapshot_schema(&self.schema, self.cols.len(), &src.schema())
     }
 
     fn streamer(&self) -> Result<Streamer> {
@@ -614,9 +581,7 @@ impl MyCdcReader {
                 .iter()
                 .map(|c| MyDecoder::new(c.kind, 1024))
                 .collect(),
-            ops: StringBuilder::new(),
-            lsns: Int64Builder::new(),
-            times: TimestampMicrosecondBuilder::new().with_timezone("+00:00"),
+            changes: ChangeColumns::new(),
             rows: 0,
             bytes: 0,
             file: from.file.clone(),
@@ -635,15 +600,8 @@ impl MyCdcReader {
     }
 
     fn snapshot_batch(&self, b: RecordBatch) -> Result<RecordBatch> {
-        let n = b.num_rows();
         let start = BinPos::parse(&self.state.start)?.number();
-        let mut cols: Vec<ArrayRef> = b.columns().to_vec();
-        cols.push(Arc::new(arrow::array::StringArray::from(vec!["R"; n])));
-        cols.push(Arc::new(arrow::array::Int64Array::from(vec![start; n])));
-        cols.push(Arc::new(
-            arrow::array::TimestampMicrosecondArray::from(vec![None; n]).with_timezone("+00:00"),
-        ));
-        RecordBatch::try_new(self.schema.clone(), cols).map_err(Error::from)
+        crate::cdc::snapshot_batch(&self.schema, b, start)
     }
 }
 
@@ -661,9 +619,7 @@ struct Streamer {
     db: String,
     table: String,
     decoders: Vec<MyDecoder>,
-    ops: StringBuilder,
-    lsns: Int64Builder,
-    times: TimestampMicrosecondBuilder,
+    changes: ChangeColumns,
     rows: usize,
     bytes: usize,
     /// The binlog file being read.
@@ -991,9 +947,7 @@ impl Streamer {
                 _ => 8,
             };
         }
-        self.ops.append_value(op);
-        self.lsns.append_value(pos);
-        self.times.append_value(time_us);
+        self.changes.append(op, pos, time_us);
         self.last_commit_us = Some(time_us);
         self.rows += 1;
         self.first_row.get_or_insert_with(Instant::now);
@@ -1001,15 +955,12 @@ impl Streamer {
     }
 
     fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch> {
-        let mut cols: Vec<ArrayRef> = self.decoders.iter_mut().map(|d| d.finish()).collect();
-        cols.push(Arc::new(self.ops.finish()));
-        cols.push(Arc::new(self.lsns.finish()));
-        cols.push(Arc::new(self.times.finish()));
+        let cols: Vec<ArrayRef> = self.decoders.iter_mut().map(|d| d.finish()).collect();
         self.rows = 0;
         self.bytes = 0;
         self.first_row = None;
         self.last_batch = Instant::now();
-        RecordBatch::try_new(schema.clone(), cols).map_err(Error::from)
+        self.changes.finish(schema, cols)
     }
 
     /// Handle one event.
@@ -1204,6 +1155,7 @@ impl OpenReader for MyCdcReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn positions_order_across_files() {

@@ -27,12 +27,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{
-    ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
-};
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use dativo_core::{
     Delivery, Error, ErrorKind, OpenReader, ReaderContext, ReaderControl, Result, StreamInfo,
@@ -46,7 +44,7 @@ use super::dialect::Postgres;
 use super::types::{field_for, kind_for, ColKind, Decoder};
 use crate::keyset::{load, Dialect, SqlSource};
 
-use crate::cdc::{default_heartbeat, default_name, yes, FLUSH};
+use crate::cdc::{default_heartbeat, default_name, yes, ChangeColumns, FLUSH};
 pub use crate::cdc::{is_cdc, COMMIT_TIME_COLUMN, LSN_COLUMN, OP_COLUMN};
 
 /// The `cdc` keys beside the reader's usual ones.
@@ -117,20 +115,11 @@ struct CdcState {
 
 impl CdcState {
     fn to_value(&self) -> Value {
-        json!({ "cdc": self })
+        crate::cdc::state_value(self)
     }
 
     fn from_value(v: &Value) -> Result<CdcState> {
-        let inner = v.get("cdc").ok_or_else(|| {
-            Error::data(
-                "the stored state is not a `mode: cdc` state (the job ran in another mode): `dativo state reset` and clear the target to start over",
-            )
-        })?;
-        serde_json::from_value(inner.clone()).map_err(|e| {
-            Error::data(format!(
-                "the stored cdc state is unreadable ({e}); `dativo state reset`"
-            ))
-        })
+        crate::cdc::state_from(v)
     }
 
     /// The LSN delivered completely (streaming resumes after it).
@@ -470,30 +459,7 @@ fn snap_ctx(ctx: &ReaderContext, state: Option<Value>) -> ReaderContext {
 impl PgCdcReader {
     /// The snapshot reader must deliver the table's columns as the stream decodes them.
     fn check_schema(&self, src: &SqlSource<Postgres>) -> Result<()> {
-        let s = src.schema();
-        let want: Vec<&Field> = self
-            .schema
-            .fields()
-            .iter()
-            .take(self.cols.len())
-            .map(|f| f.as_ref())
-            .collect();
-        let got: Vec<&Field> = s.fields().iter().map(|f| f.as_ref()).collect();
-        if want != got {
-            return Err(Error::schema(format!(
-                "the snapshot reader's columns ({}) differ from the log's ({})",
-                s.fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                want.iter()
-                    .map(|f| f.name().as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        Ok(())
+        crate::cdc::check_snapshot_schema(&self.schema, self.cols.len(), &src.schema())
     }
 
     fn streamer(
@@ -557,9 +523,7 @@ impl PgCdcReader {
                 .iter()
                 .map(|c| Decoder::new(&c.kind, 1024, false))
                 .collect(),
-            ops: StringBuilder::new(),
-            lsns: Int64Builder::new(),
-            times: TimestampMicrosecondBuilder::new().with_timezone("+00:00"),
+            changes: ChangeColumns::new(),
             rows: 0,
             bytes: 0,
             txn: None,
@@ -585,15 +549,8 @@ impl PgCdcReader {
     }
 
     fn snapshot_batch(&self, b: RecordBatch) -> Result<RecordBatch> {
-        let n = b.num_rows();
         let start = parse_lsn(&self.state.start_lsn).unwrap_or(0) as i64;
-        let mut cols: Vec<ArrayRef> = b.columns().to_vec();
-        cols.push(Arc::new(arrow::array::StringArray::from(vec!["R"; n])));
-        cols.push(Arc::new(arrow::array::Int64Array::from(vec![start; n])));
-        cols.push(Arc::new(
-            arrow::array::TimestampMicrosecondArray::from(vec![None; n]).with_timezone("+00:00"),
-        ));
-        RecordBatch::try_new(self.schema.clone(), cols).map_err(Error::from)
+        crate::cdc::snapshot_batch(&self.schema, b, start)
     }
 }
 
@@ -615,9 +572,7 @@ struct Streamer {
     /// For each column of the relation as the stream describes it: its index among ours.
     mapping: Vec<Option<usize>>,
     decoders: Vec<Decoder>,
-    ops: StringBuilder,
-    lsns: Int64Builder,
-    times: TimestampMicrosecondBuilder,
+    changes: ChangeColumns,
     rows: usize,
     bytes: usize,
     txn: Option<Txn>,
@@ -726,9 +681,8 @@ impl Streamer {
             d.append(*v).map_err(Error::data)?;
             self.bytes += v.map_or(0, <[u8]>::len);
         }
-        self.ops.append_value(op);
-        self.lsns.append_value(final_lsn as i64);
-        self.times.append_value(commit_time + PG_EPOCH_MICROS);
+        self.changes
+            .append(op, final_lsn as i64, commit_time + PG_EPOCH_MICROS);
         self.last_commit_us = Some(commit_time + PG_EPOCH_MICROS);
         self.rows += 1;
         self.first_row.get_or_insert_with(Instant::now);
@@ -736,14 +690,11 @@ impl Streamer {
     }
 
     fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch> {
-        let mut cols: Vec<ArrayRef> = self.decoders.iter_mut().map(|d| d.finish()).collect();
-        cols.push(Arc::new(self.ops.finish()));
-        cols.push(Arc::new(self.lsns.finish()));
-        cols.push(Arc::new(self.times.finish()));
+        let cols: Vec<ArrayRef> = self.decoders.iter_mut().map(|d| d.finish()).collect();
         self.rows = 0;
         self.bytes = 0;
         self.first_row = None;
-        RecordBatch::try_new(schema.clone(), cols).map_err(Error::from)
+        self.changes.finish(schema, cols)
     }
 
     fn status(&mut self, confirmed: Lsn, force: bool) -> Result<()> {
@@ -939,6 +890,7 @@ impl OpenReader for PgCdcReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn state_round_trip_and_resume_point() {
