@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import pathlib
+import random
 import signal
 import subprocess
 import tempfile
@@ -297,3 +298,40 @@ def assert_pg_row(got, src):
     iv = src["iv"]
     assert got["iv"]["days"] * 86400 + got["iv"]["microseconds"] / 1e6 + \
         got["iv"]["months"] * 30 * 86400 == iv.total_seconds(), (src["id"], got["iv"], iv)
+
+
+def start_follower(cwd, job):
+    """`dativo run JOB` in the background (a CDC job following its log), output appended to
+    JOB's `.log` file in `cwd`."""
+    e = dict(os.environ)
+    e.pop("DATIVO_STATE_DIR", None)
+    log = open(cwd / f"{job.stem}.log", "a")
+    return subprocess.Popen([BIN, "run", str(job), "--no-progress"], cwd=cwd, env=e, stdout=log, stderr=log)
+
+
+def kill_followers(cwd, jobs, seconds, drop_connections, seed=11):
+    """The CDC mirror tests' chaos: follow `jobs`; SIGKILL the first one 0.8 s in (inside the
+    initial snapshot of its big table), then four more random SIGKILLs, then cut the jobs'
+    log connections from the server twice (`drop_connections()` returns how many it cut),
+    for `seconds` in all. Returns the running processes, {job: Popen}."""
+    rnd = random.Random(seed)
+    procs = {j: start_follower(cwd, j) for j in jobs}
+    time.sleep(0.8)
+    procs[jobs[0]].send_signal(signal.SIGKILL)
+    procs[jobs[0]].wait()
+    procs[jobs[0]] = start_follower(cwd, jobs[0])
+    deadline = time.monotonic() + seconds - 0.8
+    kills, cuts = 1, 0
+    while time.monotonic() < deadline:
+        time.sleep(rnd.uniform(1.5, 4.0))
+        if kills < 5:
+            j = rnd.choice(jobs)
+            procs[j].send_signal(signal.SIGKILL)
+            procs[j].wait()
+            kills += 1
+            procs[j] = start_follower(cwd, j)
+        elif cuts < 2:
+            cuts += drop_connections() > 0
+    assert kills == 5 and cuts == 2, (kills, cuts)
+    assert "resuming an interrupted initial snapshot" in (cwd / f"{jobs[0].stem}.log").read_text()
+    return procs

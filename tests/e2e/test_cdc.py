@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pytest
 
 from conftest import PG_URL, free_port, write_job
-from lakecheck import BIN, Lake, assert_pg_row, dativo, pg_canon, runs_json
+from lakecheck import Lake, kill_followers, start_follower, assert_pg_row, dativo, pg_canon, runs_json
 
 # How long the workload of the mirror test runs (the acceptance: 60 s).
 WORKLOAD_SECONDS = float(os.environ.get("DATIVO_TEST_CDC_SECONDS", "60"))
@@ -172,12 +172,6 @@ def check_mirror(c, lake, table):
     lake.assert_rows(f"lake.{table}", COLS, want, table, ignore=("_dativo_lsn", "_dativo_commit_time"))
 
 
-def start(cwd, j):
-    e = dict(os.environ)
-    e.pop("DATIVO_STATE_DIR", None)
-    log = open(cwd / f"{j.stem}.log", "a")
-    return subprocess.Popen([BIN, "run", str(j), "--no-progress"], cwd=cwd, env=e, stdout=log, stderr=log)
-
 
 def test_mirror_three_tables_through_kills_and_dropped_connections(tmp_path, logical_pg):
     url, dsn = logical_pg
@@ -189,30 +183,8 @@ def test_mirror_three_tables_through_kills_and_dropped_connections(tmp_path, log
     stop = threading.Event()
     w = threading.Thread(target=workload, args=(dsn, tables, stop, 7))
     w.start()
-    rnd = random.Random(11)
     try:
-        procs = {j: start(tmp_path, j) for j in jobs}
-        # The first kill lands in the initial snapshot of the big table (checkpoints every
-        # 3,000 rows): the next run resumes it on a new snapshot.
-        time.sleep(0.8)
-        procs[jobs[0]].send_signal(signal.SIGKILL)
-        procs[jobs[0]].wait()
-        procs[jobs[0]] = start(tmp_path, jobs[0])
-        deadline = time.monotonic() + WORKLOAD_SECONDS - 0.8
-        kills, terminations = 1, 0
-        while time.monotonic() < deadline:
-            time.sleep(rnd.uniform(1.5, 4.0))
-            if kills < 5:
-                j = rnd.choice(jobs)
-                procs[j].send_signal(signal.SIGKILL)
-                procs[j].wait()
-                kills += 1
-                procs[j] = start(tmp_path, j)
-            elif terminations < 2:
-                n = q(c, "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE active")[0][0]
-                terminations += n > 0
-        assert kills == 5 and terminations == 2, (kills, terminations)
-        assert "resuming an interrupted initial snapshot" in (tmp_path / "cdc_orders.log").read_text()
+        procs = kill_followers(tmp_path, jobs, WORKLOAD_SECONDS, lambda: q(c, "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE active")[0][0])
     finally:
         stop.set()
         w.join()
@@ -249,7 +221,7 @@ def test_changelog_holds_each_change_once_in_order(tmp_path, logical_pg):
         q(c, f"DELETE FROM log_src WHERE id % 97 = {rnd_round}")
         q(c, f"INSERT INTO log_src SELECT i, 'new', 0, NULL, NULL, NULL, NULL FROM generate_series({5000 + rnd_round * 10}, {5009 + rnd_round * 10}) i")
         # Kill a run mid-way; the next one resumes.
-        p = start(tmp_path, j)
+        p = start_follower(tmp_path, j)
         time.sleep(random.uniform(0.2, 0.8))
         p.send_signal(signal.SIGKILL)
         p.wait()
@@ -281,7 +253,7 @@ def test_sigterm_commits_and_exits_zero(tmp_path, logical_pg):
     c = connect(dsn)
     create(c, "term_src", 1_000)
     j = job(tmp_path, "cdc_term", url, "term_src")
-    p = start(tmp_path, j)
+    p = start_follower(tmp_path, j)
     time.sleep(3)
     q(c, "UPDATE term_src SET name = 'after' WHERE id <= 100")
     time.sleep(1.5)
@@ -325,7 +297,7 @@ def test_an_idle_table_does_not_pin_wal(tmp_path, logical_pg):
     q(c, "CREATE TABLE busy (id bigserial primary key, pad text)")
     q(c, "CREATE PUBLICATION other_pub FOR TABLE busy")
     j = job(tmp_path, "cdc_idle", url, "idle_src", extra="    heartbeat: 2s")
-    p = start(tmp_path, j)
+    p = start_follower(tmp_path, j)
     try:
         time.sleep(3)
         start_lsn = q(c, "SELECT pg_current_wal_lsn()::text")[0][0]

@@ -31,7 +31,7 @@ import pymysql
 import pytest
 
 from conftest import MY_URL, free_port, write_job
-from lakecheck import BIN, Lake, dativo
+from lakecheck import Lake, kill_followers, start_follower, dativo
 
 WORKLOAD_SECONDS = float(os.environ.get("DATIVO_TEST_CDC_SECONDS", "60"))
 
@@ -197,12 +197,6 @@ def workload(params, tables, stop, seed):
     c.close()
 
 
-def start(cwd, j):
-    e = dict(os.environ)
-    e.pop("DATIVO_STATE_DIR", None)
-    log = open(cwd / f"{j.stem}.log", "a")
-    return subprocess.Popen([BIN, "run", str(j), "--no-progress"], cwd=cwd, env=e, stdout=log, stderr=log)
-
 
 def kill_binlog_connections(c):
     ids = [r[0] for r in q(c, "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'")]
@@ -224,27 +218,8 @@ def test_mirror_three_tables_through_kills_and_dropped_connections(tmp_path, bin
     stop = threading.Event()
     w = threading.Thread(target=workload, args=(params, tables, stop, 7))
     w.start()
-    rnd = random.Random(11)
     try:
-        procs = {j: start(tmp_path, j) for j in jobs}
-        time.sleep(0.8)
-        procs[jobs[0]].send_signal(signal.SIGKILL)
-        procs[jobs[0]].wait()
-        procs[jobs[0]] = start(tmp_path, jobs[0])
-        deadline = time.monotonic() + WORKLOAD_SECONDS - 0.8
-        kills, terminations = 1, 0
-        while time.monotonic() < deadline:
-            time.sleep(rnd.uniform(1.5, 4.0))
-            if kills < 5:
-                j = rnd.choice(jobs)
-                procs[j].send_signal(signal.SIGKILL)
-                procs[j].wait()
-                kills += 1
-                procs[j] = start(tmp_path, j)
-            elif terminations < 2:
-                terminations += kill_binlog_connections(c) > 0
-        assert kills == 5 and terminations == 2, (kills, terminations)
-        assert "resuming an interrupted initial snapshot" in (tmp_path / "cdc_orders.log").read_text()
+        procs = kill_followers(tmp_path, jobs, WORKLOAD_SECONDS, lambda: kill_binlog_connections(c))
     finally:
         stop.set()
         w.join()
@@ -271,7 +246,7 @@ def test_changelog_holds_each_change_once_in_order(tmp_path, binlog_mariadb):
         q(c, f"UPDATE log_src SET amount = {1000 + r} WHERE id % 7 = {r}")
         q(c, f"DELETE FROM log_src WHERE id % 97 = {r}")
         q(c, f"INSERT INTO log_src (id, name) SELECT seq, 'new' FROM seq_{5000 + r * 10}_to_{5009 + r * 10}")
-        p = start(tmp_path, j)
+        p = start_follower(tmp_path, j)
         time.sleep(random.uniform(0.2, 0.8))
         p.send_signal(signal.SIGKILL)
         p.wait()
