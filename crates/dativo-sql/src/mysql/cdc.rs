@@ -1016,8 +1016,13 @@ impl Streamer {
             Some(EventData::TableMapEvent(_)) => self.begin(),
             Some(EventData::RowsEvent(r)) => {
                 self.begin();
-                let tme = self.stream.get_tme(r.table_id()).cloned();
-                if let Some(tme) = tme.filter(|t| self.ours(t)) {
+                // Only the table's own map is copied (the stream holds it borrowed).
+                let tme = self
+                    .stream
+                    .get_tme(r.table_id())
+                    .filter(|t| self.ours(t))
+                    .cloned();
+                if let Some(tme) = tme {
                     if !self.rows(&r, &tme, h.timestamp(), all, cols, key)? {
                         self.schema_changed = true;
                     }
