@@ -18,6 +18,7 @@
 //! `file_path` bounds, so readers open only the ones that apply).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -97,7 +98,7 @@ pub struct Merge {
     converter: RowConverter,
     first_converter: RowConverter,
     delete_when: Option<DeleteWhen>,
-    latest: HashMap<u128, Slot>,
+    latest: KeyMap<Slot>,
     superseded: Vec<(u32, u64)>,
     /// Partitions written this commit (their values) and the rows written into each.
     parts: Vec<(Struct, u64)>,
@@ -139,7 +140,7 @@ impl Merge {
             key_types,
             first_id,
             delete_when,
-            latest: HashMap::new(),
+            latest: KeyMap::default(),
             superseded: Vec::new(),
             parts: Vec::new(),
             part_ids: HashMap::new(),
@@ -212,7 +213,8 @@ impl Merge {
         }
         let hashes = self.hashes(&conformed)?;
         // The last row of each key in the batch wins; earlier ones are simply not written.
-        let mut seen: HashSet<u128> = HashSet::with_capacity(hashes.len());
+        let mut seen: KeySet = KeySet::with_capacity_and_hasher(hashes.len(), Default::default());
+        self.latest.reserve(hashes.len());
         let mut keep = vec![false; hashes.len()];
         for (i, h) in hashes.iter().enumerate().rev() {
             keep[i] = seen.insert(*h);
@@ -240,13 +242,24 @@ impl Merge {
             conformed.column(self.key_idx[0]),
             &keep,
         )?);
-        let upserts = filter_record_batch(&conformed, &BooleanArray::from(write))?;
+        let upserts = filter_record_batch(&conformed, &BooleanArray::from(write.clone()))?;
         if upserts.num_rows() == 0 {
             return Ok(Vec::new());
         }
         self.stats.upserts += upserts.num_rows() as u64;
         let parts: Vec<(Option<PartitionKey>, RecordBatch)> = match splitter {
-            None => vec![(None, upserts)],
+            // Unpartitioned: the rows written are this batch's kept rows, in order, so their
+            // hashes are already known.
+            None => {
+                let pid = self.part_id(&Struct::empty());
+                let base = self.parts[pid as usize].1;
+                let written = hashes.iter().zip(&write).filter(|(_, w)| **w);
+                for (j, (h, _)) in written.enumerate() {
+                    self.latest.insert(*h, Slot::Written(pid, base + j as u64));
+                }
+                self.parts[pid as usize].1 += upserts.num_rows() as u64;
+                return Ok(vec![(None, upserts)]);
+            }
             Some(s) => s
                 .split(&upserts)
                 .map_err(|e| ice(e, "partitioning"))?
@@ -345,7 +358,13 @@ impl Merge {
                 )
             })
             .collect();
-        let touched = Touched::new(self)?;
+        // Nothing to look up in a table without data files (a first load, a snapshot's
+        // first commit): sorting the touched keys would be work for nothing.
+        let touched = if live.files.iter().any(|f| f.is_data()) {
+            Touched::new(self)?
+        } else {
+            Touched::empty()
+        };
         let bytes = Arc::new(AtomicU64::new(0));
         let (mut files_live, mut files_read, mut rows_read, mut table_bytes, mut skipped) =
             (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -487,7 +506,7 @@ impl Merge {
             // many, it answers "maybe" anyway.
             let few = match &candidates {
                 Some(c) => c.len() <= BLOOM_CANDIDATES,
-                None => touched.rows.len() <= BLOOM_CANDIDATES,
+                None => touched.len() <= BLOOM_CANDIDATES,
             };
             let hit = if !few {
                 true
@@ -539,7 +558,7 @@ impl Merge {
                     })
                     .collect::<Result<_>>()?;
                 let cols = self.cast_to_key_types(cols)?;
-                match (&touched.int_set, cols.as_slice()) {
+                match (touched.int_set(), cols.as_slice()) {
                     // One integer key column: look the values up directly.
                     (Some(set), [col]) => {
                         let col = arrow::compute::cast(col, &DataType::Int64)?;
@@ -599,56 +618,84 @@ const BLOOM_CANDIDATES: usize = 16;
 
 /// The touched keys' first column, sorted, for pruning.
 struct Touched {
-    /// Row-encoded (order-preserving) values, sorted.
-    rows: Vec<Vec<u8>>,
+    /// Row-encoded (order-preserving) values, sorted (`None`: nothing was touched).
+    rows: Option<arrow::row::Rows>,
     /// The same values in the same order.
     values: ArrayRef,
     /// An integer first key column: its values, sorted and unique.
     ints: Option<Vec<i64>>,
-    /// A single integer key column: the keys (looked up without hashing rows).
-    int_set: Option<HashSet<i64>>,
+    /// Whether the key is that one integer column (then [`Touched::int_set`] applies).
+    single_int: bool,
+    /// The integer keys as a set, built when a file's keys are first looked up.
+    int_set: std::sync::OnceLock<IntSet>,
 }
 
 impl Touched {
+    fn empty() -> Touched {
+        Touched {
+            rows: None,
+            values: Arc::new(Int64Array::from(Vec::<i64>::new())),
+            ints: None,
+            single_int: false,
+            int_set: std::sync::OnceLock::new(),
+        }
+    }
+
     fn new(m: &Merge) -> Result<Touched> {
         if m.touched.is_empty() {
-            return Ok(Touched {
-                rows: Vec::new(),
-                values: Arc::new(Int64Array::from(Vec::<i64>::new())),
-                ints: None,
-                int_set: None,
-            });
+            return Ok(Touched::empty());
         }
         let arrays: Vec<&dyn Array> = m.touched.iter().map(|a| a.as_ref()).collect();
         let all = arrow::compute::concat(&arrays)?;
+        if matches!(all.data_type(), DataType::Int64 | DataType::Int32) {
+            // Integer keys: a sorted vector is all the lookups need (no row encoding).
+            let v = arrow::compute::cast(&all, &DataType::Int64)?;
+            let v = v
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| Error::internal("merge: integer keys"))?;
+            let mut ints: Vec<i64> = v.values().to_vec();
+            ints.sort_unstable();
+            ints.dedup();
+            return Ok(Touched {
+                rows: None,
+                values: all,
+                ints: Some(ints),
+                single_int: m.key.len() == 1,
+                int_set: std::sync::OnceLock::new(),
+            });
+        }
         let idx = arrow::compute::sort_to_indices(&all, None, None)?;
         let values = arrow::compute::take(&all, &idx, None)?;
         let rows = m
             .first_converter
             .convert_columns(std::slice::from_ref(&values))?;
-        let ints = match values.data_type() {
-            DataType::Int64 | DataType::Int32 => {
-                let v = arrow::compute::cast(&values, &DataType::Int64)?;
-                let v = v
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .ok_or_else(|| Error::internal("merge: integer keys"))?;
-                let mut v: Vec<i64> = v.values().to_vec();
-                v.dedup();
-                Some(v)
-            }
-            _ => None,
-        };
-        let int_set = match (&ints, m.key.len()) {
-            (Some(v), 1) => Some(v.iter().copied().collect()),
-            _ => None,
-        };
         Ok(Touched {
-            rows: rows.iter().map(|r| r.as_ref().to_vec()).collect(),
+            rows: (rows.num_rows() > 0).then_some(rows),
             values,
-            ints,
-            int_set,
+            ints: None,
+            single_int: false,
+            int_set: std::sync::OnceLock::new(),
         })
+    }
+
+    /// A single integer key column's touched values as a set (built on first use).
+    fn int_set(&self) -> Option<&IntSet> {
+        let ints = self.ints.as_ref().filter(|_| self.single_int)?;
+        Some(self.int_set.get_or_init(|| {
+            let mut set = IntSet::with_capacity_and_hasher(ints.len(), Default::default());
+            set.extend(ints.iter().copied());
+            set
+        }))
+    }
+
+    /// How many distinct values were touched (integer keys) or touched values (others).
+    fn len(&self) -> usize {
+        match (&self.ints, &self.rows) {
+            (Some(ints), _) => ints.len(),
+            (None, Some(rows)) => rows.num_rows(),
+            (None, None) => 0,
+        }
     }
 
     /// Integer keys within a row group's min/max statistics; `None` when either is unknown.
@@ -678,20 +725,47 @@ impl Touched {
     }
 
     fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.len() == 0
     }
 
     /// Indices of the touched values within [lo, hi] (row-encoded).
     fn within(&self, lo: Option<&[u8]>, hi: Option<&[u8]>) -> Range<usize> {
-        let a = lo.map_or(0, |lo| self.rows.partition_point(|r| r.as_slice() < lo));
-        let b = hi.map_or(self.rows.len(), |hi| {
-            self.rows.partition_point(|r| r.as_slice() <= hi)
-        });
+        let Some(rows) = &self.rows else {
+            return 0..0;
+        };
+        // The first index in 0..n where `pred` stops holding (`pred` holds on a prefix).
+        let point = |pred: &dyn Fn(&[u8]) -> bool| {
+            let (mut a, mut b) = (0, rows.num_rows());
+            while a < b {
+                let mid = a + (b - a) / 2;
+                if pred(rows.row(mid).as_ref()) {
+                    a = mid + 1;
+                } else {
+                    b = mid;
+                }
+            }
+            a
+        };
+        let a = lo.map_or(0, |lo| point(&|r| r < lo));
+        let b = hi.map_or(rows.num_rows(), |hi| point(&|r| r <= hi));
         a..b.max(a)
     }
 
     /// Whether data file `f` may hold a touched key, by its first key column's bounds.
     fn may_hold(&self, f: &DataFile, id: i32, conv: &RowConverter) -> Result<bool> {
+        if let Some(ints) = &self.ints {
+            // A bound of another type (none is expected) does not narrow anything.
+            let bound = |d: Option<&Datum>| match d.map(|d| d.literal()) {
+                Some(PrimitiveLiteral::Int(v)) => Some(i64::from(*v)),
+                Some(PrimitiveLiteral::Long(v)) => Some(*v),
+                _ => None,
+            };
+            let lo = bound(f.lower_bounds().get(&id));
+            let hi = bound(f.upper_bounds().get(&id));
+            let a = lo.map_or(0, |lo| ints.partition_point(|v| *v < lo));
+            let b = hi.map_or(ints.len(), |hi| ints.partition_point(|v| *v <= hi));
+            return Ok(b > a);
+        }
         let dt = self.values.data_type();
         let enc = |d: Option<&Datum>| -> Result<Option<Vec<u8>>> {
             let Some(a) = d.and_then(|d| datum_array(d, dt)) else {
@@ -732,6 +806,57 @@ impl Touched {
 }
 
 /// A 128-bit hash of a row-encoded key: two seeded xxHash64s.
+/// A map keyed by [`key_hash`]es: they are already uniform, so the map's own hash of a key
+/// is its low 64 bits (SipHash over them cost more than the rest of a merge's bookkeeping).
+type KeyMap<V> = HashMap<u128, V, BuildHasherDefault<KeyHasher>>;
+/// A set of [`key_hash`]es (see [`KeyMap`]).
+type KeySet = HashSet<u128, BuildHasherDefault<KeyHasher>>;
+/// A set of integer key values, hashed by [`IntHasher`].
+type IntSet = HashSet<i64, BuildHasherDefault<IntHasher>>;
+
+/// A multiplicative hasher for the `i64` keys of [`IntSet`] (SipHash's strength against
+/// chosen keys is not needed: the keys come from the commit's own rows).
+#[derive(Default)]
+struct IntHasher(u64);
+
+impl Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        let h = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^ (h >> 32)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn write_i64(&mut self, i: i64) {
+        self.0 ^= i as u64;
+    }
+}
+
+/// The hasher of [`KeyMap`]: a `u128` key hash folded to 64 bits.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u128`s are hashed here; anything else still spreads (FNV-1a).
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn write_u128(&mut self, i: u128) {
+        self.0 ^= (i as u64) ^ ((i >> 64) as u64);
+    }
+}
+
 fn key_hash(bytes: &[u8]) -> u128 {
     ((XxHash64::oneshot(0x6461_7469_766f, bytes) as u128) << 64)
         | XxHash64::oneshot(0x6d65_7267_6521, bytes) as u128
