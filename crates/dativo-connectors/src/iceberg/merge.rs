@@ -1,9 +1,9 @@
 //! `mode: merge`: upserts and deletions by key, committed as new data files plus Iceberg v2
 //! position delete files.
 //!
-//! While a commit's batches stream in, [`Merge::prepare`] keeps, for every key the commit
-//! touched, where its latest version went: a (partition, ordinal) slot in the files being
-//! written, or "deleted". A key written twice in one commit leaves its earlier row
+//! While a commit's batches stream in, [`Merge::prepare`] logs, for every row it keeps, where
+//! it went: a (partition, ordinal) slot in the files being written, or "deleted". At commit
+//! the log is sorted by key: a key written twice in one commit leaves its earlier row
 //! *superseded*: that row gets a position delete in the same snapshot (the spec applies a
 //! position delete to data files whose sequence number is lower *or equal*). Keys are kept
 //! as 128-bit hashes (two seeded xxHash64) of their Arrow row encoding: a collision between two keys of
@@ -98,7 +98,13 @@ pub struct Merge {
     converter: RowConverter,
     first_converter: RowConverter,
     delete_when: Option<DeleteWhen>,
-    latest: KeyMap<Slot>,
+    /// Every row of the commit kept at its batch, in order: its key hash and where it went.
+    /// Settled at commit ([`Merge::settle`]); a log, not a map, because most keys appear once.
+    log: Vec<(u128, Slot)>,
+    /// After [`Merge::settle`]: the touched key hashes, sorted and unique.
+    keys: Vec<u128>,
+    /// Whether the log is settled (a commit retried after a conflict plans again).
+    settled: bool,
     superseded: Vec<(u32, u64)>,
     /// Partitions written this commit (their values) and the rows written into each.
     parts: Vec<(Struct, u64)>,
@@ -140,7 +146,9 @@ impl Merge {
             key_types,
             first_id,
             delete_when,
-            latest: KeyMap::default(),
+            log: Vec::new(),
+            keys: Vec::new(),
+            settled: false,
             superseded: Vec::new(),
             parts: Vec::new(),
             part_ids: HashMap::new(),
@@ -214,7 +222,6 @@ impl Merge {
         let hashes = self.hashes(&conformed)?;
         // The last row of each key in the batch wins; earlier ones are simply not written.
         let mut seen: KeySet = KeySet::with_capacity_and_hasher(hashes.len(), Default::default());
-        self.latest.reserve(hashes.len());
         let mut keep = vec![false; hashes.len()];
         for (i, h) in hashes.iter().enumerate().rev() {
             keep[i] = seen.insert(*h);
@@ -226,13 +233,9 @@ impl Merge {
                 write.push(false);
                 continue;
             }
-            if let Some(Slot::Written(p, o)) = self.latest.get(h) {
-                self.superseded.push((*p, *o));
-                self.stats.superseded += 1;
-            }
             let del = deleted.as_ref().is_some_and(|d| d.value(i));
             if del {
-                self.latest.insert(*h, Slot::Deleted);
+                self.log.push((*h, Slot::Deleted));
                 self.stats.deletes += 1;
             }
             write.push(!del);
@@ -255,7 +258,7 @@ impl Merge {
                 let base = self.parts[pid as usize].1;
                 let written = hashes.iter().zip(&write).filter(|(_, w)| **w);
                 for (j, (h, _)) in written.enumerate() {
-                    self.latest.insert(*h, Slot::Written(pid, base + j as u64));
+                    self.log.push((*h, Slot::Written(pid, base + j as u64)));
                 }
                 self.parts[pid as usize].1 += upserts.num_rows() as u64;
                 return Ok(vec![(None, upserts)]);
@@ -275,16 +278,45 @@ impl Merge {
             );
             let base = self.parts[pid as usize].1;
             for (j, h) in self.hashes(b)?.into_iter().enumerate() {
-                self.latest.insert(h, Slot::Written(pid, base + j as u64));
+                self.log.push((h, Slot::Written(pid, base + j as u64)));
             }
             self.parts[pid as usize].1 += b.num_rows() as u64;
         }
         Ok(parts)
     }
 
+    /// Settle the commit's log: a key's rows other than its last are superseded (they get a
+    /// position delete), and the touched keys become a sorted list.
+    fn settle(&mut self) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        // Sorted by hash, then by position in the log: each key's rows in commit order.
+        let mut order: Vec<(u128, u32)> = self
+            .log
+            .iter()
+            .enumerate()
+            .map(|(i, (h, _))| (*h, i as u32))
+            .collect();
+        order.sort_unstable();
+        self.keys.clear();
+        self.superseded.clear();
+        for group in order.chunk_by(|a, b| a.0 == b.0) {
+            self.keys.push(group[0].0);
+            for &(_, i) in &group[..group.len() - 1] {
+                if let Slot::Written(p, o) = self.log[i as usize].1 {
+                    self.superseded.push((p, o));
+                    self.stats.superseded += 1;
+                }
+            }
+        }
+    }
+
     /// Forget the commit in progress (after a commit or an abort); returns its statistics.
     pub fn reset(&mut self) -> MergeStats {
-        self.latest.clear();
+        self.log.clear();
+        self.keys.clear();
+        self.settled = false;
         self.superseded.clear();
         self.parts.clear();
         self.part_ids.clear();
@@ -346,6 +378,7 @@ impl Merge {
         written: &[DataFile],
         props: &WriterProperties,
     ) -> Result<Planned> {
+        self.settle();
         let mut deletes = self.own_deletes(written)?;
         // The commit's own files are written under the table's current spec.
         let default_spec = table.metadata().default_partition_spec_id();
@@ -575,7 +608,7 @@ impl Merge {
                     _ => {
                         let keys = self.converter.convert_columns(&cols)?;
                         for (j, r) in keys.iter().enumerate() {
-                            if self.latest.contains_key(&key_hash(r.as_ref())) {
+                            if self.keys.binary_search(&key_hash(r.as_ref())).is_ok() {
                                 found.push(pos + j as i64);
                             }
                         }
@@ -806,10 +839,8 @@ impl Touched {
 }
 
 /// A 128-bit hash of a row-encoded key: two seeded xxHash64s.
-/// A map keyed by [`key_hash`]es: they are already uniform, so the map's own hash of a key
-/// is its low 64 bits (SipHash over them cost more than the rest of a merge's bookkeeping).
-type KeyMap<V> = HashMap<u128, V, BuildHasherDefault<KeyHasher>>;
-/// A set of [`key_hash`]es (see [`KeyMap`]).
+/// A set of [`key_hash`]es: they are already uniform, so the set's own hash of a key is its
+/// low 64 bits (SipHash over them cost more than the rest of a merge's bookkeeping).
 type KeySet = HashSet<u128, BuildHasherDefault<KeyHasher>>;
 /// A set of integer key values, hashed by [`IntHasher`].
 type IntSet = HashSet<i64, BuildHasherDefault<IntHasher>>;
@@ -836,7 +867,7 @@ impl Hasher for IntHasher {
     }
 }
 
-/// The hasher of [`KeyMap`]: a `u128` key hash folded to 64 bits.
+/// The hasher of [`KeySet`]: a `u128` key hash folded to 64 bits.
 #[derive(Default)]
 struct KeyHasher(u64);
 
