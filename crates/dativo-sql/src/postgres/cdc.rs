@@ -545,6 +545,7 @@ impl PgCdcReader {
             last_commit_us: None,
             idle_end: 0,
             last_heartbeat: Instant::now(),
+            last_ping: None,
         })
     }
 
@@ -594,7 +595,14 @@ struct Streamer {
     /// The server's WAL end as last reported between transactions.
     idle_end: Lsn,
     last_heartbeat: Instant,
+    /// `follow: false`: when a keepalive was last asked for (its WAL position says whether
+    /// the stream reached the target; unasked, the server sends one only every
+    /// `wal_sender_timeout` / 2).
+    last_ping: Option<Instant>,
 }
+
+/// How often a `follow: false` stream asks the server for its position while catching up.
+const PING_EVERY: Duration = Duration::from_millis(200);
 
 /// Microseconds between 1970-01-01 and 2000-01-01.
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -763,6 +771,16 @@ impl PgCdcReader {
                 self.stream_state();
                 self.phase = Phase::Done;
                 return Ok(None);
+            }
+            // `--once`, between transactions and not there yet: ask where the stream is.
+            if s.target.is_some()
+                && !s.caught_up
+                && s.txn.is_none()
+                && s.last_ping.is_none_or(|t| t.elapsed() >= PING_EVERY)
+            {
+                runtime().block_on(s.conn.send_status(confirmed, confirmed, true))?;
+                s.last_status = Instant::now();
+                s.last_ping = Some(Instant::now());
             }
             let wait = match s.first_row {
                 Some(t) => FLUSH
