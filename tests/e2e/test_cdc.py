@@ -326,6 +326,10 @@ def test_an_idle_table_does_not_pin_wal(tmp_path, logical_pg):
     print(f"WAL written while idle: {written / 2**20:.1f} MiB; retained by the slot: {retained[0] / 2**20:.2f} MiB from restart_lsn, {retained[1] / 2**20:.2f} MiB from confirmed_flush_lsn")
     assert written > 40 * 2**20, written
     assert retained[0] < 8 * 2**20 and retained[1] < 4 * 2**20, (retained, written)
+    # The job measures the same (every 10 s, into its state, for `dativo_cdc_retained_bytes`
+    # and `dativo_cdc_behind_bytes`): its last measurement was taken in the light phase.
+    st = json.loads(dativo(tmp_path, "state", "show", j).stdout)["state"]["cdc"]
+    assert 0 <= st["behind_bytes"] <= st["retained_bytes"] < written / 4, (st, written)
     # The heartbeats' commits keep the lake exact.
     check_mirror(c, Lake(tmp_path), "idle_src")
 
@@ -355,6 +359,8 @@ def test_serve_keeps_a_cdc_job_running(tmp_path, logical_pg):
         q(c, "INSERT INTO served SELECT i, 'two', 1, NULL, NULL, NULL, NULL FROM generate_series(5001, 5100) i")
         wait_until(lambda: lake_rows() == 5_100, 60, "the first changes")
         assert s.metric("dativo_cdc_lag_seconds", "cdc_served") is not None
+        # What the slot keeps and how far it trails, measured by the job (bytes, ≥ 0).
+        assert s.metric("dativo_cdc_retained_bytes", "cdc_served") >= s.metric("dativo_cdc_behind_bytes", "cdc_served") >= 0
         # The server ends the replication connection: the run fails, serve starts it again.
         wait_until(lambda: q(c, "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots "
                                 "WHERE slot_name = 'dativo_cdc_served' AND active")[0][0] > 0, 30, "an active slot")

@@ -15,6 +15,7 @@ instance writes no binlog).
 """
 import datetime
 import decimal
+import json
 import os
 import pathlib
 import random
@@ -251,6 +252,10 @@ def test_changelog_holds_each_change_once_in_order(tmp_path, binlog_mariadb):
         p.send_signal(signal.SIGKILL)
         p.wait()
     dativo(tmp_path, "run", j, "--once", "--no-progress")
+    # The stream measures the binlog written after its position (`dativo_cdc_behind_bytes`).
+    st = json.loads(dativo(tmp_path, "state", "show", j).stdout)["state"]["cdc"]
+    total = sum(int(r[1]) for r in q(c, "SHOW BINARY LOGS"))
+    assert 0 <= st["behind_bytes"] <= total, (st, total)
     t = Lake(tmp_path).load("lake.log_src").scan().to_arrow()
     changes = t.filter(pc.not_equal(t["_dativo_op"], "R"))
     want = []

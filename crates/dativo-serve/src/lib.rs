@@ -776,6 +776,12 @@ impl Observer for RunObserver<'_> {
                         })
                         .unwrap_or(0.0);
                     self.metrics.cdc_lag(self.labels, lag);
+                    let bytes = |k: &str| cdc.get(k).and_then(serde_json::Value::as_i64);
+                    self.metrics.cdc_log(
+                        self.labels,
+                        bytes("retained_bytes"),
+                        bytes("behind_bytes"),
+                    );
                 }
                 self.log.lock().expect("not poisoned").push(format!(
                     "{} committed {} rows ({} files, {} bytes); state {}",

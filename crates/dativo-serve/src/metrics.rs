@@ -55,6 +55,10 @@ struct JobMetrics {
     /// Change data capture: seconds from the source commit of the last change in the last
     /// commit to that commit (0 when the stream was idle).
     cdc_lag: Option<f64>,
+    /// Change data capture: WAL the job's replication slot keeps on the server (PostgreSQL).
+    cdc_retained: Option<i64>,
+    /// Change data capture: WAL / binlog bytes written after the job's position.
+    cdc_behind: Option<i64>,
 }
 
 /// Maintenance counters of one job.
@@ -110,6 +114,19 @@ impl Metrics {
     /// A change data capture commit: the lag from its last change's source commit.
     pub fn cdc_lag(&self, l: &Labels, seconds: f64) {
         self.with(l, |m| m.cdc_lag = Some(seconds))
+    }
+
+    /// A change data capture commit: what its reader last measured of the source's log
+    /// (bytes the slot retains, bytes written after the job's position), when it did.
+    pub fn cdc_log(&self, l: &Labels, retained: Option<i64>, behind: Option<i64>) {
+        self.with(l, |m| {
+            if retained.is_some() {
+                m.cdc_retained = retained;
+            }
+            if behind.is_some() {
+                m.cdc_behind = behind;
+            }
+        })
     }
 
     /// A run ended.
@@ -307,6 +324,18 @@ impl Metrics {
         for (l, m) in &all {
             if let Some(t) = m.cdc_lag {
                 let _ = writeln!(o, "dativo_cdc_lag_seconds{{{}}} {t:.3}", l.render());
+            }
+        }
+        let _ = writeln!(o, "# HELP dativo_cdc_retained_bytes Change data capture from PostgreSQL: WAL the job's replication slot keeps on the server (pg_current_wal_lsn() - restart_lsn), measured every 10 s while streaming, as of the job's last commit.\n# TYPE dativo_cdc_retained_bytes gauge");
+        for (l, m) in &all {
+            if let Some(b) = m.cdc_retained {
+                let _ = writeln!(o, "dativo_cdc_retained_bytes{{{}}} {b}", l.render());
+            }
+        }
+        let _ = writeln!(o, "# HELP dativo_cdc_behind_bytes Change data capture: WAL (PostgreSQL) or binlog (MySQL) bytes the server wrote after the job's position, measured every 10 s while streaming, as of the job's last commit.\n# TYPE dativo_cdc_behind_bytes gauge");
+        for (l, m) in &all {
+            if let Some(b) = m.cdc_behind {
+                let _ = writeln!(o, "dativo_cdc_behind_bytes{{{}}} {b}", l.render());
             }
         }
         let _ = writeln!(o, "# HELP dativo_job_running Whether the job is running on this instance.\n# TYPE dativo_job_running gauge");

@@ -157,6 +157,10 @@ struct CdcState {
     /// has changes in flight. Monitoring reads the lag from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     source_commit_us: Option<i64>,
+    /// Binlog bytes the server wrote after `position`, as last measured (every 10 s while
+    /// streaming). Monitoring only: `dativo_cdc_behind_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    behind_bytes: Option<i64>,
 }
 
 impl CdcState {
@@ -596,6 +600,11 @@ impl MyCdcReader {
             heartbeat: p.cdc.heartbeat.0,
             last_commit_us: None,
             last_batch: Instant::now(),
+            sql: Conn::new(p.opts.clone())
+                .map_err(|e| tracing::debug!(error = %e, "a monitoring connection"))
+                .ok(),
+            last_measure: None,
+            behind: None,
         })
     }
 
@@ -639,7 +648,54 @@ struct Streamer {
     heartbeat: Duration,
     last_commit_us: Option<i64>,
     last_batch: Instant,
+    /// An ordinary connection for monitoring queries (`None` if it could not be opened).
+    sql: Option<Conn>,
+    /// When the binlog behind the job was last measured, and what it was (bytes).
+    last_measure: Option<Instant>,
+    behind: Option<i64>,
 }
+
+impl Streamer {
+    /// Measure the binlog written after the position handed out last (every
+    /// [`MEASURE_EVERY`]). A failed query is logged and leaves the last value.
+    fn measure(&mut self) {
+        if self
+            .last_measure
+            .is_some_and(|t| t.elapsed() < MEASURE_EVERY)
+        {
+            return;
+        }
+        self.last_measure = Some(Instant::now());
+        let Some(conn) = &mut self.sql else { return };
+        let logs: Vec<(String, u64)> = match conn.query("SHOW BINARY LOGS") {
+            Ok(rows) => rows
+                .into_iter()
+                .filter_map(|r: mysql::Row| Some((r.get::<String, _>(0)?, r.get::<u64, _>(1)?)))
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "measuring the binlog behind the job");
+                return;
+            }
+        };
+        let at = &self.handed;
+        let mut behind = 0u64;
+        let mut seen = false;
+        for (name, size) in logs {
+            if name == at.file {
+                seen = true;
+                behind += size.saturating_sub(at.pos);
+            } else if seen {
+                behind += size;
+            }
+        }
+        if seen {
+            self.behind = Some(behind as i64);
+        }
+    }
+}
+
+/// How often a stream measures the binlog behind it (for monitoring).
+const MEASURE_EVERY: Duration = Duration::from_secs(10);
 
 /// Event types that begin a transaction when one is not open: GTIDs (MySQL's two and
 /// MariaDB's), table maps, rows events, and what rides along with rows.
@@ -1060,6 +1116,7 @@ impl MyCdcReader {
             self.state.position = Some(pos.text());
             self.state.partial = partial;
             self.state.source_commit_us = s.last_commit_us;
+            self.state.behind_bytes = s.behind;
             s.handed = pos;
         }
     }
@@ -1091,6 +1148,9 @@ impl MyCdcReader {
                 tracing::debug!(position = %s.last_end.text(), "heartbeat");
                 self.stream_state();
                 return Ok(Some(RecordBatch::new_empty(self.schema.clone())));
+            }
+            if between {
+                s.measure();
             }
             if (s.caught_up || stopping || s.schema_changed) && s.rows == 0 {
                 self.stream_state();

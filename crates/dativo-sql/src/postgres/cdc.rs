@@ -111,6 +111,14 @@ struct CdcState {
     /// has changes in flight; unset once the stream is idle. Monitoring reads the lag from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     source_commit_us: Option<i64>,
+    /// WAL the slot keeps on the server (`pg_current_wal_lsn() − restart_lsn`, bytes), as last
+    /// measured (every 10 s while streaming). Monitoring only: `dativo_cdc_retained_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retained_bytes: Option<i64>,
+    /// WAL written after the slot's confirmed position, as last measured. Monitoring only:
+    /// `dativo_cdc_behind_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    behind_bytes: Option<i64>,
 }
 
 impl CdcState {
@@ -546,6 +554,13 @@ impl PgCdcReader {
             idle_end: 0,
             last_heartbeat: Instant::now(),
             last_ping: None,
+            sql: runtime()
+                .block_on(connect(conn))
+                .map_err(|e| tracing::debug!(error = %e, "a monitoring connection"))
+                .ok(),
+            slot: slot.to_string(),
+            last_measure: None,
+            retained: None,
         })
     }
 
@@ -599,7 +614,50 @@ struct Streamer {
     /// the stream reached the target; unasked, the server sends one only every
     /// `wal_sender_timeout` / 2).
     last_ping: Option<Instant>,
+    /// An ordinary connection for monitoring queries (the replication connection is busy
+    /// streaming); `None` if it could not be opened.
+    sql: Option<tokio_postgres::Client>,
+    slot: String,
+    /// When the slot's WAL was last measured, and what it was: (retained, behind).
+    last_measure: Option<Instant>,
+    retained: Option<(i64, i64)>,
 }
+
+impl Streamer {
+    /// Measure the WAL the slot keeps and how far it trails (every [`MEASURE_EVERY`]). A
+    /// failed query is logged and leaves the last value: monitoring never fails a run.
+    fn measure(&mut self) {
+        if self
+            .last_measure
+            .is_some_and(|t| t.elapsed() < MEASURE_EVERY)
+        {
+            return;
+        }
+        self.last_measure = Some(Instant::now());
+        let Some(client) = &self.sql else { return };
+        let sql = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, \
+                   pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint \
+                   FROM pg_replication_slots WHERE slot_name = $1";
+        let slot = self.slot.clone();
+        let measured = runtime().block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), client.query_opt(sql, &[&slot])).await
+        });
+        match measured {
+            Ok(Ok(Some(row))) => {
+                let (r, b): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+                if let (Some(r), Some(b)) = (r, b) {
+                    self.retained = Some((r, b));
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "measuring the slot's WAL"),
+            Err(_) => tracing::debug!("measuring the slot's WAL: no answer in 5 s"),
+        }
+    }
+}
+
+/// How often a stream measures the WAL its slot keeps (for monitoring).
+const MEASURE_EVERY: Duration = Duration::from_secs(10);
 
 /// How often a `follow: false` stream asks the server for its position while catching up.
 const PING_EVERY: Duration = Duration::from_millis(200);
@@ -726,6 +784,8 @@ impl PgCdcReader {
                 .as_ref()
                 .filter(|t| t.changes > 0)
                 .map(|t| (lsn_text(t.final_lsn), t.changes));
+            self.state.retained_bytes = s.retained.map(|r| r.0);
+            self.state.behind_bytes = s.retained.map(|r| r.1);
         }
     }
 
@@ -771,6 +831,9 @@ impl PgCdcReader {
                 self.stream_state();
                 self.phase = Phase::Done;
                 return Ok(None);
+            }
+            if s.txn.is_none() {
+                s.measure();
             }
             // `--once`, between transactions and not there yet: ask where the stream is.
             if s.target.is_some()
