@@ -47,6 +47,42 @@ use super::modes::{self, DeleteWhen, OP_COLUMN};
 use dativo_core::rt::runtime;
 use dativo_encryption::{EncFormat, Encryptor, FileKeys};
 
+/// Fail fast when a SQL catalog's server cannot be reached: its connection pool retries a
+/// refused connection for 30 s before it reports anything.
+async fn probe_catalog_server(uri: &str) -> Result<()> {
+    // scheme://[user[:password]@]host[:port]/…
+    let Some((_, rest)) = uri.split_once("://") else {
+        return Ok(());
+    };
+    // After the last `@` (a password may hold `/` or `@`), up to the path.
+    let after = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let hostport = after.split(['/', '?']).next().unwrap_or("");
+    let default_port = if uri.starts_with("mysql") { 3306 } else { 5432 };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => match p.parse::<u16>() {
+            Ok(p) => (h.trim_matches(['[', ']']), p),
+            Err(_) => (hostport.trim_matches(['[', ']']), default_port),
+        },
+        _ => (hostport.trim_matches(['[', ']']), default_port),
+    };
+    if host.is_empty() {
+        return Ok(());
+    }
+    let connect = tokio::net::TcpStream::connect((host, port));
+    match tokio::time::timeout(std::time::Duration::from_secs(10), connect).await {
+        Ok(Ok(_)) => Ok(()),
+        // Scrubbed whole: secrets registered from the job, and any URL password.
+        Ok(Err(e)) => Err(Error::connect(secrets::scrub(&format!(
+            "cannot reach the Iceberg catalog's database at {host}:{port} ({uri}): {e}"
+        )))
+        .with_source(e)),
+        Err(_) => Err(Error::connect(secrets::scrub(&format!(
+            "cannot reach the Iceberg catalog's database at {host}:{port} ({uri}): no answer \
+             in 10 s"
+        )))),
+    }
+}
+
 /// Snapshot summary keys written with every commit.
 pub const STATE_KEY: &str = "dativo.state";
 /// The job that made a commit.
@@ -413,6 +449,9 @@ pub(crate) async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<Counti
     }
     let uri = sql_catalog_uri(cfg)?;
     let sqlite = uri.starts_with("sqlite:");
+    if !sqlite {
+        probe_catalog_server(&uri).await?;
+    }
     let make = || {
         let style = if sqlite {
             SqlBindStyle::QMark
