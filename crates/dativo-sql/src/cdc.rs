@@ -4,7 +4,7 @@
 //! columns plus three of their own: [`OP_COLUMN`], [`LSN_COLUMN`] and [`COMMIT_TIME_COLUMN`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::array::{
     ArrayRef, Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder,
@@ -118,6 +118,30 @@ pub(crate) fn yes() -> bool {
 
 /// A batch waits at most this long for more changes once it has one.
 pub(crate) const FLUSH: Duration = Duration::from_millis(500);
+
+/// How often a stream measures the source's log around its position (for monitoring).
+pub(crate) const MEASURE_EVERY: Duration = Duration::from_secs(10);
+
+/// A periodic chore: due at once, then once every `period`.
+pub(crate) struct Every {
+    period: Duration,
+    last: Option<Instant>,
+}
+
+impl Every {
+    pub(crate) fn new(period: Duration) -> Every {
+        Every { period, last: None }
+    }
+
+    /// Whether the chore is due; if it is, the period starts again now.
+    pub(crate) fn due(&mut self) -> bool {
+        if self.last.is_some_and(|t| t.elapsed() < self.period) {
+            return false;
+        }
+        self.last = Some(Instant::now());
+        true
+    }
+}
 
 /// A CDC state as stored: `{"cdc": …}`.
 pub(crate) fn state_value<T: serde::Serialize>(s: &T) -> Value {

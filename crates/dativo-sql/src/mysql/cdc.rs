@@ -41,7 +41,7 @@ use dativo_core::{Delivery, Error, OpenReader, ReaderContext, ReaderControl, Res
 use super::dialect::{driver_opts, map_error, MySql, MySqlOptions};
 use super::types::{field_for, kind_for, MyDecoder, MyKind};
 pub use crate::cdc::is_cdc;
-use crate::cdc::{default_heartbeat, yes, ChangeColumns, FLUSH};
+use crate::cdc::{default_heartbeat, yes, ChangeColumns, Every, FLUSH, MEASURE_EVERY};
 use crate::keyset::{load, Dialect, SqlSource};
 
 /// The `cdc` keys beside the reader's usual ones.
@@ -603,7 +603,7 @@ impl MyCdcReader {
             sql: Conn::new(p.opts.clone())
                 .map_err(|e| tracing::debug!(error = %e, "a monitoring connection"))
                 .ok(),
-            last_measure: None,
+            measure_every: Every::new(MEASURE_EVERY),
             behind: None,
         })
     }
@@ -650,8 +650,8 @@ struct Streamer {
     last_batch: Instant,
     /// An ordinary connection for monitoring queries (`None` if it could not be opened).
     sql: Option<Conn>,
-    /// When the binlog behind the job was last measured, and what it was (bytes).
-    last_measure: Option<Instant>,
+    /// When to measure the binlog behind the job, and what it last was (bytes).
+    measure_every: Every,
     behind: Option<i64>,
 }
 
@@ -659,13 +659,9 @@ impl Streamer {
     /// Measure the binlog written after the position handed out last (every
     /// [`MEASURE_EVERY`]). A failed query is logged and leaves the last value.
     fn measure(&mut self) {
-        if self
-            .last_measure
-            .is_some_and(|t| t.elapsed() < MEASURE_EVERY)
-        {
+        if !self.measure_every.due() {
             return;
         }
-        self.last_measure = Some(Instant::now());
         let Some(conn) = &mut self.sql else { return };
         let logs: Vec<(String, u64)> = match conn.query("SHOW BINARY LOGS") {
             Ok(rows) => rows
@@ -693,9 +689,6 @@ impl Streamer {
         }
     }
 }
-
-/// How often a stream measures the binlog behind it (for monitoring).
-const MEASURE_EVERY: Duration = Duration::from_secs(10);
 
 /// Event types that begin a transaction when one is not open: GTIDs (MySQL's two and
 /// MariaDB's), table maps, rows events, and what rides along with rows.

@@ -44,7 +44,9 @@ use super::dialect::Postgres;
 use super::types::{field_for, kind_for, ColKind, Decoder};
 use crate::keyset::{load, Dialect, SqlSource};
 
-use crate::cdc::{default_heartbeat, default_name, yes, ChangeColumns, FLUSH};
+use crate::cdc::{
+    default_heartbeat, default_name, yes, ChangeColumns, Every, FLUSH, MEASURE_EVERY,
+};
 pub use crate::cdc::{is_cdc, COMMIT_TIME_COLUMN, LSN_COLUMN, OP_COLUMN};
 
 /// The `cdc` keys beside the reader's usual ones.
@@ -553,13 +555,13 @@ impl PgCdcReader {
             last_commit_us: None,
             idle_end: 0,
             last_heartbeat: Instant::now(),
-            last_ping: None,
+            ping_every: Every::new(PING_EVERY),
             sql: runtime()
                 .block_on(connect(conn))
                 .map_err(|e| tracing::debug!(error = %e, "a monitoring connection"))
                 .ok(),
             slot: slot.to_string(),
-            last_measure: None,
+            measure_every: Every::new(MEASURE_EVERY),
             retained: None,
         })
     }
@@ -610,16 +612,16 @@ struct Streamer {
     /// The server's WAL end as last reported between transactions.
     idle_end: Lsn,
     last_heartbeat: Instant,
-    /// `follow: false`: when a keepalive was last asked for (its WAL position says whether
+    /// `follow: false`: when to ask for a keepalive (its WAL position says whether
     /// the stream reached the target; unasked, the server sends one only every
     /// `wal_sender_timeout` / 2).
-    last_ping: Option<Instant>,
+    ping_every: Every,
     /// An ordinary connection for monitoring queries (the replication connection is busy
     /// streaming); `None` if it could not be opened.
     sql: Option<tokio_postgres::Client>,
     slot: String,
-    /// When the slot's WAL was last measured, and what it was: (retained, behind).
-    last_measure: Option<Instant>,
+    /// When to measure the slot's WAL, and what it last was: (retained, behind).
+    measure_every: Every,
     retained: Option<(i64, i64)>,
 }
 
@@ -627,13 +629,9 @@ impl Streamer {
     /// Measure the WAL the slot keeps and how far it trails (every [`MEASURE_EVERY`]). A
     /// failed query is logged and leaves the last value: monitoring never fails a run.
     fn measure(&mut self) {
-        if self
-            .last_measure
-            .is_some_and(|t| t.elapsed() < MEASURE_EVERY)
-        {
+        if !self.measure_every.due() {
             return;
         }
-        self.last_measure = Some(Instant::now());
         let Some(client) = &self.sql else { return };
         let sql = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, \
                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint \
@@ -655,9 +653,6 @@ impl Streamer {
         }
     }
 }
-
-/// How often a stream measures the WAL its slot keeps (for monitoring).
-const MEASURE_EVERY: Duration = Duration::from_secs(10);
 
 /// How often a `follow: false` stream asks the server for its position while catching up.
 const PING_EVERY: Duration = Duration::from_millis(200);
@@ -836,14 +831,9 @@ impl PgCdcReader {
                 s.measure();
             }
             // `--once`, between transactions and not there yet: ask where the stream is.
-            if s.target.is_some()
-                && !s.caught_up
-                && s.txn.is_none()
-                && s.last_ping.is_none_or(|t| t.elapsed() >= PING_EVERY)
-            {
+            if s.target.is_some() && !s.caught_up && s.txn.is_none() && s.ping_every.due() {
                 runtime().block_on(s.conn.send_status(confirmed, confirmed, true))?;
                 s.last_status = Instant::now();
-                s.last_ping = Some(Instant::now());
             }
             let wait = match s.first_row {
                 Some(t) => FLUSH
