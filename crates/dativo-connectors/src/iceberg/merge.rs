@@ -245,7 +245,8 @@ impl Merge {
             conformed.column(self.key_idx[0]),
             &keep,
         )?);
-        let upserts = filter_record_batch(&conformed, &BooleanArray::from(write.clone()))?;
+        let write = BooleanArray::from(write);
+        let upserts = filter_record_batch(&conformed, &write)?;
         if upserts.num_rows() == 0 {
             return Ok(Vec::new());
         }
@@ -256,7 +257,7 @@ impl Merge {
             None => {
                 let pid = self.part_id(&Struct::empty());
                 let base = self.parts[pid as usize].1;
-                let written = hashes.iter().zip(&write).filter(|(_, w)| **w);
+                let written = hashes.iter().zip(write.values()).filter(|(_, w)| *w);
                 for (j, (h, _)) in written.enumerate() {
                     self.log.push((*h, Slot::Written(pid, base + j as u64)));
                 }
@@ -838,49 +839,32 @@ impl Touched {
     }
 }
 
-/// A 128-bit hash of a row-encoded key: two seeded xxHash64s.
-/// A set of [`key_hash`]es: they are already uniform, so the set's own hash of a key is its
-/// low 64 bits (SipHash over them cost more than the rest of a merge's bookkeeping).
-type KeySet = HashSet<u128, BuildHasherDefault<KeyHasher>>;
-/// A set of integer key values, hashed by [`IntHasher`].
-type IntSet = HashSet<i64, BuildHasherDefault<IntHasher>>;
+/// A set of [`key_hash`]es.
+type KeySet = HashSet<u128, BuildHasherDefault<FastHasher>>;
+/// A set of integer key values.
+type IntSet = HashSet<i64, BuildHasherDefault<FastHasher>>;
 
-/// A multiplicative hasher for the `i64` keys of [`IntSet`] (SipHash's strength against
-/// chosen keys is not needed: the keys come from the commit's own rows).
+/// The hasher of [`KeySet`] and [`IntSet`]: a multiply-and-fold of the integer (a key hash is
+/// already uniform, a key value is the commit's own). SipHash, the default, cost more than the
+/// rest of a merge's bookkeeping.
 #[derive(Default)]
-struct IntHasher(u64);
+struct FastHasher(u64);
 
-impl Hasher for IntHasher {
+impl Hasher for FastHasher {
     fn finish(&self) -> u64 {
         let h = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         h ^ (h >> 32)
     }
 
     fn write(&mut self, bytes: &[u8]) {
+        // Only integers are hashed here; anything else still spreads (FNV-1a).
         for b in bytes {
             self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
 
-    fn write_i64(&mut self, i: i64) {
-        self.0 ^= i as u64;
-    }
-}
-
-/// The hasher of [`KeySet`]: a `u128` key hash folded to 64 bits.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u128`s are hashed here; anything else still spreads (FNV-1a).
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
+    fn write_u64(&mut self, i: u64) {
+        self.0 ^= i;
     }
 
     fn write_u128(&mut self, i: u128) {
@@ -888,6 +872,7 @@ impl Hasher for KeyHasher {
     }
 }
 
+/// A 128-bit hash of a row-encoded key: two seeded xxHash64s.
 fn key_hash(bytes: &[u8]) -> u128 {
     ((XxHash64::oneshot(0x6461_7469_766f, bytes) as u128) << 64)
         | XxHash64::oneshot(0x6d65_7267_6521, bytes) as u128

@@ -50,24 +50,20 @@ use dativo_encryption::{EncFormat, Encryptor, FileKeys};
 /// Fail fast when a SQL catalog's server cannot be reached: its connection pool retries a
 /// refused connection for 30 s before it reports anything.
 async fn probe_catalog_server(uri: &str) -> Result<()> {
-    // scheme://[user[:password]@]host[:port]/…
-    let Some((_, rest)) = uri.split_once("://") else {
+    let Ok(parsed) = url::Url::parse(uri) else {
+        return Ok(()); // the catalog reports a malformed URI itself
+    };
+    let Some(host) = parsed.host_str().filter(|h| !h.is_empty()) else {
         return Ok(());
     };
-    // After the last `@` (a password may hold `/` or `@`), up to the path.
-    let after = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    let hostport = after.split(['/', '?']).next().unwrap_or("");
-    let default_port = if uri.starts_with("mysql") { 3306 } else { 5432 };
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => match p.parse::<u16>() {
-            Ok(p) => (h.trim_matches(['[', ']']), p),
-            Err(_) => (hostport.trim_matches(['[', ']']), default_port),
-        },
-        _ => (hostport.trim_matches(['[', ']']), default_port),
-    };
-    if host.is_empty() {
-        return Ok(());
-    }
+    let host = host.trim_matches(['[', ']']);
+    let port = parsed
+        .port()
+        .unwrap_or(if parsed.scheme().starts_with("mysql") {
+            3306
+        } else {
+            5432
+        });
     let connect = tokio::net::TcpStream::connect((host, port));
     match tokio::time::timeout(std::time::Duration::from_secs(10), connect).await {
         Ok(Ok(_)) => Ok(()),

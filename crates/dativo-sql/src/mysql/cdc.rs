@@ -512,11 +512,9 @@ impl MyCdcReader {
             }
             Some(st) => {
                 let from = st.resume()?;
-                let logs: Vec<mysql::Row> = conn
-                    .query("SHOW BINARY LOGS")
-                    .map_err(|e| map_error(e, "listing the binary logs"))?;
-                let files: Vec<String> = logs.iter().filter_map(|r| r.get(0)).collect();
-                if !files.contains(&from.file) {
+                let logs =
+                    binary_logs(&mut conn).map_err(|e| map_error(e, "listing the binary logs"))?;
+                if !logs.iter().any(|(name, _)| *name == from.file) {
                     return Err(Error::config(format!(
                         "binlog file `{}` that job `{}` resumes from is gone from the server (purged by \
                          binlog_expire_logs_seconds / expire_logs_days, or another server): the changes \
@@ -663,11 +661,8 @@ impl Streamer {
             return;
         }
         let Some(conn) = &mut self.sql else { return };
-        let logs: Vec<(String, u64)> = match conn.query("SHOW BINARY LOGS") {
-            Ok(rows) => rows
-                .into_iter()
-                .filter_map(|r: mysql::Row| Some((r.get::<String, _>(0)?, r.get::<u64, _>(1)?)))
-                .collect(),
+        let logs = match binary_logs(conn) {
+            Ok(logs) => logs,
             Err(e) => {
                 tracing::debug!(error = %e, "measuring the binlog behind the job");
                 return;
@@ -688,6 +683,15 @@ impl Streamer {
             self.behind = Some(behind as i64);
         }
     }
+}
+
+/// The server's binary log files and their sizes (`SHOW BINARY LOGS`), oldest first.
+fn binary_logs(conn: &mut Conn) -> mysql::Result<Vec<(String, u64)>> {
+    let rows: Vec<mysql::Row> = conn.query("SHOW BINARY LOGS")?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| Some((r.get::<String, _>(0)?, r.get::<u64, _>(1)?)))
+        .collect())
 }
 
 /// Event types that begin a transaction when one is not open: GTIDs (MySQL's two and

@@ -562,7 +562,7 @@ impl PgCdcReader {
                 .ok(),
             slot: slot.to_string(),
             measure_every: Every::new(MEASURE_EVERY),
-            retained: None,
+            measured: None,
         })
     }
 
@@ -622,7 +622,7 @@ struct Streamer {
     slot: String,
     /// When to measure the slot's WAL, and what it last was: (retained, behind).
     measure_every: Every,
-    retained: Option<(i64, i64)>,
+    measured: Option<(i64, i64)>,
 }
 
 impl Streamer {
@@ -636,15 +636,14 @@ impl Streamer {
         let sql = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, \
                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint \
                    FROM pg_replication_slots WHERE slot_name = $1";
-        let slot = self.slot.clone();
         let measured = runtime().block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), client.query_opt(sql, &[&slot])).await
+            tokio::time::timeout(Duration::from_secs(5), client.query_opt(sql, &[&self.slot])).await
         });
         match measured {
             Ok(Ok(Some(row))) => {
                 let (r, b): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
                 if let (Some(r), Some(b)) = (r, b) {
-                    self.retained = Some((r, b));
+                    self.measured = Some((r, b));
                 }
             }
             Ok(Ok(None)) => {}
@@ -779,8 +778,8 @@ impl PgCdcReader {
                 .as_ref()
                 .filter(|t| t.changes > 0)
                 .map(|t| (lsn_text(t.final_lsn), t.changes));
-            self.state.retained_bytes = s.retained.map(|r| r.0);
-            self.state.behind_bytes = s.retained.map(|r| r.1);
+            self.state.retained_bytes = s.measured.map(|m| m.0);
+            self.state.behind_bytes = s.measured.map(|m| m.1);
         }
     }
 
