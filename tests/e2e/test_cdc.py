@@ -248,6 +248,52 @@ def test_changelog_holds_each_change_once_in_order(tmp_path, logical_pg):
     assert snapshot_rows == 2_000
 
 
+def test_truncate_empties_the_mirror_and_is_marked_in_the_changelog(tmp_path, logical_pg):
+    url, dsn = logical_pg
+    c = connect(dsn)
+    create(c, "trunc_src", 3_000)
+    mirror = job(tmp_path, "cdc_trunc", url, "trunc_src")
+    changelog = write_job(tmp_path / "cdc_trunc_log.yaml",
+                          mirror.read_text().replace("name: cdc_trunc", "name: cdc_trunc_log")
+                          .replace("table: lake.trunc_src", "table: lake.trunc_log")
+                          .replace("mode: merge", "mode: append"))
+    lake = Lake(tmp_path)
+    for j in (mirror, changelog):
+        dativo(tmp_path, "run", j, "--once", "--no-progress")
+    # Changes before a truncation in its own transaction, rows after it in the same one, and
+    # a second truncation in a run of its own.
+    q(c, "UPDATE trunc_src SET name = 'before' WHERE id <= 10")
+    q(c, "BEGIN; DELETE FROM trunc_src WHERE id = 11; TRUNCATE trunc_src; "
+         "INSERT INTO trunc_src SELECT i, 'after', 1, NULL, NULL, true, NULL FROM generate_series(1, 50) i; "
+         "UPDATE trunc_src SET name = 'after2' WHERE id <= 5; COMMIT")
+    q(c, "INSERT INTO trunc_src SELECT i, 'later', 2, NULL, NULL, false, NULL FROM generate_series(51, 60) i")
+    for j in (mirror, changelog):
+        dativo(tmp_path, "run", j, "--once", "--no-progress")
+    check_mirror(c, lake, "trunc_src")
+    assert q(c, "SELECT count(*) FROM trunc_src")[0][0] == 60
+    snap = lake.load("lake.trunc_src").current_snapshot()
+    assert snap.summary["dativo.merge.truncates"] == "1", snap.summary
+    q(c, "TRUNCATE trunc_src")
+    dativo(tmp_path, "run", mirror, "--once", "--no-progress")
+    check_mirror(c, lake, "trunc_src")
+    assert lake.load("lake.trunc_src").scan().to_arrow().num_rows == 0
+    q(c, "INSERT INTO trunc_src VALUES (7, 'again', 3, NULL, NULL, NULL, NULL)")
+    dativo(tmp_path, "run", mirror, "--once", "--no-progress")
+    check_mirror(c, lake, "trunc_src")
+    # The changelog keeps one `T` row (table columns NULL) between the changes before and
+    # after it, in log order.
+    t = lake.load("lake.trunc_log").scan().to_arrow().sort_by([("_dativo_lsn", "ascending")])
+    ops = t["_dativo_op"].to_pylist()
+    assert ops.count("T") == 1, ops.count("T")
+    trunc = t.filter(pc.equal(t["_dativo_op"], "T"))
+    assert trunc["id"].to_pylist() == [None] and trunc["name"].to_pylist() == [None]
+    lsn = trunc["_dativo_lsn"][0].as_py()
+    same = t.filter(pc.equal(t["_dativo_lsn"], lsn))
+    # The truncating transaction: 1 delete, the truncation, 50 inserts, 5 updates.
+    assert sorted(same["_dativo_op"].to_pylist()) == sorted(["D", "T"] + ["I"] * 50 + ["U"] * 5)
+    assert t.filter(pc.and_(pc.less(t["_dativo_lsn"], lsn), pc.equal(t["_dativo_op"], "U"))).num_rows == 10
+
+
 def test_sigterm_commits_and_exits_zero(tmp_path, logical_pg):
     url, dsn = logical_pg
     c = connect(dsn)

@@ -40,45 +40,64 @@ COLS = [("id", "int"), ("name", "text"), ("amount", "dec"), ("day", "date"), ("t
         ("dt", "ts"), ("flag", "bool"), ("qty", "int"), ("status", "text"), ("big", "text")]
 
 
+class MariaDB:
+    """A private MariaDB writing a row-based binlog into files named `binlog.NNNNNN`."""
+
+    def __init__(self, server_id, extra=()):
+        self.dir = d = pathlib.Path(tempfile.mkdtemp(prefix="dativo-mycdc-"))
+        self.port = port = free_port()
+        as_mysql = [] if os.geteuid() != 0 else ["runuser", "-u", "mysql", "--"]
+        if as_mysql:
+            shutil.chown(d, "mysql")
+        subprocess.run(as_mysql + ["mariadb-install-db", f"--datadir={d}/data",
+                                   "--auth-root-authentication-method=normal", "--skip-test-db"],
+                       check=True, capture_output=True)
+        self.server = subprocess.Popen(as_mysql + [
+            "mariadbd", "--no-defaults", f"--datadir={d}/data", f"--port={port}", "--bind-address=127.0.0.1",
+            f"--socket={d}/sock", f"--pid-file={d}/pid", f"--log-bin={d}/binlog", "--binlog-format=ROW",
+            f"--server-id={server_id}", "--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=2",
+            "--sync-binlog=0", "--skip-name-resolve", "--max-binlog-size=4M", *extra],
+            stdout=subprocess.DEVNULL, stderr=open(d / "log", "w"))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                c = pymysql.connect(unix_socket=str(d / "sock"), user="root", password="", autocommit=True)
+                break
+            except pymysql.err.OperationalError:
+                assert self.server.poll() is None, (d / "log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "MariaDB did not start"
+                time.sleep(0.3)
+        with c.cursor() as cur:
+            # Not in the binlog: a replica's own transactions in the primary's GTID domain
+            # would break strict GTID replication.
+            cur.execute("SET SESSION sql_log_bin = 0")
+            cur.execute("CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'")
+            cur.execute("GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION")
+        c.close()
+        self.url = f"mysql://root@127.0.0.1:{port}/cdc"
+        self.params = dict(host="127.0.0.1", port=port, user="root", password="", database="cdc",
+                           autocommit=True)
+
+    def admin(self):
+        return pymysql.connect(host="127.0.0.1", port=self.port, user="root", password="", autocommit=True)
+
+    def stop(self):
+        self.server.terminate()
+        try:
+            self.server.wait(30)
+        except subprocess.TimeoutExpired:
+            self.server.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def binlog_mariadb():
     """A private MariaDB writing a row-based binlog: (url, pymysql params)."""
-    d = pathlib.Path(tempfile.mkdtemp(prefix="dativo-mycdc-"))
-    port = free_port()
-    as_mysql = [] if os.geteuid() != 0 else ["runuser", "-u", "mysql", "--"]
-    if as_mysql:
-        shutil.chown(d, "mysql")
-    subprocess.run(as_mysql + ["mariadb-install-db", f"--datadir={d}/data",
-                               "--auth-root-authentication-method=normal", "--skip-test-db"],
-                   check=True, capture_output=True)
-    server = subprocess.Popen(as_mysql + [
-        "mariadbd", "--no-defaults", f"--datadir={d}/data", f"--port={port}", "--bind-address=127.0.0.1",
-        f"--socket={d}/sock", f"--pid-file={d}/pid", f"--log-bin={d}/binlog", "--binlog-format=ROW",
-        "--server-id=1", "--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=2",
-        "--sync-binlog=0", "--skip-name-resolve", "--max-binlog-size=4M"],
-        stdout=subprocess.DEVNULL, stderr=open(d / "log", "w"))
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            c = pymysql.connect(unix_socket=str(d / "sock"), user="root", password="", autocommit=True)
-            break
-        except pymysql.err.OperationalError:
-            assert server.poll() is None, (d / "log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "MariaDB did not start"
-            time.sleep(0.3)
-    with c.cursor() as cur:
-        cur.execute("CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'")
-        cur.execute("GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION")
+    m = MariaDB(1)
+    with m.admin().cursor() as cur:
         cur.execute("CREATE DATABASE cdc")
-    c.close()
-    params = dict(host="127.0.0.1", port=port, user="root", password="", database="cdc", autocommit=True)
-    yield f"mysql://root@127.0.0.1:{port}/cdc", params
-    server.terminate()
-    try:
-        server.wait(30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    shutil.rmtree(d, ignore_errors=True)
+    yield m.url, m.params
+    m.stop()
 
 
 def connect(params):
@@ -353,6 +372,124 @@ def test_a_new_column_arrives(tmp_path, binlog_mariadb):
     got = Lake(tmp_path).load("lake.grow").scan().to_arrow().sort_by("id")
     assert got.select(["id", "a", "b"]).to_pylist() == [
         {"id": 1, "a": "x", "b": 10}, {"id": 3, "a": "z", "b": None}, {"id": 4, "a": "w", "b": 40}]
+
+
+def test_truncate_empties_the_mirror(tmp_path, binlog_mariadb):
+    url, params = binlog_mariadb
+    c = connect(params)
+    create(c, "trunc_src", 2_000)
+    q(c, "CREATE TABLE trunc_other (id int PRIMARY KEY)")
+    q(c, "INSERT INTO trunc_other VALUES (1)")
+    j = job(tmp_path, "cdc_trunc", url, "trunc_src")
+    lake = Lake(tmp_path)
+    dativo(tmp_path, "run", j, "--once", "--no-progress")
+    # Changes before, the truncation, rows after it; another table's truncation is not ours.
+    q(c, "UPDATE trunc_src SET name = 'before' WHERE id <= 10")
+    q(c, "TRUNCATE TABLE cdc.`trunc_src`")
+    q(c, "INSERT INTO trunc_src (id, name, qty) SELECT seq, 'after', seq FROM seq_1_to_40")
+    q(c, "TRUNCATE trunc_other")
+    q(c, "UPDATE trunc_src SET name = 'after2' WHERE id <= 5")
+    dativo(tmp_path, "run", j, "--once", "--no-progress")
+    check_mirror(c, lake, "trunc_src")
+    assert lake.load("lake.trunc_src").scan().to_arrow().num_rows == 40
+    q(c, "TRUNCATE trunc_src")
+    dativo(tmp_path, "run", j, "--once", "--no-progress")
+    assert lake.load("lake.trunc_src").scan().to_arrow().num_rows == 0
+    check_mirror(c, lake, "trunc_src")
+
+
+def test_a_failover_to_a_replica_resumes_by_gtid(tmp_path):
+    """The job follows a primary, then its replica (log_slave_updates: the same GTIDs, its
+    own binlog files with the same names at other offsets): it resumes from the GTID in the
+    lake's state, nothing lost or applied twice, from inside a transaction batches cut."""
+    primary = MariaDB(11)
+    replica = MariaDB(12, ["--log-slave-updates", "--gtid-strict-mode=1"])
+    try:
+        p = primary.admin()
+        q(p, "CREATE DATABASE cdc")
+        r = replica.admin()
+        q(r, f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary.port}, MASTER_USER='root', "
+             "MASTER_USE_GTID=slave_pos")
+        q(r, "START SLAVE")
+        c = connect(primary.params)
+        create(c, "fo", 20_000)
+        # Binlog traffic of the replica's own (its own GTID domain) before the table's, so
+        # offsets differ between the two servers' files.
+        q(r, "SET SESSION gtid_domain_id = 2")
+        q(r, "CREATE DATABASE replica_only")
+        q(r, "CREATE TABLE replica_only.pad (id int PRIMARY KEY, v longtext)")
+        q(r, "INSERT INTO replica_only.pad VALUES (1, repeat('x', 200000))")
+        lake = Lake(tmp_path)
+
+        def jobs(name, mode):
+            j = job(tmp_path, name, primary.url, "fo", target_mode=mode)
+            text = (j.read_text().replace("rows: 3000", "rows: 1000").replace("batch_size: 2000", "batch_size: 500")
+                    .replace("table: lake.fo", f"table: lake.{name}"))
+            return (write_job(j, text),
+                    write_job(tmp_path / f"{name}_replica.yaml", text.replace(primary.url, replica.url)))
+        # A mirror, and a changelog that is killed inside a large transaction.
+        mirror, mirror_r = jobs("fo_mirror", "merge")
+        log, log_r = jobs("fo_log", "append")
+        for j in (mirror, log):
+            dativo(tmp_path, "run", j, "--once", "--no-progress")
+        q(c, "UPDATE fo SET name = concat(name, '+') WHERE id <= 19000")
+        follower = start_follower(tmp_path, log)
+        deadline = time.monotonic() + 30
+
+        def log_state():
+            return json.loads(lake.load("lake.fo_log").current_snapshot().summary["dativo.state"])["cdc"]
+        while time.monotonic() < deadline and "partial" not in log_state():
+            time.sleep(0.05)
+        follower.send_signal(signal.SIGKILL)
+        follower.wait()
+        state = log_state()
+        assert state["server_id"] == 11 and state["gtid"].startswith("0-11-"), state
+        assert "partial" in state, state
+        dativo(tmp_path, "run", mirror, "--once", "--no-progress")
+        q(c, "DELETE FROM fo WHERE id BETWEEN 4001 AND 4100")
+        q(c, "INSERT INTO fo (id, name, qty) SELECT seq, 'new', seq FROM seq_30001_to_30300")
+        # The replica has everything; the primary is gone.
+        gtid = q(p, "SELECT @@gtid_binlog_pos")[0][0]
+        waited = q(r, f"SELECT MASTER_GTID_WAIT('{gtid}', 60)")[0][0]
+        with r.cursor(pymysql.cursors.DictCursor) as cur:
+            cur.execute("SHOW SLAVE STATUS")
+            status = cur.fetchone()
+        assert waited == 0, {k: status[k] for k in ("Slave_IO_Running", "Slave_SQL_Running", "Last_Error", "Last_IO_Error")}
+        q(r, "STOP SLAVE")
+        primary.stop()
+        primary = None
+        for j in (mirror_r, log_r):
+            out = dativo(tmp_path, "run", j, "--once", "--no-progress", "-v")
+            assert "resuming from the job's GTID position" in out.stderr, out.stderr[-3000:]
+        rc = connect(replica.params)
+        lake.assert_rows("lake.fo_mirror", COLS, canon(rc, "fo"), "fo", ignore=("_dativo_lsn", "_dativo_commit_time"))
+        for name in ("fo_mirror", "fo_log"):
+            state = json.loads(lake.load(f"lake.{name}").current_snapshot().summary["dativo.state"])["cdc"]
+            assert state["server_id"] == 12, state
+        # Then the replica's own binlog by position.
+        q(rc, "UPDATE fo SET name = 'on replica' WHERE id <= 10")
+        for j in (mirror_r, log_r):
+            out = dativo(tmp_path, "run", j, "--once", "--no-progress", "-v")
+            assert "by GTID" not in out.stderr
+        lake.assert_rows("lake.fo_mirror", COLS, canon(rc, "fo"), "fo", ignore=("_dativo_lsn", "_dativo_commit_time"))
+        # The changelog holds every change once: across the kill inside the transaction and
+        # the move to the replica.
+        t = lake.load("lake.fo_log").scan().to_arrow()
+        counts = {}
+        for op, k in zip(t["_dativo_op"].to_pylist(), t["id"].to_pylist()):
+            counts[(op, k)] = counts.get((op, k), 0) + 1
+        dup = [k for k, n in counts.items() if n > 1 and k[0] != "U"]
+        assert not dup, dup[:5]
+        ops = {}
+        for (op, k), n in counts.items():
+            ops[op] = ops.get(op, 0) + n
+        assert ops == {"R": 20_000, "U": 19_000 + 10, "D": 100, "I": 300}, ops
+        twice = [k for (op, k), n in counts.items() if op == "U" and n != (2 if k <= 10 else 1)]
+        assert not twice, twice[:5]
+    finally:
+        if primary is not None:
+            primary.stop()
+        replica.stop()
 
 
 def test_mistakes_are_named(tmp_path, binlog_mariadb):

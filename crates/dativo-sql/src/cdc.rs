@@ -16,8 +16,12 @@ use serde_json::{Map, Value};
 use dativo_core::config::DurationValue;
 use dativo_core::{Error, Result};
 
-/// The column holding each row's operation: `R` (initial snapshot), `I`, `U`, `D`.
+/// The column holding each row's operation: `R` (initial snapshot), `I`, `U`, `D`, or
+/// [`TRUNCATE_OP`].
 pub const OP_COLUMN: &str = "_dativo_op";
+/// The operation of a row that stands for a `TRUNCATE` of the table: every row before it
+/// is gone. Its table columns are all NULL.
+pub const TRUNCATE_OP: &str = "T";
 /// The column holding each row's source position as a number that grows with the log:
 /// PostgreSQL: the transaction's commit LSN; MySQL: the binlog file's number × 2³² + the
 /// position where the transaction starts. Snapshot rows carry the position the stream

@@ -85,6 +85,8 @@ pub struct MergeStats {
     pub table_bytes: u64,
     /// Position deletes written (previous versions and superseded rows).
     pub position_deletes: u64,
+    /// Truncations of the table applied (every row before one is gone).
+    pub truncates: u64,
 }
 
 /// The merge side of one writer: keys of the commit in progress.
@@ -105,6 +107,9 @@ pub struct Merge {
     keys: Vec<u128>,
     /// Whether the log is settled (a commit retried after a conflict plans again).
     settled: bool,
+    /// The log's length at the commit's last truncation: the rows before it are superseded
+    /// whatever their key, and the table's live files are removed ([`Merge::truncates`]).
+    cut: Option<usize>,
     superseded: Vec<(u32, u64)>,
     /// Partitions written this commit (their values) and the rows written into each.
     parts: Vec<(Struct, u64)>,
@@ -149,6 +154,7 @@ impl Merge {
             log: Vec::new(),
             keys: Vec::new(),
             settled: false,
+            cut: None,
             superseded: Vec::new(),
             parts: Vec::new(),
             part_ids: HashMap::new(),
@@ -286,22 +292,43 @@ impl Merge {
         Ok(parts)
     }
 
+    /// The source truncated the table here: every row before (in the table and in this
+    /// commit) is gone. The commit removes the table's live files, and the rows it wrote so
+    /// far get position deletes.
+    pub fn truncate(&mut self) {
+        self.cut = Some(self.log.len());
+        self.touched.clear();
+        self.stats.truncates += 1;
+    }
+
+    /// Whether the commit in progress truncates the table: it must remove every live file.
+    pub fn truncates(&self) -> bool {
+        self.cut.is_some()
+    }
+
     /// Settle the commit's log: a key's rows other than its last are superseded (they get a
     /// position delete), and the touched keys become a sorted list.
     fn settle(&mut self) {
         if std::mem::replace(&mut self.settled, true) {
             return;
         }
-        // Sorted by hash, then by position in the log: each key's rows in commit order.
-        let mut order: Vec<(u128, u32)> = self
-            .log
-            .iter()
-            .enumerate()
-            .map(|(i, (h, _))| (*h, i as u32))
-            .collect();
-        order.sort_unstable();
         self.keys.clear();
         self.superseded.clear();
+        // Rows before a truncation are gone whatever their key.
+        let cut = self.cut.unwrap_or(0);
+        for (_, slot) in &self.log[..cut] {
+            if let Slot::Written(p, o) = *slot {
+                self.superseded.push((p, o));
+                self.stats.superseded += 1;
+            }
+        }
+        // Sorted by hash, then by position in the log: each key's rows in commit order.
+        let mut order: Vec<(u128, u32)> = self.log[cut..]
+            .iter()
+            .enumerate()
+            .map(|(i, (h, _))| (*h, (cut + i) as u32))
+            .collect();
+        order.sort_unstable();
         for group in order.chunk_by(|a, b| a.0 == b.0) {
             self.keys.push(group[0].0);
             for &(_, i) in &group[..group.len() - 1] {
@@ -318,6 +345,7 @@ impl Merge {
         self.log.clear();
         self.keys.clear();
         self.settled = false;
+        self.cut = None;
         self.superseded.clear();
         self.parts.clear();
         self.part_ids.clear();
@@ -394,7 +422,8 @@ impl Merge {
             .collect();
         // Nothing to look up in a table without data files (a first load, a snapshot's
         // first commit): sorting the touched keys would be work for nothing.
-        let touched = if live.files.iter().any(|f| f.is_data()) {
+        // Nor in a table the commit truncates (its live files are all removed).
+        let touched = if !self.truncates() && live.files.iter().any(|f| f.is_data()) {
             Touched::new(self)?
         } else {
             Touched::empty()

@@ -10,10 +10,12 @@ use dativo_core::{Delivery, Error, Result, WriterContext};
 
 use super::config::{IcebergWriterConfig, WriteMode};
 
-/// The column by which a reader marks a row as a deletion (`D` or `delete`) or an upsert
-/// (anything else, NULL included). It is never written to the table. The change data
+/// The column by which a reader marks a row as a deletion (`D` or `delete`), a truncation
+/// of the whole table ([`TRUNCATE_OP`]) or an upsert (anything else, NULL included). It is never written to the table. The change data
 /// capture readers use it.
 pub const OP_COLUMN: &str = "_dativo_op";
+/// The `_dativo_op` of a row that truncates the table: its other columns are NULL.
+pub const TRUNCATE_OP: &str = "T";
 
 /// The mode this run writes in: the configured one or, unset, `overwrite` for a reader that
 /// delivers the whole source (a full refresh) and `append` otherwise.
@@ -272,6 +274,21 @@ pub fn op_mask(batch: &RecordBatch) -> Result<Option<BooleanArray>> {
         });
     }
     Ok(mask.map(no_nulls))
+}
+
+/// The rows of `batch` that truncate the table (`_dativo_op` = `T`: every row before them
+/// is gone), in order; empty when there are none (or no such column).
+pub fn truncate_rows(batch: &RecordBatch) -> Result<Vec<usize>> {
+    let Some(col) = batch.column_by_name(OP_COLUMN) else {
+        return Ok(Vec::new());
+    };
+    let col = arrow::compute::cast(col, &DataType::Utf8)?;
+    let lit = arrow::array::Scalar::new(StringArray::from(vec![TRUNCATE_OP]));
+    let m = no_nulls(cmp::eq(&col, &lit)?);
+    if m.true_count() == 0 {
+        return Ok(Vec::new());
+    }
+    Ok((0..m.len()).filter(|&i| m.value(i)).collect())
 }
 
 #[cfg(test)]

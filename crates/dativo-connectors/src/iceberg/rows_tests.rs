@@ -412,3 +412,77 @@ fn two_merge_jobs_into_one_table_at_once_both_land() {
     let want: Vec<(i64, &str)> = expect.iter().map(|(i, n)| (*i, n.as_str())).collect();
     lake.assert_rows(&want);
 }
+
+/// A batch of change rows: (op, id, name); a `T` row has NULL id and name.
+fn changes(rows: &[(&str, Option<i64>, Option<&str>)]) -> RecordBatch {
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+fn merge_applies_truncations(extra: Value) {
+    let lake = Lake::new();
+    let mut c = json!({"mode": "merge"});
+    c.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let cfg = lake.config(c);
+    let mut w = IcebergWriter::open(&cfg, &ctx("j", "r1", &["id"])).unwrap();
+    w.write(&batch(&[(1, Some("a")), (2, Some("b")), (3, Some("a"))]))
+        .unwrap();
+    w.commit(&commit("r1", 1, 1)).unwrap();
+    // An update and a delete, then a truncation mid-batch, rows after it, a second batch
+    // with another truncation and a row re-using a key written before it.
+    w.write(&changes(&[
+        ("U", Some(2), Some("c")),
+        ("D", Some(3), None),
+        ("I", Some(4), Some("a")),
+        ("T", None, None),
+        ("I", Some(5), Some("b")),
+        ("I", Some(1), Some("z")),
+    ]))
+    .unwrap();
+    w.write(&changes(&[
+        ("U", Some(5), Some("c")),
+        ("T", None, None),
+        ("I", Some(6), Some("a")),
+        ("I", Some(1), Some("y")),
+    ]))
+    .unwrap();
+    w.commit(&commit("r1", 2, 2)).unwrap();
+    lake.assert_rows(&[(1, "y"), (6, "a")]);
+    assert_eq!(lake.rows().1, "overwrite");
+    // A truncation alone empties the table, and merging continues after it.
+    w.write(&changes(&[("T", None, None)])).unwrap();
+    w.commit(&commit("r1", 3, 3)).unwrap();
+    lake.assert_rows(&[]);
+    w.write(&changes(&[
+        ("I", Some(7), Some("a")),
+        ("U", Some(7), Some("b")),
+    ]))
+    .unwrap();
+    w.commit(&commit("r1", 4, 4)).unwrap();
+    lake.assert_rows(&[(7, "b")]);
+}
+
+#[test]
+fn merge_applies_a_truncation_to_the_table_and_to_the_commits_own_rows() {
+    merge_applies_truncations(json!({}));
+}
+
+#[test]
+fn merge_applies_a_truncation_to_a_partitioned_table() {
+    merge_applies_truncations(json!({"partition_by": ["name"]}));
+}

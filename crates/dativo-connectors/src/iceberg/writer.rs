@@ -1081,7 +1081,14 @@ impl IcebergWriter {
                         None => self.overwrite_change(&live, files.clone())?,
                         Some(m) => {
                             let p = m.plan(&table, &live, &files, &delete_props).await?;
+                            // A truncation removes every file live before this commit.
+                            let remove = if m.truncates() {
+                                live.paths().map(str::to_string).collect()
+                            } else {
+                                Default::default()
+                            };
                             Change {
+                                remove,
                                 add: files.clone(),
                                 add_deletes: p.deletes,
                                 referenced: p.referenced,
@@ -1170,6 +1177,7 @@ impl IcebergWriter {
                 rows_read = st.rows_read,
                 bytes_read = st.bytes_read,
                 table_bytes = st.table_bytes,
+                truncates = st.truncates,
                 "merged"
             );
         } else {
@@ -1201,14 +1209,31 @@ fn merge_summary(st: &MergeStats) -> HashMap<String, String> {
         ("dativo.merge.files-read".into(), st.files_read.to_string()),
         ("dativo.merge.rows-read".into(), st.rows_read.to_string()),
         ("dativo.merge.bytes-read".into(), st.bytes_read.to_string()),
+        ("dativo.merge.truncates".into(), st.truncates.to_string()),
     ])
 }
 
-impl OpenWriter for IcebergWriter {
-    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        if batch.num_rows() == 0 {
-            return Ok(());
+impl IcebergWriter {
+    /// A merge batch with truncations in it: the rows between them written in order, the
+    /// merge told of each truncation where it falls.
+    fn write_truncating(&mut self, batch: &RecordBatch, at: &[usize]) -> Result<()> {
+        let mut start = 0;
+        for &t in at {
+            if t > start {
+                self.write_rows(&batch.slice(start, t - start))?;
+            }
+            if let Some(m) = &mut self.merge {
+                m.truncate();
+            }
+            start = t + 1;
         }
+        if start < batch.num_rows() {
+            self.write_rows(&batch.slice(start, batch.num_rows() - start))?;
+        }
+        Ok(())
+    }
+
+    fn write_rows(&mut self, batch: &RecordBatch) -> Result<()> {
         if let Some(m) = &self.merge {
             m.check_keys(batch)?;
         }
@@ -1246,6 +1271,21 @@ impl OpenWriter for IcebergWriter {
         })?;
         self.rows += batch.num_rows() as u64;
         Ok(())
+    }
+}
+
+impl OpenWriter for IcebergWriter {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.merge.is_some() {
+            let at = modes::truncate_rows(batch)?;
+            if !at.is_empty() {
+                return self.write_truncating(batch, &at);
+            }
+        }
+        self.write_rows(batch)
     }
 
     fn commit(&mut self, commit: &Commit) -> Result<CommitReport> {

@@ -15,12 +15,16 @@
 //!   transaction delivered completely, plus how many changes of the transaction that starts
 //!   there were delivered when a batch cut it. A replayed transaction is identical, so
 //!   skipping that many resumes exactly.
-//! * **Positions** are file and offset (`binlog.000042:1337`); GTIDs are not used, so after
-//!   a failover to another server the job must start over.
+//! * **Positions** are file and offset (`binlog.000042:1337`), kept with the `server_id` of
+//!   the server they are of. On MariaDB the state also holds the equal GTID position: when
+//!   the job reaches another server (a failover), streaming resumes there by GTID. MySQL's
+//!   GTIDs are not used: on another MySQL server the run stops.
 //! * **Schema changes**: the binlog gives a row's values by column position (or by name
 //!   with `binlog_row_metadata = FULL`). A row with a column the run does not know ends the
 //!   run before it; the next run reads the new column. Rows logged before a column was
-//!   added at the end have NULL there. `TRUNCATE` of the table fails the run.
+//!   added at the end have NULL there.
+//! * **TRUNCATE** of the table is one change row, `_dativo_op = 'T'`, every other column
+//!   NULL (a merge target removes every row before it).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,7 +45,7 @@ use dativo_core::{Delivery, Error, OpenReader, ReaderContext, ReaderControl, Res
 use super::dialect::{driver_opts, map_error, MySql, MySqlOptions};
 use super::types::{field_for, kind_for, MyDecoder, MyKind};
 pub use crate::cdc::is_cdc;
-use crate::cdc::{default_heartbeat, yes, ChangeColumns, Every, FLUSH, MEASURE_EVERY};
+use crate::cdc::{default_heartbeat, yes, ChangeColumns, Every, FLUSH, MEASURE_EVERY, TRUNCATE_OP};
 use crate::keyset::{load, Dialect, SqlSource};
 
 /// The `cdc` keys beside the reader's usual ones.
@@ -161,6 +165,22 @@ struct CdcState {
     /// streaming). Monitoring only: `dativo_cdc_behind_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     behind_bytes: Option<i64>,
+    /// The `server_id` of the server whose binlog `start` and `position` are in (file
+    /// positions mean nothing on another server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    server_id: Option<u32>,
+    /// MariaDB: the GTID position (`domain-server-sequence`, one per replication domain)
+    /// equal to `start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start_gtid: Option<String>,
+    /// MariaDB: the GTID position equal to `position`: where streaming resumes on another
+    /// server of the replication topology (after a failover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gtid: Option<String>,
+    /// MariaDB: the GTID of the transaction `partial` counts changes of. A stream resumed by
+    /// GTID on another server can deliver other domains' transactions before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    partial_gtid: Option<String>,
 }
 
 impl CdcState {
@@ -176,6 +196,80 @@ impl CdcState {
     fn resume(&self) -> Result<BinPos> {
         BinPos::parse(self.position.as_deref().unwrap_or(&self.start))
     }
+
+    /// The GTID position equal to [`CdcState::resume`], when the server has GTIDs.
+    fn resume_gtid(&self) -> Option<&str> {
+        match &self.position {
+            Some(_) => self.gtid.as_deref(),
+            None => self.start_gtid.as_deref(),
+        }
+    }
+}
+
+/// A MariaDB GTID position: per replication domain, the last transaction's server id and
+/// sequence number.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Gtids(std::collections::BTreeMap<u32, (u32, u64)>);
+
+impl Gtids {
+    /// `0-1-42,1-2-7` (as `@@gtid_binlog_pos` shows it); empty for an empty text.
+    fn parse(text: &str) -> Result<Gtids> {
+        let mut out = Gtids::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let nums: Vec<u64> = part.split('-').filter_map(|n| n.parse().ok()).collect();
+            match nums[..] {
+                [d, s, n] if d <= u32::MAX as u64 && s <= u32::MAX as u64 => {
+                    out.0.insert(d as u32, (s as u32, n));
+                }
+                _ => {
+                    return Err(Error::data(format!(
+                        "the GTID position `{text}` is unreadable (`{part}` is not domain-server-sequence)"
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn text(&self) -> String {
+        self.0
+            .iter()
+            .map(|(d, (s, n))| format!("{d}-{s}-{n}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// One GTID, `domain-server-sequence`.
+fn parse_one_gtid(text: &str) -> Result<(u32, u32, u64)> {
+    let g = Gtids::parse(text)?;
+    match g.0.iter().next() {
+        Some((d, (s, n))) if g.0.len() == 1 => Ok((*d, *s, *n)),
+        _ => Err(Error::data(format!("`{text}` is not one GTID"))),
+    }
+}
+
+/// What a MariaDB GTID event (type 0xa2) says: (domain, sequence number). The server id is
+/// the event header's.
+fn mariadb_gtid(data: &[u8]) -> Option<(u32, u64)> {
+    let seq = u64::from_le_bytes(data.get(..8)?.try_into().ok()?);
+    let domain = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?);
+    Some((domain, seq))
+}
+
+/// The server's GTID position (MariaDB's `@@gtid_binlog_pos`); `None` where there is none
+/// (MySQL, or MariaDB before its first transaction).
+fn gtid_position(c: &mut Conn) -> Option<String> {
+    let v: Option<Option<String>> = c.query_first("SELECT @@gtid_binlog_pos").ok()?;
+    v.flatten().filter(|s| !s.is_empty())
+}
+
+/// The server's `server_id`.
+fn source_server_id(c: &mut Conn) -> Result<u32> {
+    let v: Option<u32> = c
+        .query_first("SELECT @@server_id")
+        .map_err(|e| map_error(e, "reading the server's server_id"))?;
+    Ok(v.unwrap_or_default())
 }
 
 /// What the runtime tells the reader: stop.
@@ -236,6 +330,10 @@ struct Pending {
     server_id: u32,
     db: String,
     table: String,
+    /// The server's own `server_id`.
+    source_id: u32,
+    /// Resume by GTID: the state's file position is another server's.
+    by_gtid: bool,
 }
 
 fn snap_ctx(ctx: &ReaderContext, state: Option<Json>) -> ReaderContext {
@@ -457,6 +555,7 @@ impl MyCdcReader {
         let server_id = opts
             .server_id
             .unwrap_or_else(|| default_server_id(&ctx.job));
+        let source_id = source_server_id(&mut conn)?;
         let mut reader = MyCdcReader {
             schema,
             all,
@@ -479,6 +578,8 @@ impl MyCdcReader {
                 server_id,
                 db,
                 table: name,
+                source_id,
+                by_gtid: false,
             }),
         };
         match ctx.state.as_ref().map(CdcState::from_value).transpose()? {
@@ -496,15 +597,18 @@ impl MyCdcReader {
                         )
                     })?;
                 let start = master_position(&mut conn);
+                let start_gtid = gtid_position(&mut conn);
                 let src = start.and_then(|p| {
                     SqlSource::<MySql>::open(&rest, &snap_ctx(ctx, None)).map(|s| (p, s))
                 });
                 let unlocked = conn.query_drop("UNLOCK TABLES");
                 let (start, src) = src?;
                 unlocked.map_err(|e| map_error(e, "unlocking"))?;
-                tracing::info!(position = %start.text(), server_id, "binlog position taken; reading the initial snapshot");
+                tracing::info!(position = %start.text(), gtid = start_gtid.as_deref().unwrap_or("-"), server_id, "binlog position taken; reading the initial snapshot");
                 reader.state = CdcState {
                     start: start.text(),
+                    server_id: Some(source_id),
+                    start_gtid,
                     ..CdcState::default()
                 };
                 reader.check_schema(&src)?;
@@ -512,9 +616,34 @@ impl MyCdcReader {
             }
             Some(st) => {
                 let from = st.resume()?;
+                let moved = st.server_id.is_some_and(|id| id != source_id);
+                if moved {
+                    let was = st.server_id.unwrap_or_default();
+                    let Some(gtid) = st.resume_gtid() else {
+                        return Err(Error::config(format!(
+                            "job `{}` followed the binlog of the server with server_id {was}, and {} is \
+                             server {source_id}: a binlog file position means nothing on another server, \
+                             and the job's state has no GTID position to resume from (MySQL GTIDs are not \
+                             supported yet). Point the job back at server {was}, or `dativo state reset` the \
+                             job and clear the target to start over",
+                            ctx.job, reader.pending.as_ref().map_or("", |p| p.what.as_str())
+                        ))
+                        .with_key_path("url"));
+                    };
+                    Gtids::parse(gtid)?;
+                    tracing::warn!(
+                        was,
+                        now = source_id,
+                        gtid,
+                        "the server changed (a failover?): resuming from the job's GTID position"
+                    );
+                    if let Some(p) = reader.pending.as_mut() {
+                        p.by_gtid = true;
+                    }
+                }
                 let logs =
                     binary_logs(&mut conn).map_err(|e| map_error(e, "listing the binary logs"))?;
-                if !logs.iter().any(|(name, _)| *name == from.file) {
+                if !moved && !logs.iter().any(|(name, _)| *name == from.file) {
                     return Err(Error::config(format!(
                         "binlog file `{}` that job `{}` resumes from is gone from the server (purged by \
                          binlog_expire_logs_seconds / expire_logs_days, or another server): the changes \
@@ -557,14 +686,35 @@ impl MyCdcReader {
             Some(master_position(&mut conn)?)
         };
         // Heartbeats every second while the binlog is quiet: the stream never blocks long.
-        conn.query_drop("SET @master_heartbeat_period = 1000000000")
-            .map_err(|e| map_error(e, "asking for binlog heartbeats"))?;
+        // MariaDB sends its GTID events only to replicas that say they understand them (to
+        // others, a `BEGIN` in their place); MySQL ignores the variable.
+        for sql in [
+            "SET @master_heartbeat_period = 1000000000",
+            "SET @mariadb_slave_capability = 4",
+        ] {
+            conn.query_drop(sql)
+                .map_err(|e| map_error(e, "asking for binlog heartbeats and GTID events"))?;
+        }
+        let gtids = Gtids::parse(self.state.resume_gtid().unwrap_or_default())?;
+        let request = if p.by_gtid {
+            // As a MariaDB replica with MASTER_USE_GTID does: the server finds where the
+            // transactions after these GTIDs start; the file name comes in the first rotate.
+            for sql in [
+                format!("SET @slave_connect_state = '{}'", gtids.text()),
+                "SET @slave_gtid_strict_mode = 0".to_string(),
+                "SET @slave_gtid_ignore_duplicates = 0".to_string(),
+            ] {
+                conn.query_drop(&sql)
+                    .map_err(|e| map_error(e, "asking for the binlog by GTID"))?;
+            }
+            BinlogRequest::new(p.server_id).with_pos(4u64)
+        } else {
+            BinlogRequest::new(p.server_id)
+                .with_filename(from.file.clone().into_bytes())
+                .with_pos(from.pos)
+        };
         let stream = conn
-            .get_binlog_stream(
-                BinlogRequest::new(p.server_id)
-                    .with_filename(from.file.clone().into_bytes())
-                    .with_pos(from.pos),
-            )
+            .get_binlog_stream(request)
             .map_err(|e| {
                 map_error(
                     e,
@@ -572,7 +722,13 @@ impl MyCdcReader {
                      from the server's and from other replicas')",
                 )
             })?;
-        tracing::info!(from = %from.text(), server_id = p.server_id, "streaming changes from the binlog");
+        let from = if p.by_gtid {
+            tracing::info!(gtid = %gtids.text(), server_id = p.server_id, "streaming changes from the binlog, by GTID");
+            BinPos::default()
+        } else {
+            tracing::info!(from = %from.text(), server_id = p.server_id, "streaming changes from the binlog");
+            from
+        };
         let caught_up = target.as_ref().is_some_and(|t| from.key() >= t.key());
         Ok(Streamer {
             stream,
@@ -591,6 +747,17 @@ impl MyCdcReader {
             handed: from,
             txn: None,
             skip: self.state.partial,
+            skip_gtid: match &self.state.partial_gtid {
+                Some(g) => Some(parse_one_gtid(g)?),
+                None if p.by_gtid && self.state.partial.is_some() => {
+                    return Err(Error::data(
+                        "the job's state counts changes of a transaction but not its GTID, so it \
+                         cannot resume inside it on another server: point the job back at the \
+                         server it followed, or `dativo state reset` it",
+                    ))
+                }
+                None => None,
+            },
             target,
             caught_up,
             first_row: None,
@@ -603,6 +770,8 @@ impl MyCdcReader {
                 .ok(),
             measure_every: Every::new(MEASURE_EVERY),
             behind: None,
+            gtids,
+            by_gtid: p.by_gtid,
         })
     }
 
@@ -618,6 +787,8 @@ struct Txn {
     start: BinPos,
     /// Changes of it to the table seen so far (delivered or skipped).
     changes: u64,
+    /// Its MariaDB GTID: (domain, server id, sequence number).
+    gtid: Option<(u32, u32, u64)>,
 }
 
 /// The streaming phase: the binlog stream and the batch being built.
@@ -638,6 +809,8 @@ struct Streamer {
     txn: Option<Txn>,
     /// Changes of the first transaction that an earlier run delivered.
     skip: Option<u64>,
+    /// The GTID of that transaction, where known: the skip applies to it only.
+    skip_gtid: Option<(u32, u32, u64)>,
     /// `follow: false`: the position to catch up with.
     target: Option<BinPos>,
     caught_up: bool,
@@ -651,6 +824,10 @@ struct Streamer {
     /// When to measure the binlog behind the job, and what it last was (bytes).
     measure_every: Every,
     behind: Option<i64>,
+    /// The GTID position of `last_end` (MariaDB; empty elsewhere).
+    gtids: Gtids,
+    /// Connected by GTID: the first (made-up) rotate names the file.
+    by_gtid: bool,
 }
 
 impl Streamer {
@@ -710,6 +887,36 @@ fn starts_txn(ty: u8) -> bool {
 
 /// An event's header flag: the server made it up for this stream (no real position).
 const ARTIFICIAL: u16 = 0x20;
+
+/// MariaDB's GTID event: a transaction (or a statement that commits on its own) starts.
+const MARIADB_GTID: u8 = 0xa2;
+
+/// The file a stream connected by GTID starts in, from its first (made-up) rotate event,
+/// which arrives before the stream knows whether events carry a CRC32: when the last 4
+/// bytes of the event are the CRC32 of the rest, they are not part of the name.
+fn fake_rotate_name(ev: &Event, raw: &[u8]) -> Result<String> {
+    let mut bytes = Vec::new();
+    ev.write(mysql::binlog::BinlogVersion::Version4, &mut bytes)
+        .map_err(|e| Error::internal(format!("re-encoding a rotate event: {e}")))?;
+    let n = bytes.len();
+    let has_crc = n > 4
+        && raw.len() > 4
+        && raw[raw.len() - 4..] == bytes[n - 4..]
+        && crc32fast::hash(&bytes[..n - 4]).to_le_bytes() == bytes[n - 4..];
+    let name = if has_crc { &raw[..raw.len() - 4] } else { raw };
+    let name = String::from_utf8(name.to_vec())
+        .map_err(|_| Error::data("the binlog stream started in a file whose name is not UTF-8"))?;
+    let well_formed = name
+        .rsplit_once('.')
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if !well_formed {
+        return Err(Error::data(format!(
+            "the binlog stream started in a file named `{}`, not `name.NNNNNN`",
+            name.escape_debug()
+        )));
+    }
+    Ok(name)
+}
 
 /// Seconds (with an optional `.ffffff`) since 1970 as the binlog logs a TIMESTAMP → a
 /// datetime value in UTC.
@@ -863,9 +1070,14 @@ impl Streamer {
 
     /// The transaction ends at `log_pos` (a commit).
     fn commit(&mut self, log_pos: u64) {
-        if self.txn.take().is_some() {
+        if let Some(t) = self.txn.take() {
             // The transaction an earlier run cut is behind us.
-            self.skip = None;
+            if self.skip_gtid.is_none() || t.gtid == self.skip_gtid {
+                self.skip = None;
+            }
+            if let Some((d, s, n)) = t.gtid {
+                self.gtids.0.insert(d, (s, n));
+            }
         }
         self.advance(log_pos);
     }
@@ -875,6 +1087,7 @@ impl Streamer {
             self.txn = Some(Txn {
                 start: self.last_end.clone(),
                 changes: 0,
+                gtid: None,
             });
         }
     }
@@ -989,7 +1202,9 @@ impl Streamer {
             return Err(Error::data("binlog: a change outside a transaction"));
         };
         t.changes += 1;
-        if self.skip.is_some_and(|n| t.changes <= n) {
+        if self.skip.is_some_and(|n| t.changes <= n)
+            && (self.skip_gtid.is_none() || t.gtid == self.skip_gtid)
+        {
             return Ok(());
         }
         let pos = t.start.number();
@@ -1029,13 +1244,23 @@ impl Streamer {
         let data = ev.read_data().map_err(|e| {
             Error::data(format!("reading a binlog event (type {ty}): {e}")).with_source(e)
         })?;
+        if ty == MARIADB_GTID {
+            self.begin();
+            if let (Some(t), Some((d, n))) = (self.txn.as_mut(), mariadb_gtid(ev.data())) {
+                t.gtid = Some((d, h.server_id(), n));
+            }
+            return Ok(());
+        }
         match data {
             Some(EventData::RotateEvent(r)) => {
                 // The stream's first (made-up) rotate names the file asked for, but comes
                 // before the server said whether events carry checksums, so its name may end
                 // in the 4 bytes of one.
                 let name = r.name();
-                if !(h.flags_raw() & ARTIFICIAL != 0 && name.starts_with(self.file.as_str())) {
+                if self.by_gtid && self.file.is_empty() {
+                    self.file = fake_rotate_name(ev, r.name_raw())?;
+                } else if !(h.flags_raw() & ARTIFICIAL != 0 && name.starts_with(self.file.as_str()))
+                {
                     self.file = name.into_owned();
                 }
                 if self.txn.is_none() {
@@ -1056,11 +1281,10 @@ impl Streamer {
                 } else if head.starts_with("SAVEPOINT") || head.starts_with("ROLLBACK TO") {
                 } else {
                     if head.starts_with("TRUNCATE") && self.names_table(&sql, &q.schema()) {
-                        return Err(Error::data(format!(
-                            "{}.{} was truncated: `mode: cdc` does not apply TRUNCATE yet; `dativo state \
-                             reset` the job and clear the target to load it again",
-                            self.db, self.table
-                        )));
+                        // Its own transaction: one change row, every column NULL.
+                        self.begin();
+                        let nulls = vec![Value::NULL; cols.len()];
+                        self.append(TRUNCATE_OP, &nulls, h.timestamp() as i64 * 1_000_000)?;
                     }
                     // COMMIT, ROLLBACK, or a statement (DDL) that commits on its own.
                     self.commit(log_pos);
@@ -1105,12 +1329,24 @@ impl MyCdcReader {
     /// The state covering every change handed out so far.
     fn stream_state(&mut self) {
         if let Phase::Stream(s) = &mut self.phase {
+            if s.last_end.file.is_empty() {
+                // Connected by GTID and no event yet: the state stays as it was.
+                return;
+            }
+            self.state.server_id = self.pending.as_ref().map(|p| p.source_id);
+            if !s.gtids.0.is_empty() {
+                self.state.gtid = Some(s.gtids.text());
+            }
             // A cut transaction: its start and the changes of it delivered.
             let (pos, partial) = match s.txn.as_ref().filter(|t| t.changes > 0) {
                 Some(t) => (t.start.clone(), Some(t.changes)),
                 None => (s.last_end.clone(), None),
             };
             self.state.position = Some(pos.text());
+            self.state.partial_gtid = match (&partial, s.txn.as_ref().and_then(|t| t.gtid)) {
+                (Some(_), Some((d, sv, n))) => Some(format!("{d}-{sv}-{n}")),
+                _ => None,
+            };
             self.state.partial = partial;
             self.state.source_commit_us = s.last_commit_us;
             self.state.behind_bytes = s.behind;
@@ -1185,6 +1421,7 @@ impl OpenReader for MyCdcReader {
                     self.state.snapshot = None;
                     self.state.snapshot_done = true;
                     self.state.position = Some(self.state.start.clone());
+                    self.state.gtid = self.state.start_gtid.clone();
                     let st = self.streamer()?;
                     let old = std::mem::replace(&mut self.phase, Phase::Stream(Box::new(st)));
                     if let Phase::Snapshot(src) = old {
@@ -1247,6 +1484,37 @@ mod tests {
         assert_eq!(back.resume().unwrap().pos, 300);
         // A PostgreSQL cdc state is not this reader's.
         assert!(CdcState::from_value(&json!({"cdc": {"slot": "s", "start_lsn": "0/1"}})).is_err());
+    }
+
+    #[test]
+    fn gtid_positions() {
+        let g = Gtids::parse("1-2-7, 0-1-42").unwrap();
+        assert_eq!(g.text(), "0-1-42,1-2-7");
+        assert_eq!(Gtids::parse("").unwrap(), Gtids::default());
+        assert!(Gtids::parse("0-1").is_err());
+        assert!(Gtids::parse("a-b-c").is_err());
+        // The GTID that matches where streaming resumes: the snapshot's before streaming.
+        let mut s = CdcState {
+            start: "b.000001:100".into(),
+            start_gtid: Some("0-1-5".into()),
+            ..CdcState::default()
+        };
+        assert_eq!(s.resume_gtid(), Some("0-1-5"));
+        s.position = Some("b.000002:300".into());
+        s.gtid = Some("0-1-9".into());
+        assert_eq!(s.resume_gtid(), Some("0-1-9"));
+        s.gtid = None;
+        assert_eq!(
+            s.resume_gtid(),
+            None,
+            "a position without its GTID has none"
+        );
+        // The GTID event's body: sequence number, then domain.
+        let mut body = 77u64.to_le_bytes().to_vec();
+        body.extend(3u32.to_le_bytes());
+        body.push(0);
+        assert_eq!(mariadb_gtid(&body), Some((3, 77)));
+        assert_eq!(mariadb_gtid(&body[..10]), None);
     }
 
     #[test]

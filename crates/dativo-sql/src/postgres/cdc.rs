@@ -16,6 +16,8 @@
 //! * **The slot** is told (`confirmed_flush_lsn`) only what the writer has committed, through
 //!   the reader's control ([`OpenReader::control`]): it never moves ahead of the lake's state,
 //!   and WAL after it stays until the lake has it.
+//! * **TRUNCATE** of the table is one change row, `_dativo_op = 'T'`, every other column
+//!   NULL: a merge target removes every row before it; a changelog keeps it as a marker.
 //! * **Unchanged TOAST values**: an update that leaves a large value untouched logs it as
 //!   "unchanged". With `REPLICA IDENTITY FULL` the old row in the same message holds it and
 //!   is used; without, the run fails naming the column (never a NULL in the lake).
@@ -47,7 +49,7 @@ use crate::keyset::{load, Dialect, SqlSource};
 use crate::cdc::{
     default_heartbeat, default_name, yes, ChangeColumns, Every, FLUSH, MEASURE_EVERY,
 };
-pub use crate::cdc::{is_cdc, COMMIT_TIME_COLUMN, LSN_COLUMN, OP_COLUMN};
+pub use crate::cdc::{is_cdc, COMMIT_TIME_COLUMN, LSN_COLUMN, OP_COLUMN, TRUNCATE_OP};
 
 /// The `cdc` keys beside the reader's usual ones.
 const CDC_KEYS: &[&str] = &["publication", "slot", "follow", "create", "heartbeat"];
@@ -709,7 +711,8 @@ impl Streamer {
         }
         let (final_lsn, commit_time) = (t.final_lsn, t.commit_time);
         let mut values: Vec<Option<&[u8]>> = vec![None; cols.len()];
-        let row = new.as_ref().or(old.as_ref()).expect("a change has a row");
+        // A truncation has no row: every column NULL.
+        let row = new.as_ref().or(old.as_ref()).map_or(&[][..], Vec::as_slice);
         for (ri, v) in row.iter().enumerate() {
             let Some(Some(ci)) = self.mapping.get(ri) else {
                 continue;
@@ -894,11 +897,7 @@ impl PgCdcReader {
                             s.change("D", None, Some(old), &self.cols)?
                         }
                         PgMsg::Truncate { oids } if s.oid.is_some_and(|o| oids.contains(&o)) => {
-                            return Err(Error::data(format!(
-                                "{}.{} was truncated: `mode: cdc` does not apply TRUNCATE yet; \
-                                 `dativo state reset` the job and clear the target to load it again",
-                                s.namespace, s.name
-                            )));
+                            s.change(TRUNCATE_OP, None, None, &self.cols)?
                         }
                         _ => {}
                     }
