@@ -11,6 +11,8 @@ use serde_json::Value;
 pub mod adbc;
 #[cfg(feature = "parquet")]
 pub mod crypto_tools;
+#[cfg(any(feature = "parquet", feature = "iceberg"))]
+pub mod dictionary;
 #[cfg(feature = "file")]
 pub mod file;
 #[cfg(feature = "http")]

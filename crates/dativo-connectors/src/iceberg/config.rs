@@ -45,10 +45,14 @@ pub struct IcebergWriterConfig {
     /// Parquet compression: `zstd` (default), `zstd(LEVEL)`, `snappy`, `lz4`, `none`.
     #[serde(default = "default_compression")]
     pub compression: Codec,
-    /// Rows per Parquet row group; each open data file buffers one row group, so this bounds
-    /// the writer's memory (iceberg-rust flushes by rows only).
+    /// Maximum rows per Parquet row group.
     #[serde(default = "default_row_group_size")]
     pub row_group_size: usize,
+    /// A row group is also closed once this much encoded data is buffered: each open data
+    /// file (one per partition being written) buffers one row group, so this bounds the
+    /// writer's memory.
+    #[serde(default = "default_row_group_bytes")]
+    pub row_group_bytes: ByteSize,
     /// Data files roll over at this size.
     #[serde(default = "default_file_size")]
     pub target_file_size: ByteSize,
@@ -205,7 +209,10 @@ fn default_compression() -> Codec {
     Codec::Zstd(None)
 }
 fn default_row_group_size() -> usize {
-    131_072
+    1 << 20
+}
+fn default_row_group_bytes() -> ByteSize {
+    ByteSize(48 << 20)
 }
 fn default_file_size() -> ByteSize {
     ByteSize(512 << 20)

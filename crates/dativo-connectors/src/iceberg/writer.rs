@@ -123,6 +123,9 @@ pub struct IcebergWriter {
     splitter: Option<RecordBatchPartitionSplitter>,
     /// `mode: merge`: the keys of the commit in progress.
     merge: Option<Merge>,
+    /// Columns written without a Parquet dictionary, chosen on the first batch
+    /// ([`crate::dictionary`]); `None` until then.
+    plain_columns: Option<Vec<String>>,
     /// The live files the last overwrite or merge commit was planned on: the next plan reads
     /// only the manifests added since.
     live: Option<LiveFiles>,
@@ -834,6 +837,7 @@ impl IcebergWriter {
             mode,
             splitter,
             merge,
+            plain_columns: None,
             live: None,
         })
     }
@@ -859,7 +863,9 @@ impl IcebergWriter {
         let mut b = WriterProperties::builder()
             .set_compression(self.cfg.compression.compression())
             .set_max_row_group_row_count(Some(self.cfg.row_group_size.max(1)))
+            .set_max_row_group_bytes(Some((self.cfg.row_group_bytes.0 as usize).max(1)))
             .set_created_by(format!("dativo {}", env!("CARGO_PKG_VERSION")));
+        b = crate::dictionary::apply(b, self.plain_columns.as_deref().unwrap_or_default());
         if let Some(m) = &self.merge {
             let first = parquet::schema::types::ColumnPath::from(m.key()[0].as_str());
             b = b.set_column_bloom_filter_enabled(first.clone(), true);
@@ -1238,6 +1244,14 @@ impl IcebergWriter {
             m.check_keys(batch)?;
         }
         let conformed = conform(batch, &self.target)?;
+        if self.plain_columns.is_none() {
+            let plain =
+                crate::dictionary::without_dictionary(&conformed, self.cfg.row_group_size.max(1));
+            if !plain.is_empty() {
+                tracing::debug!(columns = ?plain, "many distinct values: written without a dictionary");
+            }
+            self.plain_columns = Some(plain);
+        }
         let parts = match (&mut self.merge, &self.splitter) {
             (Some(m), splitter) => m.prepare(batch, conformed, splitter.as_ref())?,
             (None, None) => vec![(None, conformed)],

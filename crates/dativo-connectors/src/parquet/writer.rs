@@ -50,6 +50,8 @@ pub struct ParquetWriter {
     cfg: ParquetWriterConfig,
     layout: Layout,
     props: WriterProperties,
+    /// Whether the dictionary choice was made (on the first batch, [`crate::dictionary`]).
+    dictionaries_chosen: bool,
     job: String,
     run_id: String,
     /// The OS lock on a local directory (`None` on object stores).
@@ -322,6 +324,7 @@ impl ParquetWriter {
         }
         Ok(ParquetWriter {
             props,
+            dictionaries_chosen: false,
             job: ctx.job.clone(),
             run_id: ctx.run_id.clone(),
             lock,
@@ -630,6 +633,14 @@ impl OpenWriter for ParquetWriter {
         if let Some(lease) = &self.lease {
             if lease.is_lost() {
                 return lease.check();
+            }
+        }
+        if !std::mem::replace(&mut self.dictionaries_chosen, true) {
+            let plain = crate::dictionary::without_dictionary(batch, self.cfg.row_group_size);
+            if !plain.is_empty() {
+                tracing::debug!(columns = ?plain, "many distinct values: written without a dictionary");
+                let b = self.props.clone().into_builder();
+                self.props = crate::dictionary::apply(b, &plain).build();
             }
         }
         for (dir, rows) in self.split(batch)? {

@@ -109,7 +109,8 @@ pub fn key_literal(
 /// A column decoder of a dialect: values appended, then finished into an Arrow array.
 pub trait ArrayDecoder {
     /// The values appended since the last call, as an array; the decoder starts over.
-    fn finish(&mut self) -> ArrayRef;
+    /// Errors: values that are not what the column's type says (text that is not UTF-8).
+    fn finish(&mut self) -> Result<ArrayRef>;
 }
 
 /// What every partition worker of a run shares: what the rows hold (`K`: how a dialect
@@ -229,7 +230,16 @@ impl<'a, K> Emitter<'a, K> {
     }
 
     fn emit<D: ArrayDecoder>(&mut self, decoders: &mut [D], last: bool) -> Result<()> {
-        let mut arrays: Vec<ArrayRef> = decoders.iter_mut().map(|d| d.finish()).collect();
+        let mut arrays: Vec<ArrayRef> = decoders
+            .iter_mut()
+            .enumerate()
+            .map(|(i, d)| {
+                d.finish().map_err(|e| {
+                    let name = self.spec.names.get(i).map_or("?", String::as_str);
+                    e.context(format!("column `{name}` of {}", self.spec.source))
+                })
+            })
+            .collect::<Result<_>>()?;
         let seen = match (self.spec.seen_col, arrays.pop()) {
             (true, Some(hashes)) => hashes
                 .as_string::<i32>()
@@ -293,11 +303,11 @@ mod tests {
         Text(arrow::array::StringBuilder),
     }
     impl ArrayDecoder for Dec {
-        fn finish(&mut self) -> ArrayRef {
-            match self {
+        fn finish(&mut self) -> Result<ArrayRef> {
+            Ok(match self {
                 Dec::Int(b) => Arc::new(b.finish()),
                 Dec::Text(b) => Arc::new(b.finish()),
-            }
+            })
         }
     }
 

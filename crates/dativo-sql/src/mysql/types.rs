@@ -394,8 +394,8 @@ impl MyDecoder {
 }
 
 impl ArrayDecoder for MyDecoder {
-    fn finish(&mut self) -> ArrayRef {
-        MyDecoder::finish(self)
+    fn finish(&mut self) -> dativo_core::Result<ArrayRef> {
+        Ok(MyDecoder::finish(self))
     }
 }
 

@@ -228,7 +228,16 @@ impl Dialect for Postgres {
                 range,
             };
             let name = format!("dativo-pg-{range}");
-            spec.spawn(name, move |spec| runtime().block_on(task.run(spec)))?;
+            // The partition's own single-threaded runtime: its connection task (socket reads,
+            // TLS, message framing) runs on this thread between the rows it decodes, so no
+            // chunk of the COPY stream crosses threads (each crossing is a wakeup).
+            spec.spawn(name, move |spec| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::internal(format!("starting a partition's runtime: {e}")))?;
+                rt.block_on(task.run(spec))
+            })?;
         }
         Ok(())
     }

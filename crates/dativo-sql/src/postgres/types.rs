@@ -208,6 +208,10 @@ pub enum Decoder {
     Decimal(Decimal128Builder, u8, i8, bool),
     /// Text-like → string; the tag says how to decode.
     Str(StringBuilder, StrKind),
+    /// Text the server sends as UTF-8 (text, varchar, char, json): the bytes are collected
+    /// as they are and checked once per batch (one pass over the batch's values, not a call
+    /// per value).
+    Text(BinaryBuilder),
     /// bytea
     Bytea(BinaryBuilder),
     /// date
@@ -265,9 +269,7 @@ impl Decoder {
             ColKind::NumericText => {
                 Decoder::Str(StringBuilder::with_capacity(c, c * 8), StrKind::Numeric)
             }
-            ColKind::Text | ColKind::Json => {
-                Decoder::Str(StringBuilder::with_capacity(c, c * 16), StrKind::Text)
-            }
+            ColKind::Text | ColKind::Json => Decoder::Text(BinaryBuilder::with_capacity(c, c * 16)),
             ColKind::Jsonb => Decoder::Str(StringBuilder::with_capacity(c, c * 32), StrKind::Jsonb),
             ColKind::Inet => Decoder::Str(StringBuilder::with_capacity(c, c * 16), StrKind::Inet),
             ColKind::MacAddr => Decoder::Str(StringBuilder::with_capacity(c, c * 17), StrKind::Mac),
@@ -357,7 +359,7 @@ impl Decoder {
                 check_array_room(x.values_slice().len(), v.len())?;
                 x.append_value(v)
             }
-            Decoder::Bytea(x) => {
+            Decoder::Bytea(x) | Decoder::Text(x) => {
                 check_array_room(x.values_slice().len(), b.len())?;
                 x.append_value(b)
             }
@@ -425,7 +427,7 @@ impl Decoder {
             Decoder::F64(x) => x.append_null(),
             Decoder::Decimal(x, ..) => x.append_null(),
             Decoder::Str(x, _) => x.append_null(),
-            Decoder::Bytea(x) => x.append_null(),
+            Decoder::Bytea(x) | Decoder::Text(x) => x.append_null(),
             Decoder::Date(x, _) => x.append_null(),
             Decoder::Time(x) => x.append_null(),
             Decoder::Ts(x, ..) => x.append_null(),
@@ -444,9 +446,10 @@ impl Decoder {
         }
     }
 
-    /// Finish the values appended so far into an array; the decoder is reset.
-    pub fn finish(&mut self) -> ArrayRef {
-        match self {
+    /// Finish the values appended so far into an array; the decoder is reset. Errors: text
+    /// that is not UTF-8.
+    pub fn finish(&mut self) -> Result<ArrayRef, String> {
+        Ok(match self {
             Decoder::Bool(x) => Arc::new(x.finish()),
             Decoder::I16(x) => Arc::new(x.finish()),
             Decoder::I32(x) => Arc::new(x.finish()),
@@ -456,6 +459,10 @@ impl Decoder {
             Decoder::Decimal(x, ..) => Arc::new(x.finish()),
             Decoder::Str(x, _) => Arc::new(x.finish()),
             Decoder::Bytea(x) => Arc::new(x.finish()),
+            Decoder::Text(x) => Arc::new(
+                StringArray::try_from_binary(x.finish())
+                    .map_err(|e| format!("text that is not UTF-8: {e}"))?,
+            ),
             Decoder::Date(x, _) => Arc::new(x.finish()),
             Decoder::Time(x) => Arc::new(x.finish()),
             Decoder::Ts(x, tz, _) => {
@@ -477,7 +484,7 @@ impl Decoder {
             )),
             Decoder::Uuid(x) => Arc::new(x.finish()),
             Decoder::List(inner, offsets, nulls, field) => {
-                let values = inner.finish();
+                let values = inner.finish()?;
                 let offs = std::mem::replace(offsets, vec![0]);
                 let nb: Option<NullBuffer> = nulls.finish();
                 Arc::new(ListArray::new(
@@ -487,13 +494,13 @@ impl Decoder {
                     nb,
                 ))
             }
-        }
+        })
     }
 }
 
 impl ArrayDecoder for Decoder {
-    fn finish(&mut self) -> ArrayRef {
-        Decoder::finish(self)
+    fn finish(&mut self) -> dativo_core::Result<ArrayRef> {
+        Decoder::finish(self).map_err(dativo_core::Error::data)
     }
 }
 
@@ -542,41 +549,134 @@ fn parse_numeric(b: &[u8]) -> Result<Numeric<'_>, String> {
     })
 }
 
+/// [`numeric_to_i128`] for a decimal of at most 18 digits, in 64-bit arithmetic (most
+/// decimal columns): `None` when the value does not fit exactly.
+#[inline]
+fn numeric_to_i64(n: &Numeric<'_>, precision: u8, scale: i8) -> Option<i64> {
+    let scale = scale.max(0) as u32;
+    let mut v: u64 = 0;
+    let mut frac = 0u32;
+    for i in 0..n.ndigits {
+        let d = u16::from_be_bytes([n.digits[2 * i], n.digits[2 * i + 1]]) as u64;
+        let pos = n.weight as i32 - i as i32;
+        if pos < 0 {
+            if i == 0 {
+                frac += 4 * (-pos - 1) as u32;
+                if frac > scale {
+                    return None;
+                }
+            }
+            let room = scale - frac;
+            if room < 4 {
+                let cut = POW10_U64[(4 - room) as usize];
+                if d % cut != 0 {
+                    return None;
+                }
+                v = v
+                    .checked_mul(POW10_U64[room as usize])?
+                    .checked_add(d / cut)?;
+                frac = scale;
+                continue;
+            }
+            frac += 4;
+        }
+        v = v.checked_mul(10_000)?.checked_add(d)?;
+    }
+    if n.ndigits > 0 && n.weight as i32 >= n.ndigits as i32 {
+        let missing = (n.weight as i32 - n.ndigits as i32 + 1) as usize;
+        v = v.checked_mul(*POW10_U64.get(4 * missing)?)?;
+    }
+    v = v.checked_mul(POW10_U64[(scale - frac) as usize])?;
+    if v >= POW10_U64[precision as usize] {
+        return None;
+    }
+    Some(if n.sign == 0x4000 {
+        -(v as i64)
+    } else {
+        v as i64
+    })
+}
+
+/// Powers of ten that fit a `u64`.
+const POW10_U64: [u64; 20] = {
+    let mut t = [1u64; 20];
+    let mut i = 1;
+    while i < 20 {
+        t[i] = t[i - 1] * 10;
+        i += 1;
+    }
+    t
+};
+
+/// Powers of ten that fit an `i128`.
+const POW10: [i128; 39] = {
+    let mut t = [1i128; 39];
+    let mut i = 1;
+    while i < 39 {
+        t[i] = t[i - 1] * 10;
+        i += 1;
+    }
+    t
+};
+
 /// A numeric value as an unscaled i128 at `scale`, checked against `precision`.
+///
+/// PostgreSQL sends base-10000 digit groups; each group is folded in with one multiply
+/// (a cut last fraction group with one division): this runs once per value of every
+/// decimal column.
 pub fn numeric_to_i128(b: &[u8], precision: u8, scale: i8) -> Result<i128, String> {
     let n = parse_numeric(b)?;
+    if precision <= 18 {
+        if let Some(v) = numeric_to_i64(&n, precision, scale) {
+            return Ok(v as i128);
+        }
+        // Out of range or too many fractional digits: the general path says which.
+    }
     let too_large = || format!("numeric value does not fit decimal({precision},{scale})");
+    let too_fine = || {
+        format!(
+            "numeric value has more than {scale} fractional digits; raise `numeric.scale` or read it as text"
+        )
+    };
     let scale = scale.max(0) as u32;
     let mut v: i128 = 0;
     // Decimal digits after the point accumulated into `v` so far.
     let mut frac = 0u32;
-    let push = |v: i128, d: i128, mul: i128| -> Option<i128> { v.checked_mul(mul)?.checked_add(d) };
     for i in 0..n.ndigits {
         let d = i16::from_be_bytes([n.digits[2 * i], n.digits[2 * i + 1]]) as i128;
         let pos = n.weight as i32 - i as i32;
         if pos >= 0 {
-            v = push(v, d, 10_000).ok_or_else(too_large)?;
+            v = v
+                .checked_mul(10_000)
+                .and_then(|v| v.checked_add(d))
+                .ok_or_else(too_large)?;
             continue;
         }
         // Leading zero groups of a fraction (0.0000xxxx) precede the first stored group.
         if i == 0 {
             frac += 4 * (-pos - 1) as u32;
             if frac > scale {
-                return Err(format!(
-                    "numeric value has more than {scale} fractional digits; raise `numeric.scale` or read it as text"
-                ));
+                return Err(too_fine());
             }
         }
-        for k in (0..4).rev() {
-            let digit = (d / 10i128.pow(k)) % 10;
-            if frac < scale {
-                v = push(v, digit, 10).ok_or_else(too_large)?;
-                frac += 1;
-            } else if digit != 0 {
-                return Err(format!(
-                    "numeric value has more than {scale} fractional digits; raise `numeric.scale` or read it as text"
-                ));
+        let room = scale - frac;
+        if room >= 4 {
+            v = v
+                .checked_mul(10_000)
+                .and_then(|v| v.checked_add(d))
+                .ok_or_else(too_large)?;
+            frac += 4;
+        } else {
+            // Only the first `room` digits of this group fit the scale; the rest must be 0.
+            let cut = POW10[(4 - room) as usize];
+            if d % cut != 0 {
+                return Err(too_fine());
             }
+            v = v
+                .checked_mul(POW10[room as usize])
+                .and_then(|v| v.checked_add(d / cut))
+                .ok_or_else(too_large)?;
+            frac = scale;
         }
     }
     if n.ndigits > 0 && n.weight as i32 >= n.ndigits as i32 {
@@ -586,10 +686,15 @@ pub fn numeric_to_i128(b: &[u8], precision: u8, scale: i8) -> Result<i128, Strin
             .checked_mul(10_000i128.checked_pow(missing).ok_or_else(too_large)?)
             .ok_or_else(too_large)?;
     }
+    let pad = (scale - frac) as usize;
     v = v
-        .checked_mul(10i128.checked_pow(scale - frac).ok_or_else(too_large)?)
+        .checked_mul(*POW10.get(pad).ok_or_else(too_large)?)
         .ok_or_else(too_large)?;
-    if v.unsigned_abs() >= 10u128.pow(precision as u32) {
+    // (Arrow's decimals have at most 38 digits, and 10³⁸ is the table's last entry.)
+    if POW10
+        .get(precision as usize)
+        .is_some_and(|&limit| v.unsigned_abs() >= limit as u128)
+    {
         return Err(too_large());
     }
     Ok(if n.sign == 0x4000 { -v } else { v })
@@ -752,6 +857,90 @@ mod tests {
         assert_eq!(numeric_to_i128(&b, 10, 8).unwrap(), 1);
         assert!(numeric_to_i128(&b, 10, 7).is_err());
         assert!(numeric_to_i128(&numeric(0, 0xC000, 0, &[]), 10, 2).is_err());
+    }
+
+    /// The unscaled value at `scale` by way of the decimal text, or `None` where it does not
+    /// fit (more fractional digits, or `precision` exceeded).
+    fn by_text(b: &[u8], precision: u8, scale: u32) -> Option<i128> {
+        let t = numeric_to_string(b).unwrap();
+        let (neg, t) = t
+            .strip_prefix('-')
+            .map_or((false, t.as_str()), |r| (true, r));
+        let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+        let frac = frac.trim_end_matches('0');
+        if frac.len() > scale as usize {
+            return None;
+        }
+        let digits = format!("{int}{frac:0<width$}", width = scale as usize);
+        let v: i128 = digits.parse().ok()?;
+        if v.unsigned_abs() >= 10u128.pow(precision as u32) {
+            return None;
+        }
+        Some(if neg { -v } else { v })
+    }
+
+    #[test]
+    fn numerics_agree_with_their_text_at_every_scale() {
+        // A small xorshift: many shapes of digit groups, weights and scales, reproducibly.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..200_000 {
+            let nd = (next() % 6) as usize;
+            let digits: Vec<i16> = (0..nd)
+                .map(|i| {
+                    let d = (next() % 10_000) as i16;
+                    // PostgreSQL strips zero groups at both ends.
+                    if (i == 0 || i == nd - 1) && d == 0 {
+                        1
+                    } else {
+                        d
+                    }
+                })
+                .collect();
+            let weight = (next() % 9) as i16 - 4;
+            let sign = if next() % 2 == 0 { 0 } else { 0x4000 };
+            let dscale = (4 * (nd as i16 - weight - 1)).max(0) as u16;
+            let b = numeric(weight, sign, dscale, &digits);
+            let precision = 1 + (next() % 38) as u8;
+            let scale = (next() % (precision as u64 + 1)) as u32;
+            let want = by_text(&b, precision, scale);
+            let got = numeric_to_i128(&b, precision, scale as i8).ok();
+            assert_eq!(
+                got, want,
+                "{digits:?} weight {weight} sign {sign:x} as ({precision},{scale})"
+            );
+        }
+    }
+
+    #[test]
+    fn text_is_checked_once_per_batch_and_never_passes_invalid_utf8() {
+        let mut d = Decoder::new(&ColKind::Text, 4, false);
+        for v in [Some("grüße".as_bytes()), None, Some(b"plain".as_slice())] {
+            d.append(v).unwrap();
+        }
+        let a = d.finish().unwrap();
+        let a = a.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(
+            a.iter().collect::<Vec<_>>(),
+            vec![Some("grüße"), None, Some("plain")]
+        );
+        // Invalid bytes, and a character split across two values (the concatenation is
+        // valid UTF-8, the values are not).
+        for vals in [
+            vec![b"ok".as_slice(), b"\xff"],
+            vec!["ü".as_bytes()[..1].as_ref(), &"ü".as_bytes()[1..]],
+        ] {
+            for v in vals {
+                d.append(Some(v)).unwrap();
+            }
+            let e = d.finish().expect_err("not UTF-8");
+            assert!(e.contains("not UTF-8"), "{e}");
+        }
     }
 
     #[test]
