@@ -1,6 +1,15 @@
 #!/usr/bin/env python3
-"""PostgreSQL → Parquet: dativo against the COPY ceiling, the psycopg2 baseline and ConnectorX,
-all measured in the same run on the same table. See bench/README.md."""
+"""PostgreSQL → Parquet: dativo against the COPY ceiling, the psycopg2 baseline, ConnectorX and
+Sling, all measured in the same run on the same table, every output checked against the source.
+
+Table shapes (`--shape`):
+  wide21    21 columns of every common type (the default)
+  lineitem  TPC-H lineitem (16 columns: bigints, four numeric(15,2), three dates, short and
+            long strings), generated offline by DuckDB's tpch extension
+  wide50    50 columns: 15 integers, 10 numerics, 15 texts, 10 dates and timestamps
+
+Every mover connects without TLS (`sslmode=disable`): the bench measures movers, not
+encryption. CPU s is the process's own user+sys time (rusage, children included)."""
 import argparse
 import json
 import os
@@ -15,8 +24,8 @@ import duckdb
 import psycopg2
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DSN = os.environ.get("DATIVO_BENCH_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
-URL = os.environ.get("DATIVO_BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/test")
+DSN = os.environ.get("DATIVO_BENCH_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test sslmode=disable")
+URL = os.environ.get("DATIVO_BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
 PY = sys.executable
 DATIVO = os.environ.get("DATIVO_BIN", str(ROOT / "target/release/dativo"))
 
@@ -34,13 +43,79 @@ FILL = """SELECT i, (i %% 30000)::int2, i * 7, i::int8 * 1000003, i / 3.0, i / 7
 SUMS = ["id", "i4", "i8", "n", "f8"]
 
 
-def ensure_table(rows):
-    name = f"dativo_bench_{rows}"
+LINEITEM = """l_orderkey bigint, l_partkey bigint, l_suppkey bigint, l_linenumber int,
+  l_quantity numeric(15,2), l_extendedprice numeric(15,2), l_discount numeric(15,2), l_tax numeric(15,2),
+  l_returnflag varchar(1), l_linestatus varchar(1), l_shipdate date, l_commitdate date, l_receiptdate date,
+  l_shipinstruct varchar(25), l_shipmode varchar(10), l_comment varchar(44),
+  PRIMARY KEY (l_orderkey, l_linenumber)"""
+LINEITEM_SUMS = ["l_orderkey", "l_partkey", "l_suppkey", "l_quantity", "l_extendedprice", "l_discount"]
+
+GEN_LINEITEM = r'''
+import duckdb, glob, os, sys
+ext = glob.glob(os.path.join(sys.argv[1], "duckdb_extension_tpch", "**", "tpch.duckdb_extension"), recursive=True)[0]
+con = duckdb.connect(config={"allow_unsigned_extensions": "true", "enable_progress_bar": "false"})
+con.execute(f"LOAD '{ext}'")
+con.execute(f"CALL dbgen(sf={sys.argv[2]})")
+con.execute(f"COPY lineitem TO '{sys.argv[3]}' (HEADER false, DELIMITER '|')")
+'''
+
+
+def wide50():
+    """Columns and a generator of 50 mixed columns."""
+    cols, fill = ["id int8 primary key"], ["i"]
+    for k in range(14):
+        cols.append(f"n{k} {'int8' if k % 2 else 'int4'}")
+        fill.append(f"(i * {k + 7}) %% {10 ** (3 + k % 6)}")
+    for k in range(10):
+        cols.append(f"d{k} numeric({12 + k % 4 * 2},{2 + k % 3})")
+        fill.append(f"((i * {k + 3}) %% 10000000) / {10 ** (2 + k % 3)}.0")
+    for k in range(15):
+        cols.append(f"t{k} text")
+        fill.append(f"'v' || ((i * {k + 11}) %% {10 ** (1 + k % 6)})" if k % 3 else
+                    f"md5((i + {k})::text) || ' ' || (i %% 997)")
+    for k in range(10):
+        typ = ["date", "timestamp", "timestamptz"][k % 3]
+        cols.append(f"ts{k} {typ}")
+        fill.append(f"{typ} '2020-01-01' + (i * {k + 1}) %% 100000000 * interval '1 second'")
+    return ",\n  ".join(cols), "SELECT " + ", ".join(fill) + " FROM generate_series(%s, %s) i"
+
+
+WIDE50_SUMS = ["id", "n1", "n3", "d0", "d5"]
+
+
+def ensure_table(rows, shape="wide21"):
+    """The benchmark table of `shape` with about `rows` rows (lineitem: TPC-H's scale
+    factor rows / 6,000,000): (name, column sums, row count, size on disk)."""
+    sums_of = {"wide21": SUMS, "lineitem": LINEITEM_SUMS, "wide50": WIDE50_SUMS}[shape]
+    name = f"dativo_bench_{rows}" if shape == "wide21" else f"dativo_bench_{shape}_{rows}"
     conn = psycopg2.connect(DSN)
     conn.autocommit = True
     with conn.cursor() as c:
         c.execute("SELECT count(*) FROM pg_class WHERE relname = %s", (name,))
-        if c.fetchone()[0] == 0:
+        exists = c.fetchone()[0] > 0
+        if not exists and shape == "lineitem":
+            print(f"creating {name} (TPC-H lineitem, scale factor {rows / 6e6:.3f})…", flush=True)
+            tpch = os.environ.get("DATIVO_BENCH_TPCH")
+            if not tpch:
+                raise SystemExit("--shape lineitem needs DuckDB's tpch extension: run it through bench/run")
+            csv = pathlib.Path(tempfile.mkdtemp(prefix="dativo-tpch-")) / "lineitem.csv"
+            subprocess.run([PY, "-c", GEN_LINEITEM, tpch, str(rows / 6e6), str(csv)], check=True,
+                           env=dict(os.environ, PYTHONPATH=tpch))
+            c.execute(f"CREATE TABLE {name}_tmp ({LINEITEM})")
+            with open(csv) as f:
+                c.copy_expert(f"COPY {name}_tmp FROM STDIN WITH (FORMAT csv, DELIMITER '|')", f)
+            shutil.rmtree(csv.parent, ignore_errors=True)
+            c.execute(f"VACUUM ANALYZE {name}_tmp")
+            c.execute(f"ALTER TABLE {name}_tmp RENAME TO {name}")
+        elif not exists and shape == "wide50":
+            print(f"creating {name} ({rows:,} rows, 50 columns)…", flush=True)
+            cols, fill = wide50()
+            c.execute(f"CREATE TABLE {name}_tmp ({cols})")
+            for lo in range(1, rows + 1, 250_000):
+                c.execute(f"INSERT INTO {name}_tmp " + fill, (lo, min(lo + 250_000 - 1, rows)))
+            c.execute(f"VACUUM ANALYZE {name}_tmp")
+            c.execute(f"ALTER TABLE {name}_tmp RENAME TO {name}")
+        elif not exists:
             print(f"creating {name} ({rows:,} rows)…", flush=True)
             c.execute(f"CREATE TABLE {name}_tmp ({COLUMNS})")
             step = 500_000
@@ -50,10 +125,12 @@ def ensure_table(rows):
             c.execute(f"UPDATE {name}_tmp SET i2 = NULL, f4 = NULL, ts = NULL, j = NULL WHERE id % 11 = 0")
             c.execute(f"VACUUM ANALYZE {name}_tmp")
             c.execute(f"ALTER TABLE {name}_tmp RENAME TO {name}")
-        c.execute(f"SELECT {', '.join(f'sum({s})' for s in SUMS)}, count(*), pg_total_relation_size(%s) FROM {name}", (name,))
+        c.execute(f"SELECT {', '.join(f'sum({s})' for s in sums_of)}, count(*), pg_total_relation_size(%s) FROM {name}", (name,))
         *sums, count, size = c.fetchone()
+        c.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = %s", (name,))
+        ncols = c.fetchone()[0]
     conn.close()
-    return name, [float(s) for s in sums], count, size
+    return name, sums_of, [float(s) for s in sums], count, size, ncols
 
 
 def timed(cmd, **kw):
@@ -69,18 +146,21 @@ def timed(cmd, **kw):
     return wall, int(rss_kb) / 1024, float(user) + float(sys_), p
 
 
-def check(out_dir, want_sums, want_count):
-    check_files([str(f) for f in pathlib.Path(out_dir).glob("*.parquet")], want_sums, want_count, out_dir)
+def check(out_dir, cols, want_sums, want_count):
+    files = [str(f) for f in pathlib.Path(out_dir).rglob("*.parquet") if f.is_file()]
+    check_files(files, cols, want_sums, want_count, out_dir)
 
 
-def check_iceberg(work, want_sums, want_count):
+def check_iceberg(work, cols, want_sums, want_count):
     files = [str(f) for f in pathlib.Path(work / "warehouse").rglob("*.parquet")]
-    check_files(files, want_sums, want_count, "the Iceberg table")
+    check_files(files, cols, want_sums, want_count, "the Iceberg table")
 
 
-def check_files(files, want_sums, want_count, what):
+def check_files(files, cols, want_sums, want_count, what):
+    if not files:
+        raise SystemExit(f"{what}: no Parquet files")
     got = duckdb.execute(
-        f"SELECT {', '.join(f'sum({s})' for s in SUMS)}, count(*) FROM read_parquet({files!r})"
+        f"SELECT {', '.join(f'sum({s})' for s in cols)}, count(*) FROM read_parquet({files!r})"
     ).fetchone()
     *sums, count = got
     ok = count == want_count and all(abs(float(a) - b) <= 1e-6 * max(1, abs(b)) for a, b in zip(sums, want_sums))
@@ -103,10 +183,12 @@ while True:
     cols = [d.name for d in cur.description]
     data = {c: [r[i] for r in rows] for i, c in enumerate(cols)}
     for c in ("u",):                         # uuid objects → strings
-        data[c] = [None if v is None else str(v) for v in data[c]]
+        if c in data:
+            data[c] = [None if v is None else str(v) for v in data[c]]
     for c in ("j",):                         # jsonb dicts → JSON text
         import json
-        data[c] = [None if v is None else json.dumps(v) for v in data[c]]
+        if c in data:
+            data[c] = [None if v is None else json.dumps(v) for v in data[c]]
     t = pa.table(data)
     if writer is None:
         # Decimal precision inferred from the first chunk may be too small for later ones.
@@ -125,25 +207,72 @@ pq.write_table(t, out + "/part-0.parquet")
 '''
 
 
+def sling_run(work, table, cols, sums, count):
+    """Sling (bench/run installs it offline into .venv/sling) copying the table to Parquet."""
+    site = pathlib.Path(os.environ.get("DATIVO_BENCH_SLING", ""))
+    binary = site / "sling_linux_amd64/bin/sling-linux-amd64"
+    if not binary.exists():
+        print("Sling not installed (bench/run installs it into .venv/sling): skipped")
+        return None
+    binary.chmod(0o755)
+    ext_dir = pathlib.Path.home() / ".duckdb/extensions/v1.5.5/linux_amd64"
+    ext_dir.mkdir(parents=True, exist_ok=True)
+    for e in site.rglob("*.duckdb_extension"):
+        if not (ext_dir / e.name).exists():
+            shutil.copy(e, ext_dir / e.name)
+    out = work / "sling"
+    rep = work / "sling.yaml"
+    rep.write_text(json.dumps({
+        "source": "PG", "target": "LOCAL",
+        "defaults": {"mode": "full-refresh", "object": f"file://{out}/data.parquet",
+                     "target_options": {"format": "parquet"}},
+        "streams": {f"public.{table}": {}},
+    }))
+    env = dict(os.environ, PG=URL.replace("postgres://", "postgresql://"),
+               SLING_DISABLE_TELEMETRY="true", DUCKDB_VERSION="1.5.5")
+    duck = site / "duckdb_cli/duckdb"
+    if duck.exists():
+        env["DUCKDB_PATH"] = str(duck)
+    try:
+        wall, rss, cpu, _ = timed([str(binary), "run", "-r", str(rep)], env=env, cwd=work)
+    except SystemExit as e:
+        print(f"Sling failed: {str(e)[-1500:]}", file=sys.stderr)
+        return None
+    name = "Sling → Parquet"
+    try:
+        check(out, cols, sums, count)
+    except SystemExit as e:
+        # Reported, not fatal: the row says what is wrong with the peer's output.
+        files = [str(f) for f in out.rglob("*.parquet") if f.is_file()]
+        got = duckdb.execute(f"SELECT count(*) FROM read_parquet({files!r})").fetchone()[0] if files else 0
+        print(f"Sling's output is wrong: {e}", file=sys.stderr)
+        name += f" — OUTPUT WRONG: {got:,} of {count:,} rows"
+    shutil.rmtree(out, ignore_errors=True)
+    return (name, wall, rss, cpu)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=1_000_000, help="table size (default 1M)")
-    ap.add_argument("--skip", default="", help="comma-separated: baseline,connectorx")
+    ap.add_argument("--skip", default="", help="comma-separated: baseline,connectorx,sling")
+    ap.add_argument("--shape", default="wide21", choices=["wide21", "lineitem", "wide50"],
+                    help="the table's columns (default wide21; see above)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--compare", metavar="BIN",
                     help="also run every dativo row with this binary (e.g. the previous commit's; "
                          "bench/run --against REV builds it), alternating with the current one")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    table, sums, count, size = ensure_table(args.rows)
-    print(f"table {table}: {count:,} rows, 21 columns, {size / 1e6:.0f} MB on disk\n", flush=True)
+    table, cols, sums, count, size, ncols = ensure_table(args.rows, args.shape)
+    print(f"table {table}: {count:,} rows, {ncols} columns, {size / 1e6:.0f} MB on disk\n", flush=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix="dativo-bench-"))
     results = []
 
     # 1. The ceiling: the server's own binary COPY into /dev/null.
     with open(os.devnull, "w") as devnull:
         wall, rss, cpu, _ = timed(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-c",
-                                   f"COPY {table} TO STDOUT (FORMAT binary)"], stdout=devnull)
+                                   f"COPY {table} TO STDOUT (FORMAT binary)"], stdout=devnull,
+                                  env=dict(os.environ, PGSSLMODE="disable"))
     results.append(("COPY binary → /dev/null (ceiling)", wall, rss, cpu))
 
     def run_py(name, code, arg):
@@ -152,13 +281,17 @@ def main():
         script = work / f"bench_{name}.py"
         script.write_text(code)
         wall, rss, cpu, _ = timed([PY, str(script), arg, table, str(out)])
-        check(out, sums, count)
+        check(out, cols, sums, count)
         return wall, rss, cpu
 
     if "baseline" not in skip:
         results.append(("psycopg2 → pyarrow → Parquet (baseline)", *run_py("baseline", BASELINE, DSN)))
     if "connectorx" not in skip:
         results.append(("ConnectorX → Parquet", *run_py("connectorx", CONNECTORX, URL)))
+    if "sling" not in skip:
+        sling = sling_run(work, table, cols, sums, count)
+        if sling:
+            results.append(sling)
 
     binaries = [("", DATIVO)] + ([(" [compare]", args.compare)] if args.compare else [])
 
@@ -183,7 +316,7 @@ def main():
         }
         for label, binary in binaries:
             results.append((f"dativo postgres → Parquet (partitions: {partitions}){label}",
-                            *dativo_run(label, binary, doc, lambda out: check(out, sums, count))))
+                            *dativo_run(label, binary, doc, lambda out: check(out, cols, sums, count))))
 
     # The same read into an Iceberg table (embedded SQLite catalog, local warehouse).
     doc = {
@@ -196,7 +329,7 @@ def main():
     }
     for label, binary in binaries:
         results.append((f"dativo postgres → Iceberg (partitions: 1){label}",
-                        *dativo_run(label, binary, doc, lambda out: check_iceberg(out, sums, count))))
+                        *dativo_run(label, binary, doc, lambda out: check_iceberg(out, cols, sums, count))))
 
     ceiling = results[0][1]
     base = next((w for n, w, _, _ in results if "baseline" in n), None)
@@ -213,7 +346,14 @@ def main():
                 cur = next(r for r in results if r[0] == name[: -len(" [compare]")])
                 print(f"  {cur[0]:<52} wall {cur[1] / wall:.2f}×, CPU {cur[3] / max(cpu, 1e-3):.2f}×, "
                       f"RSS {cur[2] / max(rss, 1e-3):.2f}× of the compared binary")
-    print("\nEvery output was checked: same row count and column sums as the source.")
+    pq1 = next((r for r in results if r[0] == "dativo postgres → Parquet (partitions: 1)"), None)
+    ice = next((r for r in results if r[0] == "dativo postgres → Iceberg (partitions: 1)"), None)
+    if pq1 and ice:
+        print(f"\nIceberg vs Parquet (partitions: 1): wall {ice[1] / pq1[1]:.2f}×, CPU {ice[3] / max(pq1[3], 1e-3):.2f}×")
+    print("\nEvery output was checked: same row count and column sums as the source (a row marked "
+          "OUTPUT WRONG failed that check).")
+    print(f"This machine has {os.cpu_count()} cores, shared with PostgreSQL: rows per CPU-second is the "
+          "throughput a CPU-limited pod gets; on more cores the same CPU buys less wall time.")
     print("CPU s is user+sys of the measured process (and its children). Peak RSS is of the measured process.")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(

@@ -569,7 +569,7 @@ fn numeric_to_i64(n: &Numeric<'_>, precision: u8, scale: i8) -> Option<i64> {
             let room = scale - frac;
             if room < 4 {
                 let cut = POW10_U64[(4 - room) as usize];
-                if d % cut != 0 {
+                if !d.is_multiple_of(cut) {
                     return None;
                 }
                 v = v
