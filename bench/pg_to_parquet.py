@@ -17,6 +17,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 
@@ -83,7 +84,13 @@ def wide50():
 WIDE50_SUMS = ["id", "n1", "n3", "d0", "d5"]
 
 
-def ensure_table(rows, shape="wide21"):
+def ensure_table(rows):
+    """The 21-column table with `rows` rows: (name, column sums, row count, size on disk)."""
+    name, _, sums, count, size, _ = ensure_shape(rows, "wide21")
+    return name, sums, count, size
+
+
+def ensure_shape(rows, shape):
     """The benchmark table of `shape` with about `rows` rows (lineitem: TPC-H's scale
     factor rows / 6,000,000): (name, column sums, row count, size on disk)."""
     sums_of = {"wide21": SUMS, "lineitem": LINEITEM_SUMS, "wide50": WIDE50_SUMS}[shape]
@@ -146,17 +153,17 @@ def timed(cmd, **kw):
     return wall, int(rss_kb) / 1024, float(user) + float(sys_), p
 
 
-def check(out_dir, cols, want_sums, want_count):
+def check(out_dir, want_sums, want_count, cols=SUMS):
     files = [str(f) for f in pathlib.Path(out_dir).rglob("*.parquet") if f.is_file()]
-    check_files(files, cols, want_sums, want_count, out_dir)
+    check_files(files, want_sums, want_count, out_dir, cols)
 
 
-def check_iceberg(work, cols, want_sums, want_count):
+def check_iceberg(work, want_sums, want_count, cols=SUMS):
     files = [str(f) for f in pathlib.Path(work / "warehouse").rglob("*.parquet")]
-    check_files(files, cols, want_sums, want_count, "the Iceberg table")
+    check_files(files, want_sums, want_count, "the Iceberg table", cols)
 
 
-def check_files(files, cols, want_sums, want_count, what):
+def check_files(files, want_sums, want_count, what, cols=SUMS):
     if not files:
         raise SystemExit(f"{what}: no Parquet files")
     got = duckdb.execute(
@@ -207,19 +214,30 @@ pq.write_table(t, out + "/part-0.parquet")
 '''
 
 
-def sling_run(work, table, cols, sums, count):
-    """Sling (bench/run installs it offline into .venv/sling) copying the table to Parquet."""
-    site = pathlib.Path(os.environ.get("DATIVO_BENCH_SLING", ""))
-    binary = site / "sling_linux_amd64/bin/sling-linux-amd64"
-    if not binary.exists():
-        print("Sling not installed (bench/run installs it into .venv/sling): skipped")
-        return None
-    binary.chmod(0o755)
+def sling_binary():
+    """Sling's binary and its DuckDB CLI (bench/run installs both offline into .venv/sling,
+    DATIVO_BENCH_SLING) with the DuckDB extensions copied where DuckDB looks; (None, None)
+    when not installed."""
+    site = pathlib.Path(os.environ.get("DATIVO_BENCH_SLING") or sysconfig.get_paths()["purelib"])
+    b = site / "sling_linux_amd64/bin/sling-linux-amd64"
+    duck = site / "duckdb_cli/duckdb"
+    if not b.exists():
+        return None, None
+    b.chmod(0o755)
     ext_dir = pathlib.Path.home() / ".duckdb/extensions/v1.5.5/linux_amd64"
     ext_dir.mkdir(parents=True, exist_ok=True)
     for e in site.rglob("*.duckdb_extension"):
-        if not (ext_dir / e.name).exists():
+        if "duckdb_extension_" in str(e) and not (ext_dir / e.name).exists():
             shutil.copy(e, ext_dir / e.name)
+    return str(b), str(duck) if duck.exists() else None
+
+
+def sling_run(work, table, cols, sums, count):
+    """Sling copying the table to Parquet."""
+    binary, duck = sling_binary()
+    if not binary:
+        print("Sling not installed (bench/run installs it into .venv/sling): skipped")
+        return None
     out = work / "sling"
     rep = work / "sling.yaml"
     rep.write_text(json.dumps({
@@ -230,17 +248,16 @@ def sling_run(work, table, cols, sums, count):
     }))
     env = dict(os.environ, PG=URL.replace("postgres://", "postgresql://"),
                SLING_DISABLE_TELEMETRY="true", DUCKDB_VERSION="1.5.5")
-    duck = site / "duckdb_cli/duckdb"
-    if duck.exists():
-        env["DUCKDB_PATH"] = str(duck)
+    if duck:
+        env["DUCKDB_PATH"] = duck
     try:
-        wall, rss, cpu, _ = timed([str(binary), "run", "-r", str(rep)], env=env, cwd=work)
+        wall, rss, cpu, _ = timed([binary, "run", "-r", str(rep)], env=env, cwd=work)
     except SystemExit as e:
         print(f"Sling failed: {str(e)[-1500:]}", file=sys.stderr)
         return None
     name = "Sling → Parquet"
     try:
-        check(out, cols, sums, count)
+        check(out, sums, count, cols)
     except SystemExit as e:
         # Reported, not fatal: the row says what is wrong with the peer's output.
         files = [str(f) for f in out.rglob("*.parquet") if f.is_file()]
@@ -263,7 +280,7 @@ def main():
                          "bench/run --against REV builds it), alternating with the current one")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    table, cols, sums, count, size, ncols = ensure_table(args.rows, args.shape)
+    table, cols, sums, count, size, ncols = ensure_shape(args.rows, args.shape)
     print(f"table {table}: {count:,} rows, {ncols} columns, {size / 1e6:.0f} MB on disk\n", flush=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix="dativo-bench-"))
     results = []
@@ -281,7 +298,7 @@ def main():
         script = work / f"bench_{name}.py"
         script.write_text(code)
         wall, rss, cpu, _ = timed([PY, str(script), arg, table, str(out)])
-        check(out, cols, sums, count)
+        check(out, sums, count, cols)
         return wall, rss, cpu
 
     if "baseline" not in skip:
@@ -316,7 +333,7 @@ def main():
         }
         for label, binary in binaries:
             results.append((f"dativo postgres → Parquet (partitions: {partitions}){label}",
-                            *dativo_run(label, binary, doc, lambda out: check(out, cols, sums, count))))
+                            *dativo_run(label, binary, doc, lambda out: check(out, sums, count, cols))))
 
     # The same read into an Iceberg table (embedded SQLite catalog, local warehouse).
     doc = {
@@ -329,7 +346,7 @@ def main():
     }
     for label, binary in binaries:
         results.append((f"dativo postgres → Iceberg (partitions: 1){label}",
-                        *dativo_run(label, binary, doc, lambda out: check_iceberg(out, cols, sums, count))))
+                        *dativo_run(label, binary, doc, lambda out: check_iceberg(out, sums, count, cols))))
 
     ceiling = results[0][1]
     base = next((w for n, w, _, _ in results if "baseline" in n), None)

@@ -28,13 +28,12 @@ import os
 import pathlib
 import shutil
 import sys
-import sysconfig
 import tempfile
 
 import psycopg2
 import pyarrow.dataset as ds
 
-from pg_to_parquet import DATIVO, URL, timed
+from pg_to_parquet import DATIVO, URL, sling_binary, timed
 
 DSN = URL
 
@@ -88,22 +87,6 @@ def check(out, schema, counts, layout, fail=True):
     return bad
 
 
-def sling_binary():
-    # bench/run installs Sling into a directory of its own (DATIVO_BENCH_SLING).
-    site = os.environ.get("DATIVO_BENCH_SLING") or sysconfig.get_paths()["purelib"]
-    b = pathlib.Path(site) / "sling_linux_amd64/bin/sling-linux-amd64"
-    duck = pathlib.Path(site) / "duckdb_cli/duckdb"
-    if not b.exists():
-        return None, None
-    b.chmod(0o755)
-    ext_dir = pathlib.Path.home() / ".duckdb/extensions/v1.5.5/linux_amd64"
-    ext_dir.mkdir(parents=True, exist_ok=True)
-    for e in glob.glob(os.path.join(site, "**", "*.duckdb_extension"), recursive=True):
-        if "duckdb_extension_" in e and not (ext_dir / os.path.basename(e)).exists():
-            shutil.copy(e, ext_dir / os.path.basename(e))
-    return str(b), str(duck) if duck.exists() else None
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tables", type=int, default=200)
@@ -150,7 +133,7 @@ def main():
                          "target_options": {"format": "parquet"}},
             "streams": {f"{schema}.*": {}},
         }))
-        env = dict(os.environ, PG=URL.replace("postgres://", "postgresql://") + "?sslmode=disable",
+        env = dict(os.environ, PG=URL.replace("postgres://", "postgresql://"),
                    SLING_DISABLE_TELEMETRY="true", DUCKDB_VERSION="1.5.5",
                    SLING_THREADS=str(args.parallel))
         if duck:

@@ -310,17 +310,22 @@ def start_follower(cwd, job):
 
 
 def kill_followers(cwd, jobs, seconds, drop_connections, seed=11):
-    """The CDC mirror tests' chaos: follow `jobs`; SIGKILL the first one 0.8 s in (inside the
-    initial snapshot of its big table), then four more random SIGKILLs, then cut the jobs'
-    log connections from the server twice (`drop_connections()` returns how many it cut),
-    for `seconds` in all. Returns the running processes, {job: Popen}."""
+    """The CDC mirror tests' chaos: follow `jobs`; SIGKILL the first one as soon as it has
+    committed once (inside the initial snapshot of its big table), then four more random
+    SIGKILLs, then cut the jobs' log connections from the server twice (`drop_connections()`
+    returns how many it cut), for `seconds` in all. Returns the running processes, {job: Popen}."""
     rnd = random.Random(seed)
     procs = {j: start_follower(cwd, j) for j in jobs}
-    time.sleep(0.8)
+    # Not a fixed delay: on a loaded machine the first commit can take longer than any
+    # constant, and a kill before it leaves no snapshot to resume.
+    log = cwd / f"{jobs[0].stem}.log"
+    started = time.monotonic()
+    while "committed job=" not in log.read_text() and time.monotonic() - started < 30:
+        time.sleep(0.02)
     procs[jobs[0]].send_signal(signal.SIGKILL)
     procs[jobs[0]].wait()
     procs[jobs[0]] = start_follower(cwd, jobs[0])
-    deadline = time.monotonic() + seconds - 0.8
+    deadline = started + seconds
     kills, cuts = 1, 0
     while time.monotonic() < deadline:
         time.sleep(rnd.uniform(1.5, 4.0))
