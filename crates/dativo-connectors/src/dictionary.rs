@@ -34,10 +34,9 @@ pub fn without_dictionary(batch: &RecordBatch, row_group_rows: usize) -> Vec<Str
         return Vec::new();
     }
     let n = batch.num_rows().min(SAMPLE);
-    let rows: Vec<usize> = (0..n).collect();
     let mut out = Vec::new();
     for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
-        let Some(((half, counts), width)) = estimate(col, &rows) else {
+        let Some(((half, counts), width)) = estimate(col, n) else {
             continue;
         };
         let whole = counts.len() as f64;
@@ -63,52 +62,44 @@ pub fn apply(mut b: WriterPropertiesBuilder, columns: &[String]) -> WriterProper
     b
 }
 
-/// Distinct values in the first half of `rows` and how often each value occurs in all of
-/// them.
+/// Distinct values in the first half of the rows looked at, and how often each value occurs
+/// in all of them.
 type Seen = (f64, Vec<u32>);
 
-/// ([`Seen`], bytes per dictionary entry) of `col` at `rows`, for the types whose dictionary
-/// can grow large; `None` for the others.
-fn estimate(col: &ArrayRef, rows: &[usize]) -> Option<(Seen, f64)> {
+/// ([`Seen`], bytes per dictionary entry) of the first `n` rows of `col`, for the types whose
+/// dictionary can grow large; `None` for the others.
+fn estimate(col: &ArrayRef, n: usize) -> Option<(Seen, f64)> {
     use arrow::datatypes::{
         Date32Type, Decimal128Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType,
         TimestampMillisecondType, TimestampNanosecondType,
     };
     match col.data_type() {
-        DataType::Int32 => prim::<Int32Type>(col, rows, 4),
-        DataType::Int64 => prim::<Int64Type>(col, rows, 8),
-        DataType::Date32 => prim::<Date32Type>(col, rows, 4),
+        DataType::Int32 => prim::<Int32Type>(col, n, 4),
+        DataType::Int64 => prim::<Int64Type>(col, n, 8),
+        DataType::Date32 => prim::<Date32Type>(col, n, 4),
         DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            prim::<TimestampMicrosecondType>(col, rows, 8)
+            prim::<TimestampMicrosecondType>(col, n, 8)
         }
         DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            prim::<TimestampMillisecondType>(col, rows, 8)
+            prim::<TimestampMillisecondType>(col, n, 8)
         }
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-            prim::<TimestampNanosecondType>(col, rows, 8)
-        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => prim::<TimestampNanosecondType>(col, n, 8),
         DataType::Decimal128(p, _) => {
             // Stored as the fewest bytes that hold the precision.
             let width = decimal_width(*p);
-            prim::<Decimal128Type>(col, rows, width)
+            prim::<Decimal128Type>(col, n, width)
         }
         DataType::Utf8 => {
             let a = col.as_string::<i32>();
-            bytes(
-                rows.iter()
-                    .map(|&i| a.is_valid(i).then(|| a.value(i).as_bytes())),
-            )
+            bytes((0..n).map(|i| a.is_valid(i).then(|| a.value(i).as_bytes())))
         }
         DataType::LargeUtf8 => {
             let a = col.as_string::<i64>();
-            bytes(
-                rows.iter()
-                    .map(|&i| a.is_valid(i).then(|| a.value(i).as_bytes())),
-            )
+            bytes((0..n).map(|i| a.is_valid(i).then(|| a.value(i).as_bytes())))
         }
         DataType::Binary => {
             let a = col.as_binary::<i32>();
-            bytes(rows.iter().map(|&i| a.is_valid(i).then(|| a.value(i))))
+            bytes((0..n).map(|i| a.is_valid(i).then(|| a.value(i))))
         }
         _ => None,
     }
@@ -120,15 +111,15 @@ fn decimal_width(precision: u8) -> usize {
     bits.div_ceil(8)
 }
 
-fn prim<T: ArrowPrimitiveType>(col: &ArrayRef, rows: &[usize], width: usize) -> Option<(Seen, f64)>
+fn prim<T: ArrowPrimitiveType>(col: &ArrayRef, n: usize, width: usize) -> Option<(Seen, f64)>
 where
     T::Native: Hash + Eq,
 {
     let a = col.as_primitive::<T>();
     let mut counts: HashMap<T::Native, u32> = HashMap::new();
     let mut half = 0.0;
-    for (k, &i) in rows.iter().enumerate() {
-        if k == rows.len() / 2 {
+    for i in 0..n {
+        if i == n / 2 {
             half = counts.len() as f64;
         }
         if a.is_valid(i) {
