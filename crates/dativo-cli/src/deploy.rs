@@ -79,7 +79,8 @@ pub fn memory_mib(job: &Job) -> u64 {
         1
     };
     let in_flight = (job.config.channel_depth as u64 + 2) * batch_rows * 1024 * streams;
-    let writer = (48u64 << 20) * streams;
+    // The writers' default `row_group_bytes`, buffered per stream.
+    let writer = (32u64 << 20) * streams;
     let base = 96u64 << 20;
     (in_flight + writer + base).div_ceil(1 << 20)
 }

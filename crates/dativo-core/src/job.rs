@@ -149,8 +149,11 @@ pub struct OrphansConfig {
     pub older_than: Option<DurationValue>,
 }
 
+/// Two: each reader range also holds a finished batch while it decodes the next, so the
+/// reader side already double-buffers; more depth only adds memory (a wide table's batch is
+/// ~10 MB) unless the writer stalls for longer than a batch takes to read.
 fn default_channel_depth() -> usize {
-    4
+    2
 }
 
 /// The allowed `channel_depth`: each buffered batch holds up to a reader's `batch_size` rows.

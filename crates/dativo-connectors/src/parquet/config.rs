@@ -168,7 +168,7 @@ fn default_row_group_size() -> usize {
     1 << 20
 }
 fn default_row_group_bytes() -> ByteSize {
-    ByteSize(48 << 20)
+    ByteSize(32 << 20)
 }
 fn default_target_file_size() -> ByteSize {
     ByteSize(512 << 20)
