@@ -1223,7 +1223,11 @@ impl Streamer {
     }
 
     fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch> {
-        let cols: Vec<ArrayRef> = self.decoders.iter_mut().map(|d| d.finish()).collect();
+        let cols: Vec<ArrayRef> = self
+            .decoders
+            .iter_mut()
+            .map(|d| d.finish().map_err(Error::data))
+            .collect::<Result<_>>()?;
         self.rows = 0;
         self.bytes = 0;
         self.first_row = None;

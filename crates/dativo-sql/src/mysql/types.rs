@@ -206,30 +206,60 @@ fn text_of(v: &Value) -> Result<std::borrow::Cow<'_, str>, String> {
 
 /// Parse a decimal string into an unscaled i128 at `scale`.
 pub fn parse_decimal(s: &str, precision: u8, scale: i8) -> Result<i128, String> {
-    let (neg, digits) = match s.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    parse_decimal_bytes(s.as_bytes(), precision, scale)
+}
+
+/// [`parse_decimal`] of the bytes the server sent (MySQL sends DECIMAL as text even in the
+/// binary protocol). Up to 18 digits, in 64-bit arithmetic without a check per digit (most
+/// decimal columns); longer values in checked 128-bit arithmetic.
+pub fn parse_decimal_bytes(b: &[u8], precision: u8, scale: i8) -> Result<i128, String> {
+    let err = |what: String| format!("`{}` {what}", String::from_utf8_lossy(b));
+    let (neg, digits) = match b.first() {
+        Some(b'-') => (true, &b[1..]),
+        Some(b'+') => (false, &b[1..]),
+        _ => (false, b),
     };
-    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
-    if frac.len() > scale as usize && frac[scale as usize..].bytes().any(|b| b != b'0') {
-        return Err(format!("`{s}` has more than {scale} fractional digits"));
+    let (int, frac) = match digits.iter().position(|&c| c == b'.') {
+        Some(dot) => (&digits[..dot], &digits[dot + 1..]),
+        None => (digits, &digits[digits.len()..]),
+    };
+    let sc = scale.max(0) as usize;
+    if frac.len() > sc && frac[sc..].iter().any(|&c| c != b'0') {
+        return Err(err(format!("has more than {scale} fractional digits")));
     }
-    let mut v: i128 = 0;
-    for ch in int.bytes().chain(
-        frac.bytes()
-            .chain(std::iter::repeat(b'0'))
-            .take(scale as usize),
-    ) {
-        if !ch.is_ascii_digit() {
-            return Err(format!("`{s}` is not a decimal number"));
+    let frac = &frac[..frac.len().min(sc)];
+    let pad = (sc - frac.len()) as u32;
+    let not_a_number = || err("is not a decimal number".to_string());
+    let too_big = || err(format!("does not fit decimal({precision},{scale})"));
+    let v: i128 = if int.len() + frac.len() + pad as usize <= 18 {
+        let mut v: u64 = 0;
+        for &c in int.iter().chain(frac) {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                return Err(not_a_number());
+            }
+            v = v * 10 + d as u64;
         }
-        v = v
-            .checked_mul(10)
-            .and_then(|v| v.checked_add((ch - b'0') as i128))
-            .ok_or_else(|| format!("`{s}` does not fit decimal({precision},{scale})"))?;
-    }
+        (v * 10u64.pow(pad)) as i128
+    } else {
+        let mut v: i128 = 0;
+        for &c in int
+            .iter()
+            .chain(frac)
+            .chain(std::iter::repeat_n(&b'0', pad as usize))
+        {
+            if !c.is_ascii_digit() {
+                return Err(not_a_number());
+            }
+            v = v
+                .checked_mul(10)
+                .and_then(|v| v.checked_add((c - b'0') as i128))
+                .ok_or_else(too_big)?;
+        }
+        v
+    };
     if v.unsigned_abs() >= 10u128.pow(precision as u32) {
-        return Err(format!("`{s}` does not fit decimal({precision},{scale})"));
+        return Err(too_big());
     }
     Ok(if neg { -v } else { v })
 }
@@ -259,7 +289,8 @@ impl MyDecoder {
                     .with_precision_and_scale(p, s)
                     .expect("valid decimal"),
             ),
-            MyKind::Text | MyKind::Json => Box::new(StringBuilder::with_capacity(cap, cap * 16)),
+            // Text is collected as bytes and checked as UTF-8 once per batch (in `finish`).
+            MyKind::Text | MyKind::Json => Box::new(BinaryBuilder::with_capacity(cap, cap * 16)),
             MyKind::Binary => Box::new(BinaryBuilder::with_capacity(cap, cap * 16)),
             MyKind::Date => Box::new(Date32Builder::with_capacity(cap)),
             MyKind::DateTime | MyKind::Timestamp => {
@@ -306,16 +337,24 @@ impl MyDecoder {
                 let d = match v {
                     Value::UInt(u) => parse_decimal(&u.to_string(), p, s)?,
                     Value::Int(i) => parse_decimal(&i.to_string(), p, s)?,
+                    Value::Bytes(b) => parse_decimal_bytes(b, p, s)?,
                     other => parse_decimal(&text_of(other)?, p, s)?,
                 };
                 builder!(self, Decimal128Builder).append_value(d)
             }
             MyKind::Text | MyKind::Json => {
-                let t = text_of(v)?;
-                let x = builder!(self, StringBuilder);
+                let t;
+                let b: &[u8] = match v {
+                    Value::Bytes(b) => b,
+                    other => {
+                        t = text_of(other)?;
+                        t.as_bytes()
+                    }
+                };
+                let x = builder!(self, BinaryBuilder);
                 // Arrow panics when a batch's values pass its 32-bit offsets; fail clearly.
-                check_array_room(x.values_slice().len(), t.len())?;
-                x.append_value(t)
+                check_array_room(x.values_slice().len(), b.len())?;
+                x.append_value(b)
             }
             MyKind::Binary => {
                 let t;
@@ -368,7 +407,7 @@ impl MyDecoder {
             MyKind::F32 => builder!(self, Float32Builder).append_null(),
             MyKind::F64 => builder!(self, Float64Builder).append_null(),
             MyKind::Decimal(..) => builder!(self, Decimal128Builder).append_null(),
-            MyKind::Text | MyKind::Json => builder!(self, StringBuilder).append_null(),
+            MyKind::Text | MyKind::Json => builder!(self, BinaryBuilder).append_null(),
             MyKind::Binary => builder!(self, BinaryBuilder).append_null(),
             MyKind::Date => builder!(self, Date32Builder).append_null(),
             MyKind::DateTime | MyKind::Timestamp => {
@@ -378,10 +417,20 @@ impl MyDecoder {
         }
     }
 
-    /// Finish into an array.
-    pub fn finish(&mut self) -> ArrayRef {
+    /// Finish into an array. Errors: text that is not UTF-8.
+    pub fn finish(&mut self) -> Result<ArrayRef, String> {
         let a = self.b.finish();
-        if self.kind == MyKind::Timestamp {
+        Ok(if matches!(self.kind, MyKind::Text | MyKind::Json) {
+            let bin = a
+                .as_any()
+                .downcast_ref::<BinaryArray>()
+                .expect("text is collected as bytes")
+                .clone();
+            Arc::new(
+                StringArray::try_from_binary(bin)
+                    .map_err(|e| format!("text that is not UTF-8: {e}"))?,
+            )
+        } else if self.kind == MyKind::Timestamp {
             let t = a
                 .as_any()
                 .downcast_ref::<TimestampMicrosecondArray>()
@@ -389,13 +438,13 @@ impl MyDecoder {
             Arc::new(t.clone().with_timezone("UTC"))
         } else {
             a
-        }
+        })
     }
 }
 
 impl ArrayDecoder for MyDecoder {
     fn finish(&mut self) -> dativo_core::Result<ArrayRef> {
-        Ok(MyDecoder::finish(self))
+        MyDecoder::finish(self).map_err(dativo_core::Error::data)
     }
 }
 
@@ -414,6 +463,30 @@ mod tests {
     #[test]
     fn decimals_and_dates() {
         assert_eq!(parse_decimal("-12.5", 10, 2).unwrap(), -1250);
+        // The 64-bit path (18 digits) and the 128-bit one agree at the boundary.
+        assert_eq!(
+            parse_decimal("9999999999999999.99", 18, 2).unwrap(),
+            999_999_999_999_999_999
+        );
+        assert_eq!(
+            parse_decimal("-99999999999999999.99", 19, 2).unwrap(),
+            -9_999_999_999_999_999_999
+        );
+        assert_eq!(
+            parse_decimal("12345678901234567890123456.5", 38, 10).unwrap(),
+            123_456_789_012_345_678_901_234_565_000_000_000
+        );
+        assert_eq!(parse_decimal("0.10", 5, 1).unwrap(), 1);
+        assert!(parse_decimal("99999999999999999.99", 18, 2).is_err());
+        assert!(parse_decimal("1a.5", 10, 2)
+            .unwrap_err()
+            .contains("`1a.5` is not a decimal number"));
+        assert!(parse_decimal("1.234", 10, 2)
+            .unwrap_err()
+            .contains("fractional"));
+        assert!(parse_decimal("1.x", 10, 2)
+            .unwrap_err()
+            .contains("not a decimal"));
         assert_eq!(parse_decimal("3", 10, 2).unwrap(), 300);
         assert!(parse_decimal("1.234", 10, 2).is_err());
         assert!(parse_decimal("123", 2, 0).is_err());
