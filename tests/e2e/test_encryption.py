@@ -211,15 +211,19 @@ checkpoint: {{rows: 10000}}
 
 
 @needs_moto
-def test_pyarrow_reads_per_column_keys(dativo, tmp_path):
+@pytest.mark.parametrize("encode_threads", [1, 3])
+def test_pyarrow_reads_per_column_keys(dativo, tmp_path, encode_threads):
     """Parquet Modular Encryption with a second KMS key for the sensitive columns: pyarrow's
-    CryptoFactory reads the file, and the audit record names each column's key."""
+    CryptoFactory reads the file, and the audit record names each column's key — also when
+    the columns are encoded on several threads."""
     write_csvs(tmp_path / "data", 2, 3000)
     footer_key, pii_key = kms_key(), kms_key()
     j = enc_job(tmp_path, "pme_columns", f"""      format: parquet
       column_keys:
         {pii_key}: [name, amount]
 {kms_provider(footer_key)}""")
+    j.write_text(j.read_text().replace("    path: lake\n", f"    path: lake\n    encode_threads: {encode_threads}\n", 1))
+    assert f"encode_threads: {encode_threads}" in j.read_text()
     dativo.run("run", j, "--no-progress", env=KEYS, check=0)
     files = sorted((tmp_path / "lake").glob("*.parquet"))
     assert files

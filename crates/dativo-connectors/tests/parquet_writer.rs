@@ -34,6 +34,24 @@ fn passes_conformance() {
     assert_eq!(data_files(&dir.path().join("out")).len(), 1);
 }
 
+/// Columns encoded on three threads, row groups cut inside batches: the same contract.
+#[test]
+fn passes_conformance_with_columns_encoded_on_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = json!({"path": dir.path().join("out").display().to_string(),
+                     "encode_threads": 3, "row_group_size": 2});
+    let report = check_open_writer(|c, ctx| Ok(Box::new(ParquetWriter::open(c, ctx)?)), &cfg);
+    assert!(report.passed(), "{report:?}");
+    for bad in [0, 65] {
+        let e =
+            ParquetWriter::validate(&json!({"path": "out", "encode_threads": bad})).unwrap_err();
+        assert!(
+            e.to_string().contains("encode_threads") && e.to_string().contains("between 1 and 64"),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn passes_conformance_in_overwrite_mode() {
     let dir = tempfile::tempdir().unwrap();

@@ -23,6 +23,12 @@ pub struct ParquetWriterConfig {
     /// A row group is also closed once this much encoded data is buffered; bounds memory.
     #[serde(default = "default_row_group_bytes")]
     pub row_group_bytes: ByteSize,
+    /// Threads that encode a row group's columns (dictionaries, statistics, compression) at
+    /// the same time; unset: one per core beyond the first two, at most 4 (so 1 on a 2-core
+    /// machine, where the source database needs the other core). 1 encodes on the writer's
+    /// thread alone.
+    #[serde(default)]
+    pub encode_threads: Option<usize>,
     /// A new file is started once the current one reaches this size.
     #[serde(default = "default_target_file_size")]
     pub target_file_size: ByteSize,
@@ -278,8 +284,24 @@ impl ParquetWriterConfig {
         }
     }
 
+    /// The threads that encode columns: `encode_threads`, or one per core beyond two (1 to 4).
+    pub fn encode_threads(&self) -> usize {
+        self.encode_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(2))
+                .clamp(1, 4)
+        })
+    }
+
     /// Checks that need no I/O.
     pub fn check(&self) -> Result<()> {
+        if matches!(self.encode_threads, Some(n) if !(1..=64).contains(&n)) {
+            return Err(Error::config(format!(
+                "must be between 1 and 64 (threads encoding columns), got {}",
+                self.encode_threads.unwrap_or_default()
+            ))
+            .with_key_path("encode_threads"));
+        }
         if self.row_group_size == 0 {
             return Err(Error::config("must be at least 1").with_key_path("row_group_size"));
         }

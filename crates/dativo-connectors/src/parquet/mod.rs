@@ -20,6 +20,7 @@
 pub mod commit_log;
 mod config;
 pub mod lease;
+mod parallel;
 mod writer;
 
 pub use config::{Codec, ParquetWriteMode, ParquetWriterConfig};

@@ -30,8 +30,23 @@ struct OpenFile {
     rel: String,
     staged: String,
     writer: ArrowWriter<Box<dyn Sink>>,
+    /// The row group being encoded on several threads (`encode_threads` > 1).
+    group: Option<super::parallel::Group>,
     rows: u64,
     keys: Option<FileKeys>,
+}
+
+impl OpenFile {
+    /// Encoded bytes of the row group in progress.
+    fn in_progress_size(&self) -> usize {
+        self.writer.in_progress_size() + self.group.as_ref().map_or(0, |g| g.estimated_bytes())
+    }
+
+    /// Close the row group in progress.
+    fn flush(&mut self, threads: usize) -> parquet::errors::Result<()> {
+        super::parallel::flush(&mut self.writer, &mut self.group, threads)?;
+        self.writer.flush()
+    }
 }
 
 struct Staged {
@@ -418,6 +433,7 @@ impl ParquetWriter {
                 rel,
                 staged,
                 writer,
+                group: None,
                 rows: 0,
                 keys,
             },
@@ -427,10 +443,13 @@ impl ParquetWriter {
 
     /// Write the footer, make the file durable, and move it to the staged list.
     fn close_file(&mut self, dir: &str) -> Result<()> {
-        let Some(open) = self.open.remove(dir) else {
+        let Some(mut open) = self.open.remove(dir) else {
             return Ok(());
         };
         let path = self.layout.loc.display(&open.staged);
+        super::parallel::flush(&mut open.writer, &mut open.group, self.cfg.encode_threads())
+            .map_err(pq_err)
+            .with_context(|| format!("writing {path}"))?;
         let sink = open
             .writer
             .into_inner()
@@ -478,30 +497,36 @@ impl ParquetWriter {
         }
         let target = self.cfg.target_file_size.0 as usize;
         let rg_bytes = self.cfg.row_group_bytes.0 as usize;
+        let threads = self.cfg.encode_threads();
         let Some(open) = self.open.get_mut(dir) else {
             return Err(Error::internal(format!(
                 "no open file for partition `{dir}`"
             )));
         };
         let path = open.staged.clone();
-        open.writer
-            .write(batch)
-            .map_err(pq_err)
-            .with_context(|| format!("writing {path}"))?;
+        if threads > 1 {
+            super::parallel::write(
+                &mut open.writer,
+                &mut open.group,
+                batch,
+                threads,
+                self.cfg.row_group_size,
+                rg_bytes,
+            )
+        } else {
+            open.writer.write(batch)
+        }
+        .map_err(pq_err)
+        .with_context(|| format!("writing {path}"))?;
         open.rows += batch.num_rows() as u64;
-        if open.writer.bytes_written() + open.writer.in_progress_size() >= target {
+        if open.writer.bytes_written() + open.in_progress_size() >= target {
             self.close_file(dir)?;
         }
         // Memory is bounded by the row groups buffered across ALL open files.
-        let buffered: usize = self
-            .open
-            .values()
-            .map(|o| o.writer.in_progress_size())
-            .sum();
+        let buffered: usize = self.open.values().map(OpenFile::in_progress_size).sum();
         if buffered >= rg_bytes {
             for o in self.open.values_mut() {
-                o.writer
-                    .flush()
+                o.flush(threads)
                     .map_err(pq_err)
                     .with_context(|| format!("writing {}", o.staged))?;
             }

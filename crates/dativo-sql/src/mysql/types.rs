@@ -342,7 +342,8 @@ impl MyDecoder {
                 };
                 builder!(self, Decimal128Builder).append_value(d)
             }
-            MyKind::Text | MyKind::Json => {
+            // Text is checked as UTF-8 once per batch, in `finish`.
+            MyKind::Text | MyKind::Json | MyKind::Binary => {
                 let t;
                 let b: &[u8] = match v {
                     Value::Bytes(b) => b,
@@ -353,19 +354,6 @@ impl MyDecoder {
                 };
                 let x = builder!(self, BinaryBuilder);
                 // Arrow panics when a batch's values pass its 32-bit offsets; fail clearly.
-                check_array_room(x.values_slice().len(), b.len())?;
-                x.append_value(b)
-            }
-            MyKind::Binary => {
-                let t;
-                let b: &[u8] = match v {
-                    Value::Bytes(b) => b,
-                    other => {
-                        t = text_of(other)?;
-                        t.as_bytes()
-                    }
-                };
-                let x = builder!(self, BinaryBuilder);
                 check_array_room(x.values_slice().len(), b.len())?;
                 x.append_value(b)
             }
@@ -407,8 +395,9 @@ impl MyDecoder {
             MyKind::F32 => builder!(self, Float32Builder).append_null(),
             MyKind::F64 => builder!(self, Float64Builder).append_null(),
             MyKind::Decimal(..) => builder!(self, Decimal128Builder).append_null(),
-            MyKind::Text | MyKind::Json => builder!(self, BinaryBuilder).append_null(),
-            MyKind::Binary => builder!(self, BinaryBuilder).append_null(),
+            MyKind::Text | MyKind::Json | MyKind::Binary => {
+                builder!(self, BinaryBuilder).append_null()
+            }
             MyKind::Date => builder!(self, Date32Builder).append_null(),
             MyKind::DateTime | MyKind::Timestamp => {
                 builder!(self, TimestampMicrosecondBuilder).append_null()
