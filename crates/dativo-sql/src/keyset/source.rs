@@ -867,10 +867,10 @@ impl<D: Dialect> Snapshot<D> {
                 (i, sql)
             })
             .collect();
-        // No queue of its own: a range's finished batch waits in its thread until the job's
-        // channel takes it (the job's `channel_depth` is the buffer), so in flight are at most
-        // two batches per range (one waiting, one being decoded) plus the job's channel.
-        let (tx, rx) = bounded::<PartMsg>(0);
+        // One batch queued per range: with wide rows every batch in flight is `batch_bytes`.
+        // (A rendezvous instead saved a wide table's p2 run ~35 MB but stalled the reader at
+        // every hand-off: 8% more wall time and 3% more CPU on the 6M-row lineitem table.)
+        let (tx, rx) = bounded::<PartMsg>(reads.len().max(1));
         let fields: Vec<_> = self.columns.iter().map(|c| c.field.clone()).collect();
         let spec = ReadSpec {
             kinds,
