@@ -222,7 +222,7 @@ def test_pyarrow_reads_per_column_keys(dativo, tmp_path, encode_threads):
       column_keys:
         {pii_key}: [name, amount]
 {kms_provider(footer_key)}""")
-    j.write_text(j.read_text().replace("    path: lake\n", f"    path: lake\n    encode_threads: {encode_threads}\n", 1))
+    j.write_text(j.read_text().replace("    path: lake\n", f"    path: lake\n    encode_threads: {encode_threads}\n    row_group_size: 1000\n", 1))
     assert f"encode_threads: {encode_threads}" in j.read_text()
     dativo.run("run", j, "--no-progress", env=KEYS, check=0)
     files = sorted((tmp_path / "lake").glob("*.parquet"))

@@ -10,6 +10,7 @@
 
 use std::io::Write;
 
+use arrow::datatypes::Schema;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk, ArrowColumnWriter};
 use parquet::arrow::ArrowWriter;
@@ -32,10 +33,13 @@ impl Group {
 }
 
 /// Write `batch` into `group` (started on `w` when there is none), closing row groups at
-/// `max_rows` rows or `max_bytes` encoded bytes.
+/// `max_rows` rows or `max_bytes` encoded bytes. `schema` is the file's: its fields, not the
+/// batch's, say which columns are nullable (as in `ArrowWriter::write`; a batch may declare a
+/// column non-null that the file allows to be null).
 pub(crate) fn write<W: Write + Send>(
     w: &mut ArrowWriter<W>,
     group: &mut Option<Group>,
+    schema: &Schema,
     batch: &RecordBatch,
     threads: usize,
     max_rows: usize,
@@ -53,7 +57,7 @@ pub(crate) fn write<W: Write + Send>(
         let n = (batch.num_rows() - offset).min(max_rows.saturating_sub(g.rows).max(1));
         let part = batch.slice(offset, n);
         let mut leaves = Vec::with_capacity(g.writers.len());
-        for (field, col) in part.schema().fields().iter().zip(part.columns()) {
+        for (field, col) in schema.fields().iter().zip(part.columns()) {
             leaves.extend(compute_leaves(field, col)?);
         }
         if leaves.len() != g.writers.len() {
@@ -214,12 +218,37 @@ mod tests {
             let mut w = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props())).unwrap();
             let mut g = None;
             for b in &batches {
-                write(&mut w, &mut g, b, threads, 1500, usize::MAX).unwrap();
+                write(&mut w, &mut g, &schema, b, threads, 1500, usize::MAX).unwrap();
             }
             flush(&mut w, &mut g, threads).unwrap();
             let got = read(w.into_inner().unwrap());
             assert_eq!(got, want, "{threads} threads");
         }
+    }
+
+    /// A file column that allows NULLs takes a batch whose schema says the column has none
+    /// (the runner accepts such batches): the file's nullability decides, as sequentially.
+    #[test]
+    fn a_non_null_batch_column_goes_into_a_nullable_file_column() {
+        let file = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+        let batch_schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(
+            batch_schema,
+            vec![Arc::new(Int64Array::from_iter_values(0..100)) as ArrayRef],
+        )
+        .unwrap();
+        let mut w = ArrowWriter::try_new(Vec::new(), file.clone(), None).unwrap();
+        let mut g = None;
+        write(&mut w, &mut g, &file, &batch, 2, 1 << 20, usize::MAX).unwrap();
+        flush(&mut w, &mut g, 2).unwrap();
+        let bytes = bytes::Bytes::from(w.into_inner().unwrap());
+        let rows: usize = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|b| b.unwrap().num_rows())
+            .sum();
+        assert_eq!(rows, 100);
     }
 
     /// A row group also closes at `max_bytes` of encoded data.
@@ -231,10 +260,10 @@ mod tests {
             vec![Arc::new(Int64Array::from_iter_values(0..10_000)) as ArrayRef],
         )
         .unwrap();
-        let mut w = ArrowWriter::try_new(Vec::new(), schema, None).unwrap();
+        let mut w = ArrowWriter::try_new(Vec::new(), schema.clone(), None).unwrap();
         let mut g = None;
         for _ in 0..4 {
-            write(&mut w, &mut g, &batch, 2, 1 << 20, 1).unwrap();
+            write(&mut w, &mut g, &schema, &batch, 2, 1 << 20, 1).unwrap();
         }
         flush(&mut w, &mut g, 2).unwrap();
         assert_eq!(w.flushed_row_groups().len(), 4);

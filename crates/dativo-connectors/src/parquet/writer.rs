@@ -89,6 +89,9 @@ pub struct ParquetWriter {
     /// Indices of the partition columns, and the schema of the data files (without them).
     partition_cols: Vec<usize>,
     file_schema: SchemaRef,
+    /// Threads encoding columns (`encode_threads`), fixed when the writer opens: a file's row
+    /// groups must all be written the same way.
+    encode_threads: usize,
     staged: Vec<Staged>,
     /// Whether some column is converted to a type Parquet can annotate (see [`parquet_native`]).
     coerced: bool,
@@ -351,6 +354,7 @@ impl ParquetWriter {
             open: BTreeMap::new(),
             partition_cols,
             file_schema,
+            encode_threads: cfg.encode_threads(),
             staged: Vec::new(),
             coerced,
             enc,
@@ -447,7 +451,7 @@ impl ParquetWriter {
             return Ok(());
         };
         let path = self.layout.loc.display(&open.staged);
-        super::parallel::flush(&mut open.writer, &mut open.group, self.cfg.encode_threads())
+        super::parallel::flush(&mut open.writer, &mut open.group, self.encode_threads)
             .map_err(pq_err)
             .with_context(|| format!("writing {path}"))?;
         let sink = open
@@ -497,7 +501,7 @@ impl ParquetWriter {
         }
         let target = self.cfg.target_file_size.0 as usize;
         let rg_bytes = self.cfg.row_group_bytes.0 as usize;
-        let threads = self.cfg.encode_threads();
+        let threads = self.encode_threads;
         let Some(open) = self.open.get_mut(dir) else {
             return Err(Error::internal(format!(
                 "no open file for partition `{dir}`"
@@ -508,6 +512,7 @@ impl ParquetWriter {
             super::parallel::write(
                 &mut open.writer,
                 &mut open.group,
+                &self.file_schema,
                 batch,
                 threads,
                 self.cfg.row_group_size,

@@ -1223,10 +1223,19 @@ impl Streamer {
     }
 
     fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch> {
+        let (db, table) = (&self.db, &self.table);
         let cols: Vec<ArrayRef> = self
             .decoders
             .iter_mut()
-            .map(|d| d.finish().map_err(Error::data))
+            .enumerate()
+            .map(|(i, d)| {
+                d.finish().map_err(|m| {
+                    let name = schema.fields().get(i).map_or("?", |f| f.name().as_str());
+                    Error::data(format!(
+                        "binlog changes of `{db}`.`{table}`, column `{name}`: {m}"
+                    ))
+                })
+            })
             .collect::<Result<_>>()?;
         self.rows = 0;
         self.bytes = 0;
