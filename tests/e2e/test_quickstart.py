@@ -38,8 +38,19 @@ def test_quickstart_output_equals_input(dativo, tmp_path):
                      "12001,7,eu-west,10.50,1,true,2026-04-01T00:00:00\n")
     p = dativo.run("run", "examples/jobs/quickstart.yaml", check=0)
     assert "1 committed" in p.stdout, p.stdout
+    assert "  query    duckdb" in p.stdout, p.stdout
+    # A run of one row in well under a second shows no rate (it would be noise).
+    assert "speed" not in p.stdout, p.stdout
     out = pq.ParquetDataset(tmp_path / "lake/quickstart/orders").read()
     assert out.num_rows == 12001
+
+    # A run that fails before committing anything offers no query: there is nothing new.
+    bad = tmp_path / "examples/data/orders/orders-2026-05.csv"
+    bad.write_text("order_id,customer_id,region,amount,quantity,paid,ordered_at\n"
+                   "not-a-number,7,eu-west,10.50,1,true,2026-05-01T00:00:00\n")
+    p = dativo.run("run", "examples/jobs/quickstart.yaml", check=None)
+    assert p.returncode != 0 and "failed" in p.stdout, (p.returncode, p.stdout, p.stderr)
+    assert "query" not in p.stdout, p.stdout
 
 
 def test_validate_check_and_plugins(dativo):

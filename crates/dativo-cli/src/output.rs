@@ -272,7 +272,8 @@ pub fn print_summary(job: &Job, s: &RunSummary, json: bool, verbose: bool) {
             if s.files.len() == 1 { "" } else { "s" },
             mb(s.bytes)
         );
-        if secs > 0.0 && s.rows > 0 {
+        // A rate over less than a second (a handful of rows) says nothing.
+        if secs >= 1.0 && s.rows > 0 {
             println!(
                 "  speed    {} rows/s, {:.1} MB/s (Arrow in memory)",
                 group((s.rows as f64 / secs) as u64),
@@ -283,8 +284,12 @@ pub fn print_summary(job: &Job, s: &RunSummary, json: bool, verbose: bool) {
     if let Some(out) = output {
         println!("  output   {out}");
     }
-    if let Some(q) = query_hint(job) {
-        println!("  query    {q}");
+    // How to look at the data: only when this run committed some (a run that failed before
+    // its first commit has nothing new to show, and the hint read as if it had).
+    if s.commits > 0 {
+        if let Some(q) = query_hint(job) {
+            println!("  query    {q}");
+        }
     }
     if let Some(st) = &s.state {
         println!("  state    {}", abbreviate(&st.to_string(), 160));
