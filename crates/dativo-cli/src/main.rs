@@ -2,6 +2,7 @@
 
 mod crypto;
 mod deploy;
+mod init;
 mod output;
 mod plugin_cmd;
 
@@ -17,7 +18,9 @@ use dativo_runtime::{CancelToken, RunOptions, RunStatus, StateStore};
 
 const AFTER_HELP: &str = "\
 Examples:
+  dativo init                                   write a starter job file (asks, or use flags)
   dativo run examples/jobs/quickstart.yaml      run a job once (with its retries)
+  dativo run jobs/orders.yaml --dry-run         connect, plan, show the schema; write nothing
   dativo validate jobs/*.yaml                   check job files without connecting
   dativo check jobs/orders.yaml                 connect to the source and print its schema
   dativo state show jobs/orders.yaml            the committed incremental state
@@ -25,6 +28,10 @@ Examples:
   dativo serve --jobs jobs/                     run every job on its schedule; API, metrics, page
   dativo verify jobs/phi.yaml                   check encrypted files against the audit trail
   dativo decrypt jobs/phi.yaml -o phi.parquet   decrypt what an encrypted job committed
+  dativo completions bash > ~/.local/share/bash-completion/completions/dativo
+
+Relative paths in a job file (a file reader's `path`, a Parquet `path`, `state.dir`, a local
+warehouse) are relative to the working directory dativo runs in, not to the job file.
 
 Exit codes:
   0 success   2 configuration   3 connection/auth   4 data/schema
@@ -167,6 +174,49 @@ run cleanly: nothing uncommitted becomes visible, and the exit code is 130.")]
         /// exit, instead of following it until stopped (SIGINT/SIGTERM commit and exit 0).
         #[arg(long)]
         once: bool,
+        /// Validate, connect to the source and plan the read from the committed state; print
+        /// the schema, the estimated rows and what the writer would do. Opens no writer and
+        /// writes, commits and locks nothing (a change data capture source is not opened: that
+        /// would create its replication slot).
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write a starter job file for a reader and a writer: asks on a terminal, or takes flags.
+    #[command(after_help = "Examples:
+  dativo init                                              asks: reader, writer, name
+  dativo init --reader postgres --writer iceberg --name orders
+  dativo init --reader file --writer parquet -o jobs/landing.yaml
+  dativo init --reader mysql --writer parquet -o -         print it instead
+
+The file is commented: each value to change says what it means. `dativo validate FILE` checks it
+without connecting; `dativo run FILE --dry-run` connects and shows what it would read.")]
+    Init {
+        /// The source: file, postgres, mysql or http.
+        #[arg(long, value_enum)]
+        reader: Option<init::InitReader>,
+        /// The target: parquet or iceberg.
+        #[arg(long, value_enum)]
+        writer: Option<init::InitWriter>,
+        /// The job's name (default from the reader).
+        #[arg(long)]
+        name: Option<String>,
+        /// The file to write (default NAME.yaml), `-` for stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Replace the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a shell completion script: subcommands, flags and their values.
+    #[command(after_help = "Install:
+  bash  dativo completions bash > ~/.local/share/bash-completion/completions/dativo
+  zsh   dativo completions zsh > \"${fpath[1]}/_dativo\"   (a directory on $fpath; then compinit)
+  fish  dativo completions fish > ~/.config/fish/completions/dativo.fish
+
+Or for the current shell only:  source <(dativo completions bash)")]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
     /// Check job files without connecting to anything: syntax, keys, types, references, and
     /// each built-in connector's own configuration. Native plugin libraries are not loaded
@@ -254,6 +304,10 @@ incremental state survives every operation. Each maintenance run is recorded: `d
     /// Show or reset a job's committed incremental state.
     #[command(subcommand)]
     State(StateCommand),
+    /// Drop what a job wrote (its Iceberg table, or its Parquet files and commit log) and
+    /// reset its state, so the next run creates the target anew from the source's schema.
+    #[command(subcommand)]
+    Target(TargetCommand),
     /// A job's run history: start, end, status, rows, bytes, error.
     #[command(
         after_help = "Examples:\n  dativo runs examples/jobs/quickstart.yaml\n  dativo runs quickstart --limit 5 --json"
@@ -437,6 +491,36 @@ enum StateCommand {
 }
 
 #[derive(Subcommand)]
+enum TargetCommand {
+    /// Drop the job's target and reset its state: an Iceberg table is dropped from its
+    /// catalog and its files deleted; a Parquet directory loses every file its commits
+    /// published and its `_dativo/` bookkeeping (files dativo did not write stay). The next
+    /// run starts from the beginning and creates the target from the source's schema — the
+    /// way out of a table created with the wrong schema. Refused while the job runs.
+    #[command(after_help = "Examples:
+  dativo target drop jobs/orders.yaml --dry-run      what would be deleted
+  dativo target drop jobs/orders.yaml                asks for the job's name on a terminal
+  dativo target drop jobs/orders.yaml --yes          in scripts
+  dativo target drop jobs/db.yaml --stream public.orders --yes   one stream of a `tables:` job
+
+This deletes data: the table's snapshots (time travel) go with it. Exit 7 while a run of the
+job holds its lock.")]
+    Drop {
+        /// The job file.
+        job: PathBuf,
+        /// One stream (`schema.table`) of a job with `tables:`; without it, every stream's.
+        #[arg(long, value_name = "STREAM")]
+        stream: Option<String>,
+        /// Do not ask: drop.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Report what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum PluginsCommand {
     /// Built-in readers and writers, and the plugin libraries found in DATIVO_PLUGIN_PATH
     /// and ~/.dativo/plugins with their versions.
@@ -601,6 +685,74 @@ fn open_store_existing(cli: &Cli, dir: &Path) -> Result<StateStore, Error> {
     StateStore::open(dir)
 }
 
+/// Ask for the job's name before `target drop` deletes anything; without a terminal, `--yes`.
+fn confirm_drop(job: &Job) -> Result<(), Error> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::config(format!(
+            "`dativo target drop` deletes the target of job `{}`: pass --yes to confirm (or \
+             --dry-run to see what would go)",
+            job.name()
+        )));
+    }
+    eprint!(
+        "This deletes what job `{}` wrote and resets its state. Type the job's name to confirm: ",
+        job.name()
+    );
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| Error::config(format!("reading the answer: {e}")).with_source(e))?;
+    if answer.trim() != job.name() {
+        return Err(Error::config("not confirmed: nothing was dropped"));
+    }
+    Ok(())
+}
+
+/// `dativo run --dry-run`: what a run would read and write, with nothing written.
+fn dry_run_job(cli: &Cli, job: &Job, shard: dativo_core::Shard) -> Result<ExitCode, Error> {
+    let dir = state_dir(cli, Some(job));
+    if dativo_core::streams::is_multi(job) {
+        let plans = dativo_runtime::streams::discover(job)?;
+        println!(
+            "dry run of job `{}`: {} streams would be loaded; nothing written",
+            job.name(),
+            plans.len()
+        );
+        let states = StateStore::open_with(&dir, cli.state_url.as_deref())
+            .and_then(|s| s.stream_states(job.name()))
+            .unwrap_or_default();
+        output::print_streams(job, &plans, &states, false);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cdc = job
+        .config
+        .source
+        .config
+        .get("mode")
+        .and_then(|m| m.as_str())
+        == Some("cdc");
+    if cdc {
+        dativo_runtime::implementations::validate(job)?;
+        println!(
+            "dry run of job `{}`: valid. A change data capture source is not opened by a dry run \
+             (opening it creates the replication slot or starts reading the binlog); \
+             `dativo check` connects and shows the schema.",
+            job.name()
+        );
+        output::print_target(job, None);
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Only an existing state store is read: a dry run creates nothing.
+    let store = if cli.state_url.is_some() || dir.join("state.db").exists() {
+        Some(StateStore::open_with(&dir, cli.state_url.as_deref())?)
+    } else {
+        None
+    };
+    let plan = dativo_runtime::runner::dry_run(job, store.as_ref(), shard)?;
+    output::print_dry_run(job, &plan);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
     match &cli.command {
         Command::Validate {
@@ -662,15 +814,38 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
             output::print_schema(&schema);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Init {
+            reader,
+            writer,
+            name,
+            output,
+            force,
+        } => init::init(&init::InitOptions {
+            reader: *reader,
+            writer: *writer,
+            name: name.as_deref(),
+            output: output.as_deref(),
+            force: *force,
+        }),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "dativo", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run {
             job,
             no_progress,
             shard,
             shards,
             once,
+            dry_run,
         } => {
             let shard = resolve_shard(shard.as_deref(), *shards)?;
             let mut job = load(job)?;
+            if *dry_run {
+                return dry_run_job(cli, &job, shard);
+            }
             if *once {
                 if let Some(m) = job.config.source.config.as_object_mut() {
                     if m.get("mode").and_then(serde_json::Value::as_str) == Some("cdc") {
@@ -815,6 +990,23 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
             } else {
                 println!("job `{name}` had no committed state");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Target(TargetCommand::Drop {
+            job,
+            stream,
+            yes,
+            dry_run,
+        }) => {
+            let job = load(job)?;
+            if !*yes && !*dry_run {
+                confirm_drop(&job)?;
+            }
+            let store =
+                StateStore::open_with(&state_dir(cli, Some(&job)), cli.state_url.as_deref())?;
+            let drops =
+                dativo_runtime::maintain::drop_target(&job, &store, stream.as_deref(), *dry_run)?;
+            output::print_drops(&job, &drops, *dry_run);
             Ok(ExitCode::SUCCESS)
         }
         Command::Maintain {

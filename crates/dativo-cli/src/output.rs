@@ -37,8 +37,7 @@ impl Drop for RedactedLine {
             return;
         }
         let text = String::from_utf8_lossy(&self.0);
-        let clean = secrets::scrub(&text);
-        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), clean.as_bytes());
+        write_log_line(&secrets::scrub(&text));
     }
 }
 
@@ -71,11 +70,29 @@ pub fn init_logging(json: bool, verbose: u8) {
     }
 }
 
+/// The bar on the terminal while a run shows one: log lines are written above it.
+static ACTIVE_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Write a finished log line to stderr — above the progress bar when one is drawn, so that
+/// a line never lands on the bar's line and the bar is redrawn below it.
+fn write_log_line(text: &str) {
+    let bar = ACTIVE_BAR.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let write = || {
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());
+    };
+    match bar {
+        Some(b) if !b.is_finished() => b.suspend(write),
+        _ => write(),
+    }
+}
+
 struct Counters {
     rows: u64,
     bytes: u64,
     committed_rows: u64,
     last_log: Instant,
+    /// Each stream's (or shard's) estimated rows, as its reader gave them.
+    estimates: std::collections::BTreeMap<String, u64>,
 }
 
 /// Progress: a bar on a terminal, periodic log lines otherwise.
@@ -85,16 +102,17 @@ pub struct Progress {
     counters: Mutex<Counters>,
 }
 
+const SPINNER: &str = "{spinner} {elapsed_precise} {msg}";
+const WITH_TOTAL: &str = "{spinner} {elapsed_precise} [{bar:24}] {msg}";
+
 impl Progress {
     /// A bar if `bar`, else log lines.
     pub fn new(bar: bool) -> Self {
         let bar = bar.then(|| {
             let b = ProgressBar::new_spinner();
-            b.set_style(
-                ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
-                    .expect("valid template"),
-            );
+            b.set_style(ProgressStyle::with_template(SPINNER).expect("valid template"));
             b.enable_steady_tick(Duration::from_millis(120));
+            *ACTIVE_BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(b.clone());
             b
         });
         Progress {
@@ -105,6 +123,7 @@ impl Progress {
                 bytes: 0,
                 committed_rows: 0,
                 last_log: Instant::now(),
+                estimates: Default::default(),
             }),
         }
     }
@@ -112,19 +131,64 @@ impl Progress {
     /// Remove the bar.
     pub fn finish(&self) {
         if let Some(b) = &self.bar {
+            *ACTIVE_BAR.lock().unwrap_or_else(|e| e.into_inner()) = None;
             b.finish_and_clear();
         }
     }
 
     fn line(&self, c: &Counters) -> String {
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = c.rows as f64 / secs;
+        let total: u64 = c.estimates.values().sum();
+        let read = if total > 0 && c.rows <= total {
+            // An estimate (catalog statistics): `~`, and no ETA until the rate means something.
+            let pct = (c.rows as f64 / total as f64 * 100.0) as u64;
+            let eta = if secs >= 2.0 && rate > 0.0 && c.rows < total {
+                format!(", ETA {}", eta((total - c.rows) as f64 / rate))
+            } else {
+                String::new()
+            };
+            format!(
+                "{} of ~{} rows read ({pct}%{eta})",
+                group(c.rows),
+                group(total)
+            )
+        } else if total > 0 {
+            format!(
+                "{} rows read (more than the ~{} estimated)",
+                group(c.rows),
+                group(total)
+            )
+        } else {
+            format!("{} rows read", group(c.rows))
+        };
         format!(
-            "{} rows read ({}/s, {:.1} MB/s), {} committed",
-            group(c.rows),
-            group((c.rows as f64 / secs) as u64),
+            "{read}, {}/s, {:.1} MB/s, {} committed",
+            group(rate as u64),
             c.bytes as f64 / 1e6 / secs,
             group(c.committed_rows)
         )
+    }
+
+    fn draw(&self, c: &Counters) {
+        let Some(b) = &self.bar else { return };
+        let total: u64 = c.estimates.values().sum();
+        if total > 0 {
+            b.set_position(c.rows.min(total));
+        }
+        b.set_message(self.line(c));
+    }
+}
+
+/// Seconds left in words: `45s`, `3m 05s`, `1h 02m`.
+fn eta(secs: f64) -> String {
+    let s = secs.round() as u64;
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m {:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h {:02}m", s / 3600, s % 3600 / 60)
     }
 }
 
@@ -135,18 +199,31 @@ impl Observer for Progress {
             RunEvent::Batch { rows, bytes } => {
                 c.rows += rows;
                 c.bytes += bytes;
-                if let Some(b) = &self.bar {
-                    b.set_message(self.line(&c));
+                if self.bar.is_some() {
+                    self.draw(&c);
                 } else if c.last_log.elapsed() >= Duration::from_secs(10) {
                     c.last_log = Instant::now();
                     tracing::info!("{}", self.line(&c));
                 }
             }
+            RunEvent::Estimate { stream, rows } => {
+                c.estimates.insert(stream.to_string(), *rows);
+                if let Some(b) = &self.bar {
+                    let total: u64 = c.estimates.values().sum();
+                    if total > 0 {
+                        b.set_style(
+                            ProgressStyle::with_template(WITH_TOTAL)
+                                .expect("valid template")
+                                .progress_chars("=> "),
+                        );
+                        b.set_length(total);
+                    }
+                    self.draw(&c);
+                }
+            }
             RunEvent::Committed { report, .. } => {
                 c.committed_rows += report.rows;
-                if let Some(b) = &self.bar {
-                    b.set_message(self.line(&c));
-                }
+                self.draw(&c);
             }
             RunEvent::AttemptStarted { attempt, state } => {
                 let from = match state {
@@ -159,19 +236,8 @@ impl Observer for Progress {
             RunEvent::Schema(s) => {
                 tracing::debug!(columns = s.fields().len(), "source schema known");
             }
-            RunEvent::Retrying {
-                attempt,
-                error,
-                delay,
-            } => {
-                if let Some(b) = &self.bar {
-                    b.println(format!(
-                        "attempt {attempt} failed: {}; retrying in {:.1}s",
-                        secrets::scrub(&error.to_string()),
-                        delay.as_secs_f64()
-                    ));
-                }
-            }
+            // The runner logs the failure (above the bar).
+            RunEvent::Retrying { .. } => {}
         }
     }
 }
@@ -260,7 +326,13 @@ pub fn print_summary(job: &Job, s: &RunSummary, json: bool, verbose: bool) {
             println!("  note     the {} commits made before the error stand; the next run resumes after them", s.commits);
         }
     }
-    if s.rows == 0 && s.commits == 0 && s.error.is_none() {
+    if s.commits == 0 && s.error.is_some() {
+        println!("  rows     nothing committed: the target is as it was before the run");
+    } else if s.commits == 0 && s.status == RunStatus::Cancelled {
+        println!(
+            "  rows     nothing committed (cancelled): the target is as it was before the run"
+        );
+    } else if s.rows == 0 && s.commits == 0 {
         println!("  rows     no new data since the last committed state");
     } else {
         println!(
@@ -390,6 +462,130 @@ fn query_hint(job: &Job) -> Option<String> {
     }
 }
 
+/// `dativo run --dry-run`: what the run would read, from where, and what the writer would do.
+pub fn print_dry_run(job: &Job, d: &dativo_runtime::runner::DryRun) {
+    println!(
+        "dry run of job `{}`: the source was opened and planned; nothing written, committed or locked",
+        job.name()
+    );
+    let reader = match &job.config.source.reader {
+        Implementation::Builtin(n) => n.clone(),
+        Implementation::Custom(c) => secrets::scrub(&c.implementation),
+    };
+    let rows = match d.info.estimated_rows {
+        Some(n) => format!("about {} rows (the source's estimate)", group(n)),
+        None => "rows not estimated by this source".into(),
+    };
+    println!("  source   {reader}: {rows}");
+    let from = match (&d.state, d.reset) {
+        (_, true) => "the beginning (the state was reset with `dativo state reset`)".to_string(),
+        (None, _) => "the beginning (no committed state)".to_string(),
+        (Some(s), _) => format!("the committed state {}", abbreviate(&s.to_string(), 120)),
+    };
+    println!("  from     {from}");
+    let delivers = match d.info.delivery {
+        dativo_core::Delivery::Full => "the whole source (a full refresh)",
+        dativo_core::Delivery::Incremental => "rows new or changed since the state",
+        dativo_core::Delivery::Unknown => "what the reader returns (it does not say)",
+    };
+    println!("  reads    {delivers}");
+    if !d.info.primary_key.is_empty() {
+        println!("  key      {}", d.info.primary_key.join(", "));
+    }
+    println!("  schema   {} columns:", d.schema.fields().len());
+    print_schema(&d.schema);
+    print_target(job, Some(&d.info));
+}
+
+/// Where a run would write, and how (the writer's mode as the job and the reader decide it).
+pub fn print_target(job: &Job, info: Option<&dativo_core::StreamInfo>) {
+    let mode = target_str(job, "mode");
+    let full = info.is_some_and(|i| i.delivery == dativo_core::Delivery::Full);
+    let how = match (writer_name(job), mode) {
+        ("iceberg", Some("merge")) => {
+            let key = job
+                .config
+                .target
+                .config
+                .get("primary_key")
+                .and_then(|k| k.as_array())
+                .map(|k| {
+                    k.iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .or_else(|| info.map(|i| i.primary_key.join(", ")))
+                .unwrap_or_default();
+            if key.is_empty() {
+                "merge — but no key: set `primary_key` in the target config".to_string()
+            } else {
+                format!("merge on ({key}): a row whose key exists replaces it")
+            }
+        }
+        ("iceberg", Some("overwrite")) => {
+            "overwrite: the run replaces the table's rows in one commit".into()
+        }
+        ("iceberg", Some("append")) if full => {
+            "append — of a full refresh: one more copy of the source per run".into()
+        }
+        ("iceberg", None) if full => {
+            "overwrite (a full refresh replaces the table's rows in one commit)".into()
+        }
+        ("iceberg", _) => "append the rows read".into(),
+        ("parquet", _) => "new Parquet files, committed at each checkpoint".into(),
+        _ => "as the writer does".into(),
+    };
+    let writer = match &job.config.target.writer {
+        Implementation::Builtin(n) => n.clone(),
+        Implementation::Custom(c) => secrets::scrub(&c.implementation),
+    };
+    match output_location(job) {
+        Some(out) => println!("  target   {writer}: {out}"),
+        None => println!("  target   {writer}"),
+    }
+    println!("  writes   {how}");
+}
+
+/// What `dativo target drop` did.
+pub fn print_drops(job: &Job, drops: &[dativo_runtime::maintain::TargetDrop], dry_run: bool) {
+    for d in drops {
+        let what = match &d.stream {
+            Some(s) => format!("stream {s}: "),
+            None => String::new(),
+        };
+        if !d.existed {
+            println!("  {what}{}: does not exist, nothing to drop", d.target);
+            continue;
+        }
+        let verb = if dry_run { "would delete" } else { "dropped:" };
+        let mut line = format!(
+            "  {what}{} — {verb} {} files ({})",
+            d.target,
+            group(d.files),
+            mb(d.bytes)
+        );
+        if d.left > 0 {
+            line.push_str(&format!(
+                "; {} other files left there (not written by dativo, or not deletable: see the log)",
+                group(d.left)
+            ));
+        }
+        println!("{line}");
+    }
+    if dry_run {
+        println!(
+            "dry run: nothing deleted; the state of job `{}` is unchanged",
+            job.name()
+        );
+    } else {
+        println!(
+            "reset the state of job `{}`: the next run starts from the beginning and creates the target from the source's schema",
+            job.name()
+        );
+    }
+}
+
 /// A schema, one column per line.
 pub fn print_schema(schema: &Schema) {
     let w = schema
@@ -505,10 +701,10 @@ pub fn print_runs(job: &str, runs: &[RunRecord]) {
         0
     };
     println!(
-        "{:<36}  {:<w$}{:<24}  {:<24}  {:<11}  {:>12}  {:>10}  error",
+        "{:<36}  {:<w$}{:<19}  {:<19}  {:<11}  {:>12}  {:>10}  error",
         "run",
         if streams { "stream" } else { "" },
-        "started",
+        format!("started ({})", chrono::Local::now().format("%:z")),
         "ended",
         "status",
         "rows",
@@ -516,22 +712,49 @@ pub fn print_runs(job: &str, runs: &[RunRecord]) {
     );
     for r in runs {
         let details = match (&r.error, &r.details) {
-            (Some(e), _) => abbreviate(e, 120),
+            (Some(e), _) => one_line(e, 120),
             (None, Some(d)) if d.get("streams").is_some() => streams_line(d),
             (None, Some(d)) => abbreviate(&format!("maintain: {}", details_line(d)), 120),
             (None, None) => String::new(),
         };
         println!(
-            "{:<36}  {:<w$}{:<24}  {:<24}  {:<11}  {:>12}  {:>10}  {}",
+            "{:<36}  {:<w$}{:<19}  {:<19}  {:<11}  {:>12}  {:>10}  {}",
             r.run_id,
             if streams { what(r) } else { String::new() },
-            r.started_at,
-            r.ended_at.as_deref().unwrap_or("-"),
+            local_time(&r.started_at),
+            r.ended_at
+                .as_deref()
+                .map(local_time)
+                .unwrap_or_else(|| "-".into()),
             r.status.as_str(),
             group(r.rows),
             mb(r.bytes),
             details
         );
+    }
+}
+
+/// A stored error on one table line: its first line (a Python plugin's error leads with the
+/// exception and follows with the traceback), shortened; `dativo runs --json` has it whole.
+fn one_line(e: &str, max: usize) -> String {
+    let mut lines = e.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("");
+    if lines.next().is_some() {
+        format!("{} (more: --json)", abbreviate(first, max))
+    } else {
+        abbreviate(first, max)
+    }
+}
+
+/// A stored RFC 3339 time as local wall-clock time to the second (`2026-12-06 20:14:03`),
+/// as the machine's time zone has it (`TZ`); the stored text when it does not parse.
+fn local_time(t: &str) -> String {
+    match chrono::DateTime::parse_from_rfc3339(t) {
+        Ok(t) => t
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
+        Err(_) => t.to_string(),
     }
 }
 

@@ -321,6 +321,7 @@ fn template(lang: Lang) -> Vec<(&'static str, &'static str)> {
             ("Makefile", include_str!("../templates/c/Makefile")),
             ("README.md", include_str!("../templates/c/README.md")),
             ("dativo_plugin.h", HEADER),
+            ("dativo_sdk.h", include_str!("../templates/c/dativo_sdk.h")),
         ],
         Lang::Cpp => vec![
             (
@@ -407,6 +408,23 @@ pub fn new(
             .replace("{{sdk_path}}", &sdk_str);
         std::fs::write(&path, text)
             .map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if lang == Lang::Python {
+        // Nothing to build: the class is imported from the project (or the installed package).
+        println!("created {} (Python reader plugin `{name}`)", dir.display());
+        println!();
+        println!("  cd {}", dir.display());
+        println!("  PYTHONPATH=. dativo plugin test {name}.Reader --config '{{\"rows\": 2500}}'");
+        println!("  pip install .        # then `reader: {name}` works in any job (entry point)");
+        println!();
+        println!(
+            "then use it in a job (run with PYTHONPATH={} until installed):",
+            dir.display()
+        );
+        println!("  reader: {{type: custom, implementation: {name}.Reader}}");
+        println!();
+        println!("needs the Python bridge (libdativo_python.so beside dativo): `dativo plugins list` says where it looks");
+        return Ok(ExitCode::SUCCESS);
     }
     let (build, lib) = match lang {
         Lang::Rust => (

@@ -25,7 +25,7 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -154,7 +154,16 @@ pub struct StreamInfo {
     /// What this run delivers.
     #[serde(default)]
     pub delivery: Delivery,
+    /// About how many rows this run will deliver, when the source can estimate it cheaply
+    /// (catalog statistics, file sizes): a progress total, never a check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_rows: Option<u64>,
 }
+
+/// The Arrow schema metadata key through which a plugin reader may give
+/// [`StreamInfo::estimated_rows`]: a decimal integer. Removed from the schema before anything
+/// else sees it.
+pub const ESTIMATED_ROWS_KEY: &str = "dativo.estimated_rows";
 
 /// What one run of a reader delivers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -393,10 +402,14 @@ pub fn open_reader(
         .initialize(config, ctx)
         .and_then(|()| reader.get_schema());
     match opened {
-        Ok(schema) => Ok(Box::new(AdaptedReader {
-            inner: Some(reader),
-            schema,
-        })),
+        Ok(schema) => {
+            let (schema, estimated_rows) = take_estimate(schema);
+            Ok(Box::new(AdaptedReader {
+                inner: Some(reader),
+                schema,
+                estimated_rows,
+            }))
+        }
         Err(e) => {
             if let Err(close) = reader.close() {
                 tracing_free_warn("closing the reader after it failed to open", &close);
@@ -436,10 +449,24 @@ fn tracing_free_warn(doing: &str, e: &crate::Error) {
     );
 }
 
+/// A plugin's row estimate ([`ESTIMATED_ROWS_KEY`]) taken out of its schema's metadata, so
+/// that it does not travel on into the files written.
+fn take_estimate(schema: SchemaRef) -> (SchemaRef, Option<u64>) {
+    let Some(v) = schema.metadata().get(ESTIMATED_ROWS_KEY) else {
+        return (schema, None);
+    };
+    let estimate = v.trim().parse::<u64>().ok();
+    let mut metadata = schema.metadata().clone();
+    metadata.remove(ESTIMATED_ROWS_KEY);
+    let stripped = Schema::new_with_metadata(schema.fields().clone(), metadata);
+    (Arc::new(stripped), estimate)
+}
+
 /// A five-method reader, opened.
 struct AdaptedReader {
     inner: Option<Box<dyn Reader>>,
     schema: SchemaRef,
+    estimated_rows: Option<u64>,
 }
 
 /// A five-method writer, opened.
@@ -450,6 +477,12 @@ struct AdaptedWriter {
 impl OpenReader for AdaptedReader {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+    fn info(&self) -> StreamInfo {
+        StreamInfo {
+            estimated_rows: self.estimated_rows,
+            ..StreamInfo::default()
+        }
     }
     fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         match &mut self.inner {

@@ -44,13 +44,30 @@ pub fn describe(py: Python<'_>, e: &PyErr, what: &str) -> String {
     }
 }
 
-/// A Python exception as a dativo error: connection and timeout errors are retried.
+/// A Python exception as a dativo error. Its kind: the exception's `dativo_kind` attribute
+/// (`config`, `auth`, `connect`, `data`, `schema`, `transient`, `plugin` — set by the `dativo`
+/// module's classes), else `connect` for `ConnectionError` and `TimeoutError` (retried), else
+/// `plugin`.
 pub fn error(py: Python<'_>, e: &PyErr, what: &str) -> Error {
     let msg = describe(py, e, what);
-    if e.is_instance_of::<PyConnectionError>(py) || e.is_instance_of::<PyTimeoutError>(py) {
-        Error::connect(msg)
-    } else {
-        Error::plugin(msg)
+    let declared = e
+        .value(py)
+        .getattr("dativo_kind")
+        .ok()
+        .and_then(|k| k.extract::<String>().ok());
+    match declared.as_deref() {
+        Some("config") => Error::config(msg),
+        Some("auth") => Error::auth(msg),
+        Some("connect") => Error::connect(msg),
+        Some("data") => Error::data(msg),
+        Some("schema") => Error::schema(msg),
+        Some("transient") => Error::transient(msg),
+        _ if e.is_instance_of::<PyConnectionError>(py)
+            || e.is_instance_of::<PyTimeoutError>(py) =>
+        {
+            Error::connect(msg)
+        }
+        _ => Error::plugin(msg),
     }
 }
 

@@ -10,7 +10,9 @@
 //!   `__arrow_c_stream__`, `__arrow_c_schema__`), zero copy: pyarrow, polars, duckdb and
 //!   nanoarrow objects all work. Writers receive `pyarrow.RecordBatch`es.
 //! - A Python exception becomes an error with its type, message and traceback;
-//!   `ConnectionError` and `TimeoutError` are retried like connection failures.
+//!   `ConnectionError` and `TimeoutError` are retried like connection failures, and an
+//!   exception's `dativo_kind` (the classes of the `dativo` module the bridge provides:
+//!   `dativo.AuthError`, …) says its kind — and so the exit code and whether it is retried.
 //! - The interpreter lock is held only while Python code runs.
 
 // Embedding CPython and moving Arrow C structs out of capsules needs unsafe.
@@ -60,10 +62,49 @@ fn start() -> std::result::Result<(), String> {
             let code = CString::new(code).expect("no NUL");
             py.run(&code, None, None)?;
         }
+        py.run(ERRORS_MODULE, None, None)?;
         Ok(())
     })
     .map_err(|e| Python::attach(|py| convert::describe(py, &e, "starting Python")))
 }
+
+/// The `dativo` module plugins import for their exception classes — unless a package of that
+/// name is installed, which then provides them. An exception's kind is its `dativo_kind`
+/// attribute (so a plugin may also define its own classes, importable without dativo); see
+/// [`convert::error`].
+const ERRORS_MODULE: &std::ffi::CStr = c"
+import sys, types
+try:
+    import dativo
+except ImportError:
+    m = types.ModuleType('dativo', 'Exception classes for dativo plugins: raise them to say what failed.')
+    class DativoError(Exception):
+        'A plugin failure (exit 5); the base of the others.'
+        dativo_kind = 'plugin'
+    class ConfigError(DativoError):
+        'The config is invalid (exit 2, never retried).'
+        dativo_kind = 'config'
+    class AuthError(DativoError):
+        'Credentials rejected or a permission missing, e.g. HTTP 401/403 (exit 3, never retried).'
+        dativo_kind = 'auth'
+    class ConnectError(DativoError, ConnectionError):
+        'The source cannot be reached (retried; exit 3 when retries are spent).'
+        dativo_kind = 'connect'
+    class DataError(DativoError):
+        'A value cannot be read or converted (exit 4, never retried).'
+        dativo_kind = 'data'
+    class SchemaError(DativoError):
+        'A schema is missing, mismatched or unsupported (exit 4, never retried).'
+        dativo_kind = 'schema'
+    class TransientError(DativoError):
+        'A temporary failure, e.g. HTTP 429 or 503 (retried; exit 7 when retries are spent).'
+        dativo_kind = 'transient'
+    for c in (DativoError, ConfigError, AuthError, ConnectError, DataError, SchemaError, TransientError):
+        c.__module__ = 'dativo'
+        setattr(m, c.__name__, c)
+    m.__all__ = ['DativoError', 'ConfigError', 'AuthError', 'ConnectError', 'DataError', 'SchemaError', 'TransientError']
+    sys.modules['dativo'] = m
+";
 
 /// What a Python class must have.
 const READER_METHODS: [&str; 5] = [

@@ -207,3 +207,139 @@ pub fn maintain_all(
         None => Ok(out),
     }
 }
+
+/// What `dativo target drop` did to one target.
+#[derive(Debug)]
+pub struct TargetDrop {
+    /// The stream of a job with `tables:`; `None`: the job's own target.
+    pub stream: Option<String>,
+    /// The target in words: `Iceberg table lake.orders`, `Parquet directory /lake/orders`.
+    pub target: String,
+    /// It existed (a table in the catalog, commits in the directory).
+    pub existed: bool,
+    /// Files deleted (or that would be), and their bytes.
+    pub files: u64,
+    /// Bytes of those files.
+    pub bytes: u64,
+    /// Files left: ones that could not be deleted (Iceberg), or that dativo did not write
+    /// (Parquet).
+    pub left: u64,
+}
+
+/// `dativo target drop`: drop what `job` wrote — its Iceberg table (from the catalog, with its
+/// files) or its Parquet files and commit log — and reset its state, so that the next run
+/// creates the target anew from the source's schema and loads everything. A job with
+/// `tables:` drops every stream's target (or `stream`'s alone). Holds the job's lock: refused
+/// while a run of the job is going on. `dry_run`: only report.
+pub fn drop_target(
+    job: &Job,
+    store: &StateStore,
+    stream: Option<&str>,
+    dry_run: bool,
+) -> Result<Vec<TargetDrop>> {
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(store.lock(job.name())?)
+    };
+    let targets: Vec<(Option<String>, Job)> = if dativo_core::streams::is_multi(job) {
+        let plans = crate::streams::discover(job)?;
+        let picked: Vec<_> = plans
+            .into_iter()
+            .filter(|p| stream.is_none_or(|s| s == p.stream))
+            .map(|p| (Some(p.stream), p.job))
+            .collect();
+        if picked.is_empty() {
+            if let Some(s) = stream {
+                return Err(Error::config(format!(
+                    "job `{}` has no stream `{s}` (`dativo discover` lists them)",
+                    job.name()
+                )));
+            }
+        }
+        picked
+    } else {
+        if let Some(s) = stream {
+            return Err(Error::config(format!(
+                "job `{}` reads one stream: drop its target without --stream {s}",
+                job.name()
+            )));
+        }
+        vec![(None, job.clone())]
+    };
+    for (_, j) in &targets {
+        let builtin = matches!(&j.config.target.writer, Implementation::Builtin(w) if w == "iceberg" || w == "parquet");
+        if !builtin {
+            return Err(j.error_at(
+                "target.writer",
+                "`dativo target drop` drops what the built-in `iceberg` and `parquet` writers \
+                 wrote; remove this writer's output with its own tools, then `dativo state \
+                 reset` the job",
+            ));
+        }
+    }
+    // The state goes first: a drop that fails half-way then leaves a target the next run
+    // loads from the beginning into (rows twice, until `target drop` is run again — the error
+    // says so), never a state ahead of an emptied target (rows lost).
+    if !dry_run {
+        if stream.is_none() {
+            store.reset_state(job.name())?;
+        }
+        for (_, j) in &targets {
+            store.reset_state(j.name())?;
+        }
+    }
+    let mut out = Vec::new();
+    for (stream, j) in targets {
+        let cfg = &j.config.target.config;
+        let again = |e: Error| {
+            if dry_run {
+                e
+            } else {
+                e.context(format!(
+                    "dropping the target of `{}` (its state is already reset: run `dativo \
+                     target drop` again before the next run, or that run loads everything again \
+                     next to what is left)",
+                    j.name()
+                ))
+            }
+        };
+        let d = match &j.config.target.writer {
+            Implementation::Builtin(w) if w == "iceberg" => {
+                let table = cfg.get("table").and_then(|t| t.as_str()).unwrap_or("?");
+                match maintain::drop_target(cfg, dry_run).map_err(again)? {
+                    Some(r) => TargetDrop {
+                        stream: stream.clone(),
+                        target: format!("Iceberg table {table} at {}", secrets::scrub(&r.location)),
+                        existed: true,
+                        files: r.files_deleted,
+                        bytes: r.bytes_deleted,
+                        left: r.files_left,
+                    },
+                    None => TargetDrop {
+                        stream: stream.clone(),
+                        target: format!("Iceberg table {table}"),
+                        existed: false,
+                        files: 0,
+                        bytes: 0,
+                        left: 0,
+                    },
+                }
+            }
+            Implementation::Builtin(w) if w == "parquet" => {
+                let r = dativo_connectors::parquet::drop_dataset(cfg, dry_run).map_err(again)?;
+                TargetDrop {
+                    stream: stream.clone(),
+                    target: format!("Parquet directory {}", secrets::scrub(&r.location)),
+                    existed: r.commits > 0 || r.files_deleted > 0,
+                    files: r.files_deleted,
+                    bytes: r.bytes_deleted,
+                    left: r.other_files,
+                }
+            }
+            _ => unreachable!("checked above"),
+        };
+        out.push(d);
+    }
+    Ok(out)
+}

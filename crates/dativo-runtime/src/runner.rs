@@ -131,6 +131,14 @@ pub enum RunEvent<'a> {
     },
     /// The reader's schema is known.
     Schema(&'a SchemaRef),
+    /// The reader estimates this attempt of stream `stream` (the job, or one of its streams
+    /// or shards) delivers about `rows` rows: a progress total, not a promise.
+    Estimate {
+        /// The job's name, or its stream's or shard's key.
+        stream: &'a str,
+        /// Estimated rows.
+        rows: u64,
+    },
     /// A batch was handed to the writer.
     Batch {
         /// Rows in the batch.
@@ -429,6 +437,11 @@ impl Attempt<'_> {
         }
         self.totals.state = start_state.clone();
         self.opts.observer.on_event(&RunEvent::Schema(&schema));
+        if let Some(rows) = reader.info().estimated_rows {
+            self.opts
+                .observer
+                .on_event(&RunEvent::Estimate { stream: name, rows });
+        }
         self.pump(reader, writer, schema, start_state)
     }
 
@@ -753,4 +766,47 @@ pub fn check(job: &Job, store: &StateStore) -> Result<SchemaRef> {
     )?;
     r.close().map_err(|e| e.context(rf.label.clone()))?;
     Ok(schema)
+}
+
+/// What a run of a job would do, found without writing anything (`dativo run --dry-run`).
+#[derive(Debug)]
+pub struct DryRun {
+    /// The source schema the run would read.
+    pub schema: SchemaRef,
+    /// What the reader says about the stream: key, delivery, estimated rows.
+    pub info: StreamInfo,
+    /// The committed state the reader would start from (`None`: the beginning).
+    pub state: Option<Value>,
+    /// The state was reset by `dativo state reset` and not yet replaced by a run.
+    pub reset: bool,
+}
+
+/// `dativo run --dry-run`: validate the job, open its reader from the committed state of
+/// `shard` (connecting, planning), report what it would read and close it. The writer is not
+/// opened: nothing is created, written or committed, and no lock is taken. `store`: `None`
+/// when the job has no state store yet (it starts from the beginning).
+pub fn dry_run(job: &Job, store: Option<&StateStore>, shard: Shard) -> Result<DryRun> {
+    let (rf, _wf) = implementations::validate(job)?;
+    let key = shard.key(job.name());
+    let row = match store {
+        Some(s) => s.load_state(&key)?,
+        None => None,
+    };
+    let reset = row
+        .as_ref()
+        .is_some_and(|s| s.run_id == crate::state_store::RESET_RUN_ID);
+    let state = row.and_then(|s| s.state);
+    let (r, schema) = open_reader(
+        &rf,
+        &job.config.source.config,
+        &reader_ctx(job, "dry-run", state.clone(), shard),
+    )?;
+    let info = r.info();
+    r.close().map_err(|e| e.context(rf.label.clone()))?;
+    Ok(DryRun {
+        schema,
+        info,
+        state,
+        reset,
+    })
 }

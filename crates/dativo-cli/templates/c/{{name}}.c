@@ -6,9 +6,9 @@
  *     id    int64 ("l")  non-nullable   1, 2, 3, ...
  *     name  utf8  ("u")  nullable       "name-<id>", null when id % 10 == 0
  * and keeps {"next_id": N} as its incremental state. Look for TODO to make it read your source.
- * The ABI (ownership rules, error codes) is described in dativo_plugin.h.
+ * The ABI (ownership rules, error codes) is described in dativo_plugin.h; dativo_sdk.h parses
+ * JSON (the config, the state) and builds Arrow columns of the common types.
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "dativo_plugin.h"
+#include "dativo_sdk.h" /* JSON and Arrow column helpers */
 
 /* ---- errors: one message per thread, read back through last_error() ---- */
 
@@ -31,97 +32,21 @@ static int fail(int code, const char *fmt, ...) {
 static const char *plugin_last_error(void) { return g_last_error; }
 static void plugin_free_string(char *s) { free(s); }
 
-/* ---- a tiny JSON scanner: enough for flat objects of integers ---- */
-
-static const char *ws(const char *p) {
-  while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
-  return p;
-}
-
-typedef struct { const char *p; int first; } JsonObject;
-
-/* 0 unless s (after whitespace) starts an object. */
-static int json_open(JsonObject *o, const char *s) {
-  o->p = ws(s);
-  o->first = 1;
-  return *o->p == '{' ? (o->p++, 1) : 0;
-}
-
-/* 1: the next member's key is in key[] and o->p is at its value; 0: the end of the object;
- * -1: malformed JSON. */
-static int json_next(JsonObject *o, char *key, size_t cap) {
-  const char *p = ws(o->p);
-  size_t n = 0;
-  if (*p == '}') return o->p = p + 1, 0;
-  if (!o->first && *p++ != ',') return -1;
-  o->first = 0;
-  p = ws(p);
-  if (*p != '"') return -1;
-  for (p++; *p != '"'; p++) {
-    if (*p == '\0' || (*p == '\\' && *++p == '\0')) return -1;
-    if (n + 1 < cap) key[n++] = *p;
-  }
-  key[n] = '\0';
-  p = ws(p + 1);
-  if (*p != ':') return -1;
-  o->p = ws(p + 1);
-  return 1;
-}
-
-/* 1 and *out if the value at o->p is an integer (no fraction, no exponent, in range); else 0. */
-static int json_int(JsonObject *o, int64_t *out) {
-  char *end;
-  if (*o->p != '-' && (*o->p < '0' || *o->p > '9')) return 0;
-  errno = 0;
-  long long v = strtoll(o->p, &end, 10);
-  if (errno != 0 || end == o->p || *end == '.' || *end == 'e' || *end == 'E') return 0;
-  o->p = end;
-  *out = v;
-  return 1;
-}
-
-/* Reads the members of a flat object of integers into the matching fields (null keeps the
- * default); an unknown key, or a value that is not an integer in [min, max], fails with `code`
- * and a message naming the key. */
-typedef struct { const char *key; int64_t *dst, min, max; } IntField;
-
-static int json_ints(JsonObject *o, const IntField *fields, size_t n, int code, const char *what) {
-  char key[64];
-  int k;
-  while ((k = json_next(o, key, sizeof key)) == 1) {
-    size_t i = 0;
-    while (i < n && strcmp(key, fields[i].key) != 0) i++;
-    if (i == n) return fail(code, "{{name}}: unknown %s key `%s`", what, key);
-    if (strncmp(o->p, "null", 4) == 0) { /* null: keep the default */
-      o->p += 4;
-      continue;
-    }
-    if (!json_int(o, fields[i].dst) || *fields[i].dst < fields[i].min || *fields[i].dst > fields[i].max)
-      return fail(code, "{{name}}: %s key `%s` must be an integer from %" PRId64 " to %" PRId64, what,
-                  key, fields[i].min, fields[i].max);
-  }
-  return k < 0 ? fail(code, "{{name}}: the %s is not valid JSON", what) : DATIVO_OK;
-}
-
-/* The value of the member "key" in `json`, or NULL. A quoted key followed by a colon cannot occur
- * inside a string (its quotes would be escaped), so a plain search finds the member. */
-static const char *json_find(const char *json, const char *quoted_key) {
-  for (const char *p = strstr(json, quoted_key); p != NULL; p = strstr(p + 1, quoted_key)) {
-    const char *colon = ws(p + strlen(quoted_key));
-    if (*colon == ':') return ws(colon + 1);
-  }
-  return NULL;
-}
-
 /* ---- the reader ---- */
 
-/* utf8 offsets are int32: keep a batch's strings under 2 GiB ("name-" + 20 digits per row). */
+/* utf8 offsets are int32: keep a batch's strings under 2 GiB. */
 #define MAX_BATCH_SIZE 10000000
+
+/* TODO: your columns; build_batch appends to them in this order. dativo_sdk.h builds bool,
+ * int8/16/32/64, float32/64, utf8, binary, date32, timestamps ("tsu:UTC", "tsu:" for no zone),
+ * decimals ("d:12,2") and lists (dv_list_init) — see the table in README.md. */
+enum { COL_ID, COL_NAME, NCOLS };
 
 struct DativoReader {
   int64_t rows, batch_size; /* the config */
   int64_t next_id;          /* the incremental state: the first id not returned yet */
   int have_state;           /* a state was given in the context, or a batch was returned */
+  DvColumn cols[NCOLS];     /* the batch being built */
   /* TODO: your source here — the connection / file handle / cursor this reader reads from. */
 };
 
@@ -131,39 +56,52 @@ static DativoReader *reader_new(const char *name) {
     return NULL;
   }
   DativoReader *r = calloc(1, sizeof *r);
-  if (r == NULL) fail(DATIVO_ERROR, "{{name}}: out of memory");
+  if (r == NULL) {
+    fail(DATIVO_ERROR, "{{name}}: out of memory");
+    return NULL;
+  }
+  /* TODO: your columns: name, Arrow format, nullable. */
+  if (!dv_column_init(&r->cols[COL_ID], "id", DV_INT64, 0) ||
+      !dv_column_init(&r->cols[COL_NAME], "name", DV_UTF8, 1)) {
+    for (int i = 0; i < NCOLS; i++) dv_column_free(&r->cols[i]);
+    free(r);
+    fail(DATIVO_ERROR, "{{name}}: out of memory");
+    return NULL;
+  }
   return r;
 }
 
 static int parse_config(DativoReader *r, const char *json) {
-  /* TODO: your config keys, with their defaults. A NULL / null / {} config means the defaults. */
-  r->rows = 100;
-  r->batch_size = 1000;
-  const IntField fields[] = {{"rows", &r->rows, 0, INT64_MAX - 1},
-                             {"batch_size", &r->batch_size, 1, MAX_BATCH_SIZE}};
-  JsonObject o;
-  json = ws(json ? json : "null");
-  if (strncmp(json, "null", 4) == 0 && *ws(json + 4) == '\0') return DATIVO_OK;
-  if (!json_open(&o, json)) return fail(DATIVO_ERROR_CONFIG, "{{name}}: the config must be a JSON object");
-  int rc = json_ints(&o, fields, sizeof fields / sizeof fields[0], DATIVO_ERROR_CONFIG, "config");
-  if (rc == DATIVO_OK && *ws(o.p) != '\0') rc = fail(DATIVO_ERROR_CONFIG, "{{name}}: the config is not valid JSON");
-  return rc;
+  /* TODO: your config keys, with their defaults. A NULL / null / {} config means the defaults;
+   * a key set to null keeps its default. dv_cfg_string, dv_cfg_double and dv_cfg_bool read
+   * the other types. */
+  static const char *const keys[] = {"rows", "batch_size", NULL};
+  char err[512];
+  DvJson cfg;
+  int ok = dv_json_parse(json, &cfg, err, sizeof err) && dv_cfg_check_keys(&cfg, keys, err, sizeof err) &&
+           dv_cfg_int(&cfg, "rows", 100, 0, INT64_MAX - 1, &r->rows, err, sizeof err) &&
+           dv_cfg_int(&cfg, "batch_size", 1000, 1, MAX_BATCH_SIZE, &r->batch_size, err, sizeof err);
+  dv_json_clear(&cfg); /* a dv_cfg_string pointer is valid only until here: copy it if you keep it */
+  return ok ? DATIVO_OK : fail(DATIVO_ERROR_CONFIG, "{{name}}: %s", err);
 }
 
 /* The context is {"job": ..., "state": null or {"next_id": N}, "shard": ...}. */
 static int parse_state(DativoReader *r, const char *context_json) {
   /* TODO: your state. Whatever get_incremental_state returned comes back here. */
-  const IntField fields[] = {{"next_id", &r->next_id, 1, INT64_MAX}};
-  const char *state = context_json ? json_find(context_json, "\"state\"") : NULL;
-  JsonObject o;
+  char err[512];
+  DvJson ctx;
+  int ok = dv_json_parse(context_json ? context_json : "{}", &ctx, err, sizeof err);
+  const DvJson *state = ok ? dv_json_get(&ctx, "state") : NULL;
+  const DvJson *next = dv_json_get(state, "next_id");
   r->next_id = 1; /* a fresh start: no state, or "state": null */
-  r->have_state = state != NULL && strncmp(state, "null", 4) != 0;
-  if (!r->have_state) return DATIVO_OK;
-  r->next_id = 0;
-  if (!json_open(&o, state)) return fail(DATIVO_ERROR, "{{name}}: the state must be an object like {\"next_id\": 1}");
-  int rc = json_ints(&o, fields, sizeof fields / sizeof fields[0], DATIVO_ERROR, "state");
-  if (rc == DATIVO_OK && r->next_id == 0) rc = fail(DATIVO_ERROR, "{{name}}: the state has no `next_id`");
-  return rc;
+  r->have_state = state != NULL && state->type != DV_NULL;
+  if (ok && r->have_state) {
+    ok = next != NULL && next->type == DV_NUMBER && next->is_int && next->integer >= 1;
+    if (ok) r->next_id = next->integer;
+    else snprintf(err, sizeof err, "the state must look like {\"next_id\": 1}");
+  }
+  dv_json_clear(&ctx);
+  return ok ? DATIVO_OK : fail(DATIVO_ERROR, "{{name}}: %s", err);
 }
 
 static int reader_initialize(DativoReader *r, const char *config_json, const char *context_json) {
@@ -174,97 +112,27 @@ static int reader_initialize(DativoReader *r, const char *config_json, const cha
   return DATIVO_OK;
 }
 
-/* ---- Arrow C Data Interface: every struct, child and buffer is malloc'ed ---- */
-
-/* TODO: your columns (name, Arrow format, flags); build_batch fills them in this order. */
-static const struct { const char *name, *format; int64_t flags; } COLUMNS[] = {
-    {"id", "l", 0},                      /* int64, never null */
-    {"name", "u", ARROW_FLAG_NULLABLE},  /* utf8 */
-};
-#define NCOLS ((int64_t)(sizeof COLUMNS / sizeof COLUMNS[0]))
-
-/* The release callbacks: free the children dativo did not move away, then the buffers. A schema's
- * `name` and `format` are static strings (dativo never unloads a plugin). */
-static void release_schema(struct ArrowSchema *s) {
-  for (int64_t i = 0; i < s->n_children; i++) {
-    if (s->children[i]->release != NULL) s->children[i]->release(s->children[i]);
-    free(s->children[i]);
-  }
-  free(s->children);
-  s->release = NULL;
-}
-
-static void release_array(struct ArrowArray *a) {
-  for (int64_t i = 0; i < a->n_children; i++) {
-    if (a->children[i] == NULL) continue;
-    if (a->children[i]->release != NULL) a->children[i]->release(a->children[i]);
-    free(a->children[i]);
-  }
-  for (int64_t i = 0; i < a->n_buffers; i++) free((void *)a->buffers[i]);
-  free(a->children);
-  free((void *)a->buffers);
-  a->release = NULL;
-}
-
-static int fill_schema(struct ArrowSchema *out) {
-  *out = (struct ArrowSchema){.format = "+s", .name = "", .release = release_schema};
-  if ((out->children = calloc(NCOLS, sizeof *out->children)) == NULL) goto oom;
-  for (int64_t i = 0; i < NCOLS; i++, out->n_children++) {
-    if ((out->children[i] = malloc(sizeof **out->children)) == NULL) goto oom;
-    *out->children[i] = (struct ArrowSchema){.format = COLUMNS[i].format, .name = COLUMNS[i].name,
-                                             .flags = COLUMNS[i].flags, .release = release_schema};
-  }
-  return DATIVO_OK;
-oom:
-  release_schema(out);
-  return fail(DATIVO_ERROR, "{{name}}: out of memory");
-}
-
-/* An array of `length` rows with zeroed (NULL) buffers and children; 0 on out of memory. */
-static int init_array(struct ArrowArray *a, int64_t length, int64_t n_buffers, int64_t n_children) {
-  *a = (struct ArrowArray){.length = length, .release = release_array};
-  if ((a->buffers = calloc(n_buffers, sizeof *a->buffers)) == NULL) return 0;
-  a->n_buffers = n_buffers;
-  if (n_children > 0 && (a->children = calloc(n_children, sizeof *a->children)) == NULL) return 0;
-  a->n_children = n_children;
-  for (int64_t i = 0; i < n_children; i++)
-    if ((a->children[i] = calloc(1, sizeof **a->children)) == NULL) return 0;
-  return 1;
-}
-
-/* One batch of n rows, the first with id `first_id`, as a struct array ("+s") into `out`. */
-static int build_batch(int64_t first_id, int64_t n, struct ArrowArray *out) {
-  size_t rows = (size_t)n, cap = rows * 25 + 1, len = 0; /* "name-" + at most 20 digits a row */
-  if (!init_array(out, n, 1, NCOLS)) goto oom;
-  struct ArrowArray *id = out->children[0], *name = out->children[1];
-  if (!init_array(id, n, 2, 0) || !init_array(name, n, 3, 0)) goto oom;
-  int64_t *ids = malloc(rows * sizeof *ids);                  /* id: [validity, values] */
-  uint8_t *valid = calloc((rows + 7) / 8, 1);                 /* name: [validity, offsets, data] */
-  int32_t *offsets = malloc((rows + 1) * sizeof *offsets);
-  char *data = malloc(cap);
-  id->buffers[1] = ids, name->buffers[0] = valid, name->buffers[1] = offsets, name->buffers[2] = data;
-  if (!ids || !valid || !offsets || !data) goto oom; /* release_array frees what was allocated */
-  offsets[0] = 0;
-  for (int64_t k = 0; k < n; k++) {
+/* One batch of n rows, the first with id `first_id`, into r->cols. */
+static int build_batch(DativoReader *r, int64_t first_id, int64_t n) {
+  char text[32];
+  for (int i = 0; i < NCOLS; i++) dv_column_reset(&r->cols[i]);
+  for (int64_t id = first_id; id < first_id + n; id++) {
     /* TODO: your source here — one row of your data into each column. */
-    ids[k] = first_id + k;
-    if (ids[k] % 10 == 0) {
-      name->null_count++;                               /* a null: validity bit stays 0 */
+    int ok = dv_append_int64(&r->cols[COL_ID], id);
+    if (id % 10 == 0) {
+      ok = ok && dv_append_null(&r->cols[COL_NAME]);
     } else {
-      valid[k / 8] |= (uint8_t)(1u << (k % 8));
-      len += (size_t)snprintf(data + len, cap - len, "name-%" PRId64, ids[k]);
+      snprintf(text, sizeof text, "name-%" PRId64, id);
+      ok = ok && dv_append_string(&r->cols[COL_NAME], text);
     }
-    offsets[k + 1] = (int32_t)len;
+    if (!ok) return fail(DATIVO_ERROR, "{{name}}: out of memory, or a value of the wrong type for its column");
   }
   return DATIVO_OK;
-oom:
-  release_array(out);
-  return fail(DATIVO_ERROR, "{{name}}: out of memory");
 }
 
 static int reader_get_schema(DativoReader *r, struct ArrowSchema *out) {
-  (void)r;
-  return fill_schema(out);
+  if (dv_export_schema(r->cols, NCOLS, out) != DATIVO_OK) return fail(DATIVO_ERROR, "{{name}}: out of memory");
+  return DATIVO_OK;
 }
 
 static int reader_read_batch(DativoReader *r, struct ArrowArray *out, struct ArrowSchema *out_schema) {
@@ -274,9 +142,13 @@ static int reader_read_batch(DativoReader *r, struct ArrowArray *out, struct Arr
   if (r->next_id > r->rows) return DATIVO_OK; /* end of stream: out->release stays NULL */
   int64_t n = r->rows - r->next_id + 1;
   if (n > r->batch_size) n = r->batch_size;
-  int rc = build_batch(r->next_id, n, out);
-  if (rc == DATIVO_OK && out_schema != NULL && (rc = fill_schema(out_schema)) != DATIVO_OK) out->release(out);
+  int rc = build_batch(r, r->next_id, n);
   if (rc != DATIVO_OK) return rc;
+  if (dv_export_batch(r->cols, NCOLS, out) != DATIVO_OK) return fail(DATIVO_ERROR, "{{name}}: out of memory");
+  if (out_schema != NULL && reader_get_schema(r, out_schema) != DATIVO_OK) {
+    out->release(out);
+    return DATIVO_ERROR;
+  }
   r->next_id += n; /* the state moves only once the batch is handed over */
   r->have_state = 1;
   return DATIVO_OK;
@@ -296,7 +168,10 @@ static int reader_close(DativoReader *r) {
   return DATIVO_OK;
 }
 
-static void reader_free(DativoReader *r) { free(r); }
+static void reader_free(DativoReader *r) {
+  for (int i = 0; i < NCOLS; i++) dv_column_free(&r->cols[i]);
+  free(r);
+}
 
 /* ---- the plugin table: the one exported symbol ---- */
 

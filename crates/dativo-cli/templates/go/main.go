@@ -34,7 +34,12 @@ const manifest = `{"name": "{{name}}", "version": "0.1.0", "description": "TODO:
 
 func main() {} // required by -buildmode=c-shared; never runs
 
-// TODO: your columns; each batch has them in this order (arrow.go exports int64 and utf8).
+// TODO: your columns; each batch has them in this order. arrow.go builds formatBool,
+// formatInt8/16/32/64, formatFloat32/64, formatUTF8, formatBinary, formatDate32,
+// formatTimestamp("UTC") (or "" for no zone, or an IANA name), formatDecimal(precision, scale)
+// and lists: listField("tags", true, field{format: formatUTF8}). In readBatch each column has
+// an Append for its type (AppendTimestamp(time.Time), AppendDecimal("12.34"), ...),
+// AppendNull, and for a list Item().Append…(…) per value, then EndList().
 var schema = []field{
 	{name: "id", format: formatInt64},
 	{name: "name", format: formatUTF8, nullable: true},

@@ -157,6 +157,39 @@ pub struct FileReader {
     source: Source,
 }
 
+/// Nothing matches `path`. A local directory that does not exist is a configuration error
+/// (exit 2) — typically a relative path run from another directory; an existing directory
+/// without matching files is a data error (exit 4). Both say what the path is relative to.
+fn no_match(path: &str) -> Error {
+    let local = !path.contains("://");
+    let wild = path.find(['*', '?', '[']).unwrap_or(path.len());
+    let dir = match path[..wild].rfind('/') {
+        Some(i) => &path[..=i],
+        None => "./",
+    };
+    let relative = local && !path.starts_with('/');
+    let cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let hint = if relative {
+        format!(
+            " (a relative path is resolved against the working directory, {cwd}, not the job \
+             file's directory: run dativo from the directory the job expects, or make the path \
+             absolute)"
+        )
+    } else {
+        String::new()
+    };
+    if local && !std::path::Path::new(dir).is_dir() {
+        Error::config(format!(
+            "`{path}`: the directory {dir} does not exist{hint}"
+        ))
+        .with_key_path("source.config.path")
+    } else {
+        Error::data(format!("no files match `{path}`{hint}"))
+    }
+}
+
 impl FileReader {
     /// Validate a config without touching the file system.
     pub fn validate(config: &Value) -> Result<()> {
@@ -172,7 +205,7 @@ impl FileReader {
         let source = Source::new(&cfg)?;
         let all_files = source.list(&cfg.path)?;
         let Some(last) = all_files.last().cloned() else {
-            return Err(Error::data(format!("no files match `{}`", cfg.path)));
+            return Err(no_match(&cfg.path));
         };
         // Sharded: each shard owns the files whose path below the glob's fixed directory
         // hashes to it (the same split on every machine, whatever the mount point; Hive-style

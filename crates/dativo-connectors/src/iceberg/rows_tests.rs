@@ -55,6 +55,7 @@ fn ctx(job: &str, run: &str, pk: &[&str]) -> WriterContext {
         primary_key: pk.iter().map(|s| s.to_string()).collect(),
         not_null: Vec::new(),
         delivery: Delivery::Incremental,
+        estimated_rows: None,
     };
     c
 }

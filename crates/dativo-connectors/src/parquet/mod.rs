@@ -19,9 +19,11 @@
 
 pub mod commit_log;
 mod config;
+mod drop;
 pub mod lease;
 mod parallel;
 mod writer;
 
 pub use config::{Codec, ParquetWriteMode, ParquetWriterConfig};
+pub use drop::{drop_dataset, DatasetDropReport};
 pub use writer::ParquetWriter;

@@ -227,6 +227,13 @@ pub trait Dialect: Sized + Send + 'static {
     /// as text (`''` for NULL).
     fn hash_shard(keys: &[String], shard: Shard) -> String;
 
+    /// A query returning (as text) the catalog's estimate of `table`'s rows from its last
+    /// statistics, NULL when it has none; `None`: the dialect keeps no such estimate. A
+    /// progress total only: it must not read the table.
+    fn estimate_rows_sql(_table: &str) -> Option<String> {
+        None
+    }
+
     /// A query returning (as text) how many storage blocks `table` has — its largest
     /// partition's when it is partitioned — when the database can read a table in ranges of
     /// its physical storage, without an ordering key ([`Dialect::block_range`]); `None`: it

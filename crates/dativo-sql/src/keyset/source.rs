@@ -169,7 +169,14 @@ impl<D: Dialect> SqlSource<D> {
         };
         let db = D::open(&config)?;
         let mut snap = Snapshot::discover(db, config.shared)?;
-        let info = snap.stream_info()?;
+        let mut info = snap.stream_info()?;
+        let fresh = state.plan.is_none()
+            && (state.cursor.is_none() || snap.opts.mode() == ReadMode::FullRefresh);
+        if fresh {
+            info.estimated_rows = snap
+                .estimate_rows()?
+                .map(|n| n / u64::from(ctx.shard.count.max(1)));
+        }
         if ctx.shard.count > 1 {
             snap.apply_shard(ctx.shard)?;
         }
@@ -404,7 +411,22 @@ impl<D: Dialect> Snapshot<D> {
             primary_key,
             not_null,
             delivery,
+            estimated_rows: None,
         })
+    }
+
+    /// The catalog's estimate of the rows a whole read of the table delivers (a progress
+    /// total): only for a `table` without `where` — a query or a filter has no cheap estimate.
+    fn estimate_rows(&mut self) -> Result<Option<u64>> {
+        let (Some(t), None) = (self.opts.table.clone(), self.opts.where_clause.as_ref()) else {
+            return Ok(None);
+        };
+        let Some(sql) = D::estimate_rows_sql(&t) else {
+            return Ok(None);
+        };
+        Ok(self
+            .scalar(&sql, "reading the table's estimated row count")?
+            .and_then(|v| v.trim().parse::<u64>().ok()))
     }
 
     fn primary_key(&mut self) -> Result<Vec<String>> {

@@ -565,6 +565,7 @@ impl MyCdcReader {
                 primary_key: pk.clone(),
                 not_null: Vec::new(),
                 delivery: Delivery::Incremental,
+                estimated_rows: None,
             },
             state: CdcState::default(),
             control: Arc::new(Control::default()),

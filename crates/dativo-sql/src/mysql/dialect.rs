@@ -150,6 +150,14 @@ impl Dialect for MySql {
         )
     }
 
+    // InnoDB's sampled estimate (information_schema.TABLES.TABLE_ROWS).
+    fn estimate_rows_sql(table: &str) -> Option<String> {
+        Some(format!(
+            "SELECT CAST(TABLE_ROWS AS CHAR) FROM information_schema.TABLES WHERE {}",
+            table_filter(table)
+        ))
+    }
+
     fn tables_sql() -> String {
         format!(
             "SELECT TABLE_SCHEMA, TABLE_NAME, CAST(TABLE_ROWS AS CHAR), \

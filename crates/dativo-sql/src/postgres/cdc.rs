@@ -294,6 +294,7 @@ impl PgCdcReader {
             primary_key: primary_key.clone(),
             not_null: Vec::new(),
             delivery: Delivery::Incremental,
+            estimated_rows: None,
         };
         let control = Arc::new(Control::default());
         let key = primary_key

@@ -175,6 +175,21 @@ impl Dialect for Postgres {
         )
     }
 
+    // The table's statistics, or its leaf partitions' for a partitioned table (which has none
+    // of its own); NULL when never analyzed (reltuples -1).
+    fn estimate_rows_sql(table: &str) -> Option<String> {
+        Some(format!(
+            "SELECT CASE WHEN c.relkind <> 'p' THEN \
+               CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint::text END \
+             ELSE (SELECT CASE WHEN count(*) FILTER (WHERE l.reltuples >= 0) = 0 THEN NULL \
+                   ELSE sum(greatest(l.reltuples, 0))::bigint::text END \
+                   FROM pg_partition_tree(c.oid) t JOIN pg_class l ON l.oid = t.relid \
+                   WHERE t.isleaf) END \
+             FROM pg_class c WHERE c.oid = {}::regclass",
+            Self::lit(&Self::table_ref(table))
+        ))
+    }
+
     // PostgreSQL 14+ reads `ctid` ranges with a TID range scan (older servers scan the
     // table once per range). A partitioned table's ranges apply to each partition.
     fn blocks_sql(table: &str) -> Option<String> {

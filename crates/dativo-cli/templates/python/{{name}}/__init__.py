@@ -21,6 +21,10 @@ class Reader:
         self.next_id = int((context.get("state") or {}).get("next_id", 1))
         # TODO: connect to your source here. Raise ConnectionError for network failures
         # (dativo retries them); any other exception fails the run with its traceback.
+        # Say what kind of failure it is with dativo's exception classes (or any exception
+        # with a `dativo_kind` attribute): `raise dativo.AuthError("HTTP 401 from the API")`
+        # exits 3 like a rejected password, dativo.ConfigError 2, dativo.DataError 4,
+        # dativo.TransientError is retried. `import dativo` works inside dativo only.
 
     def get_schema(self):
         # TODO: the columns of your source. Every batch must have exactly this schema.

@@ -72,6 +72,7 @@ fn ctx(job: &str, run: &str, merge: bool) -> WriterContext {
         primary_key: if merge { vec!["id".into()] } else { vec![] },
         not_null: Vec::new(),
         delivery: Delivery::Incremental,
+        estimated_rows: None,
     };
     c
 }

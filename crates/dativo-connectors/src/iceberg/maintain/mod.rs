@@ -31,7 +31,7 @@ use dativo_core::{Error, Result};
 
 pub use compact::{compact, rewrite_manifests, CompactOptions, MAINTENANCE_KEY};
 pub use expire::{expire_snapshots, ExpireOptions};
-pub use orphans::{remove_orphans, OrphanOptions};
+pub use orphans::{remove_orphans, DropReport, OrphanOptions};
 
 use super::commit::{swap_for, Swap};
 use super::config::IcebergWriterConfig;
@@ -72,6 +72,31 @@ pub struct MaintenanceReport {
     pub conflicts: u64,
     /// The snapshot (or metadata) the operation committed, if any.
     pub commit_id: Option<String>,
+}
+
+/// Drop the table of an `iceberg` writer config from its catalog and delete its files
+/// (`dativo target drop`); `Ok(None)`: the catalog has no such table. With `dry_run`, only
+/// count what would go. The caller holds the job's lock.
+pub fn drop_target(config: &Value, dry_run: bool) -> Result<Option<DropReport>> {
+    let cfg: IcebergWriterConfig = from_config(config)?;
+    cfg.check()?;
+    let (_, ident) = table_ident(&cfg.table)?;
+    runtime().block_on(async {
+        let catalog = open_catalog(&cfg).await?;
+        let exists = catalog
+            .table_exists(&ident)
+            .await
+            .map_err(|e| ice(e, "checking the table"))?;
+        if !exists {
+            return Ok(None);
+        }
+        let h = TableHandle {
+            cfg,
+            catalog,
+            ident,
+        };
+        orphans::drop_table(&h, dry_run).await.map(Some)
+    })
 }
 
 /// A table opened for maintenance through the writer's target config.

@@ -20,6 +20,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
+use iceberg::Catalog;
+use serde::Serialize;
 
 use dativo_core::{Error, Result};
 use dativo_storage::{od, Location, StoreOptions};
@@ -27,6 +29,7 @@ use dativo_storage::{od, Location, StoreOptions};
 use super::expire::Reach;
 use super::{MaintenanceReport, TableHandle};
 use crate::iceberg::commit::LiveFiles;
+use crate::iceberg::writer::ice;
 
 /// How to remove orphans.
 #[derive(Debug, Clone)]
@@ -250,4 +253,98 @@ async fn list(h: &TableHandle, location: &str) -> Result<Vec<Listed>> {
             Ok(out)
         }
     }
+}
+
+/// What [`drop_table`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DropReport {
+    /// The table's location.
+    pub location: String,
+    /// Files of the table deleted (or, in a dry run, that would be).
+    pub files_deleted: u64,
+    /// Their bytes.
+    pub bytes_deleted: u64,
+    /// Files that could not be deleted (each logged): remove them by hand.
+    pub files_left: u64,
+}
+
+/// Drop the table from its catalog, then delete its files: everything under the location's
+/// `data/` and `metadata/` except a nested table's. Listed first, dropped second (no reader
+/// loads a table whose files are going), deleted last.
+pub async fn drop_table(h: &TableHandle, dry_run: bool) -> Result<DropReport> {
+    let table = h.load().await?;
+    let location = table
+        .metadata()
+        .location()
+        .trim_end_matches('/')
+        .to_string();
+    let listed = list(h, &location).await?;
+    let nested = nested_tables(&listed);
+    let files: Vec<(String, u64)> = listed
+        .into_iter()
+        .filter(|f| f.rel.starts_with("data/") || f.rel.starts_with("metadata/"))
+        .filter(|f| !nested.iter().any(|p| f.rel.starts_with(p.as_str())))
+        .map(|f| (format!("{location}/{}", f.rel), f.size))
+        .collect();
+    if dry_run {
+        return Ok(DropReport {
+            location,
+            files_deleted: files.len() as u64,
+            bytes_deleted: files.iter().map(|(_, s)| s).sum(),
+            files_left: 0,
+        });
+    }
+    h.catalog
+        .drop_table(&h.ident)
+        .await
+        .map_err(|e| ice(e, &format!("dropping the table {}", h.ident)))?;
+    let io = table.file_io().clone();
+    let results: Vec<std::result::Result<u64, ()>> = futures_util::stream::iter(files)
+        .map(|(path, size)| {
+            let io = io.clone();
+            async move {
+                match io.delete(&path).await {
+                    Ok(()) => Ok(size),
+                    Err(e) => {
+                        tracing::warn!(file = %path, error = %e, "could not delete a file of the dropped table");
+                        Err(())
+                    }
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let done: Vec<u64> = results.iter().filter_map(|r| r.ok()).collect();
+    // A local table leaves its emptied directories behind: remove those (never one that
+    // still holds something).
+    let opts = StoreOptions {
+        s3: h.cfg.s3.as_ref(),
+        ..Default::default()
+    };
+    if let Ok(Location::Local(root)) = Location::parse(&location, &opts) {
+        for sub in ["data", "metadata"] {
+            remove_empty_dirs(&root.join(sub));
+        }
+        let _ = std::fs::remove_dir(&root);
+    }
+    tracing::info!(table = %h.ident, files = done.len(), "dropped the table and deleted its files");
+    Ok(DropReport {
+        location,
+        files_deleted: done.len() as u64,
+        bytes_deleted: done.iter().sum(),
+        files_left: (results.len() - done.len()) as u64,
+    })
+}
+
+/// Remove `dir` and the directories below it that are (then) empty; keep anything else.
+fn remove_empty_dirs(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
