@@ -125,6 +125,13 @@ static void decimals(void) {
   CHECK(decimal_at(&c, 0) == max && decimal_at(&c, 1) == -max);
   dv_column_free(&c);
   CHECK(!dv_column_init(&c, "x", "d:39,0", 0) && !dv_column_init(&c, "x", "d:5,6", 0) && !dv_column_init(&c, "x", "w:1", 0));
+  /* "d:12,2,256" would be a decimal256 (32-byte values): only the whole decimal128 format. */
+  CHECK(!dv_column_init(&c, "x", "d:12,2,256", 0) && !dv_column_init(&c, "x", "d:12,2x", 0));
+  CHECK(dv_column_init(&c, "u", "d:5,2", 0));
+  CHECK(dv_append_decimal_unscaled(&c, 99999) && dv_append_decimal_unscaled(&c, -99999));
+  CHECK(!dv_append_decimal_unscaled(&c, 100000) && !dv_append_decimal_unscaled(&c, -100000));
+  CHECK(!dv_append_decimal_unscaled(&c, 5000000001) && c.rows == 2);
+  dv_column_free(&c);
 }
 
 static void export_release(void) {

@@ -215,7 +215,7 @@ def test_kubernetes_manifests_for_a_directory_of_jobs(dativo, tmp_path):
     log = validate(out, tmp_path)
     docs = [d for d in yaml.safe_load_all(out) if d]
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ConfigMap", "Deployment", "Service"], (kinds, log)
+    assert kinds == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service"], (kinds, log)
     cm = next(d for d in docs if d["kind"] == "ConfigMap")
     assert sorted(cm["data"]) == sorted(p.name for p in jobs.iterdir())
     dep = next(d for d in docs if d["kind"] == "Deployment")

@@ -29,6 +29,119 @@ pub struct DeployOptions<'a> {
     pub serve: bool,
     /// Replicas of the serve Deployment.
     pub replicas: u32,
+    /// The ServiceAccount the pods run as (IRSA / workload identity for object storage).
+    pub service_account: Option<&'a str>,
+    /// Annotations of a ServiceAccount to create (`KEY=VALUE`); none: it must exist.
+    pub service_account_annotations: &'a [String],
+    /// An image holding plugin libraries under `/plugins` (and a `cp`): copied into the pods
+    /// by an init container, found through DATIVO_PLUGIN_PATH.
+    pub plugins_image: Option<&'a str>,
+}
+
+/// Where the plugins image's libraries are copied to in the pods.
+const PLUGIN_DIR: &str = "/opt/dativo/plugins";
+
+/// The command that generated the manifests, every option included, for their header.
+fn command_line(opts: &DeployOptions<'_>) -> String {
+    let mut c = format!("dativo deploy kubernetes {}", opts.job.display());
+    if !opts.serve || opts.shards > 1 {
+        let _ = write!(c, " --shards {}", opts.shards);
+    }
+    let _ = write!(c, " --image {}", opts.image);
+    if let Some(ns) = opts.namespace {
+        let _ = write!(c, " --namespace {ns}");
+    }
+    if let Some(s) = opts.secret {
+        let _ = write!(c, " --secret {s}");
+    }
+    if opts.serve {
+        let _ = write!(c, " --serve --replicas {}", opts.replicas.max(2));
+    }
+    if let Some(s) = opts.state_url_secret {
+        let _ = write!(c, " --state-url-secret {s}");
+    }
+    if let Some(sa) = opts.service_account {
+        let _ = write!(c, " --service-account {sa}");
+    }
+    for a in opts.service_account_annotations {
+        let _ = write!(c, " --service-account-annotation {a}");
+    }
+    if let Some(i) = opts.plugins_image {
+        let _ = write!(c, " --plugins-image {i}");
+    }
+    c
+}
+
+/// The pod spec of every workload in `docs` (Job, CronJob, Deployment).
+fn pod_specs(docs: &mut [Value]) -> Vec<&mut Value> {
+    docs.iter_mut()
+        .filter_map(|d| match d["kind"].as_str() {
+            Some("Job") | Some("Deployment") => d.pointer_mut("/spec/template/spec"),
+            Some("CronJob") => d.pointer_mut("/spec/jobTemplate/spec/template/spec"),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What every generated set of manifests gets from the options: the ServiceAccount (created
+/// when it has annotations) and the plugin libraries' init container.
+fn decorate(docs: &mut Vec<Value>, opts: &DeployOptions<'_>, labels: &Value) -> Result<()> {
+    if !opts.service_account_annotations.is_empty() && opts.service_account.is_none() {
+        return Err(Error::config(
+            "--service-account-annotation needs --service-account NAME: the ServiceAccount to create with it",
+        ));
+    }
+    for spec in pod_specs(docs) {
+        if let Some(sa) = opts.service_account {
+            spec["serviceAccountName"] = json!(sa);
+        }
+        if let Some(img) = opts.plugins_image {
+            spec["initContainers"] = json!([{
+                "name": "plugins",
+                "image": img,
+                "command": ["cp", "-R", "/plugins/.", PLUGIN_DIR],
+                "volumeMounts": [{"name": "plugins", "mountPath": PLUGIN_DIR}],
+                "securityContext": sec_ctx(),
+            }]);
+            if let Some(v) = spec["volumes"].as_array_mut() {
+                v.push(json!({"name": "plugins", "emptyDir": {}}));
+            }
+            if let Some(c) = spec.pointer_mut("/containers/0") {
+                if let Some(m) = c["volumeMounts"].as_array_mut() {
+                    m.push(json!({"name": "plugins", "mountPath": PLUGIN_DIR, "readOnly": true}));
+                }
+                if !c["env"].is_array() {
+                    c["env"] = json!([]);
+                }
+                if let Some(e) = c["env"].as_array_mut() {
+                    e.push(json!({"name": "DATIVO_PLUGIN_PATH", "value": PLUGIN_DIR}));
+                }
+            }
+        }
+    }
+    if let (Some(sa), false) = (
+        opts.service_account,
+        opts.service_account_annotations.is_empty(),
+    ) {
+        let mut annotations = serde_json::Map::new();
+        for a in opts.service_account_annotations {
+            let Some((k, v)) = a.split_once('=') else {
+                return Err(Error::config(format!(
+                    "--service-account-annotation `{a}`: expected KEY=VALUE (e.g. eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/dativo)"
+                )));
+            };
+            annotations.insert(k.trim().to_string(), json!(v.trim()));
+        }
+        let mut meta = json!({"name": sa, "labels": labels, "annotations": annotations});
+        if let Some(ns) = opts.namespace {
+            meta["namespace"] = json!(ns);
+        }
+        docs.insert(
+            0,
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}),
+        );
+    }
+    Ok(())
 }
 
 /// `${env:NAME}` / `${env:NAME:-default}` names in a job file.
@@ -234,6 +347,11 @@ pub fn kubernetes(opts: &DeployOptions<'_>) -> Result<String> {
         let env = env_list(&env_names(&text), opts)?;
         docs.extend(serve_docs(&name, env, mib, &volumes, &mounts, opts)?);
     }
+    decorate(
+        &mut docs,
+        opts,
+        &json!({"app.kubernetes.io/name": "dativo", "dativo.dev/job": name}),
+    )?;
     let mut out = String::new();
     for w in shared_target_warnings(&job) {
         eprintln!("warning: {w}");
@@ -241,10 +359,8 @@ pub fn kubernetes(opts: &DeployOptions<'_>) -> Result<String> {
     }
     let _ = writeln!(
         out,
-        "# dativo deploy kubernetes {} --shards {} --image {}\n# memory per shard: {mib}Mi requested (see docs/scaling.md for the formula)",
-        opts.job.display(),
-        opts.shards,
-        opts.image
+        "# {}\n# memory per shard: {mib}Mi requested (see docs/scaling.md for the formula)",
+        command_line(opts)
     );
     for d in docs {
         out.push_str("---\n");
@@ -324,6 +440,16 @@ fn serve_docs(
             "metadata": smeta,
             "spec": {"selector": labels, "ports": [{"name": "http", "port": 8080, "targetPort": "http"}]},
         }));
+        // A node drain takes one replica at a time: the others keep scheduling (and a run on
+        // the drained one ends within --grace, its work resumed elsewhere from its commits).
+        let mut pmeta = meta(&serve);
+        pmeta["labels"] = labels.clone();
+        docs.push(json!({
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": pmeta,
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels}},
+        }));
         Ok(docs)
     }
 }
@@ -349,8 +475,18 @@ fn kubernetes_dir(opts: &DeployOptions<'_>) -> Result<String> {
     }
     if !opts.serve {
         let mut out = String::new();
-        for f in &files {
-            out.push_str(&kubernetes(&DeployOptions { job: f, ..*opts })?);
+        for (i, f) in files.iter().enumerate() {
+            // The ServiceAccount to create comes once, with the first job's manifests.
+            let annotations: &[String] = if i == 0 {
+                opts.service_account_annotations
+            } else {
+                &[]
+            };
+            out.push_str(&kubernetes(&DeployOptions {
+                job: f,
+                service_account_annotations: annotations,
+                ..*opts
+            })?);
         }
         return Ok(out);
     }
@@ -409,10 +545,14 @@ fn kubernetes_dir(opts: &DeployOptions<'_>) -> Result<String> {
     ]);
     let env = env_list(&names, opts)?;
     docs.extend(serve_docs(&name, env, mib, &volumes, &mounts, opts)?);
+    decorate(
+        &mut docs,
+        opts,
+        &json!({"app.kubernetes.io/name": "dativo", "dativo.dev/job": name}),
+    )?;
     let mut out = format!(
-        "# dativo deploy kubernetes {} --serve --image {}: {} jobs in one serve Deployment\n# memory: {}Mi requested (the largest job's need + 64Mi)\n",
-        opts.job.display(),
-        opts.image,
+        "# {}: {} jobs in one serve Deployment\n# memory: {}Mi requested (the largest job's need + 64Mi)\n",
+        command_line(opts),
         files.len(),
         mib + 64
     );

@@ -95,6 +95,12 @@ enum DeployCommand {
   dativo deploy kubernetes jobs/orders.yaml --shards 8 --image registry/dativo:0.1 --secret orders-env | kubectl apply -f -
   dativo deploy kubernetes jobs/orders.yaml --shards 1 --image registry/dativo:0.1 --serve \\
       --secret orders-env --state-url-secret dativo-state/url
+  dativo deploy kubernetes jobs/ --serve --image registry/dativo:0.1 --secret env \\
+      --state-url-secret dativo-state/url --service-account dativo \\
+      --service-account-annotation eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/dativo \\
+      --plugins-image registry/our-plugins:1.2
+
+A Helm chart with the same choices is in charts/dativo (docs/scaling.md#helm).
 
 The pods run `dativo run /etc/dativo/job.yaml --shards N`; each takes its shard index from
 JOB_COMPLETION_INDEX. A failed index is retried on its own (backoffLimitPerIndex) and resumes
@@ -124,6 +130,20 @@ from its last commit. See docs/scaling.md.")]
         /// Replicas of the serve Deployment (at least 2).
         #[arg(long, default_value_t = 2)]
         replicas: u32,
+        /// Run the pods as this ServiceAccount: how they get cloud credentials without keys
+        /// (IRSA on EKS, workload identity on GKE and AKS).
+        #[arg(long, value_name = "NAME")]
+        service_account: Option<String>,
+        /// Create the --service-account with this annotation (repeatable), e.g.
+        /// eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/dativo; without one the
+        /// ServiceAccount must exist.
+        #[arg(long, value_name = "KEY=VALUE")]
+        service_account_annotation: Vec<String>,
+        /// An image with plugin libraries under /plugins (and a `cp`, e.g. FROM busybox): an
+        /// init container copies them into the pods, DATIVO_PLUGIN_PATH points at them. Or build
+        /// them into the dativo image (docs/scaling.md).
+        #[arg(long, value_name = "IMAGE")]
+        plugins_image: Option<String>,
     },
 }
 
@@ -718,9 +738,14 @@ fn dry_run_job(cli: &Cli, job: &Job, shard: dativo_core::Shard) -> Result<ExitCo
             job.name(),
             plans.len()
         );
-        let states = StateStore::open_with(&dir, cli.state_url.as_deref())
-            .and_then(|s| s.stream_states(job.name()))
-            .unwrap_or_default();
+        // Only an existing state store is read: a dry run creates nothing.
+        let states = if cli.state_url.is_some() || dir.join("state.db").exists() {
+            StateStore::open_with(&dir, cli.state_url.as_deref())
+                .and_then(|s| s.stream_states(job.name()))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         output::print_streams(job, &plans, &states, false);
         return Ok(ExitCode::SUCCESS);
     }
@@ -739,7 +764,18 @@ fn dry_run_job(cli: &Cli, job: &Job, shard: dativo_core::Shard) -> Result<ExitCo
              `dativo check` connects and shows the schema.",
             job.name()
         );
-        output::print_target(job, None);
+        let writes = match job
+            .config
+            .target
+            .config
+            .get("mode")
+            .and_then(|m| m.as_str())
+        {
+            Some(m) => format!("`mode: {m}`"),
+            None => "the change events, as the writer's default for a change stream (docs/cdc.md)"
+                .into(),
+        };
+        output::print_target(job, &writes);
         return Ok(ExitCode::SUCCESS);
     }
     // Only an existing state store is read: a dry run creates nothing.
@@ -1123,6 +1159,9 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
             state_url_secret,
             serve,
             replicas,
+            service_account,
+            service_account_annotation,
+            plugins_image,
         }) => {
             let text = deploy::kubernetes(&deploy::DeployOptions {
                 job,
@@ -1133,6 +1172,9 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
                 state_url_secret: state_url_secret.as_deref(),
                 serve: *serve,
                 replicas: *replicas,
+                service_account: service_account.as_deref(),
+                service_account_annotations: service_account_annotation,
+                plugins_image: plugins_image.as_deref(),
             })?;
             print!("{text}");
             Ok(ExitCode::SUCCESS)

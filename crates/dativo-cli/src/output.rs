@@ -93,6 +93,23 @@ struct Counters {
     last_log: Instant,
     /// Each stream's (or shard's) estimated rows, as its reader gave them.
     estimates: std::collections::BTreeMap<String, u64>,
+    /// Rows read so far by each stream that gave an estimate.
+    estimated_read: std::collections::BTreeMap<String, u64>,
+}
+
+impl Counters {
+    /// (rows read by the streams that gave an estimate — each counted up to its estimate —,
+    /// the sum of their estimates): what the percentage and the ETA are made of. Streams
+    /// without an estimate count in the rows read, not here.
+    fn progress(&self) -> (u64, u64) {
+        let total: u64 = self.estimates.values().sum();
+        let read: u64 = self
+            .estimates
+            .iter()
+            .map(|(s, e)| self.estimated_read.get(s).copied().unwrap_or(0).min(*e))
+            .sum();
+        (read, total)
+    }
 }
 
 /// Progress: a bar on a terminal, periodic log lines otherwise.
@@ -100,6 +117,14 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     started: Instant,
     counters: Mutex<Counters>,
+}
+
+impl Drop for Progress {
+    /// An early error return skips [`Progress::finish`]: the bar must not keep drawing below
+    /// the error message.
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 const SPINNER: &str = "{spinner} {elapsed_precise} {msg}";
@@ -124,6 +149,7 @@ impl Progress {
                 committed_rows: 0,
                 last_log: Instant::now(),
                 estimates: Default::default(),
+                estimated_read: Default::default(),
             }),
         }
     }
@@ -139,23 +165,18 @@ impl Progress {
     fn line(&self, c: &Counters) -> String {
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
         let rate = c.rows as f64 / secs;
-        let total: u64 = c.estimates.values().sum();
-        let read = if total > 0 && c.rows <= total {
+        let (done, total) = c.progress();
+        let read = if total > 0 {
             // An estimate (catalog statistics): `~`, and no ETA until the rate means something.
-            let pct = (c.rows as f64 / total as f64 * 100.0) as u64;
-            let eta = if secs >= 2.0 && rate > 0.0 && c.rows < total {
-                format!(", ETA {}", eta((total - c.rows) as f64 / rate))
+            let pct = (done as f64 / total as f64 * 100.0).min(100.0) as u64;
+            let est_rate = done as f64 / secs;
+            let eta = if secs >= 2.0 && est_rate > 0.0 && done < total {
+                format!(", ETA {}", eta((total - done) as f64 / est_rate))
             } else {
                 String::new()
             };
             format!(
-                "{} of ~{} rows read ({pct}%{eta})",
-                group(c.rows),
-                group(total)
-            )
-        } else if total > 0 {
-            format!(
-                "{} rows read (more than the ~{} estimated)",
+                "{} rows read, ~{} estimated ({pct}%{eta})",
                 group(c.rows),
                 group(total)
             )
@@ -172,9 +193,9 @@ impl Progress {
 
     fn draw(&self, c: &Counters) {
         let Some(b) = &self.bar else { return };
-        let total: u64 = c.estimates.values().sum();
+        let (done, total) = c.progress();
         if total > 0 {
-            b.set_position(c.rows.min(total));
+            b.set_position(done);
         }
         b.set_message(self.line(c));
     }
@@ -196,9 +217,16 @@ impl Observer for Progress {
     fn on_event(&self, event: &RunEvent<'_>) {
         let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         match event {
-            RunEvent::Batch { rows, bytes } => {
+            RunEvent::Batch {
+                stream,
+                rows,
+                bytes,
+            } => {
                 c.rows += rows;
                 c.bytes += bytes;
+                if c.estimates.contains_key(*stream) {
+                    *c.estimated_read.entry(stream.to_string()).or_default() += rows;
+                }
                 if self.bar.is_some() {
                     self.draw(&c);
                 } else if c.last_log.elapsed() >= Duration::from_secs(10) {
@@ -207,9 +235,11 @@ impl Observer for Progress {
                 }
             }
             RunEvent::Estimate { stream, rows } => {
+                // A new attempt of the stream estimates what it reads from its new start.
                 c.estimates.insert(stream.to_string(), *rows);
+                c.estimated_read.insert(stream.to_string(), 0);
                 if let Some(b) = &self.bar {
-                    let total: u64 = c.estimates.values().sum();
+                    let (_, total) = c.progress();
                     if total > 0 {
                         b.set_style(
                             ProgressStyle::with_template(WITH_TOTAL)
@@ -327,11 +357,9 @@ pub fn print_summary(job: &Job, s: &RunSummary, json: bool, verbose: bool) {
         }
     }
     if s.commits == 0 && s.error.is_some() {
-        println!("  rows     nothing committed: the target is as it was before the run");
+        println!("  rows     no commit recorded by this run");
     } else if s.commits == 0 && s.status == RunStatus::Cancelled {
-        println!(
-            "  rows     nothing committed (cancelled): the target is as it was before the run"
-        );
+        println!("  rows     no commit recorded by this run (cancelled)");
     } else if s.rows == 0 && s.commits == 0 {
         println!("  rows     no new data since the last committed state");
     } else {
@@ -364,7 +392,10 @@ pub fn print_summary(job: &Job, s: &RunSummary, json: bool, verbose: bool) {
         }
     }
     if let Some(st) = &s.state {
-        println!("  state    {}", abbreviate(&st.to_string(), 160));
+        println!(
+            "  state    {}",
+            abbreviate(&secrets::scrub(&st.to_string()), 160)
+        );
     }
 }
 
@@ -480,7 +511,10 @@ pub fn print_dry_run(job: &Job, d: &dativo_runtime::runner::DryRun) {
     let from = match (&d.state, d.reset) {
         (_, true) => "the beginning (the state was reset with `dativo state reset`)".to_string(),
         (None, _) => "the beginning (no committed state)".to_string(),
-        (Some(s), _) => format!("the committed state {}", abbreviate(&s.to_string(), 120)),
+        (Some(s), _) => format!(
+            "the committed state {}",
+            abbreviate(&secrets::scrub(&s.to_string()), 120)
+        ),
     };
     println!("  from     {from}");
     let delivers = match d.info.delivery {
@@ -494,48 +528,17 @@ pub fn print_dry_run(job: &Job, d: &dativo_runtime::runner::DryRun) {
     }
     println!("  schema   {} columns:", d.schema.fields().len());
     print_schema(&d.schema);
-    print_target(job, Some(&d.info));
+    print_target(
+        job,
+        d.writes
+            .as_deref()
+            .unwrap_or("as the plugin writer does (it does not say)"),
+    );
+    println!("  note     the writer was not opened: if its own record of what it committed differs from the state store (a run stopped between the two), the run resumes from the writer's");
 }
 
-/// Where a run would write, and how (the writer's mode as the job and the reader decide it).
-pub fn print_target(job: &Job, info: Option<&dativo_core::StreamInfo>) {
-    let mode = target_str(job, "mode");
-    let full = info.is_some_and(|i| i.delivery == dativo_core::Delivery::Full);
-    let how = match (writer_name(job), mode) {
-        ("iceberg", Some("merge")) => {
-            let key = job
-                .config
-                .target
-                .config
-                .get("primary_key")
-                .and_then(|k| k.as_array())
-                .map(|k| {
-                    k.iter()
-                        .filter_map(|v| v.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-                .or_else(|| info.map(|i| i.primary_key.join(", ")))
-                .unwrap_or_default();
-            if key.is_empty() {
-                "merge — but no key: set `primary_key` in the target config".to_string()
-            } else {
-                format!("merge on ({key}): a row whose key exists replaces it")
-            }
-        }
-        ("iceberg", Some("overwrite")) => {
-            "overwrite: the run replaces the table's rows in one commit".into()
-        }
-        ("iceberg", Some("append")) if full => {
-            "append — of a full refresh: one more copy of the source per run".into()
-        }
-        ("iceberg", None) if full => {
-            "overwrite (a full refresh replaces the table's rows in one commit)".into()
-        }
-        ("iceberg", _) => "append the rows read".into(),
-        ("parquet", _) => "new Parquet files, committed at each checkpoint".into(),
-        _ => "as the writer does".into(),
-    };
+/// Where a run would write, and how.
+pub fn print_target(job: &Job, writes: &str) {
     let writer = match &job.config.target.writer {
         Implementation::Builtin(n) => n.clone(),
         Implementation::Custom(c) => secrets::scrub(&c.implementation),
@@ -544,7 +547,7 @@ pub fn print_target(job: &Job, info: Option<&dativo_core::StreamInfo>) {
         Some(out) => println!("  target   {writer}: {out}"),
         None => println!("  target   {writer}"),
     }
-    println!("  writes   {how}");
+    println!("  writes   {writes}");
 }
 
 /// What `dativo target drop` did.
@@ -567,21 +570,25 @@ pub fn print_drops(job: &Job, drops: &[dativo_runtime::maintain::TargetDrop], dr
         );
         if d.left > 0 {
             line.push_str(&format!(
-                "; {} other files left there (not written by dativo, or not deletable: see the log)",
+                "; {} other files left there (not written by this job, or not deletable: see the log)",
                 group(d.left)
             ));
         }
         println!("{line}");
     }
-    if dry_run {
-        println!(
-            "dry run: nothing deleted; the state of job `{}` is unchanged",
+    let whose = match drops {
+        [d] if d.stream.is_some() => format!(
+            "stream `{}` of job `{}`",
+            d.stream.as_deref().unwrap_or_default(),
             job.name()
-        );
+        ),
+        _ => format!("job `{}`", job.name()),
+    };
+    if dry_run {
+        println!("dry run: nothing deleted; the state of {whose} is unchanged");
     } else {
         println!(
-            "reset the state of job `{}`: the next run starts from the beginning and creates the target from the source's schema",
-            job.name()
+            "reset the state of {whose}: the next run starts from the beginning and creates the target from the source's schema"
         );
     }
 }

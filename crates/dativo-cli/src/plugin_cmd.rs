@@ -74,7 +74,11 @@ fn list_python() {
     match dativo_plugins::python_bridge() {
         Ok(p) => println!("python (in-process, bridge {}):", p.display()),
         Err(_) => {
-            println!("python: the bridge library libdativo_python.so is not next to this binary");
+            println!("python: the bridge library libdativo_python.so is not next to this binary, so Python readers and writers cannot load;");
+            println!("  build it in the dativo checkout: cargo build --release -p dativo-python   (or `cargo build --release --workspace`;");
+            println!(
+                "  it lands in target/release/ beside dativo), or point DATIVO_PYTHON_BRIDGE at it"
+            );
             return;
         }
     }
@@ -136,6 +140,7 @@ fn print_report(title: &str, report: &Report) {
     println!("{title}");
     for c in &report.checks {
         match &c.outcome {
+            Ok(d) if c.skipped => println!("  skip  {} — {d}", c.name),
             Ok(d) if d.is_empty() => println!("  ok    {}", c.name),
             Ok(d) => println!("  ok    {} — {d}", c.name),
             Err(e) => println!("  FAIL  {} — {e}", c.name),

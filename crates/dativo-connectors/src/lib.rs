@@ -187,3 +187,9 @@ pub fn reader(name: &str) -> Option<BuiltinReader> {
 pub fn writer(name: &str) -> Option<BuiltinWriter> {
     writers().into_iter().find(|w| w.name == name)
 }
+
+/// Whether `key` — the job name a commit carries — is `job`'s own: the job itself or one of
+/// its shards (`job#I/N`).
+pub fn is_own_key(job: &str, key: &str) -> bool {
+    key == job || key.strip_prefix(job).is_some_and(|r| r.starts_with('#'))
+}

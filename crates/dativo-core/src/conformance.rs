@@ -6,8 +6,9 @@
 //!
 //! Reader checks: initialize and get_schema succeed; every batch matches the declared schema
 //! (names, types, nullability); the state is monotonic and, for incremental readers, a new
-//! instance started from a mid-stream state returns exactly the rest and one started from the
-//! final state returns no rows (state covers what was read); errors surface with a message;
+//! instance started from a mid-stream state returns exactly the rest (the same rows, every
+//! value compared) and one started from the final state returns no rows (state covers what
+//! was read); a check that cannot run (one batch only) is reported as skipped, saying why; errors surface with a message;
 //! close succeeds.
 //! Writer checks: every supported Arrow type with nulls is accepted; finalize reports the rows;
 //! `committed_state` returns what finalize stored; `abort` discards uncommitted batches; an
@@ -30,6 +31,8 @@ pub struct Check {
     pub name: String,
     /// `Ok(detail)` or `Err(reason)`.
     pub outcome: std::result::Result<String, String>,
+    /// The check could not run (the detail says why and how to make it run); not a failure.
+    pub skipped: bool,
 }
 
 /// The outcome of a suite.
@@ -44,12 +47,21 @@ impl Report {
         self.checks.push(Check {
             name: name.into(),
             outcome: Ok(detail.into()),
+            skipped: false,
         });
     }
     fn fail(&mut self, name: &str, reason: impl Into<String>) {
         self.checks.push(Check {
             name: name.into(),
             outcome: Err(reason.into()),
+            skipped: false,
+        });
+    }
+    fn skip(&mut self, name: &str, why: impl Into<String>) {
+        self.checks.push(Check {
+            name: name.into(),
+            outcome: Ok(why.into()),
+            skipped: true,
         });
     }
     fn record<T>(&mut self, name: &str, r: Result<T>) -> Option<T> {
@@ -122,20 +134,100 @@ pub fn check_batch_schema(schema: &Schema, batch: &RecordBatch) -> Result<()> {
     Ok(())
 }
 
-/// Read a fresh instance to the end from `state`: (rows, batches).
+/// What a set of rows holds, in constant memory and whatever the order and batch boundaries:
+/// the count and two sums of a 64-bit hash of each row's values (Arrow's row format, which
+/// encodes every type, nulls included). Two reads with the same fingerprint returned the same
+/// rows (as a multiset), barring a hash collision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Fingerprint {
+    rows: u64,
+    sum: u64,
+    sum_sq: u64,
+}
+
+impl Fingerprint {
+    fn add(&mut self, conv: &arrow::row::RowConverter, batch: &RecordBatch) -> Result<()> {
+        use std::hash::{Hash, Hasher};
+        let rows = conv
+            .convert_columns(batch.columns())
+            .map_err(|e| Error::internal(format!("conformance: encoding rows: {e}")))?;
+        for row in rows.iter() {
+            // SipHash with fixed keys: the same value hashes the same in both reads.
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            row.as_ref().hash(&mut h);
+            let h = h.finish();
+            self.rows += 1;
+            self.sum = self.sum.wrapping_add(h);
+            self.sum_sq = self.sum_sq.wrapping_add(h.wrapping_mul(h | 1));
+        }
+        Ok(())
+    }
+
+    /// The rows of `self` that are not in `earlier` (a prefix of the same read).
+    fn minus(&self, earlier: &Fingerprint) -> Fingerprint {
+        Fingerprint {
+            rows: self.rows - earlier.rows,
+            sum: self.sum.wrapping_sub(earlier.sum),
+            sum_sq: self.sum_sq.wrapping_sub(earlier.sum_sq),
+        }
+    }
+}
+
+/// A row encoder for `schema` (`None`: a type Arrow's row format cannot encode).
+fn row_converter(schema: &Schema) -> Option<arrow::row::RowConverter> {
+    let fields = schema
+        .fields()
+        .iter()
+        .map(|f| arrow::row::SortField::new(f.data_type().clone()))
+        .collect();
+    arrow::row::RowConverter::new(fields).ok()
+}
+
+/// Check that every top-level decimal column's values fit its declared precision: Arrow
+/// imports a plugin's decimals without looking, and a writer would then store a number its
+/// readers see as another (a Parquet INT32 decimal truncated).
+pub fn check_decimal_precision(batch: &RecordBatch) -> Result<()> {
+    use arrow::datatypes::{Decimal128Type, Decimal256Type};
+    for (f, col) in batch.schema().fields().iter().zip(batch.columns()) {
+        let checked = match f.data_type() {
+            DataType::Decimal128(p, _) => col
+                .as_primitive::<Decimal128Type>()
+                .validate_decimal_precision(*p),
+            DataType::Decimal256(p, _) => col
+                .as_primitive::<Decimal256Type>()
+                .validate_decimal_precision(*p),
+            _ => Ok(()),
+        };
+        checked.map_err(|e| {
+            Error::data(format!(
+                "column `{}` ({}): a value does not fit its precision: {e}",
+                f.name(),
+                f.data_type()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Read a fresh instance to the end from `state`: the rows' fingerprint (only their count
+/// when `conv` is `None`).
 fn read_all(
     make: &mut dyn FnMut() -> Result<Box<dyn Reader>>,
     config: &Value,
     state: Option<Value>,
-) -> Result<u64> {
+    conv: Option<&arrow::row::RowConverter>,
+) -> Result<Fingerprint> {
     let mut r = make()?;
-    let out = (|| -> Result<u64> {
+    let out = (|| -> Result<Fingerprint> {
         r.initialize(config, &ctx_reader(state))?;
         let schema = r.get_schema()?;
-        let mut n = 0u64;
+        let mut n = Fingerprint::default();
         while let Some(b) = r.read_batch()? {
             check_batch_schema(&schema, &b)?;
-            n += b.num_rows() as u64;
+            match conv {
+                Some(c) => n.add(c, &b)?,
+                None => n.rows += b.num_rows() as u64,
+            }
         }
         Ok(n)
     })();
@@ -170,7 +262,9 @@ pub fn check_reader(make: &mut dyn FnMut() -> Result<Box<dyn Reader>>, config: &
     };
     let (mut rows, mut batches, mut nulls) = (0u64, 0u64, 0u64);
     let mut last_state: Option<Value> = None;
-    let mut mid: Option<(u64, Value)> = None;
+    let mut mid: Option<(Fingerprint, Value)> = None;
+    let conv = row_converter(&schema);
+    let mut seen = Fingerprint::default();
     let mut failed = None;
     let mut went_back = None;
     loop {
@@ -181,6 +275,15 @@ pub fn check_reader(make: &mut dyn FnMut() -> Result<Box<dyn Reader>>, config: &
                     break;
                 }
                 rows += b.num_rows() as u64;
+                match &conv {
+                    Some(c) => {
+                        if let Err(e) = seen.add(c, &b) {
+                            failed = Some(format!("batch {batches}: {e}"));
+                            break;
+                        }
+                    }
+                    None => seen.rows += b.num_rows() as u64,
+                }
                 nulls += b
                     .columns()
                     .iter()
@@ -195,7 +298,7 @@ pub fn check_reader(make: &mut dyn FnMut() -> Result<Box<dyn Reader>>, config: &
                         }
                         if batches == 1 {
                             if let Some(s) = &s {
-                                mid = Some((rows, s.clone()));
+                                mid = Some((seen, s.clone()));
                             }
                         }
                         last_state = s;
@@ -234,23 +337,52 @@ pub fn check_reader(make: &mut dyn FnMut() -> Result<Box<dyn Reader>>, config: &
         None if last_state.is_some() => report.pass("state is monotonic", ""),
         None => report.pass("state is monotonic", "not incremental (no state)"),
     }
-    if let Some((rows_at_mid, state)) = mid.filter(|_| batches > 1) {
-        let want = rows - rows_at_mid;
-        match read_all(make, config, Some(state.clone())) {
-            Ok(n) if n == want => report.pass(
-                "resume from a mid-stream state",
-                format!("{n} rows after {state}"),
-            ),
-            Ok(n) => report.fail(
-                "resume from a mid-stream state",
-                format!("resuming from {state} (after batch 1) returned {n} rows; {want} followed it in the first read"),
-            ),
-            Err(e) => report.fail("resume from a mid-stream state", e.to_string()),
+    const RESUME: &str = "resume from a mid-stream state";
+    match mid {
+        Some((at_mid, state)) if batches > 1 => {
+            let want = seen.minus(&at_mid);
+            let what = if conv.is_some() {
+                "the same rows (every value compared)"
+            } else {
+                "as many rows (a type Arrow's row format cannot compare: counted only)"
+            };
+            match read_all(make, config, Some(state.clone()), conv.as_ref()) {
+                Ok(got) if got == want => {
+                    report.pass(RESUME, format!("{} rows after {state}: {what}", got.rows))
+                }
+                Ok(got) if got.rows != want.rows => report.fail(
+                    RESUME,
+                    format!(
+                        "resuming from {state} (after batch 1) returned {} rows; {} followed it in the first read",
+                        got.rows, want.rows
+                    ),
+                ),
+                Ok(got) => report.fail(
+                    RESUME,
+                    format!(
+                        "resuming from {state} (after batch 1) returned {} rows, as many as followed it in the first read, but not the same ones (their values differ)",
+                        got.rows
+                    ),
+                ),
+                Err(e) => report.fail(RESUME, e.to_string()),
+            }
         }
+        Some(_) => report.skip(
+            RESUME,
+            format!(
+                "the stream had {batches} batch{}: give a --config that makes it return more than one (more rows than a batch) to check that a run resumed mid-stream returns exactly the rest",
+                if batches == 1 { "" } else { "es" }
+            ),
+        ),
+        None if last_state.is_some() => report.skip(
+            RESUME,
+            "no state after the first batch (only at the end): resuming mid-stream is not possible",
+        ),
+        None => report.skip(RESUME, "not incremental (no state)"),
     }
     if let Some(state) = last_state {
         // Resume from the final state: an empty stream, nothing may come back.
-        match read_all(make, config, Some(state.clone())) {
+        match read_all(make, config, Some(state.clone()), None).map(|f| f.rows) {
             Ok(0) => report.pass(
                 "empty stream: resume from the final state",
                 format!("state {state}"),
@@ -677,6 +809,99 @@ mod tests {
         assert!(
             err.contains("finalize: reported 4 rows, 3 were written"),
             "{err}"
+        );
+    }
+
+    /// A reader of ids 0..rows in batches of 10 with state `{"next": N}`. `shift` changes the
+    /// values a resumed instance returns (as many rows, other values): a reader whose state
+    /// does not say where it is.
+    struct Ids {
+        next: i64,
+        rows: i64,
+        shift: i64,
+        resumed: bool,
+    }
+
+    impl Reader for Ids {
+        fn initialize(&mut self, config: &Value, ctx: &ReaderContext) -> Result<()> {
+            if !config.is_object() {
+                return Err(Error::config("config must be a mapping"));
+            }
+            if let Some(n) = ctx.state.as_ref().and_then(|s| s["next"].as_i64()) {
+                self.next = n;
+                self.resumed = true;
+            }
+            Ok(())
+        }
+        fn get_schema(&mut self) -> Result<SchemaRef> {
+            Ok(id_name_schema())
+        }
+        fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
+            if self.next >= self.rows {
+                return Ok(None);
+            }
+            let end = (self.next + 10).min(self.rows);
+            let offset = if self.resumed { self.shift } else { 0 };
+            let ids: Vec<i64> = (self.next..end).map(|i| i + offset).collect();
+            self.next = end;
+            Ok(Some(id_name_batch(&ids)))
+        }
+        fn get_incremental_state(&mut self) -> Result<Option<Value>> {
+            Ok(Some(json!({ "next": self.next })))
+        }
+        fn close(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn ids(rows: i64, shift: i64) -> impl FnMut() -> Result<Box<dyn Reader>> {
+        move || {
+            Ok(Box::new(Ids {
+                next: 0,
+                rows,
+                shift,
+                resumed: false,
+            }) as Box<dyn Reader>)
+        }
+    }
+
+    fn check<'a>(report: &'a Report, name: &str) -> &'a Check {
+        report
+            .checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no check {name}: {report:?}"))
+    }
+
+    #[test]
+    fn resuming_compares_the_rows_not_only_their_count() {
+        let report = check_reader(&mut ids(35, 0), &json!({}));
+        assert!(report.passed(), "{report:?}");
+        let c = check(&report, "resume from a mid-stream state");
+        assert!(!c.skipped);
+        assert_eq!(
+            c.outcome.as_deref().unwrap(),
+            "25 rows after {\"next\":10}: the same rows (every value compared)"
+        );
+        // As many rows, other values: a count would pass, the content does not.
+        let report = check_reader(&mut ids(35, 1000), &json!({}));
+        let err = check(&report, "resume from a mid-stream state")
+            .outcome
+            .clone()
+            .unwrap_err();
+        assert!(err.contains("25 rows, as many as followed it"), "{err}");
+        assert!(err.contains("not the same ones"), "{err}");
+    }
+
+    #[test]
+    fn a_single_batch_says_the_resume_check_was_skipped() {
+        let report = check_reader(&mut ids(5, 0), &json!({}));
+        assert!(report.passed(), "{report:?}");
+        let c = check(&report, "resume from a mid-stream state");
+        assert!(c.skipped, "{c:?}");
+        assert!(
+            c.outcome.as_deref().unwrap().contains("give a --config"),
+            "{c:?}"
         );
     }
 }

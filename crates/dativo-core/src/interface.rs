@@ -155,7 +155,8 @@ pub struct StreamInfo {
     #[serde(default)]
     pub delivery: Delivery,
     /// About how many rows this run will deliver, when the source can estimate it cheaply
-    /// (catalog statistics, file sizes): a progress total, never a check.
+    /// (the database's statistics for a whole-table read; a plugin's schema metadata): a
+    /// progress total, never a check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_rows: Option<u64>,
 }

@@ -50,6 +50,10 @@ pub use dativo_core::{
 };
 pub use serde_json;
 
+/// The conformance suite `dativo plugin test` runs, for a plugin's own unit tests:
+/// `assert!(conformance::check_reader(&mut || Ok(Box::new(MyReader::default())), &json!({})).passed())`.
+pub use dativo_core::conformance;
+
 /// Everything a plugin usually needs in scope.
 pub mod prelude {
     pub use crate::{

@@ -252,7 +252,7 @@ pub fn python_bridge() -> Result<std::path::PathBuf> {
         tried.push(c.display().to_string());
     }
     Err(Error::config(format!(
-        "Python plugins need the bridge library {file}, built with dativo (`cargo build --release` puts it next to the binary); not found at {} — or set DATIVO_PYTHON_BRIDGE",
+        "Python plugins need the bridge library {file}, built with dativo (`cargo build --release -p dativo-python` in the checkout puts it next to the binary); not found at {} — or set DATIVO_PYTHON_BRIDGE",
         tried.join(", ")
     )))
 }

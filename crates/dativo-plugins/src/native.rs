@@ -24,7 +24,7 @@ use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use dativo_core::conformance::{check_batch_schema, NoMessage};
+use dativo_core::conformance::{check_batch_schema, check_decimal_precision, NoMessage};
 use dativo_core::{
     Commit, CommitReport, CommittedState, Error, ErrorKind, Reader, ReaderContext, Result, Writer,
     WriterContext,
@@ -653,6 +653,9 @@ impl Reader for NativeReader {
                 "read_batch returned a batch that does not match the schema from get_schema: {}",
                 e.message()
             ))
+        })?;
+        check_decimal_precision(&got).map_err(|e| {
+            Error::plugin(format!("read_batch returned a batch with {}", e.message()))
         })?;
         let batch =
             RecordBatch::try_new(schema, got.columns().to_vec()).map_err(|e| bad(e.to_string()))?;

@@ -68,16 +68,20 @@ fn start() -> std::result::Result<(), String> {
     .map_err(|e| Python::attach(|py| convert::describe(py, &e, "starting Python")))
 }
 
-/// The `dativo` module plugins import for their exception classes — unless a package of that
-/// name is installed, which then provides them. An exception's kind is its `dativo_kind`
+/// The `dativo` module plugins import for their exception classes (added to an installed
+/// package of that name that lacks them). An exception's kind is its `dativo_kind`
 /// attribute (so a plugin may also define its own classes, importable without dativo); see
 /// [`convert::error`].
 const ERRORS_MODULE: &std::ffi::CStr = c"
 import sys, types
 try:
-    import dativo
-except ImportError:
-    m = types.ModuleType('dativo', 'Exception classes for dativo plugins: raise them to say what failed.')
+    import dativo as m
+except Exception:
+    m = None
+if m is None or not hasattr(m, 'AuthError'):
+    if m is None:
+        m = types.ModuleType('dativo', 'Exception classes for dativo plugins: raise them to say what failed.')
+        sys.modules['dativo'] = m
     class DativoError(Exception):
         'A plugin failure (exit 5); the base of the others.'
         dativo_kind = 'plugin'
@@ -102,8 +106,6 @@ except ImportError:
     for c in (DativoError, ConfigError, AuthError, ConnectError, DataError, SchemaError, TransientError):
         c.__module__ = 'dativo'
         setattr(m, c.__name__, c)
-    m.__all__ = ['DativoError', 'ConfigError', 'AuthError', 'ConnectError', 'DataError', 'SchemaError', 'TransientError']
-    sys.modules['dativo'] = m
 ";
 
 /// What a Python class must have.

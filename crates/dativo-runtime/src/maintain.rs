@@ -267,79 +267,90 @@ pub fn drop_target(
         }
         vec![(None, job.clone())]
     };
+    // Everything that can fail before anything changes: the catalog or store reachable, the
+    // table loaded, the files listed, no other job's commits there (a dry run of each drop).
+    let mut planned = Vec::new();
+    for (stream, j) in &targets {
+        planned.push(drop_one(stream.as_deref(), j, true)?);
+    }
+    if dry_run {
+        return Ok(planned);
+    }
+    // Then the state (the job's, its streams' and its shards'), before the data: a drop that
+    // fails half-way now leaves a target the next run loads from the beginning into (rows
+    // twice, until `target drop` is run again — the error says so), never a state ahead of an
+    // emptied target (rows lost).
+    let mut keys: Vec<String> = Vec::new();
+    if stream.is_none() {
+        keys.push(job.name().to_string());
+        keys.extend(store.keys_under(job.name(), '#')?);
+    }
     for (_, j) in &targets {
-        let builtin = matches!(&j.config.target.writer, Implementation::Builtin(w) if w == "iceberg" || w == "parquet");
-        if !builtin {
+        keys.push(j.name().to_string());
+        keys.extend(store.keys_under(j.name(), '#')?);
+    }
+    for k in &keys {
+        store.reset_state(k)?;
+    }
+    let mut out = Vec::new();
+    for (stream, j) in &targets {
+        let d = drop_one(stream.as_deref(), j, false).map_err(|e| {
+            e.context(format!(
+                "dropping the target of `{}` (its state is already reset: run `dativo target \
+                 drop` again before the next run, or that run loads everything again next to \
+                 what is left)",
+                j.name()
+            ))
+        })?;
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// Drop (or with `dry_run` plan to drop) the target of one job or stream.
+fn drop_one(stream: Option<&str>, j: &Job, dry_run: bool) -> Result<TargetDrop> {
+    let cfg = &j.config.target.config;
+    let stream = stream.map(str::to_string);
+    Ok(match &j.config.target.writer {
+        Implementation::Builtin(w) if w == "iceberg" => {
+            let table = cfg.get("table").and_then(|t| t.as_str()).unwrap_or("?");
+            match maintain::drop_target(cfg, j.name(), dry_run)? {
+                Some(r) => TargetDrop {
+                    stream,
+                    target: format!("Iceberg table {table} at {}", secrets::scrub(&r.location)),
+                    existed: true,
+                    files: r.files_deleted,
+                    bytes: r.bytes_deleted,
+                    left: r.files_left,
+                },
+                None => TargetDrop {
+                    stream,
+                    target: format!("Iceberg table {table}"),
+                    existed: false,
+                    files: 0,
+                    bytes: 0,
+                    left: 0,
+                },
+            }
+        }
+        Implementation::Builtin(w) if w == "parquet" => {
+            let r = dativo_connectors::parquet::drop_dataset(cfg, j.name(), dry_run)?;
+            TargetDrop {
+                stream,
+                target: format!("Parquet directory {}", secrets::scrub(&r.location)),
+                existed: r.commits > 0 || r.files_deleted > 0,
+                files: r.files_deleted,
+                bytes: r.bytes_deleted,
+                left: r.other_files,
+            }
+        }
+        _ => {
             return Err(j.error_at(
                 "target.writer",
                 "`dativo target drop` drops what the built-in `iceberg` and `parquet` writers \
                  wrote; remove this writer's output with its own tools, then `dativo state \
                  reset` the job",
-            ));
+            ))
         }
-    }
-    // The state goes first: a drop that fails half-way then leaves a target the next run
-    // loads from the beginning into (rows twice, until `target drop` is run again — the error
-    // says so), never a state ahead of an emptied target (rows lost).
-    if !dry_run {
-        if stream.is_none() {
-            store.reset_state(job.name())?;
-        }
-        for (_, j) in &targets {
-            store.reset_state(j.name())?;
-        }
-    }
-    let mut out = Vec::new();
-    for (stream, j) in targets {
-        let cfg = &j.config.target.config;
-        let again = |e: Error| {
-            if dry_run {
-                e
-            } else {
-                e.context(format!(
-                    "dropping the target of `{}` (its state is already reset: run `dativo \
-                     target drop` again before the next run, or that run loads everything again \
-                     next to what is left)",
-                    j.name()
-                ))
-            }
-        };
-        let d = match &j.config.target.writer {
-            Implementation::Builtin(w) if w == "iceberg" => {
-                let table = cfg.get("table").and_then(|t| t.as_str()).unwrap_or("?");
-                match maintain::drop_target(cfg, dry_run).map_err(again)? {
-                    Some(r) => TargetDrop {
-                        stream: stream.clone(),
-                        target: format!("Iceberg table {table} at {}", secrets::scrub(&r.location)),
-                        existed: true,
-                        files: r.files_deleted,
-                        bytes: r.bytes_deleted,
-                        left: r.files_left,
-                    },
-                    None => TargetDrop {
-                        stream: stream.clone(),
-                        target: format!("Iceberg table {table}"),
-                        existed: false,
-                        files: 0,
-                        bytes: 0,
-                        left: 0,
-                    },
-                }
-            }
-            Implementation::Builtin(w) if w == "parquet" => {
-                let r = dativo_connectors::parquet::drop_dataset(cfg, dry_run).map_err(again)?;
-                TargetDrop {
-                    stream: stream.clone(),
-                    target: format!("Parquet directory {}", secrets::scrub(&r.location)),
-                    existed: r.commits > 0 || r.files_deleted > 0,
-                    files: r.files_deleted,
-                    bytes: r.bytes_deleted,
-                    left: r.other_files,
-                }
-            }
-            _ => unreachable!("checked above"),
-        };
-        out.push(d);
-    }
-    Ok(out)
+    })
 }

@@ -163,6 +163,15 @@ impl PgStore {
         .transpose()
     }
 
+    pub(crate) fn keys_under(&self, job: &str, sep: char) -> Result<Vec<String>> {
+        let rows = block(self.client.query(
+            "SELECT job FROM dativo_job_state WHERE left(job, length($1) + 1) = $1 || $2 ORDER BY job",
+            &[&job, &sep.to_string()],
+        ))
+        .map_err(err)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     pub(crate) fn stream_states(&self, job: &str) -> Result<Vec<(String, StoredState)>> {
         let rows = block(self.client.query(
             "SELECT job, state, run_id, updated_at FROM dativo_job_state

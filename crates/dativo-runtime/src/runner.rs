@@ -141,6 +141,8 @@ pub enum RunEvent<'a> {
     },
     /// A batch was handed to the writer.
     Batch {
+        /// The job's name, or its stream's or shard's key (as in [`RunEvent::Estimate`]).
+        stream: &'a str,
         /// Rows in the batch.
         rows: u64,
         /// Arrow in-memory bytes of the batch.
@@ -544,6 +546,7 @@ impl Attempt<'_> {
         start_state: Option<Value>,
         control: Option<Arc<dyn ReaderControl>>,
     ) -> Result<()> {
+        let stream_key = self.opts.shard.key(self.job.name());
         let cp = &self.job.config.checkpoint;
         // A writer that replaces the target commits once, at end of stream: a checkpoint
         // would show readers part of the new contents.
@@ -639,9 +642,11 @@ impl Attempt<'_> {
                     bytes += b;
                     self.totals.arrow_bytes += b;
                     latest = state;
-                    self.opts
-                        .observer
-                        .on_event(&RunEvent::Batch { rows: n, bytes: b });
+                    self.opts.observer.on_event(&RunEvent::Batch {
+                        stream: &stream_key,
+                        rows: n,
+                        bytes: b,
+                    });
                     // An empty batch from a reader the source keeps a position for (a
                     // heartbeat) moves only the state: committed at once, so the source
                     // can release what it covers.
@@ -779,11 +784,16 @@ pub struct DryRun {
     pub state: Option<Value>,
     /// The state was reset by `dativo state reset` and not yet replaced by a run.
     pub reset: bool,
+    /// How the writer would write, in words, when it is a built-in that says (decided as the
+    /// writer decides: mode, key, the source's delivery and the shard).
+    pub writes: Option<String>,
 }
 
 /// `dativo run --dry-run`: validate the job, open its reader from the committed state of
-/// `shard` (connecting, planning), report what it would read and close it. The writer is not
-/// opened: nothing is created, written or committed, and no lock is taken. `store`: `None`
+/// `shard` (connecting, planning — a SQL reader starts its queries, and they end when it is
+/// closed), report what it would read and how the writer would write, and close it. The
+/// writer is not opened (so its own record of what it committed is not consulted): nothing
+/// is created, written or committed, and no lock is taken. `store`: `None`
 /// when the job has no state store yet (it starts from the beginning).
 pub fn dry_run(job: &Job, store: Option<&StateStore>, shard: Shard) -> Result<DryRun> {
     let (rf, _wf) = implementations::validate(job)?;
@@ -803,10 +813,29 @@ pub fn dry_run(job: &Job, store: Option<&StateStore>, shard: Shard) -> Result<Dr
     )?;
     let info = r.info();
     r.close().map_err(|e| e.context(rf.label.clone()))?;
+    let ctx = WriterContext {
+        job: key.clone(),
+        stream: job.name().to_string(),
+        run_id: "dry-run".into(),
+        schema: schema.clone(),
+        shard,
+        source: info.clone(),
+    };
+    let wcfg = &job.config.target.config;
+    let writes = match &job.config.target.writer {
+        dativo_core::job::Implementation::Builtin(w) if w == "parquet" => {
+            Some(dativo_connectors::parquet::planned_write(wcfg, &ctx)?)
+        }
+        dativo_core::job::Implementation::Builtin(w) if w == "iceberg" => {
+            Some(dativo_connectors::iceberg::planned_write(wcfg, &ctx)?)
+        }
+        _ => None,
+    };
     Ok(DryRun {
         schema,
         info,
         state,
         reset,
+        writes,
     })
 }

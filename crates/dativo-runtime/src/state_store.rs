@@ -529,6 +529,27 @@ impl StateStore {
         Ok(())
     }
 
+    /// The state keys of `job` followed by `sep`: `#` its shards' (`job#I/N`), `/` its
+    /// streams' (`job/STREAM`).
+    pub fn keys_under(&self, job: &str, sep: char) -> Result<Vec<String>> {
+        let conn = match &self.inner {
+            Inner::Postgres(pg) => return pg.keys_under(job, sep),
+            Inner::Sqlite { conn, .. } => conn,
+        };
+        let mut stmt = conn
+            .prepare(
+                "SELECT job FROM job_state WHERE substr(job, 1, length(?1) + 1) = ?1 || ?2
+                 ORDER BY job",
+            )
+            .map_err(db_err)?;
+        let keys = stmt
+            .query_map(params![job, sep.to_string()], |r| r.get::<_, String>(0))
+            .map_err(db_err)?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        Ok(keys)
+    }
+
     /// The committed states of the streams of a job with `tables:` (keys `job/STREAM`), by
     /// stream name.
     pub fn stream_states(&self, job: &str) -> Result<Vec<(String, StoredState)>> {

@@ -414,8 +414,9 @@ DV_API int dv_column_init(DvColumn *c, const char *name, const char *format, int
   else if (!strcmp(format, DV_INT32) || !strcmp(format, DV_FLOAT32) || !strcmp(format, DV_DATE32)) c->width = 4;
   else if (!strcmp(format, DV_INT64) || !strcmp(format, DV_FLOAT64) || !strncmp(format, "tsu:", 4)) c->width = 8;
   else if (!strncmp(format, "d:", 2)) {
-    if (sscanf(format, "d:%d,%d", &c->precision, &c->scale) != 2 || c->precision < 1 || c->precision > 38 ||
-        c->scale < 0 || c->scale > c->precision)
+    int end = 0; /* the whole format, nothing after the scale (",256" would be decimal256) */
+    if (sscanf(format, "d:%d,%d%n", &c->precision, &c->scale, &end) != 2 || format[end] != '\0' ||
+        c->precision < 1 || c->precision > 38 || c->scale < 0 || c->scale > c->precision)
       return 0;
     c->width = 16;
   } else if (strcmp(format, DV_BOOL_FMT) && strcmp(format, DV_UTF8) && strcmp(format, DV_BINARY)) {
@@ -538,10 +539,14 @@ DV_API int dv_append_decimal(DvColumn *c, const char *text) {
   return dv__fixed(c, &s, 16); /* little-endian two's complement, as Arrow stores it */
 }
 
-/* unscaled × 10^-scale: 12345 with scale 2 is 123.45. */
+/* unscaled × 10^-scale: 12345 with scale 2 is 123.45. 0 when it has more digits than the
+ * precision. */
 DV_API int dv_append_decimal_unscaled(DvColumn *c, int64_t unscaled) {
-  __int128 s = unscaled;
-  return c->width == 16 ? dv__fixed(c, &s, 16) : 0;
+  if (c->width != 16) return 0;
+  __int128 s = unscaled, limit = 1;
+  for (int i = 0; i < c->precision; i++) limit *= 10;
+  if (s >= limit || -s >= limit) return 0;
+  return dv__fixed(c, &s, 16);
 }
 
 /* A list row ends: it holds the values appended to c->item since the previous row. */

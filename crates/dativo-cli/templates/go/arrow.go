@@ -227,11 +227,18 @@ type column struct {
 
 func newColumn(f field) *column {
 	c := &column{field: f, offsets: []int32{0}}
-	if strings.HasPrefix(f.format, "d:") {
-		if _, err := fmt.Sscanf(f.format, "d:%d,%d", &c.precision, &c.scale); err != nil ||
+	switch {
+	case strings.HasPrefix(f.format, "d:"):
+		// The whole format: "d:12,2,256" would be a decimal256 of 32-byte values.
+		_, err := fmt.Sscanf(f.format, "d:%d,%d", &c.precision, &c.scale)
+		if err != nil || formatDecimal(c.precision, c.scale) != f.format ||
 			c.precision < 1 || c.precision > 38 || c.scale < 0 || c.scale > c.precision {
 			panic(fmt.Sprintf("column `%s`: %q is not a decimal128 format (formatDecimal(p, s))", f.name, f.format))
 		}
+	case width(f.format) > 0 && (!strings.HasPrefix(f.format, "ts") || strings.HasPrefix(f.format, "tsu:")):
+	case f.format == formatBool || f.format == formatUTF8 || f.format == formatBinary || f.format == formatList:
+	default:
+		panic(fmt.Sprintf("column `%s`: format %q is not one arrow.go builds (see the README's table)", f.name, f.format))
 	}
 	if f.format == formatList {
 		if f.item == nil {
@@ -357,12 +364,19 @@ func (c *column) AppendDecimal(text string) error {
 	return nil
 }
 
-// AppendDecimalUnscaled appends unscaled × 10^-scale (12345 with scale 2 is 123.45).
-func (c *column) AppendDecimalUnscaled(unscaled int64) {
+// AppendDecimalUnscaled appends unscaled × 10^-scale (12345 with scale 2 is 123.45): an
+// error when it has more digits than the precision.
+func (c *column) AppendDecimalUnscaled(unscaled int64) error {
 	if !strings.HasPrefix(c.format, "d:") {
 		c.mismatch("a decimal")
 	}
-	c.appendInt128(big.NewInt(unscaled))
+	v := big.NewInt(unscaled)
+	limit := new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(c.precision)), nil)
+	if new(big.Int).Abs(v).Cmp(limit) >= 0 {
+		return fmt.Errorf("column `%s`: %d (unscaled) has more than %d digits", c.name, unscaled, c.precision)
+	}
+	c.appendInt128(v)
+	return nil
 }
 
 // appendInt128 appends v as 16 bytes of two's complement, little-endian.

@@ -28,6 +28,7 @@ pub use config::{
     CatalogConfig, CatalogKind, CatalogUri, IcebergWriterConfig, OverwriteScope, WriteMode,
 };
 pub use encrypted::{encrypted_dataset, ENCRYPTION_KEY};
+pub use modes::planned_write;
 pub use writer::IcebergWriter;
 
 #[cfg(test)]

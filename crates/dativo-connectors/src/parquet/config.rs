@@ -333,3 +333,16 @@ impl ParquetWriterConfig {
         Ok(())
     }
 }
+
+/// How a run described by `ctx` would write into the directory of `config`, in words, decided
+/// as the writer decides it (`dativo run --dry-run`); the error the writer would give otherwise.
+pub fn planned_write(
+    config: &serde_json::Value,
+    ctx: &dativo_core::WriterContext,
+) -> Result<String> {
+    let cfg: ParquetWriterConfig = dativo_core::config::from_config(config)?;
+    Ok(match ParquetWriteMode::resolve(cfg.mode, ctx, &cfg.path)? {
+        ParquetWriteMode::Append => "append: new Parquet files, committed at each checkpoint".into(),
+        ParquetWriteMode::Overwrite => "overwrite: the run's files replace every file committed before, in one commit at the end".into(),
+    })
+}

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use dativo_core::config::from_config;
-use dativo_core::Result;
+use dativo_core::{Error, Result};
 use dativo_storage::Location;
 
 use super::commit_log::Layout;
@@ -30,7 +30,7 @@ pub struct DatasetDropReport {
 /// any shard published (those an overwrite already replaced are gone), then `_dativo/`
 /// (manifests, staging, locks, the audit trail). Files dativo did not write stay. The caller
 /// holds the job's lock: no run writes meanwhile.
-pub fn drop_dataset(config: &Value, dry_run: bool) -> Result<DatasetDropReport> {
+pub fn drop_dataset(config: &Value, job: &str, dry_run: bool) -> Result<DatasetDropReport> {
     let cfg: ParquetWriterConfig = from_config(config)?;
     cfg.check()?;
     let loc = Location::parse(&cfg.path, &cfg.store_options())?;
@@ -39,11 +39,26 @@ pub fn drop_dataset(config: &Value, dry_run: bool) -> Result<DatasetDropReport> 
         ..Default::default()
     };
     let mut data: Vec<(String, u64)> = Vec::new();
+    let mut others: Vec<String> = Vec::new();
     for layout in Layout::all_under(&loc)? {
         for m in layout.all()? {
             report.commits += 1;
+            if !crate::is_own_key(job, &m.job) {
+                others.push(m.job.clone());
+            }
             data.extend(m.files.iter().map(|f| (f.path.clone(), f.bytes)));
         }
+    }
+    others.sort();
+    others.dedup();
+    if !others.is_empty() {
+        // Several jobs may write one directory; their commits and `_dativo/` are shared.
+        return Err(Error::config(format!(
+            "{} also holds commits of job(s) {}: `dativo target drop` of job `{job}` would \
+             delete their files and commit log too; remove what is meant by hand",
+            loc.name(),
+            others.join(", ")
+        )));
     }
     data.sort();
     data.dedup();
@@ -51,12 +66,15 @@ pub fn drop_dataset(config: &Value, dry_run: bool) -> Result<DatasetDropReport> 
         Location::Local(root) if !root.exists() => Vec::new(),
         _ => loc.list_recursive("")?,
     };
-    let all: Vec<String> = all.into_iter().map(|p| p.replace('\\', "/")).collect();
-    let bookkeeping: Vec<&String> = all.iter().filter(|p| p.starts_with("_dativo/")).collect();
+    let all: std::collections::HashSet<String> =
+        all.into_iter().map(|p| p.replace('\\', "/")).collect();
+    let named: std::collections::HashSet<&str> = data.iter().map(|(p, _)| p.as_str()).collect();
+    let mut bookkeeping: Vec<&String> = all.iter().filter(|p| p.starts_with("_dativo/")).collect();
+    bookkeeping.sort();
     let present: Vec<&(String, u64)> = data.iter().filter(|(p, _)| all.contains(p)).collect();
     report.other_files = all
         .iter()
-        .filter(|p| !p.starts_with("_dativo/") && !data.iter().any(|(d, _)| d == *p))
+        .filter(|p| !p.starts_with("_dativo/") && !named.contains(p.as_str()))
         .count() as u64;
     report.files_deleted = (present.len() + bookkeeping.len()) as u64;
     report.bytes_deleted = present.iter().map(|(_, b)| b).sum();

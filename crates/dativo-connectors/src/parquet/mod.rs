@@ -24,6 +24,6 @@ pub mod lease;
 mod parallel;
 mod writer;
 
-pub use config::{Codec, ParquetWriteMode, ParquetWriterConfig};
+pub use config::{planned_write, Codec, ParquetWriteMode, ParquetWriterConfig};
 pub use drop::{drop_dataset, DatasetDropReport};
 pub use writer::ParquetWriter;

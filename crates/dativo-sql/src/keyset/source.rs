@@ -173,9 +173,14 @@ impl<D: Dialect> SqlSource<D> {
         let fresh = state.plan.is_none()
             && (state.cursor.is_none() || snap.opts.mode() == ReadMode::FullRefresh);
         if fresh {
-            info.estimated_rows = snap
-                .estimate_rows()?
-                .map(|n| n / u64::from(ctx.shard.count.max(1)));
+            // A progress total: never a reason to fail the run.
+            info.estimated_rows = match snap.estimate_rows() {
+                Ok(n) => n.map(|n| n / u64::from(ctx.shard.count.max(1))),
+                Err(e) => {
+                    tracing::debug!(error = %dativo_core::secrets::scrub(&e.to_string()), "no row estimate");
+                    None
+                }
+            };
         }
         if ctx.shard.count > 1 {
             snap.apply_shard(ctx.shard)?;

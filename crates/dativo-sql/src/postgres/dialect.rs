@@ -175,17 +175,20 @@ impl Dialect for Postgres {
         )
     }
 
-    // The table's statistics, or its leaf partitions' for a partitioned table (which has none
-    // of its own); NULL when never analyzed (reltuples -1).
+    // As the planner estimates a scan: the row density of the last ANALYZE/VACUUM
+    // (reltuples / relpages) times the table's pages now, summed over the table and its
+    // partitions or inheritance children (a SELECT reads those too). NULL when no part was
+    // analyzed while it held rows. pg_inherits, not pg_partition_tree: any server version.
     fn estimate_rows_sql(table: &str) -> Option<String> {
         Some(format!(
-            "SELECT CASE WHEN c.relkind <> 'p' THEN \
-               CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint::text END \
-             ELSE (SELECT CASE WHEN count(*) FILTER (WHERE l.reltuples >= 0) = 0 THEN NULL \
-                   ELSE sum(greatest(l.reltuples, 0))::bigint::text END \
-                   FROM pg_partition_tree(c.oid) t JOIN pg_class l ON l.oid = t.relid \
-                   WHERE t.isleaf) END \
-             FROM pg_class c WHERE c.oid = {}::regclass",
+            "WITH RECURSIVE tree(oid) AS (SELECT {}::regclass::oid \
+               UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.oid) \
+             SELECT CASE WHEN count(*) FILTER (WHERE c.relpages > 0 AND c.reltuples > 0) = 0 THEN NULL \
+               ELSE sum(CASE WHEN c.relpages > 0 AND c.reltuples > 0 \
+                 THEN c.reltuples / c.relpages \
+                   * (pg_relation_size(c.oid) / current_setting('block_size')::bigint) \
+                 ELSE 0 END)::bigint::text END \
+             FROM tree t JOIN pg_class c ON c.oid = t.oid WHERE c.relkind <> 'p'",
             Self::lit(&Self::table_ref(table))
         ))
     }

@@ -115,3 +115,19 @@ dativo_plugin_sdk::export_plugin! {
     readers: { "{{name}}" => Source::default },
     writers: {},
 }
+
+// `cargo test` runs the same conformance suite as `dativo plugin test`, without dativo.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_the_conformance_suite() {
+        let report = dativo_plugin_sdk::conformance::check_reader(
+            &mut || Ok(Box::new(Source::default()) as Box<dyn Reader>),
+            &json!({ "rows": 2500 }),
+        );
+        // A report is data: assert on it, or a failing check would go unnoticed.
+        assert!(report.passed(), "{report:#?}");
+    }
+}

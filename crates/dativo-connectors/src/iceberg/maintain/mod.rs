@@ -75,9 +75,10 @@ pub struct MaintenanceReport {
 }
 
 /// Drop the table of an `iceberg` writer config from its catalog and delete its files
-/// (`dativo target drop`); `Ok(None)`: the catalog has no such table. With `dry_run`, only
-/// count what would go. The caller holds the job's lock.
-pub fn drop_target(config: &Value, dry_run: bool) -> Result<Option<DropReport>> {
+/// (`dativo target drop`) of job `job`; `Ok(None)`: the catalog has no such table. Refused
+/// when other jobs commit to the table too. With `dry_run`, only count what would go (every
+/// check made, nothing changed). The caller holds the job's lock.
+pub fn drop_target(config: &Value, job: &str, dry_run: bool) -> Result<Option<DropReport>> {
     let cfg: IcebergWriterConfig = from_config(config)?;
     cfg.check()?;
     let (_, ident) = table_ident(&cfg.table)?;
@@ -95,7 +96,7 @@ pub fn drop_target(config: &Value, dry_run: bool) -> Result<Option<DropReport>> 
             catalog,
             ident,
         };
-        orphans::drop_table(&h, dry_run).await.map(Some)
+        orphans::drop_table(&h, job, dry_run).await.map(Some)
     })
 }
 

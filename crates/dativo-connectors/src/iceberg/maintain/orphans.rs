@@ -29,7 +29,8 @@ use dativo_storage::{od, Location, StoreOptions};
 use super::expire::Reach;
 use super::{MaintenanceReport, TableHandle};
 use crate::iceberg::commit::LiveFiles;
-use crate::iceberg::writer::ice;
+use crate::iceberg::counting::JOB_STATE_PREFIX;
+use crate::iceberg::writer::{ice, JOB_KEY};
 
 /// How to remove orphans.
 #[derive(Debug, Clone)]
@@ -271,8 +272,33 @@ pub struct DropReport {
 /// Drop the table from its catalog, then delete its files: everything under the location's
 /// `data/` and `metadata/` except a nested table's. Listed first, dropped second (no reader
 /// loads a table whose files are going), deleted last.
-pub async fn drop_table(h: &TableHandle, dry_run: bool) -> Result<DropReport> {
+pub async fn drop_table(h: &TableHandle, job: &str, dry_run: bool) -> Result<DropReport> {
     let table = h.load().await?;
+    // A table other jobs write to too is not this job's to drop.
+    let mut others: Vec<String> = table
+        .metadata()
+        .snapshots()
+        .filter_map(|s| s.summary().additional_properties.get(JOB_KEY).cloned())
+        .chain(
+            table
+                .metadata()
+                .properties()
+                .keys()
+                .filter_map(|k| k.strip_prefix(JOB_STATE_PREFIX).map(str::to_string)),
+        )
+        .filter(|j| !crate::is_own_key(job, j))
+        .collect();
+    others.sort();
+    others.dedup();
+    if !others.is_empty() {
+        return Err(Error::config(format!(
+            "table {} also holds commits of job(s) {}: `dativo target drop` of job `{job}` \
+             would delete their rows too; drop the table with your catalog's tools if that is \
+             meant",
+            h.ident,
+            others.join(", ")
+        )));
+    }
     let location = table
         .metadata()
         .location()
