@@ -376,7 +376,8 @@ plaintext: it is created with mode 0600 — keep it where the data may be.")]
         job: PathBuf,
     },
     /// Run every job in a directory on its `schedule`, with an HTTP API (docs/openapi.yaml),
-    /// Prometheus metrics at /metrics, /healthz, /readyz and a status page at /.
+    /// Prometheus metrics at /metrics, /healthz, /readyz and a console at / (a page per job
+    /// at /jobs/NAME: run history, a chart, logs, state, Run now and Cancel).
     #[command(after_help = "Examples:
   dativo serve --jobs jobs/
   DATIVO_API_TOKEN=… dativo serve --jobs jobs/ --listen 0.0.0.0:8080 --max-concurrent 8

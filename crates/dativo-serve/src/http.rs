@@ -22,6 +22,7 @@ type S = State<Arc<Server>>;
 pub(crate) fn router(server: Arc<Server>) -> Router {
     Router::new()
         .route("/", get(page))
+        .route("/jobs/{name}", get(job_page))
         .route("/api/jobs", get(list_jobs))
         .route("/api/jobs/{name}", get(job_detail))
         .route("/api/jobs/{name}/runs", post(trigger))
@@ -165,6 +166,14 @@ pub(crate) struct JobView {
     pub timezone: Option<String>,
     pub next_run: Option<String>,
     pub running: Option<String>,
+    /// The running run: when it started, seconds since, rows read and committed so far.
+    pub running_since: Option<String>,
+    pub running_seconds: Option<f64>,
+    pub running_rows: Option<u64>,
+    pub running_committed: Option<u64>,
+    /// Change data capture: seconds between a change in the source and its commit, at the
+    /// job's last commit on this instance.
+    pub lag_seconds: Option<f64>,
     pub pending: bool,
     pub last_run: Option<LastRun>,
 }
@@ -178,6 +187,25 @@ pub(crate) struct InvalidView {
 
 impl Server {
     pub(crate) fn job_views(&self) -> (Vec<JobView>, Vec<InvalidView>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        // What this instance's runs have done so far, by run id (taken before `jobs`).
+        let active: BTreeMap<String, (String, f64, u64, u64)> = self
+            .active
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(id, a)| {
+                (
+                    id.clone(),
+                    (
+                        a.started_at.clone(),
+                        a.started.elapsed().as_secs_f64(),
+                        a.progress.rows.load(Relaxed),
+                        a.progress.committed.load(Relaxed),
+                    ),
+                )
+            })
+            .collect();
         let jobs = self.jobs.lock().expect("not poisoned");
         let views = jobs
             .iter()
@@ -198,6 +226,15 @@ impl Server {
                     .next
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
                 running: j.running.clone().filter(|r| !r.is_empty()),
+                running_since: j
+                    .running
+                    .as_ref()
+                    .and_then(|r| active.get(r))
+                    .map(|a| a.0.clone()),
+                running_seconds: j.running.as_ref().and_then(|r| active.get(r)).map(|a| a.1),
+                running_rows: j.running.as_ref().and_then(|r| active.get(r)).map(|a| a.2),
+                running_committed: j.running.as_ref().and_then(|r| active.get(r)).map(|a| a.3),
+                lag_seconds: self.metrics.lag(name),
                 pending: j.pending,
                 last_run: j.last.clone(),
             })
@@ -415,6 +452,70 @@ async fn readyz(State(s): S) -> Response {
 
 async fn page(State(s): S) -> Html<String> {
     Html(crate::page::render(&s))
+}
+
+/// `/jobs/NAME[?run=ID]`: the job's console page; the log shown is ID's, else the running
+/// run's, else the newest run's.
+async fn job_page(
+    State(s): S,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
+) -> Response {
+    let (jobs, _) = s.job_views();
+    let Some(view) = jobs.into_iter().find(|j| j.name == name) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Html(format!(
+                "<!doctype html><title>no such job</title><p>No job <code>{}</code>. <a href=\"/\">All jobs</a></p>",
+                name.replace('&', "&amp;").replace('<', "&lt;")
+            )),
+        )
+            .into_response();
+    };
+    let server = s.clone();
+    let n = name.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        let store = server.store()?;
+        Ok::<_, dativo_core::Error>((store.load_state(&n)?, store.runs(&n, 50)?))
+    })
+    .await;
+    let (state, runs, store_error) = match stored {
+        Ok(Ok((state, runs))) => (state, runs, None),
+        Ok(Err(e)) => (None, Vec::new(), Some(secrets::scrub(&e.to_string()))),
+        Err(e) => (None, Vec::new(), Some(e.to_string())),
+    };
+    // A reader's state can echo what it was sent (URLs, keys): scrub it like logs.
+    let state = state
+        .filter(|st| st.run_id != dativo_runtime::state_store::RESET_RUN_ID)
+        .and_then(|st| st.state)
+        .map(|v| secrets::scrub(&serde_json::to_string_pretty(&v).unwrap_or_default()));
+    let selected = q
+        .get("run")
+        .cloned()
+        .or_else(|| view.running.clone())
+        .or_else(|| runs.first().map(|r| r.run_id.clone()));
+    let log = selected.as_ref().and_then(|id| {
+        if let Some(a) = s.active.lock().expect("not poisoned").get(id) {
+            return Some(a.log.lock().expect("not poisoned").clone());
+        }
+        s.logs
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .find(|(r, _, _)| r == id)
+            .map(|(_, _, l)| l.clone())
+    });
+    let writable = s.opts.token.as_deref().is_some_and(|t| !t.is_empty());
+    Html(crate::page::render_job(&crate::page::JobPage {
+        view: &view,
+        runs: &runs,
+        state,
+        store_error,
+        selected,
+        log,
+        writable,
+    }))
+    .into_response()
 }
 
 #[cfg(test)]

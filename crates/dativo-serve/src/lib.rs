@@ -149,6 +149,15 @@ struct Active {
     started: Instant,
     started_at: String,
     log: Arc<Mutex<Vec<String>>>,
+    /// Rows handed to the writer so far, and rows committed so far (the console shows both).
+    progress: Arc<RunProgress>,
+}
+
+/// A running run's counts, updated by its observer.
+#[derive(Default)]
+struct RunProgress {
+    rows: std::sync::atomic::AtomicU64,
+    committed: std::sync::atomic::AtomicU64,
 }
 
 /// Everything the scheduler, the runs and the HTTP handlers share.
@@ -430,6 +439,7 @@ impl Server {
             "{} run {run_id} of job `{name}` started",
             now_rfc3339()
         )]));
+        let progress = Arc::new(RunProgress::default());
         self.active.lock().expect("not poisoned").insert(
             run_id.clone(),
             Active {
@@ -438,6 +448,7 @@ impl Server {
                 started: Instant::now(),
                 started_at: now_rfc3339(),
                 log: log.clone(),
+                progress: progress.clone(),
             },
         );
         let me = self.clone();
@@ -454,6 +465,7 @@ impl Server {
                     metrics: &me.metrics,
                     labels: &labels,
                     log: &log,
+                    progress: &progress,
                 };
                 let started = Instant::now();
                 // A panic (a bug, in a plugin or here) must not leave the job marked running.
@@ -754,13 +766,19 @@ struct RunObserver<'a> {
     metrics: &'a Metrics,
     labels: &'a metrics::Labels,
     log: &'a Mutex<Vec<String>>,
+    progress: &'a RunProgress,
 }
 
 impl Observer for RunObserver<'_> {
     fn on_event(&self, event: &RunEvent<'_>) {
+        use std::sync::atomic::Ordering::Relaxed;
         match event {
-            RunEvent::Batch { .. } => self.metrics.batch(self.labels),
+            RunEvent::Batch { rows, .. } => {
+                self.progress.rows.fetch_add(*rows, Relaxed);
+                self.metrics.batch(self.labels)
+            }
             RunEvent::Committed { report, state } => {
+                self.progress.committed.fetch_add(report.rows, Relaxed);
                 self.metrics
                     .committed(self.labels, report.rows, report.bytes);
                 if let Some(cdc) = state.and_then(|s| s.get("cdc")) {

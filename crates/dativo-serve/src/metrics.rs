@@ -97,6 +97,17 @@ impl Metrics {
             .sum()
     }
 
+    /// The change data capture lag of `job` measured at its last commit (seconds between the
+    /// source committing a change and dativo committing it), if it is a CDC job.
+    pub fn lag(&self, job: &str) -> Option<f64> {
+        self.jobs
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|(l, _)| l.job == job)
+            .find_map(|(_, m)| m.cdc_lag)
+    }
+
     /// A batch reached the writer.
     pub fn batch(&self, l: &Labels) {
         self.with(l, |m| m.batches += 1)

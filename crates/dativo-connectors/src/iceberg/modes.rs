@@ -291,6 +291,22 @@ pub fn truncate_rows(batch: &RecordBatch) -> Result<Vec<usize>> {
     Ok((0..m.len()).filter(|&i| m.value(i)).collect())
 }
 
+/// How a run described by `ctx` would write into the table of `config`, in words, decided as
+/// the writer decides it (`dativo run --dry-run`); the error the writer would give otherwise.
+pub fn planned_write(config: &serde_json::Value, ctx: &WriterContext) -> Result<String> {
+    let cfg: IcebergWriterConfig = dativo_core::config::from_config(config)?;
+    Ok(match resolve(&cfg, ctx)? {
+        WriteMode::Append => "append the rows read".to_string(),
+        WriteMode::Overwrite => {
+            "overwrite: the run's rows replace the table's, in one commit at the end".to_string()
+        }
+        WriteMode::Merge => format!(
+            "merge on ({}): a row whose key exists replaces it",
+            merge_key(&cfg, ctx)?.join(", ")
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,20 +394,4 @@ mod tests {
             BooleanArray::from(vec![false, true, false])
         );
     }
-}
-
-/// How a run described by `ctx` would write into the table of `config`, in words, decided as
-/// the writer decides it (`dativo run --dry-run`); the error the writer would give otherwise.
-pub fn planned_write(config: &serde_json::Value, ctx: &WriterContext) -> Result<String> {
-    let cfg: IcebergWriterConfig = dativo_core::config::from_config(config)?;
-    Ok(match resolve(&cfg, ctx)? {
-        WriteMode::Append => "append the rows read".to_string(),
-        WriteMode::Overwrite => {
-            "overwrite: the run's rows replace the table's, in one commit at the end".to_string()
-        }
-        WriteMode::Merge => format!(
-            "merge on ({}): a row whose key exists replaces it",
-            merge_key(&cfg, ctx)?.join(", ")
-        ),
-    })
 }
