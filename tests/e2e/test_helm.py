@@ -32,6 +32,7 @@ jobs:
     source: {reader: file, config: {path: "data/*.csv"}}
     target: {writer: parquet, config: {path: lake/files}}
 envFromSecret: etl-env
+replicas: 2
 stateUrlSecret: {name: dativo-state, key: url}
 apiTokenSecret: {name: dativo-api, key: token}
 serviceAccount:
@@ -127,7 +128,18 @@ def test_helm_chart_lints_renders_and_validates(tmp_path):
         serve.wait(timeout=60)
 
 
+def test_helm_chart_defaults_install_with_one_replica(tmp_path):
+    values = "image: {repository: r/dativo, tag: '1'}\njobs:\n  a.yaml: \"name: a\\nsource: {reader: file, config: {path: 'x/*.csv'}}\\ntarget: {writer: parquet, config: {path: out}}\\n\"\n"
+    out = helm("template", "etl", str(CHART), values=values, tmp_path=tmp_path).stdout
+    validate(out, tmp_path)
+    docs = {d["kind"]: d for d in yaml.safe_load_all(out) if d}
+    assert docs["Deployment"]["spec"]["replicas"] == 1
+    assert docs["Service"]["spec"]["sessionAffinity"] == "ClientIP"
+    assert docs["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 45
+
+
 @pytest.mark.parametrize("change, message", [
+    ("jobs: {a.yaml: {name: a}}", "as a string"),
     ("jobs: {}", "give at least one job file"),
     ("stateUrlSecret: {name: ''}", "share state through PostgreSQL"),
     ("jobs: {orders.json: 'name: x'}", "end in .yaml or .yml"),

@@ -41,33 +41,48 @@ pub struct DeployOptions<'a> {
 /// Where the plugins image's libraries are copied to in the pods.
 const PLUGIN_DIR: &str = "/opt/dativo/plugins";
 
+/// `s` quoted for a POSIX shell when it needs it, on one line.
+fn shq(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''").replace('\n', " "))
+    }
+}
+
 /// The command that generated the manifests, every option included, for their header.
 fn command_line(opts: &DeployOptions<'_>) -> String {
-    let mut c = format!("dativo deploy kubernetes {}", opts.job.display());
+    let mut c = format!(
+        "dativo deploy kubernetes {}",
+        shq(&opts.job.display().to_string())
+    );
     if !opts.serve || opts.shards > 1 {
         let _ = write!(c, " --shards {}", opts.shards);
     }
-    let _ = write!(c, " --image {}", opts.image);
+    let _ = write!(c, " --image {}", shq(opts.image));
     if let Some(ns) = opts.namespace {
-        let _ = write!(c, " --namespace {ns}");
+        let _ = write!(c, " --namespace {}", shq(ns));
     }
     if let Some(s) = opts.secret {
-        let _ = write!(c, " --secret {s}");
+        let _ = write!(c, " --secret {}", shq(s));
     }
     if opts.serve {
         let _ = write!(c, " --serve --replicas {}", opts.replicas.max(2));
     }
     if let Some(s) = opts.state_url_secret {
-        let _ = write!(c, " --state-url-secret {s}");
+        let _ = write!(c, " --state-url-secret {}", shq(s));
     }
     if let Some(sa) = opts.service_account {
-        let _ = write!(c, " --service-account {sa}");
+        let _ = write!(c, " --service-account {}", shq(sa));
     }
     for a in opts.service_account_annotations {
-        let _ = write!(c, " --service-account-annotation {a}");
+        let _ = write!(c, " --service-account-annotation {}", shq(a));
     }
     if let Some(i) = opts.plugins_image {
-        let _ = write!(c, " --plugins-image {i}");
+        let _ = write!(c, " --plugins-image {}", shq(i));
     }
     c
 }
@@ -125,7 +140,7 @@ fn decorate(docs: &mut Vec<Value>, opts: &DeployOptions<'_>, labels: &Value) -> 
     ) {
         let mut annotations = serde_json::Map::new();
         for a in opts.service_account_annotations {
-            let Some((k, v)) = a.split_once('=') else {
+            let Some((k, v)) = a.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
                 return Err(Error::config(format!(
                     "--service-account-annotation `{a}`: expected KEY=VALUE (e.g. eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/dativo)"
                 )));
@@ -410,7 +425,8 @@ fn serve_docs(
                 "template": {
                     "metadata": {"labels": labels},
                     "spec": {
-                        "terminationGracePeriodSeconds": 60,
+                        // serve's --grace, then the cancelled runs' time to stop.
+                        "terminationGracePeriodSeconds": 120,
                         "securityContext": {"fsGroup": 10001},
                         "containers": [{
                             "name": "dativo",
@@ -438,7 +454,8 @@ fn serve_docs(
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": smeta,
-            "spec": {"selector": labels, "ports": [{"name": "http", "port": 8080, "targetPort": "http"}]},
+            // A run's progress, log and Cancel live on the replica running it.
+            "spec": {"selector": labels, "sessionAffinity": "ClientIP", "ports": [{"name": "http", "port": 8080, "targetPort": "http"}]},
         }));
         // A node drain takes one replica at a time: the others keep scheduling (and a run on
         // the drained one ends within --grace, its work resumed elsewhere from its commits).

@@ -187,18 +187,8 @@ fn row_converter(schema: &Schema) -> Option<arrow::row::RowConverter> {
 /// imports a plugin's decimals without looking, and a writer would then store a number its
 /// readers see as another (a Parquet INT32 decimal truncated).
 pub fn check_decimal_precision(batch: &RecordBatch) -> Result<()> {
-    use arrow::datatypes::{Decimal128Type, Decimal256Type};
     for (f, col) in batch.schema().fields().iter().zip(batch.columns()) {
-        let checked = match f.data_type() {
-            DataType::Decimal128(p, _) => col
-                .as_primitive::<Decimal128Type>()
-                .validate_decimal_precision(*p),
-            DataType::Decimal256(p, _) => col
-                .as_primitive::<Decimal256Type>()
-                .validate_decimal_precision(*p),
-            _ => Ok(()),
-        };
-        checked.map_err(|e| {
+        check_decimals(col.as_ref()).map_err(|e| {
             Error::data(format!(
                 "column `{}` ({}): a value does not fit its precision: {e}",
                 f.name(),
@@ -207,6 +197,35 @@ pub fn check_decimal_precision(batch: &RecordBatch) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// Every decimal in `a`, nested ones (lists, structs, maps) included.
+fn check_decimals(a: &dyn Array) -> std::result::Result<(), arrow::error::ArrowError> {
+    use arrow::datatypes::{Decimal128Type, Decimal256Type, Decimal32Type, Decimal64Type};
+    match a.data_type() {
+        DataType::Decimal32(p, _) => a
+            .as_primitive::<Decimal32Type>()
+            .validate_decimal_precision(*p),
+        DataType::Decimal64(p, _) => a
+            .as_primitive::<Decimal64Type>()
+            .validate_decimal_precision(*p),
+        DataType::Decimal128(p, _) => a
+            .as_primitive::<Decimal128Type>()
+            .validate_decimal_precision(*p),
+        DataType::Decimal256(p, _) => a
+            .as_primitive::<Decimal256Type>()
+            .validate_decimal_precision(*p),
+        DataType::List(_) => check_decimals(a.as_list::<i32>().values().as_ref()),
+        DataType::LargeList(_) => check_decimals(a.as_list::<i64>().values().as_ref()),
+        DataType::FixedSizeList(_, _) => check_decimals(a.as_fixed_size_list().values().as_ref()),
+        DataType::Struct(_) => a
+            .as_struct()
+            .columns()
+            .iter()
+            .try_for_each(|c| check_decimals(c.as_ref())),
+        DataType::Map(_, _) => check_decimals(a.as_map().entries()),
+        _ => Ok(()),
+    }
 }
 
 /// Read a fresh instance to the end from `state`: the rows' fingerprint (only their count

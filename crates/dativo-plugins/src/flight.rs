@@ -440,7 +440,13 @@ impl Reader for FlightReader {
                     *state = (!v.is_null()).then_some(v);
                 }
                 match d.payload {
-                    DecodedPayload::RecordBatch(b) => return Ok(Some(b)),
+                    DecodedPayload::RecordBatch(b) => {
+                        // Arrow IPC decoding does not look at decimal values.
+                        dativo_core::conformance::check_decimal_precision(&b).map_err(|e| {
+                            Error::plugin(format!("DoGet sent a batch with {}", e.message()))
+                        })?;
+                        return Ok(Some(b));
+                    }
                     DecodedPayload::Schema(_) | DecodedPayload::None => continue,
                 }
             }

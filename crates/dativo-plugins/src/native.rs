@@ -654,6 +654,7 @@ impl Reader for NativeReader {
                 e.message()
             ))
         })?;
+        // Arrow imports decimals without looking at them (the Python bridge comes this way too).
         check_decimal_precision(&got).map_err(|e| {
             Error::plugin(format!("read_batch returned a batch with {}", e.message()))
         })?;

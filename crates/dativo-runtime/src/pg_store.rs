@@ -28,7 +28,14 @@ CREATE TABLE IF NOT EXISTS dativo_runs (
     commits BIGINT NOT NULL DEFAULT 0,
     error TEXT
 );
-ALTER TABLE dativo_runs ADD COLUMN IF NOT EXISTS details TEXT;
+DO $$ BEGIN
+  -- Only when missing: ALTER TABLE takes an ACCESS EXCLUSIVE lock even when the column exists,
+  -- and every open (each `serve` page and run) would wait behind the readers of dativo_runs.
+  IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                 AND table_name = 'dativo_runs' AND column_name = 'details') THEN
+    ALTER TABLE dativo_runs ADD COLUMN details TEXT;
+  END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS dativo_runs_by_job ON dativo_runs(job, started_at);";
 
 /// Serializes schema creation across processes (CREATE … IF NOT EXISTS can still collide).

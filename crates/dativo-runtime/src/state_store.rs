@@ -588,7 +588,8 @@ impl StateStore {
             .prepare(
                 "SELECT run_id, job, started_at, ended_at, status, attempts, rows, bytes, commits, error,
                         details
-                 FROM runs WHERE job = ?1 OR job = ?3 OR substr(job, 1, length(?1) + 1) = ?1 || '/'
+                 FROM runs WHERE job = ?1 OR job = ?3 OR (job >= ?1 || '/' AND job < ?1 || '0')
+                 -- a range, not substr(): the (job, started_at) index serves it (BINARY order)
                  ORDER BY started_at DESC, run_id DESC LIMIT ?2",
             )
             .map_err(db_err)?;

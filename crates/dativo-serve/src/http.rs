@@ -450,8 +450,15 @@ async fn readyz(State(s): S) -> Response {
     }
 }
 
-async fn page(State(s): S) -> Html<String> {
-    Html(crate::page::render(&s))
+async fn page(State(s): S) -> Response {
+    (
+        [
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+        ],
+        Html(crate::page::render(&s)),
+    )
+        .into_response()
 }
 
 /// `/jobs/NAME[?run=ID]`: the job's console page; the log shown is ID's, else the running
@@ -476,19 +483,50 @@ async fn job_page(
     let n = name.clone();
     let stored = tokio::task::spawn_blocking(move || {
         let store = server.store()?;
-        Ok::<_, dativo_core::Error>((store.load_state(&n)?, store.runs(&n, 50)?))
+        // The job's own runs: a job with `tables:` also records each stream's run (`job/S`,
+        // counted in the job's) and maintenance records `job#maintain`.
+        let mut runs = store.runs(&n, 200)?;
+        runs.retain(|r| r.job == n);
+        runs.truncate(50);
+        Ok::<_, dativo_core::Error>((store.load_state(&n)?, store.stream_states(&n)?, runs))
     })
     .await;
-    let (state, runs, store_error) = match stored {
-        Ok(Ok((state, runs))) => (state, runs, None),
-        Ok(Err(e)) => (None, Vec::new(), Some(secrets::scrub(&e.to_string()))),
-        Err(e) => (None, Vec::new(), Some(e.to_string())),
+    let (state, streams, runs, store_error) = match stored {
+        Ok(Ok((state, streams, runs))) => (state, streams, runs, None),
+        Ok(Err(e)) => (
+            None,
+            Vec::new(),
+            Vec::new(),
+            Some(secrets::scrub(&e.to_string())),
+        ),
+        Err(e) => (None, Vec::new(), Vec::new(), Some(e.to_string())),
+    };
+    let live = |st: dativo_runtime::StoredState| {
+        (st.run_id != dativo_runtime::state_store::RESET_RUN_ID)
+            .then_some(st.state)
+            .flatten()
+    };
+    // A job with `tables:` keeps a state per stream.
+    let state = if streams.is_empty() {
+        state.and_then(live)
+    } else {
+        Some(Value::Object(
+            streams
+                .into_iter()
+                .filter_map(|(s, st)| live(st).map(|v| (s, v)))
+                .collect(),
+        ))
     };
     // A reader's state can echo what it was sent (URLs, keys): scrub it like logs.
-    let state = state
-        .filter(|st| st.run_id != dativo_runtime::state_store::RESET_RUN_ID)
-        .and_then(|st| st.state)
-        .map(|v| secrets::scrub(&serde_json::to_string_pretty(&v).unwrap_or_default()));
+    let state =
+        state.map(|v| secrets::scrub(&serde_json::to_string_pretty(&v).unwrap_or_default()));
+    // Running on another instance (several share a PostgreSQL store): only the store knows.
+    let elsewhere = match runs.first() {
+        Some(r) if view.running.is_none() && r.status == dativo_runtime::RunStatus::Running => {
+            Some(r.started_at.clone())
+        }
+        _ => None,
+    };
     let selected = q
         .get("run")
         .cloned()
@@ -506,16 +544,23 @@ async fn job_page(
             .map(|(_, _, l)| l.clone())
     });
     let writable = s.opts.token.as_deref().is_some_and(|t| !t.is_empty());
-    Html(crate::page::render_job(&crate::page::JobPage {
-        view: &view,
-        runs: &runs,
-        state,
-        store_error,
-        selected,
-        log,
-        writable,
-    }))
-    .into_response()
+    (
+        [
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+        ],
+        Html(crate::page::render_job(&crate::page::JobPage {
+            view: &view,
+            runs: &runs,
+            state,
+            store_error,
+            selected,
+            log,
+            writable,
+            elsewhere,
+        })),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

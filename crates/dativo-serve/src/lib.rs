@@ -813,6 +813,10 @@ impl Observer for RunObserver<'_> {
                 ));
             }
             RunEvent::AttemptStarted { attempt, state } => {
+                // A new attempt reads again from what was committed.
+                self.progress
+                    .rows
+                    .store(self.progress.committed.load(Relaxed), Relaxed);
                 self.log.lock().expect("not poisoned").push(format!(
                     "{} attempt {attempt} from {}",
                     now_rfc3339(),

@@ -45,7 +45,7 @@ pub(crate) fn render(server: &Server) -> String {
     let _ = write!(
         o,
         r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<html lang="en"><head><meta charset="utf-8"><noscript><meta http-equiv="refresh" content="5"></noscript>
 <title>dativo serve</title>
 <style>{css}</style></head><body>
 <h1>dativo serve</h1>
@@ -143,6 +143,8 @@ const SCRIPT: &str = r#"
   });
   document.querySelectorAll('.tz').forEach(function (e) { e.textContent = zone; });
   document.querySelectorAll('[data-n]').forEach(function (e) { e.textContent = fmt.format(Number(e.dataset.n)); });
+  var pre = document.getElementById('log-text');
+  if (pre) { pre.scrollTop = pre.scrollHeight; }
   var tok = document.getElementById('token'), msg = document.getElementById('msg'), paused = 0;
   if (tok) {
     tok.value = sessionStorage.getItem('dativo-token') || '';
@@ -158,7 +160,10 @@ const SCRIPT: &str = r#"
           msg.className = ok ? 'ok' : 'bad';
           msg.textContent = ok ? b.dataset.ok + (body.run_id ? ' — run ' + body.run_id : '') + (body.status === 'queued' ? ' (queued)' : '')
                                : 'refused (HTTP ' + r.status + '): ' + (body.error || '');
-          setTimeout(function () { location.reload(); }, ok ? 1200 : 8000);
+          // After Run now, the new run's log (not a previously selected one's).
+          setTimeout(function () {
+            if (ok && b.id === 'run-now') { location.href = location.pathname; } else { location.reload(); }
+          }, ok ? 1200 : 8000);
         });
       }).catch(function (e) { msg.className = 'bad'; msg.textContent = 'request failed: ' + e; b.disabled = false; });
     });
@@ -297,6 +302,8 @@ pub(crate) struct JobPage<'a> {
     pub log: Option<Vec<String>>,
     /// Whether `serve` accepts trigger and cancel requests (it has a token).
     pub writable: bool,
+    /// The store says a run of the job is going on, on another instance: since when.
+    pub elsewhere: Option<String>,
 }
 
 /// `/jobs/NAME`.
@@ -324,10 +331,14 @@ pub(crate) fn render_job(p: &JobPage<'_>) -> String {
             .unwrap_or_else(|| "—".into()),
         file = esc(&j.file),
     );
-    let status = match (&j.running, j.pending) {
-        (Some(_), _) => running_line(j),
-        (None, true) => "queued".into(),
-        (None, false) => "idle".into(),
+    let status = match (&j.running, j.pending, &p.elsewhere) {
+        (Some(_), _, _) => running_line(j),
+        (None, _, Some(since)) => format!(
+            "<span class=\"running\">running on another instance</span> since {} (its progress, log and Cancel are on that instance)",
+            time(since)
+        ),
+        (None, true, None) => "queued".into(),
+        (None, false, None) => "idle".into(),
     };
     let _ = write!(o, "<p id=\"status\">{status}");
     if let Some(lag) = j.lag_seconds {

@@ -296,6 +296,10 @@ pub fn truncate_rows(batch: &RecordBatch) -> Result<Vec<usize>> {
 pub fn planned_write(config: &serde_json::Value, ctx: &WriterContext) -> Result<String> {
     let cfg: IcebergWriterConfig = dativo_core::config::from_config(config)?;
     Ok(match resolve(&cfg, ctx)? {
+        WriteMode::Append if ctx.source.delivery == Delivery::Full => {
+            "append — of a full refresh: the table gets one more copy of the source per run"
+                .to_string()
+        }
         WriteMode::Append => "append the rows read".to_string(),
         WriteMode::Overwrite => {
             "overwrite: the run's rows replace the table's, in one commit at the end".to_string()

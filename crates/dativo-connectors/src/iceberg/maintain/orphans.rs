@@ -275,7 +275,7 @@ pub struct DropReport {
 pub async fn drop_table(h: &TableHandle, job: &str, dry_run: bool) -> Result<DropReport> {
     let table = h.load().await?;
     // A table other jobs write to too is not this job's to drop.
-    let mut others: Vec<String> = table
+    let others: Vec<String> = table
         .metadata()
         .snapshots()
         .filter_map(|s| s.summary().additional_properties.get(JOB_KEY).cloned())
@@ -288,13 +288,28 @@ pub async fn drop_table(h: &TableHandle, job: &str, dry_run: bool) -> Result<Dro
         )
         .filter(|j| !crate::is_own_key(job, j))
         .collect();
+    let mut others: Vec<String> = others.into_iter().map(|j| format!("job `{j}`")).collect();
+    // A snapshot neither a dativo job nor dativo's maintenance made: another engine (Spark,
+    // Flink, pyiceberg) writes to the table too.
+    let foreign = table
+        .metadata()
+        .snapshots()
+        .filter(|s| {
+            let p = &s.summary().additional_properties;
+            !p.contains_key(JOB_KEY) && !p.contains_key(super::MAINTENANCE_KEY)
+        })
+        .count();
+    if foreign > 0 {
+        others.push(format!(
+            "{foreign} snapshot(s) not made by dativo (another engine writes to it)"
+        ));
+    }
     others.sort();
     others.dedup();
     if !others.is_empty() {
         return Err(Error::config(format!(
-            "table {} also holds commits of job(s) {}: `dativo target drop` of job `{job}` \
-             would delete their rows too; drop the table with your catalog's tools if that is \
-             meant",
+            "table {} also holds commits of {}: `dativo target drop` of job `{job}` would \
+             delete those rows too; drop the table with your catalog's tools if that is meant",
             h.ident,
             others.join(", ")
         )));
