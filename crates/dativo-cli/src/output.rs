@@ -224,8 +224,9 @@ impl Observer for Progress {
             } => {
                 c.rows += rows;
                 c.bytes += bytes;
-                if c.estimates.contains_key(*stream) {
-                    *c.estimated_read.entry(stream.to_string()).or_default() += rows;
+                // Present for the streams that gave an estimate (inserted with it).
+                if let Some(read) = c.estimated_read.get_mut(*stream) {
+                    *read += rows;
                 }
                 if self.bar.is_some() {
                     self.draw(&c);

@@ -193,3 +193,16 @@ pub fn writer(name: &str) -> Option<BuiltinWriter> {
 pub fn is_own_key(job: &str, key: &str) -> bool {
     key == job || key.strip_prefix(job).is_some_and(|r| r.starts_with('#'))
 }
+
+/// Remove local directory `dir` and the directories below it that are (then) empty; keep
+/// anything else (`dativo target drop` cleans up after the files it deleted).
+pub(crate) fn remove_empty_dirs(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}

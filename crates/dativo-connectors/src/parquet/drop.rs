@@ -93,7 +93,7 @@ pub fn drop_dataset(config: &Value, job: &str, dry_run: bool) -> Result<DatasetD
         loc.delete(p)?;
     }
     if let Location::Local(root) = &loc {
-        remove_empty_dirs(&root.join("_dativo"));
+        crate::remove_empty_dirs(&root.join("_dativo"));
         // Partition directories (`dt=…/`) emptied by the drop.
         for p in &present {
             let mut dir = root.join(p.0.as_str());
@@ -105,16 +105,4 @@ pub fn drop_dataset(config: &Value, job: &str, dry_run: bool) -> Result<DatasetD
         }
     }
     Ok(report)
-}
-
-/// Remove `dir` and the directories below it that are (then) empty; keep anything else.
-fn remove_empty_dirs(dir: &std::path::Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_empty_dirs(&e.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
 }

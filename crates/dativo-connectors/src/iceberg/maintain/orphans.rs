@@ -77,11 +77,7 @@ pub async fn remove_orphans(h: &TableHandle, opts: &OrphanOptions) -> Result<Mai
         .with_key_path("older_than"));
     }
     let table = h.load().await?;
-    let location = table
-        .metadata()
-        .location()
-        .trim_end_matches('/')
-        .to_string();
+    let location = table_location(&table);
     let listed = list(h, &location).await?;
     // Loaded after listing: whatever committed meanwhile is referenced by this state.
     let table = h.load().await?;
@@ -256,6 +252,15 @@ async fn list(h: &TableHandle, location: &str) -> Result<Vec<Listed>> {
     }
 }
 
+/// The table's location, without a trailing `/`.
+fn table_location(table: &iceberg::table::Table) -> String {
+    table
+        .metadata()
+        .location()
+        .trim_end_matches('/')
+        .to_string()
+}
+
 /// What [`drop_table`] did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DropReport {
@@ -314,11 +319,7 @@ pub async fn drop_table(h: &TableHandle, job: &str, dry_run: bool) -> Result<Dro
             others.join(", ")
         )));
     }
-    let location = table
-        .metadata()
-        .location()
-        .trim_end_matches('/')
-        .to_string();
+    let location = table_location(&table);
     let listed = list(h, &location).await?;
     let nested = nested_tables(&listed);
     let files: Vec<(String, u64)> = listed
@@ -365,7 +366,7 @@ pub async fn drop_table(h: &TableHandle, job: &str, dry_run: bool) -> Result<Dro
     };
     if let Ok(Location::Local(root)) = Location::parse(&location, &opts) {
         for sub in ["data", "metadata"] {
-            remove_empty_dirs(&root.join(sub));
+            crate::remove_empty_dirs(&root.join(sub));
         }
         let _ = std::fs::remove_dir(&root);
     }
@@ -376,16 +377,4 @@ pub async fn drop_table(h: &TableHandle, job: &str, dry_run: bool) -> Result<Dro
         bytes_deleted: done.iter().sum(),
         files_left: (results.len() - done.len()) as u64,
     })
-}
-
-/// Remove `dir` and the directories below it that are (then) empty; keep anything else.
-fn remove_empty_dirs(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_empty_dirs(&e.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
 }
