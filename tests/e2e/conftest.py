@@ -222,11 +222,7 @@ def pytest_collection_modifyitems(session, config, items):
 
     def build():
         try:
-            subprocess.run([BIN, "plugin", "new", "--lang", "rust", name], cwd=base, check=True,
-                           capture_output=True, timeout=120)
-            d = base / name
-            import shutil
-            shutil.copy(ROOT / "Cargo.lock", d / "Cargo.lock")
+            d = package_sdk_and_scaffold(base, name)
             # The workspace's target directory and profile: dependencies it already has are reused.
             env = dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target"),
                        CARGO_PROFILE_RELEASE_DEBUG="line-tables-only")
@@ -243,6 +239,41 @@ def pytest_collection_modifyitems(session, config, items):
     t = threading.Thread(target=build, name="rust-scaffold-build", daemon=True)
     t.start()
     _RUST_SCAFFOLD["thread"] = t
+
+
+def package_sdk_and_scaffold(base, name):
+    """A Rust scaffold as a newcomer outside the checkout gets it: `plugin new --sdk-version`
+    (a crates.io dependency, no path into this tree), built against the crates exactly as
+    `cargo package` would upload them (unpacked .crate files patched in for crates.io): proof
+    that the published layout of dativo-core and dativo-plugin-sdk builds on its own."""
+    import shutil
+    import tarfile
+    env = dict(os.environ, CARGO_TARGET_DIR=str(base / "package-target"))
+    subprocess.run(["cargo", "package", "--quiet", "--no-verify", "--allow-dirty",
+                    "-p", "dativo-core", "-p", "dativo-plugin-sdk"],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    crates = base / "crates"
+    crates.mkdir()
+    version = None
+    for crate in sorted((base / "package-target" / "package").glob("*.crate")):
+        with tarfile.open(crate) as t:
+            t.extractall(crates, filter="data")
+        if crate.name.startswith("dativo-plugin-sdk-"):
+            version = crate.name[len("dativo-plugin-sdk-"):-len(".crate")]
+    assert version, "cargo package made no dativo-plugin-sdk crate"
+    shutil.rmtree(base / "package-target")
+    minor = ".".join(version.split(".")[:2])
+    subprocess.run([BIN, "plugin", "new", "--lang", "rust", "--sdk-version", minor, name], cwd=base,
+                   check=True, capture_output=True, timeout=120)
+    d = base / name
+    toml = (d / "Cargo.toml").read_text()
+    assert f'dativo-plugin-sdk = "{minor}"' in toml and "path =" not in toml, toml
+    with open(d / "Cargo.toml", "a") as f:
+        f.write("\n[patch.crates-io]\n")
+        for c in ("dativo-core", "dativo-plugin-sdk"):
+            f.write(f'{c} = {{ path = "{crates / f"{c}-{version}"}" }}\n')
+    shutil.copy(ROOT / "Cargo.lock", d / "Cargo.lock")
+    return d
 
 
 def rust_scaffold_build():

@@ -40,6 +40,85 @@ pub struct DeployOptions<'a> {
 
 /// Where the plugins image's libraries are copied to in the pods.
 const PLUGIN_DIR: &str = "/opt/dativo/plugins";
+/// `DATIVO_HOME` in pods with a plugins image: its `plugins` directory is [`PLUGIN_DIR`].
+const DATIVO_HOME_DIR: &str = "/opt/dativo";
+
+/// `dativo deploy plugins`: a Dockerfile and `plugins/NAME/VERSION/…` + `plugins/dativo.lock`,
+/// exactly the installed, verified files of every plugin the lock pins.
+pub fn plugins_context(
+    lock: &std::path::Path,
+    out: &std::path::Path,
+    base: &str,
+) -> Result<std::process::ExitCode> {
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(Error::config(format!(
+            "{} exists and is not empty; give a new directory to --out",
+            out.display()
+        )));
+    }
+    let locked = crate::registry::locked_dirs(lock)?;
+    for (name, version, dir) in &locked {
+        let i = dativo_plugins::registry::Installed::open(dir)?;
+        if i.manifest.kind == dativo_plugins::registry::PluginKind::Python {
+            return Err(Error::config(format!(
+                "plugin {name} {version} is a Python plugin: a plugins image cannot install wheels into the dativo image's Python; add `RUN pip install --no-deps {}` to the dativo image instead",
+                dir.join(i.manifest.wheel.as_deref().unwrap_or_default()).display()
+            )));
+        }
+    }
+    let root = out.join("plugins");
+    for (name, version, dir) in &locked {
+        let dest = root.join(name).join(version);
+        copy_tree(dir, &dest)?;
+    }
+    std::fs::create_dir_all(&root)
+        .map_err(|e| Error::io(format!("cannot create {}: {e}", root.display())))?;
+    std::fs::copy(lock, root.join("dativo.lock"))
+        .map_err(|e| Error::io(format!("cannot copy {}: {e}", lock.display())))?;
+    let dockerfile = format!(
+        "# Made by `dativo deploy plugins --lock {}`: the plugins it pins, verified.\n# Used by `dativo deploy kubernetes --plugins-image` (an init container copies /plugins).\nFROM {base}\nCOPY plugins/ /plugins/\n",
+        lock.display()
+    );
+    std::fs::write(out.join("Dockerfile"), dockerfile).map_err(|e| {
+        Error::io(format!(
+            "cannot write {}: {e}",
+            out.join("Dockerfile").display()
+        ))
+    })?;
+    for (name, version, _) in &locked {
+        println!("{name} {version}");
+    }
+    println!(
+        "{} plugin(s) in {} (docker build -t IMAGE {}; then --plugins-image IMAGE)",
+        locked.len(),
+        out.display(),
+        out.display()
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(to)
+        .map_err(|e| Error::io(format!("cannot create {}: {e}", to.display())))?;
+    for e in std::fs::read_dir(from)
+        .map_err(|e| Error::io(format!("cannot list {}: {e}", from.display())))?
+    {
+        let e = e.map_err(|e| Error::io(e.to_string()))?;
+        let t = e.file_type().map_err(|e| Error::io(e.to_string()))?;
+        let dest = to.join(e.file_name());
+        if t.is_dir() {
+            copy_tree(&e.path(), &dest)?;
+        } else if t.is_file() {
+            std::fs::copy(e.path(), &dest)
+                .map_err(|e2| Error::io(format!("cannot copy {}: {e2}", e.path().display())))?;
+        }
+    }
+    Ok(())
+}
 
 /// `s` quoted for a POSIX shell when it needs it, on one line.
 fn shq(s: &str) -> String {
@@ -130,6 +209,10 @@ fn decorate(docs: &mut Vec<Value>, opts: &DeployOptions<'_>, labels: &Value) -> 
                 }
                 if let Some(e) = c["env"].as_array_mut() {
                     e.push(json!({"name": "DATIVO_PLUGIN_PATH", "value": PLUGIN_DIR}));
+                    // Registry plugins (`dativo deploy plugins`): $DATIVO_HOME/plugins is the
+                    // same directory, and the lock the image carries pins their versions.
+                    e.push(json!({"name": "DATIVO_HOME", "value": DATIVO_HOME_DIR}));
+                    e.push(json!({"name": "DATIVO_LOCK", "value": format!("{PLUGIN_DIR}/dativo.lock")}));
                 }
             }
         }

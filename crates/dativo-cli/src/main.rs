@@ -5,6 +5,7 @@ mod deploy;
 mod init;
 mod output;
 mod plugin_cmd;
+mod registry;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -88,6 +89,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum DeployCommand {
+    /// A build context for a plugins image holding exactly the plugins dativo.lock pins (for
+    /// `deploy kubernetes --plugins-image` and the Helm chart).
+    #[command(after_help = "Example:
+  dativo plugin install --locked && dativo deploy plugins --lock dativo.lock --out build/plugins
+  docker build -t registry.example.com/our-plugins:1 build/plugins
+  dativo deploy kubernetes jobs/ --serve --image registry/dativo:0.1 --plugins-image registry.example.com/our-plugins:1 …
+
+The installed files are checked against the lock (artifact hash) and their install records (file
+hashes) before they are copied. The pods find them as $DATIVO_HOME/plugins (DATIVO_HOME and
+DATIVO_LOCK are set by --plugins-image), so `registry:NAME@REQ` resolves offline, to the locked
+version. Python plugins are refused here: install their wheels into the dativo image instead.")]
+    Plugins {
+        /// The lock file.
+        #[arg(long, default_value = "dativo.lock")]
+        lock: PathBuf,
+        /// The build context directory to write (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// The base image (needs `cp` for the init container).
+        #[arg(long, default_value = "busybox:1.36")]
+        base: String,
+    },
     /// Kubernetes manifests: the job as an Indexed Job of N shards (a CronJob of one when the
     /// job has a schedule), its file in a ConfigMap, `${env:…}` values from a Secret, memory
     /// requests from the job's bounds; with --serve, `dativo serve` as a Deployment.
@@ -455,6 +478,167 @@ Exit code 0 when every check passes, 5 otherwise.")]
         #[arg(long, value_enum)]
         side: Option<SideArg>,
     },
+    /// Find plugins in a registry index by name, description, publisher or reader/writer name.
+    #[command(after_help = "Examples:
+  dativo plugin search postgres --index https://plugins.example.com
+  DATIVO_INDEX=s3://acme-plugins/index dativo plugin search ''     every plugin")]
+    Search {
+        /// What to look for (empty: everything).
+        term: Option<String>,
+        /// The index: a directory, an http(s) URL or s3://bucket/prefix (default DATIVO_INDEX).
+        #[arg(long)]
+        index: Option<String>,
+    },
+    /// Show a plugin's versions, platforms, readers, writers and signing keys.
+    Info {
+        /// The plugin's name.
+        name: String,
+        /// The index (default DATIVO_INDEX).
+        #[arg(long)]
+        index: Option<String>,
+    },
+    /// Install plugins from an index and pin them in dativo.lock.
+    #[command(after_help = "Examples:
+  dativo plugin install acme-orders                 newest version; pinned in ./dativo.lock
+  dativo plugin install acme-orders@^1.2 pg-cdc@=0.3.1
+  dativo plugin install --locked                    exactly what dativo.lock pins (CI, images)
+
+Before anything is unpacked: the version is not yanked, its ABI and platform fit, it is signed by
+a key you trust for its publisher (`dativo plugin trust`), and the downloaded bytes have the signed
+size and SHA-256. A version whose bytes differ from the lock file or an earlier install is
+refused. Native libraries go to $DATIVO_HOME/plugins/NAME/VERSION (default ~/.dativo); Python
+wheels are installed with pip into the bridge's virtualenv (DATIVO_PYTHON_VENV, VIRTUAL_ENV or
+--python). Jobs then say `implementation: \"registry:acme-orders@^1\"`.
+
+Exit codes: 2 not found, yanked, wrong ABI or platform; 3 untrusted, bad signature, bytes that do
+not match; 6 disk.")]
+    Install {
+        /// NAME, NAME@VERSION or NAME@REQUIREMENT (^1, ~1.2, >=1,<2).
+        specs: Vec<String>,
+        /// Install exactly what the lock file pins (hashes must match).
+        #[arg(long)]
+        locked: bool,
+        /// The index (default DATIVO_INDEX; with --locked, each entry's own).
+        #[arg(long)]
+        index: Option<String>,
+        /// The lock file (default ./dativo.lock, or DATIVO_LOCK).
+        #[arg(long)]
+        lock: Option<PathBuf>,
+        /// The Python whose environment gets Python plugins.
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
+    /// Move locked plugins to the newest version matching their requirement.
+    Update {
+        /// Only these plugins (default: every locked one).
+        names: Vec<String>,
+        /// The index (default each entry's own).
+        #[arg(long)]
+        index: Option<String>,
+        /// The lock file (default ./dativo.lock).
+        #[arg(long)]
+        lock: Option<PathBuf>,
+        /// The Python whose environment gets Python plugins.
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
+    /// Remove an installed plugin (all versions, or NAME@VERSION) and its lock entry.
+    Uninstall {
+        /// NAME or NAME@VERSION.
+        spec: String,
+        /// The lock file (default ./dativo.lock).
+        #[arg(long)]
+        lock: Option<PathBuf>,
+        /// The Python whose environment has Python plugins.
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
+    /// Trust a publisher's public key (installs signed with it are accepted), list or remove.
+    #[command(after_help = "Examples:
+  dativo plugin trust acme.pub                      the file `dativo plugin keygen` wrote
+  dativo plugin trust 'dativo-ed25519 acme MCowBQ…'
+  dativo plugin trust --list
+  dativo plugin trust --remove 3f2a9c01d4e5b6a7
+
+Keys live in $DATIVO_HOME/trusted-keys; DATIVO_TRUSTED_KEYS names one more file (CI, images).
+Get a publisher's key from the publisher, not from the index you install from.")]
+    Trust {
+        /// A PUBLISHER.pub file or its line.
+        key: Option<String>,
+        /// List trusted keys (also what no argument does).
+        #[arg(long)]
+        list: bool,
+        /// Stop trusting the key with this id.
+        #[arg(long, value_name = "KEY_ID")]
+        remove: Option<String>,
+    },
+    /// Make a publisher key pair: PUBLISHER.key (secret) and PUBLISHER.pub.
+    Keygen {
+        /// The publisher's name (lowercase letters, digits, - and _).
+        #[arg(long)]
+        publisher: String,
+        /// Where to write the two files.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Build a plugin project and write a distributable artifact (NAME-VERSION-PLATFORM.tar.gz).
+    #[command(after_help = "Examples:
+  dativo plugin package ./my_reader                Rust (cargo), C/C++/Go (make) or Python (pip wheel)
+  dativo plugin package ./flight_server            a dativo-plugin.json of kind flight names the command
+
+Then: dativo plugin sign ARTIFACT --key PUBLISHER.key && dativo plugin publish ARTIFACT --index DIR")]
+    Package {
+        /// The project directory (made by `dativo plugin new`, or any with the same layout).
+        dir: PathBuf,
+        /// Where to write the artifact (default DIR/dist).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// One line for the index.
+        #[arg(long)]
+        description: Option<String>,
+        /// SPDX license expression.
+        #[arg(long)]
+        license: Option<String>,
+        /// Homepage URL.
+        #[arg(long)]
+        homepage: Option<String>,
+        /// The Python that builds wheels.
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
+    /// Sign an artifact with a publisher key (writes ARTIFACT.sig).
+    Sign {
+        /// The artifact.
+        artifact: PathBuf,
+        /// PUBLISHER.key from `dativo plugin keygen`.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Check an artifact: safe archive, sound manifest, signed by a key you trust.
+    Verify {
+        /// The artifact (ARTIFACT.sig beside it).
+        artifact: PathBuf,
+    },
+    /// Add a signed artifact to an index directory (served as static files: copy it to any
+    /// web server or S3 prefix).
+    Publish {
+        /// The artifact (ARTIFACT.sig beside it).
+        artifact: PathBuf,
+        /// The index directory (created if missing).
+        #[arg(long)]
+        index: PathBuf,
+    },
+    /// Mark a published version withdrawn (installs refuse it; --undo reverts).
+    Yank {
+        /// NAME@VERSION.
+        spec: String,
+        /// The index directory.
+        #[arg(long)]
+        index: PathBuf,
+        /// Un-yank.
+        #[arg(long)]
+        undo: bool,
+    },
     /// Create a plugin project that builds and passes `dativo plugin test` as it is.
     #[command(after_help = "Examples:
   dativo plugin new --lang rust my_reader && cd my_reader && cargo build --release
@@ -462,9 +646,11 @@ Exit code 0 when every check passes, 5 otherwise.")]
   dativo plugin new --lang go mainframe --dir plugins/mainframe
   dativo plugin new --lang python my_reader && cd my_reader && PYTHONPATH=. dativo plugin test my_reader.Reader
 
-C, C++ and Go projects get a copy of dativo_plugin.h; Rust projects depend on the
-dativo-plugin-sdk crate of the dativo source tree this binary was built from (--sdk-path to
-point elsewhere).")]
+C, C++ and Go projects get a copy of dativo_plugin.h. Rust projects depend on the
+dativo-plugin-sdk crate: by path on the dativo source tree this binary was built from when it is
+still there, else from crates.io at this dativo's minor version. --sdk-path DIR takes a local
+copy (a checkout's crates/dativo-plugin-sdk or an unpacked .crate), --sdk-version REQ a
+registry version.")]
     New {
         /// The language.
         #[arg(long, value_enum)]
@@ -475,8 +661,12 @@ point elsewhere).")]
         #[arg(long)]
         dir: Option<PathBuf>,
         /// The dativo-plugin-sdk crate directory (Rust only).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "sdk_version")]
         sdk_path: Option<PathBuf>,
+        /// Depend on dativo-plugin-sdk from crates.io with this version requirement (Rust only),
+        /// e.g. 0.1.
+        #[arg(long)]
+        sdk_version: Option<String>,
     },
 }
 
@@ -545,8 +735,15 @@ job holds its lock.")]
 enum PluginsCommand {
     /// Built-in readers and writers, and the plugin libraries found in DATIVO_PLUGIN_PATH
     /// and ~/.dativo/plugins with their versions.
-    #[command(after_help = "Example:\n  DATIVO_PLUGIN_PATH=./plugins dativo plugins list")]
-    List,
+    #[command(
+        after_help = "Examples:\n  DATIVO_PLUGIN_PATH=./plugins dativo plugins list\n  dativo plugins list --installed     plugins installed from a registry index"
+    )]
+    List {
+        /// Only plugins installed from a registry index ($DATIVO_HOME/plugins/NAME/VERSION),
+        /// with publisher, key and whether their files are intact.
+        #[arg(long)]
+        installed: bool,
+    },
 }
 
 /// Die quietly on a closed pipe (`dativo plugin test … | head`) like other Unix tools, instead
@@ -1151,6 +1348,9 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Deploy(DeployCommand::Plugins { lock, out, base }) => {
+            deploy::plugins_context(lock, out, base)
+        }
         Command::Deploy(DeployCommand::Kubernetes {
             job,
             shards,
@@ -1180,7 +1380,74 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugins(PluginsCommand::List) => plugin_cmd::list(),
+        Command::Plugins(PluginsCommand::List { installed: false }) => plugin_cmd::list(),
+        Command::Plugins(PluginsCommand::List { installed: true }) => registry::list_installed(),
+        Command::Plugin(PluginCommand::Keygen { publisher, out }) => {
+            registry::keygen(publisher, out)
+        }
+        Command::Plugin(PluginCommand::Trust { key, list, remove }) => {
+            registry::trust(key.as_deref(), *list, remove.as_deref())
+        }
+        Command::Plugin(PluginCommand::Package {
+            dir,
+            out,
+            description,
+            license,
+            homepage,
+            python,
+        }) => registry::package(&registry::PackageOptions {
+            dir,
+            out: out.as_deref(),
+            description: description.as_deref(),
+            license: license.as_deref(),
+            homepage: homepage.as_deref(),
+            python: python.as_deref(),
+        }),
+        Command::Plugin(PluginCommand::Sign { artifact, key }) => registry::sign(artifact, key),
+        Command::Plugin(PluginCommand::Verify { artifact }) => registry::verify(artifact),
+        Command::Plugin(PluginCommand::Publish { artifact, index }) => {
+            registry::publish(artifact, index)
+        }
+        Command::Plugin(PluginCommand::Yank { spec, index, undo }) => {
+            registry::yank(spec, index, *undo)
+        }
+        Command::Plugin(PluginCommand::Search { term, index }) => {
+            registry::search(term.as_deref().unwrap_or(""), index.as_deref())
+        }
+        Command::Plugin(PluginCommand::Info { name, index }) => {
+            registry::info(name, index.as_deref())
+        }
+        Command::Plugin(PluginCommand::Install {
+            specs,
+            locked,
+            index,
+            lock,
+            python,
+        }) => registry::install(
+            specs,
+            *locked,
+            &registry::InstallOptions {
+                index: index.as_deref(),
+                lock: lock.as_deref(),
+                python: python.as_deref(),
+            },
+        ),
+        Command::Plugin(PluginCommand::Update {
+            names,
+            index,
+            lock,
+            python,
+        }) => registry::update(
+            names,
+            &registry::InstallOptions {
+                index: index.as_deref(),
+                lock: lock.as_deref(),
+                python: python.as_deref(),
+            },
+        ),
+        Command::Plugin(PluginCommand::Uninstall { spec, lock, python }) => {
+            registry::uninstall(spec, lock.as_deref(), python.as_deref())
+        }
         Command::Plugin(PluginCommand::Test {
             implementation,
             config,
@@ -1198,6 +1465,13 @@ fn dispatch(cli: &Cli) -> Result<ExitCode, Error> {
             name,
             dir,
             sdk_path,
-        }) => plugin_cmd::new(*lang, name, dir.as_deref(), sdk_path.as_deref()),
+            sdk_version,
+        }) => plugin_cmd::new(
+            *lang,
+            name,
+            dir.as_deref(),
+            sdk_path.as_deref(),
+            sdk_version.as_deref(),
+        ),
     }
 }

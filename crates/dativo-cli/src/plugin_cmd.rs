@@ -359,12 +359,112 @@ fn template(lang: Lang) -> Vec<(&'static str, &'static str)> {
     }
 }
 
+/// Where a Rust scaffold takes dativo-plugin-sdk from: the `[dependencies]` value, the comment
+/// above it and what `plugin new` prints.
+struct SdkDependency {
+    toml: String,
+    comment: String,
+    said: String,
+}
+
+/// The SDK source tree this binary was built from (absent when the binary was copied elsewhere).
+const BUILT_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../dativo-plugin-sdk");
+
+/// `--sdk-path DIR` (a local crate), `--sdk-version REQ` (crates.io or the registry Cargo is
+/// configured with), or by default the source tree this binary was built from when it is still
+/// there, else crates.io at this dativo's minor version (plugins and dativo share `abi.rs`'s
+/// ABI version, which a newer minor version may raise).
+fn sdk_dependency(
+    lang: Lang,
+    sdk_path: Option<&Path>,
+    sdk_version: Option<&str>,
+) -> Result<SdkDependency> {
+    let from_path = |dir: PathBuf, why: &str| -> Result<SdkDependency> {
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        if !dir.join("Cargo.toml").is_file() {
+            return Err(Error::config(format!(
+                "the dativo-plugin-sdk crate is not at {} (no Cargo.toml there): --sdk-path takes the crate's directory (crates/dativo-plugin-sdk of a dativo checkout, or an unpacked dativo-plugin-sdk-*.crate)",
+                dir.display()
+            )));
+        }
+        let shown = dir.display().to_string().replace('\\', "/");
+        Ok(SdkDependency {
+            toml: format!("{{ path = {} }}", toml_string(&shown)),
+            comment: format!(
+                "# The SDK {why} (change the path if you move it; `dativo plugin new --sdk-version`\n# writes a crates.io dependency instead)."
+            ),
+            said: format!("path {shown}"),
+        })
+    };
+    if lang != Lang::Rust {
+        return Ok(SdkDependency {
+            toml: String::new(),
+            comment: String::new(),
+            said: String::new(),
+        });
+    }
+    if let Some(dir) = sdk_path {
+        return from_path(dir.to_path_buf(), "from --sdk-path");
+    }
+    let req = match sdk_version {
+        Some(v) => v.trim().to_string(),
+        None => {
+            let built = PathBuf::from(BUILT_SDK);
+            if built.join("Cargo.toml").is_file() {
+                return from_path(
+                    built,
+                    "from the dativo source tree this `dativo` binary was built from",
+                );
+            }
+            let v = env!("CARGO_PKG_VERSION");
+            let mut parts = v.split('.');
+            format!(
+                "{}.{}",
+                parts.next().unwrap_or("0"),
+                parts.next().unwrap_or("1")
+            )
+        }
+    };
+    if semver::VersionReq::parse(&req).is_err() {
+        return Err(Error::config(format!(
+            "--sdk-version `{req}` is not a Cargo version requirement (e.g. 0.1, ^0.1.2, =0.1.0)"
+        )));
+    }
+    Ok(SdkDependency {
+        toml: toml_string(&req),
+        comment: format!(
+            "# The SDK from crates.io (or the registry Cargo is configured with), version {req}: dativo {}\n# loads plugins built with the SDK of the same minor version.",
+            env!("CARGO_PKG_VERSION")
+        ),
+        said: format!("version {req} from crates.io"),
+    })
+}
+
+/// `s` as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04X}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// `dativo plugin new --lang LANG NAME`.
 pub fn new(
     lang: Lang,
     name: &str,
     dir: Option<&Path>,
     sdk_path: Option<&Path>,
+    sdk_version: Option<&str>,
 ) -> Result<ExitCode> {
     let valid = name
         .chars()
@@ -389,18 +489,7 @@ pub fn new(
             dir.display()
         )));
     }
-    let sdk = match sdk_path {
-        Some(p) => p.to_path_buf(),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../dativo-plugin-sdk")),
-    };
-    let sdk = std::fs::canonicalize(&sdk).unwrap_or(sdk);
-    if lang == Lang::Rust && !sdk.join("Cargo.toml").is_file() {
-        return Err(Error::config(format!(
-            "the dativo-plugin-sdk crate is not at {} (this dativo was built elsewhere): pass --sdk-path DIR pointing at crates/dativo-plugin-sdk of a dativo checkout",
-            sdk.display()
-        )));
-    }
-    let sdk_str = sdk.display().to_string().replace('\\', "/");
+    let sdk = sdk_dependency(lang, sdk_path, sdk_version)?;
     for (rel, text) in template(lang) {
         let rel = rel.replace("{{name}}", name);
         let path = dir.join(&rel);
@@ -410,7 +499,8 @@ pub fn new(
         }
         let text = text
             .replace("{{name}}", name)
-            .replace("{{sdk_path}}", &sdk_str);
+            .replace("{{sdk_dep}}", &sdk.toml)
+            .replace("{{sdk_comment}}", &sdk.comment);
         std::fs::write(&path, text)
             .map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))?;
     }
@@ -444,6 +534,9 @@ pub fn new(
     );
     println!();
     println!("  cd {}", dir.display());
+    if lang == Lang::Rust {
+        println!("  # dativo-plugin-sdk: {}", sdk.said);
+    }
     println!("  {build}");
     println!("  dativo plugin test {lib}");
     println!();

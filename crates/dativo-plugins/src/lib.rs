@@ -6,6 +6,7 @@
 //! | `./libx.so`, `./libx.so#orders`, `libx.so#orders`, `x#orders` | a native library ([`native`]) |
 //! | `package.module.Class`, `entrypoint:NAME` | a Python class, through the bridge library `libdativo_python.so` ([`python`]) |
 //! | `grpc://host:port`, `grpcs://…` | an Arrow Flight server ([`flight`]) |
+//! | `registry:NAME@REQ`, `registry:NAME@REQ#orders` | a plugin installed from a registry index, any kind ([`registry`]) |
 //!
 //! A relative library path is looked up next to the job file, then in the working directory;
 //! a bare file name in `DATIVO_PLUGIN_PATH` (`:`-separated), `~/.dativo/plugins`, next to the
@@ -19,6 +20,7 @@
 
 pub mod flight;
 pub mod native;
+pub mod registry;
 
 use std::path::Path;
 
@@ -38,12 +40,17 @@ pub enum Implementation {
     Python(String),
     /// An Arrow Flight endpoint, `grpc://host:port` or `grpc+tls://host:port`.
     Grpc(String),
+    /// An installed registry plugin: what follows `registry:` (`NAME@REQ#item`).
+    Registry(String),
 }
 
 impl Implementation {
     /// Classify an `implementation:` string.
     pub fn parse(s: &str) -> Implementation {
         let s = s.trim();
+        if let Some(spec) = s.strip_prefix("registry:") {
+            return Implementation::Registry(spec.trim().to_string());
+        }
         if s.starts_with("grpc://") || s.starts_with("grpc+tls://") {
             return Implementation::Grpc(s.to_string());
         }
@@ -121,6 +128,7 @@ pub fn resolve_custom(
                 kind: Kind::Flight(std::sync::Arc::new(ep)),
             })
         }
+        Implementation::Registry(spec) => resolve_registry(&spec, c, side, base_dir),
         _ if !c.command.is_empty() || c.token.is_some() || c.tls_ca.is_some() => {
             Err(Error::config(GRPC_ONLY))
         }
@@ -129,6 +137,49 @@ pub fn resolve_custom(
             resolve_native(&library, name, &path, side)
         }
         Implementation::Python(_) => resolve(&c.implementation, side, base_dir),
+    }
+}
+
+/// `registry:NAME@REQ#item`: the installed plugin (verified against its install record and
+/// the lock file), then loaded like any other of its kind. Its libraries are loaded from the
+/// install directory without the job-directory policy: they were verified at install (signed
+/// by a trusted publisher) and now (hashes).
+fn resolve_registry(
+    spec: &str,
+    c: &dativo_core::job::CustomImplementation,
+    side: Side,
+    base_dir: Option<&Path>,
+) -> Result<Resolved> {
+    if !c.command.is_empty() {
+        return Err(Error::config(
+            "`command` does not apply to registry: plugins (a Flight plugin's command comes from its manifest)",
+        ));
+    }
+    let (label, target) = registry::resolve(spec, side, base_dir)?;
+    match target {
+        registry::Target::Native { library, item } => {
+            let mut r = resolve_native(&library.display().to_string(), Some(item), &library, side)?;
+            r.label = label;
+            Ok(r)
+        }
+        registry::Target::Python(class) => {
+            if c.token.is_some() || c.tls_ca.is_some() {
+                return Err(Error::config(GRPC_ONLY));
+            }
+            let mut r = python(&class, side)?;
+            r.label = label;
+            Ok(r)
+        }
+        registry::Target::Flight { url, command } => {
+            let mut cc = c.clone();
+            cc.implementation = url;
+            cc.command = command;
+            let ep = flight::FlightEndpoint::new(&cc.implementation, &cc, base_dir)?;
+            Ok(Resolved {
+                label,
+                kind: Kind::Flight(std::sync::Arc::new(ep)),
+            })
+        }
     }
 }
 
@@ -142,6 +193,14 @@ pub fn check_custom(
 ) -> Result<()> {
     match Implementation::parse(&c.implementation) {
         Implementation::Grpc(url) => flight::FlightEndpoint::new(&url, c, base_dir).map(|_| ()),
+        Implementation::Registry(spec) => {
+            if !c.command.is_empty() {
+                return Err(Error::config(
+                    "`command` does not apply to registry: plugins (a Flight plugin's command comes from its manifest)",
+                ));
+            }
+            registry::find(&spec, base_dir).map(|_| ())
+        }
         _ if !c.command.is_empty() || c.token.is_some() || c.tls_ca.is_some() => {
             Err(Error::config(GRPC_ONLY))
         }
@@ -165,6 +224,11 @@ pub fn resolve(implementation: &str, side: Side, base_dir: Option<&Path>) -> Res
         Implementation::Python(class) => python(&class, side),
         Implementation::Grpc(url) => resolve_custom(
             &dativo_core::job::CustomImplementation::new(url),
+            side,
+            base_dir,
+        ),
+        Implementation::Registry(_) => resolve_custom(
+            &dativo_core::job::CustomImplementation::new(implementation),
             side,
             base_dir,
         ),

@@ -93,9 +93,7 @@ pub fn search_path() -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".dativo").join("plugins"));
-    }
+    dirs.push(crate::registry::plugins_dir());
     dirs
 }
 
