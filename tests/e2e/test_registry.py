@@ -13,6 +13,7 @@ import http.server
 import io
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -532,3 +533,45 @@ def test_verify_uninstall_and_update(world, tmp_path):
     run("plugin", "uninstall", name, env=env, cwd=tmp_path)
     assert not (home / "plugins" / name).exists()
     assert json.loads((tmp_path / "dativo.lock").read_text())["plugins"] == []
+
+
+def test_a_flight_server_plugin_is_packaged_installed_and_started_by_the_job(world, tmp_path):
+    """Kind flight: the artifact carries the server; the job starts the manifest's command on a
+    free loopback port and reads over Arrow Flight."""
+    proj = tmp_path / "flight"
+    proj.mkdir()
+    server = proj / "reader_server.py"
+    shutil.copy(ROOT / "examples" / "plugins" / "flight" / "reader_server.py", server)
+    server.chmod(0o755)
+    (proj / "dativo-plugin.json").write_text(json.dumps({
+        "format": 1, "name": "reg-flight", "version": "1.0.0", "kind": "flight", "platform": "any",
+        "readers": ["orders"], "writers": [], "description": "a pyarrow.flight reader",
+        "command": ["./reader_server.py", "--port", "{port}"]}))
+    run("plugin", "package", proj, "--out", tmp_path / "dist")
+    (art,) = (tmp_path / "dist").glob("*.tar.gz")
+    assert art.name == "reg-flight-1.0.0-any.tar.gz"
+    run("plugin", "sign", art, "--key", world["keys"] / "acme.key")
+    idx, _ = copy_index(world, tmp_path)
+    run("plugin", "publish", art, "--index", idx)
+    home, env = fresh_home(world, "flight")
+    env["DATIVO_TRUSTED_KEYS"] = str(world["keys"] / "acme.pub")
+    # The server's `#!/usr/bin/env python3` finds pyarrow in the test environment.
+    env["PATH"] = f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    run("plugin", "install", "reg-flight@^1", "--index", idx, env=env, cwd=tmp_path)
+    installed = home / "plugins" / "reg-flight" / "1.0.0" / "reader_server.py"
+    assert installed.stat().st_mode & 0o111, "the server lost its executable bit"
+    job = write_job(tmp_path / "f.yaml", f"""name: reg_flight
+source:
+  reader: {{type: custom, implementation: "registry:reg-flight@^1#orders"}}
+  config: {{rows: 2500, batch_size: 400}}
+target:
+  writer: parquet
+  config: {{path: {tmp_path / 'lake'}}}
+""")
+    run("run", job, "--no-progress", env=env, cwd=tmp_path)
+    check_rows(tmp_path / "lake", 2500)
+    # A job may not bring its own command for a registry plugin.
+    bad = write_job(tmp_path / "g.yaml", (tmp_path / "f.yaml").read_text().replace(
+        '#orders"}', '#orders", command: ["sh", "-c", "true"]}'))
+    p = run("validate", bad, env=env, cwd=tmp_path, check=2)
+    assert "command" in p.stderr and "registry" in p.stderr

@@ -361,6 +361,7 @@ fn template(lang: Lang) -> Vec<(&'static str, &'static str)> {
 
 /// Where a Rust scaffold takes dativo-plugin-sdk from: the `[dependencies]` value, the comment
 /// above it and what `plugin new` prints.
+#[derive(Debug)]
 struct SdkDependency {
     toml: String,
     comment: String,
@@ -547,4 +548,26 @@ pub fn new(
         lib.trim_start_matches("./")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rust_sdk_dependency_is_a_path_or_a_crates_io_version() {
+        let d = sdk_dependency(Lang::Rust, None, Some("0.1")).unwrap();
+        assert_eq!(d.toml, "\"0.1\"");
+        assert!(d.said.contains("crates.io"));
+        let e = sdk_dependency(Lang::Rust, None, Some("zero.one")).unwrap_err();
+        assert!(
+            e.message().contains("not a Cargo version requirement"),
+            "{e}"
+        );
+        let e = sdk_dependency(Lang::Rust, Some(Path::new("/nonexistent/sdk")), None).unwrap_err();
+        assert!(e.message().contains("no Cargo.toml there"), "{e}");
+        let d = sdk_dependency(Lang::Rust, Some(Path::new(BUILT_SDK)), None).unwrap();
+        assert!(d.toml.starts_with("{ path = \"/"), "{}", d.toml);
+        assert_eq!(toml_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000A\"");
+    }
 }
