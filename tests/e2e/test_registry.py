@@ -140,7 +140,7 @@ def test_the_index_is_signed_as_documented(world):
         public_key(pub).verify(base64.b64decode(v["signature"]), statement("acme", v, name))
         assert v["kind"] == ("python" if lang == "python" else "native")
         assert v["platform"] == ("any" if lang == "python" else PLATFORM)
-        assert v["readers"] == [name if lang != "python" else name]
+        assert v["readers"] == [name]  # every scaffold's reader is named after the project
         # The manifest inside says the same.
         with tarfile.open(art) as t:
             m = json.load(t.extractfile("dativo-plugin.json"))
@@ -193,6 +193,12 @@ target:
         run("run", job, "--no-progress", env={**py_env, "PYTHONPATH": os.pathsep.join(sys.path[1:])},
             cwd=tmp_path)
         check_rows(lake, 1234)
+    # The Python plugin's package must be the installed version in the bridge's environment.
+    subprocess.run([venv / "bin" / "python", "-m", "pip", "uninstall", "-q", "-y", world["names"]["python"]],
+                   check=True)
+    p = run("run", tmp_path / "python.yaml", "--no-progress",
+            env={**py_env, "PYTHONPATH": os.pathsep.join(sys.path[1:])}, cwd=tmp_path, check=2)
+    assert "does not hold it" in p.stderr and str(venv) in p.stderr
     # A file changed after installation is refused before it is loaded.
     c_dir = home / "plugins" / world["names"]["c"] / "0.1.0"
     lib = next(c_dir.glob("*.so"))
@@ -442,7 +448,7 @@ def test_bad_versions_are_refused_with_plugin_version_and_reason(world, tmp_path
     # Unsigned in the index, and untrusted.
     idx, _ = copy_index(world, tmp_path / "c")
     put_artifact(world, idx, good, name, "0.4.0", sign=False)
-    attempt(idx, f"{name}@=0.4.0", 3, name, "0.4.0", "signature")
+    attempt(idx, f"{name}@=0.4.0", 3, name, "0.4.0", "unsigned")
     attempt(world["index"], name, 3, name, "0.1.0", "do not trust", trusted=False)
     # Wrong ABI, wrong platform.
     idx, _ = copy_index(world, tmp_path / "d")
@@ -450,14 +456,30 @@ def test_bad_versions_are_refused_with_plugin_version_and_reason(world, tmp_path
     attempt(idx, f"{name}@=0.5.0", 2, name, "0.5.0", "ABI 99")
     put_artifact(world, idx, good, name, "0.6.0", platform="macos-aarch64")
     attempt(idx, f"{name}@=0.6.0", 2, name, "0.6.0", "macos-aarch64", PLATFORM)
+    # A range skips versions for another ABI or platform and takes the newest that fits.
+    home, env = fresh_home(world, "fits")
+    env["DATIVO_TRUSTED_KEYS"] = pub
+    d = tmp_path / "fits"
+    d.mkdir()
+    p = run("plugin", "install", f"{name}@>=0.1", "--index", idx, env=env, cwd=d)
+    assert f"installed plugin {name} 0.1.0" in p.stdout, p.stdout
     # The artifact's manifest differs from what was signed (a 0.1.0 artifact signed as 0.7.0).
     idx, _ = copy_index(world, tmp_path / "e")
     put_artifact(world, idx, good, name, "0.7.0")
     attempt(idx, f"{name}@=0.7.0", 3, name, "0.7.0", "not what was signed")
     # Yanked: refused; the newest unyanked version is chosen when one matches.
     idx, _ = copy_index(world, tmp_path / "f")
+    put_artifact(world, idx, revision(world["artifacts"]["c"], "0.1.1"), name, "0.1.1")
+    run("plugin", "yank", f"{name}@0.1.1", "--index", idx)
+    attempt(idx, f"{name}@=0.1.1", 2, name, "0.1.1", "yanked")
+    home, env = fresh_home(world, "unyanked")
+    env["DATIVO_TRUSTED_KEYS"] = pub
+    d = tmp_path / "unyanked"
+    d.mkdir()
+    p = run("plugin", "install", f"{name}@^0.1", "--index", idx, env=env, cwd=d)
+    assert f"installed plugin {name} 0.1.0" in p.stdout, p.stdout
     run("plugin", "yank", f"{name}@0.1.0", "--index", idx)
-    attempt(idx, f"{name}@=0.1.0", 2, name, "0.1.0", "yanked")
+    attempt(idx, f"{name}@^0.1", 2, name, "0.1.1", "yanked")
     # Unknown plugin.
     attempt(world["index"], "no-such-plugin", 2, "no-such-plugin", "plugin search")
 
@@ -476,7 +498,12 @@ def test_an_index_that_moves_a_version_to_other_bytes_is_refused(world, tmp_path
     put_artifact(world, idx, tar_gz(entries), name, "0.1.0")
     p = run("plugin", "install", name, "--index", idx, env=env, cwd=tmp_path, check=3)
     assert name in p.stderr and "0.1.0" in p.stderr and "must never change" in p.stderr
-    # With the lock gone and a fresh home, the earlier lock elsewhere still catches it.
+    # Without a lock, this machine remembers the bytes it installed.
+    nolock = tmp_path / "nolock"
+    nolock.mkdir()
+    p = run("plugin", "install", name, "--index", idx, env=env, cwd=nolock, check=3)
+    assert "an earlier install on this machine" in p.stderr and "must never change" in p.stderr
+    # A fresh home: the lock still catches it.
     home2, env2 = fresh_home(world, "moved2")
     env2["DATIVO_TRUSTED_KEYS"] = env["DATIVO_TRUSTED_KEYS"]
     p = run("plugin", "install", "--locked", "--index", idx, env=env2, cwd=tmp_path, check=3)
@@ -499,6 +526,57 @@ def test_an_index_that_moves_a_version_to_other_bytes_is_refused(world, tmp_path
     assert "unsigned" in p.stderr
 
 
+def revision(artifact, version):
+    """The artifact's files with its manifest saying `version` (a new release, same code)."""
+    with tarfile.open(artifact) as t:
+        entries = []
+        for m in t.getmembers():
+            data = t.extractfile(m).read()
+            if m.name == "dativo-plugin.json":
+                j = json.loads(data)
+                j["version"] = version
+                data = json.dumps(j).encode()
+            entries.append((m.name, data, {"mode": m.mode}))
+    return tar_gz(entries)
+
+
+def test_lock_files_are_data(world, tmp_path):
+    """A lock naming paths outside the plugins directory, or another platform, is refused."""
+    name = world["names"]["c"]
+    home, env = fresh_home(world, "lockdata")
+    env["DATIVO_TRUSTED_KEYS"] = str(world["keys"] / "acme.pub")
+    run("plugin", "install", name, "--index", world["index"], env=env, cwd=tmp_path)
+    good = json.loads((tmp_path / "dativo.lock").read_text())
+    for field, value, why in [("version", "../../../etc", "not semver"), ("name", "../x", "not a valid"),
+                              ("sha256", "abc", "not a SHA-256")]:
+        bad = json.loads(json.dumps(good))
+        bad["plugins"][0][field] = value
+        lock = tmp_path / f"bad-{field}.lock"
+        lock.write_text(json.dumps(bad))
+        p = run("plugin", "install", "--locked", "--lock", lock, env=env, cwd=tmp_path, check=2)
+        assert why in p.stderr, p.stderr
+        p = run("deploy", "plugins", "--lock", lock, "--out", tmp_path / f"ctx-{field}", env=env, check=2)
+        assert why in p.stderr, p.stderr
+    other = json.loads(json.dumps(good))
+    other["plugins"][0]["platform"] = "macos-aarch64"
+    (tmp_path / "mac.lock").write_text(json.dumps(other))
+    p = run("plugin", "install", "--locked", "--lock", tmp_path / "mac.lock", env=env, cwd=tmp_path, check=2)
+    assert "macos-aarch64" in p.stderr and "per platform" in p.stderr
+    # A job under a lock that does not list the plugin it names is refused.
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "empty.lock").write_text('{"version": 1, "plugins": []}')
+    job = write_job(tmp_path / "jobs" / "j.yaml", f"""name: unlocked
+source:
+  reader: {{type: custom, implementation: "registry:{name}"}}
+target:
+  writer: parquet
+  config: {{path: {tmp_path / 'lake'}}}
+""")
+    p = run("run", job, "--no-progress", env={**env, "DATIVO_LOCK": str(tmp_path / "empty.lock")},
+            cwd=tmp_path, check=2)
+    assert "not pinned by" in p.stderr and name in p.stderr
+
+
 def test_verify_uninstall_and_update(world, tmp_path):
     name = world["names"]["c"]
     home, env = fresh_home(world, "upd")
@@ -511,16 +589,7 @@ def test_verify_uninstall_and_update(world, tmp_path):
     run("plugin", "install", f"{name}@^0.1", "--index", world["index"], env=env, cwd=tmp_path)
     # A newer version appears (0.1.5, signed): update moves the lock and installs it.
     idx, _ = copy_index(world, tmp_path / "u")
-    with tarfile.open(art) as t:
-        entries = []
-        for m in t.getmembers():
-            data = t.extractfile(m).read()
-            if m.name == "dativo-plugin.json":
-                j = json.loads(data)
-                j["version"] = "0.1.5"
-                data = json.dumps(j).encode()
-            entries.append((m.name, data, {"mode": m.mode}))
-    put_artifact(world, idx, tar_gz(entries), name, "0.1.5")
+    put_artifact(world, idx, revision(art, "0.1.5"), name, "0.1.5")
     p = run("plugin", "update", "--index", idx, env=env, cwd=tmp_path)
     assert "0.1.0 -> 0.1.5" in p.stdout
     lock = json.loads((tmp_path / "dativo.lock").read_text())

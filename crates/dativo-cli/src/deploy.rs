@@ -72,8 +72,23 @@ pub fn plugins_context(
     }
     let root = out.join("plugins");
     for (name, version, dir) in &locked {
+        // Exactly the verified files: those in the install record, the manifest and the record.
+        let i = dativo_plugins::registry::Installed::open(dir)?;
         let dest = root.join(name).join(version);
-        copy_tree(dir, &dest)?;
+        let files = i.record.files.keys().map(String::as_str).chain([
+            dativo_plugins::registry::MANIFEST,
+            dativo_plugins::registry::RECORD,
+        ]);
+        for rel in files {
+            dativo_plugins::registry::check_relative(rel)?;
+            let to = dest.join(rel);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::io(format!("cannot create {}: {e}", parent.display())))?;
+            }
+            std::fs::copy(dir.join(rel), &to)
+                .map_err(|e| Error::io(format!("cannot copy {}: {e}", dir.join(rel).display())))?;
+        }
     }
     std::fs::create_dir_all(&root)
         .map_err(|e| Error::io(format!("cannot create {}: {e}", root.display())))?;
@@ -99,25 +114,6 @@ pub fn plugins_context(
         out.display()
     );
     Ok(std::process::ExitCode::SUCCESS)
-}
-
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
-    std::fs::create_dir_all(to)
-        .map_err(|e| Error::io(format!("cannot create {}: {e}", to.display())))?;
-    for e in std::fs::read_dir(from)
-        .map_err(|e| Error::io(format!("cannot list {}: {e}", from.display())))?
-    {
-        let e = e.map_err(|e| Error::io(e.to_string()))?;
-        let t = e.file_type().map_err(|e| Error::io(e.to_string()))?;
-        let dest = to.join(e.file_name());
-        if t.is_dir() {
-            copy_tree(&e.path(), &dest)?;
-        } else if t.is_file() {
-            std::fs::copy(e.path(), &dest)
-                .map_err(|e2| Error::io(format!("cannot copy {}: {e2}", e.path().display())))?;
-        }
-    }
-    Ok(())
 }
 
 /// `s` quoted for a POSIX shell when it needs it, on one line.

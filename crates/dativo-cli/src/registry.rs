@@ -404,8 +404,13 @@ struct IndexVersion {
     url: String,
     size: u64,
     sha256: String,
+    /// The signing key's id; empty when unsigned (refused at install).
+    #[serde(default)]
     key: String,
+    /// Base64 Ed25519 signature over the statement; empty when unsigned.
+    #[serde(default)]
     signature: String,
+    /// Withdrawn by the publisher. Not signed: an index can yank or un-yank.
     #[serde(default)]
     yanked: bool,
 }
@@ -590,21 +595,33 @@ fn http_get(url: &str, limit: u64) -> Result<Vec<u8>> {
 /// Open the index at `loc`.
 pub fn open_index(loc: &str) -> Result<Opened> {
     let (source, file) = Source::parse(loc)?;
+    let shown_loc = dativo_core::secrets::scrub(loc);
     let bytes = source.fetch(&file, MAX_INDEX).map_err(|e| {
         let kind = e.kind();
-        Error::new(kind, format!("plugin index {loc}: {}", e.message()))
+        Error::new(kind, format!("plugin index {shown_loc}: {}", e.message()))
     })?;
-    let index: Index = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::config(format!("plugin index {loc}: not a dativo index ({e})")))?;
+    let index: Index = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::config(format!(
+            "plugin index {shown_loc}: not a dativo index ({e})"
+        ))
+    })?;
     if index.format != 1 {
         return Err(Error::config(format!(
-            "plugin index {loc}: format {} is not understood by this dativo (1)",
+            "plugin index {shown_loc}: format {} is not understood by this dativo (1)",
             index.format
         )));
     }
+    // What the lock file and messages keep: an absolute directory (the lock is read from
+    // elsewhere), a URL without credentials.
+    let shown = match &source {
+        Source::Dir(d) => std::fs::canonicalize(d)
+            .map(|d| d.display().to_string())
+            .unwrap_or(shown_loc),
+        _ => shown_loc,
+    };
     Ok(Opened {
         source,
-        shown: loc.to_string(),
+        shown,
         index,
     })
 }
@@ -659,8 +676,11 @@ fn unpack(bytes: &[u8], dest: &Path, what: &str) -> Result<Unpacked> {
         let target = dest.join(&rel);
         match kind {
             tar::EntryType::Directory => {
-                std::fs::create_dir_all(&target)
-                    .map_err(|e| Error::io(format!("cannot create {}: {e}", target.display())))?;
+                std::fs::create_dir_all(&target).map_err(|e| {
+                    refuse(format!(
+                        "directory `{rel}` conflicts with another entry ({e})"
+                    ))
+                })?;
             }
             tar::EntryType::Regular => {
                 let size = entry.header().size().unwrap_or(u64::MAX);
@@ -675,7 +695,7 @@ fn unpack(bytes: &[u8], dest: &Path, what: &str) -> Result<Unpacked> {
                 }
                 if let Some(parent) = target.parent() {
                     std::fs::create_dir_all(parent).map_err(|e| {
-                        Error::io(format!("cannot create {}: {e}", parent.display()))
+                        refuse(format!("entry `{rel}` conflicts with another entry ({e})"))
                     })?;
                 }
                 let mode = entry.header().mode().unwrap_or(0o644);
@@ -689,6 +709,11 @@ fn unpack(bytes: &[u8], dest: &Path, what: &str) -> Result<Unpacked> {
                     .map_err(|e| {
                         if e.kind() == std::io::ErrorKind::AlreadyExists {
                             refuse(format!("entry `{rel}` appears twice"))
+                        } else if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::IsADirectory | std::io::ErrorKind::NotADirectory
+                        ) {
+                            refuse(format!("entry `{rel}` conflicts with another entry ({e})"))
                         } else {
                             Error::io(format!("cannot create {}: {e}", target.display()))
                         }
@@ -1712,17 +1737,34 @@ fn lock_path(given: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(reg::LOCK_FILE))
 }
 
-/// Remembered (index, name, version, platform) → sha256 of everything ever installed here, to
-/// notice an index that later serves other bytes for the same version.
+/// Remembered (name, version, platform) → sha256 of everything ever installed on this machine
+/// (from any index), to notice a version that later comes with other bytes.
 fn seen_path() -> PathBuf {
     reg::home().join("registry-seen.json")
 }
 
-fn load_seen() -> BTreeMap<String, String> {
-    std::fs::read(seen_path())
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+fn load_seen() -> Result<BTreeMap<String, String>> {
+    match std::fs::read(seen_path()) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            Error::config(format!(
+                "{} is damaged ({e}); it remembers the bytes of every version installed here — fix or remove it",
+                seen_path().display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(Error::io(format!("cannot read {}: {e}", seen_path().display()))),
+    }
+}
+
+fn save_seen(seen: &BTreeMap<String, String>) -> Result<()> {
+    let path = seen_path();
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_string_pretty(seen).unwrap_or_default() + "\n",
+    )
+    .and_then(|_| std::fs::rename(&tmp, &path))
+    .map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))
 }
 
 fn seen_key(name: &str, version: &str, platform: &str) -> String {
@@ -1776,25 +1818,27 @@ fn choose<'a>(
         )));
     }
     let usable: Vec<&IndexVersion> = for_here.iter().copied().filter(|v| !v.yanked).collect();
-    let Some(v) = usable.first() else {
+    let Some(first) = usable.first() else {
         return Err(Error::config(format!(
             "plugin {name} {} is yanked (withdrawn by its publisher); no other version matches `{req_text}`",
             for_here[0].version
         )));
     };
-    if v.kind == PluginKind::Native && v.abi != Some(reg::HOST_ABI) {
+    let fits = |v: &IndexVersion| v.kind != PluginKind::Native || v.abi == Some(reg::HOST_ABI);
+    let Some(v) = usable.iter().copied().find(|v| fits(v)) else {
         return Err(Error::config(format!(
-            "plugin {name} {} is built for plugin ABI {}, this dativo loads ABI {}: install a version built for it",
-            v.version,
-            v.abi.map_or("?".to_string(), |a| a.to_string()),
+            "plugin {name} {} is built for plugin ABI {}, this dativo loads ABI {}, and no other version matching `{req_text}` is: install a version built for it",
+            first.version,
+            first.abi.map_or("?".to_string(), |a| a.to_string()),
             reg::HOST_ABI
         )));
-    }
+    };
     Ok((p, v))
 }
 
 /// Install one chosen version (or find it already installed); returns its lock entry.
 /// `expect_sha` is the lock's hash (`--locked`).
+#[allow(clippy::too_many_arguments)]
 fn install_one(
     idx: &Opened,
     name: &str,
@@ -1807,6 +1851,20 @@ fn install_one(
 ) -> Result<LockedPlugin> {
     let st = v.statement(&p.publisher, name);
     let what = st.what();
+    // Names and versions become directories: only well-formed ones.
+    check_name(name)?;
+    reg::check_version(&v.version).map_err(|e| auth(format!("{what}: {}", e.message())))?;
+    reg::check_platform(&v.platform).map_err(|e| auth(format!("{what}: {}", e.message())))?;
+    reg::check_sha256(&v.sha256).map_err(|e| auth(format!("{what}: {}", e.message())))?;
+    // A plugin does not change hands behind the lock's back.
+    if let Some(l) = lock.get(name) {
+        if l.publisher != p.publisher {
+            return Err(auth(format!(
+                "{what}: index {} says publisher {}, but dativo.lock has {name} from {}; a plugin changing publishers needs a decision: uninstall it and install again to accept",
+                idx.shown, p.publisher, l.publisher
+            )));
+        }
+    }
     // A version never changes bytes: not against the lock, not against what was installed or
     // seen here before.
     let moved = |before: &str, from: &str| {
@@ -1824,11 +1882,17 @@ fn install_one(
             return Err(moved(want, "dativo.lock"));
         }
     }
-    let seen = load_seen();
+    let mut seen = load_seen()?;
     if let Some(before) = seen.get(&seen_key(name, &v.version, &v.platform)) {
         if before != &v.sha256 {
             return Err(moved(before, "an earlier install on this machine"));
         }
+    }
+    if v.signature.trim().is_empty() || v.key.is_empty() {
+        return Err(auth(format!(
+            "{what} is unsigned in index {} (no signature or key); refusing",
+            idx.shown
+        )));
     }
     let key = trusted_key(&p.publisher, &v.key, &what)?;
     let sig = B64
@@ -1836,7 +1900,7 @@ fn install_one(
         .map_err(|_| auth(format!("{what}: the index's signature is not base64")))?;
     if !key.verify(&st.bytes(), &sig) {
         return Err(auth(format!(
-            "{what}: the signature in index {} does not verify with publisher {}'s key {} (the index or the artifact was altered)",
+            "{what}: the signature in index {} does not verify with publisher {}'s key {} (the index entry or the artifact was altered)",
             idx.shown,
             p.publisher,
             key.id()
@@ -1855,15 +1919,19 @@ fn install_one(
         index: idx.shown.clone(),
     };
     if let Ok(i) = Installed::open(&final_dir) {
-        if i.record.sha256 == v.sha256 && i.verify_files().is_ok() {
-            println!("{what} is already installed in {}", final_dir.display());
-            return Ok(entry);
-        }
         if i.record.sha256 != v.sha256 {
             return Err(moved(
                 &i.record.sha256,
                 &format!("the installation in {}", final_dir.display()),
             ));
+        }
+        if i.verify_files().is_ok() {
+            if i.manifest.kind == PluginKind::Python {
+                // The directory is here; the package must be in this Python too.
+                pip_install(&i.dir, &i.manifest, o.python, &what)?;
+            }
+            println!("{what} is already installed in {}", final_dir.display());
+            return Ok(entry);
         }
     }
     let bytes = idx
@@ -1914,46 +1982,43 @@ fn install_one(
         serde_json::to_string_pretty(&record).unwrap_or_default() + "\n",
     )
     .map_err(|e| Error::io(format!("cannot write the install record: {e}")))?;
-    if m.kind == PluginKind::Python {
-        let wheel = staging.path().join(m.wheel.as_deref().unwrap_or_default());
-        let py = python(o.python);
-        run_tool(
-            Command::new(&py)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--no-deps",
-                    "--no-index",
-                    "--force-reinstall",
-                ])
-                .arg(&wheel),
-            &format!("{what}: pip install (with {})", py.display()),
-        )?;
-    }
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir)
-            .map_err(|e| Error::io(format!("cannot replace {}: {e}", final_dir.display())))?;
-    }
+    // Into place: the old installation (a damaged one) is moved aside first and restored if
+    // anything after fails, so there is always either the old or the new one.
     if let Some(parent) = final_dir.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| Error::io(format!("cannot create {}: {e}", parent.display())))?;
     }
+    let aside = final_dir.with_file_name(format!(".{}-old-{}", v.version, uuid::Uuid::now_v7()));
+    let had_old = final_dir.exists();
+    if had_old {
+        std::fs::rename(&final_dir, &aside)
+            .map_err(|e| Error::io(format!("cannot move {} aside: {e}", final_dir.display())))?;
+    }
+    let restore = |err: Error| {
+        let _ = std::fs::remove_dir_all(&final_dir);
+        if had_old {
+            let _ = std::fs::rename(&aside, &final_dir);
+        }
+        let _ = std::fs::remove_dir(final_dir.parent().unwrap_or(Path::new("/nonexistent")));
+        err
+    };
     let staged = staging.keep();
-    std::fs::rename(&staged, &final_dir).map_err(|e| {
+    if let Err(e) = std::fs::rename(&staged, &final_dir) {
         let _ = std::fs::remove_dir_all(&staged);
-        Error::io(format!(
+        return Err(restore(Error::io(format!(
             "cannot move the plugin into {}: {e}",
             final_dir.display()
-        ))
-    })?;
-    let mut seen = load_seen();
+        ))));
+    }
+    if m.kind == PluginKind::Python {
+        // Last: a wheel pip refuses leaves no plugin directory behind.
+        pip_install(&final_dir, m, o.python, &what).map_err(restore)?;
+    }
+    if had_old {
+        let _ = std::fs::remove_dir_all(&aside);
+    }
     seen.insert(seen_key(name, &v.version, &v.platform), v.sha256.clone());
-    let _ = std::fs::write(
-        seen_path(),
-        serde_json::to_string_pretty(&seen).unwrap_or_default(),
-    );
+    save_seen(&seen)?;
     println!(
         "installed {what} from {} (publisher {}, key {}) in {}",
         idx.shown,
@@ -1962,6 +2027,30 @@ fn install_one(
         final_dir.display()
     );
     Ok(entry)
+}
+
+/// pip-install a Python plugin's wheel (from its installation directory) into `python`'s
+/// environment: that exact file, no index, no dependencies, never a source build.
+fn pip_install(dir: &Path, m: &Manifest, python_: Option<&Path>, what: &str) -> Result<()> {
+    let wheel = dir.join(m.wheel.as_deref().unwrap_or_default());
+    let py = python(python_);
+    run_tool(
+        Command::new(&py)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--no-index",
+                "--only-binary=:all:",
+                "--force-reinstall",
+            ])
+            .arg(&wheel),
+        &format!("{what}: pip install (with {})", py.display()),
+    )
+    .map(|_| ())
 }
 
 /// `dativo plugin install NAME[@REQ]…` (records each in the lock file) or `--locked`.
@@ -1983,6 +2072,18 @@ pub fn install(specs: &[String], locked: bool, o: &InstallOptions<'_>) -> Result
                 "--locked: no lock file {} (run `dativo plugin install NAME` first, or --lock FILE)",
                 lp.display()
             )));
+        }
+        let here = reg::platform();
+        for l in &lock.plugins {
+            if l.platform != "any" && l.platform != here {
+                return Err(Error::config(format!(
+                    "{} pins plugin {} {} for {}, and this machine is {here}: a lock file is per platform (its hash is of that platform's artifact); make the lock on {here}, or keep one lock per platform (--lock)",
+                    lp.display(),
+                    l.name,
+                    l.version,
+                    l.platform
+                )));
+            }
         }
         for l in lock.plugins.clone() {
             let loc = o
@@ -2109,11 +2210,30 @@ pub fn uninstall(spec: &str, lock: Option<&Path>, py: Option<&Path>) -> Result<E
     for i in &gone {
         if i.manifest.kind == PluginKind::Python {
             if let Some(d) = &i.manifest.distribution {
+                reg::check_distribution(d)?;
                 let pyb = python(py);
-                run_tool(
-                    Command::new(&pyb).args(["-m", "pip", "uninstall", "--quiet", "-y", d]),
-                    &format!("pip uninstall {d}"),
+                // Only this version: another version of the package in that environment belongs
+                // to another installation.
+                let out = run_tool(
+                    Command::new(&pyb).args([
+                        "-c",
+                        "import importlib.metadata as m,sys\ntry: print(m.version(sys.argv[1]))\nexcept m.PackageNotFoundError: pass",
+                        d,
+                    ]),
+                    &format!("asking {} for {d}'s version", pyb.display()),
                 )?;
+                let there = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if there == i.manifest.version {
+                    run_tool(
+                        Command::new(&pyb).args(["-m", "pip", "uninstall", "--quiet", "-y", d]),
+                        &format!("pip uninstall {d}"),
+                    )?;
+                } else if !there.is_empty() {
+                    println!(
+                        "left {d} {there} in {}'s environment (not the version being removed)",
+                        pyb.display()
+                    );
+                }
             }
         }
         std::fs::remove_dir_all(&i.dir)
@@ -2195,6 +2315,16 @@ pub fn locked_dirs(lock: &Path) -> Result<Vec<(String, String, PathBuf)>> {
                 p.version,
                 dir.display(),
                 lock.display()
+            )));
+        }
+        if i.record.name != p.name || i.record.version != p.version {
+            return Err(auth(format!(
+                "{} holds {} {}, not {} {}",
+                dir.display(),
+                i.record.name,
+                i.record.version,
+                p.name,
+                p.version
             )));
         }
         i.verify_files()?;

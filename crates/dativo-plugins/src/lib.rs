@@ -140,10 +140,11 @@ pub fn resolve_custom(
     }
 }
 
-/// `registry:NAME@REQ#item`: the installed plugin (verified against its install record and
-/// the lock file), then loaded like any other of its kind. Its libraries are loaded from the
-/// install directory without the job-directory policy: they were verified at install (signed
-/// by a trusted publisher) and now (hashes).
+/// `registry:NAME@REQ#item`: the installed plugin (its files verified against the install
+/// record and the lock file; for Python, the version the virtualenv holds), then loaded like
+/// any other of its kind. Its libraries are loaded from the install directory without the
+/// job-directory policy: they were verified at install (signed by a trusted publisher) and
+/// now (hashes).
 fn resolve_registry(
     spec: &str,
     c: &dativo_core::job::CustomImplementation,
@@ -170,11 +171,17 @@ fn resolve_registry(
             r.label = label;
             Ok(r)
         }
-        registry::Target::Flight { url, command } => {
+        registry::Target::Flight { url, command, dir } => {
             let mut cc = c.clone();
             cc.implementation = url;
             cc.command = command;
-            let ep = flight::FlightEndpoint::new(&cc.implementation, &cc, base_dir)?;
+            // A job's own tls_ca stays relative to the job file.
+            cc.tls_ca = c.tls_ca.as_ref().map(|p| match base_dir {
+                Some(b) if p.is_relative() => b.join(p),
+                _ => p.clone(),
+            });
+            // The server runs in its installation directory: its files are found from there.
+            let ep = flight::FlightEndpoint::new(&cc.implementation, &cc, Some(&dir))?;
             Ok(Resolved {
                 label,
                 kind: Kind::Flight(std::sync::Arc::new(ep)),

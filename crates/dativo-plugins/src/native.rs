@@ -93,7 +93,11 @@ pub fn search_path() -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default();
-    dirs.push(crate::registry::plugins_dir());
+    // Only an absolute one: without a home directory it would be relative to the working one.
+    let home = crate::registry::plugins_dir();
+    if home.is_absolute() {
+        dirs.push(home);
+    }
     dirs
 }
 

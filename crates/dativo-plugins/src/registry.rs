@@ -133,12 +133,13 @@ impl Manifest {
             ));
         }
         check_name(&self.name)?;
-        if semver::Version::parse(&self.version).is_err() {
-            return bad(format!(
-                "version `{}` of `{}` is not semver (MAJOR.MINOR.PATCH)",
-                self.version, self.name
-            ));
-        }
+        check_version(&self.version).map_err(|e| {
+            Error::config(format!(
+                "plugin manifest {MANIFEST}: `{}`: {}",
+                self.name,
+                e.message()
+            ))
+        })?;
         if self.readers.is_empty() && self.writers.is_empty() {
             return bad(format!("`{}` provides no reader and no writer", self.name));
         }
@@ -152,11 +153,34 @@ impl Manifest {
         if let Some(rel) = self.command.first().and_then(|c| c.strip_prefix("./")) {
             check_relative(rel)?;
         }
-        if self.platform != "any" && !self.platform.contains('-') {
+        check_platform(&self.platform)?;
+        if let Some(w) = &self.wheel {
+            // A wheel installs without running code from it; anything pip would build does not.
+            if !w.ends_with(".whl") {
+                return bad(format!("`{w}` is not a wheel (.whl)"));
+            }
+        }
+        if let Some(d) = &self.distribution {
+            check_distribution(d)?;
+            let file = self.wheel.as_deref().unwrap_or_default();
+            let file = file.rsplit('/').next().unwrap_or(file);
+            if !file.to_ascii_lowercase().starts_with(&format!(
+                "{}-{}-",
+                wheel_name(d),
+                self.version.to_ascii_lowercase()
+            )) {
+                return bad(format!(
+                    "the wheel {file} is not {d} {} (its file name must start with {}-{}-)",
+                    self.version,
+                    wheel_name(d),
+                    self.version
+                ));
+            }
+        }
+        if self.kind == PluginKind::Flight && !self.command.iter().any(|w| w.contains("{port}")) {
             return bad(format!(
-                "platform `{}` is neither `any` nor OS-ARCH (e.g. {})",
-                self.platform,
-                platform()
+                "flight plugin `{}`: `command` must take the port to listen on as {{port}}",
+                self.name
             ));
         }
         match self.kind {
@@ -294,6 +318,23 @@ impl Lock {
                 lock.version
             )));
         }
+        // Names and versions become paths: a lock file is data, never a way out of the
+        // plugins directory.
+        for p in &lock.plugins {
+            check_name(&p.name)
+                .and_then(|_| check_version(&p.version).map(|_| ()))
+                .and_then(|_| check_sha256(&p.sha256))
+                .and_then(|_| check_platform(&p.platform))
+                .and_then(|_| check_name(&p.publisher))
+                .map_err(|e| {
+                    Error::config(format!(
+                        "{}: entry `{}`: {}",
+                        path.display(),
+                        p.name,
+                        e.message()
+                    ))
+                })?;
+        }
         Ok(lock)
     }
 
@@ -369,13 +410,105 @@ impl RegistrySpec {
     }
 }
 
-/// A version requirement, with an error that says what one looks like.
+/// A version requirement, with an error that says what one looks like. A bare full version
+/// (`1.2.3`) means exactly that version (`=1.2.3`), not Cargo's `^1.2.3`.
 pub fn parse_requirement(req: &str) -> Result<semver::VersionReq> {
-    semver::VersionReq::parse(req).map_err(|e| {
+    let req = req.trim();
+    let exact;
+    let text = if semver::Version::parse(req).is_ok() {
+        exact = format!("={req}");
+        exact.as_str()
+    } else {
+        req
+    };
+    semver::VersionReq::parse(text).map_err(|e| {
         Error::config(format!(
-            "`{req}` is not a version requirement ({e}); e.g. 1.2.3, ^1, ~1.2, >=1.0, <2, *"
+            "`{req}` is not a version requirement ({e}); e.g. 1.2.3 (exactly), ^1, ~1.2, >=1.0, <2, *"
         ))
     })
+}
+
+/// A plugin version: semver without build metadata (`1.2.3`, `1.0.0-beta.1`). Versions are
+/// also directory names, so this is what keeps them to safe characters.
+pub fn check_version(v: &str) -> Result<semver::Version> {
+    match semver::Version::parse(v) {
+        Ok(s) if s.build.is_empty() => Ok(s),
+        Ok(_) => Err(Error::config(format!(
+            "version `{v}` carries build metadata (`+…`), which plugin versions may not"
+        ))),
+        Err(_) => Err(Error::config(format!(
+            "version `{v}` is not semver (MAJOR.MINOR.PATCH, optionally -PRERELEASE)"
+        ))),
+    }
+}
+
+/// A SHA-256 in lowercase hex.
+pub fn check_sha256(h: &str) -> Result<()> {
+    if h.len() == 64
+        && h.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "`{h}` is not a SHA-256 (64 lowercase hex digits)"
+        )))
+    }
+}
+
+/// A platform: `any` or OS-ARCH in lowercase letters, digits and `_`.
+pub fn check_platform(p: &str) -> Result<()> {
+    let ok = p == "any"
+        || p.split_once('-').is_some_and(|(os, arch)| {
+            [os, arch].iter().all(|s| {
+                !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            })
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "platform `{p}` is neither `any` nor OS-ARCH (e.g. {})",
+            platform()
+        )))
+    }
+}
+
+/// A Python distribution name (PEP 508: letters, digits, `.`, `_`, `-`, starting and ending
+/// with a letter or digit).
+pub fn check_distribution(d: &str) -> Result<()> {
+    let ok = !d.is_empty()
+        && d.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+        && d.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && d.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "`{d}` is not a Python distribution name"
+        )))
+    }
+}
+
+/// A distribution name as wheel file names and `.dist-info` directories spell it.
+pub fn wheel_name(d: &str) -> String {
+    let mut out = String::with_capacity(d.len());
+    let mut sep = false;
+    for c in d.chars() {
+        if ".-_".contains(c) {
+            sep = true;
+        } else {
+            if sep && !out.is_empty() {
+                out.push('_');
+            }
+            sep = false;
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
 }
 
 /// Whether `version` satisfies `req` (an exact `=1.2.3-beta` included).
@@ -485,9 +618,10 @@ pub fn installed_versions(name: &str) -> Vec<Installed> {
         .flatten()
         .flatten()
         .filter_map(|e| {
-            let v = semver::Version::parse(e.file_name().to_str()?).ok()?;
+            let v = check_version(e.file_name().to_str()?).ok()?;
             let i = Installed::open(&e.path()).ok()?;
-            Some((v, i))
+            // A directory holds what its name says.
+            (i.manifest.name == name && i.manifest.version == v.to_string()).then_some((v, i))
         })
         .collect();
     out.sort_by(|a, b| b.0.cmp(&a.0));
@@ -525,7 +659,77 @@ pub enum Target {
         url: String,
         /// The server command (with the port filled in).
         command: Vec<String>,
+        /// The installation directory: the server's working directory.
+        dir: PathBuf,
     },
+}
+
+/// The virtualenv the Python bridge imports from (`DATIVO_PYTHON_VENV`, `VIRTUAL_ENV`), if any.
+pub fn python_venv() -> Option<PathBuf> {
+    ["DATIVO_PYTHON_VENV", "VIRTUAL_ENV"]
+        .iter()
+        .find_map(|v| std::env::var_os(v).filter(|v| !v.is_empty()))
+        .map(PathBuf::from)
+}
+
+/// The `.dist-info` directories of `dist` in the virtualenv `venv`: (version, directory).
+pub fn python_dists(venv: &Path, dist: &str) -> Vec<(String, PathBuf)> {
+    let want = wheel_name(dist);
+    let mut out = Vec::new();
+    for lib in std::fs::read_dir(venv.join("lib"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let sp = lib.path().join("site-packages");
+        for e in std::fs::read_dir(&sp).into_iter().flatten().flatten() {
+            let f = e.file_name().to_string_lossy().to_string();
+            let Some(stem) = f.strip_suffix(".dist-info") else {
+                continue;
+            };
+            if let Some((n, v)) = stem.rsplit_once('-') {
+                if wheel_name(n) == want {
+                    out.push((v.to_string(), e.path()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A Python plugin's package in the bridge's virtualenv is the installed version: pip keeps one
+/// version of a distribution per environment, so installing another version elsewhere (or by
+/// hand) replaces the code a locked job would import. Without a virtualenv set, the bridge
+/// imports from the interpreter's own site-packages, which is not checked.
+fn check_python_install(m: &Manifest) -> Result<()> {
+    let (Some(venv), Some(dist)) = (python_venv(), m.distribution.as_deref()) else {
+        return Ok(());
+    };
+    let found = python_dists(&venv, dist);
+    if found.iter().any(|(v, _)| v == &m.version) {
+        return Ok(());
+    }
+    let what = if found.is_empty() {
+        "does not hold it".to_string()
+    } else {
+        format!(
+            "holds version {}",
+            found
+                .iter()
+                .map(|(v, _)| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    Err(Error::config(format!(
+        "plugin {} {}: the Python environment {} {what}; reinstall it there with `dativo plugin install {}@={} --python {}/bin/python`",
+        m.name,
+        m.version,
+        venv.display(),
+        m.name,
+        m.version,
+        venv.display()
+    )))
 }
 
 /// Find the installed plugin a job's `registry:NAME@REQ#item` means, for `side`: the version
@@ -589,6 +793,14 @@ pub fn find(spec: &str, base_dir: Option<&Path>) -> Result<(RegistrySpec, Instal
             )));
         }
         i
+    } else if let Some(lp) = &lock_path {
+        return Err(Error::config(format!(
+            "plugin {} is not pinned by {} (jobs under a lock file load only locked plugins); run `dativo plugin install {}@{}` beside it",
+            spec.name,
+            lp.display(),
+            spec.name,
+            spec.requirement
+        )));
     } else {
         let installed: Vec<String> = versions
             .iter()
@@ -671,7 +883,10 @@ fn target(spec: &RegistrySpec, chosen: &Installed, side: crate::Side) -> Result<
             library: chosen.dir.join(m.library.as_deref().unwrap_or_default()),
             item,
         },
-        PluginKind::Python => Target::Python(m.classes.get(&item).cloned().unwrap_or_default()),
+        PluginKind::Python => {
+            check_python_install(m)?;
+            Target::Python(m.classes.get(&item).cloned().unwrap_or_default())
+        }
         PluginKind::Flight => {
             let port = free_port()?;
             let command = m
@@ -689,6 +904,7 @@ fn target(spec: &RegistrySpec, chosen: &Installed, side: crate::Side) -> Result<
             Target::Flight {
                 url: format!("grpc://127.0.0.1:{port}"),
                 command,
+                dir: chosen.dir.clone(),
             }
         }
     };
@@ -722,6 +938,21 @@ mod tests {
         assert!(RegistrySpec::parse("Bad Name@1").is_err());
         let e = RegistrySpec::parse("x@one").unwrap_err();
         assert!(e.message().contains("not a version requirement"), "{e}");
+    }
+
+    #[test]
+    fn a_bare_version_is_exact_and_versions_are_safe_names() {
+        let v = |s: &str| semver::Version::parse(s).unwrap();
+        let exact = parse_requirement("1.2.3").unwrap();
+        assert!(exact.matches(&v("1.2.3")) && !exact.matches(&v("1.9.0")));
+        assert!(parse_requirement("^1.2").unwrap().matches(&v("1.9.0")));
+        for bad in ["../1.0.0", "1.0", "1.0.0+build", "1.0.0/x"] {
+            assert!(check_version(bad).is_err(), "{bad}");
+        }
+        assert!(check_version("1.0.0-beta.1").is_ok());
+        assert_eq!(wheel_name("My.Plugin-x"), "my_plugin_x");
+        assert!(check_distribution("-r/etc/passwd").is_err());
+        assert!(check_platform("linux-x86_64").is_ok() && check_platform("../x").is_err());
     }
 
     #[test]
