@@ -1791,7 +1791,7 @@ fn choose<'a>(
         .iter()
         .filter(|v| v.semver().is_some_and(|s| req.matches(&s)))
         .collect();
-    matching.sort_by(|a, b| b.semver().cmp(&a.semver()));
+    matching.sort_by_key(|v| std::cmp::Reverse(v.semver()));
     if matching.is_empty() {
         return Err(Error::config(format!(
             "plugin {name} has no version matching `{req_text}` in {} (versions: {})",

@@ -51,6 +51,10 @@ pub struct GcsConfig {
     /// Endpoint (for emulators).
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// Send no credentials at all (public buckets, emulators): no key file, no environment, no
+    /// VM metadata server.
+    #[serde(default)]
+    pub anonymous: bool,
 }
 
 /// `azure:` — Azure Blob Storage settings for `az://container/prefix`.
@@ -119,6 +123,18 @@ pub fn od(e: opendal::Error, doing: &str) -> Error {
     err.with_source(e)
 }
 
+/// As [`od`], for a write: an object store answers a write with "not found" only when the
+/// bucket or container does not exist — a configuration error (exit 2), said as such.
+pub fn od_write(e: opendal::Error, doing: &str) -> Error {
+    if e.kind() == opendal::ErrorKind::NotFound {
+        return Error::config(format!(
+            "{doing}: the bucket or container does not exist (create it, or fix the path)"
+        ))
+        .with_source(e);
+    }
+    od(e, doing)
+}
+
 /// Whether `path` names an object store.
 pub fn is_remote(path: &str) -> bool {
     path.contains("://") && !path.starts_with("file://")
@@ -183,6 +199,18 @@ impl Location {
             }
             if let Some(e) = &cfg.endpoint {
                 b = b.endpoint(e);
+            }
+            if cfg.anonymous {
+                if cfg.credential_path.is_some() {
+                    return Err(Error::config(
+                        "`gcs.anonymous: true` sends no credentials; remove `gcs.credential_path` or `anonymous`",
+                    )
+                    .with_key_path("gcs"));
+                }
+                b = b
+                    .skip_signature()
+                    .disable_vm_metadata()
+                    .disable_config_load();
             }
             let op = opendal::Operator::new(b)
                 .map_err(|e| od(e, "configuring Google Cloud Storage"))?
@@ -364,7 +392,7 @@ impl Location {
             Location::Object { op, .. } => runtime()
                 .block_on(op.write(rel, bytes.to_vec()))
                 .map(|_| ())
-                .map_err(|e| od(e, &format!("writing {}", self.display(rel)))),
+                .map_err(|e| od_write(e, &format!("writing {}", self.display(rel)))),
         }
     }
 
@@ -388,14 +416,18 @@ impl Location {
                     }
                     return self.put(rel, bytes).map(|_| true);
                 }
+                // A content type makes opendal's GCS service send a multipart upload, where
+                // `ifGenerationMatch=0` is honoured by every server (fake-gcs-server ignores it
+                // on media uploads).
                 match runtime().block_on(
                     op.write_with(rel, bytes.to_vec())
                         .if_not_exists(true)
+                        .content_type("application/octet-stream")
                         .into_future(),
                 ) {
                     Ok(_) => Ok(true),
                     Err(e) if precondition_failed(&e) => Ok(false),
-                    Err(e) => Err(od(e, &format!("writing {}", self.display(rel)))),
+                    Err(e) => Err(od_write(e, &format!("writing {}", self.display(rel)))),
                 }
             }
         }
@@ -471,7 +503,7 @@ impl Location {
             Location::Object { op, .. } => {
                 let w = runtime()
                     .block_on(async { op.writer_with(rel).chunk(PART_SIZE).await })
-                    .map_err(|e| od(e, &format!("creating {}", self.display(rel))))?;
+                    .map_err(|e| od_write(e, &format!("creating {}", self.display(rel))))?;
                 Ok(Box::new(ObjectSink {
                     writer: w,
                     buf: Vec::with_capacity(PART_SIZE),
@@ -666,7 +698,7 @@ impl Sink for ObjectSink {
         self.ship().with_context(|| format!("uploading {name}"))?;
         let meta = runtime()
             .block_on(self.writer.close())
-            .map_err(|e| od(e, &format!("completing the upload of {name}")))?;
+            .map_err(|e| od_write(e, &format!("completing the upload of {name}")))?;
         Ok(meta.content_length())
     }
 }

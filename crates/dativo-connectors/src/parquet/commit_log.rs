@@ -165,6 +165,12 @@ impl Layout {
 
     /// Where a data file with final relative path `rel` is staged (relative to the root).
     pub fn staged(&self, rel: &str) -> String {
+        format!("{}/{}.inprogress", self.staging(), staging_name(rel))
+    }
+
+    /// Where dativo before 0.1 staged `rel` (`/` as `__`, nothing else escaped): a commit
+    /// made by it and not yet rolled forward is finished from there.
+    fn staged_legacy(&self, rel: &str) -> String {
         format!("{}/{}.inprogress", self.staging(), rel.replace('/', "__"))
     }
 
@@ -389,8 +395,12 @@ impl Layout {
     pub fn publish(&self, m: &Manifest) -> Result<()> {
         let mut moved: Vec<String> = Vec::new();
         for f in &m.files {
-            let staged = self.staged(&f.path);
+            let mut staged = self.staged(&f.path);
             if !self.loc.exists(&f.path)? {
+                let legacy = self.staged_legacy(&f.path);
+                if legacy != staged && !self.loc.exists(&staged)? && self.loc.exists(&legacy)? {
+                    staged = legacy;
+                }
                 if self.loc.exists(&staged)? {
                     self.loc.publish(&staged, &f.path)?;
                     let dir = f
@@ -478,5 +488,36 @@ impl Layout {
             "could not fence {}: commits keep landing from another run",
             self.loc.display(&self.commits())
         )))
+    }
+}
+
+/// A staged file's name for `rel`: one path component of `[A-Za-z0-9._-]` only (`/` becomes
+/// `__`, any other byte `~XX`). Object stores encode names in URLs, and some clients encode
+/// `=` (hive partitions) twice — opendal's GCS uploads store `day=1` as `day%3D1` — so a staged
+/// name never needs encoding.
+pub fn staging_name(rel: &str) -> String {
+    let mut out = String::with_capacity(rel.len() + 8);
+    for b in rel.bytes() {
+        match b {
+            b'/' => out.push_str("__"),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => out.push(b as char),
+            _ => out.push_str(&format!("~{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::staging_name;
+
+    #[test]
+    fn staged_names_need_no_url_encoding() {
+        assert_eq!(
+            staging_name("day=2026-01-01/part-1.parquet"),
+            "day~3D2026-01-01__part-1.parquet"
+        );
+        assert_eq!(staging_name("part-1.parquet"), "part-1.parquet");
+        assert_eq!(staging_name("c=a b/é"), "c~3Da~20b__~C3~A9");
     }
 }
