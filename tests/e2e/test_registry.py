@@ -226,7 +226,8 @@ def test_locked_install_reproduces_the_same_files_elsewhere(world, tmp_path):
     def tree(home):
         root = home / "plugins"
         return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
-                for f in sorted(root.rglob("*")) if f.is_file() and ".staging" not in f.parts}
+                for f in sorted(root.rglob("*")) if f.is_file() and ".staging" not in f.parts
+                and f.name != ".lock"}
     t1, t2 = tree(home1), tree(home2)
     assert t1 == t2 and len(t1) >= 9
     # The lock beside (above) the job picks the version: a job in jobs/ finds ../dativo.lock.
@@ -249,7 +250,12 @@ target:
     # deploy plugins: a build context with exactly the locked, verified files; a pod-like home
     # made from it runs the job offline.
     ctx = tmp_path / "ctx"
+    # A file planted beside an installation (not in its record) is not shipped.
+    planted = home2 / "plugins" / name / "0.1.0" / "planted.sh"
+    planted.write_text("echo not verified\n")
     run("deploy", "plugins", "--lock", proj2 / "dativo.lock", "--out", ctx, env=env2)
+    assert not (ctx / "plugins" / name / "0.1.0" / "planted.sh").exists()
+    planted.unlink()
     assert "COPY plugins/ /plugins/" in (ctx / "Dockerfile").read_text()
     pod_home = tmp_path / "pod"
     shutil.copytree(ctx / "plugins", pod_home / "plugins")
@@ -285,6 +291,10 @@ def test_index_over_http_and_s3(world, tmp_path):
         assert lock["plugins"][0]["index"] == url
         p = run("plugin", "install", "nope", "--index", url + "/missing", env=env, cwd=tmp_path, check=2)
         assert "404" in p.stderr
+        # Credentials in an index URL would end up in dativo.lock: refused, and not echoed.
+        secret_url = url.replace("http://", "http://user:s3cr3t-pw@")
+        p = run("plugin", "search", "x", "--index", secret_url, env=env, check=2)
+        assert "credentials in an index URL" in p.stderr and "s3cr3t-pw" not in p.stderr
     finally:
         srv.shutdown()
     if not S3_ENDPOINT:
@@ -381,6 +391,8 @@ BAD_ARCHIVES = {
     "symlink": ([("libx.so", None, {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"})], "is a link"),
     "hardlink": ([("libx.so", None, {"type": tarfile.LNKTYPE, "linkname": "dativo-plugin.json"})], "is a link"),
     "device": ([("dev", None, {"type": tarfile.CHRTYPE})], "not a regular file"),
+    "record": ([("dativo-plugin.json", None, {}), (".dativo-install.json", b"{}", {})], "install record"),
+    "file-then-dir": ([("dativo-plugin.json", None, {}), ("a", b"x", {}), ("a/b", b"y", {})], "conflicts"),
 }
 
 
@@ -616,6 +628,12 @@ def test_a_flight_server_plugin_is_packaged_installed_and_started_by_the_job(wor
         "format": 1, "name": "reg-flight", "version": "1.0.0", "kind": "flight", "platform": "any",
         "readers": ["orders"], "writers": [], "description": "a pyarrow.flight reader",
         "command": ["./reader_server.py", "--port", "{port}"]}))
+    # A command that does not take {port} cannot be reached: refused when packaging.
+    m = json.loads((proj / "dativo-plugin.json").read_text())
+    (proj / "dativo-plugin.json").write_text(json.dumps({**m, "command": ["./reader_server.py"]}))
+    p = run("plugin", "package", proj, "--out", tmp_path / "dist", check=2)
+    assert "{port}" in p.stderr
+    (proj / "dativo-plugin.json").write_text(json.dumps(m))
     run("plugin", "package", proj, "--out", tmp_path / "dist")
     (art,) = (tmp_path / "dist").glob("*.tar.gz")
     assert art.name == "reg-flight-1.0.0-any.tar.gz"

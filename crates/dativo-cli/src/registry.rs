@@ -491,6 +491,19 @@ impl Source {
             ),
         };
         if base.starts_with("http://") || base.starts_with("https://") {
+            let authority = base
+                .split("://")
+                .nth(1)
+                .unwrap_or("")
+                .split('/')
+                .next()
+                .unwrap_or("");
+            if authority.contains('@') {
+                return Err(Error::config(format!(
+                    "plugin index {}: credentials in an index URL are not supported (they would be written to dativo.lock); serve a private index from S3 (AWS credentials from the environment) or a private network",
+                    dativo_core::secrets::scrub(&base)
+                )));
+            }
             return Ok((Source::Http(format!("{base}/")), file));
         }
         if dativo_storage::is_remote(&base) {
@@ -671,6 +684,11 @@ fn unpack(bytes: &[u8], dest: &Path, what: &str) -> Result<Unpacked> {
         if path.starts_with('/') || check_relative(&rel).is_err() {
             return Err(refuse(format!(
                 "entry `{path}` is absolute or leaves the directory"
+            )));
+        }
+        if rel == RECORD {
+            return Err(refuse(format!(
+                "entry `{rel}` is the install record's name"
             )));
         }
         let target = dest.join(&rel);
@@ -1976,6 +1994,7 @@ fn install_one(
         key: v.key.clone(),
         index: idx.shown.clone(),
         files: u.files.clone(),
+        python: (m.kind == PluginKind::Python).then(|| python(o.python).display().to_string()),
     };
     std::fs::write(
         staging.path().join(RECORD),
@@ -2053,8 +2072,70 @@ fn pip_install(dir: &Path, m: &Manifest, python_: Option<&Path>, what: &str) -> 
     .map(|_| ())
 }
 
+/// Hold `$DATIVO_HOME/plugins/.lock` (one install, update or uninstall at a time on this
+/// machine), then finish what an interrupted one left: staging directories are removed, and an
+/// installation moved aside is put back when its replacement never arrived.
+fn lock_plugins_dir() -> Result<std::fs::File> {
+    let dir = reg::plugins_dir();
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("cannot create {}: {e}", dir.display())))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))
+        .map_err(|e| Error::io(format!("cannot open {}: {e}", dir.join(".lock").display())))?;
+    f.lock()
+        .map_err(|e| Error::io(format!("cannot lock {}: {e}", dir.join(".lock").display())))?;
+    let _ = std::fs::remove_dir_all(dir.join(".staging"));
+    for plugin in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(plugin.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(version) = name
+                .strip_prefix('.')
+                .and_then(|n| n.split_once("-old-"))
+                .map(|(v, _)| v.to_string())
+            else {
+                continue;
+            };
+            let live = plugin.path().join(&version);
+            if live.exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            } else {
+                let _ = std::fs::rename(e.path(), &live);
+            }
+        }
+    }
+    Ok(f)
+}
+
+/// A lock file holds one platform's artifacts (plus `any`): refuse to add this machine's to a
+/// lock made on another platform.
+fn check_lock_platform(lock: &Lock, lp: &Path) -> Result<()> {
+    let here = reg::platform();
+    if let Some(l) = lock
+        .plugins
+        .iter()
+        .find(|l| l.platform != "any" && l.platform != here)
+    {
+        return Err(Error::config(format!(
+            "{} pins plugin {} {} for {}, and this machine is {here}: a lock file is per platform; use another lock file here (--lock dativo.{here}.lock)",
+            lp.display(),
+            l.name,
+            l.version,
+            l.platform
+        )));
+    }
+    Ok(())
+}
+
 /// `dativo plugin install NAME[@REQ]…` (records each in the lock file) or `--locked`.
 pub fn install(specs: &[String], locked: bool, o: &InstallOptions<'_>) -> Result<ExitCode> {
+    let _held = lock_plugins_dir()?;
     let lp = lock_path(o.lock);
     let mut lock = if lp.is_file() {
         Lock::load(&lp)?
@@ -2092,7 +2173,16 @@ pub fn install(specs: &[String], locked: bool, o: &InstallOptions<'_>) -> Result
                 .unwrap_or_else(|| l.index.clone());
             let idx = open_index(&loc)?;
             let req = reg::parse_requirement(&format!("={}", l.version))?;
-            let (p, v) = choose(&idx, &l.name, &req, &format!("={}", l.version))?;
+            let (p, chosen) = choose(&idx, &l.name, &req, &format!("={}", l.version))?;
+            // The locked artifact itself when the index has it (an `any` build and a platform
+            // build of one version are two artifacts).
+            let v = p
+                .versions
+                .iter()
+                .find(|v| {
+                    v.version == l.version && v.platform == l.platform && v.sha256 == l.sha256
+                })
+                .unwrap_or(chosen);
             if p.publisher != l.publisher {
                 return Err(auth(format!(
                     "plugin {} {}: index {} says publisher {}, the lock file {}",
@@ -2122,6 +2212,7 @@ pub fn install(specs: &[String], locked: bool, o: &InstallOptions<'_>) -> Result
             "name a plugin to install (NAME, NAME@1.2.3, NAME@^1), or --locked",
         ));
     }
+    check_lock_platform(&lock, &lp)?;
     let idx = open_index(&index_location(o.index)?)?;
     for spec in specs {
         let (name, req_text) = match spec.split_once('@') {
@@ -2144,6 +2235,7 @@ pub fn install(specs: &[String], locked: bool, o: &InstallOptions<'_>) -> Result
 
 /// `dativo plugin update [NAME…]`: the newest version matching each locked requirement.
 pub fn update(names: &[String], o: &InstallOptions<'_>) -> Result<ExitCode> {
+    let _held = lock_plugins_dir()?;
     let lp = lock_path(o.lock);
     if !lp.is_file() {
         return Err(Error::config(format!(
@@ -2152,6 +2244,7 @@ pub fn update(names: &[String], o: &InstallOptions<'_>) -> Result<ExitCode> {
         )));
     }
     let mut lock = Lock::load(&lp)?;
+    check_lock_platform(&lock, &lp)?;
     for n in names {
         if lock.get(n).is_none() {
             return Err(Error::config(format!(
@@ -2192,6 +2285,7 @@ pub fn update(names: &[String], o: &InstallOptions<'_>) -> Result<ExitCode> {
 /// `dativo plugin uninstall NAME[@VERSION]`: remove the files (and the pip package), and the
 /// lock entry.
 pub fn uninstall(spec: &str, lock: Option<&Path>, py: Option<&Path>) -> Result<ExitCode> {
+    let _held = lock_plugins_dir()?;
     let (name, version) = match spec.split_once('@') {
         Some((n, v)) => (n, Some(v)),
         None => (spec, None),
@@ -2211,28 +2305,42 @@ pub fn uninstall(spec: &str, lock: Option<&Path>, py: Option<&Path>) -> Result<E
         if i.manifest.kind == PluginKind::Python {
             if let Some(d) = &i.manifest.distribution {
                 reg::check_distribution(d)?;
-                let pyb = python(py);
-                // Only this version: another version of the package in that environment belongs
-                // to another installation.
-                let out = run_tool(
+                // The interpreter it was installed with, unless told otherwise.
+                let pyb = py
+                    .map(Path::to_path_buf)
+                    .or_else(|| i.record.python.as_ref().map(PathBuf::from))
+                    .unwrap_or_else(|| python(None));
+                // Only this version: another version of the package in that environment
+                // belongs to another installation.
+                let probe = run_tool(
                     Command::new(&pyb).args([
                         "-c",
                         "import importlib.metadata as m,sys\ntry: print(m.version(sys.argv[1]))\nexcept m.PackageNotFoundError: pass",
                         d,
                     ]),
                     &format!("asking {} for {d}'s version", pyb.display()),
-                )?;
-                let there = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                if there == i.manifest.version {
-                    run_tool(
-                        Command::new(&pyb).args(["-m", "pip", "uninstall", "--quiet", "-y", d]),
-                        &format!("pip uninstall {d}"),
-                    )?;
-                } else if !there.is_empty() {
-                    println!(
-                        "left {d} {there} in {}'s environment (not the version being removed)",
-                        pyb.display()
-                    );
+                );
+                match probe {
+                    Ok(out) => {
+                        let there = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                        if there == i.manifest.version {
+                            run_tool(
+                                Command::new(&pyb)
+                                    .args(["-m", "pip", "uninstall", "--quiet", "-y", d]),
+                                &format!("pip uninstall {d}"),
+                            )?;
+                        } else if !there.is_empty() {
+                            println!(
+                                "left {d} {there} in {}'s environment (not the version being removed)",
+                                pyb.display()
+                            );
+                        }
+                    }
+                    Err(e) => println!(
+                        "warning: could not check {}'s environment, {d} may still be installed there: {}",
+                        pyb.display(),
+                        e.message()
+                    ),
                 }
             }
         }

@@ -160,6 +160,12 @@ impl Manifest {
                 return bad(format!("`{w}` is not a wheel (.whl)"));
             }
         }
+        if self.kind == PluginKind::Python && self.version.contains('-') {
+            return bad(format!(
+                "python plugin `{}`: version {} is a pre-release, which pip spells differently (PEP 440); publish Python plugins as MAJOR.MINOR.PATCH",
+                self.name, self.version
+            ));
+        }
         if let Some(d) = &self.distribution {
             check_distribution(d)?;
             let file = self.wheel.as_deref().unwrap_or_default();
@@ -268,6 +274,9 @@ pub struct InstallRecord {
     pub index: String,
     /// Every installed file (relative path) → its SHA-256 (hex).
     pub files: BTreeMap<String, String>,
+    /// Python plugins: the interpreter whose environment pip installed the wheel into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<String>,
 }
 
 /// The lock file: exact versions and artifact hashes the jobs beside it load.
@@ -595,13 +604,13 @@ impl Installed {
         for (rel, want) in &self.record.files {
             let got = sha256_file(&self.dir.join(rel)).map_err(|_| {
                 Error::config(format!(
-                    "plugin {} {}: installed file {rel} is missing; reinstall with `dativo plugin install {}@={}`",
+                    "plugin {} {}: installed file {rel} is missing; reinstall it: `dativo plugin uninstall {}@{}`, then `dativo plugin install --locked` (or install it again by name)",
                     self.record.name, self.record.version, self.record.name, self.record.version
                 ))
             })?;
             if &got != want {
                 return Err(Error::config(format!(
-                    "plugin {} {}: installed file {rel} changed after installation (SHA-256 {got}, installed {want}); reinstall with `dativo plugin install {}@={}`",
+                    "plugin {} {}: installed file {rel} changed after installation (SHA-256 {got}, installed {want}); reinstall it: `dativo plugin uninstall {}@{}`, then `dativo plugin install --locked` (or install it again by name)",
                     self.record.name, self.record.version, self.record.name, self.record.version
                 )));
             }
@@ -782,7 +791,9 @@ pub fn find(spec: &str, base_dir: Option<&Path>) -> Result<(RegistrySpec, Instal
             )));
         };
         if i.record.sha256 != l.sha256 {
-            return Err(Error::config(format!(
+            return Err(Error::new(
+                dativo_core::ErrorKind::Auth,
+                format!(
                 "plugin {} {} installed in {} is not the artifact {} pins (SHA-256 {} installed, {} locked); run `dativo plugin install --locked`",
                 l.name,
                 l.version,
@@ -833,6 +844,9 @@ pub fn find(spec: &str, base_dir: Option<&Path>) -> Result<(RegistrySpec, Instal
         }
     };
     chosen.verify_files()?;
+    if chosen.manifest.kind == PluginKind::Python {
+        check_python_install(&chosen.manifest)?;
+    }
     Ok((spec, chosen))
 }
 
@@ -883,10 +897,7 @@ fn target(spec: &RegistrySpec, chosen: &Installed, side: crate::Side) -> Result<
             library: chosen.dir.join(m.library.as_deref().unwrap_or_default()),
             item,
         },
-        PluginKind::Python => {
-            check_python_install(m)?;
-            Target::Python(m.classes.get(&item).cloned().unwrap_or_default())
-        }
+        PluginKind::Python => Target::Python(m.classes.get(&item).cloned().unwrap_or_default()),
         PluginKind::Flight => {
             let port = free_port()?;
             let command = m
