@@ -199,3 +199,132 @@ retry: {{attempts: 1}}
     assert p.returncode == 3, (p.returncode, p.stdout, p.stderr)
     assert f"az://{store.bucket}" in p.stderr
     assert wrong not in p.stdout + p.stderr
+
+
+def test_exactly_once_under_kills_on_the_store(dativo, tmp_path, store):
+    """SIGKILL at random points; every later run resumes from the last commit: in the end the
+    store holds every row once and nothing in staging."""
+    import random
+    import signal
+    import time
+    total = write_csvs(tmp_path / "data", 12, 4000)
+    url = f"{store.scheme}://{store.bucket}"
+    j = write_job(tmp_path / "job.yaml", f"""name: kill_{store.scheme}
+source:
+  reader: file
+  config: {{path: "data/*.csv", batch_size: 1000}}
+target:
+  writer: parquet
+  config:
+    path: {url}/lake/events
+{store.block()}
+checkpoint: {{rows: 1000}}
+retry: {{attempts: 1}}
+""")
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(30):
+        if kills >= 3:
+            break
+        p = dativo.popen("run", j, "--no-progress", env=ENV)
+        time.sleep(rng.uniform(0.05, 0.35))
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.wait(timeout=60)
+        if p.returncode == 0:
+            break  # finished between kills; the final check below covers it
+    for _ in range(5):
+        p = dativo.run("run", j, "--no-progress", env=ENV)
+        if p.returncode == 0:
+            break
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert kills >= 1
+    assert lake_rows(store, tmp_path, "lake/events/") == (total, total, sum(range(total)))
+    names = store.list("lake/events/")
+    assert not [n for n in names if "/_dativo/staging/" in n], names
+    assert AZ_KEY not in p.stdout + p.stderr
+
+
+def test_azure_sas_token_and_a_file_over_one_upload_part(dativo, tmp_path):
+    """A SAS token instead of the account key, and a Parquet file larger than one 8 MB part
+    (a block upload)."""
+    if not AZURE:
+        pytest.skip("needs Azurite (scripts/test starts it)")
+    import datetime
+    import random
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+    store = Azure()
+    sas = generate_container_sas(AZ_ACCOUNT, store.bucket, account_key=AZ_KEY,
+                                 permission=ContainerSasPermissions(read=True, write=True, delete=True,
+                                                                    list=True, create=True, add=True),
+                                 expiry=datetime.datetime.utcnow() + datetime.timedelta(hours=1))
+    rng = random.Random(1)
+    src = tmp_path / "big"
+    src.mkdir()
+    rows = 60_000
+    with open(src / "big.csv", "w") as f:
+        f.write("id,blob\n")
+        for i in range(rows):
+            f.write(f"{i},{rng.getrandbits(1024):0256x}\n")  # incompressible: ~15 MB of Parquet
+    job = write_job(tmp_path / "sas.yaml", f"""name: az_sas
+source:
+  reader: file
+  config: {{path: "{src}/*.csv", format: csv}}
+target:
+  writer: parquet
+  config:
+    path: az://{store.bucket}/big
+    compression: none
+    azure:
+      endpoint: {AZURE}
+      account_name: {AZ_ACCOUNT}
+      sas_token: "${{env:AZ_SAS}}"
+""")
+    p = dativo.run("run", job, "--no-progress", env={"AZ_SAS": sas}, check=0)
+    assert sas not in p.stdout + p.stderr and sas.split("sig=")[-1] not in p.stdout + p.stderr
+    big = [b for b in store.client.list_blobs(name_starts_with="big/") if b.name.endswith(".parquet")]
+    assert big and max(b.size for b in big) > 8 << 20, [(b.name, b.size) for b in big]
+    assert lake_rows(store, tmp_path, "big/") == (rows, rows, sum(range(rows)))
+
+
+def test_iceberg_warehouse_on_gcs_read_by_pyiceberg(dativo, tmp_path):
+    """An Iceberg table whose warehouse is gs:// (SQL catalog in SQLite), appended twice and read
+    back by pyiceberg through pyarrow's GCS filesystem."""
+    if not GCS:
+        pytest.skip("needs fake-gcs-server (scripts/test starts it)")
+    import time
+    from pyiceberg.catalog.sql import SqlCatalog
+    store = Gcs()
+    write_csvs(tmp_path / "a", files=2, rows=500)
+    job = write_job(tmp_path / "ice.yaml", f"""name: gcs_ice
+source:
+  reader: file
+  config: {{path: "{tmp_path}/a/*.csv", format: csv}}
+target:
+  writer: iceberg
+  config:
+    warehouse: gs://{store.bucket}/wh
+    table: lake.events
+{store.block()}
+""")
+    db = tmp_path / ".dativo" / "catalog.db"
+    dativo.run("run", job, "--no-progress", check=0)
+    write_csvs(tmp_path / "a2", files=1, rows=300, start_id=1000)
+    (tmp_path / "a2" / "part-0000.csv").rename(tmp_path / "a" / "part-9999.csv")
+    dativo.run("run", job, "--no-progress", check=0)
+    assert any(n.endswith(".metadata.json") for n in store.list("wh/"))
+    cat = SqlCatalog("dativo", uri=f"sqlite:///{db}", **{
+        "gcs.service.host": GCS, "gcs.oauth2.token": "fake",
+        "gcs.oauth2.token-expires-at": str(int((time.time() + 3600) * 1000))})
+    t = cat.load_table("lake.events").scan().to_arrow()
+    ids = sorted(t.column("id").to_pylist())
+    assert ids == list(range(1000)) + list(range(1000, 1300))
+    assert len(cat.load_table("lake.events").history()) == 2
+    # A partitioned table on gs:// is refused before anything is written (see docs/connectors.md).
+    part = write_job(tmp_path / "icep.yaml", (tmp_path / "ice.yaml").read_text()
+                     .replace("table: lake.events", "table: lake.parts\n    partition_by: [day]")
+                     .replace("name: gcs_ice", "name: gcs_ice_parts"))
+    p = dativo.run("run", part, "--no-progress")
+    assert p.returncode == 2 and "partitioned Iceberg tables on gs://" in p.stdout + p.stderr, p.stdout + p.stderr
+    assert not [n for n in store.list("wh/lake/parts/") if n.endswith(".parquet")]

@@ -59,6 +59,9 @@ pub struct IcebergWriterConfig {
     /// S3 settings for an `s3://` warehouse.
     #[serde(default)]
     pub s3: Option<dativo_storage::S3Config>,
+    /// Google Cloud Storage settings for a `gs://` warehouse.
+    #[serde(default)]
+    pub gcs: Option<dativo_storage::GcsConfig>,
     /// Extra table properties set when the table is created.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,

@@ -182,6 +182,7 @@ fn nested_tables(listed: &[Listed]) -> Vec<String> {
 async fn list(h: &TableHandle, location: &str) -> Result<Vec<Listed>> {
     let opts = StoreOptions {
         s3: h.cfg.s3.as_ref(),
+        gcs: h.cfg.gcs.as_ref(),
         ..Default::default()
     };
     match Location::parse(location, &opts)? {
@@ -362,6 +363,7 @@ pub async fn drop_table(h: &TableHandle, job: &str, dry_run: bool) -> Result<Dro
     // still holds something).
     let opts = StoreOptions {
         s3: h.cfg.s3.as_ref(),
+        gcs: h.cfg.gcs.as_ref(),
         ..Default::default()
     };
     if let Ok(Location::Local(root)) = Location::parse(&location, &opts) {
