@@ -190,6 +190,12 @@ retry: {{attempts: 1}}
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     assert missing.split("/lake")[0] in p.stderr and AZ_KEY not in p.stdout + p.stderr
     if store.scheme != "az":
+        # A service-account key file that is not there: exit 2 naming the option.
+        job = write_job(tmp_path / "c.yaml", (tmp_path / "m.yaml").read_text()
+                        .replace("anonymous: true", "credential_path: /nonexistent/sa.json")
+                        .replace("cloud_missing", "cloud_cred"))
+        p = dativo.run("run", job, "--no-progress")
+        assert p.returncode == 2 and "gcs.credential_path" in p.stdout + p.stderr, (p.stdout, p.stderr)
         return
     # Azure checks the key: a wrong one is exit 3, named, never printed.
     wrong = "d3Jvbmcta2V5LW9mLTY0LWJ5dGVzLWxvbmctZW5vdWdoLWZvci1henVyaXRlLXRvLWFjY2VwdA=="
@@ -286,6 +292,20 @@ target:
     big = [b for b in store.client.list_blobs(name_starts_with="big/") if b.name.endswith(".parquet")]
     assert big and max(b.size for b in big) > 8 << 20, [(b.name, b.size) for b in big]
     assert lake_rows(store, tmp_path, "big/") == (rows, rows, sum(range(rows)))
+    # A read-only SAS (given with the portal's leading `?`): the write is refused, exit 3,
+    # and neither the token nor its signature is printed on the error path either.
+    ro = generate_container_sas(AZ_ACCOUNT, store.bucket, account_key=AZ_KEY,
+                                permission=ContainerSasPermissions(read=True, list=True),
+                                expiry=datetime.datetime.utcnow() + datetime.timedelta(hours=1))
+    job2 = write_job(tmp_path / "ro.yaml", (tmp_path / "sas.yaml").read_text()
+                     .replace("name: az_sas", "name: az_sas_ro")
+                     .replace(f"az://{store.bucket}/big", f"az://{store.bucket}/ro"))
+    p = dativo.run("run", job2, "--no-progress", env={"AZ_SAS": "?" + ro})
+    out = p.stdout + p.stderr
+    assert p.returncode == 3, out
+    assert f"az://{store.bucket}" in out
+    sig = urllib.parse.unquote(dict(kv.split("=", 1) for kv in ro.split("&"))["sig"])
+    assert ro not in out and sig not in out and urllib.parse.quote(sig, safe="") not in out, out
 
 
 def test_iceberg_warehouse_on_gcs_read_by_pyiceberg(dativo, tmp_path):

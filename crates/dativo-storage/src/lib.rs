@@ -112,9 +112,16 @@ pub fn precondition_failed(e: &opendal::Error) -> bool {
 
 /// A dativo error for an opendal failure while `doing` something (kind from the failure).
 pub fn od(e: opendal::Error, doing: &str) -> Error {
-    let msg = format!("{doing}: {}", secrets::scrub(&e.to_string()));
+    let text = e.to_string();
+    let msg = format!("{doing}: {}", secrets::scrub(&text));
     let err = match e.kind() {
         opendal::ErrorKind::PermissionDenied => Error::auth(msg),
+        // No credentials could be made (a bad key file, no metadata server): an auth error.
+        opendal::ErrorKind::Unexpected
+            if text.contains("signing http request") || text.contains("load credential") =>
+        {
+            Error::auth(msg)
+        }
         opendal::ErrorKind::ConfigInvalid => Error::config(msg),
         opendal::ErrorKind::RateLimited => Error::transient(msg),
         _ if e.is_temporary() => Error::transient(msg),
@@ -126,7 +133,8 @@ pub fn od(e: opendal::Error, doing: &str) -> Error {
 /// As [`od`], for a write: an object store answers a write with "not found" only when the
 /// bucket or container does not exist — a configuration error (exit 2), said as such.
 pub fn od_write(e: opendal::Error, doing: &str) -> Error {
-    if e.kind() == opendal::ErrorKind::NotFound {
+    // Not a multipart upload the store forgot (S3 `NoSuchUpload`): that is no missing bucket.
+    if e.kind() == opendal::ErrorKind::NotFound && !e.to_string().contains("NoSuchUpload") {
         return Error::config(format!(
             "{doing}: the bucket or container does not exist (create it, or fix the path)"
         ))
@@ -195,6 +203,12 @@ impl Location {
                 .bucket(&bucket)
                 .root(&format!("/{prefix}"));
             if let Some(p) = &cfg.credential_path {
+                if !Path::new(p).is_file() {
+                    return Err(Error::config(format!(
+                        "gcs.credential_path {p}: no such file (a service-account JSON key)"
+                    ))
+                    .with_key_path("gcs.credential_path"));
+                }
                 b = b.credential_path(p);
             }
             if let Some(e) = &cfg.endpoint {
@@ -243,7 +257,8 @@ impl Location {
                 b = b.account_key(k.expose());
             }
             if let Some(t) = &cfg.sas_token {
-                b = b.sas_token(t.expose());
+                // The portal hands SAS tokens out with a leading `?`.
+                b = b.sas_token(t.expose().trim_start_matches('?'));
             }
             let op = opendal::Operator::new(b)
                 .map_err(|e| od(e, "configuring Azure Blob Storage"))?

@@ -168,10 +168,34 @@ impl Layout {
         format!("{}/{}.inprogress", self.staging(), staging_name(rel))
     }
 
-    /// Where dativo before 0.1 staged `rel` (`/` as `__`, nothing else escaped): a commit
-    /// made by it and not yet rolled forward is finished from there.
-    fn staged_legacy(&self, rel: &str) -> String {
-        format!("{}/{}.inprogress", self.staging(), rel.replace('/', "__"))
+    /// Where earlier builds staged `rel` (`/` as `__`, nothing else escaped), and, on gs://,
+    /// the name opendal 0.57 actually stored for that (its single-request GCS uploads encode
+    /// the name twice, so `day=1` became `day%3D1`): a commit made by such a build and not yet
+    /// rolled forward is finished from there.
+    fn staged_legacy(&self, rel: &str) -> [String; 2] {
+        let flat = rel.replace('/', "__");
+        let mut stored = String::with_capacity(flat.len() + 8);
+        for b in flat.bytes() {
+            match b {
+                b'A'..=b'Z'
+                | b'a'..=b'z'
+                | b'0'..=b'9'
+                | b'-'
+                | b'_'
+                | b'.'
+                | b'!'
+                | b'~'
+                | b'*'
+                | b'\''
+                | b'('
+                | b')' => stored.push(b as char),
+                _ => stored.push_str(&format!("%{b:02X}")),
+            }
+        }
+        [
+            format!("{}/{flat}.inprogress", self.staging()),
+            format!("{}/{stored}.inprogress", self.staging()),
+        ]
     }
 
     /// The lock file held by the active writer (local directories; object stores hold a lease,
@@ -397,9 +421,13 @@ impl Layout {
         for f in &m.files {
             let mut staged = self.staged(&f.path);
             if !self.loc.exists(&f.path)? {
-                let legacy = self.staged_legacy(&f.path);
-                if legacy != staged && !self.loc.exists(&staged)? && self.loc.exists(&legacy)? {
-                    staged = legacy;
+                if !self.loc.exists(&staged)? {
+                    for legacy in self.staged_legacy(&f.path) {
+                        if legacy != staged && self.loc.exists(&legacy)? {
+                            staged = legacy;
+                            break;
+                        }
+                    }
                 }
                 if self.loc.exists(&staged)? {
                     self.loc.publish(&staged, &f.path)?;
