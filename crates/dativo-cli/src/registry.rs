@@ -1359,26 +1359,18 @@ pub fn package(o: &PackageOptions<'_>) -> Result<ExitCode> {
             *a = b.to_string();
         }
     }
-    // The built library/wheel sits under its own name at the root.
-    if let Some(lib) = m.library.take() {
-        let p = PathBuf::from(lib);
-        let name = p
-            .file_name()
-            .and_then(|f| f.to_str())
-            .unwrap_or("lib.so")
-            .to_string();
-        files.push((name.clone(), p));
-        m.library = Some(name);
-    }
-    if let Some(w) = m.wheel.take() {
-        let p = PathBuf::from(w);
-        let name = p
-            .file_name()
-            .and_then(|f| f.to_str())
-            .unwrap_or("x.whl")
-            .to_string();
-        files.push((name.clone(), p));
-        m.wheel = Some(name);
+    // The built library / wheel sits under its own file name at the root.
+    for built in [&mut m.library, &mut m.wheel] {
+        if let Some(path) = built.take() {
+            let p = PathBuf::from(path);
+            let name = p
+                .file_name()
+                .and_then(|f| f.to_str())
+                .unwrap_or_default()
+                .to_string();
+            files.push((name.clone(), p));
+            *built = Some(name);
+        }
     }
     m.validate()?;
     // The library / wheel, then the command's program, then extra files.
