@@ -348,3 +348,198 @@ target:
     p = dativo.run("run", part, "--no-progress")
     assert p.returncode == 2 and "partitioned Iceberg tables on gs://" in p.stdout + p.stderr, p.stdout + p.stderr
     assert not [n for n in store.list("wh/lake/parts/") if n.endswith(".parquet")]
+
+
+class _GcsFront:
+    """Workload identity on loopback: a GCE metadata server that hands out an access token (as
+    the real one does on GKE/GCE), and an authenticating front of fake-gcs-server that refuses
+    every request not carrying exactly that token (fake-gcs-server itself accepts anything).
+    Both are plain http.server threads; requests and headers are recorded."""
+
+    def __init__(self, token, metadata_status=200):
+        import http.server
+        import threading
+        front = self
+        self.token = token
+        self.metadata_calls = []
+        self.forwarded = 0
+        self.refused = 0
+
+        class Metadata(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                front.metadata_calls.append((self.path, self.headers.get("Metadata-Flavor")))
+                ok = (metadata_status == 200 and self.headers.get("Metadata-Flavor") == "Google"
+                      and "/computeMetadata/v1/instance/service-accounts/default/token" in self.path)
+                body = json.dumps({"access_token": token, "expires_in": 3600,
+                                   "token_type": "Bearer"}).encode() if ok else b"no"
+                self.send_response(200 if ok else metadata_status if metadata_status != 200 else 404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        class Front(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _any(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                if self.headers.get("Authorization") != f"Bearer {token}":
+                    front.refused += 1
+                    msg = json.dumps({"error": {"code": 401, "message": "no valid token"}}).encode()
+                    self.send_response(401)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                front.forwarded += 1
+                skip = {"host", "authorization", "content-length", "connection", "accept-encoding"}
+                req = urllib.request.Request(GCS + self.path, data=body, method=self.command,
+                                             headers={k: v for k, v in self.headers.items()
+                                                      if k.lower() not in skip})
+                try:
+                    r = urllib.request.urlopen(req)
+                    status, headers, data = r.status, r.headers, r.read()
+                except urllib.error.HTTPError as e:
+                    status, headers, data = e.code, e.headers, e.read()
+                self.send_response(status)
+                for k, v in headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _any
+
+        self.servers = []
+        for handler in (Metadata, Front):
+            s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            threading.Thread(target=s.serve_forever, daemon=True).start()
+            self.servers.append(s)
+        self.metadata_host = f"127.0.0.1:{self.servers[0].server_address[1]}"
+        self.endpoint = f"http://127.0.0.1:{self.servers[1].server_address[1]}"
+
+    def close(self):
+        for s in self.servers:
+            s.shutdown()
+            s.server_close()
+
+
+def test_gcs_workload_identity_token_from_the_metadata_server(dativo, tmp_path):
+    """No key file and no `anonymous`: the token comes from the VM metadata server (GKE workload
+    identity, GCE), found through GCE_METADATA_HOST as Google's own libraries do; the store only
+    answers requests carrying that token. The token never appears at -vv. A metadata server
+    that gives no token is exit 3 naming the location."""
+    if not GCS:
+        pytest.skip("needs fake-gcs-server (scripts/test starts it)")
+    store = Gcs()
+    token = f"ya29.test-token-{uuid.uuid4().hex}"
+    front = _GcsFront(token)
+    try:
+        src = tmp_path / "src"
+        write_csvs(src, files=2, rows=150)
+        store.put("in/a.csv", (src / sorted(os.listdir(src))[0]).read_bytes())
+        block = f"""    gcs:
+      endpoint: {front.endpoint}"""
+        job = write_job(tmp_path / "wi.yaml", f"""name: gcs_workload_identity
+source:
+  reader: file
+  config:
+    path: "gs://{store.bucket}/in/*.csv"
+{block}
+target:
+  writer: parquet
+  config:
+    path: gs://{store.bucket}/lake
+{block}
+retry: {{attempts: 1}}
+""")
+        # A home of its own: no gcloud application-default credentials file can be picked up.
+        env = {"GCE_METADATA_HOST": front.metadata_host, "HOME": str(tmp_path),
+               "GOOGLE_APPLICATION_CREDENTIALS": ""}
+        p = dativo.run("-vv", "run", job, "--no-progress", env=env)
+        assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
+        assert front.metadata_calls and all(f == "Google" for _, f in front.metadata_calls), front.metadata_calls
+        assert front.forwarded > 0 and front.refused == 0, (front.forwarded, front.refused)
+        assert lake_rows(store, tmp_path, "lake/") == (150, 150, sum(range(150)))
+        assert token not in p.stdout + p.stderr
+        assert len(p.stderr) > 2000, "the -vv log is too short to have said anything"
+
+        # The metadata server has no token for this VM: exit 3, the location named.
+        bad = _GcsFront(token, metadata_status=404)
+        try:
+            job2 = write_job(tmp_path / "wi2.yaml", (tmp_path / "wi.yaml").read_text()
+                             .replace(front.endpoint, bad.endpoint).replace("/lake", "/lake2"))
+            p = dativo.run("run", job2, "--no-progress",
+                           env=dict(env, GCE_METADATA_HOST=bad.metadata_host))
+            assert p.returncode == 3, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+            assert f"gs://{store.bucket}" in p.stdout + p.stderr, (p.stdout[-2000:], p.stderr[-2000:])
+            assert "no Google credentials found" in p.stdout + p.stderr, p.stdout[-2000:]
+            assert bad.forwarded == 0
+        finally:
+            bad.close()
+    finally:
+        front.close()
+
+
+@pytest.mark.parametrize("fmt", ["stream", "parquet"])
+def test_encryption_on_the_store(dativo, tmp_path, store, fmt):
+    """Client-side encryption in both formats on gs:// and az://: no object on the store holds a
+    plaintext value (data files, commit log, staging), `dativo verify` checks every file and
+    `dativo decrypt` gives back exactly the rows; a Parquet-modular file cannot be read without
+    its keys (pyarrow)."""
+    import io
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    marker = f"PHI-{uuid.uuid4().hex}"
+    src = tmp_path / "src"
+    src.mkdir()
+    n = 3000
+    (src / "visits.csv").write_text("id,note\n" + "".join(f"{i},{marker}-{i}\n" for i in range(n)))
+    key = tmp_path / "kek"
+    key.write_text(os.urandom(32).hex())
+    key.chmod(0o600)
+    url = f"{store.scheme}://{store.bucket}"
+    job = write_job(tmp_path / "enc.yaml", f"""name: enc_{store.scheme}_{fmt}
+source:
+  reader: file
+  config: {{path: "src/*.csv", batch_size: 1000}}
+target:
+  writer: parquet
+  config:
+    path: {url}/phi
+    target_file_size: 20KB
+{store.block()}
+    encryption:
+      format: {fmt}
+      segment_size: 8KB
+      key_provider: {{type: local, key_file: kek}}
+checkpoint: {{rows: 1000}}
+""")
+    p = dativo.run("run", job, "--no-progress", env=ENV, check=0)
+    assert AZ_KEY not in p.stdout + p.stderr
+    names = store.list("phi/")
+    data = [n_ for n_ in names if "/_dativo/" not in n_ and not n_.endswith("/")]
+    assert len(data) >= 2, names
+    assert not [n_ for n_ in names if "/staging/" in n_ and not n_.endswith("/")], names
+    for name in names:
+        body = store.get(name)
+        assert marker.encode() not in body, name
+    if fmt == "parquet":
+        with pytest.raises(Exception):
+            pq.read_table(pa.BufferReader(store.get(data[0])))  # encrypted footer
+    v = dativo.run("verify", job, env=ENV, check=0)
+    assert sum(1 for line in v.stdout.splitlines() if line.startswith("ok ")) == len(data), v.stdout
+    d = dativo.run("decrypt", job, env=ENV, check=0)
+    import pyarrow.csv as pacsv
+    t = pacsv.read_csv(io.BytesIO(d.stdout.encode()))
+    assert sorted(t["id"].to_pylist()) == list(range(n))
+    assert sorted(t["note"].to_pylist()) == sorted(f"{marker}-{i}" for i in range(n))

@@ -120,7 +120,18 @@ pub fn od(e: opendal::Error, doing: &str) -> Error {
         opendal::ErrorKind::Unexpected
             if text.contains("signing http request") || text.contains("load credential") =>
         {
-            Error::auth(msg)
+            if text.contains("service: gcs") {
+                // reqsign walks the whole chain and ends with "failed to load signing
+                // credential": say what the chain is.
+                Error::auth(format!(
+                    "{msg} (no Google credentials found: set `gcs.credential_path` or \
+                     GOOGLE_APPLICATION_CREDENTIALS to a service-account key, or run where the VM \
+                     metadata server gives a token (workload identity); `gcs.anonymous: true` \
+                     for public buckets and emulators)"
+                ))
+            } else {
+                Error::auth(msg)
+            }
         }
         opendal::ErrorKind::ConfigInvalid => Error::config(msg),
         opendal::ErrorKind::RateLimited => Error::transient(msg),
