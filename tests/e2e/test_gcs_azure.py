@@ -308,9 +308,9 @@ target:
     assert ro not in out and sig not in out and urllib.parse.quote(sig, safe="") not in out, out
 
 
-def test_iceberg_warehouse_on_gcs_read_by_pyiceberg(dativo, tmp_path):
+def test_iceberg_warehouse_on_gcs_read_by_pyiceberg_and_duckdb(dativo, tmp_path):
     """An Iceberg table whose warehouse is gs:// (SQL catalog in SQLite), appended twice and read
-    back by pyiceberg through pyarrow's GCS filesystem."""
+    back by pyiceberg through pyarrow's GCS filesystem and by DuckDB's Iceberg extension."""
     if not GCS:
         pytest.skip("needs fake-gcs-server (scripts/test starts it)")
     import time
@@ -341,6 +341,21 @@ target:
     ids = sorted(t.column("id").to_pylist())
     assert ids == list(range(1000)) + list(range(1000, 1300))
     assert len(cat.load_table("lake.events").history()) == 2
+    # DuckDB's own Iceberg reader, the second reader: httpfs with a GCS secret pointed at the
+    # emulator reads the same snapshot (count, distinct ids, sums of ids and amounts).
+    from conftest import duckdb_iceberg_query
+    from lakecheck import httpfs_extension
+    ext = httpfs_extension()
+    assert ext, "DuckDB's httpfs extension is missing: ./scripts/test installs it"
+    meta = cat.load_table("lake.events").metadata_location
+    assert meta.startswith(f"gs://{store.bucket}/wh/"), meta
+    host = GCS.split("://", 1)[1]
+    got = duckdb_iceberg_query(
+        f"LOAD '{ext}'; CREATE SECRET g (TYPE gcs, KEY_ID 'k', SECRET 's', ENDPOINT '{host}', "
+        "URL_STYLE 'path', USE_SSL false); "
+        "SELECT count(*), count(DISTINCT id), sum(id), sum(amount)::DOUBLE FROM iceberg_scan('{metadata}')", meta)
+    want = (len(ids), len(ids), sum(ids), float(sum(t.column("amount").to_pylist())))
+    assert got[0][:3] == want[:3] and abs(got[0][3] - want[3]) < 1e-6, (got, want)
     # A partitioned table on gs:// is refused before anything is written (see docs/connectors.md).
     part = write_job(tmp_path / "icep.yaml", (tmp_path / "ice.yaml").read_text()
                      .replace("table: lake.events", "table: lake.parts\n    partition_by: [day]")
