@@ -124,9 +124,10 @@ pub fn od(e: opendal::Error, doing: &str) -> Error {
                 // reqsign walks the whole chain and ends with "failed to load signing
                 // credential": say what the chain is.
                 Error::auth(format!(
-                    "{msg} (no Google credentials found: set `gcs.credential_path` or \
-                     GOOGLE_APPLICATION_CREDENTIALS to a service-account key, or run where the VM \
-                     metadata server gives a token (workload identity); `gcs.anonymous: true` \
+                    "{msg} (Google credentials could not be loaded: a `gcs.credential_path` key \
+                     that was refused is named in the warning above; without one, set \
+                     GOOGLE_APPLICATION_CREDENTIALS to a service-account key, or run where the \
+                     VM metadata server gives a token (workload identity); `gcs.anonymous: true` \
                      for public buckets and emulators)"
                 ))
             } else {
@@ -220,7 +221,12 @@ impl Location {
                     ))
                     .with_key_path("gcs.credential_path"));
                 }
-                b = b.credential_path(p);
+                // The key and nothing else: a refused key must not fall back to gcloud's
+                // credentials or the VM's identity.
+                b = b
+                    .credential_path(p)
+                    .disable_vm_metadata()
+                    .disable_config_load();
             }
             if let Some(e) = &cfg.endpoint {
                 b = b.endpoint(e);

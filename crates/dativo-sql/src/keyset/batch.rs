@@ -34,7 +34,7 @@ impl BatchBound {
 pub const MAX_BATCH_BYTES: u64 = 1 << 30;
 
 /// The default `batch_bytes`.
-pub const DEFAULT_BATCH_BYTES: u64 = 8 << 20;
+pub const DEFAULT_BATCH_BYTES: u64 = 4 << 20;
 
 /// Check a `batch_bytes` value (a config error on `batch_bytes` otherwise).
 pub fn check_batch_bytes(b: u64) -> dativo_core::Result<()> {

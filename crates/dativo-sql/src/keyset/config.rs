@@ -136,7 +136,7 @@ pub struct SqlOptions {
     /// Rows per batch (batches end between distinct values of the ordering column, so a batch
     /// may be longer when many rows share one value).
     pub batch_size: usize,
-    /// Bytes per batch (default 8MiB, at most 1GiB), counted as the values' sizes on the
+    /// Bytes per batch (default 4MiB, at most 1GiB), counted as the values' sizes on the
     /// wire: a batch ends at the first key change after `batch_size` rows or `batch_bytes`.
     pub batch_bytes: ByteSize,
 
