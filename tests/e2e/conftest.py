@@ -21,6 +21,7 @@ class Dativo:
         e.pop("DATIVO_STATE_DIR", None)
         if env:
             e.update(env)
+        e = {k: v for k, v in e.items() if v is not None}  # env={"X": None} unsets X
         p = subprocess.run([BIN, *map(str, args)], cwd=self.cwd, env=e, capture_output=True,
                            text=True, timeout=timeout)
         if check is not None and p.returncode != check:
@@ -32,6 +33,7 @@ class Dativo:
         e = dict(os.environ)
         if env:
             e.update(env)
+        e = {k: v for k, v in e.items() if v is not None}
         return subprocess.Popen([BIN, *map(str, args)], cwd=self.cwd, env=e,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

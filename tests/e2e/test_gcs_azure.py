@@ -365,32 +365,35 @@ target:
     assert not [n for n in store.list("wh/lake/parts/") if n.endswith(".parquet")]
 
 
-class _GcsFront:
-    """Workload identity on loopback: a GCE metadata server that hands out an access token (as
-    the real one does on GKE/GCE), and an authenticating front of fake-gcs-server that refuses
-    every request not carrying exactly that token (fake-gcs-server itself accepts anything).
-    Both are plain http.server threads; requests and headers are recorded."""
+class _TokenFront:
+    """A cloud identity endpoint and a store that checks its tokens, on loopback.
 
-    def __init__(self, token, metadata_status=200):
+    `identity` is (header, value, path, body): the stand-in identity endpoint (the GCE metadata
+    server, Azure's IMDS) hands `token` out, as `body(token)`, only to a GET carrying that header
+    on that path. The front forwards to `upstream` (fake-gcs-server, Azurite) only requests
+    carrying exactly `Bearer <token>`, and refuses every other with 401 (the emulators accept
+    anything, or only their own keys). The Authorization header is dropped on the way and
+    `query` (a SAS token for Azurite) appended. Plain http.server threads; calls are recorded."""
+
+    def __init__(self, token, upstream, identity, query="", identity_status=200):
         import http.server
         import threading
         front = self
-        self.token = token
-        self.metadata_calls = []
+        header, value, ident_path, body_of = identity
+        self.identity_calls = []
         self.forwarded = 0
         self.refused = 0
 
-        class Metadata(http.server.BaseHTTPRequestHandler):
+        class Identity(http.server.BaseHTTPRequestHandler):
             def log_message(self, *a):
                 pass
 
             def do_GET(self):
-                front.metadata_calls.append((self.path, self.headers.get("Metadata-Flavor")))
-                ok = (metadata_status == 200 and self.headers.get("Metadata-Flavor") == "Google"
-                      and "/computeMetadata/v1/instance/service-accounts/default/token" in self.path)
-                body = json.dumps({"access_token": token, "expires_in": 3600,
-                                   "token_type": "Bearer"}).encode() if ok else b"no"
-                self.send_response(200 if ok else metadata_status if metadata_status != 200 else 404)
+                front.identity_calls.append((self.path, self.headers.get(header)))
+                ok = (identity_status == 200 and self.headers.get(header) == value
+                      and self.path.split("?")[0] == ident_path)
+                body = json.dumps(body_of(token)).encode() if ok else b"no"
+                self.send_response(200 if ok else identity_status if identity_status != 200 else 404)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -419,7 +422,10 @@ class _GcsFront:
                     return
                 front.forwarded += 1
                 skip = {"host", "authorization", "content-length", "connection", "accept-encoding"}
-                req = urllib.request.Request(GCS + self.path, data=body, method=self.command,
+                url = upstream + self.path
+                if query:
+                    url += ("&" if "?" in self.path else "?") + query
+                req = urllib.request.Request(url, data=body, method=self.command,
                                              headers={k: v for k, v in self.headers.items()
                                                       if k.lower() not in skip})
                 try:
@@ -428,7 +434,7 @@ class _GcsFront:
                 except urllib.error.HTTPError as e:
                     status, headers, data = e.code, e.headers, e.read()
                 except urllib.error.URLError as e:
-                    self.send_error(502, f"fake-gcs-server: {e}")
+                    self.send_error(502, f"upstream: {e}")
                     return
                 self.send_response(status)
                 for k, v in headers.items():
@@ -443,17 +449,34 @@ class _GcsFront:
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _any
 
         self.servers = []
-        for handler in (Metadata, Front):
-            s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-            threading.Thread(target=s.serve_forever, daemon=True).start()
-            self.servers.append(s)
-        self.metadata_host = f"127.0.0.1:{self.servers[0].server_address[1]}"
+        for handler in (Identity, Front):
+            srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            threading.Thread(target=srv.serve_forever, daemon=True).start()
+            self.servers.append(srv)
+        self.identity_host = f"127.0.0.1:{self.servers[0].server_address[1]}"
+        self.identity_url = f"http://{self.identity_host}{ident_path}"
         self.endpoint = f"http://127.0.0.1:{self.servers[1].server_address[1]}"
 
     def close(self):
-        for s in self.servers:
-            s.shutdown()
-            s.server_close()
+        for srv in self.servers:
+            srv.shutdown()
+            srv.server_close()
+
+
+# The GCE metadata server's token call, and Azure's IMDS (instance metadata) token call.
+GCE_METADATA = ("Metadata-Flavor", "Google", "/computeMetadata/v1/instance/service-accounts/default/token",
+                lambda t: {"access_token": t, "expires_in": 3600, "token_type": "Bearer"})
+AZURE_IMDS = ("Metadata", "true", "/metadata/identity/oauth2/token",
+              lambda t: {"access_token": t, "expires_on": str(int(__import__("time").time()) + 3600),
+                         "token_type": "Bearer", "resource": "https://storage.azure.com/"})
+# No credentials of the machine running the tests may be picked up: these are unset (reqsign
+# takes an empty variable for a value).
+NO_AMBIENT_CREDENTIALS = dict.fromkeys([
+    "GOOGLE_APPLICATION_CREDENTIALS", "APPDATA", "AZURE_CLIENT_ID", "AZURE_TENANT_ID",
+    "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_BEARER_TOKEN", "AZBLOB_ENDPOINT", "AZURE_OBJECT_ID", "AZURE_MSI_RESOURCE_ID",
+    "SYSTEM_OIDCREQUESTURI", "SYSTEM_ACCESSTOKEN"])
 
 
 def test_gcs_workload_identity_token_from_the_metadata_server(dativo, tmp_path):
@@ -465,7 +488,7 @@ def test_gcs_workload_identity_token_from_the_metadata_server(dativo, tmp_path):
         pytest.skip("needs fake-gcs-server (scripts/test starts it)")
     store = Gcs()
     token = f"ya29.test-token-{uuid.uuid4().hex}"
-    front = _GcsFront(token)
+    front = _TokenFront(token, GCS, GCE_METADATA)
     try:
         src = tmp_path / "src"
         write_csvs(src, files=2, rows=150)
@@ -486,24 +509,23 @@ target:
 retry: {{attempts: 1}}
 """)
         # A home of its own: no gcloud application-default credentials file can be picked up.
-        env = {"GCE_METADATA_HOST": front.metadata_host, "HOME": str(tmp_path),
-               "XDG_CONFIG_HOME": str(tmp_path / ".config"), "APPDATA": "",
-               "GOOGLE_APPLICATION_CREDENTIALS": ""}
+        env = dict(NO_AMBIENT_CREDENTIALS, GCE_METADATA_HOST=front.identity_host, HOME=str(tmp_path),
+                   XDG_CONFIG_HOME=str(tmp_path / ".config"))
         p = dativo.run("-vv", "run", job, "--no-progress", env=env)
         assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
-        assert front.metadata_calls and all(f == "Google" for _, f in front.metadata_calls), front.metadata_calls
+        assert front.identity_calls and all(f == "Google" for _, f in front.identity_calls), front.identity_calls
         assert front.forwarded > 0 and front.refused == 0, (front.forwarded, front.refused)
         assert lake_rows(store, tmp_path, "lake/") == (150, 150, sum(range(150)))
         assert token not in p.stdout + p.stderr
         assert len(p.stderr) > 2000, "the -vv log is too short to have said anything"
 
         # The metadata server has no token for this VM: exit 3, the location named.
-        bad = _GcsFront(token, metadata_status=404)
+        bad = _TokenFront(token, GCS, GCE_METADATA, identity_status=404)
         try:
             job2 = write_job(tmp_path / "wi2.yaml", (tmp_path / "wi.yaml").read_text()
                              .replace(front.endpoint, bad.endpoint).replace("/lake", "/lake2"))
             p = dativo.run("run", job2, "--no-progress",
-                           env=dict(env, GCE_METADATA_HOST=bad.metadata_host))
+                           env=dict(env, GCE_METADATA_HOST=bad.identity_host))
             assert p.returncode == 3, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
             assert f"gs://{store.bucket}" in p.stdout + p.stderr, (p.stdout[-2000:], p.stderr[-2000:])
             assert "Google credentials could not be loaded" in p.stdout + p.stderr, p.stdout[-2000:]
@@ -513,6 +535,69 @@ retry: {{attempts: 1}}
     finally:
         front.close()
 
+
+
+def test_azure_managed_identity_token_from_imds(dativo, tmp_path):
+    """No account key and no SAS token: the token comes from Azure's instance metadata service
+    (managed identity on a VM or AKS node), found through AZURE_IMDS_ENDPOINT; the store only
+    answers requests carrying that token (the front then reaches Azurite with a SAS token of its
+    own). The token never appears at -vv. No token is exit 3 naming the container."""
+    if not AZURE:
+        pytest.skip("needs Azurite (scripts/test starts it)")
+    import datetime
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+    store = Azure()
+    sas = generate_container_sas(AZ_ACCOUNT, store.bucket, account_key=AZ_KEY,
+                                 permission=ContainerSasPermissions(read=True, write=True, delete=True,
+                                                                    list=True, create=True, add=True),
+                                 expiry=datetime.datetime.utcnow() + datetime.timedelta(hours=1))
+    upstream = AZURE.rsplit("/", 1)[0]  # the front's paths carry /devstoreaccount1 themselves
+    token = f"eyJ0eXAi.test-{uuid.uuid4().hex}"
+    front = _TokenFront(token, upstream, AZURE_IMDS, query=sas)
+    try:
+        src = tmp_path / "src"
+        write_csvs(src, files=1, rows=120)
+        store.put("in/a.csv", (src / os.listdir(src)[0]).read_bytes())
+        block = f"""    azure:
+      endpoint: {front.endpoint}/{AZ_ACCOUNT}
+      account_name: {AZ_ACCOUNT}"""
+        job = write_job(tmp_path / "mi.yaml", f"""name: az_managed_identity
+source:
+  reader: file
+  config:
+    path: "az://{store.bucket}/in/*.csv"
+{block}
+target:
+  writer: parquet
+  config:
+    path: az://{store.bucket}/lake
+{block}
+retry: {{attempts: 1}}
+""")
+        env = dict(NO_AMBIENT_CREDENTIALS, AZURE_IMDS_ENDPOINT=front.identity_url, HOME=str(tmp_path),
+                   PATH="/usr/bin:/bin")  # no Azure CLI to ask either
+        p = dativo.run("-vv", "run", job, "--no-progress", env=env)
+        assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
+        assert front.identity_calls and all(v == "true" for _, v in front.identity_calls), front.identity_calls
+        assert all("resource=https%3A%2F%2Fstorage.azure.com" in q for q, _ in front.identity_calls), front.identity_calls
+        assert front.forwarded > 0 and front.refused == 0, (front.forwarded, front.refused)
+        assert lake_rows(store, tmp_path, "lake/") == (120, 120, sum(range(120)))
+        assert token not in p.stdout + p.stderr
+        assert len(p.stderr) > 2000, "the -vv log is too short to have said anything"
+
+        bad = _TokenFront(token, upstream, AZURE_IMDS, query=sas, identity_status=400)
+        try:
+            job2 = write_job(tmp_path / "mi2.yaml", (tmp_path / "mi.yaml").read_text()
+                             .replace(front.endpoint, bad.endpoint).replace("/lake", "/lake2"))
+            p = dativo.run("run", job2, "--no-progress", env=dict(env, AZURE_IMDS_ENDPOINT=bad.identity_url))
+            assert p.returncode == 3, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+            assert f"az://{store.bucket}" in p.stdout + p.stderr, (p.stdout[-2000:], p.stderr[-2000:])
+            assert "Azure credentials could not be loaded" in p.stdout + p.stderr, p.stdout[-2000:]
+            assert bad.forwarded == 0
+        finally:
+            bad.close()
+    finally:
+        front.close()
 
 @pytest.mark.parametrize("fmt", ["stream", "parquet"])
 def test_encryption_on_the_store(dativo, tmp_path, store, fmt):

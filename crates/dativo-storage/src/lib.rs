@@ -130,6 +130,12 @@ pub fn od(e: opendal::Error, doing: &str) -> Error {
                      VM metadata server gives a token (workload identity); `gcs.anonymous: true` \
                      for public buckets and emulators)"
                 ))
+            } else if text.contains("service: azblob") {
+                Error::auth(format!(
+                    "{msg} (Azure credentials could not be loaded: set `azure.account_key` or \
+                     `azure.sas_token`, or run where a managed identity (IMDS) or AKS workload \
+                     identity gives a token)"
+                ))
             } else {
                 Error::auth(msg)
             }
