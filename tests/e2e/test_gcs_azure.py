@@ -375,12 +375,13 @@ class _TokenFront:
     anything, or only their own keys). The Authorization header is dropped on the way and
     `query` (a SAS token for Azurite) appended. Plain http.server threads; calls are recorded."""
 
-    def __init__(self, token, upstream, identity, query="", identity_status=200):
+    def __init__(self, token, upstream, identity, query="", identity_status=200, form=None):
         import http.server
         import threading
         front = self
         header, value, ident_path, body_of = identity
         self.identity_calls = []
+        self.forms = []
         self.forwarded = 0
         self.refused = 0
 
@@ -394,6 +395,21 @@ class _TokenFront:
                       and self.path.split("?")[0] == ident_path)
                 body = json.dumps(body_of(token)).encode() if ok else b"no"
                 self.send_response(200 if ok else identity_status if identity_status != 200 else 404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                # An OAuth token exchange (Microsoft Entra for AKS workload identity): a token
+                # only for a form holding every field of `form` with its value.
+                n = int(self.headers.get("Content-Length") or 0)
+                got = dict(urllib.parse.parse_qsl(self.rfile.read(n).decode()))
+                front.forms.append((self.path, got))
+                ok = (identity_status == 200 and form is not None and self.path == ident_path
+                      and all(got.get(k) == v for k, v in form.items()))
+                body = json.dumps(body_of(token)).encode() if ok else b'{"error": "invalid_client"}'
+                self.send_response(200 if ok else identity_status if identity_status != 200 else 401)
+                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -469,6 +485,10 @@ GCE_METADATA = ("Metadata-Flavor", "Google", "/computeMetadata/v1/instance/servi
 AZURE_IMDS = ("Metadata", "true", "/metadata/identity/oauth2/token",
               lambda t: {"access_token": t, "expires_on": str(int(__import__("time").time()) + 3600),
                          "token_type": "Bearer", "resource": "https://storage.azure.com/"})
+# Microsoft Entra's token endpoint for tenant "tenant-1" (AKS workload identity exchanges the
+# pod's federated token there).
+ENTRA = (None, None, "/tenant-1/oauth2/v2.0/token",
+         lambda t: {"access_token": t, "expires_in": 3600, "token_type": "Bearer"})
 # No credentials of the machine running the tests may be picked up: these are unset (reqsign
 # takes an empty variable for a value).
 NO_AMBIENT_CREDENTIALS = dict.fromkeys([
@@ -537,11 +557,14 @@ retry: {{attempts: 1}}
 
 
 
-def test_azure_managed_identity_token_from_imds(dativo, tmp_path):
+@pytest.mark.parametrize("how", ["imds", "aks_workload_identity"])
+def test_azure_token_from_managed_identity(dativo, tmp_path, how):
     """No account key and no SAS token: the token comes from Azure's instance metadata service
-    (managed identity on a VM or AKS node), found through AZURE_IMDS_ENDPOINT; the store only
-    answers requests carrying that token (the front then reaches Azurite with a SAS token of its
-    own). The token never appears at -vv. No token is exit 3 naming the container."""
+    (managed identity on a VM or node, found through AZURE_IMDS_ENDPOINT), or from Microsoft
+    Entra in exchange for the pod's federated token (AKS workload identity: the token file,
+    AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_AUTHORITY_HOST as the webhook sets them). The store
+    only answers requests carrying that token (the front then reaches Azurite with a SAS token
+    of its own). Neither token appears at -vv. No token is exit 3 naming the container."""
     if not AZURE:
         pytest.skip("needs Azurite (scripts/test starts it)")
     import datetime
@@ -553,7 +576,24 @@ def test_azure_managed_identity_token_from_imds(dativo, tmp_path):
                                  expiry=datetime.datetime.utcnow() + datetime.timedelta(hours=1))
     upstream = AZURE.rsplit("/", 1)[0]  # the front's paths carry /devstoreaccount1 themselves
     token = f"eyJ0eXAi.test-{uuid.uuid4().hex}"
-    front = _TokenFront(token, upstream, AZURE_IMDS, query=sas)
+    federated = f"eyJhbGciOiJSUzI1NiJ9.pod-{uuid.uuid4().hex}.sig"
+    (tmp_path / "azure-identity-token").write_text(federated + "\n")
+    if how == "imds":
+        identity, form = AZURE_IMDS, None
+    else:
+        identity = ENTRA
+        form = {"client_id": "client-1", "client_assertion": federated, "grant_type": "client_credentials",
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "scope": "https://storage.azure.com/.default"}
+
+    def ident_env(f):
+        if how == "imds":
+            return {"AZURE_IMDS_ENDPOINT": f.identity_url}
+        return {"AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "azure-identity-token"),
+                "AZURE_TENANT_ID": "tenant-1", "AZURE_CLIENT_ID": "client-1",
+                "AZURE_AUTHORITY_HOST": f"http://{f.identity_host}",
+                "AZURE_IMDS_ENDPOINT": "http://127.0.0.1:9/none"}  # never the real IMDS
+    front = _TokenFront(token, upstream, identity, query=sas, form=form)
     try:
         src = tmp_path / "src"
         write_csvs(src, files=1, rows=120)
@@ -574,22 +614,26 @@ target:
 {block}
 retry: {{attempts: 1}}
 """)
-        env = dict(NO_AMBIENT_CREDENTIALS, AZURE_IMDS_ENDPOINT=front.identity_url, HOME=str(tmp_path),
-                   PATH="/usr/bin:/bin")  # no Azure CLI to ask either
+        env = dict(NO_AMBIENT_CREDENTIALS, HOME=str(tmp_path), PATH="/usr/bin:/bin",  # no Azure CLI either
+                   **ident_env(front))
         p = dativo.run("-vv", "run", job, "--no-progress", env=env)
         assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
-        assert front.identity_calls and all(v == "true" for _, v in front.identity_calls), front.identity_calls
-        assert all("resource=https%3A%2F%2Fstorage.azure.com" in q for q, _ in front.identity_calls), front.identity_calls
+        if how == "imds":
+            assert front.identity_calls and all(v == "true" for _, v in front.identity_calls), front.identity_calls
+            assert all("resource=https%3A%2F%2Fstorage.azure.com" in q for q, _ in front.identity_calls), \
+                front.identity_calls
+        else:
+            assert front.forms and not front.identity_calls, (front.forms, front.identity_calls)
         assert front.forwarded > 0 and front.refused == 0, (front.forwarded, front.refused)
         assert lake_rows(store, tmp_path, "lake/") == (120, 120, sum(range(120)))
-        assert token not in p.stdout + p.stderr
+        assert token not in p.stdout + p.stderr and federated not in p.stdout + p.stderr
         assert len(p.stderr) > 2000, "the -vv log is too short to have said anything"
 
-        bad = _TokenFront(token, upstream, AZURE_IMDS, query=sas, identity_status=400)
+        bad = _TokenFront(token, upstream, identity, query=sas, identity_status=400, form=form)
         try:
             job2 = write_job(tmp_path / "mi2.yaml", (tmp_path / "mi.yaml").read_text()
                              .replace(front.endpoint, bad.endpoint).replace("/lake", "/lake2"))
-            p = dativo.run("run", job2, "--no-progress", env=dict(env, AZURE_IMDS_ENDPOINT=bad.identity_url))
+            p = dativo.run("run", job2, "--no-progress", env=dict(env, **ident_env(bad)))
             assert p.returncode == 3, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
             assert f"az://{store.bucket}" in p.stdout + p.stderr, (p.stdout[-2000:], p.stderr[-2000:])
             assert "Azure credentials could not be loaded" in p.stdout + p.stderr, p.stdout[-2000:]
