@@ -79,6 +79,16 @@ class Azure:
     def put(self, name, data):
         self.client.upload_blob(name, data, overwrite=True)
 
+    def sas(self, write=True):
+        """A SAS token for this container (read and list; write, create and delete too unless
+        `write=False`), valid for an hour."""
+        import datetime
+        from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+        return generate_container_sas(AZ_ACCOUNT, self.bucket, account_key=AZ_KEY,
+                                      permission=ContainerSasPermissions(read=True, list=True, write=write,
+                                                                         delete=write, create=write, add=write),
+                                      expiry=datetime.datetime.utcnow() + datetime.timedelta(hours=1))
+
     def list(self, prefix):
         return sorted(b.name for b in self.client.list_blobs(name_starts_with=prefix))
 
@@ -117,20 +127,7 @@ def test_file_reader_to_parquet_on_the_store_incremental_and_exactly_once(dativo
     for f in sorted(src.iterdir()):
         store.put(f"in/{f.name}", f.read_bytes())
     url = f"{store.scheme}://{store.bucket}"
-    job = write_job(tmp_path / "job.yaml", f"""name: cloud_{store.scheme}
-source:
-  reader: file
-  config:
-    path: "{url}/in/*.csv"
-    format: csv
-{store.block()}
-target:
-  writer: parquet
-  config:
-    path: {url}/lake
-    mode: append
-{store.block()}
-""")
+    job = store_job(tmp_path, "job.yaml", f"cloud_{store.scheme}", url, store.block())
     p = dativo.run("run", job, "--no-progress", env=ENV, check=0)
     assert "1,200" in p.stdout or "1200" in p.stdout, p.stdout
     assert lake_rows(store, tmp_path, "lake/") == (1200, 1200, sum(range(1200)))
@@ -257,14 +254,9 @@ def test_azure_sas_token_and_a_file_over_one_upload_part(dativo, tmp_path):
     (a block upload)."""
     if not AZURE:
         pytest.skip("needs Azurite (scripts/test starts it)")
-    import datetime
     import random
-    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
     store = Azure()
-    sas = generate_container_sas(AZ_ACCOUNT, store.bucket, account_key=AZ_KEY,
-                                 permission=ContainerSasPermissions(read=True, write=True, delete=True,
-                                                                    list=True, create=True, add=True),
-                                 expiry=datetime.datetime.utcnow() + datetime.timedelta(hours=1))
+    sas = store.sas()
     rng = random.Random(1)
     src = tmp_path / "big"
     src.mkdir()
@@ -294,9 +286,7 @@ target:
     assert lake_rows(store, tmp_path, "big/") == (rows, rows, sum(range(rows)))
     # A read-only SAS (given with the portal's leading `?`): the write is refused, exit 3,
     # and neither the token nor its signature is printed on the error path either.
-    ro = generate_container_sas(AZ_ACCOUNT, store.bucket, account_key=AZ_KEY,
-                                permission=ContainerSasPermissions(read=True, list=True),
-                                expiry=datetime.datetime.utcnow() + datetime.timedelta(hours=1))
+    ro = store.sas(write=False)
     job2 = write_job(tmp_path / "ro.yaml", (tmp_path / "sas.yaml").read_text()
                      .replace("name: az_sas", "name: az_sas_ro")
                      .replace(f"az://{store.bucket}/big", f"az://{store.bucket}/ro"))
@@ -499,6 +489,48 @@ NO_AMBIENT_CREDENTIALS = dict.fromkeys([
     "SYSTEM_OIDCREQUESTURI", "SYSTEM_ACCESSTOKEN"])
 
 
+def store_job(tmp_path, file, name, url, block, extra=""):
+    """A job reading `url/in/*.csv` into Parquet at `url/lake`, both through `block`."""
+    return write_job(tmp_path / file, f"""name: {name}
+source:
+  reader: file
+  config:
+    path: "{url}/in/*.csv"
+{block}
+target:
+  writer: parquet
+  config:
+    path: {url}/lake
+{block}
+{extra}""")
+
+
+def _ran_with_the_token(p, front, store, tmp_path, rows, secrets):
+    """A -vv run `p` that used the token `front` checks: it succeeded, every request carried the
+    token, the rows arrived, and none of `secrets` was printed."""
+    assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
+    assert front.forwarded > 0 and front.refused == 0, (front.forwarded, front.refused)
+    assert lake_rows(store, tmp_path, "lake/") == (rows, rows, sum(range(rows)))
+    for secret in secrets:
+        assert secret not in p.stdout + p.stderr
+    assert len(p.stderr) > 2000, "the -vv log is too short to have said anything"
+
+
+def _refused_without_a_token(dativo, tmp_path, store, front, bad, job, env, hint):
+    """`job` again, against `bad` (an identity endpoint that gives no token): exit 3 naming the
+    location and saying `hint`; nothing reached the store."""
+    try:
+        job2 = write_job(tmp_path / f"bad-{job.name}", job.read_text()
+                         .replace(front.endpoint, bad.endpoint).replace("/lake", "/lake2"))
+        p = dativo.run("run", job2, "--no-progress", env=env)
+        assert p.returncode == 3, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+        assert f"{store.scheme}://{store.bucket}" in p.stdout + p.stderr, (p.stdout[-2000:], p.stderr[-2000:])
+        assert hint in p.stdout + p.stderr, p.stdout[-2000:]
+        assert bad.forwarded == 0
+    finally:
+        bad.close()
+
+
 def test_gcs_workload_identity_token_from_the_metadata_server(dativo, tmp_path):
     """No key file and no `anonymous`: the token comes from the VM metadata server (GKE workload
     identity, GCE), found through GCE_METADATA_HOST as Google's own libraries do; the store only
@@ -515,46 +547,21 @@ def test_gcs_workload_identity_token_from_the_metadata_server(dativo, tmp_path):
         store.put("in/a.csv", (src / sorted(os.listdir(src))[0]).read_bytes())
         block = f"""    gcs:
       endpoint: {front.endpoint}"""
-        job = write_job(tmp_path / "wi.yaml", f"""name: gcs_workload_identity
-source:
-  reader: file
-  config:
-    path: "gs://{store.bucket}/in/*.csv"
-{block}
-target:
-  writer: parquet
-  config:
-    path: gs://{store.bucket}/lake
-{block}
-retry: {{attempts: 1}}
-""")
+        job = store_job(tmp_path, "wi.yaml", "gcs_workload_identity", f"gs://{store.bucket}", block,
+                        "retry: {attempts: 1}\n")
         # A home of its own: no gcloud application-default credentials file can be picked up.
         env = dict(NO_AMBIENT_CREDENTIALS, GCE_METADATA_HOST=front.identity_host, HOME=str(tmp_path),
                    XDG_CONFIG_HOME=str(tmp_path / ".config"))
         p = dativo.run("-vv", "run", job, "--no-progress", env=env)
-        assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
         assert front.identity_calls and all(f == "Google" for _, f in front.identity_calls), front.identity_calls
-        assert front.forwarded > 0 and front.refused == 0, (front.forwarded, front.refused)
-        assert lake_rows(store, tmp_path, "lake/") == (150, 150, sum(range(150)))
-        assert token not in p.stdout + p.stderr
-        assert len(p.stderr) > 2000, "the -vv log is too short to have said anything"
-
+        _ran_with_the_token(p, front, store, tmp_path, 150, [token])
         # The metadata server has no token for this VM: exit 3, the location named.
         bad = _TokenFront(token, GCS, GCE_METADATA, identity_status=404)
-        try:
-            job2 = write_job(tmp_path / "wi2.yaml", (tmp_path / "wi.yaml").read_text()
-                             .replace(front.endpoint, bad.endpoint).replace("/lake", "/lake2"))
-            p = dativo.run("run", job2, "--no-progress",
-                           env=dict(env, GCE_METADATA_HOST=bad.identity_host))
-            assert p.returncode == 3, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
-            assert f"gs://{store.bucket}" in p.stdout + p.stderr, (p.stdout[-2000:], p.stderr[-2000:])
-            assert "Google credentials could not be loaded" in p.stdout + p.stderr, p.stdout[-2000:]
-            assert bad.forwarded == 0
-        finally:
-            bad.close()
+        _refused_without_a_token(dativo, tmp_path, store, front, bad, job,
+                                 dict(env, GCE_METADATA_HOST=bad.identity_host),
+                                 "Google credentials could not be loaded")
     finally:
         front.close()
-
 
 
 @pytest.mark.parametrize("how", ["imds", "aks_workload_identity"])
@@ -567,13 +574,8 @@ def test_azure_token_from_managed_identity(dativo, tmp_path, how):
     of its own). Neither token appears at -vv. No token is exit 3 naming the container."""
     if not AZURE:
         pytest.skip("needs Azurite (scripts/test starts it)")
-    import datetime
-    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
     store = Azure()
-    sas = generate_container_sas(AZ_ACCOUNT, store.bucket, account_key=AZ_KEY,
-                                 permission=ContainerSasPermissions(read=True, write=True, delete=True,
-                                                                    list=True, create=True, add=True),
-                                 expiry=datetime.datetime.utcnow() + datetime.timedelta(hours=1))
+    sas = store.sas()
     upstream = AZURE.rsplit("/", 1)[0]  # the front's paths carry /devstoreaccount1 themselves
     token = f"eyJ0eXAi.test-{uuid.uuid4().hex}"
     federated = f"eyJhbGciOiJSUzI1NiJ9.pod-{uuid.uuid4().hex}.sig"
@@ -601,47 +603,24 @@ def test_azure_token_from_managed_identity(dativo, tmp_path, how):
         block = f"""    azure:
       endpoint: {front.endpoint}/{AZ_ACCOUNT}
       account_name: {AZ_ACCOUNT}"""
-        job = write_job(tmp_path / "mi.yaml", f"""name: az_managed_identity
-source:
-  reader: file
-  config:
-    path: "az://{store.bucket}/in/*.csv"
-{block}
-target:
-  writer: parquet
-  config:
-    path: az://{store.bucket}/lake
-{block}
-retry: {{attempts: 1}}
-""")
+        job = store_job(tmp_path, "mi.yaml", "az_managed_identity", f"az://{store.bucket}", block,
+                        "retry: {attempts: 1}\n")
         env = dict(NO_AMBIENT_CREDENTIALS, HOME=str(tmp_path), PATH="/usr/bin:/bin",  # no Azure CLI either
                    **ident_env(front))
         p = dativo.run("-vv", "run", job, "--no-progress", env=env)
-        assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
         if how == "imds":
             assert front.identity_calls and all(v == "true" for _, v in front.identity_calls), front.identity_calls
             assert all("resource=https%3A%2F%2Fstorage.azure.com" in q for q, _ in front.identity_calls), \
                 front.identity_calls
         else:
             assert front.forms and not front.identity_calls, (front.forms, front.identity_calls)
-        assert front.forwarded > 0 and front.refused == 0, (front.forwarded, front.refused)
-        assert lake_rows(store, tmp_path, "lake/") == (120, 120, sum(range(120)))
-        assert token not in p.stdout + p.stderr and federated not in p.stdout + p.stderr
-        assert len(p.stderr) > 2000, "the -vv log is too short to have said anything"
-
+        _ran_with_the_token(p, front, store, tmp_path, 120, [token, federated])
         bad = _TokenFront(token, upstream, identity, query=sas, identity_status=400, form=form)
-        try:
-            job2 = write_job(tmp_path / "mi2.yaml", (tmp_path / "mi.yaml").read_text()
-                             .replace(front.endpoint, bad.endpoint).replace("/lake", "/lake2"))
-            p = dativo.run("run", job2, "--no-progress", env=dict(env, **ident_env(bad)))
-            assert p.returncode == 3, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
-            assert f"az://{store.bucket}" in p.stdout + p.stderr, (p.stdout[-2000:], p.stderr[-2000:])
-            assert "Azure credentials could not be loaded" in p.stdout + p.stderr, p.stdout[-2000:]
-            assert bad.forwarded == 0
-        finally:
-            bad.close()
+        _refused_without_a_token(dativo, tmp_path, store, front, bad, job, dict(env, **ident_env(bad)),
+                                 "Azure credentials could not be loaded")
     finally:
         front.close()
+
 
 @pytest.mark.parametrize("fmt", ["stream", "parquet"])
 def test_encryption_on_the_store(dativo, tmp_path, store, fmt):
