@@ -120,25 +120,26 @@ pub fn od(e: opendal::Error, doing: &str) -> Error {
         opendal::ErrorKind::Unexpected
             if text.contains("signing http request") || text.contains("load credential") =>
         {
-            if text.contains("service: gcs") {
-                // reqsign walks the whole chain and ends with "failed to load signing
-                // credential": say what the chain is.
-                Error::auth(format!(
-                    "{msg} (Google credentials could not be loaded: a `gcs.credential_path` key \
-                     that was refused is named in the warning above; without one, set \
-                     GOOGLE_APPLICATION_CREDENTIALS to a service-account key, or run where the \
-                     VM metadata server gives a token (workload identity); `gcs.anonymous: true` \
-                     for public buckets and emulators)"
-                ))
+            // reqsign walks the whole chain and ends with "failed to load signing
+            // credential": say what the chain is.
+            let hint = if text.contains("service: gcs") {
+                Some("Google credentials could not be loaded: a `gcs.credential_path` key, when set, \
+                 was refused; without one, set GOOGLE_APPLICATION_CREDENTIALS to a \
+                 service-account key, or run where the VM metadata server gives a token \
+                 (workload identity); `gcs.anonymous: true` for public buckets and emulators")
             } else if text.contains("service: azblob") {
-                Error::auth(format!(
-                    "{msg} (Azure credentials could not be loaded: set `azure.account_key` or \
-                     `azure.sas_token`, or run where a managed identity (IMDS) or AKS workload \
-                     identity gives a token)"
-                ))
+                Some(
+                    "Azure credentials could not be loaded: set `azure.account_key` or \
+                 `azure.sas_token`, or run where a managed identity (IMDS) or AKS workload \
+                 identity gives a token",
+                )
             } else {
-                Error::auth(msg)
-            }
+                None
+            };
+            Error::auth(match hint {
+                Some(h) => format!("{msg} ({h})"),
+                None => msg,
+            })
         }
         opendal::ErrorKind::ConfigInvalid => Error::config(msg),
         opendal::ErrorKind::RateLimited => Error::transient(msg),
