@@ -126,16 +126,22 @@ class Lake:
     """A job's catalog (the SQLite catalog dativo keeps in `cwd/.dativo`) and warehouse, local or
     on S3; reads a table's rows with pyiceberg and with DuckDB."""
 
-    def __init__(self, cwd, warehouse=None, s3=None):
+    def __init__(self, cwd, warehouse=None, s3=None, azure=None):
         self.cwd = pathlib.Path(cwd)
         self.warehouse = warehouse or f"file://{cwd}/warehouse"
         self.s3 = s3  # endpoint URL, or None
+        self.azure = azure  # an azurite.Azure container, or None
 
     def catalog(self):
         props = {}
         if self.s3:
             props = {"s3.endpoint": self.s3, "s3.access-key-id": "testing",
                      "s3.secret-access-key": "testing", "s3.region": "us-east-1"}
+        if self.azure:
+            # pyiceberg reads abfss:// through adlfs (the Blob API), pointed at Azurite.
+            from azurite import AZ_ACCOUNT, connection_string
+            props = {"adls.connection-string": connection_string(), "adls.account-name": AZ_ACCOUNT,
+                     "py-io-impl": "pyiceberg.io.fsspec.FsspecFileIO"}
         return SqlCatalog("dativo", uri=f"sqlite:///{self.cwd}/.dativo/catalog.db",
                           warehouse=self.warehouse, **props)
 
@@ -149,7 +155,7 @@ class Lake:
         """Statements before an iceberg_scan of this lake (S3: httpfs and a secret), or None when
         DuckDB cannot read it here."""
         if not self.s3:
-            return ""
+            return ""  # local, or Azure (read from a copy: see read_duckdb)
         ext = httpfs_extension()
         if not ext:
             return None
@@ -158,10 +164,22 @@ class Lake:
                 f"REGION 'us-east-1', ENDPOINT '{host}', URL_STYLE 'path', USE_SSL false); ")
 
     def read_duckdb(self, ident, cols, ignore=()):
-        meta = self.load(ident).metadata_location
+        t = self.load(ident)
+        meta, scan = t.metadata_location, "iceberg_scan('{metadata}')"
+        if self.azure:
+            # DuckDB's azure extension reads abfss:// through the DFS API only, which Azurite
+            # lacks: the table's files are fetched with Azure's own client and DuckDB reads that
+            # copy, every path in the metadata resolved against the copy (allow_moved_paths).
+            from azurite import split_abfss
+            container, prefix = split_abfss(t.location())
+            assert container == self.azure.bucket, (container, self.azure.bucket)
+            copy = self.azure.download(prefix, self.cwd / f"duck-{uuid.uuid4().hex[:8]}")
+            version = meta.rsplit("/", 1)[1].removesuffix(".metadata.json")
+            meta = str(copy)  # the table's root; the version names the current metadata file
+            scan = f"iceberg_scan('{{metadata}}', allow_moved_paths = true, version = '{version}')"
         out = self.cwd / f"duck-{uuid.uuid4().hex[:8]}.parquet"
         duckdb_iceberg_query(self.duckdb_prelude() +
-                             f"COPY (SELECT * FROM iceberg_scan('{{metadata}}')) TO '{out}' (FORMAT parquet)", meta)
+                             f"COPY (SELECT * FROM {scan}) TO '{out}' (FORMAT parquet)", meta)
         t = pq.read_table(out)
         out.unlink()
         return arrow_canon(t, cols, ignore)

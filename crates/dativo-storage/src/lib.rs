@@ -162,6 +162,100 @@ pub fn od_write(e: opendal::Error, doing: &str) -> Error {
     od(e, doing)
 }
 
+/// An operator on the Azure Blob container `container`, rooted at `prefix`.
+fn azblob(
+    container: &str,
+    prefix: &str,
+    cfg: &AzureConfig,
+    path: &str,
+) -> Result<opendal::Operator> {
+    let mut b = opendal::services::Azblob::default()
+        .container(container)
+        .root(&format!("/{prefix}"));
+    match (&cfg.endpoint, &cfg.account_name) {
+        (Some(e), _) => b = b.endpoint(e),
+        (None, Some(n)) => b = b.endpoint(&format!("https://{n}.blob.core.windows.net")),
+        (None, None) => {
+            return Err(Error::config(format!(
+                "`{path}`: set `azure.account_name` (or `azure.endpoint`)"
+            ))
+            .with_key_path("azure"))
+        }
+    }
+    if let Some(n) = &cfg.account_name {
+        b = b.account_name(n);
+    }
+    if let Some(k) = &cfg.account_key {
+        b = b.account_key(k.expose());
+    }
+    if let Some(t) = &cfg.sas_token {
+        // The portal hands SAS tokens out with a leading `?`.
+        b = b.sas_token(t.expose().trim_start_matches('?'));
+    }
+    Ok(opendal::Operator::new(b)
+        .map_err(|e| od(e, "configuring Azure Blob Storage"))?
+        .finish())
+}
+
+/// An Azure location as Iceberg engines (Spark, Trino, pyiceberg, DuckDB) name it:
+/// `abfss://container@account.dfs.core.windows.net/prefix` (ADLS Gen2), `abfs://`, or
+/// `wasbs://container@account.blob.core.windows.net/prefix`, `wasb://`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureUrl {
+    /// `abfss`, `abfs`, `wasbs` or `wasb`.
+    pub scheme: String,
+    /// The container (ADLS: file system).
+    pub container: String,
+    /// The host as written (`account.dfs.core.windows.net`).
+    pub host: String,
+    /// The storage account: the host's first label.
+    pub account: String,
+    /// The path inside the container, without leading or trailing `/`.
+    pub prefix: String,
+}
+
+impl AzureUrl {
+    /// `Ok(None)` when `path` is not one of these schemes; an error when it is, but lacks the
+    /// `container@account.host` part.
+    pub fn parse(path: &str) -> Result<Option<AzureUrl>> {
+        let Some((scheme, rest)) = path.split_once("://") else {
+            return Ok(None);
+        };
+        if !matches!(scheme, "abfss" | "abfs" | "wasbs" | "wasb") {
+            return Ok(None);
+        }
+        let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let parsed = authority.split_once('@').and_then(|(c, host)| {
+            let account = host.split('.').next().unwrap_or_default();
+            (!c.is_empty() && !account.is_empty()).then_some((c, host, account))
+        });
+        let Some((container, host, account)) = parsed else {
+            return Err(Error::config(format!(
+                "`{path}`: write it as {scheme}://CONTAINER@ACCOUNT.{}.core.windows.net/PATH (or use az://CONTAINER/PATH with `azure.account_name`)",
+                if scheme.starts_with("abfs") { "dfs" } else { "blob" }
+            ))
+            .with_key_path("path"));
+        };
+        Ok(Some(AzureUrl {
+            scheme: scheme.to_string(),
+            container: container.to_string(),
+            host: host.to_string(),
+            account: account.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        }))
+    }
+
+    /// `scheme://container@host/rel` (`scheme://container@host` for an empty `rel`).
+    pub fn root_with(&self, rel: &str) -> String {
+        let base = format!("{}://{}@{}", self.scheme, self.container, self.host);
+        if rel.is_empty() {
+            base
+        } else {
+            format!("{base}/{rel}")
+        }
+    }
+}
+
 /// Whether `path` names an object store.
 pub fn is_remote(path: &str) -> bool {
     path.contains("://") && !path.starts_with("file://")
@@ -169,7 +263,9 @@ pub fn is_remote(path: &str) -> bool {
 
 impl Location {
     /// Parse `path`: a local directory, `file:///dir`, `s3://bucket/prefix`,
-    /// `gs://bucket/prefix` or `az://container/prefix`.
+    /// `gs://bucket/prefix`, `az://container/prefix`, or Azure in the form Iceberg engines
+    /// write (`abfss://container@account.dfs.core.windows.net/prefix`, also `abfs://`,
+    /// `wasbs://`, `wasb://`), reached through the Blob API.
     pub fn parse(path: &str, opts: &StoreOptions<'_>) -> Result<Location> {
         let s3 = opts.s3;
         if let Some(rest) = path
@@ -261,40 +357,30 @@ impl Location {
         if let Some(rest) = path.strip_prefix("az://") {
             let (container, prefix) = split(rest)?;
             let cfg = opts.azure.cloned().unwrap_or_default();
-            let mut b = opendal::services::Azblob::default()
-                .container(&container)
-                .root(&format!("/{prefix}"));
-            match (&cfg.endpoint, &cfg.account_name) {
-                (Some(e), _) => b = b.endpoint(e),
-                (None, Some(n)) => b = b.endpoint(&format!("https://{n}.blob.core.windows.net")),
-                (None, None) => {
-                    return Err(Error::config(format!(
-                        "`{path}`: set `azure.account_name` (or `azure.endpoint`)"
-                    ))
-                    .with_key_path("azure"))
-                }
-            }
-            if let Some(n) = &cfg.account_name {
-                b = b.account_name(n);
-            }
-            if let Some(k) = &cfg.account_key {
-                b = b.account_key(k.expose());
-            }
-            if let Some(t) = &cfg.sas_token {
-                // The portal hands SAS tokens out with a leading `?`.
-                b = b.sas_token(t.expose().trim_start_matches('?'));
-            }
-            let op = opendal::Operator::new(b)
-                .map_err(|e| od(e, "configuring Azure Blob Storage"))?
-                .finish();
             return Ok(Location::Object {
-                op,
+                op: azblob(&container, &prefix, &cfg, path)?,
                 url: format!("az://{container}/{prefix}"),
+            });
+        }
+        if let Some(az) = AzureUrl::parse(path)? {
+            let mut cfg = opts.azure.cloned().unwrap_or_default();
+            match &cfg.account_name {
+                Some(n) if *n != az.account => return Err(Error::config(format!(
+                    "`{path}` names the storage account `{}`, but `azure.account_name` is `{n}`",
+                    az.account
+                ))
+                .with_key_path("azure.account_name")),
+                Some(_) => {}
+                None => cfg.account_name = Some(az.account.clone()),
+            }
+            return Ok(Location::Object {
+                op: azblob(&az.container, &az.prefix, &cfg, path)?,
+                url: az.root_with(&az.prefix),
             });
         }
         if is_remote(path) {
             return Err(Error::config(format!(
-                "`{path}`: use a local path, s3://, gs:// or az://"
+                "`{path}`: use a local path, s3://, gs://, az:// or abfss://"
             ))
             .with_key_path("path"));
         }
@@ -804,6 +890,14 @@ mod tests {
             ("s3://bkt/a/b", "s3://bkt/a/b"),
             ("gs://bkt/p", "gs://bkt/p"),
             ("az://container/p/q", "az://container/p/q"),
+            (
+                "abfss://container@acct.dfs.core.windows.net/w/",
+                "abfss://container@acct.dfs.core.windows.net/w",
+            ),
+            (
+                "wasbs://container@acct.blob.core.windows.net",
+                "wasbs://container@acct.blob.core.windows.net",
+            ),
         ] {
             match Location::parse(path, &opts).unwrap() {
                 Location::Object { url: u, .. } => assert_eq!(u, url),
@@ -811,7 +905,45 @@ mod tests {
             }
         }
         let e = Location::parse("hdfs://x/y", &opts).err().unwrap();
-        assert!(e.to_string().contains("s3://, gs:// or az://"), "{e}");
+        assert!(
+            e.to_string().contains("s3://, gs://, az:// or abfss://"),
+            "{e}"
+        );
         assert!(Location::parse("s3:///nobucket", &opts).is_err());
+        // The account is in the URL: it must agree with the configured one.
+        let e = Location::parse("abfss://c@other.dfs.core.windows.net/p", &opts)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("`other`"), "{e}");
+        let e = Location::parse("abfss://c/p", &opts).err().unwrap();
+        assert!(e.to_string().contains("CONTAINER@ACCOUNT.dfs"), "{e}");
+        // Without an `azure:` block the URL's account is enough to build the client.
+        assert!(Location::parse(
+            "abfss://c@acct.dfs.core.windows.net/p",
+            &StoreOptions::default()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn azure_urls_keep_their_form() {
+        let u = AzureUrl::parse("abfs://fs@acct.dfs.core.windows.net/a/b/")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                u.scheme.as_str(),
+                u.container.as_str(),
+                u.account.as_str(),
+                u.prefix.as_str()
+            ),
+            ("abfs", "fs", "acct", "a/b")
+        );
+        assert_eq!(
+            u.root_with("x/y"),
+            "abfs://fs@acct.dfs.core.windows.net/x/y"
+        );
+        assert_eq!(AzureUrl::parse("az://c/p").unwrap(), None);
+        assert_eq!(AzureUrl::parse("/local/dir").unwrap(), None);
     }
 }

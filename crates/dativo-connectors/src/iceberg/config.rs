@@ -18,7 +18,9 @@ pub struct IcebergWriterConfig {
     /// The catalog; by default the embedded SQL catalog on SQLite (`.dativo/catalog.db`).
     #[serde(default)]
     pub catalog: CatalogConfig,
-    /// Where new tables' files go: a local directory (default `warehouse`) or `s3://bucket/prefix`.
+    /// Where new tables' files go: a local directory (default `warehouse`), `s3://bucket/prefix`,
+    /// `gs://bucket/prefix` or `abfss://container@account.dfs.core.windows.net/prefix`
+    /// (`az://container/prefix` is written as the latter).
     #[serde(default)]
     pub warehouse: Option<String>,
     /// Partition spec: `region` (identity), `day(ts)`, `month(ts)`, `year(ts)`, `hour(ts)`,
@@ -62,6 +64,10 @@ pub struct IcebergWriterConfig {
     /// Google Cloud Storage settings for a `gs://` warehouse.
     #[serde(default)]
     pub gcs: Option<dativo_storage::GcsConfig>,
+    /// Azure Blob Storage settings for an `abfss://container@account.dfs.core.windows.net/…`
+    /// (or `az://container/…`) warehouse.
+    #[serde(default)]
+    pub azure: Option<dativo_storage::AzureConfig>,
     /// Extra table properties set when the table is created.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,

@@ -251,7 +251,7 @@ pub fn encrypted_dataset(config: &Value) -> Result<Dataset> {
     let opts = StoreOptions {
         s3: cfg.s3.as_ref(),
         gcs: cfg.gcs.as_ref(),
-        ..Default::default()
+        azure: cfg.azure.as_ref(),
     };
     let loc = Location::parse(&root, &opts)?;
     Ok(Dataset {

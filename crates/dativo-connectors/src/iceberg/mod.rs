@@ -15,6 +15,7 @@
 //! * Concurrent jobs appending to one table: the commit is retried on conflicts
 //!   (`commit.retry.num-retries` is set to 20 on tables dativo creates).
 
+mod azure_io;
 pub mod commit;
 mod config;
 pub mod counting;

@@ -29,6 +29,8 @@ use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent
 use iceberg_catalog_rest::RestCatalogBuilder;
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 use iceberg_storage_opendal::OpenDalStorageFactory;
+
+use super::azure_io::AzureBlobStorageFactory;
 use parquet::file::properties::WriterProperties;
 use serde_json::Value;
 
@@ -387,6 +389,40 @@ pub(crate) fn refuse_partitioned_on_gcs(table: &iceberg::table::Table, name: &st
     Ok(())
 }
 
+/// An Azure warehouse in the form Iceberg engines read, `abfss://container@account.dfs.core.windows.net/prefix`
+/// (`az://container/prefix` is rewritten to it, with `azure.account_name`); `None` when
+/// `warehouse` is not on Azure. The URL is checked against the `azure:` block here, so a
+/// mistake is a configuration error before anything is written.
+fn azure_warehouse(
+    warehouse: &str,
+    azure: Option<&dativo_storage::AzureConfig>,
+) -> Result<Option<String>> {
+    let url = if let Some(rest) = warehouse.strip_prefix("az://") {
+        let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let Some(account) = azure.and_then(|a| a.account_name.as_deref()) else {
+            return Err(Error::config(format!(
+                "warehouse `{warehouse}`: set `azure.account_name` (Iceberg tables on Azure are located at abfss://container@ACCOUNT.dfs.core.windows.net/…, the form other engines read)"
+            ))
+            .with_key_path("azure.account_name"));
+        };
+        format!(
+            "abfss://{container}@{account}.dfs.core.windows.net/{}",
+            prefix.trim_matches('/')
+        )
+    } else if dativo_storage::AzureUrl::parse(warehouse)?.is_some() {
+        warehouse.trim_end_matches('/').to_string()
+    } else {
+        return Ok(None);
+    };
+    // Builds the client (and checks the account against `azure.account_name`).
+    let opts = dativo_storage::StoreOptions {
+        azure,
+        ..Default::default()
+    };
+    dativo_storage::Location::parse(&url, &opts).map_err(|e| e.with_key_path("warehouse"))?;
+    Ok(Some(url.trim_end_matches('/').to_string()))
+}
+
 /// Open the catalog `cfg` names (creating a local warehouse directory and SQLite file).
 pub(crate) async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<CountingCatalog>> {
     let warehouse = cfg.warehouse.clone().unwrap_or_else(|| "warehouse".into());
@@ -410,9 +446,12 @@ pub(crate) async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<Counti
             .with_key_path("partition_by"));
         }
         (warehouse, Arc::new(OpenDalStorageFactory::Gcs))
+    } else if let Some(w) = azure_warehouse(&warehouse, cfg.azure.as_ref())? {
+        let factory = AzureBlobStorageFactory::new(cfg.azure.clone().unwrap_or_default());
+        (w, Arc::new(factory))
     } else if dativo_storage::is_remote(&warehouse) {
         return Err(Error::config(format!(
-            "warehouse `{warehouse}`: the iceberg writer takes a local directory, s3:// or gs:// (iceberg-rust reaches Azure only as abfss:// ADLS Gen2, not supported here yet)"
+            "warehouse `{warehouse}`: the iceberg writer takes a local directory, s3://, gs://, or abfss://container@account.dfs.core.windows.net/prefix (az://container/prefix)"
         ))
         .with_key_path("warehouse"));
     } else {

@@ -42,10 +42,10 @@ pub struct ParquetWriterConfig {
     /// S3 settings for an `s3://bucket/prefix` path.
     #[serde(default)]
     pub s3: Option<dativo_storage::S3Config>,
-    /// Google Cloud Storage settings for `gs://bucket/prefix` (compiled in, untested here).
+    /// Google Cloud Storage settings for `gs://bucket/prefix`.
     #[serde(default)]
     pub gcs: Option<dativo_storage::GcsConfig>,
-    /// Azure Blob Storage settings for `az://container/prefix` (compiled in, untested here).
+    /// Azure Blob Storage settings for `az://container/prefix` (or `abfss://container@account.dfs.core.windows.net/prefix`).
     #[serde(default)]
     pub azure: Option<dativo_storage::AzureConfig>,
     /// Client-side encryption: files are encrypted as they stream out (format `stream`, the

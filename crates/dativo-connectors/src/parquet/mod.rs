@@ -1,5 +1,5 @@
 //! `writer: parquet` — Parquet files in a local directory or an object-store prefix
-//! (`s3://…`; `gs://` and `az://` compiled in), committed with a manifest.
+//! (`s3://…`, `gs://…`, `az://…` or `abfss://…`), committed with a manifest.
 //!
 //! * Compression (`snappy` default, `zstd`, `lz4`, `none`), row-group size (rows, and
 //!   `row_group_bytes` of buffered data, which bounds memory), rolling files at

@@ -183,7 +183,7 @@ async fn list(h: &TableHandle, location: &str) -> Result<Vec<Listed>> {
     let opts = StoreOptions {
         s3: h.cfg.s3.as_ref(),
         gcs: h.cfg.gcs.as_ref(),
-        ..Default::default()
+        azure: h.cfg.azure.as_ref(),
     };
     match Location::parse(location, &opts)? {
         Location::Local(root) => {
@@ -364,7 +364,7 @@ pub async fn drop_table(h: &TableHandle, job: &str, dry_run: bool) -> Result<Dro
     let opts = StoreOptions {
         s3: h.cfg.s3.as_ref(),
         gcs: h.cfg.gcs.as_ref(),
-        ..Default::default()
+        azure: h.cfg.azure.as_ref(),
     };
     if let Ok(Location::Local(root)) = Location::parse(&location, &opts) {
         for sub in ["data", "metadata"] {
