@@ -365,11 +365,13 @@ impl Location {
         if let Some(az) = AzureUrl::parse(path)? {
             let mut cfg = opts.azure.cloned().unwrap_or_default();
             match &cfg.account_name {
-                Some(n) if *n != az.account => return Err(Error::config(format!(
+                Some(n) if *n != az.account => {
+                    return Err(Error::config(format!(
                     "`{path}` names the storage account `{}`, but `azure.account_name` is `{n}`",
                     az.account
                 ))
-                .with_key_path("azure.account_name")),
+                    .with_key_path("azure.account_name"))
+                }
                 Some(_) => {}
                 None => cfg.account_name = Some(az.account.clone()),
             }

@@ -20,8 +20,17 @@
 //! * **Release**: on close (or when a writer fails to start) the lease is marked released —
 //!   a conditional write, so a lease another run took over meanwhile is never touched.
 //!
-//! Stores that do not enforce conditional writes (checked at start with a scratch object) get
-//! a warning: concurrent runs are not detected there.
+//! Google Cloud Storage and Azure Blob enforce create-if-absent (`ifGenerationMatch=0`,
+//! `If-None-Match: *`), but opendal offers no conditional *replace* for them. There the lease is
+//! a series of **generations**, `<meta>/lease/<n>.json`, each created if absent: a renewal,
+//! take-over or release of generation `n` creates `n + 1` — of two runs racing for it exactly one
+//! wins, as with an etag. The current lease is the highest generation; only a holder that has
+//! just created generation `n + 1` deletes the ones below it, so the highest is never deleted,
+//! and a run that creates a generation someone deleted long ago (it was paused while others
+//! moved on) finds a higher one when it lists again and counts as refused.
+//!
+//! Stores that do not enforce conditional writes at all (checked at start with a scratch
+//! object) get a warning: concurrent runs are not detected there.
 
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -122,13 +131,22 @@ fn pid_start(pid: u32) -> Option<u64> {
     rest.split(' ').nth(19)?.parse().ok()
 }
 
-/// Whether `op`'s store writes conditionally: the client must support it, and the server must
-/// enforce it — some S3-compatible servers ignore `If-None-Match`, so a second conditional
-/// create of a scratch object next to `key` must be refused.
-pub fn supported(op: &opendal::Operator, key: &str) -> Result<bool> {
+/// How a lease is replaced conditionally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One object, `<meta>/lease.json`, replaced with `If-Match: <etag>` (S3).
+    Etag,
+    /// Numbered generations under `<meta>/lease/`, each created if absent (GCS, Azure Blob).
+    Generations,
+}
+
+/// How `op`'s store can hold a lease, if it can: the client must support conditional writes,
+/// and the server must enforce them — some S3-compatible servers ignore `If-None-Match`, so a
+/// second conditional create of a scratch object next to `key` must be refused.
+pub fn supported(op: &opendal::Operator, key: &str) -> Result<Option<Mode>> {
     let cap = op.info().full_capability();
-    if !(cap.write_with_if_not_exists && cap.write_with_if_match) {
-        return Ok(false);
+    if !cap.write_with_if_not_exists {
+        return Ok(None);
     }
     let probe = format!("{key}.probe-{}", uuid::Uuid::now_v7());
     let create = |body: &'static [u8]| {
@@ -145,50 +163,221 @@ pub fn supported(op: &opendal::Operator, key: &str) -> Result<bool> {
         Err(e) => return Err(od(e, "checking conditional writes")),
     };
     let _ = runtime().block_on(op.delete(&probe));
-    Ok(enforced)
+    Ok(match (enforced, cap.write_with_if_match) {
+        (false, _) => None,
+        (true, true) => Some(Mode::Etag),
+        (true, false) => Some(Mode::Generations),
+    })
+}
+
+/// Where a lease lives and how it is replaced: every read and conditional write goes through
+/// here. A version is an etag ([`Mode::Etag`]) or a generation number ([`Mode::Generations`]).
+struct Slot {
+    op: opendal::Operator,
+    mode: Mode,
+    /// The lease object (etag mode).
+    key: String,
+    /// The directory of generations (generation mode), ending in `/`.
+    dir: String,
+    shown: String,
+}
+
+impl Slot {
+    fn new(op: &opendal::Operator, key: &str, shown: String, mode: Mode) -> Slot {
+        let dir = format!("{}/", key.trim_end_matches(".json"));
+        Slot {
+            op: op.clone(),
+            mode,
+            key: key.into(),
+            dir,
+            shown,
+        }
+    }
+
+    fn generation_key(&self, n: u64) -> String {
+        format!("{}{n:020}.json", self.dir)
+    }
+
+    /// The generations present, ascending.
+    fn generations(&self) -> Result<Vec<u64>> {
+        let list = runtime().block_on(self.op.list(&self.dir));
+        let entries = match list {
+            Ok(e) => e,
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(od(e, &format!("listing the lease {}", self.shown))),
+        };
+        let mut out: Vec<u64> = entries
+            .iter()
+            .filter_map(|e| {
+                let name = e.path().rsplit('/').next()?;
+                name.strip_suffix(".json")?.parse().ok()
+            })
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// The current version and record, if a lease exists (`None` inside when unreadable).
+    fn read(&self) -> Result<Option<(String, Option<Record>)>> {
+        for _ in 0..5 {
+            let (key, version) = match self.mode {
+                Mode::Etag => {
+                    let meta = match runtime().block_on(self.op.stat(&self.key)) {
+                        Ok(m) => m,
+                        Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(None),
+                        Err(e) => return Err(od(e, &format!("checking the lease {}", self.shown))),
+                    };
+                    (
+                        self.key.clone(),
+                        meta.etag().unwrap_or_default().to_string(),
+                    )
+                }
+                Mode::Generations => match self.generations()?.last() {
+                    Some(&n) => (self.generation_key(n), n.to_string()),
+                    None => return Ok(None),
+                },
+            };
+            let read = match self.mode {
+                Mode::Etag => self.op.read_with(&key).if_match(&version).into_future(),
+                // A generation is never rewritten: its name is its version.
+                Mode::Generations => self.op.read_with(&key).into_future(),
+            };
+            match runtime().block_on(read) {
+                Ok(b) => return Ok(Some((version, serde_json::from_slice(&b.to_vec()).ok()))),
+                // Changed (etag) or superseded and deleted (generation) meanwhile: look again.
+                Err(e) if precondition_failed(&e) || e.kind() == opendal::ErrorKind::NotFound => {}
+                Err(e) => return Err(od(e, &format!("reading the lease {}", self.shown))),
+            }
+        }
+        Err(Error::busy(format!(
+            "the lease {} keeps changing: another run is starting at the same time",
+            self.shown
+        )))
+    }
+
+    /// Create the lease where none exists: the new version, or `None` when one exists.
+    fn create(&self, body: Vec<u8>) -> std::result::Result<Option<String>, opendal::Error> {
+        match self.mode {
+            Mode::Etag => {
+                let r = runtime().block_on(
+                    self.op
+                        .write_with(&self.key, body)
+                        .if_not_exists(true)
+                        .into_future(),
+                );
+                match r {
+                    Ok(meta) => Ok(Some(self.etag_after(meta)?)),
+                    Err(e) if precondition_failed(&e) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+            Mode::Generations => {
+                // Generation 1, unless any exists (the highest is never deleted).
+                let any = self.generations().map_err(|e| {
+                    opendal::Error::new(opendal::ErrorKind::Unexpected, e.to_string())
+                })?;
+                if !any.is_empty() {
+                    return Ok(None);
+                }
+                self.next_generation(0, body)
+            }
+        }
+    }
+
+    /// Replace version `version` with `body`: the new version, or `None` when `version` is no
+    /// longer the current one (another run replaced it first).
+    fn replace(
+        &self,
+        version: &str,
+        body: Vec<u8>,
+    ) -> std::result::Result<Option<String>, opendal::Error> {
+        match self.mode {
+            Mode::Etag => {
+                let r = runtime().block_on(
+                    self.op
+                        .write_with(&self.key, body)
+                        .if_match(version)
+                        .into_future(),
+                );
+                match r {
+                    Ok(meta) => Ok(Some(self.etag_after(meta)?)),
+                    Err(e)
+                        if precondition_failed(&e) || e.kind() == opendal::ErrorKind::NotFound =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Mode::Generations => match version.parse::<u64>() {
+                Ok(n) => self.next_generation(n, body),
+                Err(_) => Ok(None),
+            },
+        }
+    }
+
+    /// Create generation `n + 1`; then make sure it is the highest (a run paused long enough
+    /// may create a generation that was deleted after others moved past it), and delete the
+    /// ones below it.
+    fn next_generation(
+        &self,
+        n: u64,
+        body: Vec<u8>,
+    ) -> std::result::Result<Option<String>, opendal::Error> {
+        let key = self.generation_key(n + 1);
+        let r = runtime().block_on(
+            self.op
+                .write_with(&key, body)
+                .if_not_exists(true)
+                .into_future(),
+        );
+        match r {
+            Ok(_) => {}
+            Err(e) if precondition_failed(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let present = self
+            .generations()
+            .map_err(|e| opendal::Error::new(opendal::ErrorKind::Unexpected, e.to_string()))?;
+        if present.iter().any(|&g| g > n + 1) {
+            // Below the current lease it is invisible; removing it is tidiness only.
+            let _ = runtime().block_on(self.op.delete(&key));
+            return Ok(None);
+        }
+        for g in present.into_iter().filter(|&g| g <= n) {
+            let _ = runtime().block_on(self.op.delete(&self.generation_key(g)));
+        }
+        Ok(Some((n + 1).to_string()))
+    }
+
+    /// The etag a write left (asked for when the store's reply did not carry it).
+    fn etag_after(&self, meta: opendal::Metadata) -> std::result::Result<String, opendal::Error> {
+        match meta.etag() {
+            Some(t) => Ok(t.to_string()),
+            None => Ok(runtime()
+                .block_on(self.op.stat(&self.key))?
+                .etag()
+                .unwrap_or_default()
+                .to_string()),
+        }
+    }
 }
 
 struct Shared {
-    op: opendal::Operator,
-    key: String,
-    display: String,
+    slot: Slot,
     ttl: Duration,
     record: Mutex<Record>,
-    etag: Mutex<String>,
+    /// The version (etag or generation) this run wrote last.
+    version: Mutex<String>,
     lost: AtomicBool,
     renewing: Mutex<()>,
 }
 
-/// The etag and record of the lease object `key`, if it exists (`None` inside when unreadable).
-fn read_lease(
-    op: &opendal::Operator,
-    key: &str,
-    shown: &str,
-) -> Result<Option<(String, Option<Record>)>> {
-    for _ in 0..5 {
-        let meta = match runtime().block_on(op.stat(key)) {
-            Ok(m) => m,
-            Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(od(e, &format!("checking the lease {shown}"))),
-        };
-        let etag = meta.etag().unwrap_or_default().to_string();
-        match runtime().block_on(op.read_with(key).if_match(&etag).into_future()) {
-            Ok(b) => return Ok(Some((etag, serde_json::from_slice(&b.to_vec()).ok()))),
-            // Changed between the two calls: look again.
-            Err(e) if precondition_failed(&e) || e.kind() == opendal::ErrorKind::NotFound => {}
-            Err(e) => return Err(od(e, &format!("reading the lease {shown}"))),
-        }
-    }
-    Err(Error::busy(format!(
-        "the lease {shown} keeps changing: another run is starting at the same time"
-    )))
-}
-
 impl Shared {
-    /// Renew the lease for another `ttl`, conditional on the etag we last wrote. One renewal
-    /// at a time (the heartbeat and the check before a commit would otherwise race on one
-    /// etag); a refused renewal whose object still holds our token (a reply lost after the PUT
-    /// landed) adopts the object's etag and tries once more.
+    /// Renew the lease for another `ttl`, conditional on the version we last wrote. One
+    /// renewal at a time (the heartbeat and the check before a commit would otherwise race on
+    /// one version); a refused renewal whose lease still holds our token (a reply lost after
+    /// the write landed) adopts that version and tries once more.
     fn renew(&self) -> Result<()> {
         let _one = self.renewing.lock().expect("not poisoned");
         if self.lost.load(Ordering::SeqCst) {
@@ -198,28 +387,18 @@ impl Shared {
         for second_try in [false, true] {
             rec.expires_at_ms = now_ms() + self.ttl.as_millis() as u64;
             let body = serde_json::to_vec(&rec)?;
-            let etag = self.etag.lock().expect("not poisoned").clone();
-            let r = runtime().block_on(
-                self.op
-                    .write_with(&self.key, body)
-                    .if_match(&etag)
-                    .into_future(),
-            );
-            match r {
-                Ok(meta) => {
-                    let new = match meta.etag() {
-                        Some(t) => t.to_string(),
-                        None => self.current()?.map(|(t, _)| t).unwrap_or_default(),
-                    };
-                    *self.etag.lock().expect("not poisoned") = new;
+            let version = self.version.lock().expect("not poisoned").clone();
+            match self.slot.replace(&version, body) {
+                Ok(Some(new)) => {
+                    *self.version.lock().expect("not poisoned") = new;
                     *self.record.lock().expect("not poisoned") = rec;
                     return Ok(());
                 }
-                Err(e) if precondition_failed(&e) || e.kind() == opendal::ErrorKind::NotFound => {
+                Ok(None) => {
                     if !second_try {
-                        if let Some((etag, Some(holder))) = self.current()? {
+                        if let Some((version, Some(holder))) = self.slot.read()? {
                             if holder.token == rec.token {
-                                *self.etag.lock().expect("not poisoned") = etag;
+                                *self.version.lock().expect("not poisoned") = version;
                                 continue;
                             }
                         }
@@ -227,15 +406,10 @@ impl Shared {
                     self.lost.store(true, Ordering::SeqCst);
                     return Err(self.lost_error());
                 }
-                Err(e) => return Err(od(e, &format!("renewing the lease {}", self.display))),
+                Err(e) => return Err(od(e, &format!("renewing the lease {}", self.slot.shown))),
             }
         }
         unreachable!("the second try returns")
-    }
-
-    /// The lease object's etag and record, if it exists.
-    fn current(&self) -> Result<Option<(String, Option<Record>)>> {
-        read_lease(&self.op, &self.key, &self.display)
     }
 
     fn lost_error(&self) -> Error {
@@ -244,7 +418,7 @@ impl Shared {
             "job `{}` lost its lease on {} (it expired while this run was paused or cut off, and \
              another run took it over): this run's uncommitted files are discarded; nothing it \
              committed before is affected",
-            rec.job, self.display
+            rec.job, self.slot.shown
         ))
     }
 }
@@ -260,15 +434,18 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Take the lease `key` under `op`, or fail with a busy error naming the holder.
+    /// Take the lease `key` under `op` (held the way [`supported`] said `op`'s store can), or
+    /// fail with a busy error naming the holder.
     pub fn acquire(
         op: &opendal::Operator,
+        mode: Mode,
         key: &str,
         shown: String,
         job: &str,
         run_id: &str,
         ttl: Duration,
     ) -> Result<Lease> {
+        let slot = Slot::new(op, key, shown.clone(), mode);
         let pid = std::process::id();
         let rec = Record {
             format: FORMAT.into(),
@@ -286,23 +463,18 @@ impl Lease {
         let body = serde_json::to_vec(&rec)?;
         let mut took_over = false;
         // A few rounds: the holder may release or renew between our calls.
-        let mut etag = None;
+        let mut version = None;
         for _ in 0..5 {
-            let r = runtime().block_on(
-                op.write_with(key, body.clone())
-                    .if_not_exists(true)
-                    .into_future(),
-            );
-            match r {
-                Ok(meta) => {
-                    etag = Some(meta.etag().map(str::to_string));
+            match slot.create(body.clone()) {
+                Ok(Some(v)) => {
+                    version = Some(v);
                     break;
                 }
-                Err(e) if precondition_failed(&e) => {}
+                Ok(None) => {}
                 Err(e) => return Err(od(e, &format!("taking the lease {shown}"))),
             }
-            // Someone holds it (or held it): read who, with the etag we compare against.
-            let Some((current_etag, holder)) = read_lease(op, key, &shown)? else {
+            // Someone holds it (or held it): read who, with the version we compare against.
+            let Some((current, holder)) = slot.read()? else {
                 continue;
             };
             let (takeover, fence) = match &holder {
@@ -324,13 +496,8 @@ impl Lease {
                     h.run_id, h.job, h.host, h.pid
                 )));
             }
-            let r = runtime().block_on(
-                op.write_with(key, body.clone())
-                    .if_match(&current_etag)
-                    .into_future(),
-            );
-            match r {
-                Ok(meta) => {
+            match slot.replace(&current, body.clone()) {
+                Ok(Some(v)) => {
                     if let Some(h) = holder.as_ref().filter(|_| fence) {
                         tracing::warn!(
                             lease = %shown,
@@ -340,37 +507,24 @@ impl Lease {
                         );
                     }
                     took_over = fence;
-                    etag = Some(meta.etag().map(str::to_string));
+                    version = Some(v);
                     break;
                 }
-                Err(e) if precondition_failed(&e) || e.kind() == opendal::ErrorKind::NotFound => {
-                    continue
-                }
+                Ok(None) => continue,
                 Err(e) => return Err(od(e, &format!("taking over the lease {shown}"))),
             }
         }
-        let Some(etag) = etag else {
+        let Some(version) = version else {
             return Err(Error::busy(format!(
                 "job `{job}`: the lease {shown} keeps changing hands: another run is starting \
                  at the same time"
             )));
         };
-        let etag = match etag {
-            Some(t) => t,
-            None => runtime()
-                .block_on(op.stat(key))
-                .map_err(|e| od(e, &format!("checking the lease {shown}")))?
-                .etag()
-                .unwrap_or_default()
-                .to_string(),
-        };
         let shared = Arc::new(Shared {
-            op: op.clone(),
-            key: key.into(),
-            display: shown,
+            slot,
             ttl,
             record: Mutex::new(rec),
-            etag: Mutex::new(etag),
+            version: Mutex::new(version),
             lost: AtomicBool::new(false),
             renewing: Mutex::new(()),
         });
@@ -385,11 +539,11 @@ impl Lease {
                 }
                 if let Err(e) = hb.renew() {
                     if hb.lost.load(Ordering::SeqCst) {
-                        tracing::error!(lease = %hb.display, "{e}");
+                        tracing::error!(lease = %hb.slot.shown, "{e}");
                         return;
                     }
                     // A network error: the next beat tries again; the commit checks expiry.
-                    tracing::warn!(lease = %hb.display, "renewing the lease failed: {e}");
+                    tracing::warn!(lease = %hb.slot.shown, "renewing the lease failed: {e}");
                 }
             })
             .map_err(|e| Error::internal("starting the lease heartbeat").with_source(e))?;
@@ -430,7 +584,7 @@ impl Lease {
         let s = &self.shared;
         // Also on a panic path (drop while unwinding): a poisoned lock still holds valid data.
         let _one = s.renewing.lock().unwrap_or_else(|p| p.into_inner());
-        let etag = s.etag.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let version = s.version.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut rec = s.record.lock().unwrap_or_else(|p| p.into_inner()).clone();
         rec.released = true;
         rec.expires_at_ms = now_ms();
@@ -440,14 +594,26 @@ impl Lease {
             Err(_) => return,
         };
         // Bounded: a store that does not answer must not hang the writer's close or drop; an
-        // unreleased lease only makes the next run wait for it to expire.
-        let write = s.op.write_with(&s.key, body).if_match(&etag).into_future();
-        match runtime().block_on(async { tokio::time::timeout(RELEASE_TIMEOUT, write).await }) {
+        // unreleased lease only makes the next run wait for it to expire. (The slot's calls
+        // block on the runtime, so they run on a thread of their own.)
+        let slot = Slot::new(&s.slot.op, &s.slot.key, s.slot.shown.clone(), s.slot.mode);
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("dativo-lease-release".into())
+            .spawn(move || {
+                let _ = tx.send(slot.replace(&version, body));
+            });
+        if spawned.is_err() {
+            tracing::warn!(lease = %s.slot.shown, "releasing the lease failed: no thread");
+            return;
+        }
+        match rx.recv_timeout(RELEASE_TIMEOUT) {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) if precondition_failed(&e) => {}
-            Ok(Err(e)) => tracing::warn!(lease = %s.display, "releasing the lease failed: {e}"),
+            Ok(Err(e)) => {
+                tracing::warn!(lease = %s.slot.shown, "releasing the lease failed: {e}")
+            }
             Err(_) => tracing::warn!(
-                lease = %s.display,
+                lease = %s.slot.shown,
                 "releasing the lease timed out after {} s; it expires on its own",
                 RELEASE_TIMEOUT.as_secs()
             ),
@@ -524,5 +690,135 @@ mod tests {
         assert!(me.is_some());
         assert_eq!(me, pid_start(std::process::id()));
         assert_eq!(pid_start(u32::MAX), None);
+    }
+
+    /// An operator on a fresh local directory: opendal's fs service creates if absent but has
+    /// no conditional replace — the generation mode, as on GCS and Azure Blob.
+    fn generations_store() -> (tempfile::TempDir, opendal::Operator) {
+        let dir = tempfile::tempdir().unwrap();
+        let op = opendal::Operator::new(
+            opendal::services::Fs::default().root(dir.path().to_str().unwrap()),
+        )
+        .unwrap()
+        .finish();
+        (dir, op)
+    }
+
+    fn generations(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join("_dativo/lease"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_store_without_conditional_replace_holds_generations() {
+        let (dir, op) = generations_store();
+        let key = "_dativo/lease.json";
+        assert_eq!(supported(&op, key).unwrap(), Some(Mode::Generations));
+        let ttl = Duration::from_secs(60);
+        let a = Lease::acquire(&op, Mode::Generations, key, "L".into(), "j", "run-a", ttl).unwrap();
+        assert!(!a.took_over);
+        assert_eq!(generations(dir.path()), ["00000000000000000001.json"]);
+        // A second run is refused, naming the holder.
+        let e = Lease::acquire(&op, Mode::Generations, key, "L".into(), "j", "run-b", ttl)
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("already running") && e.to_string().contains("run-a"),
+            "{e}"
+        );
+        // Each renewal is the next generation; the ones below are deleted.
+        a.check().unwrap();
+        a.check().unwrap();
+        assert_eq!(generations(dir.path()), ["00000000000000000003.json"]);
+        // Released: one generation left, marked released; the next run takes it without fencing.
+        a.release();
+        let gens = generations(dir.path());
+        assert_eq!(gens, ["00000000000000000004.json"]);
+        let rec: Record = serde_json::from_slice(
+            &std::fs::read(dir.path().join("_dativo/lease").join(&gens[0])).unwrap(),
+        )
+        .unwrap();
+        assert!(rec.released && rec.run_id == "run-a");
+        let b = Lease::acquire(&op, Mode::Generations, key, "L".into(), "j", "run-b", ttl).unwrap();
+        assert!(!b.took_over);
+        drop(b);
+    }
+
+    #[test]
+    fn an_expired_holder_is_taken_over_and_then_cannot_renew() {
+        let (dir, op) = generations_store();
+        let key = "_dativo/lease.json";
+        // A holder whose lease expires at once.
+        let a = Lease::acquire(
+            &op,
+            Mode::Generations,
+            key,
+            "L".into(),
+            "j",
+            "run-a",
+            Duration::from_millis(1),
+        )
+        .unwrap();
+        // Paused: no more heartbeats (its PID is this process's, so it is not judged dead).
+        let mut a = a;
+        a.stop_heartbeat();
+        std::thread::sleep(Duration::from_millis(20));
+        let b = Lease::acquire(
+            &op,
+            Mode::Generations,
+            key,
+            "L".into(),
+            "j",
+            "run-b",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(b.took_over, "an expired lease is taken over, with fencing");
+        let e = a.check().err().unwrap();
+        assert!(e.to_string().contains("lost its lease"), "{e}");
+        assert!(a.is_lost());
+        // The loser's release leaves the new holder's lease alone.
+        drop(a);
+        b.check().unwrap();
+        let _ = dir;
+    }
+
+    #[test]
+    fn a_generation_recreated_after_it_was_deleted_does_not_count() {
+        // A run paused long enough may create a generation that a later holder already deleted:
+        // the higher generation still there wins, and the stray one is removed.
+        let (dir, op) = generations_store();
+        let key = "_dativo/lease.json";
+        let a = Lease::acquire(
+            &op,
+            Mode::Generations,
+            key,
+            "L".into(),
+            "j",
+            "run-a",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        for _ in 0..4 {
+            a.check().unwrap();
+        }
+        assert_eq!(generations(dir.path()), ["00000000000000000005.json"]);
+        let stale = Slot::new(&op, key, "L".into(), Mode::Generations);
+        assert_eq!(stale.replace("2", b"{}".to_vec()).unwrap(), None);
+        assert_eq!(generations(dir.path()), ["00000000000000000005.json"]);
+        // Replacing the current generation works, and only once.
+        assert_eq!(
+            stale.replace("5", b"{}".to_vec()).unwrap(),
+            Some("6".into())
+        );
+        assert_eq!(stale.replace("5", b"{}".to_vec()).unwrap(), None);
+        // The holder's next renewal finds another lease: lost.
+        assert!(a.check().is_err() && a.is_lost());
     }
 }

@@ -260,10 +260,16 @@ impl ParquetWriter {
             }
             None => None,
         };
-        let lease = match layout.loc.operator() {
-            Some(op) if lease::supported(op, &layout.lease_key())? => {
+        let op = layout.loc.operator();
+        let lease_mode = match op {
+            Some(op) => lease::supported(op, &layout.lease_key())?,
+            None => None,
+        };
+        let lease = match (op, lease_mode) {
+            (Some(op), Some(lease_mode)) => {
                 let lease = Lease::acquire(
                     op,
+                    lease_mode,
                     &layout.lease_key(),
                     layout.loc.display(&layout.lease_key()),
                     &ctx.job,
@@ -275,7 +281,7 @@ impl ParquetWriter {
                 }
                 Some(lease)
             }
-            Some(_) => {
+            (Some(_), None) => {
                 tracing::warn!(
                     path = %cfg.path,
                     "this object store does not enforce conditional writes: two runs of one job \
@@ -283,7 +289,7 @@ impl ParquetWriter {
                 );
                 None
             }
-            None => None,
+            (None, _) => None,
         };
         let latest = layout.recover()?;
         let last_sequence = latest.map(|m| m.sequence).unwrap_or(0);
