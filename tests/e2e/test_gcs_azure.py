@@ -362,6 +362,13 @@ target:
     cols = [("id", "int"), ("name", "text"), ("amount", "dec"), ("day", "date")]
     want = arrow_canon(pa.concat_tables(pacsv.read_csv(f) for f in sorted((tmp_path / "a").glob("*.csv"))), cols)
     lake.assert_rows("lake.events", cols, want, "iceberg on azure")
+    # `dativo target drop` lists the table's files on the store and deletes them through the
+    # table's file IO: every blob goes, a stray one in a partition directory too.
+    store.put("wh/lake/events/data/day=2026-01-01/stray.parquet", b"not referenced")
+    p = dativo.run("target", "drop", job, "--yes", env=ENV, check=0)
+    assert "dropped" in p.stdout, p.stdout
+    assert store.list("wh/lake/events/") == [], store.list("wh/lake/events/")[:5]
+    assert not lake.catalog().table_exists("lake.events")
 
 
 def test_iceberg_on_azure_config_errors_name_the_field(dativo, tmp_path):

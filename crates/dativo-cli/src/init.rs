@@ -289,7 +289,7 @@ pub fn render(reader: InitReader, writer: InitWriter, name: &str) -> String {
     table: lake.{table}               # namespace.table; created from the source schema if missing
     # The embedded catalog (SQLite in .dativo/catalog.db, files under ./warehouse) unless:
     # catalog: {{type: rest, uri: "http://catalog:8181", name: dativo}}
-    # warehouse: s3://bucket/warehouse
+    # warehouse: s3://bucket/warehouse  # or gs://…, abfss://container@account.dfs.core.windows.net/…
     # mode: merge                     # upsert by the source's primary key (default: append,
     #                                 # or overwrite when the reader delivers a full refresh)
 "#,

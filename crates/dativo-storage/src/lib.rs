@@ -364,8 +364,32 @@ impl Location {
         }
         if let Some(az) = AzureUrl::parse(path)? {
             let mut cfg = opts.azure.cloned().unwrap_or_default();
+            if cfg.endpoint.is_none() {
+                // The Blob endpoint of the URL's cloud: `acct.dfs.core.windows.net` →
+                // `https://acct.blob.core.windows.net` (also sovereign clouds' suffixes).
+                let suffix = az
+                    .host
+                    .split_once('.')
+                    .map(|(_, rest)| rest)
+                    .and_then(|rest| {
+                        rest.strip_prefix("dfs.")
+                            .or_else(|| rest.strip_prefix("blob."))
+                    });
+                match suffix {
+                    Some(sfx) if !sfx.is_empty() => {
+                        cfg.endpoint = Some(format!("https://{}.blob.{sfx}", az.account))
+                    }
+                    _ => {
+                        return Err(Error::config(format!(
+                            "`{path}`: the host `{}` is not an Azure storage endpoint (ACCOUNT.dfs.core.windows.net); set `azure.endpoint`",
+                            az.host
+                        ))
+                        .with_key_path("azure.endpoint"))
+                    }
+                }
+            }
             match &cfg.account_name {
-                Some(n) if *n != az.account => {
+                Some(n) if !n.eq_ignore_ascii_case(&az.account) => {
                     return Err(Error::config(format!(
                     "`{path}` names the storage account `{}`, but `azure.account_name` is `{n}`",
                     az.account
@@ -919,6 +943,12 @@ mod tests {
         assert!(e.to_string().contains("`other`"), "{e}");
         let e = Location::parse("abfss://c/p", &opts).err().unwrap();
         assert!(e.to_string().contains("CONTAINER@ACCOUNT.dfs"), "{e}");
+        // Without `azure.endpoint`, the host must say which cloud's endpoint to use.
+        let e = Location::parse("abfss://c@acct.example.com/p", &opts)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("azure.endpoint"), "{e}");
+        assert!(Location::parse("abfss://c@ACCT.dfs.core.chinacloudapi.cn/p", &opts).is_ok());
         // Without an `azure:` block the URL's account is enough to build the client.
         assert!(Location::parse(
             "abfss://c@acct.dfs.core.windows.net/p",

@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use dativo_core::secrets;
 use dativo_storage::{AzureConfig, AzureUrl, Location, StoreOptions};
 
-/// Builds [`AzureBlobStorage`] with the job's `azure:` settings.
+/// Builds [`AzureBlobStorage`] with the job's `azure:` settings. (Credentials a REST catalog
+/// vends in the storage properties, `adls.sas-token.*`, are not used: the `azure:` block's and
+/// the credential chain's are.)
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct AzureBlobStorageFactory {
     /// Never serialized (it holds secrets); a deserialized factory uses the environment's
@@ -180,6 +182,12 @@ impl Storage for AzureBlobStorage {
 
     async fn delete_prefix(&self, path: &str) -> iceberg::Result<()> {
         let (op, key) = self.resolve(path)?;
+        if key.trim_matches('/').is_empty() {
+            return Err(iceberg::Error::new(
+                iceberg::ErrorKind::DataInvalid,
+                format!("refusing to delete a whole container ({path})"),
+            ));
+        }
         let dir = format!("{}/", key.trim_end_matches('/'));
         op.delete_with(&dir)
             .recursive(true)

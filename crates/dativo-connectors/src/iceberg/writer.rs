@@ -393,7 +393,7 @@ pub(crate) fn refuse_partitioned_on_gcs(table: &iceberg::table::Table, name: &st
 /// (`az://container/prefix` is rewritten to it, with `azure.account_name`); `None` when
 /// `warehouse` is not on Azure. The URL is checked against the `azure:` block here, so a
 /// mistake is a configuration error before anything is written.
-fn azure_warehouse(
+pub(crate) fn azure_warehouse(
     warehouse: &str,
     azure: Option<&dativo_storage::AzureConfig>,
 ) -> Result<Option<String>> {

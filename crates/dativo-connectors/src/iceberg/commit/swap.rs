@@ -187,7 +187,11 @@ pub fn swap_for(cfg: &IcebergWriterConfig) -> Result<Box<dyn Swap>> {
             // The warehouse as the writer's REST client sends it (a local one made absolute).
             let warehouse = match cfg.warehouse.as_deref() {
                 None => None,
-                Some(w) if w.starts_with("s3://") || w.starts_with("s3a://") => Some(w.into()),
+                // An object store as given (Azure in the abfss:// form the writer uses).
+                Some(w) if dativo_storage::is_remote(w) => Some(
+                    crate::iceberg::writer::azure_warehouse(w, cfg.azure.as_ref())?
+                        .unwrap_or_else(|| w.to_string()),
+                ),
                 Some(w) => {
                     let p = Path::new(w.trim_start_matches("file://"));
                     let abs = if p.is_absolute() {

@@ -248,9 +248,25 @@ async fn list(h: &TableHandle, location: &str) -> Result<Vec<Listed>> {
                     modified,
                 });
             }
+            drop_directory_markers(&mut out);
             Ok(out)
         }
     }
+}
+
+/// On an Azure account with a hierarchical namespace, a flat Blob listing returns directories
+/// as empty blobs (`data/day=2024-01-01` beside `data/day=2024-01-01/x.parquet`): they are not
+/// files of the table.
+fn drop_directory_markers(out: &mut Vec<Listed>) {
+    let names: std::collections::BTreeSet<String> = out.iter().map(|f| f.rel.clone()).collect();
+    out.retain(|f| {
+        let dir = format!("{}/", f.rel);
+        f.size != 0
+            || names
+                .range(dir.clone()..)
+                .next()
+                .is_none_or(|n| !n.starts_with(&dir))
+    });
 }
 
 /// The table's location, without a trailing `/`.
@@ -379,4 +395,38 @@ pub async fn drop_table(h: &TableHandle, job: &str, dry_run: bool) -> Result<Dro
         bytes_deleted: done.iter().sum(),
         files_left: (results.len() - done.len()) as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_blobs_naming_a_directory_are_not_files() {
+        let f = |rel: &str, size| Listed {
+            rel: rel.into(),
+            size,
+            modified: None,
+        };
+        let mut out = vec![
+            f("data", 0),
+            f("data/day=1", 0),
+            f("data/day=1/a.parquet", 10),
+            f("data/day=10", 0), // an empty directory: nothing under `data/day=10/`
+            f("data/empty.parquet", 0),
+            f("metadata", 0),
+            f("metadata/v1.metadata.json", 5),
+        ];
+        drop_directory_markers(&mut out);
+        let left: Vec<&str> = out.iter().map(|l| l.rel.as_str()).collect();
+        assert_eq!(
+            left,
+            [
+                "data/day=1/a.parquet",
+                "data/day=10",
+                "data/empty.parquet",
+                "metadata/v1.metadata.json"
+            ]
+        );
+    }
 }
