@@ -611,14 +611,16 @@ def test_gcs_workload_identity_token_from_the_metadata_server(dativo, tmp_path):
         front.close()
 
 
-@pytest.mark.parametrize("how", ["imds", "aks_workload_identity"])
+@pytest.mark.parametrize("how", ["imds", "aks_workload_identity", "service_principal"])
 def test_azure_token_from_managed_identity(dativo, tmp_path, how):
     """No account key and no SAS token: the token comes from Azure's instance metadata service
-    (managed identity on a VM or node, found through AZURE_IMDS_ENDPOINT), or from Microsoft
-    Entra in exchange for the pod's federated token (AKS workload identity: the token file,
-    AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_AUTHORITY_HOST as the webhook sets them). The store
-    only answers requests carrying that token (the front then reaches Azurite with a SAS token
-    of its own). Neither token appears at -vv. No token is exit 3 naming the container."""
+    (managed identity on a VM or node, found through AZURE_IMDS_ENDPOINT), from Microsoft Entra
+    in exchange for the pod's federated token (AKS workload identity: the token file,
+    AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_AUTHORITY_HOST as the webhook sets them) or for a
+    service principal's client secret (AZURE_CLIENT_SECRET). The store only answers requests
+    carrying that token (the front then reaches Azurite with a SAS token of its own). No token
+    or secret appears at -vv. No token is exit 3 naming the container. (The Azure CLI is in
+    reqsign's chain, but opendal 0.57 gives it no command executor: it never runs.)"""
     if not AZURE:
         pytest.skip("needs Azurite (scripts/test starts it)")
     store = Azure()
@@ -626,22 +628,29 @@ def test_azure_token_from_managed_identity(dativo, tmp_path, how):
     upstream = AZURE.rsplit("/", 1)[0]  # the front's paths carry /devstoreaccount1 themselves
     token = f"eyJ0eXAi.test-{uuid.uuid4().hex}"
     federated = f"eyJhbGciOiJSUzI1NiJ9.pod-{uuid.uuid4().hex}.sig"
+    client_secret = f"sp~{uuid.uuid4().hex}"
     (tmp_path / "azure-identity-token").write_text(federated + "\n")
+    secrets = [token, federated, client_secret]
+    entra = {"client_id": "client-1", "grant_type": "client_credentials",
+             "scope": "https://storage.azure.com/.default"}
+    identity, form = ENTRA, None
     if how == "imds":
-        identity, form = AZURE_IMDS, None
-    else:
-        identity = ENTRA
-        form = {"client_id": "client-1", "client_assertion": federated, "grant_type": "client_credentials",
-                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                "scope": "https://storage.azure.com/.default"}
-
+        identity = AZURE_IMDS
+    elif how == "aks_workload_identity":
+        form = dict(entra, client_assertion=federated,
+                    client_assertion_type="urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    elif how == "service_principal":
+        form = dict(entra, client_secret=client_secret)
     def ident_env(f):
+        never_imds = {"AZURE_IMDS_ENDPOINT": "http://127.0.0.1:9/none"}  # never the real IMDS
+        entra_env = {"AZURE_TENANT_ID": "tenant-1", "AZURE_CLIENT_ID": "client-1",
+                     "AZURE_AUTHORITY_HOST": f"http://{f.identity_host}", **never_imds}
         if how == "imds":
             return {"AZURE_IMDS_ENDPOINT": f.identity_url}
-        return {"AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "azure-identity-token"),
-                "AZURE_TENANT_ID": "tenant-1", "AZURE_CLIENT_ID": "client-1",
-                "AZURE_AUTHORITY_HOST": f"http://{f.identity_host}",
-                "AZURE_IMDS_ENDPOINT": "http://127.0.0.1:9/none"}  # never the real IMDS
+        if how == "aks_workload_identity":
+            return dict(entra_env, AZURE_FEDERATED_TOKEN_FILE=str(tmp_path / "azure-identity-token"))
+        return dict(entra_env, AZURE_CLIENT_SECRET=client_secret)
+
     front = _TokenFront(token, upstream, identity, query=sas, form=form)
     try:
         src = tmp_path / "src"
@@ -661,7 +670,7 @@ def test_azure_token_from_managed_identity(dativo, tmp_path, how):
                 front.identity_calls
         else:
             assert front.forms and not front.identity_calls, (front.forms, front.identity_calls)
-        _ran_with_the_token(p, front, store, tmp_path, 120, [token, federated])
+        _ran_with_the_token(p, front, store, tmp_path, 120, secrets)
         bad = _TokenFront(token, upstream, identity, query=sas, identity_status=400, form=form)
         _refused_without_a_token(dativo, tmp_path, store, front, bad, job, dict(env, **ident_env(bad)),
                                  "Azure credentials could not be loaded")

@@ -130,8 +130,9 @@ pub fn od(e: opendal::Error, doing: &str) -> Error {
             } else if text.contains("service: azblob") {
                 Some(
                     "Azure credentials could not be loaded: set `azure.account_key` or \
-                 `azure.sas_token`, or run where a managed identity (IMDS) or AKS workload \
-                 identity gives a token",
+                 `azure.sas_token`, a service principal (AZURE_TENANT_ID, AZURE_CLIENT_ID, \
+                 AZURE_CLIENT_SECRET), or run where a managed identity (IMDS) or AKS workload \
+                 identity gives a token (the Azure CLI login is not used)",
                 )
             } else {
                 None
