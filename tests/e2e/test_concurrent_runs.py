@@ -139,7 +139,22 @@ class AzureLake(S3Lake):
         return json.loads(self.get(gens[-1])), len(gens)
 
 
-LAKES = {"s3": (S3Lake, ENDPOINT), "azure": (AzureLake, AZURE)}
+class GcsLake(AzureLake):
+    """The job's prefix on GCS (fake-gcs-server): generations created with ifGenerationMatch=0."""
+    name = "gcs"
+    env = {}
+
+    def __init__(self):
+        from test_gcs_azure import Gcs
+        self.store = Gcs()
+        self.bucket = self.store.bucket
+
+    def target(self):
+        return f"    path: gs://{self.bucket}/lake\n{self.store.block()}"
+
+
+LAKES = {"s3": (S3Lake, ENDPOINT), "azure": (AzureLake, AZURE),
+         "gcs": (GcsLake, os.environ.get("DATIVO_TEST_GCS_ENDPOINT"))}
 
 
 @pytest.fixture(params=sorted(LAKES))
@@ -229,6 +244,9 @@ def test_a_paused_holder_loses_its_lease_and_cannot_commit(tmp_path, pg, table, 
             assert "lost its lease" in text_a or BUSY in text_a or "already exists" in text_a, text_a
         ids = lake.table()["id"].to_pylist()
         assert len(ids) == len(set(ids)) == 200_000 + rnd * 50_000, (len(ids), len(set(ids)))
+        # Both runs are over: the lease is released, and one generation is left.
+        lease, objects = lake.lease()
+        assert lease["released"] and objects == 1, (lease, objects)
         assert sorted(ids) == list(range(200_000 + rnd * 50_000))
         fill(pg, table, 200_000 + rnd * 50_000, 50_000)
     # (A run may finish its rows before it is paused: then there is nothing to take over.)

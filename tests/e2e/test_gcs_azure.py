@@ -143,7 +143,9 @@ retry: {{attempts: 1}}
 """)
     p = dativo.run("run", job, "--no-progress", env=ENV)
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    assert missing.split("/lake")[0] in p.stderr and AZ_KEY not in p.stdout + p.stderr
+    # The error names the location (the run summary's error line) and never the key.
+    assert f"{missing.split('/lake')[0]}/lake: the bucket or container does not exist" in p.stdout + p.stderr, p.stdout
+    assert AZ_KEY not in p.stdout + p.stderr
     if store.scheme != "az":
         # A service-account key file that is not there: exit 2 naming the option.
         job = write_job(tmp_path / "c.yaml", (tmp_path / "m.yaml").read_text()
@@ -158,7 +160,7 @@ retry: {{attempts: 1}}
                     .replace(missing, f"az://{store.bucket}/lake").replace("cloud_missing", "cloud_key"))
     p = dativo.run("run", job, "--no-progress", env={"AZ_TEST_KEY": wrong})
     assert p.returncode == 3, (p.returncode, p.stdout, p.stderr)
-    assert f"az://{store.bucket}" in p.stderr
+    assert f"az://{store.bucket}/lake: " in p.stdout + p.stderr, p.stdout
     assert wrong not in p.stdout + p.stderr
 
 

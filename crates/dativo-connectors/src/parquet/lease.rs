@@ -44,10 +44,15 @@ use serde::{Deserialize, Serialize};
 use dativo_core::{Error, Result};
 
 use dativo_core::rt::runtime;
-use dativo_storage::{od, precondition_failed};
+use dativo_storage::{od, od_write, precondition_failed};
 
 /// The lease file's format identifier.
 const FORMAT: &str = "dativo.lease/1";
+
+/// Lease objects are JSON. (A content type also makes opendal's GCS service send a multipart
+/// upload, where `ifGenerationMatch=0` is honoured by every server: fake-gcs-server ignores it
+/// on media uploads.)
+const CONTENT_TYPE: &str = "application/json";
 
 /// What a lease object holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,7 +148,7 @@ pub enum Mode {
 /// How `op`'s store can hold a lease, if it can: the client must support conditional writes,
 /// and the server must enforce them — some S3-compatible servers ignore `If-None-Match`, so a
 /// second conditional create of a scratch object next to `key` must be refused.
-pub fn supported(op: &opendal::Operator, key: &str) -> Result<Option<Mode>> {
+pub fn supported(op: &opendal::Operator, key: &str, shown: &str) -> Result<Option<Mode>> {
     let cap = op.info().full_capability();
     if !cap.write_with_if_not_exists {
         return Ok(None);
@@ -153,14 +158,17 @@ pub fn supported(op: &opendal::Operator, key: &str) -> Result<Option<Mode>> {
         runtime().block_on(
             op.write_with(&probe, body)
                 .if_not_exists(true)
+                .content_type(CONTENT_TYPE)
                 .into_future(),
         )
     };
-    create(b"1").map_err(|e| od(e, "checking conditional writes"))?;
+    let doing = format!("checking conditional writes at {shown}");
+    // The first write to the store: a missing bucket or container shows here.
+    create(b"1").map_err(|e| od_write(e, &doing))?;
     let enforced = match create(b"2") {
         Ok(_) => false,
         Err(e) if precondition_failed(&e) => true,
-        Err(e) => return Err(od(e, "checking conditional writes")),
+        Err(e) => return Err(od(e, &doing)),
     };
     let _ = runtime().block_on(op.delete(&probe));
     Ok(match (enforced, cap.write_with_if_match) {
@@ -186,7 +194,9 @@ impl Slot {
     fn new(op: &opendal::Operator, key: &str, shown: String, mode: Mode) -> Slot {
         let dir = format!("{}/", key.trim_end_matches(".json"));
         Slot {
-            op: op.clone(),
+            // Every call bounded: a store that stops answering must not hang a renewal or a
+            // release (the heartbeat, and the check before each commit, then see an error).
+            op: op.clone().layer(opendal::layers::TimeoutLayer::new()),
             mode,
             key: key.into(),
             dir,
@@ -198,19 +208,21 @@ impl Slot {
         format!("{}{n:020}.json", self.dir)
     }
 
-    /// The generations present, ascending.
-    fn generations(&self) -> Result<Vec<u64>> {
-        let list = runtime().block_on(self.op.list(&self.dir));
-        let entries = match list {
+    /// The generations present, ascending (names of exactly 20 digits; anything else in the
+    /// directory is not ours and is left alone).
+    fn generations(&self) -> std::result::Result<Vec<u64>, opendal::Error> {
+        let entries = match runtime().block_on(self.op.list(&self.dir)) {
             Ok(e) => e,
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(od(e, &format!("listing the lease {}", self.shown))),
+            Err(e) => return Err(e),
         };
         let mut out: Vec<u64> = entries
             .iter()
             .filter_map(|e| {
-                let name = e.path().rsplit('/').next()?;
-                name.strip_suffix(".json")?.parse().ok()
+                let n = e.path().rsplit('/').next()?.strip_suffix(".json")?;
+                (n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| n.parse().ok())
+                    .flatten()
             })
             .collect();
         out.sort_unstable();
@@ -232,7 +244,11 @@ impl Slot {
                         meta.etag().unwrap_or_default().to_string(),
                     )
                 }
-                Mode::Generations => match self.generations()?.last() {
+                Mode::Generations => match self
+                    .generations()
+                    .map_err(|e| od(e, &format!("listing the lease {}", self.shown)))?
+                    .last()
+                {
                     Some(&n) => (self.generation_key(n), n.to_string()),
                     None => return Ok(None),
                 },
@@ -263,6 +279,7 @@ impl Slot {
                     self.op
                         .write_with(&self.key, body)
                         .if_not_exists(true)
+                        .content_type(CONTENT_TYPE)
                         .into_future(),
                 );
                 match r {
@@ -273,10 +290,7 @@ impl Slot {
             }
             Mode::Generations => {
                 // Generation 1, unless any exists (the highest is never deleted).
-                let any = self.generations().map_err(|e| {
-                    opendal::Error::new(opendal::ErrorKind::Unexpected, e.to_string())
-                })?;
-                if !any.is_empty() {
+                if !self.generations()?.is_empty() {
                     return Ok(None);
                 }
                 self.next_generation(0, body)
@@ -297,6 +311,7 @@ impl Slot {
                     self.op
                         .write_with(&self.key, body)
                         .if_match(version)
+                        .content_type(CONTENT_TYPE)
                         .into_future(),
                 );
                 match r {
@@ -336,9 +351,7 @@ impl Slot {
             Err(e) if precondition_failed(&e) => return Ok(None),
             Err(e) => return Err(e),
         }
-        let present = self
-            .generations()
-            .map_err(|e| opendal::Error::new(opendal::ErrorKind::Unexpected, e.to_string()))?;
+        let present = self.generations()?;
         if present.iter().any(|&g| g > n + 1) {
             // Below the current lease it is invisible; removing it is tidiness only.
             let _ = runtime().block_on(self.op.delete(&key));
@@ -612,7 +625,10 @@ impl Lease {
             Ok(Err(e)) => {
                 tracing::warn!(lease = %s.slot.shown, "releasing the lease failed: {e}")
             }
-            Err(_) => tracing::warn!(
+            Err(RecvTimeoutError::Disconnected) => {
+                tracing::warn!(lease = %s.slot.shown, "releasing the lease failed (its thread ended)")
+            }
+            Err(RecvTimeoutError::Timeout) => tracing::warn!(
                 lease = %s.slot.shown,
                 "releasing the lease timed out after {} s; it expires on its own",
                 RELEASE_TIMEOUT.as_secs()
@@ -719,7 +735,7 @@ mod tests {
     fn a_store_without_conditional_replace_holds_generations() {
         let (dir, op) = generations_store();
         let key = "_dativo/lease.json";
-        assert_eq!(supported(&op, key).unwrap(), Some(Mode::Generations));
+        assert_eq!(supported(&op, key, "L").unwrap(), Some(Mode::Generations));
         let ttl = Duration::from_secs(60);
         let a = Lease::acquire(&op, Mode::Generations, key, "L".into(), "j", "run-a", ttl).unwrap();
         assert!(!a.took_over);

@@ -262,7 +262,7 @@ impl ParquetWriter {
         };
         let op = layout.loc.operator();
         let lease_mode = match op {
-            Some(op) => lease::supported(op, &layout.lease_key())?,
+            Some(op) => lease::supported(op, &layout.lease_key(), &layout.loc.name())?,
             None => None,
         };
         let lease = match (op, lease_mode) {
