@@ -267,17 +267,8 @@ def test_iceberg_warehouse_on_gcs_read_by_pyiceberg_and_duckdb(dativo, tmp_path)
     from pyiceberg.catalog.sql import SqlCatalog
     store = Gcs()
     write_csvs(tmp_path / "a", files=2, rows=500)
-    job = write_job(tmp_path / "ice.yaml", f"""name: gcs_ice
-source:
-  reader: file
-  config: {{path: "{tmp_path}/a/*.csv", format: csv}}
-target:
-  writer: iceberg
-  config:
-    warehouse: gs://{store.bucket}/wh
-    table: lake.events
-{store.block()}
-""")
+    job = iceberg_job(tmp_path / "ice.yaml", "gcs_ice", f"{tmp_path}/a/*.csv", f"gs://{store.bucket}/wh",
+                      store.block())
     db = tmp_path / ".dativo" / "catalog.db"
     dativo.run("run", job, "--no-progress", check=0)
     write_csvs(tmp_path / "a2", files=1, rows=300, start_id=1000)
@@ -328,18 +319,8 @@ def test_iceberg_warehouse_on_azure_read_by_pyiceberg_and_duckdb(dativo, tmp_pat
     store = Azure()
     warehouse = f"az://{store.bucket}/wh" if form == "az" else store.abfss("wh")
     write_csvs(tmp_path / "a", files=2, rows=500)
-    job = write_job(tmp_path / "ice.yaml", f"""name: az_ice
-source:
-  reader: file
-  config: {{path: "{tmp_path}/a/*.csv", format: csv}}
-target:
-  writer: iceberg
-  config:
-    warehouse: {warehouse}
-    table: lake.events
-    partition_by: [day]
-{store.block()}
-""")
+    job = iceberg_job(tmp_path / "ice.yaml", "az_ice", f"{tmp_path}/a/*.csv", warehouse, store.block(),
+                      config="    partition_by: [day]\n")
     p = dativo.run("run", job, "--no-progress", "-vv", env=ENV, check=0)
     assert AZ_KEY not in p.stdout + p.stderr
     write_csvs(tmp_path / "a2", files=1, rows=300, start_id=1000)
@@ -538,6 +519,22 @@ NO_AMBIENT_CREDENTIALS = dict.fromkeys([
     "SYSTEM_OIDCREQUESTURI", "SYSTEM_ACCESSTOKEN"])
 
 
+def iceberg_job(path, name, src_glob, warehouse, block, config="", extra=""):
+    """A job reading the CSV files `src_glob` into the Iceberg table lake.events (its warehouse
+    `warehouse` reached through `block`); `config` adds writer options, `extra` job keys."""
+    return write_job(path, f"""name: {name}
+source:
+  reader: file
+  config: {{path: "{src_glob}", format: csv, batch_size: 500}}
+target:
+  writer: iceberg
+  config:
+    warehouse: {warehouse}
+    table: lake.events
+{config}{block}
+{extra}""")
+
+
 def store_job(tmp_path, file, name, url, block, extra=""):
     """A job reading `url/in/*.csv` into Parquet at `url/lake`, both through `block`."""
     return write_job(tmp_path / file, f"""name: {name}
@@ -680,46 +677,26 @@ def test_azure_token_from_managed_identity(dativo, tmp_path, how):
         front.close()
 
 
-def test_iceberg_encryption_on_the_store(dativo, tmp_path, store):
-    """An Iceberg table with Parquet Modular Encryption, its warehouse on gs:// or Azure: no
-    object of the table holds a plaintext value, a data file cannot be read without its keys,
-    `dativo verify` checks every data file and `dativo decrypt` gives back exactly the rows."""
-    import io
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
+def _phi_source(tmp_path, n):
+    """`n` rows of `id,note` in src/visits.csv, each note holding a unique marker, and a local
+    key-encryption key in `kek`: (marker, key file)."""
     marker = f"PHI-{uuid.uuid4().hex}"
     src = tmp_path / "src"
     src.mkdir()
-    n = 2000
     (src / "visits.csv").write_text("id,note\n" + "".join(f"{i},{marker}-{i}\n" for i in range(n)))
     key = tmp_path / "kek"
     key.write_text(os.urandom(32).hex())
     key.chmod(0o600)
-    job = write_job(tmp_path / "ice-enc.yaml", f"""name: ice_enc_{store.scheme}
-source:
-  reader: file
-  config: {{path: "src/*.csv", batch_size: 500}}
-target:
-  writer: iceberg
-  config:
-    warehouse: {store.scheme}://{store.bucket}/wh
-    table: lake.phi
-{store.block()}
-    encryption:
-      format: parquet
-      key_provider: {{type: local, key_file: kek}}
-checkpoint: {{rows: 500}}
-""")
-    p = dativo.run("run", job, "--no-progress", env=ENV, check=0)
-    assert AZ_KEY not in p.stdout + p.stderr and key.read_text() not in p.stdout + p.stderr
-    names = store.list("wh/")
-    data = [n_ for n_ in names if n_.endswith(".parquet")]
-    assert len(data) >= 2 and any(n_.endswith(".metadata.json") for n_ in names), names
+    return marker, key
+
+
+def _no_plaintext_and_exact(dativo, store, job, names, data, marker, n):
+    """No object in `names` holds the marker; `dativo verify` reports each of `data` ok and
+    `dativo decrypt` gives back exactly the `n` rows."""
+    import io
+    import pyarrow.csv as pacsv
     for name in names:
         assert marker.encode() not in store.get(name), name
-    with pytest.raises(Exception):
-        pq.read_table(pa.BufferReader(store.get(data[0])))  # encrypted footer
     v = dativo.run("verify", job, env=ENV, check=0)
     assert sum(1 for line in v.stdout.splitlines() if line.startswith("ok ")) == len(data), v.stdout
     d = dativo.run("decrypt", job, env=ENV, check=0)
@@ -728,23 +705,39 @@ checkpoint: {{rows: 500}}
     assert sorted(t["note"].to_pylist()) == sorted(f"{marker}-{i}" for i in range(n))
 
 
+def test_iceberg_encryption_on_the_store(dativo, tmp_path, store):
+    """An Iceberg table with Parquet Modular Encryption, its warehouse on gs:// or Azure: no
+    object of the table holds a plaintext value, a data file cannot be read without its keys,
+    `dativo verify` checks every data file and `dativo decrypt` gives back exactly the rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    n = 2000
+    marker, key = _phi_source(tmp_path, n)
+    job = iceberg_job(tmp_path / "ice-enc.yaml", f"ice_enc_{store.scheme}", "src/*.csv",
+                      f"{store.scheme}://{store.bucket}/wh", store.block(), config="""    encryption:
+      format: parquet
+      key_provider: {type: local, key_file: kek}
+""", extra="checkpoint: {rows: 500}\n")
+    p = dativo.run("run", job, "--no-progress", env=ENV, check=0)
+    assert AZ_KEY not in p.stdout + p.stderr and key.read_text() not in p.stdout + p.stderr
+    names = store.list("wh/")
+    data = [n_ for n_ in names if n_.endswith(".parquet")]
+    assert len(data) >= 2 and any(n_.endswith(".metadata.json") for n_ in names), names
+    with pytest.raises(Exception):
+        pq.read_table(pa.BufferReader(store.get(data[0])))  # encrypted footer
+    _no_plaintext_and_exact(dativo, store, job, names, data, marker, n)
+
+
 @pytest.mark.parametrize("fmt", ["stream", "parquet"])
 def test_encryption_on_the_store(dativo, tmp_path, store, fmt):
     """Client-side encryption in both formats on gs:// and az://: no object on the store holds a
     plaintext value (data files, commit log, staging), `dativo verify` checks every file and
     `dativo decrypt` gives back exactly the rows; a Parquet-modular file cannot be read without
     its keys (pyarrow)."""
-    import io
     import pyarrow as pa
     import pyarrow.parquet as pq
-    marker = f"PHI-{uuid.uuid4().hex}"
-    src = tmp_path / "src"
-    src.mkdir()
     n = 3000
-    (src / "visits.csv").write_text("id,note\n" + "".join(f"{i},{marker}-{i}\n" for i in range(n)))
-    key = tmp_path / "kek"
-    key.write_text(os.urandom(32).hex())
-    key.chmod(0o600)
+    marker, key = _phi_source(tmp_path, n)
     url = f"{store.scheme}://{store.bucket}"
     job = write_job(tmp_path / "enc.yaml", f"""name: enc_{store.scheme}_{fmt}
 source:
@@ -768,18 +761,9 @@ checkpoint: {{rows: 1000}}
     data = [n_ for n_ in names if "/_dativo/" not in n_ and not n_.endswith("/")]
     assert len(data) >= 2, names
     assert not [n_ for n_ in names if "/staging/" in n_ and not n_.endswith("/")], names
-    for name in names:
-        body = store.get(name)
-        assert marker.encode() not in body, name
     if fmt == "parquet":
         with pytest.raises(Exception):
             pq.read_table(pa.BufferReader(store.get(data[0])))  # encrypted footer
     else:
         assert not store.get(data[0]).startswith(b"PAR1")  # no plaintext Parquet at all
-    v = dativo.run("verify", job, env=ENV, check=0)
-    assert sum(1 for line in v.stdout.splitlines() if line.startswith("ok ")) == len(data), v.stdout
-    d = dativo.run("decrypt", job, env=ENV, check=0)
-    import pyarrow.csv as pacsv
-    t = pacsv.read_csv(io.BytesIO(d.stdout.encode()))
-    assert sorted(t["id"].to_pylist()) == list(range(n))
-    assert sorted(t["note"].to_pylist()) == sorted(f"{marker}-{i}" for i in range(n))
+    _no_plaintext_and_exact(dativo, store, job, names, data, marker, n)

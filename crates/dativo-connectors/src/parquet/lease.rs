@@ -720,6 +720,19 @@ mod tests {
         (dir, op)
     }
 
+    /// Take the generations lease `_dativo/lease.json` of job `j` as run `run`.
+    fn take(op: &opendal::Operator, run: &str, ttl: Duration) -> Result<Lease> {
+        Lease::acquire(
+            op,
+            Mode::Generations,
+            "_dativo/lease.json",
+            "L".into(),
+            "j",
+            run,
+            ttl,
+        )
+    }
+
     fn generations(dir: &std::path::Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir.join("_dativo/lease"))
             .map(|d| {
@@ -737,13 +750,11 @@ mod tests {
         let key = "_dativo/lease.json";
         assert_eq!(supported(&op, key, "L").unwrap(), Some(Mode::Generations));
         let ttl = Duration::from_secs(60);
-        let a = Lease::acquire(&op, Mode::Generations, key, "L".into(), "j", "run-a", ttl).unwrap();
+        let a = take(&op, "run-a", ttl).unwrap();
         assert!(!a.took_over);
         assert_eq!(generations(dir.path()), ["00000000000000000001.json"]);
         // A second run is refused, naming the holder.
-        let e = Lease::acquire(&op, Mode::Generations, key, "L".into(), "j", "run-b", ttl)
-            .err()
-            .unwrap();
+        let e = take(&op, "run-b", ttl).err().unwrap();
         assert!(
             e.to_string().contains("already running") && e.to_string().contains("run-a"),
             "{e}"
@@ -761,7 +772,7 @@ mod tests {
         )
         .unwrap();
         assert!(rec.released && rec.run_id == "run-a");
-        let b = Lease::acquire(&op, Mode::Generations, key, "L".into(), "j", "run-b", ttl).unwrap();
+        let b = take(&op, "run-b", ttl).unwrap();
         assert!(!b.took_over);
         drop(b);
     }
@@ -769,32 +780,13 @@ mod tests {
     #[test]
     fn an_expired_holder_is_taken_over_and_then_cannot_renew() {
         let (dir, op) = generations_store();
-        let key = "_dativo/lease.json";
         // A holder whose lease expires at once.
-        let a = Lease::acquire(
-            &op,
-            Mode::Generations,
-            key,
-            "L".into(),
-            "j",
-            "run-a",
-            Duration::from_millis(1),
-        )
-        .unwrap();
+        let a = take(&op, "run-a", Duration::from_millis(1)).unwrap();
         // Paused: no more heartbeats (its PID is this process's, so it is not judged dead).
         let mut a = a;
         a.stop_heartbeat();
         std::thread::sleep(Duration::from_millis(20));
-        let b = Lease::acquire(
-            &op,
-            Mode::Generations,
-            key,
-            "L".into(),
-            "j",
-            "run-b",
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        let b = take(&op, "run-b", Duration::from_secs(60)).unwrap();
         assert!(b.took_over, "an expired lease is taken over, with fencing");
         let e = a.check().err().unwrap();
         assert!(e.to_string().contains("lost its lease"), "{e}");
@@ -811,16 +803,7 @@ mod tests {
         // the higher generation still there wins, and the stray one is removed.
         let (dir, op) = generations_store();
         let key = "_dativo/lease.json";
-        let a = Lease::acquire(
-            &op,
-            Mode::Generations,
-            key,
-            "L".into(),
-            "j",
-            "run-a",
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        let a = take(&op, "run-a", Duration::from_secs(60)).unwrap();
         for _ in 0..4 {
             a.check().unwrap();
         }
