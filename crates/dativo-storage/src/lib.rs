@@ -198,6 +198,13 @@ fn azblob(
         .finish())
 }
 
+/// The storage suffixes of Azure's clouds (public, China, US Government).
+const AZURE_CLOUDS: [&str; 3] = [
+    "core.windows.net",
+    "core.chinacloudapi.cn",
+    "core.usgovcloudapi.net",
+];
+
 /// An Azure location as Iceberg engines (Spark, Trino, pyiceberg, DuckDB) name it:
 /// `abfss://container@account.dfs.core.windows.net/prefix` (ADLS Gen2), `abfs://`, or
 /// `wasbs://container@account.blob.core.windows.net/prefix`, `wasb://`.
@@ -241,7 +248,7 @@ impl AzureUrl {
             scheme: scheme.to_string(),
             container: container.to_string(),
             host: host.to_string(),
-            account: account.to_string(),
+            account: account.to_ascii_lowercase(),
             prefix: prefix.trim_matches('/').to_string(),
         }))
     }
@@ -367,22 +374,26 @@ impl Location {
             let mut cfg = opts.azure.cloned().unwrap_or_default();
             if cfg.endpoint.is_none() {
                 // The Blob endpoint of the URL's cloud: `acct.dfs.core.windows.net` →
-                // `https://acct.blob.core.windows.net` (also sovereign clouds' suffixes).
-                let suffix = az
-                    .host
-                    .split_once('.')
-                    .map(|(_, rest)| rest)
-                    .and_then(|rest| {
-                        rest.strip_prefix("dfs.")
-                            .or_else(|| rest.strip_prefix("blob."))
-                    });
+                // `https://acct.blob.core.windows.net`. Only Azure's own clouds: a URL (one
+                // from a table's metadata too) must never send credentials to another host.
+                let host = az.host.to_ascii_lowercase();
+                let suffix = host.split_once('.').and_then(|(_, rest)| {
+                    let rest = rest
+                        .strip_prefix("dfs.")
+                        .or_else(|| rest.strip_prefix("blob."))?;
+                    AZURE_CLOUDS.contains(&rest).then_some(rest)
+                });
+                let account_ok = az
+                    .account
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
                 match suffix {
-                    Some(sfx) if !sfx.is_empty() => {
+                    Some(sfx) if account_ok => {
                         cfg.endpoint = Some(format!("https://{}.blob.{sfx}", az.account))
                     }
                     _ => {
                         return Err(Error::config(format!(
-                            "`{path}`: the host `{}` is not an Azure storage endpoint (ACCOUNT.dfs.core.windows.net); set `azure.endpoint`",
+                            "`{path}`: the host `{}` is not an Azure storage endpoint (ACCOUNT.dfs.core.windows.net, or a sovereign cloud's); set `azure.endpoint` for any other",
                             az.host
                         ))
                         .with_key_path("azure.endpoint"))
@@ -950,6 +961,17 @@ mod tests {
             .unwrap();
         assert!(e.to_string().contains("azure.endpoint"), "{e}");
         assert!(Location::parse("abfss://c@ACCT.dfs.core.chinacloudapi.cn/p", &opts).is_ok());
+        // Never another host, whatever the URL says.
+        for bad in [
+            "abfss://c@acct.dfs.core.windows.net.evil.com/p",
+            "abfss://c@acct.dfs.evil.com/p",
+            "abfss://c@acct.dfs.core.windows.net@evil.com/p",
+        ] {
+            let e = Location::parse(bad, &StoreOptions::default())
+                .err()
+                .unwrap();
+            assert!(e.to_string().contains("azure.endpoint"), "{bad}: {e}");
+        }
         // Without an `azure:` block the URL's account is enough to build the client.
         assert!(Location::parse(
             "abfss://c@acct.dfs.core.windows.net/p",

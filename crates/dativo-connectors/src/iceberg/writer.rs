@@ -447,7 +447,13 @@ pub(crate) async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<Counti
         }
         (warehouse, Arc::new(OpenDalStorageFactory::Gcs))
     } else if let Some(w) = azure_warehouse(&warehouse, cfg.azure.as_ref())? {
-        let factory = AzureBlobStorageFactory::new(cfg.azure.clone().unwrap_or_default());
+        // Pinned to the warehouse's account: a file path in a table's metadata naming another
+        // account is refused, never sent this job's credentials.
+        let mut azure = cfg.azure.clone().unwrap_or_default();
+        if azure.account_name.is_none() {
+            azure.account_name = dativo_storage::AzureUrl::parse(&w)?.map(|u| u.account);
+        }
+        let factory = AzureBlobStorageFactory::new(azure);
         (w, Arc::new(factory))
     } else if dativo_storage::is_remote(&warehouse) {
         return Err(Error::config(format!(

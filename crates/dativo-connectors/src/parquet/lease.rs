@@ -191,12 +191,18 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(op: &opendal::Operator, key: &str, shown: String, mode: Mode) -> Slot {
+    fn new(op: &opendal::Operator, key: &str, shown: String, mode: Mode, ttl: Duration) -> Slot {
         let dir = format!("{}/", key.trim_end_matches(".json"));
+        // Every call bounded by a third of the lease: a store that stops answering must not
+        // hang a renewal or a release (the heartbeat, and the check before each commit, then
+        // see an error while the lease is still ours).
+        let bound = (ttl / 3).max(Duration::from_secs(1));
         Slot {
-            // Every call bounded: a store that stops answering must not hang a renewal or a
-            // release (the heartbeat, and the check before each commit, then see an error).
-            op: op.clone().layer(opendal::layers::TimeoutLayer::new()),
+            op: op.clone().layer(
+                opendal::layers::TimeoutLayer::new()
+                    .with_timeout(bound)
+                    .with_io_timeout(bound),
+            ),
             mode,
             key: key.into(),
             dir,
@@ -344,6 +350,7 @@ impl Slot {
             self.op
                 .write_with(&key, body)
                 .if_not_exists(true)
+                .content_type(CONTENT_TYPE)
                 .into_future(),
         );
         match r {
@@ -458,7 +465,7 @@ impl Lease {
         run_id: &str,
         ttl: Duration,
     ) -> Result<Lease> {
-        let slot = Slot::new(op, key, shown.clone(), mode);
+        let slot = Slot::new(op, key, shown.clone(), mode, ttl);
         let pid = std::process::id();
         let rec = Record {
             format: FORMAT.into(),
@@ -609,7 +616,13 @@ impl Lease {
         // Bounded: a store that does not answer must not hang the writer's close or drop; an
         // unreleased lease only makes the next run wait for it to expire. (The slot's calls
         // block on the runtime, so they run on a thread of their own.)
-        let slot = Slot::new(&s.slot.op, &s.slot.key, s.slot.shown.clone(), s.slot.mode);
+        let slot = Slot::new(
+            &s.slot.op,
+            &s.slot.key,
+            s.slot.shown.clone(),
+            s.slot.mode,
+            s.ttl,
+        );
         let (tx, rx) = mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("dativo-lease-release".into())
@@ -808,7 +821,13 @@ mod tests {
             a.check().unwrap();
         }
         assert_eq!(generations(dir.path()), ["00000000000000000005.json"]);
-        let stale = Slot::new(&op, key, "L".into(), Mode::Generations);
+        let stale = Slot::new(
+            &op,
+            key,
+            "L".into(),
+            Mode::Generations,
+            Duration::from_secs(60),
+        );
         assert_eq!(stale.replace("2", b"{}".to_vec()).unwrap(), None);
         assert_eq!(generations(dir.path()), ["00000000000000000005.json"]);
         // Replacing the current generation works, and only once.
