@@ -23,8 +23,7 @@ import uuid
 
 import duckdb
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from conftest import BIN, ROOT, package_sdk_and_scaffold, rust_scaffold_build, write_job
 
@@ -60,9 +59,24 @@ def statement(publisher, e, name):
             f"size {e['size']}\nsha256 {e['sha256']}\n").encode()
 
 
+# An Ed25519 private key in PKCS#8 v2 (RFC 5958/8410, the form dativo writes): version 1, the
+# algorithm 1.3.101.112, the 32-byte seed, then the public key ([1] IMPLICIT BIT STRING).
+# Read by its fixed layout:
+# pyca/cryptography's DER parser refuses v2 documents in some releases (50.x, the newest that
+# msal allows beside it), and only the seed matters to sign.
+_PKCS8_V2_ED25519 = bytes.fromhex("3051020101300506032b657004220420")
+
+
 def secret_key(path):
     k = json.loads(path.read_text())
-    return serialization.load_der_private_key(base64.b64decode(k["pkcs8"]), password=None)
+    der = base64.b64decode(k["pkcs8"])
+    assert len(der) == 83 and der.startswith(_PKCS8_V2_ED25519) and der[48:51] == bytes.fromhex("812100"), \
+        f"not an Ed25519 PKCS#8 v2 key: {der[:20].hex()}"
+    key = Ed25519PrivateKey.from_private_bytes(der[16:48])
+    # The public key stored beside the seed is the seed's.
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    assert key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw) == der[51:83]
+    return key
 
 
 def public_key(line):
