@@ -15,7 +15,6 @@
 //! * Concurrent jobs appending to one table: the commit is retried on conflicts
 //!   (`commit.retry.num-retries` is set to 20 on tables dativo creates).
 
-mod azure_io;
 pub mod commit;
 mod config;
 pub mod counting;
@@ -23,6 +22,7 @@ mod encrypted;
 pub mod maintain;
 mod merge;
 mod modes;
+mod object_io;
 mod writer;
 
 pub use config::{

@@ -30,7 +30,7 @@ use iceberg_catalog_rest::RestCatalogBuilder;
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 use iceberg_storage_opendal::OpenDalStorageFactory;
 
-use super::azure_io::AzureBlobStorageFactory;
+use super::object_io::ObjectStorageFactory;
 use parquet::file::properties::WriterProperties;
 use serde_json::Value;
 
@@ -373,22 +373,6 @@ pub(crate) fn sql_catalog_uri(cfg: &IcebergWriterConfig) -> Result<String> {
     })
 }
 
-/// A partitioned table whose files live on gs:// cannot be written here: opendal 0.57's
-/// single-request GCS uploads encode object names twice, so a data file under `day=1/` would be
-/// stored as `day%3D1/` while the snapshot names `day=1/`. Checked on the table itself (one
-/// created elsewhere, or through a REST catalog, as well as by `partition_by`).
-pub(crate) fn refuse_partitioned_on_gcs(table: &iceberg::table::Table, name: &str) -> Result<()> {
-    let md = table.metadata();
-    if md.location().starts_with("gs://") && !md.default_partition_spec().is_unpartitioned() {
-        return Err(Error::config(format!(
-            "table {name} at {} is partitioned: partitioned Iceberg tables on gs:// are refused for now (the GCS client, opendal 0.57, stores `col=value` directories under another name than the table's metadata gives); use an unpartitioned table, or s3:// or a local warehouse",
-            md.location()
-        ))
-        .with_key_path("partition_by"));
-    }
-    Ok(())
-}
-
 /// An Azure warehouse in the form Iceberg engines read, `abfss://container@account.dfs.core.windows.net/prefix`
 /// (`az://container/prefix` is rewritten to it, with `azure.account_name`); `None` when
 /// `warehouse` is not on Azure. The URL is checked against the `azure:` block here, so a
@@ -436,16 +420,13 @@ pub(crate) async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<Counti
             }),
         )
     } else if warehouse.starts_with("gs://") {
-        if !cfg.partition_by.is_empty() {
-            // opendal 0.57's GCS uploads encode object names twice: a partition directory
-            // `day=1` is stored as `day%3D1`, and the table's metadata would point at files
-            // that do not exist under that name.
-            return Err(Error::config(format!(
-                "warehouse `{warehouse}`: partitioned Iceberg tables on gs:// are refused for now: the GCS client (opendal 0.57) stores `col=value` directories under another name than the table's metadata gives; use an unpartitioned table, or s3:// or a local warehouse"
-            ))
-            .with_key_path("partition_by"));
-        }
-        (warehouse, Arc::new(OpenDalStorageFactory::Gcs))
+        (
+            warehouse,
+            Arc::new(ObjectStorageFactory::new(
+                Default::default(),
+                cfg.gcs.clone(),
+            )),
+        )
     } else if let Some(w) = azure_warehouse(&warehouse, cfg.azure.as_ref())? {
         // Pinned to the warehouse's account: a file path in a table's metadata naming another
         // account is refused, never sent this job's credentials.
@@ -453,7 +434,7 @@ pub(crate) async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<Counti
         if azure.account_name.is_none() {
             azure.account_name = dativo_storage::AzureUrl::parse(&w)?.map(|u| u.account);
         }
-        let factory = AzureBlobStorageFactory::new(azure);
+        let factory = ObjectStorageFactory::new(azure, None);
         (w, Arc::new(factory))
     } else if dativo_storage::is_remote(&warehouse) {
         return Err(Error::config(format!(
@@ -702,7 +683,6 @@ async fn open_table(
         ))
         .with_key_path("encryption"));
     }
-    refuse_partitioned_on_gcs(&table, &cfg.table)?;
     let table = evolve(catalog, table, &compatible).await?;
     let target = schema_to_arrow_schema(table.metadata().current_schema())
         .map_err(|e| ice(e, "reading the table schema"))?;

@@ -537,7 +537,6 @@ pub(super) async fn compact_with(
 ) -> Result<MaintenanceReport> {
     let table = h.load().await?;
     check_table(h, &table)?;
-    crate::iceberg::writer::refuse_partitioned_on_gcs(&table, &h.cfg.table)?;
     let md = table.metadata();
     let target = target_size(opts, md, &h.cfg);
     let live = LiveFiles::load(&table).await?;

@@ -1,12 +1,15 @@
-//! Iceberg tables on Azure Blob Storage.
+//! Iceberg tables on Azure Blob Storage and Google Cloud Storage, through dativo's own object
+//! store clients (opendal, with the job's `azure:` / `gcs:` block and credential chain).
 //!
-//! iceberg-rust 0.10 reaches Azure only through the ADLS Gen2 (DFS) API, which Blob-only
-//! accounts and Azurite do not serve, and with no endpoint setting. This storage speaks the
-//! Blob API instead (opendal's azblob service, the client dativo's other `az://` paths use, with
-//! the same `azure:` block and credential chain), for the URLs Iceberg engines write:
-//! `abfss://container@account.dfs.core.windows.net/path` (also `abfs://`, `wasbs://`,
-//! `wasb://`). Spark, Trino, pyiceberg and DuckDB read tables with those locations; on an
-//! account with a hierarchical namespace the Blob and DFS APIs see the same objects.
+//! * **Azure.** iceberg-rust 0.10 reaches Azure only through the ADLS Gen2 (DFS) API, which
+//!   Blob-only accounts and Azurite do not serve, and with no endpoint setting. This storage
+//!   speaks the Blob API instead, for the URLs Iceberg engines write:
+//!   `abfss://container@account.dfs.core.windows.net/path` (also `abfs://`, `wasbs://`,
+//!   `wasb://`). Spark, Trino, pyiceberg and DuckDB read tables with those locations; on an
+//!   account with a hierarchical namespace the Blob and DFS APIs see the same objects.
+//! * **GCS.** opendal 0.57 stores an object written in one request under a twice-encoded name
+//!   (`day=1` → `day%3D1`), so a partitioned table's data files would not be where its
+//!   metadata says: such keys are staged under a plain name and copied into place.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -27,39 +30,44 @@ use serde::{Deserialize, Serialize};
 use dativo_core::secrets;
 use dativo_storage::{AzureConfig, AzureUrl, Location, StoreOptions};
 
-/// Builds [`AzureBlobStorage`] with the job's `azure:` settings. (Credentials a REST catalog
+/// Builds [`ObjectStorage`] with the job's `azure:` and `gcs:` settings. (Credentials a REST catalog
 /// vends in the storage properties, `adls.sas-token.*`, are not used: the `azure:` block's and
 /// the credential chain's are.)
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub(crate) struct AzureBlobStorageFactory {
+pub(crate) struct ObjectStorageFactory {
     /// Never serialized (it holds secrets); a deserialized factory uses the environment's
     /// credential chain only.
     #[serde(skip)]
     cfg: AzureConfig,
+    #[serde(skip)]
+    gcs: Option<dativo_storage::GcsConfig>,
 }
 
-impl AzureBlobStorageFactory {
-    pub(crate) fn new(cfg: AzureConfig) -> Self {
-        AzureBlobStorageFactory { cfg }
+impl ObjectStorageFactory {
+    pub(crate) fn new(cfg: AzureConfig, gcs: Option<dativo_storage::GcsConfig>) -> Self {
+        ObjectStorageFactory { cfg, gcs }
     }
 }
 
-#[typetag::serde(name = "DativoAzureBlobStorageFactory")]
-impl StorageFactory for AzureBlobStorageFactory {
+#[typetag::serde(name = "DativoObjectStorageFactory")]
+impl StorageFactory for ObjectStorageFactory {
     fn build(&self, _config: &StorageConfig) -> iceberg::Result<Arc<dyn Storage>> {
-        Ok(Arc::new(AzureBlobStorage {
+        Ok(Arc::new(ObjectStorage {
             cfg: self.cfg.clone(),
+            gcs: self.gcs.clone(),
             ops: Arc::default(),
         }))
     }
 }
 
-/// Iceberg's file IO over Azure Blob Storage: one operator per container, rooted at the
-/// container, built on first use.
+/// Iceberg's file IO over Azure Blob Storage and GCS: one operator per container or bucket,
+/// rooted there, built on first use.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct AzureBlobStorage {
+pub(crate) struct ObjectStorage {
     #[serde(skip)]
     cfg: AzureConfig,
+    #[serde(skip)]
+    gcs: Option<dativo_storage::GcsConfig>,
     #[serde(skip)]
     ops: Arc<Mutex<HashMap<String, Operator>>>,
 }
@@ -72,9 +80,34 @@ fn io_error(e: opendal::Error, doing: &str, path: &str) -> iceberg::Error {
     .with_source(e)
 }
 
-impl AzureBlobStorage {
+impl ObjectStorage {
     /// The operator for `path`'s container and the object's key inside it.
     fn resolve(&self, path: &str) -> iceberg::Result<(Operator, String)> {
+        if let Some(rest) = path.strip_prefix("gs://") {
+            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+            let root = format!("gs://{bucket}");
+            let mut ops = self.ops.lock().expect("not poisoned");
+            let op = match ops.entry(root) {
+                Entry::Occupied(o) => o.get().clone(),
+                Entry::Vacant(v) => {
+                    let opts = StoreOptions {
+                        gcs: self.gcs.as_ref(),
+                        ..Default::default()
+                    };
+                    let loc = Location::parse(v.key(), &opts).map_err(|e| {
+                        iceberg::Error::new(iceberg::ErrorKind::DataInvalid, e.to_string())
+                    })?;
+                    let op = loc
+                        .operator()
+                        .expect("a gs:// URL is an object store")
+                        .clone()
+                        .layer(TimeoutLayer::new())
+                        .layer(RetryLayer::new());
+                    v.insert(op).clone()
+                }
+            };
+            return Ok((op, key.to_string()));
+        }
         let url = match AzureUrl::parse(path) {
             Ok(Some(u)) => u,
             Ok(None) => {
@@ -117,9 +150,9 @@ impl AzureBlobStorage {
     }
 }
 
-#[typetag::serde(name = "DativoAzureBlobStorage")]
+#[typetag::serde(name = "DativoObjectStorage")]
 #[async_trait]
-impl Storage for AzureBlobStorage {
+impl Storage for ObjectStorage {
     async fn exists(&self, path: &str) -> iceberg::Result<bool> {
         let (op, key) = self.resolve(path)?;
         op.exists(&key)
@@ -158,19 +191,28 @@ impl Storage for AzureBlobStorage {
 
     async fn write(&self, path: &str, bs: Bytes) -> iceberg::Result<()> {
         let (op, key) = self.resolve(path)?;
-        op.write(&key, bs)
+        let staged = gcs_staging(path, &key);
+        op.write(staged.as_deref().unwrap_or(&key), bs)
             .await
             .map_err(|e| io_error(e, "writing", path))?;
+        if let Some(staged) = staged {
+            publish(&op, &staged, &key, path).await?;
+        }
         Ok(())
     }
 
     async fn writer(&self, path: &str) -> iceberg::Result<Box<dyn FileWrite>> {
         let (op, key) = self.resolve(path)?;
+        let staged = gcs_staging(path, &key);
         let w = op
-            .writer(&key)
+            .writer(staged.as_deref().unwrap_or(&key))
             .await
             .map_err(|e| io_error(e, "creating", path))?;
-        Ok(Box::new(BlobWriter(w, path.to_string())))
+        Ok(Box::new(BlobWriter {
+            inner: w,
+            path: path.to_string(),
+            publish: staged.map(|s| (op, s, key)),
+        }))
     }
 
     async fn delete(&self, path: &str) -> iceberg::Result<()> {
@@ -227,22 +269,56 @@ impl FileRead for BlobReader {
 }
 
 /// A streaming (block-list) upload of one blob.
-struct BlobWriter(opendal::Writer, String);
+struct BlobWriter {
+    inner: opendal::Writer,
+    path: String,
+    /// On GCS, for a key opendal would store under another name: the operator, the staging
+    /// key written, and the key it is copied to on close.
+    publish: Option<(Operator, String, String)>,
+}
 
 #[async_trait]
 impl FileWrite for BlobWriter {
     async fn write(&mut self, bs: Bytes) -> iceberg::Result<()> {
-        self.0
+        self.inner
             .write(bs)
             .await
-            .map_err(|e| io_error(e, "writing", &self.1))
+            .map_err(|e| io_error(e, "writing", &self.path))
     }
 
     async fn close(&mut self) -> iceberg::Result<()> {
-        self.0
+        self.inner
             .close()
             .await
-            .map(|_| ())
-            .map_err(|e| io_error(e, "finishing", &self.1))
+            .map_err(|e| io_error(e, "finishing", &self.path))?;
+        if let Some((op, staged, key)) = self.publish.take() {
+            publish(&op, &staged, &key, &self.path).await?;
+        }
+        Ok(())
     }
+}
+
+/// opendal 0.57's GCS uploads in one request percent-encode the object name twice: a key
+/// holding a character outside `A-Z a-z 0-9 - _ . ! ~ * ' ( ) /` (a partition directory
+/// `day=2026-01-01`) would be stored as `day%3D2026-01-01`. Such a key is written under a
+/// plain staging name beside its first such directory and copied into place (a server-side
+/// rewrite names it right), as the Parquet writer stages its files. `None`: write in place.
+fn gcs_staging(path: &str, key: &str) -> Option<String> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"-_.!~*'()/".contains(&b);
+    if !path.starts_with("gs://") || key.bytes().all(plain) {
+        return None;
+    }
+    let first = key.bytes().position(|b| !plain(b)).unwrap_or(0);
+    let dir = key[..first].rfind('/').map_or("", |i| &key[..=i]);
+    Some(format!("{dir}.dativo-upload-{}", uuid::Uuid::now_v7()))
+}
+
+/// Copy the staged object `staged` to `key` and delete the staging object.
+async fn publish(op: &Operator, staged: &str, key: &str, path: &str) -> iceberg::Result<()> {
+    op.copy(staged, key)
+        .await
+        .map_err(|e| io_error(e, "publishing", path))?;
+    // A staging object left behind is unreferenced: orphan removal deletes it.
+    let _ = op.delete(staged).await;
+    Ok(())
 }
