@@ -55,6 +55,10 @@ pub struct GcsConfig {
     /// VM metadata server.
     #[serde(default)]
     pub anonymous: bool,
+    /// An OAuth token handed out by an Iceberg REST catalog (`gcs.oauth2.token`); not set in
+    /// job files. Used when no key file is given.
+    #[serde(skip)]
+    pub token: Option<Secret>,
 }
 
 /// `azure:` — Azure Blob Storage settings for `az://container/prefix`.
@@ -341,6 +345,9 @@ impl Location {
             }
             if let Some(e) = &cfg.endpoint {
                 b = b.endpoint(e);
+            }
+            if let (Some(t), None) = (&cfg.token, &cfg.credential_path) {
+                b = b.token(t.expose().to_string());
             }
             if cfg.anonymous {
                 if cfg.credential_path.is_some() {

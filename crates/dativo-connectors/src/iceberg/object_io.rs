@@ -30,31 +30,52 @@ use serde::{Deserialize, Serialize};
 use dativo_core::secrets;
 use dativo_storage::{AzureConfig, AzureUrl, Location, StoreOptions};
 
-/// Builds [`ObjectStorage`] with the job's `azure:` and `gcs:` settings. (Credentials a REST catalog
-/// vends in the storage properties, `adls.sas-token.*`, are not used: the `azure:` block's and
-/// the credential chain's are.)
+/// Builds [`ObjectStorage`] for one store: Azure with the job's `azure:` settings, or GCS with
+/// its `gcs:` settings. (Credentials an Iceberg REST catalog vends: `gcs.oauth2.token` is used
+/// when no key file is set; Azure's `adls.sas-token.*` are not — the `azure:` block's and the
+/// credential chain's are.)
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct ObjectStorageFactory {
-    /// Never serialized (it holds secrets); a deserialized factory uses the environment's
-    /// credential chain only.
+    /// Never serialized (it holds secrets); a deserialized factory reaches no store.
     #[serde(skip)]
-    cfg: AzureConfig,
-    #[serde(skip)]
-    gcs: Option<dativo_storage::GcsConfig>,
+    store: Option<Store>,
+}
+
+/// The store a table's files are on, and how to reach it.
+#[derive(Debug, Clone)]
+enum Store {
+    Azure(AzureConfig),
+    Gcs(dativo_storage::GcsConfig),
 }
 
 impl ObjectStorageFactory {
-    pub(crate) fn new(cfg: AzureConfig, gcs: Option<dativo_storage::GcsConfig>) -> Self {
-        ObjectStorageFactory { cfg, gcs }
+    /// For a warehouse on Azure (pinned to `cfg`'s account).
+    pub(crate) fn azure(cfg: AzureConfig) -> Self {
+        ObjectStorageFactory {
+            store: Some(Store::Azure(cfg)),
+        }
+    }
+
+    /// For a warehouse on GCS.
+    pub(crate) fn gcs(cfg: dativo_storage::GcsConfig) -> Self {
+        ObjectStorageFactory {
+            store: Some(Store::Gcs(cfg)),
+        }
     }
 }
 
 #[typetag::serde(name = "DativoObjectStorageFactory")]
 impl StorageFactory for ObjectStorageFactory {
-    fn build(&self, _config: &StorageConfig) -> iceberg::Result<Arc<dyn Storage>> {
+    fn build(&self, config: &StorageConfig) -> iceberg::Result<Arc<dyn Storage>> {
+        let mut store = self.store.clone();
+        if let Some(Store::Gcs(g)) = &mut store {
+            if let Some(t) = config.get(iceberg::io::GCS_TOKEN) {
+                secrets::register(t);
+                g.token = Some(dativo_core::secrets::Secret::new(t.clone()));
+            }
+        }
         Ok(Arc::new(ObjectStorage {
-            cfg: self.cfg.clone(),
-            gcs: self.gcs.clone(),
+            store,
             ops: Arc::default(),
         }))
     }
@@ -65,9 +86,7 @@ impl StorageFactory for ObjectStorageFactory {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct ObjectStorage {
     #[serde(skip)]
-    cfg: AzureConfig,
-    #[serde(skip)]
-    gcs: Option<dativo_storage::GcsConfig>,
+    store: Option<Store>,
     #[serde(skip)]
     ops: Arc<Mutex<HashMap<String, Operator>>>,
 }
@@ -83,7 +102,16 @@ fn io_error(e: opendal::Error, doing: &str, path: &str) -> iceberg::Error {
 impl ObjectStorage {
     /// The operator for `path`'s container and the object's key inside it.
     fn resolve(&self, path: &str) -> iceberg::Result<(Operator, String)> {
+        let refuse = |what: &str| {
+            Err(iceberg::Error::new(
+                iceberg::ErrorKind::DataInvalid,
+                format!("`{path}` is not on this table's store ({what}): refused"),
+            ))
+        };
         if let Some(rest) = path.strip_prefix("gs://") {
+            let Some(Store::Gcs(gcs)) = &self.store else {
+                return refuse("a gs:// path beside an Azure warehouse");
+            };
             let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
             let root = format!("gs://{bucket}");
             let mut ops = self.ops.lock().expect("not poisoned");
@@ -91,7 +119,7 @@ impl ObjectStorage {
                 Entry::Occupied(o) => o.get().clone(),
                 Entry::Vacant(v) => {
                     let opts = StoreOptions {
-                        gcs: self.gcs.as_ref(),
+                        gcs: Some(gcs),
                         ..Default::default()
                     };
                     let loc = Location::parse(v.key(), &opts).map_err(|e| {
@@ -108,6 +136,9 @@ impl ObjectStorage {
             };
             return Ok((op, key.to_string()));
         }
+        let Some(Store::Azure(azure)) = &self.store else {
+            return refuse("not a gs:// path");
+        };
         let url = match AzureUrl::parse(path) {
             Ok(Some(u)) => u,
             Ok(None) => {
@@ -129,7 +160,7 @@ impl ObjectStorage {
             Entry::Occupied(o) => o.get().clone(),
             Entry::Vacant(v) => {
                 let opts = StoreOptions {
-                    azure: Some(&self.cfg),
+                    azure: Some(azure),
                     ..Default::default()
                 };
                 let loc = Location::parse(v.key(), &opts).map_err(|e| {

@@ -422,9 +422,8 @@ pub(crate) async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<Counti
     } else if warehouse.starts_with("gs://") {
         (
             warehouse,
-            Arc::new(ObjectStorageFactory::new(
-                Default::default(),
-                cfg.gcs.clone(),
+            Arc::new(ObjectStorageFactory::gcs(
+                cfg.gcs.clone().unwrap_or_default(),
             )),
         )
     } else if let Some(w) = azure_warehouse(&warehouse, cfg.azure.as_ref())? {
@@ -434,7 +433,7 @@ pub(crate) async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<Counti
         if azure.account_name.is_none() {
             azure.account_name = dativo_storage::AzureUrl::parse(&w)?.map(|u| u.account);
         }
-        let factory = ObjectStorageFactory::new(azure, None);
+        let factory = ObjectStorageFactory::azure(azure);
         (w, Arc::new(factory))
     } else if dativo_storage::is_remote(&warehouse) {
         return Err(Error::config(format!(
@@ -467,25 +466,6 @@ pub(crate) async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<Counti
         );
         if s3.path_style {
             s3_props.insert(S3_PATH_STYLE_ACCESS.to_string(), "true".to_string());
-        }
-    }
-    if let Some(g) = &cfg.gcs {
-        // iceberg-rust's GCS properties; a key file is passed as its (base64) contents.
-        if let Some(e) = &g.endpoint {
-            s3_props.insert(iceberg::io::GCS_SERVICE_PATH.to_string(), e.clone());
-        }
-        if g.anonymous {
-            s3_props.insert(iceberg::io::GCS_NO_AUTH.to_string(), "true".to_string());
-        }
-        if let Some(path) = &g.credential_path {
-            use base64::Engine as _;
-            let json = std::fs::read(path).map_err(|e| {
-                Error::config(format!("gcs.credential_path {path}: {e}")).with_key_path("gcs")
-            })?;
-            let encoded = base64::engine::general_purpose::STANDARD.encode(json);
-            // Never in a log line, whichever library would print it.
-            secrets::register(&encoded);
-            s3_props.insert(iceberg::io::GCS_CREDENTIALS_JSON.to_string(), encoded);
         }
     }
     if cfg.catalog.kind == CatalogKind::Rest {
