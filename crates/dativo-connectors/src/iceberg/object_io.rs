@@ -100,75 +100,46 @@ fn io_error(e: opendal::Error, doing: &str, path: &str) -> iceberg::Error {
 }
 
 impl ObjectStorage {
-    /// The operator for `path`'s container and the object's key inside it.
+    /// The operator for `path`'s container or bucket and the object's key inside it.
     fn resolve(&self, path: &str) -> iceberg::Result<(Operator, String)> {
-        let refuse = |what: &str| {
-            Err(iceberg::Error::new(
-                iceberg::ErrorKind::DataInvalid,
-                format!("`{path}` is not on this table's store ({what}): refused"),
-            ))
-        };
-        if let Some(rest) = path.strip_prefix("gs://") {
-            let Some(Store::Gcs(gcs)) = &self.store else {
-                return refuse("a gs:// path beside an Azure warehouse");
-            };
-            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-            let root = format!("gs://{bucket}");
-            let mut ops = self.ops.lock().expect("not poisoned");
-            let op = match ops.entry(root) {
-                Entry::Occupied(o) => o.get().clone(),
-                Entry::Vacant(v) => {
-                    let opts = StoreOptions {
-                        gcs: Some(gcs),
-                        ..Default::default()
-                    };
-                    let loc = Location::parse(v.key(), &opts).map_err(|e| {
-                        iceberg::Error::new(iceberg::ErrorKind::DataInvalid, e.to_string())
-                    })?;
-                    let op = loc
-                        .operator()
-                        .expect("a gs:// URL is an object store")
-                        .clone()
-                        .layer(TimeoutLayer::new())
-                        .layer(RetryLayer::new());
-                    v.insert(op).clone()
-                }
-            };
-            return Ok((op, key.to_string()));
-        }
-        let Some(Store::Azure(azure)) = &self.store else {
-            return refuse("not a gs:// path");
-        };
-        let url = match AzureUrl::parse(path) {
-            Ok(Some(u)) => u,
-            Ok(None) => {
-                return Err(iceberg::Error::new(
-                    iceberg::ErrorKind::DataInvalid,
-                    format!("`{path}` is not an Azure location (abfss://container@account.dfs.core.windows.net/…)"),
-                ))
+        let invalid = |msg: String| Err(iceberg::Error::new(iceberg::ErrorKind::DataInvalid, msg));
+        let (root, key, opts) = match (&self.store, path.strip_prefix("gs://")) {
+            (Some(Store::Gcs(gcs)), Some(rest)) => {
+                let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+                let opts = StoreOptions {
+                    gcs: Some(gcs),
+                    ..Default::default()
+                };
+                (format!("gs://{bucket}"), key.to_string(), opts)
             }
-            Err(e) => {
-                return Err(iceberg::Error::new(
-                    iceberg::ErrorKind::DataInvalid,
-                    e.to_string(),
-                ))
-            }
-        };
-        let root = url.root_with("");
-        let mut ops = self.ops.lock().expect("not poisoned");
-        let op = match ops.entry(root) {
-            Entry::Occupied(o) => o.get().clone(),
-            Entry::Vacant(v) => {
+            (Some(Store::Azure(azure)), None) => {
+                let url = match AzureUrl::parse(path) {
+                    Ok(Some(u)) => u,
+                    Ok(None) => {
+                        return invalid(format!(
+                            "`{path}` is not an Azure location (abfss://container@account.dfs.core.windows.net/…)"
+                        ))
+                    }
+                    Err(e) => return invalid(e.to_string()),
+                };
                 let opts = StoreOptions {
                     azure: Some(azure),
                     ..Default::default()
                 };
+                (url.root_with(""), url.prefix, opts)
+            }
+            _ => return invalid(format!("`{path}` is not on this table's store: refused")),
+        };
+        let mut ops = self.ops.lock().expect("not poisoned");
+        let op = match ops.entry(root) {
+            Entry::Occupied(o) => o.get().clone(),
+            Entry::Vacant(v) => {
                 let loc = Location::parse(v.key(), &opts).map_err(|e| {
                     iceberg::Error::new(iceberg::ErrorKind::DataInvalid, e.to_string())
                 })?;
                 let op = loc
                     .operator()
-                    .expect("an Azure URL is an object store")
+                    .expect("a gs:// or Azure URL is an object store")
                     .clone()
                     // As iceberg-rust does for its own stores: each attempt bounded, transient
                     // failures retried.
@@ -177,7 +148,7 @@ impl ObjectStorage {
                 v.insert(op).clone()
             }
         };
-        Ok((op, url.prefix))
+        Ok((op, key))
     }
 }
 
