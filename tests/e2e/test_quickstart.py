@@ -71,7 +71,7 @@ def test_validate_check_and_plugins(dativo):
 
 def test_every_example_job_validates(dativo):
     env = {"PG_URL": "postgres://u@127.0.0.1/db", "MYSQL_URL": "mysql://u@127.0.0.1/db",
-           "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b",
+           "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b", "AZURE_STORAGE_KEY": "c2VjcmV0",
            "ADBC_PG": "/x/libadbc_driver_postgresql.so", "ADBC_SQLITE": "/x/libadbc_driver_sqlite.so",
            # The example jobs name ../plugins/…: outside their directory.
            "DATIVO_ALLOW_PLUGIN_PATH": str(ROOT / "examples/plugins")}
