@@ -398,6 +398,32 @@ def test_the_azure_iceberg_example_job_runs_on_azurite(dativo, tmp_path, pg):
         sql(pg, f"DROP TABLE IF EXISTS {src}")
 
 
+def test_the_gcs_example_job_runs_on_fake_gcs_server(dativo, tmp_path):
+    """examples/jobs/csv_to_parquet_on_gcs.yaml with only its buckets, the endpoint and
+    `anonymous` changed: every row lands once, and a second run with one new object reads only
+    that one."""
+    if not GCS:
+        pytest.skip("needs fake-gcs-server (scripts/test starts it)")
+    landing, lake = Gcs(), Gcs()
+    write_csvs(tmp_path / "src", files=2, rows=300)
+    for f in sorted((tmp_path / "src").iterdir()):
+        landing.put(f"events/{f.name}", f.read_bytes())
+    text = (ROOT / "examples/jobs/csv_to_parquet_on_gcs.yaml").read_text()
+    for old, new in [("gs://acme-landing/", f"gs://{landing.bucket}/"), ("gs://acme-lake/", f"gs://{lake.bucket}/"),
+                     ("      {}\n", ""), ("# endpoint: http://127.0.0.1:4443", f"endpoint: {GCS}"),
+                     ("# anonymous: true", "anonymous: true")]:
+        assert old in text, old
+        text = text.replace(old, new)
+    job = write_job(tmp_path / "example.yaml", text)
+    dativo.run("run", job, "--no-progress", check=0)
+    assert lake_rows(lake, tmp_path, "events/") == (600, 600, sum(range(600)))
+    write_csvs(tmp_path / "more", files=1, rows=50, start_id=600)
+    landing.put("events/zz.csv", (tmp_path / "more" / "part-0000.csv").read_bytes())
+    p = dativo.run("run", job, "--no-progress", check=0)
+    assert " 50 " in p.stdout or "rows     50" in p.stdout, p.stdout
+    assert lake_rows(lake, tmp_path, "events/") == (650, 650, sum(range(650)))
+
+
 def test_iceberg_on_azure_config_errors_name_the_field(dativo, tmp_path):
     """`az://` needs the account for the table's abfss:// location; an abfss:// URL naming
     another account than `azure.account_name` is refused before anything is written."""
