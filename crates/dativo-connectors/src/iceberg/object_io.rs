@@ -192,15 +192,10 @@ impl Storage for ObjectStorage {
     }
 
     async fn write(&self, path: &str, bs: Bytes) -> iceberg::Result<()> {
-        let (op, key) = self.resolve(path)?;
-        let staged = gcs_staging(path, &key);
-        op.write(staged.as_deref().unwrap_or(&key), bs)
-            .await
-            .map_err(|e| io_error(e, "writing", path))?;
-        if let Some(staged) = staged {
-            publish(&op, &staged, &key, path).await?;
-        }
-        Ok(())
+        // One way to write (and to stage a GCS key): through the writer.
+        let mut w = self.writer(path).await?;
+        w.write(bs).await?;
+        w.close().await
     }
 
     async fn writer(&self, path: &str) -> iceberg::Result<Box<dyn FileWrite>> {

@@ -180,6 +180,7 @@ pub fn supported(op: &opendal::Operator, key: &str, shown: &str) -> Result<Optio
 
 /// Where a lease lives and how it is replaced: every read and conditional write goes through
 /// here. A version is an etag ([`Mode::Etag`]) or a generation number ([`Mode::Generations`]).
+#[derive(Clone)]
 struct Slot {
     op: opendal::Operator,
     mode: Mode,
@@ -277,23 +278,35 @@ impl Slot {
         )))
     }
 
+    /// Write `body` to `key` if it does not exist (`if_match: None`) or still has that etag:
+    /// the write's metadata, or `None` when the condition failed (for a replace also when the
+    /// object is gone).
+    fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        if_match: Option<&str>,
+    ) -> std::result::Result<Option<opendal::Metadata>, opendal::Error> {
+        let write = self.op.write_with(key, body).content_type(CONTENT_TYPE);
+        let write = match if_match {
+            Some(etag) => write.if_match(etag),
+            None => write.if_not_exists(true),
+        };
+        match runtime().block_on(write.into_future()) {
+            Ok(meta) => Ok(Some(meta)),
+            Err(e) if precondition_failed(&e) => Ok(None),
+            Err(e) if if_match.is_some() && e.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Create the lease where none exists: the new version, or `None` when one exists.
     fn create(&self, body: Vec<u8>) -> std::result::Result<Option<String>, opendal::Error> {
         match self.mode {
-            Mode::Etag => {
-                let r = runtime().block_on(
-                    self.op
-                        .write_with(&self.key, body)
-                        .if_not_exists(true)
-                        .content_type(CONTENT_TYPE)
-                        .into_future(),
-                );
-                match r {
-                    Ok(meta) => Ok(Some(self.etag_after(meta)?)),
-                    Err(e) if precondition_failed(&e) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            }
+            Mode::Etag => match self.put(&self.key, body, None)? {
+                Some(meta) => Ok(Some(self.etag_after(meta)?)),
+                None => Ok(None),
+            },
             Mode::Generations => {
                 // Generation 1, unless any exists (the highest is never deleted).
                 if !self.generations()?.is_empty() {
@@ -312,24 +325,10 @@ impl Slot {
         body: Vec<u8>,
     ) -> std::result::Result<Option<String>, opendal::Error> {
         match self.mode {
-            Mode::Etag => {
-                let r = runtime().block_on(
-                    self.op
-                        .write_with(&self.key, body)
-                        .if_match(version)
-                        .content_type(CONTENT_TYPE)
-                        .into_future(),
-                );
-                match r {
-                    Ok(meta) => Ok(Some(self.etag_after(meta)?)),
-                    Err(e)
-                        if precondition_failed(&e) || e.kind() == opendal::ErrorKind::NotFound =>
-                    {
-                        Ok(None)
-                    }
-                    Err(e) => Err(e),
-                }
-            }
+            Mode::Etag => match self.put(&self.key, body, Some(version))? {
+                Some(meta) => Ok(Some(self.etag_after(meta)?)),
+                None => Ok(None),
+            },
             Mode::Generations => match version.parse::<u64>() {
                 Ok(n) => self.next_generation(n, body),
                 Err(_) => Ok(None),
@@ -346,17 +345,8 @@ impl Slot {
         body: Vec<u8>,
     ) -> std::result::Result<Option<String>, opendal::Error> {
         let key = self.generation_key(n + 1);
-        let r = runtime().block_on(
-            self.op
-                .write_with(&key, body)
-                .if_not_exists(true)
-                .content_type(CONTENT_TYPE)
-                .into_future(),
-        );
-        match r {
-            Ok(_) => {}
-            Err(e) if precondition_failed(&e) => return Ok(None),
-            Err(e) => return Err(e),
+        if self.put(&key, body, None)?.is_none() {
+            return Ok(None);
         }
         let present = self.generations()?;
         if present.iter().any(|&g| g > n + 1) {
@@ -616,13 +606,7 @@ impl Lease {
         // Bounded: a store that does not answer must not hang the writer's close or drop; an
         // unreleased lease only makes the next run wait for it to expire. (The slot's calls
         // block on the runtime, so they run on a thread of their own.)
-        let slot = Slot::new(
-            &s.slot.op,
-            &s.slot.key,
-            s.slot.shown.clone(),
-            s.slot.mode,
-            s.ttl,
-        );
+        let slot = s.slot.clone();
         let (tx, rx) = mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("dativo-lease-release".into())
