@@ -209,6 +209,47 @@ retry: {{attempts: 1}}
     assert AZ_KEY not in p.stdout + p.stderr
 
 
+def test_iceberg_exactly_once_under_kills_on_the_store(dativo, tmp_path, store):
+    """SIGKILL at random points of a partitioned Iceberg load on gs:// or Azure (commits every
+    1,000 rows, files written through dativo's object storage, GCS's staged and copied): after
+    a final run pyiceberg reads every id exactly once (a staging object a kill leaves behind is
+    unreferenced; orphan removal deletes it)."""
+    import random
+    import signal
+    import time
+    from lakecheck import Lake
+    total = write_csvs(tmp_path / "data", 12, 3000)
+    warehouse = store.abfss("wh") if store.scheme == "az" else f"gs://{store.bucket}/wh"
+    j = iceberg_job(tmp_path / "job.yaml", f"ice_kill_{store.scheme}", "data/*.csv", warehouse, store.block(),
+                    config="    partition_by: [day]\n", extra="checkpoint: {rows: 1000}\nretry: {attempts: 1}\n")
+    rng = random.Random(11)
+    kills = 0
+    for _ in range(30):
+        if kills >= 3:
+            break
+        p = dativo.popen("run", j, "--no-progress", env=ENV)
+        time.sleep(rng.uniform(0.05, 0.5))
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.wait(timeout=60)
+        if p.returncode == 0:
+            break
+    p = dativo.run("run", j, "--no-progress", env=ENV)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert kills >= 1
+    if store.scheme == "az":
+        t = Lake(tmp_path, store.abfss("wh"), azure=store).load("lake.events")
+    else:
+        from pyiceberg.catalog.sql import SqlCatalog
+        t = SqlCatalog("dativo", uri=f"sqlite:///{tmp_path}/.dativo/catalog.db", **{
+            "gcs.service.host": GCS, "gcs.oauth2.token": "fake",
+            "gcs.oauth2.token-expires-at": str(int((time.time() + 3600) * 1000))}).load_table("lake.events")
+    ids = sorted(t.scan().to_arrow().column("id").to_pylist())
+    assert ids == list(range(total)), (len(ids), len(set(ids)), total)
+    print(f"{store.scheme}: {kills} kills, {total} rows exactly once")
+
+
 def test_azure_sas_token_and_a_file_over_one_upload_part(dativo, tmp_path):
     """A SAS token instead of the account key, and a Parquet file larger than one 8 MB part
     (a block upload)."""
