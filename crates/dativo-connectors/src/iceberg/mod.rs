@@ -19,6 +19,7 @@ pub mod commit;
 mod config;
 pub mod counting;
 mod encrypted;
+mod local_io;
 pub mod maintain;
 mod merge;
 mod modes;

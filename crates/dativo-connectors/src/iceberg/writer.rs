@@ -11,8 +11,8 @@ use iceberg::arrow::{
     RecordBatchPartitionSplitter,
 };
 use iceberg::io::{
-    LocalFsStorageFactory, StorageFactory, S3_ACCESS_KEY_ID, S3_ENDPOINT, S3_PATH_STYLE_ACCESS,
-    S3_REGION, S3_SECRET_ACCESS_KEY, S3_SESSION_TOKEN,
+    StorageFactory, S3_ACCESS_KEY_ID, S3_ENDPOINT, S3_PATH_STYLE_ACCESS, S3_REGION,
+    S3_SECRET_ACCESS_KEY, S3_SESSION_TOKEN,
 };
 use iceberg::spec::{DataFile, DataFileFormat, PartitionSpec, PrimitiveType, Transform, Type};
 use iceberg::table::Table;
@@ -30,6 +30,7 @@ use iceberg_catalog_rest::RestCatalogBuilder;
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 use iceberg_storage_opendal::OpenDalStorageFactory;
 
+use super::local_io::LocalStorageFactory;
 use super::object_io::ObjectStorageFactory;
 use parquet::file::properties::WriterProperties;
 use serde_json::Value;
@@ -444,7 +445,7 @@ pub(crate) async fn open_catalog(cfg: &IcebergWriterConfig) -> Result<Arc<Counti
         let w = absolute(warehouse.trim_start_matches("file://"))?;
         std::fs::create_dir_all(&w)
             .map_err(|e| Error::io(format!("creating the warehouse {w}: {e}")).with_source(e))?;
-        (w, Arc::new(LocalFsStorageFactory))
+        (w, Arc::new(LocalStorageFactory))
     };
     let mut s3_props: HashMap<String, String> = HashMap::new();
     if let Some(s3) = &cfg.s3 {
