@@ -106,6 +106,34 @@ pub fn key_literal(
     Ok(f.value(row).to_string())
 }
 
+/// The array of a primitive builder, which is replaced by `fresh(rows)` with room for as many
+/// rows as this batch held.
+#[inline]
+pub fn take_primitive<T: arrow::datatypes::ArrowPrimitiveType>(
+    x: &mut arrow::array::PrimitiveBuilder<T>,
+    fresh: impl FnOnce(usize) -> arrow::array::PrimitiveBuilder<T>,
+) -> arrow::array::PrimitiveArray<T> {
+    use arrow::array::ArrayBuilder;
+    let c = if x.is_empty() { x.capacity() } else { x.len() };
+    std::mem::replace(x, fresh(c)).finish()
+}
+
+/// The array of a string or binary builder, which is replaced by one with room for as many
+/// values and an eighth more bytes than this batch held.
+#[inline]
+pub fn take_bytes<T: arrow::datatypes::ByteArrayType>(
+    x: &mut arrow::array::GenericByteBuilder<T>,
+) -> arrow::array::GenericByteArray<T> {
+    use arrow::array::ArrayBuilder;
+    let rows = x.len();
+    let bytes = x.values_slice().len();
+    std::mem::replace(
+        x,
+        arrow::array::GenericByteBuilder::with_capacity(rows, bytes + bytes / 8),
+    )
+    .finish()
+}
+
 /// A column decoder of a dialect: values appended, then finished into an Arrow array.
 pub trait ArrayDecoder {
     /// The values appended since the last call, as an array; the decoder starts over.

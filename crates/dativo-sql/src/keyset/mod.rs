@@ -52,6 +52,7 @@ pub use batch::{
     check_array_room, check_batch_bytes, key_literal, ArrayDecoder, BatchBound, Emitter, PartMsg,
     ReadSpec, DEFAULT_BATCH_BYTES, MAX_ARRAY_BYTES, MAX_BATCH_BYTES,
 };
+pub use batch::{take_bytes, take_primitive};
 pub use config::{
     load, ConnectionOptions, KeyValue, Lookback, ReadMode, SqlConfig, SqlOptions, SslMode,
 };

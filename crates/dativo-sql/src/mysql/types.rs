@@ -20,7 +20,7 @@ use arrow::datatypes::{DataType, Field, TimeUnit};
 use mysql::consts::{ColumnFlags, ColumnType};
 use mysql::{Column, Value};
 
-use crate::keyset::{check_array_room, ArrayDecoder};
+use crate::keyset::{check_array_room, take_bytes, take_primitive, ArrayDecoder};
 use dativo_core::schema_spec::JSON_EXTENSION;
 
 const BINARY_CHARSET: u16 = 63;
@@ -174,10 +174,27 @@ pub fn field_for(name: &str, k: MyKind) -> Field {
     }
 }
 
-/// Decodes one column.
+/// Decodes one column into its Arrow builder (each batch's builder starts with room for as
+/// many values, and bytes, as the last batch held).
 pub struct MyDecoder {
     kind: MyKind,
-    b: Box<dyn ArrayBuilder>,
+    b: Builder,
+}
+
+/// The builder of a column, by Arrow type.
+enum Builder {
+    I8(Int8Builder),
+    I16(Int16Builder),
+    I32(Int32Builder),
+    I64(Int64Builder),
+    F32(Float32Builder),
+    F64(Float64Builder),
+    Decimal(Decimal128Builder, u8, i8),
+    /// Text and JSON (checked as UTF-8 once per batch, in `finish`) and binary.
+    Bytes(BinaryBuilder),
+    Date(Date32Builder),
+    Ts(TimestampMicrosecondBuilder),
+    Time(Time64MicrosecondBuilder),
 }
 
 fn days_from_civil(y: i64, m: u8, d: u8) -> i64 {
@@ -264,86 +281,71 @@ pub fn parse_decimal_bytes(b: &[u8], precision: u8, scale: i8) -> Result<i128, S
     Ok(if neg { -v } else { v })
 }
 
-macro_rules! builder {
-    ($self:ident, $t:ty) => {
-        $self
-            .b
-            .as_any_mut()
-            .downcast_mut::<$t>()
-            .expect("builder of its kind")
-    };
-}
-
 impl MyDecoder {
     /// A decoder for `kind`.
     pub fn new(kind: MyKind, cap: usize) -> Self {
-        let b: Box<dyn ArrayBuilder> = match kind {
-            MyKind::I8 => Box::new(Int8Builder::with_capacity(cap)),
-            MyKind::I16 => Box::new(Int16Builder::with_capacity(cap)),
-            MyKind::I32 => Box::new(Int32Builder::with_capacity(cap)),
-            MyKind::I64 | MyKind::Bit => Box::new(Int64Builder::with_capacity(cap)),
-            MyKind::F32 => Box::new(Float32Builder::with_capacity(cap)),
-            MyKind::F64 => Box::new(Float64Builder::with_capacity(cap)),
-            MyKind::Decimal(p, s) => Box::new(
-                Decimal128Builder::with_capacity(cap)
-                    .with_precision_and_scale(p, s)
-                    .expect("valid decimal"),
-            ),
-            // Text is collected as bytes and checked as UTF-8 once per batch (in `finish`).
-            MyKind::Text | MyKind::Json => Box::new(BinaryBuilder::with_capacity(cap, cap * 16)),
-            MyKind::Binary => Box::new(BinaryBuilder::with_capacity(cap, cap * 16)),
-            MyKind::Date => Box::new(Date32Builder::with_capacity(cap)),
-            MyKind::DateTime | MyKind::Timestamp => {
-                Box::new(TimestampMicrosecondBuilder::with_capacity(cap))
+        let b = match kind {
+            MyKind::I8 => Builder::I8(Int8Builder::with_capacity(cap)),
+            MyKind::I16 => Builder::I16(Int16Builder::with_capacity(cap)),
+            MyKind::I32 => Builder::I32(Int32Builder::with_capacity(cap)),
+            MyKind::I64 | MyKind::Bit => Builder::I64(Int64Builder::with_capacity(cap)),
+            MyKind::F32 => Builder::F32(Float32Builder::with_capacity(cap)),
+            MyKind::F64 => Builder::F64(Float64Builder::with_capacity(cap)),
+            MyKind::Decimal(p, s) => Builder::Decimal(decimal_builder(cap, p, s), p, s),
+            MyKind::Text | MyKind::Json | MyKind::Binary => {
+                Builder::Bytes(BinaryBuilder::with_capacity(cap, cap * 16))
             }
-            MyKind::Time => Box::new(Time64MicrosecondBuilder::with_capacity(cap)),
+            MyKind::Date => Builder::Date(Date32Builder::with_capacity(cap)),
+            MyKind::DateTime | MyKind::Timestamp => {
+                Builder::Ts(TimestampMicrosecondBuilder::with_capacity(cap))
+            }
+            MyKind::Time => Builder::Time(Time64MicrosecondBuilder::with_capacity(cap)),
         };
         MyDecoder { kind, b }
     }
 
     /// Append one value.
+    #[inline]
     pub fn append(&mut self, v: &Value) -> Result<(), String> {
         if matches!(v, Value::NULL) {
             self.append_null();
             return Ok(());
         }
-        match self.kind {
-            MyKind::I8 => builder!(self, Int8Builder)
-                .append_value(int(v)?.try_into().map_err(|_| "out of range")?),
-            MyKind::I16 => builder!(self, Int16Builder)
-                .append_value(int(v)?.try_into().map_err(|_| "out of range")?),
-            MyKind::I32 => builder!(self, Int32Builder)
-                .append_value(int(v)?.try_into().map_err(|_| "out of range")?),
-            MyKind::I64 => builder!(self, Int64Builder)
-                .append_value(int(v)?.try_into().map_err(|_| "out of range")?),
-            MyKind::Bit => {
-                let n = match v {
-                    Value::Bytes(b) => b.iter().fold(0i128, |a, x| (a << 8) | *x as i128),
-                    other => int(other)?,
+        match &mut self.b {
+            Builder::I8(x) => x.append_value(int(v)?.try_into().map_err(|_| "out of range")?),
+            Builder::I16(x) => x.append_value(int(v)?.try_into().map_err(|_| "out of range")?),
+            Builder::I32(x) => x.append_value(int(v)?.try_into().map_err(|_| "out of range")?),
+            Builder::I64(x) => {
+                let n = match (self.kind, v) {
+                    (MyKind::Bit, Value::Bytes(b)) => {
+                        b.iter().fold(0i128, |a, x| (a << 8) | *x as i128) as i64
+                    }
+                    (MyKind::Bit, other) => int(other)? as i64,
+                    (_, Value::Int(i)) => *i,
+                    (_, other) => int(other)?.try_into().map_err(|_| "out of range")?,
                 };
-                builder!(self, Int64Builder).append_value(n as i64)
+                x.append_value(n)
             }
-            MyKind::F32 => builder!(self, Float32Builder).append_value(match v {
+            Builder::F32(x) => x.append_value(match v {
                 Value::Float(f) => *f,
                 Value::Double(f) => *f as f32,
                 other => text_of(other)?.parse().map_err(|_| "not a number")?,
             }),
-            MyKind::F64 => builder!(self, Float64Builder).append_value(match v {
+            Builder::F64(x) => x.append_value(match v {
                 Value::Double(f) => *f,
                 Value::Float(f) => *f as f64,
                 other => text_of(other)?.parse().map_err(|_| "not a number")?,
             }),
-            MyKind::Decimal(p, s) => {
-                let d = match v {
+            Builder::Decimal(x, p, s) => {
+                let (p, s) = (*p, *s);
+                x.append_value(match v {
+                    Value::Bytes(b) => parse_decimal_bytes(b, p, s)?,
                     Value::UInt(u) => parse_decimal(&u.to_string(), p, s)?,
                     Value::Int(i) => parse_decimal(&i.to_string(), p, s)?,
-                    Value::Bytes(b) => parse_decimal_bytes(b, p, s)?,
                     other => parse_decimal(&text_of(other)?, p, s)?,
-                };
-                builder!(self, Decimal128Builder).append_value(d)
+                })
             }
-            // Text is checked as UTF-8 once per batch, in `finish`.
-            MyKind::Text | MyKind::Json | MyKind::Binary => {
+            Builder::Bytes(x) => {
                 let t;
                 let b: &[u8] = match v {
                     Value::Bytes(b) => b,
@@ -352,33 +354,32 @@ impl MyDecoder {
                         t.as_bytes()
                     }
                 };
-                let x = builder!(self, BinaryBuilder);
                 // Arrow panics when a batch's values pass its 32-bit offsets; fail clearly.
                 check_array_room(x.values_slice().len(), b.len())?;
                 x.append_value(b)
             }
-            MyKind::Date => match v {
-                Value::Date(y, m, d, ..) => builder!(self, Date32Builder)
-                    .append_value(days_from_civil(*y as i64, *m, *d) as i32),
+            Builder::Date(x) => match v {
+                Value::Date(y, m, d, ..) => {
+                    x.append_value(days_from_civil(*y as i64, *m, *d) as i32)
+                }
                 other => return Err(format!("unexpected date value {other:?}")),
             },
-            MyKind::DateTime | MyKind::Timestamp => match v {
+            Builder::Ts(x) => match v {
                 Value::Date(y, m, d, h, i, s, us) => {
                     let days = days_from_civil(*y as i64, *m, *d);
                     let t = ((days * 24 + *h as i64) * 60 + *i as i64) * 60 + *s as i64;
-                    builder!(self, TimestampMicrosecondBuilder)
-                        .append_value(t * 1_000_000 + *us as i64)
+                    x.append_value(t * 1_000_000 + *us as i64)
                 }
                 other => return Err(format!("unexpected datetime value {other:?}")),
             },
-            MyKind::Time => match v {
+            Builder::Time(x) => match v {
                 Value::Time(neg, d, h, i, s, us) => {
                     if *neg || *d > 0 {
                         return Err("TIME outside 00:00:00–23:59:59 cannot be a time of day; cast it (e.g. TIME_TO_SEC)".into());
                     }
                     let t =
                         ((*h as i64 * 60 + *i as i64) * 60 + *s as i64) * 1_000_000 + *us as i64;
-                    builder!(self, Time64MicrosecondBuilder).append_value(t)
+                    x.append_value(t)
                 }
                 other => return Err(format!("unexpected time value {other:?}")),
             },
@@ -387,48 +388,65 @@ impl MyDecoder {
     }
 
     fn append_null(&mut self) {
-        match self.kind {
-            MyKind::I8 => builder!(self, Int8Builder).append_null(),
-            MyKind::I16 => builder!(self, Int16Builder).append_null(),
-            MyKind::I32 => builder!(self, Int32Builder).append_null(),
-            MyKind::I64 | MyKind::Bit => builder!(self, Int64Builder).append_null(),
-            MyKind::F32 => builder!(self, Float32Builder).append_null(),
-            MyKind::F64 => builder!(self, Float64Builder).append_null(),
-            MyKind::Decimal(..) => builder!(self, Decimal128Builder).append_null(),
-            MyKind::Text | MyKind::Json | MyKind::Binary => {
-                builder!(self, BinaryBuilder).append_null()
-            }
-            MyKind::Date => builder!(self, Date32Builder).append_null(),
-            MyKind::DateTime | MyKind::Timestamp => {
-                builder!(self, TimestampMicrosecondBuilder).append_null()
-            }
-            MyKind::Time => builder!(self, Time64MicrosecondBuilder).append_null(),
+        match &mut self.b {
+            Builder::I8(x) => x.append_null(),
+            Builder::I16(x) => x.append_null(),
+            Builder::I32(x) => x.append_null(),
+            Builder::I64(x) => x.append_null(),
+            Builder::F32(x) => x.append_null(),
+            Builder::F64(x) => x.append_null(),
+            Builder::Decimal(x, ..) => x.append_null(),
+            Builder::Bytes(x) => x.append_null(),
+            Builder::Date(x) => x.append_null(),
+            Builder::Ts(x) => x.append_null(),
+            Builder::Time(x) => x.append_null(),
         }
     }
 
     /// Finish into an array. Errors: text that is not UTF-8.
     pub fn finish(&mut self) -> Result<ArrayRef, String> {
-        let a = self.b.finish();
-        Ok(if matches!(self.kind, MyKind::Text | MyKind::Json) {
-            let bin = a
-                .as_any()
-                .downcast_ref::<BinaryArray>()
-                .expect("text is collected as bytes")
-                .clone();
-            Arc::new(
-                StringArray::try_from_binary(bin)
-                    .map_err(|e| format!("text that is not UTF-8: {e}"))?,
-            )
-        } else if self.kind == MyKind::Timestamp {
-            let t = a
-                .as_any()
-                .downcast_ref::<TimestampMicrosecondArray>()
-                .expect("timestamps");
-            Arc::new(t.clone().with_timezone("UTC"))
-        } else {
-            a
+        Ok(match &mut self.b {
+            Builder::I8(x) => Arc::new(take_primitive(x, Int8Builder::with_capacity)),
+            Builder::I16(x) => Arc::new(take_primitive(x, Int16Builder::with_capacity)),
+            Builder::I32(x) => Arc::new(take_primitive(x, Int32Builder::with_capacity)),
+            Builder::I64(x) => Arc::new(take_primitive(x, Int64Builder::with_capacity)),
+            Builder::F32(x) => Arc::new(take_primitive(x, Float32Builder::with_capacity)),
+            Builder::F64(x) => Arc::new(take_primitive(x, Float64Builder::with_capacity)),
+            Builder::Decimal(x, p, s) => {
+                let (p, s) = (*p, *s);
+                Arc::new(take_primitive(x, |c| decimal_builder(c, p, s)))
+            }
+            Builder::Bytes(x) => {
+                let bin = take_bytes(x);
+                if matches!(self.kind, MyKind::Text | MyKind::Json) {
+                    Arc::new(
+                        StringArray::try_from_binary(bin)
+                            .map_err(|e| format!("text that is not UTF-8: {e}"))?,
+                    )
+                } else {
+                    Arc::new(bin)
+                }
+            }
+            Builder::Date(x) => Arc::new(take_primitive(x, Date32Builder::with_capacity)),
+            Builder::Ts(x) => {
+                let t = take_primitive(x, TimestampMicrosecondBuilder::with_capacity);
+                if self.kind == MyKind::Timestamp {
+                    Arc::new(t.with_timezone("UTC"))
+                } else {
+                    Arc::new(t)
+                }
+            }
+            Builder::Time(x) => {
+                Arc::new(take_primitive(x, Time64MicrosecondBuilder::with_capacity))
+            }
         })
     }
+}
+
+fn decimal_builder(cap: usize, p: u8, s: i8) -> Decimal128Builder {
+    Decimal128Builder::with_capacity(cap)
+        .with_precision_and_scale(p, s)
+        .expect("valid decimal")
 }
 
 impl ArrayDecoder for MyDecoder {

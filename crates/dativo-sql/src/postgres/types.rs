@@ -31,7 +31,7 @@ use tokio_postgres::types::{Kind as PgKind, Type};
 use dativo_core::schema_spec::JSON_EXTENSION;
 
 use super::config::NumericConfig;
-use crate::keyset::{check_array_room, ArrayDecoder};
+use crate::keyset::{check_array_room, take_bytes, take_primitive, ArrayDecoder};
 
 /// Days from 1970-01-01 to 2000-01-01 (PostgreSQL's epoch).
 const PG_EPOCH_DAYS: i32 = 10_957;
@@ -524,32 +524,6 @@ impl Decoder {
             }
         })
     }
-}
-
-/// The array of a primitive builder, which is replaced by `fresh(rows)` with room for as many
-/// rows as this batch held.
-#[inline]
-pub(crate) fn take_primitive<T: arrow::datatypes::ArrowPrimitiveType>(
-    x: &mut PrimitiveBuilder<T>,
-    fresh: impl FnOnce(usize) -> PrimitiveBuilder<T>,
-) -> PrimitiveArray<T> {
-    let c = if x.is_empty() { x.capacity() } else { x.len() };
-    std::mem::replace(x, fresh(c)).finish()
-}
-
-/// The array of a string or binary builder, which is replaced by one with room for as many
-/// values and an eighth more bytes than this batch held.
-#[inline]
-pub(crate) fn take_bytes<T: arrow::datatypes::ByteArrayType>(
-    x: &mut GenericByteBuilder<T>,
-) -> GenericByteArray<T> {
-    let rows = x.len();
-    let bytes = x.values_slice().len();
-    std::mem::replace(
-        x,
-        GenericByteBuilder::with_capacity(rows, bytes + bytes / 8),
-    )
-    .finish()
 }
 
 impl ArrayDecoder for Decoder {
