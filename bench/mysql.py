@@ -26,7 +26,7 @@ import pymysql
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from pg_to_parquet import (DSN, DATIVO, PY, check_content, ensure_shape, fingerprint,  # noqa: E402
-                           parquet_files, sling_binary, timed)
+                           medians, parquet_files, sling_binary, timed)
 
 MY = dict(host=os.environ.get("DATIVO_BENCH_MYSQL_HOST", "127.0.0.1"),
           port=int(os.environ.get("DATIVO_BENCH_MYSQL_PORT", "3306")), user="root", database="test")
@@ -107,6 +107,8 @@ def main():
     ap.add_argument("--skip", default="", help="comma-separated: connectorx,sling")
     ap.add_argument("--compare", metavar="BIN",
                     help="also run every dativo row with this binary, alternating with the current one")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every dativo row N times (alternating binaries) and report the medians")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -175,8 +177,12 @@ def main():
             "state": {"dir": str(work / "state")}}, lambda d: parquet_files(d / "warehouse")),
     ]
     for name, doc, files_of in jobs:
-        for label, binary in binaries:
-            results.append((name + label, *dativo_run(label, binary, doc, files_of)))
+        runs = {label: [] for label, _ in binaries}
+        for _ in range(max(args.repeat, 1)):
+            for label, binary in binaries:
+                runs[label].append(dativo_run(label, binary, doc, files_of))
+        for label, _ in binaries:
+            results.append((name + label, *medians(runs[label])))
 
     ceiling = results[0][1]
     print(f"{'tool':<48} {'wall s':>7} {'CPU s':>6} {'rows/CPU-s':>11} {'rows/s':>11} {'peak RSS MB':>12} {'× ceiling':>10}")
@@ -198,6 +204,8 @@ def main():
           "A row marked OUTPUT WRONG failed that check.")
     print("The ceiling is MariaDB's own client printing every row (text protocol) into /dev/null; "
           "its CPU s is the client's, not the server's. The server runs on the same 2 cores.")
+    if args.repeat > 1:
+        print(f"dativo rows: medians of {args.repeat} runs (wall, CPU and peak RSS each), alternating binaries.")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(
             [{"tool": n, "wall_s": w, "rss_mb": r, "cpu_s": c} for n, w, r, c in results], indent=2))

@@ -214,6 +214,11 @@ def timed(cmd, **kw):
     return wall, int(rss_kb) / 1024, float(user) + float(sys_), p
 
 
+def medians(runs):
+    """(wall, RSS, CPU) medians of several (wall, RSS, CPU) runs, each taken on its own."""
+    return tuple(sorted(col)[len(col) // 2] for col in zip(*runs))
+
+
 def parquet_files(d):
     return [str(f) for f in pathlib.Path(d).rglob("*.parquet") if f.is_file()]
 
@@ -335,6 +340,9 @@ def main():
     ap.add_argument("--shape", default="wide21", choices=["wide21", "lineitem", "wide50"],
                     help="the table's columns (default wide21; see above)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every dativo row N times (alternating with --compare's binary) and "
+                         "report the medians: runs vary by about ±10%% on a 2-core machine")
     ap.add_argument("--compare", metavar="BIN",
                     help="also run every dativo row with this binary (e.g. the previous commit's; "
                          "bench/run --against REV builds it), alternating with the current one")
@@ -385,6 +393,16 @@ def main():
         shutil.rmtree(work / tag, ignore_errors=True)
         return wall, rss, cpu
 
+    def dativo_rows(name, doc, verify, current_only=False):
+        """Rows for `name`: each binary's medians of --repeat alternating runs."""
+        bins = binaries[:1] if current_only else binaries
+        runs = {label: [] for label, _ in bins}
+        for _ in range(max(args.repeat, 1)):
+            for label, binary in bins:
+                runs[label].append(dativo_run(label, binary, doc, verify))
+        for label, _ in bins:
+            results.append((name + label, *medians(runs[label])))
+
     for partitions in (1, 2):
         doc = {
             "name": f"bench_{partitions}",
@@ -392,9 +410,8 @@ def main():
             "target": {"writer": "parquet", "config": {"path": "@OUT@"}},
             "state": {"dir": str(work / "state")},
         }
-        for label, binary in binaries:
-            results.append((f"dativo postgres → Parquet (partitions: {partitions}){label}",
-                            *dativo_run(label, binary, doc, lambda out: check_content(parquet_files(out), fp, out.name))))
+        dativo_rows(f"dativo postgres → Parquet (partitions: {partitions})", doc,
+                    lambda out: check_content(parquet_files(out), fp, out.name))
 
     # One stream whose columns are encoded on two threads (`encode_threads`; the default on 2
     # cores is 1): on a machine with free cores this cuts wall time, on this one it shows
@@ -405,8 +422,8 @@ def main():
         "target": {"writer": "parquet", "config": {"path": "@OUT@", "encode_threads": 2}},
         "state": {"dir": str(work / "state")},
     }
-    results.append(("dativo postgres → Parquet (encode_threads: 2)",
-                    *dativo_run("", DATIVO, doc, lambda out: check_content(parquet_files(out), fp, out.name))))
+    dativo_rows("dativo postgres → Parquet (encode_threads: 2)", doc,
+                lambda out: check_content(parquet_files(out), fp, out.name), current_only=True)
 
     # The same read into an Iceberg table (embedded SQLite catalog, local warehouse).
     doc = {
@@ -417,9 +434,8 @@ def main():
             "catalog": {"uri": "sqlite://@OUT@/catalog.db"}}},
         "state": {"dir": str(work / "state")},
     }
-    for label, binary in binaries:
-        results.append((f"dativo postgres → Iceberg (partitions: 1){label}",
-                        *dativo_run(label, binary, doc, lambda out: check_content(parquet_files(out / "warehouse"), fp, "the Iceberg table"))))
+    dativo_rows("dativo postgres → Iceberg (partitions: 1)", doc,
+                lambda out: check_content(parquet_files(out / "warehouse"), fp, "the Iceberg table"))
 
     ceiling = results[0][1]
     base = next((w for n, w, _, _ in results if "baseline" in n), None)
@@ -446,6 +462,8 @@ def main():
     print(f"This machine has {os.cpu_count()} cores, shared with PostgreSQL: rows per CPU-second is the "
           "throughput a CPU-limited pod gets; on more cores the same CPU buys less wall time.")
     print("CPU s is user+sys of the measured process (and its children). Peak RSS is of the measured process.")
+    if args.repeat > 1:
+        print(f"dativo rows: medians of {args.repeat} runs (wall, CPU and peak RSS each), alternating binaries.")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(
             [{"tool": n, "wall_s": w, "rss_mb": r, "cpu_s": c} for n, w, r, c in results], indent=2))
