@@ -55,7 +55,8 @@ def ensure_mysql(table):
         cols = c.fetchall()
         c.execute("""SELECT a.attname FROM pg_index i JOIN pg_attribute a
                      ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-                     WHERE i.indrelid = %s::regclass AND i.indisprimary""", (table,))
+                     WHERE i.indrelid = %s::regclass AND i.indisprimary
+                     ORDER BY array_position(i.indkey::int2[], a.attnum)""", (table,))
         key = [r[0] for r in c.fetchall()]
         c.execute(f"SELECT count(*) FROM {table}")
         count = c.fetchone()[0]
@@ -73,17 +74,27 @@ def ensure_mysql(table):
         print(f"copying {table} into MariaDB…", flush=True)
         ddl = ", ".join(f"`{n}` {mysql_type(t, p, s, l)}" for n, t, p, s, l in cols)
         pk = f", PRIMARY KEY ({', '.join(f'`{k}`' for k in key)})" if key else ""
+        c.execute(f"DROP TABLE IF EXISTS `{table}_tmp`")  # an interrupted copy's
         c.execute(f"CREATE TABLE `{table}_tmp` ({ddl}{pk}) ENGINE=InnoDB")
         # PostgreSQL's text COPY format (tab, \N, backslash escapes) is LOAD DATA's default;
         # timestamptz leaves as UTC wall time and is loaded in a UTC session.
         sel = ", ".join(f"\"{n}\" AT TIME ZONE 'UTC'" if t == "timestamp with time zone" else f'"{n}"'
                         for n, t, *_ in cols)
         tmp = pathlib.Path(tempfile.mkdtemp(prefix="dativo-mysql-")) / "rows.tsv"
-        with pg.cursor() as pc, open(tmp, "w") as f:
-            pc.copy_expert(f"COPY (SELECT {sel} FROM {table}) TO STDOUT", f)
-        c.execute("SET time_zone = '+00:00'")
-        c.execute(f"LOAD DATA LOCAL INFILE '{tmp}' INTO TABLE `{table}_tmp`")
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        try:
+            with pg.cursor() as pc, open(tmp, "w") as f:
+                pc.copy_expert(f"COPY (SELECT {sel} FROM {table}) TO STDOUT", f)
+            c.execute("SET time_zone = '+00:00'")
+            loaded = c.execute(f"LOAD DATA LOCAL INFILE '{tmp}' INTO TABLE `{table}_tmp`")
+            c.execute("SHOW WARNINGS LIMIT 5")
+            warnings = c.fetchall()
+        finally:
+            shutil.rmtree(tmp.parent, ignore_errors=True)
+        # LOAD DATA turns truncation and duplicate keys into warnings: a copy that is not the
+        # source row for row is refused here, not blamed on the movers later.
+        if loaded != count or warnings:
+            raise SystemExit(f"copying {table} into MariaDB: {loaded:,} of {count:,} rows loaded; "
+                             f"warnings: {warnings}")
         c.execute(f"ANALYZE TABLE `{table}_tmp`")
         c.execute(f"RENAME TABLE `{table}_tmp` TO `{table}`")
     my.close()

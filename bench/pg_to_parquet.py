@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import shutil
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -166,6 +167,7 @@ def fingerprint(table):
 
         def add(label, p, d, t=1e-9):
             labels.append(label), pg.append(p), duck.append(d), tol.append(t)
+        add("count(*)", "count(*)", "count(*)")
         for name, typ in cols:
             q = f'"{name}"'
             add(f"count({name})", f"count({q})", f"count({q})")
@@ -216,7 +218,7 @@ def timed(cmd, **kw):
 
 def medians(runs):
     """(wall, RSS, CPU) medians of several (wall, RSS, CPU) runs, each taken on its own."""
-    return tuple(sorted(col)[len(col) // 2] for col in zip(*runs))
+    return tuple(statistics.median(col) for col in zip(*runs))
 
 
 def parquet_files(d):
