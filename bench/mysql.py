@@ -198,7 +198,7 @@ def main():
     ceiling = results[0][1]
     print(f"{'tool':<48} {'wall s':>7} {'CPU s':>6} {'rows/CPU-s':>11} {'rows/s':>11} {'peak RSS MB':>12} {'× ceiling':>10}")
     for name, wall, rss, cpu in results:
-        print(f"{name:<48} {wall:>7.2f} {cpu:>6.1f} {count / max(cpu, 1e-3):>11,.0f} {count / wall:>11,.0f} "
+        print(f"{name:<48} {wall:>7.2f} {cpu:>6.2f} {count / max(cpu, 1e-3):>11,.0f} {count / wall:>11,.0f} "
               f"{rss:>12.0f} {wall / ceiling:>10.2f}")
     if args.compare:
         print("\n[compare] rows: the same job with", args.compare)

@@ -445,7 +445,7 @@ def main():
           f"{'× ceiling':>10} {'vs baseline':>12}")
     for name, wall, rss, cpu in results:
         vs = f"{base / wall:.1f}× faster" if base else "-"
-        print(f"{name:<56} {wall:>7.2f} {cpu:>6.1f} {count / max(cpu, 1e-3):>11,.0f} {count / wall:>11,.0f} "
+        print(f"{name:<56} {wall:>7.2f} {cpu:>6.2f} {count / max(cpu, 1e-3):>11,.0f} {count / wall:>11,.0f} "
               f"{rss:>12.0f} {wall / ceiling:>10.2f} {vs:>12}")
     if args.compare:
         print("\n[compare] rows: the same job with", args.compare)
