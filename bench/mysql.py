@@ -20,13 +20,12 @@ import shutil
 import sys
 import tempfile
 
-import duckdb
 import psycopg2
 import pymysql
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from pg_to_parquet import (DSN, DATIVO, PY, check_content, ensure_shape, fingerprint,  # noqa: E402
-                           medians, parquet_files, sling_binary, timed)
+from pg_to_parquet import (DSN, DATIVO, PY, check_content, dativo_medians,  # noqa: E402
+                           ensure_shape, fingerprint, parquet_files, sling_run, timed)
 
 MY = dict(host=os.environ.get("DATIVO_BENCH_MYSQL_HOST", "127.0.0.1"),
           port=int(os.environ.get("DATIVO_BENCH_MYSQL_PORT", "3306")), user="root", database="test")
@@ -156,23 +155,11 @@ def main():
             print(f"ConnectorX failed: {str(e)[-1500:]}", file=sys.stderr)
         shutil.rmtree(out, ignore_errors=True)
     if "sling" not in skip:
-        sling = sling_run(work, table, fp, count)
+        sling = sling_run(work, table, fp, count, conn="MY", conn_url=URL, stream=f"test.{table}")
         if sling:
             results.append(sling)
 
     binaries = [("", DATIVO)] + ([(" [compare]", args.compare)] if args.compare else [])
-
-    def dativo_run(label, binary, job_doc, files_of):
-        tag = job_doc["name"] + ("_cmp" if label else "")
-        job_doc = json.loads(json.dumps(job_doc).replace("@OUT@", str(work / tag)))
-        job_doc["name"] = tag
-        (work / tag).mkdir(exist_ok=True)
-        job = work / f"{tag}.yaml"
-        job.write_text(json.dumps(job_doc))
-        wall, rss, cpu, _ = timed([binary, "run", str(job), "--no-progress"], cwd=work)
-        check_content(files_of(work / tag), fp, tag)
-        shutil.rmtree(work / tag, ignore_errors=True)
-        return wall, rss, cpu
 
     source = {"reader": "mysql", "config": {"url": URL, "table": table}}
     jobs = [
@@ -188,12 +175,8 @@ def main():
             "state": {"dir": str(work / "state")}}, lambda d: parquet_files(d / "warehouse")),
     ]
     for name, doc, files_of in jobs:
-        runs = {label: [] for label, _ in binaries}
-        for _ in range(max(args.repeat, 1)):
-            for label, binary in binaries:
-                runs[label].append(dativo_run(label, binary, doc, files_of))
-        for label, _ in binaries:
-            results.append((name + label, *medians(runs[label])))
+        results.extend(dativo_medians(work, binaries, args.repeat, name, doc,
+                                      lambda out, f=files_of, n=name: check_content(f(out), fp, n)))
 
     ceiling = results[0][1]
     print(f"{'tool':<48} {'wall s':>7} {'CPU s':>6} {'rows/CPU-s':>11} {'rows/s':>11} {'peak RSS MB':>12} {'× ceiling':>10}")
@@ -221,40 +204,6 @@ def main():
         pathlib.Path(args.json).write_text(json.dumps(
             [{"tool": n, "wall_s": w, "rss_mb": r, "cpu_s": c} for n, w, r, c in results], indent=2))
     shutil.rmtree(work, ignore_errors=True)
-
-
-def sling_run(work, table, fp, count):
-    """Sling copying the MariaDB table to Parquet; None when not installed or failed."""
-    binary, duck = sling_binary()
-    if not binary:
-        print("Sling not installed (bench/run installs it into .venv/sling): skipped")
-        return None
-    out = work / "sling"
-    rep = work / "sling.yaml"
-    rep.write_text(json.dumps({
-        "source": "MY", "target": "LOCAL",
-        "defaults": {"mode": "full-refresh", "object": f"file://{out}/data.parquet",
-                     "target_options": {"format": "parquet"}},
-        "streams": {f"test.{table}": {}},
-    }))
-    env = dict(os.environ, MY=URL, SLING_DISABLE_TELEMETRY="true", DUCKDB_VERSION="1.5.5")
-    if duck:
-        env["DUCKDB_PATH"] = duck
-    try:
-        wall, rss, cpu, _ = timed([binary, "run", "-r", str(rep)], env=env, cwd=work)
-    except SystemExit as e:
-        print(f"Sling failed: {str(e)[-1500:]}", file=sys.stderr)
-        return None
-    name = "Sling → Parquet"
-    try:
-        check_content(parquet_files(out), fp, "Sling")
-    except SystemExit as e:
-        files = parquet_files(out)
-        got = duckdb.execute(f"SELECT count(*) FROM read_parquet({files!r})").fetchone()[0] if files else 0
-        print(f"Sling's output is wrong: {e}", file=sys.stderr)
-        name += f" — OUTPUT WRONG: {got:,} of {count:,} rows"
-    shutil.rmtree(out, ignore_errors=True)
-    return (name, wall, rss, cpu)
 
 
 if __name__ == "__main__":

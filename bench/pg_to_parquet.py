@@ -299,8 +299,10 @@ def sling_binary():
     return str(b), str(duck) if duck.exists() else None
 
 
-def sling_run(work, table, fp, count):
-    """Sling copying the table to Parquet."""
+def sling_run(work, table, fp, count, conn="PG", conn_url=None, stream=None):
+    """Sling copying the table to Parquet (`conn`: Sling's name for the source connection,
+    `conn_url` its URL, `stream` the table as Sling names it): a result row, or None when
+    Sling is not installed or failed."""
     binary, duck = sling_binary()
     if not binary:
         print("Sling not installed (bench/run installs it into .venv/sling): skipped")
@@ -308,13 +310,13 @@ def sling_run(work, table, fp, count):
     out = work / "sling"
     rep = work / "sling.yaml"
     rep.write_text(json.dumps({
-        "source": "PG", "target": "LOCAL",
+        "source": conn, "target": "LOCAL",
         "defaults": {"mode": "full-refresh", "object": f"file://{out}/data.parquet",
                      "target_options": {"format": "parquet"}},
-        "streams": {f"public.{table}": {}},
+        "streams": {stream or f"public.{table}": {}},
     }))
-    env = dict(os.environ, PG=URL.replace("postgres://", "postgresql://"),
-               SLING_DISABLE_TELEMETRY="true", DUCKDB_VERSION="1.5.5")
+    env = dict(os.environ, SLING_DISABLE_TELEMETRY="true", DUCKDB_VERSION="1.5.5")
+    env[conn] = conn_url or URL.replace("postgres://", "postgresql://")
     if duck:
         env["DUCKDB_PATH"] = duck
     try:
@@ -333,6 +335,31 @@ def sling_run(work, table, fp, count):
         name += f" — OUTPUT WRONG: {got:,} of {count:,} rows"
     shutil.rmtree(out, ignore_errors=True)
     return (name, wall, rss, cpu)
+
+
+def dativo_run(work, label, binary, job_doc, verify):
+    """Run the job `job_doc` (its "@OUT@" replaced by its own directory under `work`) with
+    `binary`, check its output with `verify(directory)`: (wall, RSS, CPU)."""
+    tag = job_doc["name"] + ("_cmp" if label else "")
+    job_doc = json.loads(json.dumps(job_doc).replace("@OUT@", str(work / tag)))
+    job_doc["name"] = tag
+    (work / tag).mkdir(exist_ok=True)
+    job = work / f"{tag}.yaml"
+    job.write_text(json.dumps(job_doc))
+    wall, rss, cpu, _ = timed([binary, "run", str(job), "--no-progress"], cwd=work)
+    verify(work / tag)
+    shutil.rmtree(work / tag, ignore_errors=True)
+    return wall, rss, cpu
+
+
+def dativo_medians(work, binaries, repeat, name, doc, verify):
+    """Result rows for `name`: each (label, binary)'s medians of `repeat` runs, the binaries
+    alternating."""
+    runs = {label: [] for label, _ in binaries}
+    for _ in range(max(repeat, 1)):
+        for label, binary in binaries:
+            runs[label].append(dativo_run(work, label, binary, doc, verify))
+    return [(name + label, *medians(runs[label])) for label, _ in binaries]
 
 
 def main():
@@ -383,27 +410,9 @@ def main():
 
     binaries = [("", DATIVO)] + ([(" [compare]", args.compare)] if args.compare else [])
 
-    def dativo_run(label, binary, job_doc, verify):
-        tag = job_doc["name"] + ("_cmp" if label else "")
-        job_doc = json.loads(json.dumps(job_doc).replace("@OUT@", str(work / tag)))
-        job_doc["name"] = tag
-        (work / tag).mkdir(exist_ok=True)
-        job = work / f"{tag}.yaml"
-        job.write_text(json.dumps(job_doc))
-        wall, rss, cpu, _ = timed([binary, "run", str(job), "--no-progress"], cwd=work)
-        verify(work / tag)
-        shutil.rmtree(work / tag, ignore_errors=True)
-        return wall, rss, cpu
-
     def dativo_rows(name, doc, verify, current_only=False):
-        """Rows for `name`: each binary's medians of --repeat alternating runs."""
-        bins = binaries[:1] if current_only else binaries
-        runs = {label: [] for label, _ in bins}
-        for _ in range(max(args.repeat, 1)):
-            for label, binary in bins:
-                runs[label].append(dativo_run(label, binary, doc, verify))
-        for label, _ in bins:
-            results.append((name + label, *medians(runs[label])))
+        results.extend(dativo_medians(work, binaries[:1] if current_only else binaries,
+                                      args.repeat, name, doc, verify))
 
     for partitions in (1, 2):
         doc = {
