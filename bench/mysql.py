@@ -13,7 +13,6 @@ VARCHAR(n), text → TEXT, date → DATE, timestamp → DATETIME(6), timestamptz
 
 CPU s is the process's own user+sys time (rusage, children included)."""
 import argparse
-import json
 import os
 import pathlib
 import shutil
@@ -25,7 +24,8 @@ import pymysql
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from pg_to_parquet import (DSN, DATIVO, PY, check_content, dativo_medians,  # noqa: E402
-                           ensure_shape, fingerprint, parquet_files, sling_run, timed)
+                           ensure_shape, fingerprint, finish, parquet_files, print_ratios,
+                           sling_run, timed)
 
 MY = dict(host=os.environ.get("DATIVO_BENCH_MYSQL_HOST", "127.0.0.1"),
           port=int(os.environ.get("DATIVO_BENCH_MYSQL_PORT", "3306")), user="root", database="test")
@@ -183,27 +183,12 @@ def main():
     for name, wall, rss, cpu in results:
         print(f"{name:<48} {wall:>7.2f} {cpu:>6.2f} {count / max(cpu, 1e-3):>11,.0f} {count / wall:>11,.0f} "
               f"{rss:>12.0f} {wall / ceiling:>10.2f}")
-    if args.compare:
-        print("\n[compare] rows: the same job with", args.compare)
-        for name, wall, rss, cpu in results:
-            if name.endswith("[compare]"):
-                cur = next(r for r in results if r[0] == name[: -len(" [compare]")])
-                print(f"  {cur[0]:<44} wall {cur[1] / wall:.2f}×, CPU {cur[3] / max(cpu, 1e-3):.2f}×, "
-                      f"RSS {cur[2] / max(rss, 1e-3):.2f}× of the compared binary")
-    pq1 = next((r for r in results if r[0] == "dativo mysql → Parquet"), None)
-    ice = next((r for r in results if r[0] == "dativo mysql → Iceberg"), None)
-    if pq1 and ice:
-        print(f"\nIceberg vs Parquet: wall {ice[1] / pq1[1]:.2f}×, CPU {ice[3] / max(pq1[3], 1e-3):.2f}×")
+    print_ratios(results, args.compare, "dativo mysql → Parquet", "dativo mysql → Iceberg")
     print(f"\nEvery output was checked against the source: {len(fp[0])} aggregates over all {ncols} columns. "
           "A row marked OUTPUT WRONG failed that check.")
     print("The ceiling is MariaDB's own client printing every row (text protocol) into /dev/null; "
           "its CPU s is the client's, not the server's. The server runs on the same 2 cores.")
-    if args.repeat > 1:
-        print(f"dativo rows: medians of {args.repeat} runs (wall, CPU and peak RSS each), alternating binaries.")
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(
-            [{"tool": n, "wall_s": w, "rss_mb": r, "cpu_s": c} for n, w, r, c in results], indent=2))
-    shutil.rmtree(work, ignore_errors=True)
+    finish(results, args, work)
 
 
 if __name__ == "__main__":

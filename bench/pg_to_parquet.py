@@ -362,6 +362,33 @@ def dativo_medians(work, binaries, repeat, name, doc, verify):
     return [(name + label, *medians(runs[label])) for label, _ in binaries]
 
 
+def finish(results, args, work):
+    """The closing lines every bench table shares: how dativo's rows were taken, the results
+    as JSON when asked (`--json`), and `work` removed."""
+    if args.repeat > 1:
+        print(f"dativo rows: medians of {args.repeat} runs (wall, CPU and peak RSS each), alternating binaries.")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(
+            [{"tool": n, "wall_s": w, "rss_mb": r, "cpu_s": c} for n, w, r, c in results], indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def print_ratios(results, compare, parquet, iceberg):
+    """Each [compare] row against the current binary's, then the Iceberg row against the
+    Parquet row (`parquet`, `iceberg`: their names)."""
+    if compare:
+        print("\n[compare] rows: the same job with", compare)
+        for name, wall, rss, cpu in results:
+            if name.endswith("[compare]"):
+                cur = next(r for r in results if r[0] == name[: -len(" [compare]")])
+                print(f"  {cur[0]:<52} wall {cur[1] / wall:.2f}×, CPU {cur[3] / max(cpu, 1e-3):.2f}×, "
+                      f"RSS {cur[2] / max(rss, 1e-3):.2f}× of the compared binary")
+    pq1 = next((r for r in results if r[0] == parquet), None)
+    ice = next((r for r in results if r[0] == iceberg), None)
+    if pq1 and ice:
+        print(f"\nIceberg vs Parquet: wall {ice[1] / pq1[1]:.2f}×, CPU {ice[3] / max(pq1[3], 1e-3):.2f}×")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=1_000_000, help="table size (default 1M)")
@@ -456,29 +483,15 @@ def main():
         vs = f"{base / wall:.1f}× faster" if base else "-"
         print(f"{name:<56} {wall:>7.2f} {cpu:>6.2f} {count / max(cpu, 1e-3):>11,.0f} {count / wall:>11,.0f} "
               f"{rss:>12.0f} {wall / ceiling:>10.2f} {vs:>12}")
-    if args.compare:
-        print("\n[compare] rows: the same job with", args.compare)
-        for name, wall, rss, cpu in results:
-            if name.endswith("[compare]"):
-                cur = next(r for r in results if r[0] == name[: -len(" [compare]")])
-                print(f"  {cur[0]:<52} wall {cur[1] / wall:.2f}×, CPU {cur[3] / max(cpu, 1e-3):.2f}×, "
-                      f"RSS {cur[2] / max(rss, 1e-3):.2f}× of the compared binary")
-    pq1 = next((r for r in results if r[0] == "dativo postgres → Parquet (partitions: 1)"), None)
-    ice = next((r for r in results if r[0] == "dativo postgres → Iceberg (partitions: 1)"), None)
-    if pq1 and ice:
-        print(f"\nIceberg vs Parquet (partitions: 1): wall {ice[1] / pq1[1]:.2f}×, CPU {ice[3] / max(pq1[3], 1e-3):.2f}×")
+    print_ratios(results, args.compare, "dativo postgres → Parquet (partitions: 1)",
+                 "dativo postgres → Iceberg (partitions: 1)")
     print(f"\nEvery output was checked against the source: {len(fp[0])} aggregates over all {ncols} columns "
           "(non-NULL counts; sums of numbers, dates and timestamps; a hash and the length of every text "
           "value). A row marked OUTPUT WRONG failed that check.")
     print(f"This machine has {os.cpu_count()} cores, shared with PostgreSQL: rows per CPU-second is the "
           "throughput a CPU-limited pod gets; on more cores the same CPU buys less wall time.")
     print("CPU s is user+sys of the measured process (and its children). Peak RSS is of the measured process.")
-    if args.repeat > 1:
-        print(f"dativo rows: medians of {args.repeat} runs (wall, CPU and peak RSS each), alternating binaries.")
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(
-            [{"tool": n, "wall_s": w, "rss_mb": r, "cpu_s": c} for n, w, r, c in results], indent=2))
-    shutil.rmtree(work, ignore_errors=True)
+    finish(results, args, work)
 
 
 if __name__ == "__main__":
