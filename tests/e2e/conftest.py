@@ -37,6 +37,33 @@ class Dativo:
         return subprocess.Popen([BIN, *map(str, args)], cwd=self.cwd, env=e,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
+    def kill_loop(self, job, *, kills, rounds, seed, max_sleep, min_sleep=0.05, env=None,
+                  finished=None):
+        """Start `dativo run JOB` up to `rounds` times and SIGKILL each at a random moment
+        (`min_sleep`..`max_sleep` seconds in, from `random.Random(seed)`) until `kills` were
+        killed. A run that finishes before its kill calls `finished()` (check it is exact, then
+        reset so the next run loads again), or ends the loop when there is no `finished`.
+        Returns how many runs were killed."""
+        import random
+        import signal
+        import time
+        rng = random.Random(seed)
+        done = 0
+        for _ in range(rounds):
+            if done >= kills:
+                break
+            p = self.popen("run", job, "--no-progress", env=env)
+            time.sleep(rng.uniform(min_sleep, max_sleep))
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                done += 1
+            p.wait(timeout=60)
+            if p.returncode == 0:
+                if finished is None:
+                    break
+                finished()
+        return done
+
 
 # The test services, from one set of variables (the Rust tests read the same two).
 PG_URL = os.environ.get("DATIVO_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/test")

@@ -7,9 +7,7 @@ import io
 import json
 import os
 import pathlib
-import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -427,22 +425,13 @@ def test_exactly_once_under_kills_with_encryption(dativo, tmp_path):
         ids = decrypt_csv(dativo, j)["id"].to_pylist()
         assert len(ids) == total and len(set(ids)) == total
 
-    rng = random.Random(11)
-    kills = 0
-    for _ in range(60):
-        if kills >= 3:
-            break
-        p = dativo.popen("run", j, "--no-progress")
-        time.sleep(rng.uniform(0.02, 0.4))
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            kills += 1
-        p.wait(timeout=60)
-        if p.returncode == 0:
-            # Finished between kills: exact; start over to kill the next load.
-            exact()
-            shutil.rmtree(tmp_path / "lake")
-            shutil.rmtree(tmp_path / ".dativo")
+    def finished():
+        # Finished between kills: exact; start over to kill the next load.
+        exact()
+        shutil.rmtree(tmp_path / "lake")
+        shutil.rmtree(tmp_path / ".dativo")
+    kills = dativo.kill_loop(j, kills=3, rounds=60, seed=11, min_sleep=0.02, max_sleep=0.4,
+                             finished=finished)
     assert kills >= 3
     exact()
 

@@ -167,9 +167,6 @@ retry: {{attempts: 1}}
 def test_exactly_once_under_kills_on_the_store(dativo, tmp_path, store):
     """SIGKILL at random points; every later run resumes from the last commit: in the end the
     store holds every row once and nothing in staging."""
-    import random
-    import signal
-    import time
     total = write_csvs(tmp_path / "data", 12, 4000)
     url = f"{store.scheme}://{store.bucket}"
     j = write_job(tmp_path / "job.yaml", f"""name: kill_{store.scheme}
@@ -184,19 +181,8 @@ target:
 checkpoint: {{rows: 1000}}
 retry: {{attempts: 1}}
 """)
-    rng = random.Random(7)
-    kills = 0
-    for _ in range(30):
-        if kills >= 3:
-            break
-        p = dativo.popen("run", j, "--no-progress", env=ENV)
-        time.sleep(rng.uniform(0.05, 0.35))
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            kills += 1
-        p.wait(timeout=60)
-        if p.returncode == 0:
-            break  # finished between kills; the final check below covers it
+    # A run that finishes between kills ends the loop; the final check below covers it.
+    kills = dativo.kill_loop(j, kills=3, rounds=30, seed=7, max_sleep=0.35, env=ENV)
     for _ in range(5):
         p = dativo.run("run", j, "--no-progress", env=ENV)
         if p.returncode == 0:
@@ -214,27 +200,13 @@ def test_iceberg_exactly_once_under_kills_on_the_store(dativo, tmp_path, store):
     1,000 rows, files written through dativo's object storage, GCS's staged and copied): after
     a final run pyiceberg reads every id exactly once (a staging object a kill leaves behind is
     unreferenced; orphan removal deletes it)."""
-    import random
-    import signal
     import time
     from lakecheck import Lake
     total = write_csvs(tmp_path / "data", 12, 3000)
     warehouse = store.abfss("wh") if store.scheme == "az" else f"gs://{store.bucket}/wh"
     j = iceberg_job(tmp_path / "job.yaml", f"ice_kill_{store.scheme}", "data/*.csv", warehouse, store.block(),
                     config="    partition_by: [day]\n", extra="checkpoint: {rows: 1000}\nretry: {attempts: 1}\n")
-    rng = random.Random(11)
-    kills = 0
-    for _ in range(30):
-        if kills >= 3:
-            break
-        p = dativo.popen("run", j, "--no-progress", env=ENV)
-        time.sleep(rng.uniform(0.05, 0.5))
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            kills += 1
-        p.wait(timeout=60)
-        if p.returncode == 0:
-            break
+    kills = dativo.kill_loop(j, kills=3, rounds=30, seed=11, max_sleep=0.5, env=ENV)
     p = dativo.run("run", j, "--no-progress", env=ENV)
     assert p.returncode == 0, p.stdout + p.stderr
     assert kills >= 1

@@ -1,9 +1,6 @@
 """The iceberg writer, verified with pyiceberg reading through the same SQL catalog."""
 import json
-import random
 import shutil
-import signal
-import time
 import uuid
 
 import psycopg2
@@ -122,23 +119,13 @@ def test_schema_evolution_and_incompatible_change(dativo, tmp_path):
 def test_sigkill_iceberg_exactly_once(dativo, tmp_path):
     total = write_csvs(tmp_path / "data", 20, 5000)
     j = file_job(tmp_path, checkpoint="rows: 500")
-    rng = random.Random(7)
-    kills = 0
-    for _ in range(40):
-        if kills >= 5:
-            break
-        p = dativo.popen("run", j, "--no-progress")
-        time.sleep(rng.uniform(0.05, 0.5))
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            kills += 1
-        p.wait(timeout=60)
-        if p.returncode == 0:
-            # This load finished between kills: it must be exact; start another.
-            data = catalog(tmp_path).load_table("raw.events").scan().to_arrow()
-            assert data.num_rows == total and len(data["id"].unique()) == total
-            shutil.rmtree(tmp_path / ".dativo")
-            shutil.rmtree(tmp_path / "warehouse")
+    def finished():
+        # This load finished between kills: it must be exact; start another.
+        data = catalog(tmp_path).load_table("raw.events").scan().to_arrow()
+        assert data.num_rows == total and len(data["id"].unique()) == total
+        shutil.rmtree(tmp_path / ".dativo")
+        shutil.rmtree(tmp_path / "warehouse")
+    kills = dativo.kill_loop(j, kills=5, rounds=40, seed=7, max_sleep=0.5, finished=finished)
     for _ in range(5):
         if dativo.run("run", j).returncode == 0:
             break

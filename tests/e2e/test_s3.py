@@ -1,10 +1,7 @@
 """Writers on S3 (moto_server on loopback, started by scripts/test), verified with boto3,
 pyarrow's S3 filesystem and pyiceberg — none of which dativo wrote."""
 import os
-import random
 import shutil
-import signal
-import time
 import uuid
 
 import boto3
@@ -62,23 +59,13 @@ target:
 checkpoint: {{rows: 1000}}
 retry: {{attempts: 1}}
 """)
-    rng = random.Random(3)
-    kills = 0
-    for _ in range(40):
-        if kills >= 4:
-            break
-        p = dativo.popen("run", j, "--no-progress", env=KEYS)
-        time.sleep(rng.uniform(0.05, 0.4))
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            kills += 1
-        p.wait(timeout=60)
-        if p.returncode == 0:
-            # This load finished between kills: it must be exact; start another.
-            assert stats(name, "lake/events") == (total, total, sum(range(total)))
-            for o in s3.list_objects_v2(Bucket=name).get("Contents", []):
-                s3.delete_object(Bucket=name, Key=o["Key"])
-            shutil.rmtree(tmp_path / ".dativo")
+    def finished():
+        # This load finished between kills: it must be exact; start another.
+        assert stats(name, "lake/events") == (total, total, sum(range(total)))
+        for o in s3.list_objects_v2(Bucket=name).get("Contents", []):
+            s3.delete_object(Bucket=name, Key=o["Key"])
+        shutil.rmtree(tmp_path / ".dativo")
+    kills = dativo.kill_loop(j, kills=4, rounds=40, seed=3, max_sleep=0.4, env=KEYS, finished=finished)
     for _ in range(5):
         p = dativo.run("run", j, env=KEYS)
         if p.returncode == 0:
